@@ -1,0 +1,680 @@
+// CPU implementations of the embedding-bag op family: mprec::embedding_bag, mprec::batched_embedding_bag,
+// their backward ops, and the row-wise int8 quantization used by the quantized tables.
+//
+// Both forward ops are the same computation: a list of tables, each reading a run of bags out of one pair
+// of indices/offsets arrays (one table and B bags for embedding_bag; T tables and T*B bags in FBGEMM's
+// TBE layout for batched_embedding_bag). This file validates arguments, allocates, and splits bags over
+// threads; the pooling loop itself is an ISA variant chosen at run time (isa.cpp). Index and offset
+// checks happen inside the loops, never as a separate pass over the data.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/irange.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <mutex>
+#include <sstream>
+#include <vector>
+
+#include "mprec/embedding_bag_kernel.h"
+#include "mprec/isa.h"
+
+namespace mprec {
+namespace cpu {
+namespace {
+
+using at::Tensor;
+
+constexpr const char* kSingleOp = "mprec::embedding_bag";
+constexpr const char* kBatchedOp = "mprec::batched_embedding_bag";
+
+// One table of a call: its weight, its place in the output's columns, and its padding row.
+struct Table {
+  Tensor weight;      // contiguous [num_rows, dim]
+  Tensor scale_bias;  // contiguous float32 [num_rows, 2] for uint8 weights, else undefined
+  WeightType type;
+  int64_t num_rows;
+  int64_t dim;
+  int64_t col;          // first output column
+  int64_t padding_idx;  // -1: none
+};
+
+// Where the bags are. Table t owns the global bags [t * bags, (t + 1) * bags); global bag b covers
+// indices [offsets[b], offsets[b + 1]), or [offsets[b], num_indices) when b is the last offset.
+struct Layout {
+  Tensor indices;  // contiguous int32/int64
+  Tensor offsets;  // contiguous, same dtype
+  int64_t num_indices;
+  int64_t num_offsets;
+  int64_t bags;  // per table
+  bool index_is_64bit() const { return indices.scalar_type() == at::kLong; }
+  int64_t offset_at(int64_t i) const {
+    return index_is_64bit() ? offsets.data_ptr<int64_t>()[i] : offsets.data_ptr<int32_t>()[i];
+  }
+};
+
+PoolMode checked_mode(const char* op, int64_t mode) {
+  TORCH_CHECK_VALUE(mode >= 0 && mode <= 2, op, ": mode must be 0 (sum), 1 (mean) or 2 (max), got ", mode);
+  return static_cast<PoolMode>(mode);
+}
+
+WeightType checked_weight(const char* op, const Tensor& weight, const Tensor* scale_bias, const std::string& name) {
+  TORCH_CHECK_VALUE(weight.dim() == 2, op, ": ", name, " must be 2-D [num_embeddings, embedding_dim], got shape ",
+                    weight.sizes());
+  TORCH_CHECK_VALUE(weight.device().is_cpu(), op, ": ", name, " is on ", weight.device(), ", expected cpu");
+  switch (weight.scalar_type()) {
+    case at::kFloat:
+    case at::kHalf:
+    case at::kBFloat16:
+      TORCH_CHECK_VALUE(scale_bias == nullptr || !scale_bias->defined(), op, ": scale_bias is only for uint8 ",
+                        "(row-wise quantized) weights, but ", name, " is ", weight.scalar_type());
+      return weight.scalar_type() == at::kFloat  ? WeightType::kFloat
+             : weight.scalar_type() == at::kHalf ? WeightType::kHalf
+                                                 : WeightType::kBFloat16;
+    case at::kByte: {
+      TORCH_CHECK_VALUE(scale_bias != nullptr && scale_bias->defined(), op, ": ", name,
+                        " is uint8 (row-wise quantized) and needs scale_bias [num_embeddings, 2] from "
+                        "mprec::quantize_rowwise_int8");
+      const Tensor& sb = *scale_bias;
+      TORCH_CHECK_VALUE(sb.scalar_type() == at::kFloat && sb.dim() == 2 && sb.size(0) == weight.size(0) &&
+                            sb.size(1) == 2,
+                        op, ": scale_bias for ", name, " must be float32 [", weight.size(0), ", 2], got ",
+                        sb.scalar_type(), " ", sb.sizes());
+      return WeightType::kUInt8RowwiseQuantized;
+    }
+    default:
+      TORCH_CHECK_VALUE(false, op, ": ", name, " has dtype ", weight.scalar_type(),
+                        "; expected float32, float16, bfloat16 or uint8 (row-wise quantized)");
+  }
+}
+
+void check_indices_offsets(const char* op, const Tensor& indices, const Tensor& offsets) {
+  TORCH_CHECK_VALUE(indices.scalar_type() == at::kInt || indices.scalar_type() == at::kLong, op,
+                    ": indices must be int32 or int64, got ", indices.scalar_type());
+  TORCH_CHECK_VALUE(offsets.scalar_type() == indices.scalar_type(), op, ": offsets (", offsets.scalar_type(),
+                    ") must have the same dtype as indices (", indices.scalar_type(), ")");
+  TORCH_CHECK_VALUE(indices.dim() == 1, op, ": indices must be 1-D, got shape ", indices.sizes());
+  TORCH_CHECK_VALUE(offsets.dim() == 1, op, ": offsets must be 1-D, got shape ", offsets.sizes());
+  TORCH_CHECK_VALUE(indices.device().is_cpu() && offsets.device().is_cpu(), op,
+                    ": indices and offsets must be on the cpu");
+}
+
+Layout make_layout(const char* op, const Tensor& indices, const Tensor& offsets, int64_t bags) {
+  Layout layout{indices.contiguous(), offsets.contiguous(), indices.numel(), offsets.numel(), bags};
+  if (layout.num_offsets > 0) {
+    const int64_t first = layout.offset_at(0);
+    TORCH_CHECK(first == 0, op, ": offsets[0] must be 0, got ", first);
+  }
+  return layout;
+}
+
+Tensor checked_per_sample_weights(const char* op, const c10::optional<Tensor>& psw, PoolMode mode,
+                                  int64_t num_indices) {
+  if (!psw.has_value() || !psw->defined()) return Tensor();
+  TORCH_CHECK_VALUE(mode == PoolMode::kSum, op, ": per_sample_weights are only supported with mode sum (0), got ",
+                    mode == PoolMode::kMean ? "mean (1)" : "max (2)");
+  TORCH_CHECK_VALUE(psw->dim() == 1 && psw->numel() == num_indices, op,
+                    ": per_sample_weights must be 1-D with one weight per index (", num_indices, "), got shape ",
+                    psw->sizes());
+  TORCH_CHECK_VALUE(at::isFloatingType(psw->scalar_type()), op, ": per_sample_weights must be floating point, got ",
+                    psw->scalar_type());
+  return psw->to(at::kFloat).contiguous();
+}
+
+void check_padding_idx(const char* op, int64_t padding_idx, int64_t num_rows, const std::string& where) {
+  TORCH_CHECK_VALUE(padding_idx >= -1 && padding_idx < std::max<int64_t>(num_rows, 0), op, ": padding_idx ",
+                    padding_idx, where, " must be -1 (none) or in [0, ", num_rows, ")");
+}
+
+[[noreturn]] void throw_bag_error(const char* op, const BagErrorReport& e, const Layout& layout,
+                                  const std::vector<Table>& tables) {
+  std::ostringstream msg;
+  msg << op << ": ";
+  const bool batched = std::string(op).find("batched") != std::string::npos;
+  switch (e.kind) {
+    case BagError::kIndexOutOfRange:
+      msg << "index " << e.value << " at position " << e.position;
+      if (e.value < 0) msg << " is negative";
+      else msg << " is out of range";
+      msg << " for " << (batched ? "table " + std::to_string(e.table) + " " : std::string("the table "))
+          << "with " << tables[e.table].num_rows << " rows (valid indices: 0.." << tables[e.table].num_rows - 1
+          << ")";
+      break;
+    case BagError::kOffsetPastEnd:
+      msg << "offsets[" << e.position << "] = " << e.value << " is past the end of indices (" << layout.num_indices
+          << " entries)";
+      break;
+    case BagError::kOffsetDecreasing:
+      msg << "offsets[" << e.position << "] = " << e.value << " is smaller than offsets[" << e.position - 1
+          << "] = " << (e.position >= 1 ? layout.offset_at(e.position - 1) : 0)
+          << "; offsets must be non-decreasing";
+      break;
+    case BagError::kNone:
+      msg << "internal error";
+      break;
+  }
+  TORCH_CHECK(false, msg.str());
+}
+
+// Collects the earliest error the threads met, so the message does not depend on the thread count.
+struct FirstError {
+  std::mutex mutex;
+  bool failed = false;
+  BagErrorReport report;
+  void offer(const BagErrorReport& e) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (!failed || e.position < report.position) report = e;
+    failed = true;
+  }
+};
+
+// Bags per parallel task: enough work per task to pay for a thread hand-off (~16K pooled elements).
+int64_t bag_grain(const Layout& layout, int64_t total_bags, int64_t total_dim) {
+  const int64_t per_bag = std::max<int64_t>(1, layout.num_indices / std::max<int64_t>(1, total_bags)) *
+                          std::max<int64_t>(1, total_dim);
+  return std::max<int64_t>(1, 16384 / per_bag);
+}
+
+std::tuple<Tensor, Tensor> pool_tables(const char* op, const std::vector<Table>& tables, const Layout& layout,
+                                       PoolMode mode, const Tensor& psw) {
+  const int64_t num_tables = static_cast<int64_t>(tables.size());
+  int64_t total_dim = 0;
+  for (const auto& t : tables) total_dim += t.dim;
+  const auto in_dtype = tables[0].weight.scalar_type();
+  const auto out_dtype = in_dtype == at::kByte ? at::kFloat : in_dtype;
+  Tensor output = at::empty({layout.bags, total_dim}, tables[0].weight.options().dtype(out_dtype));
+  Tensor max_indices = at::empty({mode == PoolMode::kMax ? layout.bags : 0, mode == PoolMode::kMax ? total_dim : 0},
+                                 tables[0].weight.options().dtype(at::kLong));
+  const int64_t total_bags = num_tables * layout.bags;
+  if (total_bags == 0) return {output, max_indices};
+
+  const PoolFn kernel = pool_kernel(active_isa());
+  const float* psw_ptr = psw.defined() ? psw.data_ptr<float>() : nullptr;
+  FirstError first_error;
+  at::parallel_for(0, total_bags, bag_grain(layout, total_bags, total_dim), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin / layout.bags; t < num_tables && t * layout.bags < end; ++t) {
+      const Table& table = tables[t];
+      const int64_t base = t * layout.bags;
+      const int64_t b0 = std::max(begin, base);
+      const int64_t b1 = std::min(end, base + layout.bags);
+      if (b0 >= b1) continue;
+      PoolArgs args;
+      args.weight = table.weight.data_ptr();
+      args.scale_bias = table.scale_bias.defined() ? table.scale_bias.data_ptr<float>() : nullptr;
+      args.weight_type = table.type;
+      args.num_rows = table.num_rows;
+      args.dim = table.dim;
+      args.indices = layout.indices.data_ptr();
+      args.offsets = layout.offsets.data_ptr();
+      args.index_is_64bit = layout.index_is_64bit();
+      args.num_indices = layout.num_indices;
+      args.num_offsets = layout.num_offsets;
+      args.per_sample_weights = psw_ptr;
+      args.mode = mode;
+      args.padding_idx = table.padding_idx;
+      args.output = static_cast<char*>(output.data_ptr()) + table.col * output.element_size();
+      args.output_stride = total_dim;
+      args.max_indices = mode == PoolMode::kMax ? max_indices.data_ptr<int64_t>() + table.col : nullptr;
+      args.max_indices_stride = total_dim;
+      // The vector variants hold max-mode row numbers in int32 lanes.
+      const bool wide_rows = table.num_rows > std::numeric_limits<int32_t>::max();
+      const PoolFn fn = (mode == PoolMode::kMax && wide_rows) ? &scalar::pool : kernel;
+      BagErrorReport error;
+      if (!fn(args, b0, b1, base, &error)) {
+        error.table = t;
+        first_error.offer(error);
+        return;
+      }
+    }
+  });
+  if (first_error.failed) throw_bag_error(op, first_error.report, layout, tables);
+  return {output, max_indices};
+}
+
+// --- forward ops -------------------------------------------------------------------------------------
+
+std::tuple<Tensor, Tensor> embedding_bag_cpu(const Tensor& weight, const Tensor& indices, const Tensor& offsets,
+                                             int64_t mode, const c10::optional<Tensor>& per_sample_weights,
+                                             int64_t padding_idx, bool include_last_offset,
+                                             const c10::optional<Tensor>& scale_bias, bool /*sparse*/) {
+  const char* op = kSingleOp;
+  const PoolMode pool_mode = checked_mode(op, mode);
+  const Tensor sb = scale_bias.has_value() ? *scale_bias : Tensor();
+  const WeightType type = checked_weight(op, weight, &sb, "weight");
+  check_indices_offsets(op, indices, offsets);
+  TORCH_CHECK_VALUE(!include_last_offset || offsets.numel() >= 1, op,
+                    ": include_last_offset=True needs at least one offset");
+  check_padding_idx(op, padding_idx, weight.size(0), "");
+  const int64_t bags = include_last_offset ? offsets.numel() - 1 : offsets.numel();
+  const Layout layout = make_layout(op, indices, offsets, bags);
+  const Tensor psw = checked_per_sample_weights(op, per_sample_weights, pool_mode, indices.numel());
+  std::vector<Table> tables{{weight.contiguous(), sb.defined() ? sb.contiguous() : Tensor(), type, weight.size(0),
+                             weight.size(1), 0, padding_idx}};
+  return pool_tables(op, tables, layout, pool_mode, psw);
+}
+
+std::vector<Table> batched_tables(const char* op, at::TensorList weights, at::IntArrayRef padding_idx,
+                                  const c10::optional<at::TensorList>& scale_bias, bool need_scale_bias_check = true) {
+  TORCH_CHECK_VALUE(!weights.empty(), op, ": needs at least one table");
+  TORCH_CHECK_VALUE(padding_idx.empty() || padding_idx.size() == weights.size(), op, ": padding_idx has ",
+                    padding_idx.size(), " entries for ", weights.size(), " tables (give one per table, or none)");
+  if (scale_bias.has_value())
+    TORCH_CHECK_VALUE(scale_bias->size() == weights.size(), op, ": scale_bias has ", scale_bias->size(),
+                      " entries for ", weights.size(), " tables");
+  std::vector<Table> tables;
+  int64_t col = 0;
+  for (const auto t : c10::irange(weights.size())) {
+    const std::string name = "weights[" + std::to_string(t) + "]";
+    const Tensor sb = scale_bias.has_value() ? (*scale_bias)[t] : Tensor();
+    const WeightType type = need_scale_bias_check ? checked_weight(op, weights[t], &sb, name) : WeightType::kFloat;
+    TORCH_CHECK_VALUE(weights[t].scalar_type() == weights[0].scalar_type(), op, ": every table must have the same ",
+                      "dtype; weights[0] is ", weights[0].scalar_type(), " but ", name, " is ",
+                      weights[t].scalar_type());
+    const int64_t pad = padding_idx.empty() ? -1 : padding_idx[t];
+    check_padding_idx(op, pad, weights[t].size(0), " of table " + std::to_string(t));
+    tables.push_back({weights[t].contiguous(), sb.defined() ? sb.contiguous() : Tensor(), type, weights[t].size(0),
+                      weights[t].size(1), col, pad});
+    col += weights[t].size(1);
+  }
+  return tables;
+}
+
+int64_t batched_bags(const char* op, const Tensor& offsets, int64_t num_tables) {
+  TORCH_CHECK_VALUE(offsets.numel() >= 1 && (offsets.numel() - 1) % num_tables == 0, op,
+                    ": offsets must have T * B + 1 entries (TBE layout) for T = ", num_tables, " tables, got ",
+                    offsets.numel());
+  return (offsets.numel() - 1) / num_tables;
+}
+
+std::tuple<Tensor, Tensor> batched_embedding_bag_cpu(at::TensorList weights, const Tensor& indices,
+                                                     const Tensor& offsets, int64_t mode,
+                                                     const c10::optional<Tensor>& per_sample_weights,
+                                                     at::IntArrayRef padding_idx,
+                                                     const c10::optional<at::TensorList>& scale_bias,
+                                                     bool /*sparse*/) {
+  const char* op = kBatchedOp;
+  const PoolMode pool_mode = checked_mode(op, mode);
+  const std::vector<Table> tables = batched_tables(op, weights, padding_idx, scale_bias);
+  check_indices_offsets(op, indices, offsets);
+  const Layout layout = make_layout(op, indices, offsets, batched_bags(op, offsets, tables.size()));
+  const Tensor psw = checked_per_sample_weights(op, per_sample_weights, pool_mode, indices.numel());
+  return pool_tables(op, tables, layout, pool_mode, psw);
+}
+
+// --- backward ---------------------------------------------------------------------------------------
+// The backward loops need the same bag bounds and index checks as the forward kernels (they can be
+// called directly, with inputs the forward never saw), written once here.
+
+template <typename IT>
+struct BagReader {
+  const char* op;
+  const Layout& layout;
+  const std::vector<Table>& tables;
+  const IT* indices;
+  const IT* offsets;
+
+  BagReader(const char* op_, const Layout& l, const std::vector<Table>& t)
+      : op(op_), layout(l), tables(t), indices(l.indices.data_ptr<IT>()), offsets(l.offsets.data_ptr<IT>()) {}
+
+  std::pair<int64_t, int64_t> bounds(int64_t bag) const {
+    const int64_t start = offsets[bag];
+    const int64_t end = bag + 1 < layout.num_offsets ? static_cast<int64_t>(offsets[bag + 1]) : layout.num_indices;
+    BagErrorReport e;
+    if (end > layout.num_indices) e = {BagError::kOffsetPastEnd, bag + 1, end, 0};
+    else if (end < start || start < 0) e = {BagError::kOffsetDecreasing, bag + 1, end, 0};
+    if (e.kind != BagError::kNone) throw_bag_error(op, e, layout, tables);
+    return {start, end};
+  }
+  // The row of lookup i, or -1 for the padding row.
+  int64_t row(int64_t i, int64_t t) const {
+    const int64_t idx = indices[i];
+    if (idx == tables[t].padding_idx) return -1;
+    if (static_cast<uint64_t>(idx) >= static_cast<uint64_t>(tables[t].num_rows))
+      throw_bag_error(op, {BagError::kIndexOutOfRange, i, idx, t}, layout, tables);
+    return idx;
+  }
+  // Non-padding lookups of a bag.
+  int64_t count(int64_t bag, int64_t t) const {
+    const auto [start, end] = bounds(bag);
+    int64_t n = 0;
+    for (int64_t i = start; i < end; ++i) n += row(i, t) >= 0;
+    return n;
+  }
+};
+
+// Scale of lookup i's contribution: per_sample_weights for sum, 1/count for mean.
+inline float lookup_scale(PoolMode mode, const float* psw, int64_t i, int64_t count) {
+  if (mode == PoolMode::kMean) return count > 0 ? 1.f / static_cast<float>(count) : 0.f;
+  return psw ? psw[i] : 1.f;
+}
+
+void check_grad(const char* op, const Tensor& grad, int64_t bags, int64_t total_dim) {
+  TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == bags && grad.size(1) == total_dim, op,
+                    ": grad must have shape [", bags, ", ", total_dim, "], got ", grad.sizes());
+}
+
+// Dense weight gradients. Threads own disjoint row ranges and each scans every lookup in order, so no
+// two threads write the same row and every row sums its contributions in the same order at any thread
+// count: the result is bitwise independent of the number of threads.
+template <typename IT>
+std::vector<Tensor> dense_backward(const char* op, const Tensor& grad, const std::vector<Table>& tables,
+                                   const Layout& layout, PoolMode mode, const Tensor& psw, const Tensor& max_indices) {
+  const Tensor g = grad.to(at::kFloat).contiguous();
+  const float* gp = g.data_ptr<float>();
+  const int64_t total_dim = g.size(1);
+  const float* psw_ptr = psw.defined() ? psw.data_ptr<float>() : nullptr;
+  BagReader<IT> reader(op, layout, tables);
+  std::vector<Tensor> grads;
+  for (const auto t : c10::irange(tables.size())) {
+    const Table& table = tables[t];
+    Tensor gw = at::zeros({table.num_rows, table.dim}, g.options());
+    float* gwp = gw.data_ptr<float>();
+    const int64_t dim = table.dim;
+    const int64_t base = static_cast<int64_t>(t) * layout.bags;
+    const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+    const int64_t grain = std::max<int64_t>(1, (table.num_rows + threads - 1) / threads);
+    if (mode == PoolMode::kMax) {
+      const int64_t* mi = max_indices.data_ptr<int64_t>();
+      at::parallel_for(0, table.num_rows, grain, [&](int64_t r0, int64_t r1) {
+        for (int64_t b = 0; b < layout.bags; ++b) {
+          for (int64_t d = 0; d < dim; ++d) {
+            const int64_t r = mi[b * total_dim + table.col + d];
+            TORCH_CHECK(r >= -1 && r < table.num_rows, op, ": max_indices[", b, ", ", table.col + d, "] = ", r,
+                        " is out of range for a table of ", table.num_rows, " rows");
+            if (r >= r0 && r < r1) gwp[r * dim + d] += gp[b * total_dim + table.col + d];
+          }
+        }
+      });
+    } else {
+      at::parallel_for(0, table.num_rows, grain, [&](int64_t r0, int64_t r1) {
+        for (int64_t b = 0; b < layout.bags; ++b) {
+          const auto [start, end] = reader.bounds(base + b);
+          const int64_t count = mode == PoolMode::kMean ? reader.count(base + b, t) : 0;
+          const float* grow = gp + b * total_dim + table.col;
+          for (int64_t i = start; i < end; ++i) {
+            const int64_t r = reader.row(i, t);
+            if (r < r0 || r >= r1) continue;
+            const float s = lookup_scale(mode, psw_ptr, i, count);
+            float* dst = gwp + r * dim;
+            for (int64_t d = 0; d < dim; ++d) dst[d] += s * grow[d];
+          }
+        }
+      });
+    }
+    grads.push_back(gw.to(table.weight.scalar_type()));
+  }
+  return grads;
+}
+
+// Sparse (COO) weight gradients as torch's sparse=True produces them: one row per non-padding lookup,
+// uncoalesced. Returned as (row numbers, values) per table; the Python layer builds the sparse tensor.
+template <typename IT>
+std::pair<std::vector<Tensor>, std::vector<Tensor>> sparse_backward(const char* op, const Tensor& grad,
+                                                                    const std::vector<Table>& tables,
+                                                                    const Layout& layout, PoolMode mode,
+                                                                    const Tensor& psw) {
+  TORCH_CHECK_VALUE(mode != PoolMode::kMax, op, ": sparse gradients are not supported with mode max (as in torch)");
+  const Tensor g = grad.to(at::kFloat).contiguous();
+  const float* gp = g.data_ptr<float>();
+  const int64_t total_dim = g.size(1);
+  const float* psw_ptr = psw.defined() ? psw.data_ptr<float>() : nullptr;
+  BagReader<IT> reader(op, layout, tables);
+  std::vector<Tensor> rows_out, values_out;
+  for (const auto t : c10::irange(tables.size())) {
+    const Table& table = tables[t];
+    const int64_t base = static_cast<int64_t>(t) * layout.bags;
+    std::vector<int64_t> first(layout.bags + 1, 0);
+    at::parallel_for(0, layout.bags, 64, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) first[b + 1] = reader.count(base + b, t);
+    });
+    for (int64_t b = 0; b < layout.bags; ++b) first[b + 1] += first[b];
+    Tensor rows = at::empty({first[layout.bags]}, g.options().dtype(at::kLong));
+    Tensor values = at::empty({first[layout.bags], table.dim}, g.options());
+    int64_t* rp = rows.data_ptr<int64_t>();
+    float* vp = values.data_ptr<float>();
+    at::parallel_for(0, layout.bags, 64, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const auto [start, end] = reader.bounds(base + b);
+        const int64_t count = first[b + 1] - first[b];
+        const float* grow = gp + b * total_dim + table.col;
+        int64_t out = first[b];
+        for (int64_t i = start; i < end; ++i) {
+          const int64_t r = reader.row(i, t);
+          if (r < 0) continue;
+          const float s = lookup_scale(mode, psw_ptr, i, count);
+          rp[out] = r;
+          for (int64_t d = 0; d < table.dim; ++d) vp[out * table.dim + d] = s * grow[d];
+          ++out;
+        }
+      }
+    });
+    rows_out.push_back(rows);
+    values_out.push_back(values.to(table.weight.scalar_type()));
+  }
+  return {rows_out, values_out};
+}
+
+// d output / d per_sample_weights[i] = <grad[bag(i)], weight[indices[i]]>; 0 for padding lookups and for
+// lookups that belong to no bag (after the last offset with include_last_offset).
+template <typename IT>
+Tensor per_sample_weights_backward(const char* op, const Tensor& grad, const std::vector<Table>& tables,
+                                   const Layout& layout, PoolMode mode) {
+  TORCH_CHECK_VALUE(mode == PoolMode::kSum, op, ": per_sample_weights are only supported with mode sum (0)");
+  const Tensor g = grad.to(at::kFloat).contiguous();
+  const float* gp = g.data_ptr<float>();
+  const int64_t total_dim = g.size(1);
+  Tensor out = at::zeros({layout.num_indices}, g.options());
+  float* op_ = out.data_ptr<float>();
+  BagReader<IT> reader(op, layout, tables);
+  for (const auto t : c10::irange(tables.size())) {
+    const Table& table = tables[t];
+    TORCH_CHECK_VALUE(table.type != WeightType::kUInt8RowwiseQuantized, op,
+                      ": uint8 (row-wise quantized) tables are inference only");
+    const int64_t base = static_cast<int64_t>(t) * layout.bags;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, table.weight.scalar_type(), "psw_backward", [&] {
+      const scalar_t* w = table.weight.data_ptr<scalar_t>();
+      at::parallel_for(0, layout.bags, 64, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const auto [start, end] = reader.bounds(base + b);
+          const float* grow = gp + b * total_dim + table.col;
+          for (int64_t i = start; i < end; ++i) {
+            const int64_t r = reader.row(i, t);
+            if (r < 0) continue;
+            float acc = 0.f;
+            for (int64_t d = 0; d < table.dim; ++d) acc += grow[d] * static_cast<float>(w[r * table.dim + d]);
+            op_[i] = acc;
+          }
+        }
+      });
+    });
+  }
+  return out;
+}
+
+#define MPREC_DISPATCH_INDEX(layout, FN, ...) \
+  ((layout).index_is_64bit() ? FN<int64_t>(__VA_ARGS__) : FN<int32_t>(__VA_ARGS__))
+
+// Argument handling shared by the single-table backward ops.
+struct SingleCall {
+  std::vector<Table> tables;
+  Layout layout;
+  PoolMode mode;
+};
+
+SingleCall single_call(const char* op, const Tensor& weight, const Tensor& indices, const Tensor& offsets,
+                       int64_t mode, int64_t padding_idx, bool include_last_offset) {
+  const PoolMode pool_mode = checked_mode(op, mode);
+  check_indices_offsets(op, indices, offsets);
+  TORCH_CHECK_VALUE(weight.dim() == 2, op, ": weight must be 2-D, got shape ", weight.sizes());
+  TORCH_CHECK_VALUE(!include_last_offset || offsets.numel() >= 1, op,
+                    ": include_last_offset=True needs at least one offset");
+  check_padding_idx(op, padding_idx, weight.size(0), "");
+  const int64_t bags = include_last_offset ? offsets.numel() - 1 : offsets.numel();
+  WeightType type = weight.scalar_type() == at::kByte ? WeightType::kUInt8RowwiseQuantized : WeightType::kFloat;
+  return {{{weight.contiguous(), Tensor(), type, weight.size(0), weight.size(1), 0, padding_idx}},
+          make_layout(op, indices, offsets, bags),
+          pool_mode};
+}
+
+Tensor embedding_bag_backward_cpu(const Tensor& grad, const Tensor& weight, const Tensor& indices,
+                                  const Tensor& offsets, const Tensor& max_indices, int64_t mode,
+                                  const c10::optional<Tensor>& per_sample_weights, int64_t padding_idx,
+                                  bool include_last_offset) {
+  const char* op = "mprec::embedding_bag_backward";
+  SingleCall c = single_call(op, weight, indices, offsets, mode, padding_idx, include_last_offset);
+  check_grad(op, grad, c.layout.bags, weight.size(1));
+  if (c.mode == PoolMode::kMax)
+    TORCH_CHECK_VALUE(max_indices.sizes() == grad.sizes(), op, ": max_indices must have the shape of grad ",
+                      grad.sizes(), ", got ", max_indices.sizes());
+  const Tensor psw = checked_per_sample_weights(op, per_sample_weights, c.mode, indices.numel());
+  const Tensor mi = c.mode == PoolMode::kMax ? max_indices.contiguous() : max_indices;
+  return MPREC_DISPATCH_INDEX(c.layout, dense_backward, op, grad, c.tables, c.layout, c.mode, psw, mi)[0];
+}
+
+std::tuple<Tensor, Tensor> embedding_bag_sparse_backward_cpu(const Tensor& grad, const Tensor& weight,
+                                                             const Tensor& indices, const Tensor& offsets,
+                                                             int64_t mode,
+                                                             const c10::optional<Tensor>& per_sample_weights,
+                                                             int64_t padding_idx, bool include_last_offset) {
+  const char* op = "mprec::embedding_bag_sparse_backward";
+  SingleCall c = single_call(op, weight, indices, offsets, mode, padding_idx, include_last_offset);
+  check_grad(op, grad, c.layout.bags, weight.size(1));
+  const Tensor psw = checked_per_sample_weights(op, per_sample_weights, c.mode, indices.numel());
+  auto [rows, values] = MPREC_DISPATCH_INDEX(c.layout, sparse_backward, op, grad, c.tables, c.layout, c.mode, psw);
+  return {rows[0], values[0]};
+}
+
+Tensor embedding_bag_per_sample_weights_backward_cpu(const Tensor& grad, const Tensor& weight,
+                                                     const Tensor& indices, const Tensor& offsets, int64_t mode,
+                                                     int64_t padding_idx, bool include_last_offset) {
+  const char* op = "mprec::embedding_bag_per_sample_weights_backward";
+  SingleCall c = single_call(op, weight, indices, offsets, mode, padding_idx, include_last_offset);
+  check_grad(op, grad, c.layout.bags, weight.size(1));
+  return MPREC_DISPATCH_INDEX(c.layout, per_sample_weights_backward, op, grad, c.tables, c.layout, c.mode);
+}
+
+struct BatchedCall {
+  std::vector<Table> tables;
+  Layout layout;
+  PoolMode mode;
+  int64_t total_dim;
+};
+
+BatchedCall batched_call(const char* op, at::TensorList weights, const Tensor& indices, const Tensor& offsets,
+                         int64_t mode, at::IntArrayRef padding_idx) {
+  const PoolMode pool_mode = checked_mode(op, mode);
+  for (const auto t : c10::irange(weights.size()))
+    TORCH_CHECK_VALUE(weights[t].dim() == 2, op, ": weights[", t, "] must be 2-D, got shape ", weights[t].sizes());
+  std::vector<Table> tables = batched_tables(op, weights, padding_idx, c10::nullopt, false);
+  check_indices_offsets(op, indices, offsets);
+  Layout layout = make_layout(op, indices, offsets, batched_bags(op, offsets, tables.size()));
+  int64_t total_dim = 0;
+  for (auto& t : tables) {
+    total_dim += t.dim;
+    if (t.weight.scalar_type() == at::kByte) t.type = WeightType::kUInt8RowwiseQuantized;
+  }
+  return {std::move(tables), std::move(layout), pool_mode, total_dim};
+}
+
+std::vector<Tensor> batched_embedding_bag_backward_cpu(const Tensor& grad, at::TensorList weights,
+                                                       const Tensor& indices, const Tensor& offsets,
+                                                       const Tensor& max_indices, int64_t mode,
+                                                       const c10::optional<Tensor>& per_sample_weights,
+                                                       at::IntArrayRef padding_idx) {
+  const char* op = "mprec::batched_embedding_bag_backward";
+  BatchedCall c = batched_call(op, weights, indices, offsets, mode, padding_idx);
+  check_grad(op, grad, c.layout.bags, c.total_dim);
+  if (c.mode == PoolMode::kMax)
+    TORCH_CHECK_VALUE(max_indices.sizes() == grad.sizes(), op, ": max_indices must have the shape of grad ",
+                      grad.sizes(), ", got ", max_indices.sizes());
+  const Tensor psw = checked_per_sample_weights(op, per_sample_weights, c.mode, indices.numel());
+  const Tensor mi = c.mode == PoolMode::kMax ? max_indices.contiguous() : max_indices;
+  return MPREC_DISPATCH_INDEX(c.layout, dense_backward, op, grad, c.tables, c.layout, c.mode, psw, mi);
+}
+
+std::tuple<std::vector<Tensor>, std::vector<Tensor>> batched_embedding_bag_sparse_backward_cpu(
+    const Tensor& grad, at::TensorList weights, const Tensor& indices, const Tensor& offsets, int64_t mode,
+    const c10::optional<Tensor>& per_sample_weights, at::IntArrayRef padding_idx) {
+  const char* op = "mprec::batched_embedding_bag_sparse_backward";
+  BatchedCall c = batched_call(op, weights, indices, offsets, mode, padding_idx);
+  check_grad(op, grad, c.layout.bags, c.total_dim);
+  const Tensor psw = checked_per_sample_weights(op, per_sample_weights, c.mode, indices.numel());
+  auto [rows, values] = MPREC_DISPATCH_INDEX(c.layout, sparse_backward, op, grad, c.tables, c.layout, c.mode, psw);
+  return {rows, values};
+}
+
+Tensor batched_embedding_bag_per_sample_weights_backward_cpu(const Tensor& grad, at::TensorList weights,
+                                                             const Tensor& indices, const Tensor& offsets,
+                                                             int64_t mode, at::IntArrayRef padding_idx) {
+  const char* op = "mprec::batched_embedding_bag_per_sample_weights_backward";
+  BatchedCall c = batched_call(op, weights, indices, offsets, mode, padding_idx);
+  check_grad(op, grad, c.layout.bags, c.total_dim);
+  return MPREC_DISPATCH_INDEX(c.layout, per_sample_weights_backward, op, grad, c.tables, c.layout, c.mode);
+}
+
+// --- row-wise int8 quantization ---------------------------------------------------------------------
+// Per row: bias = min, scale = (max - min) / 255, q = round((x - bias) / scale) (ties to even), as
+// FBGEMM's 8-bit row-wise format, with scale and bias kept in a separate float32 [rows, 2] tensor.
+
+std::tuple<Tensor, Tensor> quantize_rowwise_int8_cpu(const Tensor& weight) {
+  const char* op = "mprec::quantize_rowwise_int8";
+  TORCH_CHECK_VALUE(weight.dim() == 2, op, ": weight must be 2-D, got shape ", weight.sizes());
+  TORCH_CHECK_VALUE(at::isFloatingType(weight.scalar_type()), op, ": weight must be floating point, got ",
+                    weight.scalar_type());
+  const Tensor w = weight.to(at::kFloat).contiguous();
+  const int64_t rows = w.size(0), dim = w.size(1);
+  Tensor q = at::empty({rows, dim}, w.options().dtype(at::kByte));
+  Tensor sb = at::empty({rows, 2}, w.options());
+  const float* wp = w.data_ptr<float>();
+  uint8_t* qp = q.data_ptr<uint8_t>();
+  float* sbp = sb.data_ptr<float>();
+  at::parallel_for(0, rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(dim, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* x = wp + r * dim;
+      float lo = dim > 0 ? x[0] : 0.f, hi = lo;
+      for (int64_t d = 0; d < dim; ++d) {
+        TORCH_CHECK(std::isfinite(x[d]), op, ": weight[", r, ", ", d, "] = ", x[d], " is not finite");
+        lo = std::min(lo, x[d]);
+        hi = std::max(hi, x[d]);
+      }
+      const float scale = (hi - lo) / 255.f;
+      for (int64_t d = 0; d < dim; ++d) {
+        const float v = scale > 0.f ? std::nearbyint((x[d] - lo) / scale) : 0.f;
+        qp[r * dim + d] = static_cast<uint8_t>(std::min(255.f, std::max(0.f, v)));
+      }
+      sbp[2 * r] = scale;
+      sbp[2 * r + 1] = lo;
+    }
+  });
+  return {q, sb};
+}
+
+Tensor dequantize_rowwise_int8_cpu(const Tensor& qweight, const Tensor& scale_bias) {
+  const char* op = "mprec::dequantize_rowwise_int8";
+  TORCH_CHECK_VALUE(qweight.dim() == 2 && qweight.scalar_type() == at::kByte, op,
+                    ": qweight must be a 2-D uint8 tensor, got ", qweight.scalar_type(), " ", qweight.sizes());
+  TORCH_CHECK_VALUE(scale_bias.scalar_type() == at::kFloat && scale_bias.dim() == 2 &&
+                        scale_bias.size(0) == qweight.size(0) && scale_bias.size(1) == 2,
+                    op, ": scale_bias must be float32 [", qweight.size(0), ", 2], got ", scale_bias.scalar_type(),
+                    " ", scale_bias.sizes());
+  return at::addcmul(scale_bias.select(1, 1).unsqueeze(1), qweight.to(at::kFloat), scale_bias.select(1, 0).unsqueeze(1));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mprec, CPU, m) {
+  m.impl("embedding_bag", &embedding_bag_cpu);
+  m.impl("embedding_bag_backward", &embedding_bag_backward_cpu);
+  m.impl("embedding_bag_sparse_backward", &embedding_bag_sparse_backward_cpu);
+  m.impl("embedding_bag_per_sample_weights_backward", &embedding_bag_per_sample_weights_backward_cpu);
+  m.impl("batched_embedding_bag", &batched_embedding_bag_cpu);
+  m.impl("batched_embedding_bag_backward", &batched_embedding_bag_backward_cpu);
+  m.impl("batched_embedding_bag_sparse_backward", &batched_embedding_bag_sparse_backward_cpu);
+  m.impl("batched_embedding_bag_per_sample_weights_backward", &batched_embedding_bag_per_sample_weights_backward_cpu);
+  m.impl("quantize_rowwise_int8", &quantize_rowwise_int8_cpu);
+  m.impl("dequantize_rowwise_int8", &dequantize_rowwise_int8_cpu);
+}
+
+}  // namespace cpu
+}  // namespace mprec

@@ -1,0 +1,89 @@
+// AVX2 + FMA + F16C variant of the embedding-bag pooling loop. Compiled with -mavx2 -mfma -mf16c only for
+// this file; chosen at run time by csrc/cpu/isa.cpp. 8 fp32 lanes; AVX2 has no lane masks for 16- and
+// 8-bit loads, so a row's last partial vector goes through a small stack buffer.
+#include <immintrin.h>
+#include <cstdint>
+
+#include "mprec/embedding_bag_kernel.h"
+
+namespace mprec {
+namespace cpu {
+namespace avx2 {
+
+struct f16_t { uint16_t bits; };
+struct bf16_t { uint16_t bits; };
+
+struct V {
+  static constexpr int W = 8;
+  using F = __m256;
+  using I = __m256i;  // int32 lanes, as in the AVX-512 variant
+  using M = int;      // number of valid lanes
+  static M mask(int n) { return n >= 8 ? 8 : n; }
+  static __m256i lane_mask(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static F zero() { return _mm256_setzero_ps(); }
+  static F set1(float x) { return _mm256_set1_ps(x); }
+  static F neg_inf() { return _mm256_set1_ps(-__builtin_inff()); }
+  static I arg_init() { return _mm256_set1_epi32(-1); }
+  static F load(const float* p, M n) {
+    return n == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, lane_mask(n));
+  }
+  template <typename T>
+  static __m128i load_128(const T* p, M n) {
+    if (n == 8) return sizeof(T) == 2 ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(p))
+                                      : _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    alignas(16) uint8_t buf[16] = {0};
+    __builtin_memcpy(buf, p, static_cast<unsigned>(n) * sizeof(T));
+    return _mm_load_si128(reinterpret_cast<const __m128i*>(buf));
+  }
+  static F load(const f16_t* p, M n) { return _mm256_cvtph_ps(load_128(p, n)); }
+  static F load(const bf16_t* p, M n) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(load_128(p, n)), 16));
+  }
+  static F load(const uint8_t* p, M n) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(load_128(p, n))); }
+  static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  static void max_update(F& acc, I& arg, F x, int64_t row) {
+    const F gt = _mm256_cmp_ps(x, acc, _CMP_GT_OQ);
+    acc = _mm256_blendv_ps(acc, x, gt);
+    arg = _mm256_castps_si256(_mm256_blendv_ps(
+        _mm256_castsi256_ps(arg), _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int32_t>(row))), gt));
+  }
+  static void store(float* p, F v, M n) {
+    if (n == 8) _mm256_storeu_ps(p, v);
+    else _mm256_maskstore_ps(p, lane_mask(n), v);
+  }
+  static void store_16(uint16_t* p, __m128i h, M n) {
+    if (n == 8) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), h); return; }
+    alignas(16) uint16_t buf[8];
+    _mm_store_si128(reinterpret_cast<__m128i*>(buf), h);
+    __builtin_memcpy(p, buf, static_cast<unsigned>(n) * 2u);
+  }
+  static void store(f16_t* p, F v, M n) {
+    store_16(reinterpret_cast<uint16_t*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), n);
+  }
+  static void store(bf16_t* p, F v, M n) {
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), nan);
+    // Values are < 2^16, so an unsigned saturating pack keeps them; the pack interleaves 128-bit halves.
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+    store_16(reinterpret_cast<uint16_t*>(p), _mm256_castsi256_si128(packed), n);
+  }
+  static void store_arg(int64_t* p, I arg, M n) {
+    alignas(32) int64_t buf[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(buf), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(arg)));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(buf + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(arg, 1)));
+    for (int i = 0; i < n; ++i) p[i] = buf[i];
+  }
+  static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+};
+
+#include "embedding_bag_pool_impl.h"
+
+}  // namespace avx2
+}  // namespace cpu
+}  // namespace mprec

@@ -1,0 +1,66 @@
+// AVX-512 (F, BW, VL, DQ) variant of the embedding-bag pooling loop. Compiled with -mavx512* only for this
+// file; chosen at run time by csrc/cpu/isa.cpp. 16 fp32 lanes; row tails use lane masks, so any D works
+// without a scalar remainder loop.
+#include <immintrin.h>
+#include <cstdint>
+
+#include "mprec/embedding_bag_kernel.h"
+
+namespace mprec {
+namespace cpu {
+namespace avx512 {
+
+struct f16_t { uint16_t bits; };
+struct bf16_t { uint16_t bits; };
+
+struct V {
+  static constexpr int W = 16;
+  using F = __m512;
+  using I = __m512i;  // row indices as int32 lanes; the op routes tables of >= 2^31 rows in max mode to scalar
+  using M = __mmask16;
+  static M mask(int n) { return n >= 16 ? static_cast<M>(0xFFFF) : static_cast<M>((1u << n) - 1u); }
+  static F zero() { return _mm512_setzero_ps(); }
+  static F set1(float x) { return _mm512_set1_ps(x); }
+  static F neg_inf() { return _mm512_set1_ps(-__builtin_inff()); }
+  static I arg_init() { return _mm512_set1_epi32(-1); }
+  static F load(const float* p, M m) { return _mm512_maskz_loadu_ps(m, p); }
+  static F load(const f16_t* p, M m) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p)); }
+  static F load(const bf16_t* p, M m) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+  }
+  static F load(const uint8_t* p, M m) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, p)));
+  }
+  static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static void max_update(F& acc, I& arg, F x, int64_t row) {
+    const M gt = _mm512_cmp_ps_mask(x, acc, _CMP_GT_OQ);
+    acc = _mm512_mask_mov_ps(acc, gt, x);
+    arg = _mm512_mask_mov_epi32(arg, gt, _mm512_set1_epi32(static_cast<int32_t>(row)));
+  }
+  static void store(float* p, F v, M m) { _mm512_mask_storeu_ps(p, m, v); }
+  static void store(f16_t* p, F v, M m) {
+    _mm256_mask_storeu_epi16(p, m, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  static void store(bf16_t* p, F v, M m) {
+    // Round to nearest even, NaN kept quiet: the same rounding as torch's float -> bfloat16.
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb), 16);
+    const M nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0x7FC0));
+    _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(r));
+  }
+  static void store_arg(int64_t* p, I arg, M m) {
+    _mm512_mask_storeu_epi64(p, static_cast<__mmask8>(m & 0xFF), _mm512_cvtepi32_epi64(_mm512_castsi512_si256(arg)));
+    _mm512_mask_storeu_epi64(p + 8, static_cast<__mmask8>(m >> 8),
+                             _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(arg, 1)));
+  }
+  static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+};
+
+#include "embedding_bag_pool_impl.h"
+
+}  // namespace avx512
+}  // namespace cpu
+}  // namespace mprec

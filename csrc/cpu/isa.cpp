@@ -1,0 +1,104 @@
+#include "mprec/isa.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <stdexcept>
+
+namespace mprec {
+namespace cpu {
+namespace {
+
+bool cpu_supports(Isa isa) {
+#if MPREC_HAVE_X86
+  __builtin_cpu_init();
+  switch (isa) {
+    case Isa::kAvx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("fma");
+    case Isa::kAvx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    case Isa::kScalar:
+      return true;
+  }
+  return false;
+#else
+  return isa == Isa::kScalar;
+#endif
+}
+
+Isa parse_isa(const std::string& name) {
+  if (name == "avx512") return Isa::kAvx512;
+  if (name == "avx2") return Isa::kAvx2;
+  if (name == "scalar") return Isa::kScalar;
+  throw std::invalid_argument("mprec: unknown CPU ISA '" + name + "'; expected one of avx512, avx2, scalar");
+}
+
+Isa checked(Isa isa, const std::string& source) {
+  if (!cpu_supports(isa)) {
+    throw std::runtime_error("mprec: " + source + " asks for the " + isa_name(isa) +
+                             " kernels, but this CPU (or this build) does not support them; supported: " +
+                             [] {
+                               std::string s;
+                               for (const auto& n : supported_isa_names()) s += (s.empty() ? "" : ", ") + n;
+                               return s;
+                             }());
+  }
+  return isa;
+}
+
+Isa initial_isa() {
+  const char* env = std::getenv("MPREC_CPU_ISA");
+  if (env != nullptr && env[0] != '\0') return checked(parse_isa(env), std::string("MPREC_CPU_ISA=") + env);
+  return best_supported_isa();
+}
+
+std::atomic<int> g_forced{-1};
+
+}  // namespace
+
+Isa best_supported_isa() {
+  if (cpu_supports(Isa::kAvx512)) return Isa::kAvx512;
+  if (cpu_supports(Isa::kAvx2)) return Isa::kAvx2;
+  return Isa::kScalar;
+}
+
+Isa active_isa() {
+  const int forced = g_forced.load(std::memory_order_relaxed);
+  if (forced >= 0) return static_cast<Isa>(forced);
+  static const Isa from_environment = initial_isa();
+  return from_environment;
+}
+
+void set_active_isa(const std::string& name) {
+  g_forced.store(static_cast<int>(checked(parse_isa(name), "set_cpu_isa('" + name + "')")));
+}
+
+std::string isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    case Isa::kScalar: return "scalar";
+  }
+  return "unknown";
+}
+
+std::vector<std::string> supported_isa_names() {
+  std::vector<std::string> names;
+  for (Isa isa : {Isa::kAvx512, Isa::kAvx2, Isa::kScalar})
+    if (cpu_supports(isa)) names.push_back(isa_name(isa));
+  return names;
+}
+
+PoolFn pool_kernel(Isa isa) {
+  switch (isa) {
+#if MPREC_HAVE_X86
+    case Isa::kAvx512: return &avx512::pool;
+    case Isa::kAvx2: return &avx2::pool;
+#endif
+    default: return &scalar::pool;
+  }
+}
+
+}  // namespace cpu
+}  // namespace mprec

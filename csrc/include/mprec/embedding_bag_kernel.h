@@ -1,0 +1,61 @@
+// The interface between the embedding-bag operators (csrc/cpu/embedding_bag.cpp, which validate, allocate
+// and parallelise with ATen) and their ISA variants (csrc/cpu/embedding_bag_{avx512,avx2,scalar}.cpp).
+//
+// The variants are compiled with different -m flags, so this header and everything they include must be
+// free of ATen, c10 and standard-library templates: an inline function instantiated in two files with
+// different flags is merged by the linker, and the AVX-512 copy could then run on a CPU without AVX-512.
+// Only plain structs and function pointers cross this line.
+#pragma once
+#include <cstdint>
+
+namespace mprec {
+namespace cpu {
+
+enum class WeightType : int32_t { kFloat = 0, kHalf = 1, kBFloat16 = 2, kUInt8RowwiseQuantized = 3 };
+enum class PoolMode : int32_t { kSum = 0, kMean = 1, kMax = 2 };
+
+// What went wrong inside a kernel loop. The operator turns it into an error message naming the op.
+enum class BagError : int32_t { kNone = 0, kIndexOutOfRange = 1, kOffsetDecreasing = 2, kOffsetPastEnd = 3 };
+
+struct BagErrorReport {
+  BagError kind = BagError::kNone;
+  int64_t position = -1;  // index position (kIndexOutOfRange) or bag (offset errors)
+  int64_t value = 0;      // the offending index or offset
+  int64_t table = 0;      // table of a batched call
+};
+
+// One table, a range of bags. Bag b (global bag number, so that the batched op can point every table at
+// the same indices/offsets arrays) covers indices [offsets[b], offsets[b+1]), except that when
+// b + 1 == num_offsets the bag ends at num_indices (torch's include_last_offset=False convention).
+struct PoolArgs {
+  const void* weight;              // [num_rows, dim], rows contiguous
+  const float* scale_bias;         // [num_rows, 2] (scale, bias) for kUInt8RowwiseQuantized, else null
+  WeightType weight_type;
+  int64_t num_rows;
+  int64_t dim;
+  const void* indices;             // int32 or int64, [num_indices]
+  const void* offsets;             // same dtype as indices, [num_offsets]
+  bool index_is_64bit;
+  int64_t num_indices;
+  int64_t num_offsets;
+  const float* per_sample_weights; // [num_indices] or null
+  PoolMode mode;
+  int64_t padding_idx;             // -1: none
+  void* output;                    // fp32 for fp32 and uint8 weights, else the weight's type
+  int64_t output_stride;           // elements between consecutive bags' output rows
+  int64_t* max_indices;            // kMax only: [bags, max_indices_stride]
+  int64_t max_indices_stride;
+};
+
+// Pools bags [bag_begin, bag_end) of `args`, writing bag b's output row at
+// output + (b - output_bag_base) * output_stride. Returns false and fills `error` with the first bad
+// position it met (the loop stops at it); results for other bags of the range are then unspecified.
+using PoolFn = bool (*)(const PoolArgs& args, int64_t bag_begin, int64_t bag_end, int64_t output_bag_base,
+                        BagErrorReport* error);
+
+namespace avx512 { bool pool(const PoolArgs&, int64_t, int64_t, int64_t, BagErrorReport*); }
+namespace avx2 { bool pool(const PoolArgs&, int64_t, int64_t, int64_t, BagErrorReport*); }
+namespace scalar { bool pool(const PoolArgs&, int64_t, int64_t, int64_t, BagErrorReport*); }
+
+}  // namespace cpu
+}  // namespace mprec

@@ -1,0 +1,25 @@
+// Run-time choice of the CPU kernel variant (AVX-512, AVX2 or portable scalar).
+#pragma once
+#include <string>
+#include <vector>
+
+#include "mprec/embedding_bag_kernel.h"
+
+namespace mprec {
+namespace cpu {
+
+enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// The best variant this CPU (and this build) supports.
+Isa best_supported_isa();
+// The variant in use: MPREC_CPU_ISA when set (read once), else the best supported one; set_active_isa
+// overrides both. Forcing a variant the CPU cannot run is an error, never a crash.
+Isa active_isa();
+void set_active_isa(const std::string& name);
+std::string isa_name(Isa isa);
+std::vector<std::string> supported_isa_names();
+
+PoolFn pool_kernel(Isa isa);
+
+}  // namespace cpu
+}  // namespace mprec

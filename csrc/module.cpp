@@ -1,0 +1,36 @@
+// The Python module mprec._C. Loading it registers every op (registration.cpp and the kernels'
+// TORCH_LIBRARY_IMPL blocks); the pybind functions below are only the helpers that are not ops.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <ATen/Parallel.h>
+
+#include "mprec/isa.h"
+
+#ifndef MPREC_TORCH_VERSION
+#define MPREC_TORCH_VERSION "unknown"
+#endif
+#ifndef MPREC_COMPILER
+#define MPREC_COMPILER "unknown"
+#endif
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "mprec compiled extension: op registrations and CPU feature helpers";
+  m.def("cpu_isa", [] { return mprec::cpu::isa_name(mprec::cpu::active_isa()); },
+        "The CPU kernel variant in use: 'avx512', 'avx2' or 'scalar'.");
+  m.def("set_cpu_isa", &mprec::cpu::set_active_isa, py::arg("name"),
+        "Force a CPU kernel variant for this process (overrides MPREC_CPU_ISA).");
+  m.def("supported_cpu_isas", &mprec::cpu::supported_isa_names,
+        "CPU kernel variants this CPU and build can run, best first.");
+  m.def("build_info", [] {
+    py::dict info;
+    info["torch_version"] = MPREC_TORCH_VERSION;
+    info["compiler"] = MPREC_COMPILER;
+    info["x86_kernels"] = static_cast<bool>(MPREC_HAVE_X86);
+    info["cuda"] = static_cast<bool>(MPREC_WITH_CUDA);
+    info["parallel"] = at::get_parallel_info();
+    return info;
+  });
+}

@@ -1,0 +1,52 @@
+// The whole mprec op surface: every schema is defined here, once. Kernels (csrc/cpu, csrc/cuda) only
+// register implementations with TORCH_LIBRARY_IMPL; Python (mprec/ops) adds fake kernels, autograd and
+// typed wrappers. Conventions shared by all ops:
+//   mode: 0 sum, 1 mean, 2 max (torch's numbering); padding_idx: -1 for none, else a row in [0, rows).
+//   Index tensors are int32 or int64, offsets of the same dtype.
+//   Sparse gradients cross the op boundary as dense (row numbers, values) pairs; mprec.ops builds the COO
+//   tensor, so every op here takes and returns strided tensors only.
+#include <torch/library.h>
+
+TORCH_LIBRARY(mprec, m) {
+  m.set_python_module("mprec.ops");
+
+  // -- embedding bag: one table ------------------------------------------------------------------------
+  // Returns (output [B, D], max_indices [B, D] in max mode, else [0, 0]). Output dtype: the weight's,
+  // float32 for uint8 (row-wise quantized) weights, which take their scale_bias [rows, 2].
+  // `sparse` only selects the gradient layout for autograd.
+  m.def(
+      "embedding_bag(Tensor weight, Tensor indices, Tensor offsets, int mode=0, Tensor? per_sample_weights=None, "
+      "int padding_idx=-1, bool include_last_offset=False, Tensor? scale_bias=None, bool sparse=False) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "embedding_bag_backward(Tensor grad, Tensor weight, Tensor indices, Tensor offsets, Tensor max_indices, "
+      "int mode, Tensor? per_sample_weights, int padding_idx, bool include_last_offset) -> Tensor");
+  m.def(
+      "embedding_bag_sparse_backward(Tensor grad, Tensor weight, Tensor indices, Tensor offsets, int mode, "
+      "Tensor? per_sample_weights, int padding_idx, bool include_last_offset) -> (Tensor, Tensor)");
+  m.def(
+      "embedding_bag_per_sample_weights_backward(Tensor grad, Tensor weight, Tensor indices, Tensor offsets, "
+      "int mode, int padding_idx, bool include_last_offset) -> Tensor");
+
+  // -- embedding bag: T tables in one call, FBGEMM's TBE layout ----------------------------------------
+  // indices of all tables concatenated table by table; offsets [T * B + 1]; output [B, sum D_t].
+  // padding_idx: one per table, or empty for none. scale_bias: one per table for uint8 weights.
+  m.def(
+      "batched_embedding_bag(Tensor[] weights, Tensor indices, Tensor offsets, int mode=0, "
+      "Tensor? per_sample_weights=None, int[] padding_idx=[], Tensor[]? scale_bias=None, bool sparse=False) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "batched_embedding_bag_backward(Tensor grad, Tensor[] weights, Tensor indices, Tensor offsets, "
+      "Tensor max_indices, int mode, Tensor? per_sample_weights, int[] padding_idx) -> Tensor[]");
+  m.def(
+      "batched_embedding_bag_sparse_backward(Tensor grad, Tensor[] weights, Tensor indices, Tensor offsets, "
+      "int mode, Tensor? per_sample_weights, int[] padding_idx) -> (Tensor[], Tensor[])");
+  m.def(
+      "batched_embedding_bag_per_sample_weights_backward(Tensor grad, Tensor[] weights, Tensor indices, "
+      "Tensor offsets, int mode, int[] padding_idx) -> Tensor");
+
+  // -- row-wise int8 quantization -------------------------------------------------------------------------
+  // (qweight uint8 [rows, D], scale_bias float32 [rows, 2]); x ~= q * scale + bias.
+  m.def("quantize_rowwise_int8(Tensor weight) -> (Tensor, Tensor)");
+  m.def("dequantize_rowwise_int8(Tensor qweight, Tensor scale_bias) -> Tensor");
+}

@@ -1,0 +1,77 @@
+"""Functional forms of the mprec layers, argument for argument like ``torch.nn.functional``."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..ops.embedding_bag import MODES, _normalize_padding_idx
+
+__all__ = ["embedding_bag"]
+
+
+def embedding_bag(
+    input: Tensor,
+    weight: Tensor,
+    offsets: Optional[Tensor] = None,
+    max_norm: Optional[float] = None,
+    norm_type: float = 2,
+    scale_grad_by_freq: bool = False,
+    mode: str = "mean",
+    sparse: bool = False,
+    per_sample_weights: Optional[Tensor] = None,
+    include_last_offset: bool = False,
+    padding_idx: Optional[int] = None,
+) -> Tensor:
+    """Drop-in for :func:`torch.nn.functional.embedding_bag`, computed by ``mprec::embedding_bag``.
+
+    Same arguments, defaults, input forms (1-D ``input`` with ``offsets``, or 2-D ``input`` of fixed-size
+    bags) and errors. ``scale_grad_by_freq`` is not supported yet and raises ``NotImplementedError``.
+    Beyond torch: uint8 row-wise quantized weights through :func:`mprec.ops.embedding_bag`, and int32
+    and int64 indices mixed with offsets of the other dtype (both are widened to int64, as torch does).
+    """
+    if scale_grad_by_freq:
+        raise NotImplementedError("mprec.nn.functional.embedding_bag: scale_grad_by_freq=True is not supported yet")
+    if per_sample_weights is not None and input.size() != per_sample_weights.size():
+        raise ValueError(
+            f"embedding_bag: If per_sample_weights ({per_sample_weights.shape}) is not None, "
+            f"then it must have the same shape as the input ({input.shape})")
+    if weight.dim() != 2:
+        raise ValueError(f"weight has to be a 2D Tensor, but got Tensor of dimension {weight.dim()}")
+    if input.dim() == 2:
+        if offsets is not None:
+            raise ValueError(
+                "if input is 2D, then offsets has to be None, as input is treated is a mini-batch of fixed "
+                f"length sequences. However, found offsets of type {type(offsets)}")
+        offsets = torch.arange(0, input.numel(), input.size(1), dtype=input.dtype, device=input.device)
+        include_last_offset = False
+        input = input.reshape(-1)
+        if per_sample_weights is not None:
+            per_sample_weights = per_sample_weights.reshape(-1)
+    elif input.dim() == 1:
+        if offsets is None:
+            raise ValueError("offsets has to be a 1D Tensor but got None")
+        if offsets.dim() != 1:
+            raise ValueError("offsets has to be a 1D Tensor")
+    else:
+        raise ValueError(f"input has to be 1D or 2D Tensor, but got Tensor of dimension {input.dim()}")
+    if mode not in MODES:
+        raise ValueError("mode has to be one of sum, mean or max")
+    if mode == "max" and sparse:
+        raise ValueError("max mode does not support sparse weights")
+    if per_sample_weights is not None and mode != "sum":
+        raise NotImplementedError(
+            "embedding_bag: per_sample_weights was not None. per_sample_weights is only supported for "
+            f"mode='sum' (got mode='{mode}').")
+    if input.dtype != offsets.dtype:
+        input, offsets = input.to(torch.int64), offsets.to(torch.int64)
+    if max_norm is not None:
+        # Renormalise, in place and outside autograd, the rows this call reads: what torch does.
+        with torch.no_grad():
+            torch.embedding_renorm_(weight, input, max_norm, norm_type)
+    out, _ = torch.ops.mprec.embedding_bag(
+        weight, input, offsets, MODES[mode], per_sample_weights,
+        _normalize_padding_idx("embedding_bag", padding_idx, weight.shape[0]), include_last_offset, None, sparse)
+    return out

@@ -1,0 +1,23 @@
+"""The mprec op surface, as typed Python functions.
+
+The schemas live in ``csrc/registration.cpp`` (``torch.ops.mprec.*``). Each module here holds, for one
+op family, the typed wrapper with its docstring, the fake kernel (``register_fake``: checks and
+allocates, never reads data) and the autograd formula (``register_autograd``). The pure-aten
+references that tests, benchmarks and the XLA/IPU lowerings share are in :mod:`mprec.ops.reference`.
+"""
+
+from .embedding_bag import (
+    MODES,
+    batched_embedding_bag,
+    dequantize_rowwise_int8,
+    embedding_bag,
+    quantize_rowwise_int8,
+)
+
+__all__ = [
+    "MODES",
+    "embedding_bag",
+    "batched_embedding_bag",
+    "quantize_rowwise_int8",
+    "dequantize_rowwise_int8",
+]

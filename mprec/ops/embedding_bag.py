@@ -1,0 +1,342 @@
+"""The embedding-bag op family: typed wrappers, fake kernels and autograd.
+
+Schemas: ``csrc/registration.cpp``. CPU kernels: ``csrc/cpu/embedding_bag*.cpp``. Reference:
+:func:`mprec.ops.reference.embedding_bag_reference`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "MODES",
+    "embedding_bag",
+    "batched_embedding_bag",
+    "quantize_rowwise_int8",
+    "dequantize_rowwise_int8",
+]
+
+#: Pooling modes by name, numbered as torch numbers them.
+MODES = {"sum": 0, "mean": 1, "max": 2}
+
+_FLOAT_WEIGHTS = (torch.float32, torch.float16, torch.bfloat16)
+_INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+def mode_number(op: str, mode: Union[str, int]) -> int:
+    if isinstance(mode, str):
+        if mode not in MODES:
+            raise ValueError(f"{op}: mode must be one of {sorted(MODES)}, got {mode!r}")
+        return MODES[mode]
+    if mode not in (0, 1, 2):
+        raise ValueError(f"{op}: mode must be 0 (sum), 1 (mean) or 2 (max), got {mode}")
+    return int(mode)
+
+
+def _output_dtype(weight_dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if weight_dtype == torch.uint8 else weight_dtype
+
+
+# --- argument checks shared by the fake kernels (the C++ kernels make the same checks) ---------------
+
+def _check_weight(op: str, weight: Tensor, scale_bias: Optional[Tensor], name: str = "weight") -> None:
+    if weight.dim() != 2:
+        raise ValueError(f"{op}: {name} must be 2-D [num_embeddings, embedding_dim], got shape {tuple(weight.shape)}")
+    if weight.dtype in _FLOAT_WEIGHTS:
+        if scale_bias is not None:
+            raise ValueError(f"{op}: scale_bias is only for uint8 (row-wise quantized) weights, but {name} is {weight.dtype}")
+    elif weight.dtype == torch.uint8:
+        if scale_bias is None:
+            raise ValueError(f"{op}: {name} is uint8 (row-wise quantized) and needs scale_bias [num_embeddings, 2] "
+                             "from mprec::quantize_rowwise_int8")
+        if scale_bias.dtype != torch.float32 or scale_bias.dim() != 2 or scale_bias.shape[1] != 2:
+            raise ValueError(f"{op}: scale_bias for {name} must be float32 [{weight.shape[0]}, 2], "
+                             f"got {scale_bias.dtype} {tuple(scale_bias.shape)}")
+    else:
+        raise ValueError(f"{op}: {name} has dtype {weight.dtype}; expected float32, float16, bfloat16 or uint8 "
+                         "(row-wise quantized)")
+
+
+def _check_indices(op: str, indices: Tensor, offsets: Tensor) -> None:
+    if indices.dtype not in _INDEX_DTYPES:
+        raise ValueError(f"{op}: indices must be int32 or int64, got {indices.dtype}")
+    if offsets.dtype != indices.dtype:
+        raise ValueError(f"{op}: offsets ({offsets.dtype}) must have the same dtype as indices ({indices.dtype})")
+    if indices.dim() != 1:
+        raise ValueError(f"{op}: indices must be 1-D, got shape {tuple(indices.shape)}")
+    if offsets.dim() != 1:
+        raise ValueError(f"{op}: offsets must be 1-D, got shape {tuple(offsets.shape)}")
+
+
+def _check_per_sample_weights(op: str, psw: Optional[Tensor], mode: int, num_indices) -> None:
+    if psw is None:
+        return
+    if mode != 0:
+        raise ValueError(f"{op}: per_sample_weights are only supported with mode sum (0), got mode {mode}")
+    if psw.dim() != 1 or psw.shape[0] != num_indices:
+        raise ValueError(f"{op}: per_sample_weights must be 1-D with one weight per index ({num_indices}), "
+                         f"got shape {tuple(psw.shape)}")
+    if not psw.dtype.is_floating_point:
+        raise ValueError(f"{op}: per_sample_weights must be floating point, got {psw.dtype}")
+
+
+def _single_bags(op: str, offsets: Tensor, include_last_offset: bool):
+    if include_last_offset and offsets.shape[0] < 1:
+        raise ValueError(f"{op}: include_last_offset=True needs at least one offset")
+    return offsets.shape[0] - 1 if include_last_offset else offsets.shape[0]
+
+
+def _batched_bags(op: str, offsets: Tensor, num_tables: int):
+    n = offsets.shape[0]
+    if n < 1 or (n - 1) % num_tables != 0:
+        raise ValueError(f"{op}: offsets must have T * B + 1 entries (TBE layout) for T = {num_tables} tables, got {n}")
+    return (n - 1) // num_tables
+
+
+# --- mprec::embedding_bag ------------------------------------------------------------------------------
+
+@torch.library.register_fake("mprec::embedding_bag")
+def _embedding_bag_fake(weight, indices, offsets, mode=0, per_sample_weights=None, padding_idx=-1,
+                        include_last_offset=False, scale_bias=None, sparse=False):
+    op = "mprec::embedding_bag"
+    mode = mode_number(op, mode)
+    _check_weight(op, weight, scale_bias)
+    _check_indices(op, indices, offsets)
+    _check_per_sample_weights(op, per_sample_weights, mode, indices.shape[0])
+    bags = _single_bags(op, offsets, include_last_offset)
+    out = weight.new_empty((bags, weight.shape[1]), dtype=_output_dtype(weight.dtype))
+    max_shape = (bags, weight.shape[1]) if mode == 2 else (0, 0)
+    return out, weight.new_empty(max_shape, dtype=torch.int64)
+
+
+@torch.library.register_fake("mprec::embedding_bag_backward")
+def _embedding_bag_backward_fake(grad, weight, indices, offsets, max_indices, mode, per_sample_weights, padding_idx,
+                                 include_last_offset):
+    return grad.new_empty(weight.shape, dtype=weight.dtype)
+
+
+@torch.library.register_fake("mprec::embedding_bag_sparse_backward")
+def _embedding_bag_sparse_backward_fake(grad, weight, indices, offsets, mode, per_sample_weights, padding_idx,
+                                        include_last_offset):
+    # As many rows as non-padding lookups: known only from the data.
+    rows = torch.library.get_ctx().new_dynamic_size()
+    return indices.new_empty((rows,), dtype=torch.int64), grad.new_empty((rows, weight.shape[1]), dtype=weight.dtype)
+
+
+@torch.library.register_fake("mprec::embedding_bag_per_sample_weights_backward")
+def _embedding_bag_psw_backward_fake(grad, weight, indices, offsets, mode, padding_idx, include_last_offset):
+    return grad.new_empty((indices.shape[0],), dtype=torch.float32)
+
+
+def _embedding_bag_setup_context(ctx, inputs, output):
+    weight, indices, offsets, mode, psw, padding_idx, include_last_offset, scale_bias, sparse = inputs
+    _, max_indices = output
+    ctx.save_for_backward(weight, indices, offsets, psw, max_indices)
+    ctx.mode, ctx.padding_idx, ctx.include_last_offset, ctx.sparse = mode, padding_idx, include_last_offset, sparse
+    ctx.mark_non_differentiable(max_indices)
+
+
+def _embedding_bag_backward(ctx, grad, _grad_max_indices):
+    weight, indices, offsets, psw, max_indices = ctx.saved_tensors
+    grad_weight = grad_psw = None
+    if ctx.needs_input_grad[0]:
+        if ctx.sparse:
+            rows, values = torch.ops.mprec.embedding_bag_sparse_backward(
+                grad, weight, indices, offsets, ctx.mode, psw, ctx.padding_idx, ctx.include_last_offset)
+            grad_weight = torch.sparse_coo_tensor(rows.unsqueeze(0), values, weight.shape)
+        else:
+            grad_weight = torch.ops.mprec.embedding_bag_backward(
+                grad, weight, indices, offsets, max_indices, ctx.mode, psw, ctx.padding_idx, ctx.include_last_offset)
+    if psw is not None and ctx.needs_input_grad[4]:
+        grad_psw = torch.ops.mprec.embedding_bag_per_sample_weights_backward(
+            grad, weight, indices, offsets, ctx.mode, ctx.padding_idx, ctx.include_last_offset).to(psw.dtype)
+    return grad_weight, None, None, None, grad_psw, None, None, None, None
+
+
+torch.library.register_autograd("mprec::embedding_bag", _embedding_bag_backward,
+                                setup_context=_embedding_bag_setup_context)
+
+
+def _normalize_padding_idx(op: str, padding_idx: Optional[int], num_rows: int) -> int:
+    """torch's convention: None for none, negative counts from the end."""
+    if padding_idx is None:
+        return -1
+    if not -num_rows <= padding_idx < num_rows:
+        raise ValueError(f"{op}: padding_idx {padding_idx} is out of range for a table of {num_rows} rows")
+    return padding_idx + num_rows if padding_idx < 0 else padding_idx
+
+
+def embedding_bag(
+    weight: Tensor,
+    indices: Tensor,
+    offsets: Tensor,
+    mode: Union[str, int] = "sum",
+    per_sample_weights: Optional[Tensor] = None,
+    padding_idx: Optional[int] = None,
+    include_last_offset: bool = False,
+    scale_bias: Optional[Tensor] = None,
+    sparse: bool = False,
+) -> Tensor:
+    """Pools rows of one table per bag: ``out[b] = reduce(weight[indices[offsets[b]:offsets[b+1]]])``.
+
+    Args:
+        weight: ``[num_embeddings, D]``, float32, float16, bfloat16, or uint8 row-wise quantized (then give
+            ``scale_bias`` from :func:`quantize_rowwise_int8`; inference only).
+        indices: 1-D int32 or int64 rows.
+        offsets: 1-D, same dtype as ``indices``, starting at 0 and non-decreasing. ``B`` entries (the last
+            bag runs to the end of ``indices``), or ``B + 1`` with ``include_last_offset=True``.
+        mode: ``"sum"``, ``"mean"`` or ``"max"`` (or 0, 1, 2).
+        per_sample_weights: one weight per index, ``"sum"`` mode only.
+        padding_idx: a row that is skipped (it does not count towards ``"mean"``); negative counts from the end.
+        sparse: make the weight gradient a sparse COO tensor, as ``torch.nn.EmbeddingBag(sparse=True)``.
+
+    Returns:
+        ``[B, D]`` in the weight's dtype (float32 for uint8 weights). Empty bags give zeros in every mode.
+    """
+    op = "mprec::embedding_bag"
+    out, _ = torch.ops.mprec.embedding_bag(
+        weight, indices, offsets, mode_number(op, mode), per_sample_weights,
+        _normalize_padding_idx(op, padding_idx, weight.shape[0]), include_last_offset, scale_bias, sparse)
+    return out
+
+
+# --- mprec::batched_embedding_bag ----------------------------------------------------------------------
+
+@torch.library.register_fake("mprec::batched_embedding_bag")
+def _batched_embedding_bag_fake(weights, indices, offsets, mode=0, per_sample_weights=None, padding_idx=(),
+                                scale_bias=None, sparse=False):
+    op = "mprec::batched_embedding_bag"
+    mode = mode_number(op, mode)
+    if len(weights) == 0:
+        raise ValueError(f"{op}: needs at least one table")
+    if scale_bias is not None and len(scale_bias) != len(weights):
+        raise ValueError(f"{op}: scale_bias has {len(scale_bias)} entries for {len(weights)} tables")
+    if len(padding_idx) not in (0, len(weights)):
+        raise ValueError(f"{op}: padding_idx has {len(padding_idx)} entries for {len(weights)} tables "
+                         "(give one per table, or none)")
+    for t, w in enumerate(weights):
+        _check_weight(op, w, None if scale_bias is None else scale_bias[t], f"weights[{t}]")
+        if w.dtype != weights[0].dtype:
+            raise ValueError(f"{op}: every table must have the same dtype; weights[0] is {weights[0].dtype} "
+                             f"but weights[{t}] is {w.dtype}")
+    _check_indices(op, indices, offsets)
+    _check_per_sample_weights(op, per_sample_weights, mode, indices.shape[0])
+    bags = _batched_bags(op, offsets, len(weights))
+    total_dim = sum(w.shape[1] for w in weights)
+    out = weights[0].new_empty((bags, total_dim), dtype=_output_dtype(weights[0].dtype))
+    max_shape = (bags, total_dim) if mode == 2 else (0, 0)
+    return out, weights[0].new_empty(max_shape, dtype=torch.int64)
+
+
+@torch.library.register_fake("mprec::batched_embedding_bag_backward")
+def _batched_embedding_bag_backward_fake(grad, weights, indices, offsets, max_indices, mode, per_sample_weights,
+                                         padding_idx):
+    return [grad.new_empty(w.shape, dtype=w.dtype) for w in weights]
+
+
+@torch.library.register_fake("mprec::batched_embedding_bag_sparse_backward")
+def _batched_embedding_bag_sparse_backward_fake(grad, weights, indices, offsets, mode, per_sample_weights,
+                                                padding_idx):
+    ctx = torch.library.get_ctx()
+    rows, values = [], []
+    for w in weights:
+        n = ctx.new_dynamic_size()
+        rows.append(indices.new_empty((n,), dtype=torch.int64))
+        values.append(grad.new_empty((n, w.shape[1]), dtype=w.dtype))
+    return rows, values
+
+
+@torch.library.register_fake("mprec::batched_embedding_bag_per_sample_weights_backward")
+def _batched_embedding_bag_psw_backward_fake(grad, weights, indices, offsets, mode, padding_idx):
+    return grad.new_empty((indices.shape[0],), dtype=torch.float32)
+
+
+def _batched_setup_context(ctx, inputs, output):
+    weights, indices, offsets, mode, psw, padding_idx, scale_bias, sparse = inputs
+    _, max_indices = output
+    ctx.save_for_backward(indices, offsets, psw, max_indices, *weights)
+    ctx.mode, ctx.padding_idx, ctx.sparse = mode, padding_idx, sparse
+    ctx.mark_non_differentiable(max_indices)
+
+
+def _batched_backward(ctx, grad, _grad_max_indices):
+    indices, offsets, psw, max_indices, *weights = ctx.saved_tensors
+    grad_weights = grad_psw = None
+    if ctx.needs_input_grad[0]:
+        if ctx.sparse:
+            rows, values = torch.ops.mprec.batched_embedding_bag_sparse_backward(
+                grad, weights, indices, offsets, ctx.mode, psw, ctx.padding_idx)
+            grad_weights = [torch.sparse_coo_tensor(r.unsqueeze(0), v, w.shape)
+                            for r, v, w in zip(rows, values, weights)]
+        else:
+            grad_weights = torch.ops.mprec.batched_embedding_bag_backward(
+                grad, weights, indices, offsets, max_indices, ctx.mode, psw, ctx.padding_idx)
+    if psw is not None and ctx.needs_input_grad[4]:
+        grad_psw = torch.ops.mprec.batched_embedding_bag_per_sample_weights_backward(
+            grad, weights, indices, offsets, ctx.mode, ctx.padding_idx).to(psw.dtype)
+    return grad_weights, None, None, None, grad_psw, None, None, None
+
+
+torch.library.register_autograd("mprec::batched_embedding_bag", _batched_backward,
+                                setup_context=_batched_setup_context)
+
+
+def batched_embedding_bag(
+    weights: Sequence[Tensor],
+    indices: Tensor,
+    offsets: Tensor,
+    mode: Union[str, int] = "sum",
+    per_sample_weights: Optional[Tensor] = None,
+    padding_idx: Optional[Sequence[Optional[int]]] = None,
+    scale_bias: Optional[Sequence[Tensor]] = None,
+    sparse: bool = False,
+) -> Tensor:
+    """Pools T tables in one call, in FBGEMM's TBE layout.
+
+    ``indices`` holds every table's lookups, table by table; ``offsets`` has ``T * B + 1`` entries and bag
+    ``b`` of table ``t`` is ``indices[offsets[t*B + b] : offsets[t*B + b + 1]]``. Tables may differ in rows
+    and width but share a dtype. Returns ``[B, sum(D_t)]``, table ``t``'s columns after table ``t-1``'s.
+    ``padding_idx`` is one entry per table (None for none); the other arguments are as in
+    :func:`embedding_bag`.
+    """
+    op = "mprec::batched_embedding_bag"
+    weights = list(weights)
+    pads = [] if padding_idx is None else [
+        _normalize_padding_idx(op, p, w.shape[0]) for p, w in zip(padding_idx, weights, strict=True)]
+    out, _ = torch.ops.mprec.batched_embedding_bag(
+        weights, indices, offsets, mode_number(op, mode), per_sample_weights, pads,
+        None if scale_bias is None else list(scale_bias), sparse)
+    return out
+
+
+# --- row-wise int8 -------------------------------------------------------------------------------------
+
+@torch.library.register_fake("mprec::quantize_rowwise_int8")
+def _quantize_rowwise_int8_fake(weight):
+    if weight.dim() != 2:
+        raise ValueError(f"mprec::quantize_rowwise_int8: weight must be 2-D, got shape {tuple(weight.shape)}")
+    return (weight.new_empty(weight.shape, dtype=torch.uint8),
+            weight.new_empty((weight.shape[0], 2), dtype=torch.float32))
+
+
+@torch.library.register_fake("mprec::dequantize_rowwise_int8")
+def _dequantize_rowwise_int8_fake(qweight, scale_bias):
+    return qweight.new_empty(qweight.shape, dtype=torch.float32)
+
+
+def quantize_rowwise_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Row-wise 8-bit quantization (FBGEMM's format, with scale and bias kept apart).
+
+    Returns ``(qweight, scale_bias)``: ``qweight`` uint8 ``[rows, D]`` and ``scale_bias`` float32
+    ``[rows, 2]`` with, per row, ``scale = (max - min) / 255`` and ``bias = min``, so that
+    ``weight ~= qweight * scale + bias`` within ``scale / 2``.
+    """
+    return torch.ops.mprec.quantize_rowwise_int8(weight)
+
+
+def dequantize_rowwise_int8(qweight: Tensor, scale_bias: Tensor) -> Tensor:
+    """``qweight * scale + bias`` as float32."""
+    return torch.ops.mprec.dequantize_rowwise_int8(qweight, scale_bias)

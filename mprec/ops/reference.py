@@ -1,0 +1,105 @@
+"""Pure-aten references for the mprec ops.
+
+Written from the definitions, not from the kernels, with only differentiable aten ops (index_select,
+index_add, scatter_reduce, searchsorted), so that tests can compare the kernels against them in float64
+and differentiate them with autograd, benchmarks can time them, and the XLA/IPU lowerings can reuse them.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .embedding_bag import mode_number
+
+__all__ = [
+    "embedding_bag_reference",
+    "batched_embedding_bag_reference",
+    "quantize_rowwise_int8_reference",
+    "dequantize_rowwise_int8_reference",
+]
+
+
+def dequantize_rowwise_int8_reference(qweight: Tensor, scale_bias: Tensor, dtype=torch.float32) -> Tensor:
+    return qweight.to(dtype) * scale_bias[:, :1].to(dtype) + scale_bias[:, 1:].to(dtype)
+
+
+def quantize_rowwise_int8_reference(weight: Tensor) -> tuple[Tensor, Tensor]:
+    w = weight.float()
+    lo = w.amin(dim=1, keepdim=True) if w.shape[1] else w.new_zeros(w.shape[0], 1)
+    hi = w.amax(dim=1, keepdim=True) if w.shape[1] else w.new_zeros(w.shape[0], 1)
+    scale = (hi - lo) / 255.0
+    q = torch.where(scale > 0, torch.round((w - lo) / torch.where(scale > 0, scale, 1.0)), 0.0)
+    return q.clamp(0, 255).to(torch.uint8), torch.cat([scale, lo], dim=1)
+
+
+def _bag_of_lookups(offsets: Tensor, num_indices: int, bags: int, include_last_offset: bool):
+    """(first lookup, end of lookups, bag number of each lookup in between)."""
+    offsets = offsets.to(torch.int64)
+    if include_last_offset:
+        ends = offsets[1 : bags + 1]
+    else:
+        ends = torch.cat([offsets[1:bags], offsets.new_tensor([num_indices])]) if bags else offsets[:0]
+    if bags == 0:
+        return 0, 0, offsets[:0]
+    first, last = int(offsets[0]), int(ends[-1])
+    positions = torch.arange(first, last, device=offsets.device)
+    return first, last, torch.searchsorted(ends, positions, right=True)
+
+
+def embedding_bag_reference(
+    weight: Tensor,
+    indices: Tensor,
+    offsets: Tensor,
+    mode: Union[str, int] = 0,
+    per_sample_weights: Optional[Tensor] = None,
+    padding_idx: int = -1,
+    include_last_offset: bool = False,
+    scale_bias: Optional[Tensor] = None,
+) -> Tensor:
+    """``embedding_bag`` from its definition; computes in ``weight``'s dtype (float32 for uint8 weights)."""
+    mode = mode_number("embedding_bag_reference", mode)
+    if weight.dtype == torch.uint8:
+        weight = dequantize_rowwise_int8_reference(weight, scale_bias)
+    bags = offsets.numel() - 1 if include_last_offset else offsets.numel()
+    first, last, bag = _bag_of_lookups(offsets, indices.numel(), bags, include_last_offset)
+    rows = indices[first:last].to(torch.int64)
+    keep = rows != padding_idx
+    rows, bag = rows[keep], bag[keep]
+    values = weight.index_select(0, rows)
+    if per_sample_weights is not None:
+        values = values * per_sample_weights[first:last][keep].to(weight.dtype).unsqueeze(1)
+    dim = weight.shape[1]
+    counts = torch.bincount(bag, minlength=bags)[:bags] if bags else bag.new_zeros(0)
+    if mode == 2:
+        out = weight.new_full((bags, dim), float("-inf"))
+        out = out.scatter_reduce(0, bag.unsqueeze(1).expand(-1, dim), values, "amax", include_self=True)
+        return torch.where((counts > 0).unsqueeze(1), out, torch.zeros_like(out))
+    out = weight.new_zeros((bags, dim)).index_add(0, bag, values)
+    if mode == 1:
+        out = out / counts.clamp(min=1).to(out.dtype).unsqueeze(1)
+    return out
+
+
+def batched_embedding_bag_reference(
+    weights: Sequence[Tensor],
+    indices: Tensor,
+    offsets: Tensor,
+    mode: Union[str, int] = 0,
+    per_sample_weights: Optional[Tensor] = None,
+    padding_idx: Sequence[int] = (),
+    scale_bias: Optional[Sequence[Tensor]] = None,
+) -> Tensor:
+    """``batched_embedding_bag`` as T single-table references over the TBE layout."""
+    num_tables = len(weights)
+    bags = (offsets.numel() - 1) // num_tables
+    outs = []
+    for t, w in enumerate(weights):
+        table_offsets = offsets[t * bags : (t + 1) * bags + 1]
+        outs.append(embedding_bag_reference(
+            w, indices, table_offsets, mode, per_sample_weights,
+            padding_idx[t] if len(padding_idx) else -1, True,
+            None if scale_bias is None else scale_bias[t]))
+    return torch.cat(outs, dim=1)
