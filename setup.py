@@ -35,7 +35,7 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-DCMAKE_BUILD_TYPE={os.environ.get('MPREC_BUILD_TYPE', 'Release')}",
-            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out.parent}",
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={build_dir / 'lib'}",
             f"-DMPREC_WITH_CUDA={'ON' if with_cuda else 'OFF'}",
         ]
         try:
@@ -47,12 +47,11 @@ class CMakeBuild(build_ext):
         jobs = os.environ.get("MPREC_BUILD_JOBS", str(os.cpu_count() or 1))
         subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build_dir), *cmake_args], check=True)
         subprocess.run(["cmake", "--build", str(build_dir), "--parallel", jobs], check=True)
-        built = next(out.parent.glob("_C*.so"), None)
-        if built is None or not built.exists():
-            raise RuntimeError(f"CMake did not produce mprec._C in {out.parent}")
-        if built.resolve() != out:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            self.copy_file(str(built), str(out))
+        built = next((build_dir / "lib").glob("_C*.so"), None)
+        if built is None:
+            raise RuntimeError(f"CMake did not produce mprec._C in {build_dir / 'lib'}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.copy_file(str(built), str(out))
 
 
 setup(

@@ -59,19 +59,28 @@ PoolMode checked_mode(const char* op, int64_t mode) {
   return static_cast<PoolMode>(mode);
 }
 
+WeightType float_weight_type(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kDouble: return WeightType::kDouble;
+    case at::kHalf: return WeightType::kHalf;
+    case at::kBFloat16: return WeightType::kBFloat16;
+    case at::kByte: return WeightType::kUInt8RowwiseQuantized;
+    default: return WeightType::kFloat;
+  }
+}
+
 WeightType checked_weight(const char* op, const Tensor& weight, const Tensor* scale_bias, const std::string& name) {
   TORCH_CHECK_VALUE(weight.dim() == 2, op, ": ", name, " must be 2-D [num_embeddings, embedding_dim], got shape ",
                     weight.sizes());
   TORCH_CHECK_VALUE(weight.device().is_cpu(), op, ": ", name, " is on ", weight.device(), ", expected cpu");
   switch (weight.scalar_type()) {
     case at::kFloat:
+    case at::kDouble:
     case at::kHalf:
     case at::kBFloat16:
       TORCH_CHECK_VALUE(scale_bias == nullptr || !scale_bias->defined(), op, ": scale_bias is only for uint8 ",
                         "(row-wise quantized) weights, but ", name, " is ", weight.scalar_type());
-      return weight.scalar_type() == at::kFloat  ? WeightType::kFloat
-             : weight.scalar_type() == at::kHalf ? WeightType::kHalf
-                                                 : WeightType::kBFloat16;
+      return float_weight_type(weight.scalar_type());
     case at::kByte: {
       TORCH_CHECK_VALUE(scale_bias != nullptr && scale_bias->defined(), op, ": ", name,
                         " is uint8 (row-wise quantized) and needs scale_bias [num_embeddings, 2] from "
@@ -85,7 +94,7 @@ WeightType checked_weight(const char* op, const Tensor& weight, const Tensor* sc
     }
     default:
       TORCH_CHECK_VALUE(false, op, ": ", name, " has dtype ", weight.scalar_type(),
-                        "; expected float32, float16, bfloat16 or uint8 (row-wise quantized)");
+                        "; expected float32, float64, float16, bfloat16 or uint8 (row-wise quantized)");
   }
 }
 
@@ -109,8 +118,9 @@ Layout make_layout(const char* op, const Tensor& indices, const Tensor& offsets,
   return layout;
 }
 
+// per_sample_weights in the accumulation dtype: float64 for float64 tables, else float32.
 Tensor checked_per_sample_weights(const char* op, const c10::optional<Tensor>& psw, PoolMode mode,
-                                  int64_t num_indices) {
+                                  int64_t num_indices, at::ScalarType acc_dtype) {
   if (!psw.has_value() || !psw->defined()) return Tensor();
   TORCH_CHECK_VALUE(mode == PoolMode::kSum, op, ": per_sample_weights are only supported with mode sum (0), got ",
                     mode == PoolMode::kMean ? "mean (1)" : "max (2)");
@@ -119,7 +129,7 @@ Tensor checked_per_sample_weights(const char* op, const c10::optional<Tensor>& p
                     psw->sizes());
   TORCH_CHECK_VALUE(at::isFloatingType(psw->scalar_type()), op, ": per_sample_weights must be floating point, got ",
                     psw->scalar_type());
-  return psw->to(at::kFloat).contiguous();
+  return psw->to(acc_dtype).contiguous();
 }
 
 void check_padding_idx(const char* op, int64_t padding_idx, int64_t num_rows, const std::string& where) {
@@ -157,6 +167,98 @@ void check_padding_idx(const char* op, int64_t padding_idx, int64_t num_rows, co
   TORCH_CHECK(false, msg.str());
 }
 
+template <typename IT>
+struct BagReader {
+  const char* op;
+  const Layout& layout;
+  const std::vector<Table>& tables;
+  const IT* indices;
+  const IT* offsets;
+
+  BagReader(const char* op_, const Layout& l, const std::vector<Table>& t)
+      : op(op_), layout(l), tables(t), indices(l.indices.data_ptr<IT>()), offsets(l.offsets.data_ptr<IT>()) {}
+
+  std::pair<int64_t, int64_t> bounds(int64_t bag) const {
+    const int64_t start = offsets[bag];
+    const int64_t end = bag + 1 < layout.num_offsets ? static_cast<int64_t>(offsets[bag + 1]) : layout.num_indices;
+    BagErrorReport e;
+    if (end > layout.num_indices) e = {BagError::kOffsetPastEnd, bag + 1, end, 0};
+    else if (end < start || start < 0) e = {BagError::kOffsetDecreasing, bag + 1, end, 0};
+    if (e.kind != BagError::kNone) throw_bag_error(op, e, layout, tables);
+    return {start, end};
+  }
+  // The row of lookup i, or -1 for the padding row.
+  int64_t row(int64_t i, int64_t t) const {
+    const int64_t idx = indices[i];
+    if (idx == tables[t].padding_idx) return -1;
+    if (static_cast<uint64_t>(idx) >= static_cast<uint64_t>(tables[t].num_rows))
+      throw_bag_error(op, {BagError::kIndexOutOfRange, i, idx, t}, layout, tables);
+    return idx;
+  }
+  // Non-padding lookups of a bag.
+  int64_t count(int64_t bag, int64_t t) const {
+    const auto [start, end] = bounds(bag);
+    int64_t n = 0;
+    for (int64_t i = start; i < end; ++i) n += row(i, t) >= 0;
+    return n;
+  }
+};
+
+#define MPREC_DISPATCH_INDEX(layout, FN, ...) \
+  ((layout).index_is_64bit() ? FN<int64_t>(__VA_ARGS__) : FN<int32_t>(__VA_ARGS__))
+
+// Instantiates FN for the index dtype and the accumulation type (double for float64 tables, else float).
+#define MPREC_DISPATCH_INDEX_ACC(layout, is_double, FN, ...)                                              \
+  ((layout).index_is_64bit() ? ((is_double) ? FN<int64_t, double>(__VA_ARGS__) : FN<int64_t, float>(__VA_ARGS__)) \
+                             : ((is_double) ? FN<int32_t, double>(__VA_ARGS__) : FN<int32_t, float>(__VA_ARGS__)))
+
+at::ScalarType accumulation_dtype(const Tensor& weight) {
+  return weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// float64 tables: a portable loop accumulating in double. Not a fast path; it gives gradcheck and
+// float64 users exact results with the same semantics and checks as the vector kernels.
+template <typename IT>
+void pool_float64(const char* op, const std::vector<Table>& tables, const Layout& layout, PoolMode mode,
+                  const Tensor& psw, Tensor& output, Tensor& max_indices) {
+  BagReader<IT> reader(op, layout, tables);
+  const int64_t total_dim = output.size(1);
+  double* out = output.data_ptr<double>();
+  int64_t* mi = mode == PoolMode::kMax ? max_indices.data_ptr<int64_t>() : nullptr;
+  const double* psw_ptr = psw.defined() ? psw.data_ptr<double>() : nullptr;
+  const int64_t total_bags = static_cast<int64_t>(tables.size()) * layout.bags;
+  at::parallel_for(0, total_bags, 64, [&](int64_t begin, int64_t end) {
+    std::vector<double> acc;
+    for (int64_t bag = begin; bag < end; ++bag) {
+      const int64_t t = bag / layout.bags;
+      const Table& table = tables[t];
+      const double* w = table.weight.data_ptr<double>();
+      const int64_t row_out = bag - t * layout.bags;
+      double* o = out + row_out * total_dim + table.col;
+      int64_t* a = mi ? mi + row_out * total_dim + table.col : nullptr;
+      acc.assign(table.dim, mode == PoolMode::kMax ? -std::numeric_limits<double>::infinity() : 0.0);
+      if (a) std::fill(a, a + table.dim, -1);
+      const auto [start, stop] = reader.bounds(bag);
+      int64_t count = 0;
+      for (int64_t i = start; i < stop; ++i) {
+        const int64_t r = reader.row(i, t);
+        if (r < 0) continue;
+        ++count;
+        const double s = psw_ptr ? psw_ptr[i] : 1.0;
+        for (int64_t d = 0; d < table.dim; ++d) {
+          const double x = w[r * table.dim + d];
+          if (mode != PoolMode::kMax) acc[d] += s * x;
+          else if (x > acc[d]) { acc[d] = x; a[d] = r; }
+        }
+      }
+      for (int64_t d = 0; d < table.dim; ++d) {
+        if (count == 0) o[d] = 0.0;
+        else o[d] = mode == PoolMode::kMean ? acc[d] / static_cast<double>(count) : acc[d];
+      }
+    }
+  });
+}
+
 // Collects the earliest error the threads met, so the message does not depend on the thread count.
 struct FirstError {
   std::mutex mutex;
@@ -189,6 +291,10 @@ std::tuple<Tensor, Tensor> pool_tables(const char* op, const std::vector<Table>&
   const int64_t total_bags = num_tables * layout.bags;
   if (total_bags == 0) return {output, max_indices};
 
+  if (tables[0].type == WeightType::kDouble) {
+    MPREC_DISPATCH_INDEX(layout, pool_float64, op, tables, layout, mode, psw, output, max_indices);
+    return {output, max_indices};
+  }
   const PoolFn kernel = pool_kernel(active_isa());
   const float* psw_ptr = psw.defined() ? psw.data_ptr<float>() : nullptr;
   FirstError first_error;
@@ -248,7 +354,8 @@ std::tuple<Tensor, Tensor> embedding_bag_cpu(const Tensor& weight, const Tensor&
   check_padding_idx(op, padding_idx, weight.size(0), "");
   const int64_t bags = include_last_offset ? offsets.numel() - 1 : offsets.numel();
   const Layout layout = make_layout(op, indices, offsets, bags);
-  const Tensor psw = checked_per_sample_weights(op, per_sample_weights, pool_mode, indices.numel());
+  const Tensor psw =
+      checked_per_sample_weights(op, per_sample_weights, pool_mode, indices.numel(), accumulation_dtype(weight));
   std::vector<Table> tables{{weight.contiguous(), sb.defined() ? sb.contiguous() : Tensor(), type, weight.size(0),
                              weight.size(1), 0, padding_idx}};
   return pool_tables(op, tables, layout, pool_mode, psw);
@@ -298,7 +405,8 @@ std::tuple<Tensor, Tensor> batched_embedding_bag_cpu(at::TensorList weights, con
   const std::vector<Table> tables = batched_tables(op, weights, padding_idx, scale_bias);
   check_indices_offsets(op, indices, offsets);
   const Layout layout = make_layout(op, indices, offsets, batched_bags(op, offsets, tables.size()));
-  const Tensor psw = checked_per_sample_weights(op, per_sample_weights, pool_mode, indices.numel());
+  const Tensor psw = checked_per_sample_weights(op, per_sample_weights, pool_mode, indices.numel(),
+                                                accumulation_dtype(tables[0].weight));
   return pool_tables(op, tables, layout, pool_mode, psw);
 }
 
@@ -306,47 +414,11 @@ std::tuple<Tensor, Tensor> batched_embedding_bag_cpu(at::TensorList weights, con
 // The backward loops need the same bag bounds and index checks as the forward kernels (they can be
 // called directly, with inputs the forward never saw), written once here.
 
-template <typename IT>
-struct BagReader {
-  const char* op;
-  const Layout& layout;
-  const std::vector<Table>& tables;
-  const IT* indices;
-  const IT* offsets;
-
-  BagReader(const char* op_, const Layout& l, const std::vector<Table>& t)
-      : op(op_), layout(l), tables(t), indices(l.indices.data_ptr<IT>()), offsets(l.offsets.data_ptr<IT>()) {}
-
-  std::pair<int64_t, int64_t> bounds(int64_t bag) const {
-    const int64_t start = offsets[bag];
-    const int64_t end = bag + 1 < layout.num_offsets ? static_cast<int64_t>(offsets[bag + 1]) : layout.num_indices;
-    BagErrorReport e;
-    if (end > layout.num_indices) e = {BagError::kOffsetPastEnd, bag + 1, end, 0};
-    else if (end < start || start < 0) e = {BagError::kOffsetDecreasing, bag + 1, end, 0};
-    if (e.kind != BagError::kNone) throw_bag_error(op, e, layout, tables);
-    return {start, end};
-  }
-  // The row of lookup i, or -1 for the padding row.
-  int64_t row(int64_t i, int64_t t) const {
-    const int64_t idx = indices[i];
-    if (idx == tables[t].padding_idx) return -1;
-    if (static_cast<uint64_t>(idx) >= static_cast<uint64_t>(tables[t].num_rows))
-      throw_bag_error(op, {BagError::kIndexOutOfRange, i, idx, t}, layout, tables);
-    return idx;
-  }
-  // Non-padding lookups of a bag.
-  int64_t count(int64_t bag, int64_t t) const {
-    const auto [start, end] = bounds(bag);
-    int64_t n = 0;
-    for (int64_t i = start; i < end; ++i) n += row(i, t) >= 0;
-    return n;
-  }
-};
-
 // Scale of lookup i's contribution: per_sample_weights for sum, 1/count for mean.
-inline float lookup_scale(PoolMode mode, const float* psw, int64_t i, int64_t count) {
-  if (mode == PoolMode::kMean) return count > 0 ? 1.f / static_cast<float>(count) : 0.f;
-  return psw ? psw[i] : 1.f;
+template <typename acc_t>
+inline acc_t lookup_scale(PoolMode mode, const acc_t* psw, int64_t i, int64_t count) {
+  if (mode == PoolMode::kMean) return count > 0 ? acc_t(1) / static_cast<acc_t>(count) : acc_t(0);
+  return psw ? psw[i] : acc_t(1);
 }
 
 void check_grad(const char* op, const Tensor& grad, int64_t bags, int64_t total_dim) {
@@ -357,19 +429,19 @@ void check_grad(const char* op, const Tensor& grad, int64_t bags, int64_t total_
 // Dense weight gradients. Threads own disjoint row ranges and each scans every lookup in order, so no
 // two threads write the same row and every row sums its contributions in the same order at any thread
 // count: the result is bitwise independent of the number of threads.
-template <typename IT>
+template <typename IT, typename acc_t>
 std::vector<Tensor> dense_backward(const char* op, const Tensor& grad, const std::vector<Table>& tables,
                                    const Layout& layout, PoolMode mode, const Tensor& psw, const Tensor& max_indices) {
-  const Tensor g = grad.to(at::kFloat).contiguous();
-  const float* gp = g.data_ptr<float>();
+  const Tensor g = grad.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+  const acc_t* gp = g.data_ptr<acc_t>();
   const int64_t total_dim = g.size(1);
-  const float* psw_ptr = psw.defined() ? psw.data_ptr<float>() : nullptr;
+  const acc_t* psw_ptr = psw.defined() ? psw.data_ptr<acc_t>() : nullptr;
   BagReader<IT> reader(op, layout, tables);
   std::vector<Tensor> grads;
   for (const auto t : c10::irange(tables.size())) {
     const Table& table = tables[t];
     Tensor gw = at::zeros({table.num_rows, table.dim}, g.options());
-    float* gwp = gw.data_ptr<float>();
+    acc_t* gwp = gw.data_ptr<acc_t>();
     const int64_t dim = table.dim;
     const int64_t base = static_cast<int64_t>(t) * layout.bags;
     const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
@@ -391,12 +463,12 @@ std::vector<Tensor> dense_backward(const char* op, const Tensor& grad, const std
         for (int64_t b = 0; b < layout.bags; ++b) {
           const auto [start, end] = reader.bounds(base + b);
           const int64_t count = mode == PoolMode::kMean ? reader.count(base + b, t) : 0;
-          const float* grow = gp + b * total_dim + table.col;
+          const acc_t* grow = gp + b * total_dim + table.col;
           for (int64_t i = start; i < end; ++i) {
             const int64_t r = reader.row(i, t);
             if (r < r0 || r >= r1) continue;
-            const float s = lookup_scale(mode, psw_ptr, i, count);
-            float* dst = gwp + r * dim;
+            const acc_t s = lookup_scale(mode, psw_ptr, i, count);
+            acc_t* dst = gwp + r * dim;
             for (int64_t d = 0; d < dim; ++d) dst[d] += s * grow[d];
           }
         }
@@ -409,16 +481,16 @@ std::vector<Tensor> dense_backward(const char* op, const Tensor& grad, const std
 
 // Sparse (COO) weight gradients as torch's sparse=True produces them: one row per non-padding lookup,
 // uncoalesced. Returned as (row numbers, values) per table; the Python layer builds the sparse tensor.
-template <typename IT>
+template <typename IT, typename acc_t>
 std::pair<std::vector<Tensor>, std::vector<Tensor>> sparse_backward(const char* op, const Tensor& grad,
                                                                     const std::vector<Table>& tables,
                                                                     const Layout& layout, PoolMode mode,
                                                                     const Tensor& psw) {
   TORCH_CHECK_VALUE(mode != PoolMode::kMax, op, ": sparse gradients are not supported with mode max (as in torch)");
-  const Tensor g = grad.to(at::kFloat).contiguous();
-  const float* gp = g.data_ptr<float>();
+  const Tensor g = grad.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+  const acc_t* gp = g.data_ptr<acc_t>();
   const int64_t total_dim = g.size(1);
-  const float* psw_ptr = psw.defined() ? psw.data_ptr<float>() : nullptr;
+  const acc_t* psw_ptr = psw.defined() ? psw.data_ptr<acc_t>() : nullptr;
   BagReader<IT> reader(op, layout, tables);
   std::vector<Tensor> rows_out, values_out;
   for (const auto t : c10::irange(tables.size())) {
@@ -432,17 +504,17 @@ std::pair<std::vector<Tensor>, std::vector<Tensor>> sparse_backward(const char* 
     Tensor rows = at::empty({first[layout.bags]}, g.options().dtype(at::kLong));
     Tensor values = at::empty({first[layout.bags], table.dim}, g.options());
     int64_t* rp = rows.data_ptr<int64_t>();
-    float* vp = values.data_ptr<float>();
+    acc_t* vp = values.data_ptr<acc_t>();
     at::parallel_for(0, layout.bags, 64, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const auto [start, end] = reader.bounds(base + b);
         const int64_t count = first[b + 1] - first[b];
-        const float* grow = gp + b * total_dim + table.col;
+        const acc_t* grow = gp + b * total_dim + table.col;
         int64_t out = first[b];
         for (int64_t i = start; i < end; ++i) {
           const int64_t r = reader.row(i, t);
           if (r < 0) continue;
-          const float s = lookup_scale(mode, psw_ptr, i, count);
+          const acc_t s = lookup_scale(mode, psw_ptr, i, count);
           rp[out] = r;
           for (int64_t d = 0; d < table.dim; ++d) vp[out * table.dim + d] = s * grow[d];
           ++out;
@@ -457,15 +529,15 @@ std::pair<std::vector<Tensor>, std::vector<Tensor>> sparse_backward(const char* 
 
 // d output / d per_sample_weights[i] = <grad[bag(i)], weight[indices[i]]>; 0 for padding lookups and for
 // lookups that belong to no bag (after the last offset with include_last_offset).
-template <typename IT>
+template <typename IT, typename acc_t>
 Tensor per_sample_weights_backward(const char* op, const Tensor& grad, const std::vector<Table>& tables,
                                    const Layout& layout, PoolMode mode) {
   TORCH_CHECK_VALUE(mode == PoolMode::kSum, op, ": per_sample_weights are only supported with mode sum (0)");
-  const Tensor g = grad.to(at::kFloat).contiguous();
-  const float* gp = g.data_ptr<float>();
+  const Tensor g = grad.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+  const acc_t* gp = g.data_ptr<acc_t>();
   const int64_t total_dim = g.size(1);
   Tensor out = at::zeros({layout.num_indices}, g.options());
-  float* op_ = out.data_ptr<float>();
+  acc_t* op_ = out.data_ptr<acc_t>();
   BagReader<IT> reader(op, layout, tables);
   for (const auto t : c10::irange(tables.size())) {
     const Table& table = tables[t];
@@ -477,12 +549,12 @@ Tensor per_sample_weights_backward(const char* op, const Tensor& grad, const std
       at::parallel_for(0, layout.bags, 64, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           const auto [start, end] = reader.bounds(base + b);
-          const float* grow = gp + b * total_dim + table.col;
+          const acc_t* grow = gp + b * total_dim + table.col;
           for (int64_t i = start; i < end; ++i) {
             const int64_t r = reader.row(i, t);
             if (r < 0) continue;
-            float acc = 0.f;
-            for (int64_t d = 0; d < table.dim; ++d) acc += grow[d] * static_cast<float>(w[r * table.dim + d]);
+            acc_t acc = 0;
+            for (int64_t d = 0; d < table.dim; ++d) acc += grow[d] * static_cast<acc_t>(w[r * table.dim + d]);
             op_[i] = acc;
           }
         }
@@ -492,8 +564,10 @@ Tensor per_sample_weights_backward(const char* op, const Tensor& grad, const std
   return out;
 }
 
-#define MPREC_DISPATCH_INDEX(layout, FN, ...) \
-  ((layout).index_is_64bit() ? FN<int64_t>(__VA_ARGS__) : FN<int32_t>(__VA_ARGS__))
+template <typename Call>
+bool weight_is_double(const Call& c) {
+  return c.tables[0].weight.scalar_type() == at::kDouble;
+}
 
 // Argument handling shared by the single-table backward ops.
 struct SingleCall {
@@ -511,7 +585,7 @@ SingleCall single_call(const char* op, const Tensor& weight, const Tensor& indic
                     ": include_last_offset=True needs at least one offset");
   check_padding_idx(op, padding_idx, weight.size(0), "");
   const int64_t bags = include_last_offset ? offsets.numel() - 1 : offsets.numel();
-  WeightType type = weight.scalar_type() == at::kByte ? WeightType::kUInt8RowwiseQuantized : WeightType::kFloat;
+  const WeightType type = float_weight_type(weight.scalar_type());
   return {{{weight.contiguous(), Tensor(), type, weight.size(0), weight.size(1), 0, padding_idx}},
           make_layout(op, indices, offsets, bags),
           pool_mode};
@@ -527,9 +601,10 @@ Tensor embedding_bag_backward_cpu(const Tensor& grad, const Tensor& weight, cons
   if (c.mode == PoolMode::kMax)
     TORCH_CHECK_VALUE(max_indices.sizes() == grad.sizes(), op, ": max_indices must have the shape of grad ",
                       grad.sizes(), ", got ", max_indices.sizes());
-  const Tensor psw = checked_per_sample_weights(op, per_sample_weights, c.mode, indices.numel());
+  const Tensor psw = checked_per_sample_weights(op, per_sample_weights, c.mode, indices.numel(),
+                                                accumulation_dtype(c.tables[0].weight));
   const Tensor mi = c.mode == PoolMode::kMax ? max_indices.contiguous() : max_indices;
-  return MPREC_DISPATCH_INDEX(c.layout, dense_backward, op, grad, c.tables, c.layout, c.mode, psw, mi)[0];
+  return MPREC_DISPATCH_INDEX_ACC(c.layout, weight_is_double(c), dense_backward, op, grad, c.tables, c.layout, c.mode, psw, mi)[0];
 }
 
 std::tuple<Tensor, Tensor> embedding_bag_sparse_backward_cpu(const Tensor& grad, const Tensor& weight,
@@ -540,8 +615,9 @@ std::tuple<Tensor, Tensor> embedding_bag_sparse_backward_cpu(const Tensor& grad,
   const char* op = "mprec::embedding_bag_sparse_backward";
   SingleCall c = single_call(op, weight, indices, offsets, mode, padding_idx, include_last_offset);
   check_grad(op, grad, c.layout.bags, weight.size(1));
-  const Tensor psw = checked_per_sample_weights(op, per_sample_weights, c.mode, indices.numel());
-  auto [rows, values] = MPREC_DISPATCH_INDEX(c.layout, sparse_backward, op, grad, c.tables, c.layout, c.mode, psw);
+  const Tensor psw = checked_per_sample_weights(op, per_sample_weights, c.mode, indices.numel(),
+                                                accumulation_dtype(c.tables[0].weight));
+  auto [rows, values] = MPREC_DISPATCH_INDEX_ACC(c.layout, weight_is_double(c), sparse_backward, op, grad, c.tables, c.layout, c.mode, psw);
   return {rows[0], values[0]};
 }
 
@@ -551,7 +627,7 @@ Tensor embedding_bag_per_sample_weights_backward_cpu(const Tensor& grad, const T
   const char* op = "mprec::embedding_bag_per_sample_weights_backward";
   SingleCall c = single_call(op, weight, indices, offsets, mode, padding_idx, include_last_offset);
   check_grad(op, grad, c.layout.bags, weight.size(1));
-  return MPREC_DISPATCH_INDEX(c.layout, per_sample_weights_backward, op, grad, c.tables, c.layout, c.mode);
+  return MPREC_DISPATCH_INDEX_ACC(c.layout, weight_is_double(c), per_sample_weights_backward, op, grad, c.tables, c.layout, c.mode);
 }
 
 struct BatchedCall {
@@ -572,7 +648,7 @@ BatchedCall batched_call(const char* op, at::TensorList weights, const Tensor& i
   int64_t total_dim = 0;
   for (auto& t : tables) {
     total_dim += t.dim;
-    if (t.weight.scalar_type() == at::kByte) t.type = WeightType::kUInt8RowwiseQuantized;
+    t.type = float_weight_type(t.weight.scalar_type());
   }
   return {std::move(tables), std::move(layout), pool_mode, total_dim};
 }
@@ -588,9 +664,10 @@ std::vector<Tensor> batched_embedding_bag_backward_cpu(const Tensor& grad, at::T
   if (c.mode == PoolMode::kMax)
     TORCH_CHECK_VALUE(max_indices.sizes() == grad.sizes(), op, ": max_indices must have the shape of grad ",
                       grad.sizes(), ", got ", max_indices.sizes());
-  const Tensor psw = checked_per_sample_weights(op, per_sample_weights, c.mode, indices.numel());
+  const Tensor psw = checked_per_sample_weights(op, per_sample_weights, c.mode, indices.numel(),
+                                                accumulation_dtype(c.tables[0].weight));
   const Tensor mi = c.mode == PoolMode::kMax ? max_indices.contiguous() : max_indices;
-  return MPREC_DISPATCH_INDEX(c.layout, dense_backward, op, grad, c.tables, c.layout, c.mode, psw, mi);
+  return MPREC_DISPATCH_INDEX_ACC(c.layout, weight_is_double(c), dense_backward, op, grad, c.tables, c.layout, c.mode, psw, mi);
 }
 
 std::tuple<std::vector<Tensor>, std::vector<Tensor>> batched_embedding_bag_sparse_backward_cpu(
@@ -599,8 +676,9 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>> batched_embedding_bag_spars
   const char* op = "mprec::batched_embedding_bag_sparse_backward";
   BatchedCall c = batched_call(op, weights, indices, offsets, mode, padding_idx);
   check_grad(op, grad, c.layout.bags, c.total_dim);
-  const Tensor psw = checked_per_sample_weights(op, per_sample_weights, c.mode, indices.numel());
-  auto [rows, values] = MPREC_DISPATCH_INDEX(c.layout, sparse_backward, op, grad, c.tables, c.layout, c.mode, psw);
+  const Tensor psw = checked_per_sample_weights(op, per_sample_weights, c.mode, indices.numel(),
+                                                accumulation_dtype(c.tables[0].weight));
+  auto [rows, values] = MPREC_DISPATCH_INDEX_ACC(c.layout, weight_is_double(c), sparse_backward, op, grad, c.tables, c.layout, c.mode, psw);
   return {rows, values};
 }
 
@@ -610,7 +688,7 @@ Tensor batched_embedding_bag_per_sample_weights_backward_cpu(const Tensor& grad,
   const char* op = "mprec::batched_embedding_bag_per_sample_weights_backward";
   BatchedCall c = batched_call(op, weights, indices, offsets, mode, padding_idx);
   check_grad(op, grad, c.layout.bags, c.total_dim);
-  return MPREC_DISPATCH_INDEX(c.layout, per_sample_weights_backward, op, grad, c.tables, c.layout, c.mode);
+  return MPREC_DISPATCH_INDEX_ACC(c.layout, weight_is_double(c), per_sample_weights_backward, op, grad, c.tables, c.layout, c.mode);
 }
 
 // --- row-wise int8 quantization ---------------------------------------------------------------------

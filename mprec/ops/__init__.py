@@ -6,6 +6,7 @@ allocates, never reads data) and the autograd formula (``register_autograd``). T
 references that tests, benchmarks and the XLA/IPU lowerings share are in :mod:`mprec.ops.reference`.
 """
 
+from . import reference
 from .embedding_bag import (
     MODES,
     batched_embedding_bag,
@@ -15,6 +16,7 @@ from .embedding_bag import (
 )
 
 __all__ = [
+    "reference",
     "MODES",
     "embedding_bag",
     "batched_embedding_bag",

@@ -22,7 +22,7 @@ __all__ = [
 #: Pooling modes by name, numbered as torch numbers them.
 MODES = {"sum": 0, "mean": 1, "max": 2}
 
-_FLOAT_WEIGHTS = (torch.float32, torch.float16, torch.bfloat16)
+_FLOAT_WEIGHTS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _INDEX_DTYPES = (torch.int32, torch.int64)
 
 
@@ -38,6 +38,10 @@ def mode_number(op: str, mode: Union[str, int]) -> int:
 
 def _output_dtype(weight_dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if weight_dtype == torch.uint8 else weight_dtype
+
+
+def _accumulation_dtype(weight: Tensor) -> torch.dtype:
+    return torch.float64 if weight.dtype == torch.float64 else torch.float32
 
 
 # --- argument checks shared by the fake kernels (the C++ kernels make the same checks) ---------------
@@ -56,7 +60,7 @@ def _check_weight(op: str, weight: Tensor, scale_bias: Optional[Tensor], name: s
             raise ValueError(f"{op}: scale_bias for {name} must be float32 [{weight.shape[0]}, 2], "
                              f"got {scale_bias.dtype} {tuple(scale_bias.shape)}")
     else:
-        raise ValueError(f"{op}: {name} has dtype {weight.dtype}; expected float32, float16, bfloat16 or uint8 "
+        raise ValueError(f"{op}: {name} has dtype {weight.dtype}; expected float32, float64, float16, bfloat16 or uint8 "
                          "(row-wise quantized)")
 
 
@@ -128,7 +132,7 @@ def _embedding_bag_sparse_backward_fake(grad, weight, indices, offsets, mode, pe
 
 @torch.library.register_fake("mprec::embedding_bag_per_sample_weights_backward")
 def _embedding_bag_psw_backward_fake(grad, weight, indices, offsets, mode, padding_idx, include_last_offset):
-    return grad.new_empty((indices.shape[0],), dtype=torch.float32)
+    return grad.new_empty((indices.shape[0],), dtype=_accumulation_dtype(weight))
 
 
 def _embedding_bag_setup_context(ctx, inputs, output):
@@ -251,7 +255,7 @@ def _batched_embedding_bag_sparse_backward_fake(grad, weights, indices, offsets,
 
 @torch.library.register_fake("mprec::batched_embedding_bag_per_sample_weights_backward")
 def _batched_embedding_bag_psw_backward_fake(grad, weights, indices, offsets, mode, padding_idx):
-    return grad.new_empty((indices.shape[0],), dtype=torch.float32)
+    return grad.new_empty((indices.shape[0],), dtype=_accumulation_dtype(weights[0]))
 
 
 def _batched_setup_context(ctx, inputs, output):

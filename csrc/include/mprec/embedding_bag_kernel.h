@@ -11,7 +11,9 @@
 namespace mprec {
 namespace cpu {
 
-enum class WeightType : int32_t { kFloat = 0, kHalf = 1, kBFloat16 = 2, kUInt8RowwiseQuantized = 3 };
+// kDouble tables are pooled by the portable loop in embedding_bag.cpp (float64 accumulation, for
+// gradcheck and exact references); they never reach an ISA variant.
+enum class WeightType : int32_t { kFloat = 0, kHalf = 1, kBFloat16 = 2, kUInt8RowwiseQuantized = 3, kDouble = 4 };
 enum class PoolMode : int32_t { kSum = 0, kMean = 1, kMax = 2 };
 
 // What went wrong inside a kernel loop. The operator turns it into an error message naming the op.

@@ -1,0 +1,89 @@
+"""Shared fixtures and input generators for the mprec tests."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import mprec
+
+# Tolerances against the float64 reference, by weight dtype: the kernels accumulate in float32 (float64
+# for float64 tables) and round once to the output dtype, so the error is about one rounding of the
+# output (2^-11 for float16, 2^-8 for bfloat16) plus float32 accumulation.
+TOLERANCE = {
+    torch.float64: dict(rtol=1e-12, atol=1e-12),
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.float16: dict(rtol=1e-3, atol=1e-3),
+    torch.bfloat16: dict(rtol=8e-3, atol=8e-3),
+    torch.uint8: dict(rtol=1e-5, atol=1e-5),
+}
+
+WEIGHT_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.uint8]
+INDEX_DTYPES = [torch.int32, torch.int64]
+DIMS = [1, 3, 16, 64, 129, 256]
+ISAS = mprec.supported_cpu_isas()
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Runs the test once per CPU kernel variant this machine supports."""
+    previous = mprec.cpu_isa()
+    mprec.set_cpu_isa(request.param)
+    yield request.param
+    mprec.set_cpu_isa(previous)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def make_bags(num_bags: int, max_len: int, num_rows: int, index_dtype=torch.int64, empty_fraction: float = 0.25,
+              padding_idx: int | None = None, padding_fraction: float = 0.2, generator=None):
+    """Random jagged bags: (indices, offsets of num_bags + 1 entries). About `empty_fraction` of the bags are
+    empty; with `padding_idx`, about `padding_fraction` of the lookups hit it (and some bags are padding only)."""
+    g = generator
+    lengths = torch.randint(0, max_len + 1, (num_bags,), generator=g)
+    if num_bags:
+        lengths[torch.rand(num_bags, generator=g) < empty_fraction] = 0
+    offsets = torch.zeros(num_bags + 1, dtype=torch.int64)
+    offsets[1:] = lengths.cumsum(0)
+    total = int(offsets[-1])
+    indices = torch.randint(0, num_rows, (total,), generator=g)
+    if padding_idx is not None and total:
+        indices[torch.rand(total, generator=g) < padding_fraction] = padding_idx
+        # One bag of padding only, when there is a non-empty bag.
+        nonempty = (lengths > 0).nonzero().flatten()
+        if len(nonempty):
+            b = int(nonempty[0])
+            indices[offsets[b] : offsets[b + 1]] = padding_idx
+    return indices.to(index_dtype), offsets.to(index_dtype)
+
+
+def make_weight(num_rows: int, dim: int, dtype: torch.dtype):
+    """(weight in `dtype`, scale_bias or None, the same weight as float64 for the reference)."""
+    w = torch.randn(num_rows, dim)
+    if dtype == torch.uint8:
+        q, scale_bias = mprec.ops.quantize_rowwise_int8(w)
+        return q, scale_bias, mprec.ops.reference.dequantize_rowwise_int8_reference(q, scale_bias, torch.float64)
+    w = w.to(dtype)
+    return w, None, w.double()
+
+
+def offsets_for(offsets, include_last_offset: bool):
+    """The op's offsets argument from B + 1 offsets."""
+    return offsets if include_last_offset else offsets[:-1]
+
+
+@pytest.fixture
+def num_threads():
+    previous = torch.get_num_threads()
+    yield
+    torch.set_num_threads(previous)
+
+
+def pytest_report_header(config):
+    return [f"mprec: cpu_isa={mprec.cpu_isa()} supported={ISAS} threads={torch.get_num_threads()} "
+            f"MPREC_CPU_ISA={os.environ.get('MPREC_CPU_ISA', '')}"]

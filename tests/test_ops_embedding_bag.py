@@ -1,0 +1,213 @@
+"""mprec::embedding_bag and mprec::batched_embedding_bag forward, against the float64 reference."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mprec
+from mprec.ops.reference import batched_embedding_bag_reference, embedding_bag_reference
+from conftest import DIMS, INDEX_DTYPES, TOLERANCE, WEIGHT_DTYPES, make_bags, make_weight, offsets_for
+
+# (mode, weighted): per_sample_weights exist only for sum.
+MODE_CASES = [("sum", False), ("sum", True), ("mean", False), ("max", False)]
+
+
+def tolerance(dtype, mode):
+    if mode == "max" and dtype != torch.uint8:
+        return dict(rtol=0, atol=0)  # max selects a stored value: exact in every float dtype
+    return TOLERANCE[dtype]
+
+
+def run_case(weight_dtype, index_dtype, mode, weighted, include_last_offset, padding, dim, num_bags=23, max_len=9,
+             num_rows=97):
+    padding_idx = 5 if padding else None
+    weight, scale_bias, weight64 = make_weight(num_rows, dim, weight_dtype)
+    indices, offsets = make_bags(num_bags, max_len, num_rows, index_dtype, padding_idx=padding_idx)
+    psw = torch.randn(indices.numel()) if weighted else None
+    offs = offsets_for(offsets, include_last_offset)
+    out = mprec.ops.embedding_bag(weight, indices, offs, mode, psw, padding_idx, include_last_offset, scale_bias)
+    expected = embedding_bag_reference(weight64, indices, offs, mode, None if psw is None else psw.double(),
+                                       -1 if padding_idx is None else padding_idx, include_last_offset)
+    assert out.shape == (num_bags, dim)
+    assert out.dtype == (torch.float32 if weight_dtype == torch.uint8 else weight_dtype)
+    torch.testing.assert_close(out.double(), expected, **tolerance(weight_dtype, mode))
+    return out
+
+
+@pytest.mark.parametrize("dim", DIMS)
+@pytest.mark.parametrize("padding", [False, True], ids=["nopad", "pad"])
+@pytest.mark.parametrize("include_last_offset", [False, True], ids=["B", "B+1"])
+@pytest.mark.parametrize("mode,weighted", MODE_CASES, ids=["sum", "weighted", "mean", "max"])
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES, ids=["i32", "i64"])
+@pytest.mark.parametrize("weight_dtype", WEIGHT_DTYPES, ids=["f32", "f16", "bf16", "u8"])
+def test_forward_matches_reference(isa, weight_dtype, index_dtype, mode, weighted, include_last_offset, padding, dim):
+    run_case(weight_dtype, index_dtype, mode, weighted, include_last_offset, padding, dim)
+
+
+@pytest.mark.parametrize("mode,weighted", MODE_CASES, ids=["sum", "weighted", "mean", "max"])
+@pytest.mark.parametrize("dim", [1, 129])
+def test_float64_forward_is_exact_reference(mode, weighted, dim):
+    run_case(torch.float64, torch.int64, mode, weighted, False, True, dim)
+
+
+@pytest.mark.parametrize("weight_dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_matches_torch_embedding_bag(isa, weight_dtype, mode):
+    weight = torch.randn(50, 37).to(weight_dtype)
+    indices, offsets = make_bags(31, 7, 50, padding_idx=3)
+    offsets = offsets[:-1]
+    ours = mprec.ops.embedding_bag(weight, indices, offsets, mode, padding_idx=3)
+    theirs = torch.nn.functional.embedding_bag(indices, weight, offsets, mode=mode, padding_idx=3)
+    tol = dict(rtol=0, atol=0) if mode == "max" else TOLERANCE[weight_dtype]
+    torch.testing.assert_close(ours.double(), theirs.double(), **tol)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+@pytest.mark.parametrize("weight_dtype", WEIGHT_DTYPES, ids=["f32", "f16", "bf16", "u8"])
+def test_zero_bags(isa, weight_dtype, mode):
+    weight, scale_bias, _ = make_weight(10, 16, weight_dtype)
+    indices = torch.tensor([1, 2, 3])
+    out = mprec.ops.embedding_bag(weight, indices, torch.zeros(0, dtype=torch.int64), mode, scale_bias=scale_bias)
+    assert out.shape == (0, 16)
+    out = mprec.ops.embedding_bag(weight, indices, torch.zeros(1, dtype=torch.int64), mode, scale_bias=scale_bias,
+                                  include_last_offset=True)
+    assert out.shape == (0, 16)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+@pytest.mark.parametrize("weight_dtype", WEIGHT_DTYPES, ids=["f32", "f16", "bf16", "u8"])
+def test_all_bags_empty_or_padding_give_zeros(isa, weight_dtype, mode):
+    weight, scale_bias, _ = make_weight(10, 21, weight_dtype)
+    # Bags: empty, empty, padding only, then one real bag.
+    indices = torch.tensor([4, 4, 7])
+    offsets = torch.tensor([0, 0, 0, 2])
+    out = mprec.ops.embedding_bag(weight, indices, offsets, mode, padding_idx=4, scale_bias=scale_bias)
+    assert torch.count_nonzero(out[:3]) == 0
+    assert torch.count_nonzero(out[3]) > 0
+
+
+def test_include_last_offset_ignores_lookups_past_the_last_offset(isa):
+    weight = torch.randn(20, 8)
+    indices = torch.tensor([1, 2, 3, 4, 5])
+    out = mprec.ops.embedding_bag(weight, indices, torch.tensor([0, 2, 3]), "sum", include_last_offset=True)
+    torch.testing.assert_close(out, torch.stack([weight[1] + weight[2], weight[3]]))
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_large_bags_and_wide_rows(isa, mode):
+    # Bags longer than the prefetch distance, rows wider than one register block (128 fp32 lanes).
+    run_case(torch.float32, torch.int64, mode, False, True, True, 300, num_bags=7, max_len=200, num_rows=1000)
+
+
+@pytest.mark.parametrize("weight_dtype", [torch.float32, torch.bfloat16, torch.uint8], ids=["f32", "bf16", "u8"])
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_same_result_with_one_and_two_threads(isa, num_threads, weight_dtype, mode):
+    weight, scale_bias, _ = make_weight(500, 70, weight_dtype)
+    indices, offsets = make_bags(300, 30, 500)
+    results = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        results.append(mprec.ops.embedding_bag(weight, indices, offsets[:-1], mode, scale_bias=scale_bias))
+    assert torch.equal(results[0], results[1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(0, 12), min_size=0, max_size=20),
+       dim=st.integers(1, 40),
+       mode=st.sampled_from(["sum", "mean", "max"]),
+       include_last_offset=st.booleans(),
+       index_dtype=st.sampled_from(INDEX_DTYPES),
+       seed=st.integers(0, 2**31 - 1))
+def test_jagged_offsets_hypothesis(lengths, dim, mode, include_last_offset, index_dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    num_rows = 30
+    weight = torch.randn(num_rows, dim, generator=g)
+    offsets = torch.tensor([0] + lengths, dtype=torch.int64).cumsum(0)
+    indices = torch.randint(0, num_rows, (int(offsets[-1]),), generator=g)
+    if not include_last_offset:
+        if len(lengths) == 0:
+            offsets = offsets[:0]
+            indices = indices[:0]
+        else:
+            offsets = offsets[:-1]
+    indices, offsets = indices.to(index_dtype), offsets.to(index_dtype)
+    out = mprec.ops.embedding_bag(weight, indices, offsets, mode, include_last_offset=include_last_offset)
+    expected = embedding_bag_reference(weight.double(), indices, offsets, mode,
+                                       include_last_offset=include_last_offset)
+    torch.testing.assert_close(out.double(), expected, **tolerance(torch.float32, mode))
+
+
+# --- batched -----------------------------------------------------------------------------------------
+
+def make_batched(num_tables, num_bags, dims, rows, weight_dtype, index_dtype, padding=False, max_len=8):
+    weights, scale_biases, weights64, pads = [], [], [], []
+    all_indices, lengths = [], []
+    for t in range(num_tables):
+        w, sb, w64 = make_weight(rows[t], dims[t], weight_dtype)
+        weights.append(w); scale_biases.append(sb); weights64.append(w64)
+        pad = (t + 2) % rows[t] if padding else -1
+        pads.append(pad)
+        idx, off = make_bags(num_bags, max_len, rows[t], torch.int64, padding_idx=pad if padding else None)
+        all_indices.append(idx)
+        lengths.append(off[1:] - off[:-1])
+    indices = torch.cat(all_indices).to(index_dtype)
+    offsets = torch.zeros(num_tables * num_bags + 1, dtype=torch.int64)
+    offsets[1:] = torch.cat(lengths).cumsum(0)
+    return weights, scale_biases, weights64, pads, indices, offsets.to(index_dtype)
+
+
+@pytest.mark.parametrize("padding", [False, True], ids=["nopad", "pad"])
+@pytest.mark.parametrize("mode,weighted", MODE_CASES, ids=["sum", "weighted", "mean", "max"])
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES, ids=["i32", "i64"])
+@pytest.mark.parametrize("weight_dtype", WEIGHT_DTYPES, ids=["f32", "f16", "bf16", "u8"])
+def test_batched_matches_reference(isa, weight_dtype, index_dtype, mode, weighted, padding):
+    dims, rows = [1, 16, 129, 3, 64], [40, 7, 300, 25, 11]
+    weights, sbs, w64, pads, indices, offsets = make_batched(5, 13, dims, rows, weight_dtype, index_dtype, padding)
+    psw = torch.randn(indices.numel()) if weighted else None
+    out = mprec.ops.batched_embedding_bag(weights, indices, offsets, mode, psw,
+                                          pads if padding else None,
+                                          sbs if weight_dtype == torch.uint8 else None)
+    expected = batched_embedding_bag_reference(w64, indices, offsets, mode,
+                                               None if psw is None else psw.double(), pads if padding else ())
+    assert out.shape == (13, sum(dims))
+    torch.testing.assert_close(out.double(), expected, **tolerance(weight_dtype, mode))
+
+
+def test_batched_equals_single_calls(isa):
+    dims, rows = [16, 32, 8], [100, 50, 70]
+    weights, _, _, _, indices, offsets = make_batched(3, 40, dims, rows, torch.float32, torch.int64)
+    out = mprec.ops.batched_embedding_bag(weights, indices, offsets, "sum")
+    cols = 0
+    for t, w in enumerate(weights):
+        # The single op wants offsets from 0: give it this table's slice of indices.
+        start, stop = int(offsets[t * 40]), int(offsets[(t + 1) * 40])
+        single = mprec.ops.embedding_bag(w, indices[start:stop], offsets[t * 40 : (t + 1) * 40 + 1] - start, "sum",
+                                         include_last_offset=True)
+        assert torch.equal(out[:, cols : cols + dims[t]], single)
+        cols += dims[t]
+
+
+def test_batched_zero_bags(isa):
+    weights = [torch.randn(10, 4), torch.randn(5, 3)]
+    out = mprec.ops.batched_embedding_bag(weights, torch.zeros(0, dtype=torch.int64), torch.zeros(1, dtype=torch.int64))
+    assert out.shape == (0, 7)
+
+
+# --- row-wise int8 -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dim", DIMS)
+def test_quantize_rowwise_int8_matches_reference(dim):
+    weight = torch.randn(64, dim) * torch.rand(64, 1) * 10
+    weight[3] = 1.5  # a constant row: scale 0, exact
+    q, sb = mprec.ops.quantize_rowwise_int8(weight)
+    q_ref, sb_ref = mprec.ops.reference.quantize_rowwise_int8_reference(weight)
+    assert q.dtype == torch.uint8 and sb.dtype == torch.float32
+    assert torch.equal(q, q_ref)
+    assert torch.equal(sb, sb_ref)
+    restored = mprec.ops.dequantize_rowwise_int8(q, sb)
+    err = (restored - weight).abs()
+    # Half a quantization step, plus float32 rounding of q * scale + bias (a few ulps of the row's magnitude).
+    slack = 4 * torch.finfo(torch.float32).eps * weight.abs().amax(dim=1, keepdim=True)
+    assert bool((err <= sb[:, :1] / 2 + slack).all())
+    assert torch.equal(restored[3], weight[3])
