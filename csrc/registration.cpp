@@ -5,11 +5,12 @@
 //   Index tensors are int32 or int64, offsets of the same dtype.
 //   Sparse gradients cross the op boundary as dense (row numbers, values) pairs; mprec.ops builds the COO
 //   tensor, so every op here takes and returns strided tensors only.
+// set_python_module applies to the defs that follow it: each op family names the mprec.ops module that
+// holds its fake kernels, so torch can say where to look when one is missing.
 #include <torch/library.h>
 
 TORCH_LIBRARY(mprec, m) {
-  m.set_python_module("mprec.ops");
-
+  m.set_python_module("mprec.ops.embedding_bag");
   // -- embedding bag: one table ------------------------------------------------------------------------
   // Returns (output [B, D], max_indices [B, D] in max mode, else [0, 0]). Output dtype: the weight's,
   // float32 for uint8 (row-wise quantized) weights, which take their scale_bias [rows, 2].

@@ -135,6 +135,12 @@ def _embedding_bag_psw_backward_fake(grad, weight, indices, offsets, mode, paddi
     return grad.new_empty((indices.shape[0],), dtype=_accumulation_dtype(weight))
 
 
+def _sparse_rows(rows: Tensor, values: Tensor, shape) -> Tensor:
+    # Uncoalesced COO, one row per lookup, as torch's sparse=True gradient. The rows were range-checked
+    # by the backward kernel, so torch's invariant pass is skipped.
+    return torch.sparse_coo_tensor(rows.unsqueeze(0), values, shape, check_invariants=False)
+
+
 def _embedding_bag_setup_context(ctx, inputs, output):
     weight, indices, offsets, mode, psw, padding_idx, include_last_offset, scale_bias, sparse = inputs
     _, max_indices = output
@@ -150,7 +156,7 @@ def _embedding_bag_backward(ctx, grad, _grad_max_indices):
         if ctx.sparse:
             rows, values = torch.ops.mprec.embedding_bag_sparse_backward(
                 grad, weight, indices, offsets, ctx.mode, psw, ctx.padding_idx, ctx.include_last_offset)
-            grad_weight = torch.sparse_coo_tensor(rows.unsqueeze(0), values, weight.shape)
+            grad_weight = _sparse_rows(rows, values, weight.shape)
         else:
             grad_weight = torch.ops.mprec.embedding_bag_backward(
                 grad, weight, indices, offsets, max_indices, ctx.mode, psw, ctx.padding_idx, ctx.include_last_offset)
@@ -262,26 +268,34 @@ def _batched_setup_context(ctx, inputs, output):
     weights, indices, offsets, mode, psw, padding_idx, scale_bias, sparse = inputs
     _, max_indices = output
     ctx.save_for_backward(indices, offsets, psw, max_indices, *weights)
-    ctx.mode, ctx.padding_idx, ctx.sparse = mode, padding_idx, sparse
+    ctx.mode, ctx.padding_idx, ctx.sparse = mode, list(padding_idx), sparse
+    ctx.num_scale_bias = None if scale_bias is None else len(scale_bias)
     ctx.mark_non_differentiable(max_indices)
 
 
 def _batched_backward(ctx, grad, _grad_max_indices):
     indices, offsets, psw, max_indices, *weights = ctx.saved_tensors
-    grad_weights = grad_psw = None
-    if ctx.needs_input_grad[0]:
+    # List inputs get list gradients, entry by entry (torch.library matches the inputs' structure).
+    needs_weights = ctx.needs_input_grad[0]
+    grad_weights = [None] * len(weights)
+    if any(needs_weights):
         if ctx.sparse:
             rows, values = torch.ops.mprec.batched_embedding_bag_sparse_backward(
                 grad, weights, indices, offsets, ctx.mode, psw, ctx.padding_idx)
-            grad_weights = [torch.sparse_coo_tensor(r.unsqueeze(0), v, w.shape)
-                            for r, v, w in zip(rows, values, weights)]
+            grads = [_sparse_rows(r, v, w.shape) for r, v, w in zip(rows, values, weights)]
         else:
-            grad_weights = torch.ops.mprec.batched_embedding_bag_backward(
+            grads = torch.ops.mprec.batched_embedding_bag_backward(
                 grad, weights, indices, offsets, max_indices, ctx.mode, psw, ctx.padding_idx)
+        grad_weights = [g if needed else None for g, needed in zip(grads, needs_weights)]
+    grad_psw = None
     if psw is not None and ctx.needs_input_grad[4]:
         grad_psw = torch.ops.mprec.batched_embedding_bag_per_sample_weights_backward(
             grad, weights, indices, offsets, ctx.mode, ctx.padding_idx).to(psw.dtype)
-    return grad_weights, None, None, None, grad_psw, None, None, None
+    grad_scale_bias = None if ctx.num_scale_bias is None else [None] * ctx.num_scale_bias
+    grads = (grad_weights, None, None, None, grad_psw, None, grad_scale_bias, None)
+    # The dispatcher drops trailing arguments equal to their defaults before autograd sees them, and for
+    # ops with list inputs torch.library wants exactly one gradient per argument it was given.
+    return grads[: len(ctx.needs_input_grad)]
 
 
 torch.library.register_autograd("mprec::batched_embedding_bag", _batched_backward,

@@ -1,0 +1,182 @@
+"""Bad input to the embedding-bag ops: a clear error naming the op and the offending value, never a crash
+and never a read outside the table. Every case runs on every CPU kernel variant."""
+
+import pytest
+import torch
+
+import mprec
+
+OP = "mprec::embedding_bag"
+BATCHED = "mprec::batched_embedding_bag"
+
+
+def call(weight=None, indices=None, offsets=None, **kwargs):
+    weight = torch.randn(10, 4) if weight is None else weight
+    indices = torch.tensor([1, 2, 3, 4]) if indices is None else indices
+    offsets = torch.tensor([0, 2]) if offsets is None else offsets
+    return torch.ops.mprec.embedding_bag(weight, indices, offsets, **kwargs)
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("weight_dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_index_out_of_range_names_position_and_value(isa, weight_dtype, index_dtype, mode):
+    weight = torch.randn(10, 4).to(weight_dtype)
+    indices = torch.tensor([1, 2, 3, 10, 4], dtype=index_dtype)
+    with pytest.raises(RuntimeError, match=rf"{OP}: index 10 at position 3 is out of range for the table with 10 rows"):
+        call(weight, indices, torch.tensor([0, 2], dtype=index_dtype), mode=mode)
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_negative_index(isa, index_dtype):
+    indices = torch.tensor([1, -3, 3, 4], dtype=index_dtype)
+    with pytest.raises(RuntimeError, match=rf"{OP}: index -3 at position 1 is negative"):
+        call(indices=indices, offsets=torch.tensor([0, 2], dtype=index_dtype))
+
+
+def test_huge_index_does_not_read_outside_the_table(isa):
+    with pytest.raises(RuntimeError, match=rf"index {2**40} at position 0 is out of range"):
+        call(indices=torch.tensor([2**40, 1]), offsets=torch.tensor([0]))
+
+
+def test_quantized_index_out_of_range(isa):
+    q, sb = mprec.ops.quantize_rowwise_int8(torch.randn(10, 4))
+    with pytest.raises(RuntimeError, match=rf"{OP}: index 11 at position 1"):
+        call(q, torch.tensor([1, 11]), torch.tensor([0]), scale_bias=sb)
+
+
+def test_offsets_must_start_at_zero(isa):
+    with pytest.raises(RuntimeError, match=rf"{OP}: offsets\[0\] must be 0, got 1"):
+        call(offsets=torch.tensor([1, 2]))
+
+
+def test_decreasing_offsets(isa):
+    with pytest.raises(RuntimeError, match=rf"{OP}: offsets\[2\] = 1 is smaller than offsets\[1\] = 3"):
+        call(offsets=torch.tensor([0, 3, 1]))
+
+
+def test_offsets_past_the_end(isa):
+    with pytest.raises(RuntimeError, match=rf"{OP}: offsets\[2\] = 9 is past the end of indices \(4 entries\)"):
+        call(offsets=torch.tensor([0, 2, 9]), include_last_offset=True)
+    with pytest.raises(RuntimeError, match=rf"{OP}: offsets\[1\] = 5 is past the end of indices"):
+        call(offsets=torch.tensor([0, 5]))
+
+
+def test_per_sample_weights_wrong_length():
+    with pytest.raises(ValueError, match=rf"{OP}: per_sample_weights must be 1-D with one weight per index \(4\)"):
+        call(per_sample_weights=torch.ones(3))
+
+
+@pytest.mark.parametrize("mode,name", [(1, "mean"), (2, "max")])
+def test_per_sample_weights_only_with_sum(mode, name):
+    with pytest.raises(ValueError, match=rf"{OP}: per_sample_weights are only supported with mode sum \(0\), got {name}"):
+        call(per_sample_weights=torch.ones(4), mode=mode)
+
+
+def test_weight_must_be_2d():
+    with pytest.raises(ValueError, match=rf"{OP}: weight must be 2-D"):
+        call(weight=torch.randn(10))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.complex64, torch.int8])
+def test_weight_dtype(dtype):
+    with pytest.raises(ValueError, match=rf"{OP}: weight has dtype"):
+        call(weight=torch.zeros(10, 4, dtype=dtype))
+
+
+def test_index_dtype():
+    with pytest.raises(ValueError, match=rf"{OP}: indices must be int32 or int64, got Float"):
+        call(indices=torch.tensor([1.0, 2.0]), offsets=torch.tensor([0.0]))
+    with pytest.raises(ValueError, match=rf"{OP}: offsets \(Int\) must have the same dtype as indices \(Long\)"):
+        call(offsets=torch.tensor([0, 2], dtype=torch.int32))
+
+
+def test_bad_mode_and_padding():
+    with pytest.raises(ValueError, match=rf"{OP}: mode must be 0 \(sum\), 1 \(mean\) or 2 \(max\), got 3"):
+        call(mode=3)
+    with pytest.raises(ValueError, match=rf"{OP}: padding_idx 10 must be -1 \(none\) or in \[0, 10\)"):
+        call(padding_idx=10)
+    with pytest.raises(ValueError, match=r"mprec::embedding_bag: mode must be one of"):
+        mprec.ops.embedding_bag(torch.randn(3, 2), torch.tensor([0]), torch.tensor([0]), "median")
+
+
+def test_uint8_needs_scale_bias():
+    q, sb = mprec.ops.quantize_rowwise_int8(torch.randn(10, 4))
+    with pytest.raises(ValueError, match=rf"{OP}: weight is uint8 \(row-wise quantized\) and needs scale_bias"):
+        call(weight=q)
+    with pytest.raises(ValueError, match=rf"{OP}: scale_bias for weight must be float32 \[10, 2\]"):
+        call(weight=q, scale_bias=sb[:5])
+    with pytest.raises(ValueError, match=rf"{OP}: scale_bias is only for uint8"):
+        call(scale_bias=sb)
+
+
+def test_backward_ops_check_their_inputs():
+    weight = torch.randn(10, 4)
+    grad = torch.randn(2, 4)
+    with pytest.raises(RuntimeError, match=r"mprec::embedding_bag_backward: index 12 at position 1 is out of range"):
+        torch.ops.mprec.embedding_bag_backward(grad, weight, torch.tensor([1, 12]), torch.tensor([0, 1]),
+                                               torch.empty(0, 0, dtype=torch.int64), 0, None, -1, False)
+    with pytest.raises(ValueError, match=r"mprec::embedding_bag_backward: grad must have shape \[2, 4\]"):
+        torch.ops.mprec.embedding_bag_backward(torch.randn(3, 4), weight, torch.tensor([1, 2]), torch.tensor([0, 1]),
+                                               torch.empty(0, 0, dtype=torch.int64), 0, None, -1, False)
+    with pytest.raises(RuntimeError, match=r"mprec::embedding_bag_backward: max_indices\[0, 1\] = 99 is out of range"):
+        mi = torch.zeros(2, 4, dtype=torch.int64)
+        mi[0, 1] = 99
+        torch.ops.mprec.embedding_bag_backward(grad, weight, torch.tensor([1, 2]), torch.tensor([0, 1]), mi, 2, None,
+                                               -1, False)
+    with pytest.raises(ValueError, match=r"mprec::embedding_bag_sparse_backward: sparse gradients are not supported "
+                                         r"with mode max"):
+        torch.ops.mprec.embedding_bag_sparse_backward(grad, weight, torch.tensor([1, 2]), torch.tensor([0, 1]), 2,
+                                                      None, -1, False)
+    with pytest.raises(RuntimeError, match=r"mprec::embedding_bag_per_sample_weights_backward: offsets\[1\] = 7"):
+        torch.ops.mprec.embedding_bag_per_sample_weights_backward(grad, weight, torch.tensor([1, 2]),
+                                                                  torch.tensor([0, 7]), 0, -1, False)
+
+
+# --- batched -----------------------------------------------------------------------------------------
+
+def batched(weights=None, indices=None, offsets=None, **kwargs):
+    weights = [torch.randn(10, 4), torch.randn(5, 3)] if weights is None else weights
+    indices = torch.tensor([1, 2, 3, 4, 0, 4]) if indices is None else indices
+    offsets = torch.tensor([0, 2, 4, 5, 6]) if offsets is None else offsets
+    return torch.ops.mprec.batched_embedding_bag(weights, indices, offsets, **kwargs)
+
+
+def test_batched_index_out_of_range_names_the_table(isa):
+    # Position 4 belongs to table 1, which has 5 rows.
+    with pytest.raises(RuntimeError, match=rf"{BATCHED}: index 7 at position 4 is out of range for table 1 with 5 rows"):
+        batched(indices=torch.tensor([1, 2, 3, 4, 7, 4]))
+
+
+def test_batched_offsets_layout():
+    with pytest.raises(ValueError, match=rf"{BATCHED}: offsets must have T \* B \+ 1 entries \(TBE layout\) for T = 2"):
+        batched(offsets=torch.tensor([0, 2, 4, 5]))
+    with pytest.raises(RuntimeError, match=rf"{BATCHED}: offsets\[3\] = 2 is smaller than offsets\[2\] = 4"):
+        batched(offsets=torch.tensor([0, 2, 4, 2, 6]))
+
+
+def test_batched_table_arguments():
+    with pytest.raises(ValueError, match=rf"{BATCHED}: needs at least one table"):
+        batched(weights=[], offsets=torch.tensor([0]))
+    with pytest.raises(ValueError, match=rf"{BATCHED}: every table must have the same dtype"):
+        batched(weights=[torch.randn(10, 4), torch.randn(5, 3).half()])
+    with pytest.raises(ValueError, match=rf"{BATCHED}: padding_idx has 1 entries for 2 tables"):
+        batched(padding_idx=[1])
+    with pytest.raises(ValueError, match=rf"{BATCHED}: padding_idx 5 of table 1 must be -1 \(none\) or in \[0, 5\)"):
+        batched(padding_idx=[1, 5])
+    with pytest.raises(ValueError, match=rf"{BATCHED}: weights\[1\] must be 2-D"):
+        batched(weights=[torch.randn(10, 4), torch.randn(5)])
+
+
+def test_fake_kernels_raise_the_same_errors():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        with pytest.raises(ValueError, match=rf"{OP}: per_sample_weights are only supported with mode sum"):
+            call(per_sample_weights=torch.ones(4), mode=1)
+        with pytest.raises(ValueError, match=rf"{BATCHED}: offsets must have T \* B \+ 1 entries"):
+            batched(offsets=torch.tensor([0, 2, 4, 5]))
+
+
+def test_forced_isa_must_be_known():
+    with pytest.raises(ValueError, match="unknown CPU ISA 'sse9'"):
+        mprec.set_cpu_isa("sse9")
