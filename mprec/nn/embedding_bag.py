@@ -88,7 +88,7 @@ class EmbeddingBag(nn.Module):
             s += ", max_norm={max_norm}"
         if self.norm_type != 2:
             s += ", norm_type={norm_type}"
-        s += ", mode={mode}"
+        s += ", mode={mode!r}"
         if self.padding_idx is not None:
             s += ", padding_idx={padding_idx}"
         return s.format(**{k: getattr(self, k) for k in self.__constants__})

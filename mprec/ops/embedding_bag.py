@@ -292,7 +292,10 @@ def _batched_backward(ctx, grad, _grad_max_indices):
         grad_psw = torch.ops.mprec.batched_embedding_bag_per_sample_weights_backward(
             grad, weights, indices, offsets, ctx.mode, ctx.padding_idx).to(psw.dtype)
     grad_scale_bias = None if ctx.num_scale_bias is None else [None] * ctx.num_scale_bias
-    grads = (grad_weights, None, None, None, grad_psw, None, grad_scale_bias, None)
+    # torch.library matches the gradients to the inputs' pytree: an empty int list counts as an (empty)
+    # list of tensors, so it needs an empty list back.
+    grad_padding = [] if len(ctx.padding_idx) == 0 else None
+    grads = (grad_weights, None, None, None, grad_psw, grad_padding, grad_scale_bias, None)
     # The dispatcher drops trailing arguments equal to their defaults before autograd sees them, and for
     # ops with list inputs torch.library wants exactly one gradient per argument it was given.
     return grads[: len(ctx.needs_input_grad)]

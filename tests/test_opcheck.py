@@ -1,0 +1,114 @@
+"""torch.library.opcheck on every mprec op: schema, fake kernel, autograd registration and AOT dispatch,
+with and without gradients."""
+
+import pytest
+import torch
+
+import mprec
+from conftest import make_bags
+
+embedding_bag = torch.ops.mprec.embedding_bag.default
+batched = torch.ops.mprec.batched_embedding_bag.default
+
+
+def single_args(dtype=torch.float32, index_dtype=torch.int64, requires_grad=False, mode=0, weighted=False,
+                padding_idx=-1, include_last_offset=False, sparse=False):
+    weight = torch.randn(30, 5).to(dtype).requires_grad_(requires_grad)
+    indices, offsets = make_bags(8, 5, 30, index_dtype, padding_idx=padding_idx if padding_idx >= 0 else None)
+    offsets = offsets if include_last_offset else offsets[:-1]
+    psw = torch.randn(indices.numel(), dtype=dtype, requires_grad=requires_grad) if weighted else None
+    return (weight, indices, offsets, mode, psw, padding_idx, include_last_offset, None, sparse)
+
+
+SINGLE_CASES = {
+    "sum": dict(),
+    "sum-i32": dict(index_dtype=torch.int32),
+    "weighted": dict(weighted=True),
+    "mean-pad": dict(mode=1, padding_idx=2),
+    "max": dict(mode=2),
+    "last-offset": dict(include_last_offset=True),
+    "bf16": dict(dtype=torch.bfloat16),
+    "f64": dict(dtype=torch.float64),
+}
+
+
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["nograd", "grad"])
+@pytest.mark.parametrize("case", list(SINGLE_CASES))
+def test_opcheck_embedding_bag(case, requires_grad):
+    torch.library.opcheck(embedding_bag, single_args(requires_grad=requires_grad, **SINGLE_CASES[case]))
+
+
+def test_opcheck_embedding_bag_sparse_gradient():
+    # The sparse backward has a data-dependent size; autograd and fake tensors still have to agree.
+    torch.library.opcheck(embedding_bag, single_args(requires_grad=True, sparse=True),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def test_opcheck_embedding_bag_uint8():
+    q, sb = mprec.ops.quantize_rowwise_int8(torch.randn(30, 5))
+    args = list(single_args())
+    args[0], args[7] = q, sb
+    torch.library.opcheck(embedding_bag, tuple(args))
+
+
+@pytest.mark.parametrize("mode", [0, 2])
+def test_opcheck_backward_ops(mode):
+    weight, indices, offsets, _, _, pad, ilo, _, _ = single_args(padding_idx=1)
+    out, max_indices = embedding_bag(weight, indices, offsets, mode, None, pad, ilo)
+    grad = torch.randn_like(out)
+    torch.library.opcheck(torch.ops.mprec.embedding_bag_backward.default,
+                          (grad, weight, indices, offsets, max_indices, mode, None, pad, ilo))
+    psw = torch.randn(indices.numel())
+    if mode == 0:
+        torch.library.opcheck(torch.ops.mprec.embedding_bag_per_sample_weights_backward.default,
+                              (grad, weight, indices, offsets, mode, pad, ilo))
+        torch.library.opcheck(torch.ops.mprec.embedding_bag_sparse_backward.default,
+                              (grad, weight, indices, offsets, mode, psw, pad, ilo),
+                              test_utils=("test_schema", "test_faketensor"))
+
+
+def batched_args(requires_grad=False, mode=0, weighted=False, padding=(), dtype=torch.float32, sparse=False):
+    weights = [torch.randn(20, 4).to(dtype).requires_grad_(requires_grad),
+               torch.randn(7, 9).to(dtype).requires_grad_(requires_grad)]
+    i0, o0 = make_bags(6, 4, 20)
+    i1, o1 = make_bags(6, 4, 7)
+    indices = torch.cat([i0, i1])
+    offsets = torch.cat([o0, o1[1:] + o0[-1]])
+    psw = torch.randn(indices.numel(), dtype=dtype, requires_grad=requires_grad) if weighted else None
+    return (weights, indices, offsets, mode, psw, list(padding), None, sparse)
+
+
+BATCHED_CASES = {
+    "sum": dict(),
+    "weighted": dict(weighted=True),
+    "mean-pad": dict(mode=1, padding=(3, -1)),
+    "max": dict(mode=2),
+    "f16": dict(dtype=torch.float16),
+}
+
+
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["nograd", "grad"])
+@pytest.mark.parametrize("case", list(BATCHED_CASES))
+def test_opcheck_batched_embedding_bag(case, requires_grad):
+    torch.library.opcheck(batched, batched_args(requires_grad=requires_grad, **BATCHED_CASES[case]))
+
+
+def test_opcheck_batched_sparse_and_backward_ops():
+    torch.library.opcheck(batched, batched_args(requires_grad=True, sparse=True),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    weights, indices, offsets, mode, psw, pads, _, _ = batched_args(mode=2)
+    out, max_indices = batched(weights, indices, offsets, mode)
+    grad = torch.randn_like(out)
+    torch.library.opcheck(torch.ops.mprec.batched_embedding_bag_backward.default,
+                          (grad, weights, indices, offsets, max_indices, 2, None, []))
+    torch.library.opcheck(torch.ops.mprec.batched_embedding_bag_per_sample_weights_backward.default,
+                          (grad, weights, indices, offsets, 0, []))
+    torch.library.opcheck(torch.ops.mprec.batched_embedding_bag_sparse_backward.default,
+                          (grad, weights, indices, offsets, 0, None, []), test_utils=("test_schema", "test_faketensor"))
+
+
+def test_opcheck_quantize():
+    weight = torch.randn(12, 7)
+    torch.library.opcheck(torch.ops.mprec.quantize_rowwise_int8.default, (weight,))
+    q, sb = mprec.ops.quantize_rowwise_int8(weight)
+    torch.library.opcheck(torch.ops.mprec.dequantize_rowwise_int8.default, (q, sb))
