@@ -42,6 +42,8 @@ struct V {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(load_128(p, n)), 16));
   }
   static F load(const uint8_t* p, M n) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(load_128(p, n))); }
+  template <typename T>
+  static F loadu(const T* p) { return load(p, 8); }
   static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
   static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
   static void max_update(F& acc, I& arg, F x, int64_t row) {

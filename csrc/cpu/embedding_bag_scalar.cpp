@@ -76,6 +76,8 @@ struct V {
   static F load(const f16_t* p, M) { return half_to_float(p->bits); }
   static F load(const bf16_t* p, M) { return bits_to_float(static_cast<uint32_t>(p->bits) << 16); }
   static F load(const uint8_t* p, M) { return static_cast<float>(*p); }
+  template <typename T>
+  static F loadu(const T* p) { return load(p, 1); }
   static F fmadd(F a, F b, F c) { return a * b + c; }
   static F mul(F a, F b) { return a * b; }
   static void max_update(F& acc, I& arg, F x, int64_t row) {
