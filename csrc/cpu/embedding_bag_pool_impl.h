@@ -70,6 +70,8 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
       if (static_cast<uint64_t>(next) < static_cast<uint64_t>(num_rows)) {
         const char* p = reinterpret_cast<const char*>(weight + next * dim + col);
         MPREC_UNROLL for (int line = 0; line < kLines; ++line) V::prefetch(p + 64 * line);
+        // Row-wise int8 keeps scale and bias in their own array: one more line per lookup to fetch early.
+        if constexpr (sizeof(WT) == 1) V::prefetch(a.scale_bias + 2 * next);
       }
     }
     const WT* row = weight + idx * dim + col;

@@ -1,0 +1,48 @@
+"""Embedding-bag benchmark: mprec against torch's embedding_bag (and torch's quantized int8 op) and
+FBGEMM's CPU TBE, in the same run, one pytest-benchmark group per case.
+
+    make bench                      # runs this file and prints the summary (bench/run.py)
+    pytest bench/bench_embedding_bag.py --benchmark-json=out.json
+
+The cases are mprec.benchmark.EMBEDDING_BAG_CASES; every implementation of a case reads the same table
+memory. The group "machine" measures the read bandwidth the summary divides by.
+"""
+
+import gc
+
+import pytest
+import torch
+
+from mprec.benchmark import EMBEDDING_BAG_CASES, read_bandwidth
+
+_built = {}
+
+
+def implementations(case):
+    # One case's inputs at a time: the 8-table case alone holds 4 GiB of tables.
+    if case.name not in _built:
+        _built.clear()
+        gc.collect()
+        _built[case.name] = case.build()
+    return _built[case.name]
+
+
+def test_read_bandwidth(benchmark):
+    benchmark.group = "machine"
+    gbps = read_bandwidth()
+    benchmark.extra_info.update(kind="read_bandwidth", gbps=gbps)
+    x = torch.ones(2**28)
+    benchmark.pedantic(torch.sum, args=(x,), rounds=9, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["bytes"] = x.numel() * 4
+
+
+PARAMS = [(case, impl) for case in EMBEDDING_BAG_CASES for impl in case.implementation_names()]
+
+
+@pytest.mark.parametrize("case,impl", PARAMS, ids=[f"{c.name}-{i}" for c, i in PARAMS])
+def test_embedding_bag(benchmark, case, impl):
+    impls = implementations(case)
+    benchmark.group = case.name
+    benchmark.extra_info.update(case=case.name, impl=impl, bytes=case.row_bytes, dtype=case.dtype,
+                                mode=case.mode, tables=case.tables, dim=case.dim)
+    benchmark.pedantic(impls[impl], rounds=case.rounds, iterations=1, warmup_rounds=2)

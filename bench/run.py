@@ -1,0 +1,50 @@
+"""`make bench`: runs every bench_<family>.py with pytest-benchmark, saves the JSON under bench/results/
+named for this machine, and prints the summary next to it."""
+
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def machine_name() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1]
+                break
+    except OSError:
+        pass
+    import torch
+    slug = re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-")
+    return f"{slug}-{torch.get_num_threads()}t"
+
+
+def main() -> int:
+    sys.path.insert(0, str(HERE))
+    from summary import summarize
+
+    results = HERE / "results"
+    results.mkdir(exist_ok=True)
+    name = machine_name()
+    status = 0
+    for bench in sorted(HERE.glob("bench_*.py")):
+        family = bench.stem.removeprefix("bench_")
+        out = results / f"{name}-{family}.json"
+        rc = subprocess.call([sys.executable, "-m", "pytest", str(bench), "-q", "-p", "no:cacheprovider",
+                              f"--benchmark-json={out}", "--benchmark-columns=median,iqr,rounds",
+                              "--benchmark-sort=name"])
+        status = status or rc
+        if out.exists():
+            text = summarize(out)
+            (results / f"{name}-{family}.txt").write_text(text + "\n")
+            print(text)
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""Reads a pytest-benchmark JSON of bench_embedding_bag.py and prints, per case, each implementation's
+median, GB/s, fraction of the measured read bandwidth and ratio to torch and FBGEMM; then the targets.
+
+    python bench/summary.py bench/results/<machine>-embedding_bag.json
+"""
+
+import json
+import sys
+from collections import defaultdict
+
+# (description, case, reference case or peer, minimum ratio); ratio = reference median / mprec median.
+TARGETS = [
+    ("standard case >= 1.5x torch", "standard f32 sum", ("torch", None), 1.5),
+    ("standard case >= 70% of read bandwidth", "standard f32 sum", ("bandwidth", None), 0.70),
+    ("max within 1.3x of mprec's sum", "max", ("mprec", "standard f32 sum"), 1 / 1.3),
+    ("padding_idx within 1.3x of mprec's sum", "padding_idx", ("mprec", "standard f32 sum"), 1 / 1.3),
+    ("bf16 >= 1.5x torch", "bf16", ("torch", None), 1.5),
+    ("8 tables >= 2x FBGEMM TBE", "8 tables batched", ("fbgemm", None), 2.0),
+    ("8 tables >= 1.3x 8 torch calls", "8 tables batched", ("torch x8", None), 1.3),
+]
+
+
+def load(path):
+    data = json.load(open(path))
+    medians = defaultdict(dict)
+    info = {}
+    bandwidth = None
+    for b in data["benchmarks"]:
+        extra = b.get("extra_info", {})
+        if extra.get("kind") == "read_bandwidth":
+            bandwidth = extra["gbps"]
+            continue
+        medians[extra["case"]][extra["impl"]] = b["stats"]["median"] * 1e3
+        info[extra["case"]] = extra
+    return data, medians, info, bandwidth
+
+
+def summarize(path):
+    data, medians, info, bandwidth = load(path)
+    if bandwidth is None:
+        raise SystemExit(f"{path}: no read-bandwidth measurement (test_read_bandwidth) in this run")
+    cpu = data.get("machine_info", {}).get("cpu", {}).get("brand_raw", "?")
+    lines = [f"machine: {cpu}, read bandwidth {bandwidth:.1f} GB/s (measured in this run)", ""]
+    header = f"{'case':<18} {'impl':<9} {'median ms':>10} {'GB/s':>7} {'of bw':>6} {'vs torch':>9} {'vs fbgemm':>10}"
+    lines += [header, "-" * len(header)]
+    for case, impls in medians.items():
+        gigabytes = info[case]["bytes"] / 1e9
+        torch_ms = impls.get("torch", impls.get(f"torch x{info[case]['tables']}"))
+        for impl, ms in sorted(impls.items(), key=lambda kv: kv[0] != "mprec"):
+            gbps = gigabytes / (ms * 1e-3)
+            vs_torch = f"{torch_ms / ms:8.2f}x" if torch_ms else ""
+            vs_fbgemm = f"{impls['fbgemm'] / ms:9.2f}x" if "fbgemm" in impls else ""
+            lines.append(f"{case:<18} {impl:<9} {ms:10.2f} {gbps:7.1f} {gbps / bandwidth:6.0%} {vs_torch:>9} {vs_fbgemm:>10}")
+    lines += ["", "targets (ratio = baseline median / mprec median):"]
+    for text, case, (peer, other_case), minimum in TARGETS:
+        if case not in medians or "mprec" not in medians[case]:
+            lines.append(f"  [ n/a] {text}: not measured")
+            continue
+        ours = medians[case]["mprec"]
+        if peer == "bandwidth":
+            value = info[case]["bytes"] / 1e9 / (ours * 1e-3) / bandwidth
+        else:
+            base = medians.get(other_case or case, {}).get(peer)
+            if base is None:
+                lines.append(f"  [ n/a] {text}: {peer} not measured")
+                continue
+            value = base / ours
+        ok = "met" if value >= minimum else "MISS"
+        lines.append(f"  [{ok:>4}] {text}: {value:.2f} (need {minimum:.2f})")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(summarize(sys.argv[1]))

@@ -1,0 +1,180 @@
+"""Benchmark cases shared by ``bench/`` (pytest-benchmark) and ``mprec`` (the main job's summary table).
+
+A case builds its inputs once and offers one callable per implementation (mprec and its peers: torch's
+``embedding_bag``, torch's quantized int8 op, FBGEMM's CPU TBE when ``fbgemm-gpu-cpu`` is installed), all
+over the same table memory, so that every implementation is timed on the same data in the same run.
+Speed is reported against the machine's measured read bandwidth, which :func:`read_bandwidth` measures.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+import mprec
+
+__all__ = ["EmbeddingBagCase", "EMBEDDING_BAG_CASES", "read_bandwidth", "median_ms", "fbgemm_available"]
+
+
+def fbgemm_available() -> bool:
+    try:
+        import fbgemm_gpu  # noqa: F401
+        from fbgemm_gpu.split_table_batched_embeddings_ops_training import SplitTableBatchedEmbeddingBagsCodegen  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means "not available"
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class EmbeddingBagCase:
+    name: str
+    num_rows: int = 1_000_000
+    dim: int = 128
+    bags: int = 4096
+    bag_size: int = 40
+    dtype: str = "float32"  # float32 | float16 | bfloat16 | int8
+    mode: str = "sum"
+    weighted: bool = False
+    padding: bool = False
+    tables: int = 1
+    rounds: int = 15
+    notes: str = field(default="", compare=False)
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of table rows one call reads (the traffic that bounds it)."""
+        element = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}[self.dtype]
+        extra = 8 if self.dtype == "int8" else 0  # per-row scale and bias
+        return self.tables * self.bags * self.bag_size * (self.dim * element + extra)
+
+    def fbgemm_supported(self) -> bool:
+        # FBGEMM's CPU TBE pools sum and mean, without padding_idx, in fp32/fp16 (and int8 for inference).
+        return fbgemm_available() and self.mode != "max" and not self.padding and self.dtype != "bfloat16"
+
+    def implementation_names(self) -> list[str]:
+        names = ["mprec", "torch" if self.tables == 1 else f"torch x{self.tables}"]
+        return names + (["fbgemm"] if self.fbgemm_supported() else [])
+
+    def build(self, seed: int = 0) -> dict[str, Callable[[], torch.Tensor]]:
+        """The implementations to time, by name, each a no-argument callable."""
+        g = torch.Generator().manual_seed(seed)
+        n = self.bags * self.bag_size
+        indices = [torch.randint(0, self.num_rows, (n,), generator=g) for _ in range(self.tables)]
+        psw = torch.rand(n * self.tables, generator=g) if self.weighted else None
+        padding_idx = 0 if self.padding else None
+        tbe, weights = self._fbgemm_tables(g)
+        if weights is None:
+            base = torch.randn(self.num_rows, self.dim, generator=g)
+            weights = [base.to(getattr(torch, self.dtype)) if self.dtype != "int8" else base
+                       for _ in range(self.tables)]
+        impls: dict[str, Callable[[], torch.Tensor]] = {}
+        if self.tables == 1:
+            idx, offsets = indices[0], torch.arange(0, n, self.bag_size)
+            w = weights[0]
+            if self.dtype == "int8":
+                q, sb = mprec.ops.quantize_rowwise_int8(w)
+                impls["mprec"] = lambda: mprec.ops.embedding_bag(q, idx, offsets, self.mode, psw, padding_idx,
+                                                                 scale_bias=sb)
+                packed = torch.ops.quantized.embedding_bag_byte_prepack(w)
+                mode_number = mprec.ops.MODES[self.mode]
+                impls["torch"] = lambda: torch.ops.quantized.embedding_bag_byte_rowwise_offsets(
+                    packed, idx, offsets, False, mode_number, False, psw, None, False)
+            else:
+                impls["mprec"] = lambda: mprec.ops.embedding_bag(w, idx, offsets, self.mode, psw, padding_idx)
+                impls["torch"] = lambda: torch.nn.functional.embedding_bag(
+                    idx, w, offsets, mode=self.mode, per_sample_weights=psw, padding_idx=padding_idx)
+            if tbe is not None:
+                tbe_offsets = torch.arange(0, n + 1, self.bag_size)
+                impls["fbgemm"] = lambda: tbe(idx, tbe_offsets, per_sample_weights=psw) if psw is not None \
+                    else tbe(idx, tbe_offsets)
+        else:
+            all_indices = torch.cat(indices)
+            offsets = torch.arange(0, n * self.tables + 1, self.bag_size)
+            single_offsets = torch.arange(0, n, self.bag_size)
+            impls["mprec"] = lambda: mprec.ops.batched_embedding_bag(weights, all_indices, offsets, self.mode, psw)
+            impls[f"torch x{self.tables}"] = lambda: torch.cat([
+                torch.nn.functional.embedding_bag(i, w, single_offsets, mode=self.mode)
+                for i, w in zip(indices, weights)], dim=1)
+            if tbe is not None:
+                impls["fbgemm"] = lambda: tbe(all_indices, offsets)
+        return impls
+
+    def _fbgemm_tables(self, g):
+        """FBGEMM's TBE for this case when it supports it, and its weights as per-table views (so every
+        implementation reads the same memory); (None, None) otherwise."""
+        if not self.fbgemm_supported():
+            return None, None
+        from fbgemm_gpu.split_embedding_configs import SparseType
+        from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation, PoolingMode
+        pooling = PoolingMode.SUM if self.mode == "sum" else PoolingMode.MEAN
+        if self.dtype == "int8":
+            from fbgemm_gpu.split_table_batched_embeddings_ops_inference import (
+                IntNBitTableBatchedEmbeddingBagsCodegen)
+            tbe = IntNBitTableBatchedEmbeddingBagsCodegen(
+                [("", self.num_rows, self.dim, SparseType.INT8, EmbeddingLocation.HOST)] * self.tables,
+                device="cpu", pooling_mode=pooling, output_dtype=SparseType.FP32)
+            tbe.fill_random_weights()
+            return _no_grad(tbe), None
+        from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+            ComputeDevice, SplitTableBatchedEmbeddingBagsCodegen)
+        precision = SparseType.FP32 if self.dtype == "float32" else SparseType.FP16
+        tbe = SplitTableBatchedEmbeddingBagsCodegen(
+            [(self.num_rows, self.dim, EmbeddingLocation.HOST, ComputeDevice.CPU)] * self.tables,
+            pooling_mode=pooling, weights_precision=precision, output_dtype=SparseType.FP32)
+        weights = tbe.split_embedding_weights()
+        with torch.no_grad():
+            for w in weights:
+                w.copy_(torch.randn(w.shape, generator=g).to(w.dtype))
+        return _no_grad(tbe), [w.detach() for w in weights]
+
+
+def _no_grad(module):
+    def call(*args, **kwargs):
+        with torch.no_grad():
+            return module(*args, **kwargs)
+    return call
+
+
+# The benchmark of the embedding-bag family (targets in the issue that introduced it).
+EMBEDDING_BAG_CASES = [
+    EmbeddingBagCase("standard f32 sum"),
+    EmbeddingBagCase("mean", mode="mean"),
+    EmbeddingBagCase("max", mode="max", rounds=7),
+    EmbeddingBagCase("padding_idx", padding=True, rounds=7),
+    EmbeddingBagCase("weighted", weighted=True),
+    EmbeddingBagCase("bf16", dtype="bfloat16"),
+    EmbeddingBagCase("fp16", dtype="float16"),
+    EmbeddingBagCase("int8", dtype="int8"),
+    EmbeddingBagCase("D=16", dim=16),
+    EmbeddingBagCase("D=64", dim=64),
+    EmbeddingBagCase("D=256", dim=256),
+    EmbeddingBagCase("8 tables batched", tables=8, rounds=9),
+]
+
+
+def median_ms(fn: Callable[[], object], rounds: int = 15, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def read_bandwidth(gib: float = 1.0, rounds: int = 9) -> float:
+    """The machine's read bandwidth in GB/s with torch's threads: the best median of reductions over a
+    buffer far larger than the caches (each reads every byte once and writes nothing)."""
+    x = torch.ones(int(gib * 2**30) // 4)
+    best = 0.0
+    for reduce in (torch.sum, torch.amax):
+        ms = median_ms(lambda: reduce(x), rounds)
+        best = max(best, x.numel() * 4 / (ms * 1e-3) / 1e9)
+    return best
+
+
