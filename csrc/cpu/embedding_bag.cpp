@@ -298,7 +298,7 @@ std::tuple<Tensor, Tensor> pool_tables(const char* op, const std::vector<Table>&
   const PoolFn kernel = pool_kernel(active_isa());
   const float* psw_ptr = psw.defined() ? psw.data_ptr<float>() : nullptr;
   FirstError first_error;
-  at::parallel_for(0, total_bags, bag_grain(layout, total_bags, total_dim), [&](int64_t begin, int64_t end) {
+  const auto pool_range = [&](int64_t begin, int64_t end) {
     for (int64_t t = begin / layout.bags; t < num_tables && t * layout.bags < end; ++t) {
       const Table& table = tables[t];
       const int64_t base = t * layout.bags;
@@ -333,7 +333,17 @@ std::tuple<Tensor, Tensor> pool_tables(const char* op, const std::vector<Table>&
         return;
       }
     }
-  });
+  };
+  const int64_t grain = bag_grain(layout, total_bags, total_dim);
+  const int64_t lookups_per_table = layout.num_indices / std::max<int64_t>(1, num_tables);
+  if (num_tables > 1 && lookups_per_table * (total_dim / num_tables) >= (int64_t{1} << 20)) {
+    // Large tables: all threads work on one table at a time, as T separate calls would. One contiguous
+    // range of the T*B bags per thread puts the threads on different tables, each with its own TLB and
+    // page-walk working set; with 8 tables of 512 MB, one table at a time measured 0-5% faster.
+    for (int64_t t = 0; t < num_tables; ++t) at::parallel_for(t * layout.bags, (t + 1) * layout.bags, grain, pool_range);
+  } else {
+    at::parallel_for(0, total_bags, grain, pool_range);
+  }
   if (first_error.failed) throw_bag_error(op, first_error.report, layout, tables);
   return {output, max_indices};
 }
