@@ -42,7 +42,6 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
   const int64_t cols = (dim - col < NV * W) ? dim - col : NV * W;
   const typename V::M tail = V::mask(static_cast<int>(cols - (NV - 1) * W));
   const typename V::M full = V::mask(W);
-  (void)full;
   // Cache lines of this block's slice of a row (a partial last vector may prefetch a little of the next
   // row, which is harmless: prefetches never fault).
   constexpr int kLines = static_cast<int>((NV * W * sizeof(WT) + 63) / 64);
