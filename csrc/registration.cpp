@@ -50,4 +50,24 @@ TORCH_LIBRARY(mprec, m) {
   // (qweight uint8 [rows, D], scale_bias float32 [rows, 2]); x ~= q * scale + bias.
   m.def("quantize_rowwise_int8(Tensor weight) -> (Tensor, Tensor)");
   m.def("dequantize_rowwise_int8(Tensor qweight, Tensor scale_bias) -> Tensor");
+
+  // -- DHE: deep hash embedding ---------------------------------------------------------------------------
+  // h_j(x) = ((hash_a[j] * (x mod p) + hash_b[j]) mod p) mod m for ids x >= 0 (../shared/DESIGN.md); p a
+  // prime, m < p <= 3037000499. transform: 'uniform' (h / (m - 1) * 2 - 1) or 'gaussian' (Box-Muller on
+  // pairs (2i, 2i+1) of U = (h + 1) / m; k even). activation: 'none', 'relu' or 'mish'.
+  m.set_python_module("mprec.ops.dhe");
+  // ids [*] -> float32 [*, k].
+  m.def("dhe_encode(Tensor ids, Tensor hash_a, Tensor hash_b, int p, int m, str transform='uniform') -> Tensor");
+  // act(dhe_encode(ids) @ weight^T + bias) -> [*, H1] in the weight's dtype (float32, bfloat16, float64),
+  // encoding in row blocks so [N, k] never exists.
+  m.def(
+      "dhe_encode_linear(Tensor ids, Tensor hash_a, Tensor hash_b, int p, int m, str transform, Tensor weight, "
+      "Tensor? bias=None, str activation='none') -> Tensor");
+  // (grad_weight, grad_bias); grad_bias is empty when bias is None.
+  m.def(
+      "dhe_encode_linear_backward(Tensor grad, Tensor output, Tensor ids, Tensor hash_a, Tensor hash_b, int p, "
+      "int m, str transform, Tensor weight, Tensor? bias, str activation) -> (Tensor, Tensor)");
+  // act(input @ weight^T + bias), each row computed independently of the others and of the thread count
+  // (fixed row blocks), so per-id vectors can be cached bit-exactly. The DHE decoder's later layers.
+  m.def("rowwise_linear(Tensor input, Tensor weight, Tensor? bias=None, str activation='none') -> Tensor");
 }

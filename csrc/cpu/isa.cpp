@@ -100,5 +100,15 @@ PoolFn pool_kernel(Isa isa) {
   }
 }
 
+DheEncodeFn dhe_encode_kernel(Isa isa) {
+  switch (isa) {
+#if MPREC_HAVE_X86
+    case Isa::kAvx512: return &avx512::dhe_encode;
+    case Isa::kAvx2: return &avx2::dhe_encode;
+#endif
+    default: return &scalar::dhe_encode;
+  }
+}
+
 }  // namespace cpu
 }  // namespace mprec

@@ -7,6 +7,13 @@ references that tests, benchmarks and the XLA/IPU lowerings share are in :mod:`m
 """
 
 from . import reference
+from .dhe import (
+    dhe_encode,
+    dhe_encode_linear,
+    dhe_hash_parameters,
+    next_prime,
+    rowwise_linear,
+)
 from .embedding_bag import (
     MODES,
     batched_embedding_bag,
@@ -22,4 +29,9 @@ __all__ = [
     "batched_embedding_bag",
     "quantize_rowwise_int8",
     "dequantize_rowwise_int8",
+    "dhe_encode",
+    "dhe_encode_linear",
+    "dhe_hash_parameters",
+    "next_prime",
+    "rowwise_linear",
 ]

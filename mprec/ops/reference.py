@@ -19,6 +19,10 @@ __all__ = [
     "batched_embedding_bag_reference",
     "quantize_rowwise_int8_reference",
     "dequantize_rowwise_int8_reference",
+    "dhe_hash_reference",
+    "dhe_encode_reference",
+    "dhe_encode_linear_reference",
+    "rowwise_linear_reference",
 ]
 
 
@@ -103,3 +107,48 @@ def batched_embedding_bag_reference(
             padding_idx[t] if len(padding_idx) else -1, True,
             None if scale_bias is None else scale_bias[t]))
     return torch.cat(outs, dim=1)
+
+
+# --- DHE ------------------------------------------------------------------------------------------------
+
+def dhe_hash_reference(ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: int) -> Tensor:
+    """int64 ``[*ids.shape, k]``: ``((a_j * (x mod p) + b_j) mod p) mod m``, exact in int64 (p^2 < 2^63)."""
+    x = ids.to(torch.int64).remainder(p)
+    return (x.unsqueeze(-1) * hash_a + hash_b).remainder(p).remainder(m)
+
+
+def dhe_encode_reference(ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: int, transform: str = "uniform",
+                         dtype: torch.dtype = torch.float64) -> Tensor:
+    """DHE encodings computed in ``dtype`` (float64 by default) from the integer hashes."""
+    h = dhe_hash_reference(ids, hash_a, hash_b, p, m).to(dtype)
+    if transform == "uniform":
+        return h / (m - 1) * 2 - 1
+    if transform != "gaussian":
+        raise ValueError(f"dhe_encode_reference: transform must be 'uniform' or 'gaussian', got {transform!r}")
+    u = (h + 1) / m
+    radius = torch.sqrt(-2 * torch.log(u[..., 0::2]))
+    angle = 2 * torch.pi * u[..., 1::2]
+    return torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], dim=-1).flatten(-2)
+
+
+def _activation_reference(x: Tensor, activation: str) -> Tensor:
+    if activation == "relu":
+        return torch.relu(x)
+    if activation == "mish":
+        return torch.nn.functional.mish(x)
+    if activation != "none":
+        raise ValueError(f"activation must be 'none', 'relu' or 'mish', got {activation!r}")
+    return x
+
+
+def rowwise_linear_reference(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                             activation: str = "none") -> Tensor:
+    return _activation_reference(torch.nn.functional.linear(input, weight, bias), activation)
+
+
+def dhe_encode_linear_reference(ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: int, transform: str,
+                                weight: Tensor, bias: Optional[Tensor] = None, activation: str = "none",
+                                dtype: torch.dtype = torch.float64) -> Tensor:
+    """``activation(encode(ids) @ weight.T + bias)`` with everything in ``dtype`` (float64 by default)."""
+    encoded = dhe_encode_reference(ids, hash_a, hash_b, p, m, transform, dtype)
+    return rowwise_linear_reference(encoded, weight.to(dtype), None if bias is None else bias.to(dtype), activation)

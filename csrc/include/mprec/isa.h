@@ -3,6 +3,7 @@
 #include <string>
 #include <vector>
 
+#include "mprec/dhe_kernel.h"
 #include "mprec/embedding_bag_kernel.h"
 
 namespace mprec {
@@ -20,6 +21,7 @@ std::string isa_name(Isa isa);
 std::vector<std::string> supported_isa_names();
 
 PoolFn pool_kernel(Isa isa);
+DheEncodeFn dhe_encode_kernel(Isa isa);
 
 }  // namespace cpu
 }  // namespace mprec

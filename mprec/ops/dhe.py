@@ -1,0 +1,256 @@
+"""The DHE (deep hash embedding) op family: typed wrappers, fake kernels and autograd.
+
+Schemas: ``csrc/registration.cpp``. CPU kernels: ``csrc/cpu/dhe*.cpp``. References:
+:func:`mprec.ops.reference.dhe_encode_reference` and friends.
+
+The hash, exactly (``DESIGN.md``): for hash function ``j`` with ``a_j`` in ``[1, p-1]``, ``b_j`` in
+``[0, p-1]`` and ``p`` a prime above ``m``, ``h_j(x) = ((a_j * (x mod p) + b_j) mod p) mod m`` for ids
+``x >= 0``. The uniform transform maps ``h`` to ``h / (m - 1) * 2 - 1``; the gaussian one applies
+Box-Muller to the pairs ``(2i, 2i+1)`` of ``U = (h + 1) / m``: ``z_2i = R cos(2 pi U_2i+1)``,
+``z_2i+1 = R sin(2 pi U_2i+1)``, ``R = sqrt(-2 log U_2i)``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "TRANSFORMS",
+    "ACTIVATIONS",
+    "MAX_PRIME",
+    "next_prime",
+    "is_prime",
+    "dhe_hash_parameters",
+    "dhe_encode",
+    "dhe_encode_linear",
+    "rowwise_linear",
+]
+
+TRANSFORMS = ("uniform", "gaussian")
+ACTIVATIONS = ("none", "relu", "mish")
+#: Largest p the ops accept: p^2 must fit int64 (and p < 2^32 for the kernels' exact arithmetic).
+MAX_PRIME = 3037000499
+
+_INDEX_DTYPES = (torch.int32, torch.int64)
+_WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
+
+
+def is_prime(n: int) -> bool:
+    """Deterministic for every n the ops accept (Miller-Rabin, bases 2, 3, 5, 7 decide n < 3.2e9)."""
+    if n < 2:
+        return False
+    for q in (2, 3, 5, 7):
+        if n % q == 0:
+            return n == q
+    d, s = n - 1, 0
+    while d % 2 == 0:
+        d //= 2
+        s += 1
+    for base in (2, 3, 5, 7):
+        x = pow(base, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(s - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def next_prime(m: int) -> int:
+    """The smallest prime greater than ``m`` (DESIGN.md's ``p``)."""
+    n = m + 1
+    while not is_prime(n):
+        n += 1
+    return n
+
+
+def dhe_hash_parameters(k: int, m: int, seed: int = 0) -> tuple[Tensor, Tensor, int]:
+    """``(hash_a, hash_b, p)`` for ``k`` hash functions into ``[0, m)``, drawn from a seeded generator.
+
+    The same ``(k, m, seed)`` gives the same parameters on every machine (torch's CPU generator).
+    """
+    if k < 1:
+        raise ValueError(f"dhe_hash_parameters: k must be >= 1, got {k}")
+    if m < 2:
+        raise ValueError(f"dhe_hash_parameters: m must be >= 2, got {m}")
+    p = next_prime(m)
+    if p > MAX_PRIME:
+        raise ValueError(f"dhe_hash_parameters: m = {m} is too large; the prime above it must be <= {MAX_PRIME}")
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randint(1, p, (k,), generator=g, dtype=torch.int64)
+    b = torch.randint(0, p, (k,), generator=g, dtype=torch.int64)
+    return a, b, p
+
+
+# --- checks shared by the fake kernels (the C++ kernels make the same checks) -------------------------
+
+def _check_hash(op: str, ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: int, transform: str) -> int:
+    if ids.dtype not in _INDEX_DTYPES:
+        raise ValueError(f"{op}: ids must be int32 or int64, got {ids.dtype}")
+    if m < 2:
+        raise ValueError(f"{op}: m (the hash range) must be >= 2, got {m}")
+    if p <= m:
+        raise ValueError(f"{op}: p must be a prime greater than m = {m}, got p = {p}")
+    if p > MAX_PRIME:
+        raise ValueError(f"{op}: p = {p} is too large; p (and so m) must be at most {MAX_PRIME}")
+    if not is_prime(p):
+        raise ValueError(f"{op}: p must be a prime greater than m = {m}, but p = {p} is not prime")
+    for name, t in (("hash_a", hash_a), ("hash_b", hash_b)):
+        if t.dtype != torch.int64 or t.dim() != 1:
+            raise ValueError(f"{op}: {name} must be a 1-D int64 tensor, got {t.dtype} of shape {tuple(t.shape)}")
+    k = hash_a.shape[0]
+    if hash_b.shape[0] != k:
+        raise ValueError(f"{op}: hash_a and hash_b must have the same length, got {k} and {hash_b.shape[0]}")
+    if transform not in TRANSFORMS:
+        raise ValueError(f"{op}: transform must be 'uniform' or 'gaussian', got {transform!r}")
+    if transform == "gaussian" and k % 2:
+        raise ValueError(f"{op}: the gaussian transform pairs hashes (Box-Muller), so k must be even, got k = {k}")
+    return k
+
+
+def _check_linear(op: str, weight: Tensor, bias: Optional[Tensor], in_features, in_name: str) -> None:
+    if weight.dim() != 2:
+        raise ValueError(f"{op}: weight must be 2-D [out_features, {in_name}], got shape {tuple(weight.shape)}")
+    if weight.dtype not in _WEIGHT_DTYPES:
+        raise ValueError(f"{op}: weight must be float32, bfloat16 or float64, got {weight.dtype}")
+    if weight.shape[1] != in_features:
+        raise ValueError(f"{op}: weight has shape {tuple(weight.shape)} but {in_name} = {in_features}; "
+                         f"expected [out_features, {in_features}]")
+    if bias is not None:
+        if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"{op}: bias must have shape [{weight.shape[0]}], got {tuple(bias.shape)}")
+        if bias.dtype != weight.dtype:
+            raise ValueError(f"{op}: bias ({bias.dtype}) must have the weight's dtype ({weight.dtype})")
+
+
+def _check_activation(op: str, activation: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{op}: activation must be 'none', 'relu' or 'mish', got {activation!r}")
+
+
+@torch.library.register_fake("mprec::dhe_encode")
+def _dhe_encode_fake(ids, hash_a, hash_b, p, m, transform="uniform"):
+    k = _check_hash("mprec::dhe_encode", ids, hash_a, hash_b, p, m, transform)
+    return ids.new_empty((*ids.shape, k), dtype=torch.float32)
+
+
+@torch.library.register_fake("mprec::dhe_encode_linear")
+def _dhe_encode_linear_fake(ids, hash_a, hash_b, p, m, transform, weight, bias=None, activation="none"):
+    op = "mprec::dhe_encode_linear"
+    k = _check_hash(op, ids, hash_a, hash_b, p, m, transform)
+    _check_linear(op, weight, bias, k, "k")
+    _check_activation(op, activation)
+    return weight.new_empty((*ids.shape, weight.shape[0]))
+
+
+@torch.library.register_fake("mprec::dhe_encode_linear_backward")
+def _dhe_encode_linear_backward_fake(grad, output, ids, hash_a, hash_b, p, m, transform, weight, bias, activation):
+    grad_bias = torch.empty_like(bias) if bias is not None else weight.new_empty((0,))
+    return torch.empty_like(weight), grad_bias
+
+
+@torch.library.register_fake("mprec::rowwise_linear")
+def _rowwise_linear_fake(input, weight, bias=None, activation="none"):
+    op = "mprec::rowwise_linear"
+    if input.dim() < 1:
+        raise ValueError(f"{op}: input must have at least one dimension, got a scalar")
+    _check_linear(op, weight, bias, input.shape[-1], "in_features")
+    if input.dtype != weight.dtype:
+        raise ValueError(f"{op}: input ({input.dtype}) must have the weight's dtype ({weight.dtype})")
+    _check_activation(op, activation)
+    return input.new_empty((*input.shape[:-1], weight.shape[0]))
+
+
+# --- autograd -----------------------------------------------------------------------------------------
+
+def _dhe_encode_linear_setup_context(ctx, inputs, output):
+    ids, hash_a, hash_b, p, m, transform, weight, bias, activation = inputs
+    ctx.save_for_backward(ids, hash_a, hash_b, weight, bias, output)
+    ctx.p, ctx.m, ctx.transform, ctx.activation = p, m, transform, activation
+
+
+def _dhe_encode_linear_backward(ctx, grad):
+    ids, hash_a, hash_b, weight, bias, output = ctx.saved_tensors
+    grad_weight, grad_bias = torch.ops.mprec.dhe_encode_linear_backward(
+        grad, output, ids, hash_a, hash_b, ctx.p, ctx.m, ctx.transform, weight, bias, ctx.activation)
+    # ids and the hash parameters are integers: not differentiable.
+    return (None, None, None, None, None, None, grad_weight,
+            grad_bias if bias is not None else None, None)[:len(ctx.needs_input_grad)]
+
+
+torch.library.register_autograd("mprec::dhe_encode_linear", _dhe_encode_linear_backward,
+                                setup_context=_dhe_encode_linear_setup_context)
+
+
+def _rowwise_linear_setup_context(ctx, inputs, output):
+    input, weight, bias, activation = inputs
+    pre = None
+    if activation == "mish":
+        # mish' needs the pre-activation; recomputed here (inputs are saved anyway) rather than in backward.
+        pre = torch.nn.functional.linear(input, weight, bias)
+    ctx.save_for_backward(input, weight, output, pre)
+    ctx.has_bias = bias is not None
+    ctx.activation = activation
+
+
+def _rowwise_linear_backward(ctx, grad):
+    input, weight, output, pre = ctx.saved_tensors
+    if ctx.activation == "relu":
+        grad = torch.ops.aten.threshold_backward(grad, output, 0)
+    elif ctx.activation == "mish":
+        grad = torch.ops.aten.mish_backward(grad, pre)
+    grad_input = grad_weight = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_input = grad @ weight
+    flat_grad = grad.reshape(-1, grad.shape[-1])
+    if ctx.needs_input_grad[1]:
+        grad_weight = flat_grad.t() @ input.reshape(-1, input.shape[-1])
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_bias = flat_grad.sum(0)
+    return (grad_input, grad_weight, grad_bias, None)[:len(ctx.needs_input_grad)]
+
+
+torch.library.register_autograd("mprec::rowwise_linear", _rowwise_linear_backward,
+                                setup_context=_rowwise_linear_setup_context)
+
+
+# --- typed wrappers -----------------------------------------------------------------------------------
+
+def dhe_encode(ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: int, transform: str = "uniform") -> Tensor:
+    """DHE encodings of ``ids``: float32 ``[*ids.shape, k]``, ``k = len(hash_a)``.
+
+    Args:
+        ids: int32 or int64 ids, any shape, all ``>= 0`` (any int64 value: the arithmetic is exact).
+        hash_a, hash_b: int64 ``[k]`` hash parameters (see :func:`dhe_hash_parameters`).
+        p: a prime greater than ``m``, at most :data:`MAX_PRIME`.
+        m: the hash range, ``>= 2``.
+        transform: ``"uniform"`` (values in [-1, 1]) or ``"gaussian"`` (standard normal; ``k`` even).
+    """
+    return torch.ops.mprec.dhe_encode(ids, hash_a, hash_b, p, m, transform)
+
+
+def dhe_encode_linear(ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: int, transform: str,
+                      weight: Tensor, bias: Optional[Tensor] = None, activation: str = "none") -> Tensor:
+    """``activation(dhe_encode(ids) @ weight.T + bias)``, fused: ``[*ids.shape, H1]`` in ``weight.dtype``.
+
+    The encodings are produced in blocks of rows that stay in cache and are multiplied at once, so the
+    ``[N, k]`` matrix never exists. ``weight`` is ``[H1, k]``, float32, bfloat16 (bfloat16 encodings and
+    products, float32 accumulation) or float64. Differentiable in ``weight`` and ``bias``. Each output row
+    is computed independently of the other ids and of the thread count.
+    """
+    return torch.ops.mprec.dhe_encode_linear(ids, hash_a, hash_b, p, m, transform, weight, bias, activation)
+
+
+def rowwise_linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, activation: str = "none") -> Tensor:
+    """``activation(input @ weight.T + bias)`` with every row computed independently of the others.
+
+    Same values as :func:`torch.nn.functional.linear` up to rounding, and the same speed; the difference is
+    that a row's bits do not depend on the batch it came in or on the thread count, which MP-Cache needs.
+    """
+    return torch.ops.mprec.rowwise_linear(input, weight, bias, activation)
