@@ -1,6 +1,9 @@
 """Drop-in layers built on the mprec ops."""
 
-from . import functional
+from . import cache, functional
+from .cache import EmbeddingCache
+from .dhe import DHEEmbeddingBag, HybridEmbeddingBag
 from .embedding_bag import EmbeddingBag, EmbeddingBagCollection
 
-__all__ = ["functional", "EmbeddingBag", "EmbeddingBagCollection"]
+__all__ = ["cache", "functional", "EmbeddingBag", "EmbeddingBagCollection", "DHEEmbeddingBag", "HybridEmbeddingBag",
+           "EmbeddingCache"]

@@ -115,19 +115,29 @@ class EmbeddingBag(nn.Module):
         return bag
 
 
+REPRESENTATIONS = ("table", "dhe", "hybrid")
+
+
 class EmbeddingBagCollection(nn.Module):
-    """One table per sparse feature, all pooled by a single ``mprec::batched_embedding_bag`` call.
+    """Many sparse features, each represented as a table, a DHE or a hybrid of both (MP-Rec's "select").
 
     Args:
-        num_embeddings: rows of each table.
-        embedding_dim: width of each table (one int for all, or one per table).
-        mode: ``"sum"``, ``"mean"`` or ``"max"``, shared by the tables.
-        padding_idx: one per table (None for none), or None.
-        sparse: sparse COO weight gradients, as ``EmbeddingBag(sparse=True)``.
+        num_embeddings: rows of each feature's table (ids of a DHE feature are not bounded by it).
+        embedding_dim: output width of each feature (one int for all, or one per feature).
+        mode: ``"sum"``, ``"mean"`` or ``"max"``, shared by the features.
+        padding_idx: one per feature (None for none; table features only), or None.
+        sparse: sparse COO table gradients, as ``EmbeddingBag(sparse=True)``.
+        representations: one of ``"table"``, ``"dhe"``, ``"hybrid"`` per feature (default: all tables).
+        dhe: keyword arguments for every :class:`mprec.nn.DHEEmbeddingBag` (``k``, ``m``, ``decoder``, ...);
+            feature ``t`` uses seed ``dhe.get("seed", 0) + t`` so features hash differently.
+        hybrid_dhe_dim: the DHE share of a hybrid feature's width (default half, rounded down); the table
+            takes the rest, so every representation of a feature has the same output width.
 
     ``forward(indices, offsets, per_sample_weights=None)`` takes FBGEMM's TBE layout (indices of every
-    table concatenated, table by table; ``offsets`` of ``T * B + 1`` entries) and returns
-    ``[B, sum(embedding_dim)]``. State dict keys: ``weights.<t>``.
+    feature concatenated, feature by feature; ``offsets`` of ``T * B + 1`` entries) and returns
+    ``[B, sum(embedding_dim)]``. All table parts are pooled by one ``mprec::batched_embedding_bag`` call.
+    State dict keys: ``weights.<i>`` for the i-th table (features in order, hybrids included) and
+    ``dhe.<t>.*`` for feature t's DHE.
     """
 
     def __init__(
@@ -137,6 +147,9 @@ class EmbeddingBagCollection(nn.Module):
         mode: str = "sum",
         padding_idx: Optional[Sequence[Optional[int]]] = None,
         sparse: bool = False,
+        representations: Optional[Sequence[str]] = None,
+        dhe: Optional[dict] = None,
+        hybrid_dhe_dim: Optional[Union[int, Sequence[int]]] = None,
         device=None,
         dtype=None,
     ) -> None:
@@ -144,22 +157,54 @@ class EmbeddingBagCollection(nn.Module):
         num_embeddings = list(num_embeddings)
         if not num_embeddings:
             raise ValueError("EmbeddingBagCollection needs at least one table")
-        dims = [embedding_dim] * len(num_embeddings) if isinstance(embedding_dim, int) else list(embedding_dim)
-        if len(dims) != len(num_embeddings):
-            raise ValueError(f"EmbeddingBagCollection: {len(dims)} embedding dims for {len(num_embeddings)} tables")
+        T = len(num_embeddings)
+        dims = [embedding_dim] * T if isinstance(embedding_dim, int) else list(embedding_dim)
+        if len(dims) != T:
+            raise ValueError(f"EmbeddingBagCollection: {len(dims)} embedding dims for {T} tables")
         if mode not in MODES:
             raise ValueError(f"EmbeddingBagCollection: mode must be one of {sorted(MODES)}, got {mode!r}")
-        if padding_idx is not None and len(padding_idx) != len(num_embeddings):
-            raise ValueError(f"EmbeddingBagCollection: {len(padding_idx)} padding_idx for {len(num_embeddings)} tables")
+        if padding_idx is not None and len(padding_idx) != T:
+            raise ValueError(f"EmbeddingBagCollection: {len(padding_idx)} padding_idx for {T} tables")
+        reps = ["table"] * T if representations is None else list(representations)
+        if len(reps) != T:
+            raise ValueError(f"EmbeddingBagCollection: {len(reps)} representations for {T} features")
+        for t, r in enumerate(reps):
+            if r not in REPRESENTATIONS:
+                raise ValueError(f"EmbeddingBagCollection: representation of feature {t} must be one of "
+                                 f"{REPRESENTATIONS}, got {r!r}")
+            if r != "table" and padding_idx is not None and padding_idx[t] is not None:
+                raise ValueError(f"EmbeddingBagCollection: padding_idx is for table features; feature {t} is {r!r}")
+        hybrid_dims = [None] * T
+        for t, r in enumerate(reps):
+            if r == "hybrid":
+                h = (dims[t] // 2 if hybrid_dhe_dim is None else
+                     hybrid_dhe_dim if isinstance(hybrid_dhe_dim, int) else list(hybrid_dhe_dim)[t])
+                if not 0 < h < dims[t]:
+                    raise ValueError(f"EmbeddingBagCollection: hybrid feature {t} of width {dims[t]} cannot give "
+                                     f"{h} columns to its DHE")
+                hybrid_dims[t] = h
         self.num_embeddings = num_embeddings
         self.embedding_dims = dims
+        self.representations = reps
         self.mode = mode
         self.sparse = sparse
         self.padding_idx = None if padding_idx is None else [
             None if p is None else _normalize_padding_idx("EmbeddingBagCollection", p, n)
             for p, n in zip(padding_idx, num_embeddings)]
+        # Table parts, in feature order: (feature, width).
+        self.table_features = [t for t in range(T) if reps[t] != "dhe"]
+        table_dims = [dims[t] - (hybrid_dims[t] or 0) for t in self.table_features]
         self.weights = nn.ParameterList(
-            [nn.Parameter(torch.empty((n, d), device=device, dtype=dtype)) for n, d in zip(num_embeddings, dims)])
+            [nn.Parameter(torch.empty((num_embeddings[t], d), device=device, dtype=dtype))
+             for t, d in zip(self.table_features, table_dims)])
+        from .dhe import DHEEmbeddingBag  # dhe.py imports this module
+
+        dhe = dict(dhe or {})
+        base_seed = dhe.pop("seed", 0)
+        self.dhe = nn.ModuleDict({
+            str(t): DHEEmbeddingBag(dims[t] if reps[t] == "dhe" else hybrid_dims[t], mode=mode, seed=base_seed + t,
+                                    device=device, dtype=dtype, **dhe)
+            for t in range(T) if reps[t] != "table"})
         self.reset_parameters()
 
     @property
@@ -169,17 +214,53 @@ class EmbeddingBagCollection(nn.Module):
     def reset_parameters(self) -> None:
         # Uniform in +-1/sqrt(rows), as the DLRM reference initialises its tables.
         with torch.no_grad():
-            for t, w in enumerate(self.weights):
+            for i, w in enumerate(self.weights):
+                t = self.table_features[i]
                 bound = 1.0 / max(1, w.shape[0]) ** 0.5
                 w.uniform_(-bound, bound)
                 if self.padding_idx is not None and self.padding_idx[t] is not None:
                     w[self.padding_idx[t]].fill_(0)
 
+    def _pads(self, features) -> list:
+        return [] if self.padding_idx is None else [-1 if self.padding_idx[t] is None else self.padding_idx[t]
+                                                     for t in features]
+
     def forward(self, indices: Tensor, offsets: Tensor, per_sample_weights: Optional[Tensor] = None) -> Tensor:
-        pads = [] if self.padding_idx is None else [-1 if p is None else p for p in self.padding_idx]
-        out, _ = torch.ops.mprec.batched_embedding_bag(
-            list(self.weights), indices, offsets, MODES[self.mode], per_sample_weights, pads, None, self.sparse)
-        return out
+        if not self.dhe:
+            out, _ = torch.ops.mprec.batched_embedding_bag(
+                list(self.weights), indices, offsets, MODES[self.mode], per_sample_weights,
+                self._pads(range(self.num_tables)), None, self.sparse)
+            return out
+        T = self.num_tables
+        if (offsets.numel() - 1) % T:
+            raise ValueError(f"EmbeddingBagCollection: offsets must have T * B + 1 entries for T = {T} features, "
+                             f"got {offsets.numel()}")
+        B = (offsets.numel() - 1) // T
+        starts = offsets[::B].tolist() if B else [0] * (T + 1)
+        def lookups(t):
+            return slice(starts[t], starts[t + 1])
+        def psw(t):
+            return None if per_sample_weights is None else per_sample_weights[lookups(t)]
+        pieces: list[list[Tensor]] = [[] for _ in range(T)]
+        if self.table_features:
+            # One TBE call over the table parts: their lookups, re-based offsets.
+            idx = torch.cat([indices[lookups(t)] for t in self.table_features])
+            offs, base = [], 0
+            for t in self.table_features:
+                offs.append(offsets[t * B:(t + 1) * B] - starts[t] + base)
+                base += starts[t + 1] - starts[t]
+            offs.append(offsets.new_tensor([base]))
+            weights = None if per_sample_weights is None else torch.cat([psw(t) for t in self.table_features])
+            tables, _ = torch.ops.mprec.batched_embedding_bag(
+                list(self.weights), idx, torch.cat(offs), MODES[self.mode], weights, self._pads(self.table_features),
+                None, self.sparse)
+            for t, part in zip(self.table_features, tables.split([w.shape[1] for w in self.weights], dim=1)):
+                pieces[t].append(part)
+        for key, module in self.dhe.items():
+            t = int(key)
+            pieces[t].append(module(indices[lookups(t)], offsets[t * B:(t + 1) * B] - starts[t], psw(t)))
+        return torch.cat([torch.cat(p, dim=1) if len(p) > 1 else p[0] for p in pieces], dim=1)
 
     def extra_repr(self) -> str:
-        return f"tables={list(zip(self.num_embeddings, self.embedding_dims))}, mode={self.mode}"
+        return (f"features={list(zip(self.representations, self.num_embeddings, self.embedding_dims))}, "
+                f"mode={self.mode}")
