@@ -11,6 +11,7 @@
 // recomputed ones. It also bounds the encoding buffer to kRowBlock x k, so [N, k] never exists.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -165,10 +166,25 @@ void check_float_weight(const char* op, const Tensor& weight, const c10::optiona
   }
 }
 
+// Applies the activation to a [rows, H] block in place. Called inside at::parallel_for, so ATen runs it on
+// this thread. relu is exact anywhere; mish is not: ATen computes it with vector code plus a scalar loop
+// for the last few elements of a call, which round differently, so mish runs over a copy whose rows are
+// padded to a multiple of 64 elements, where every element takes the vector path whatever its row.
 void apply_activation(Tensor& x, Activation activation) {
   switch (activation) {
     case Activation::kRelu: at::relu_(x); break;
-    case Activation::kMish: at::mish_(x); break;
+    case Activation::kMish: {
+      const int64_t h = x.size(1), padded_h = (h + 63) / 64 * 64;
+      if (padded_h == h && x.is_contiguous()) {
+        at::mish_(x);
+      } else {
+        Tensor padded = at::zeros({x.size(0), padded_h}, x.options());
+        padded.narrow(1, 0, h).copy_(x);
+        at::mish_(padded);
+        x.copy_(padded.narrow(1, 0, h));
+      }
+      break;
+    }
     case Activation::kNone: break;
   }
 }
@@ -200,6 +216,7 @@ void encode_linear_into(const char* op, const Tensor& ids, const Hashes& h, cons
   const DheOutType type = out_type(weight.scalar_type());
   FirstNegativeId negative;
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // thread-local: worker threads need their own
     Tensor block = at::empty({kRowBlock, h.k}, weight.options());
     for (int64_t blk = b0; blk < b1 && !negative.any(); ++blk) {
       const int64_t r0 = blk * kRowBlock;
@@ -226,6 +243,9 @@ std::vector<int64_t> with_last(at::IntArrayRef sizes, int64_t last) {
 Tensor dhe_encode_cpu(const Tensor& ids, const Tensor& hash_a, const Tensor& hash_b, int64_t p, int64_t m,
                       c10::string_view transform) {
   constexpr const char* op = "mprec::dhe_encode";
+  // The kernels call ATen ops (GEMMs) on tensors that may require grad; autograd is this op's business
+  // (mprec/ops/dhe.py), so those calls must not be recorded, whatever the caller's grad mode.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   const Tensor ids_c = ids.contiguous();
   const Hashes h = checked_hashes(op, ids_c, hash_a, hash_b, p, m, std::string(transform));
   const int64_t n = ids_c.numel();
@@ -246,6 +266,9 @@ Tensor dhe_encode_linear_cpu(const Tensor& ids, const Tensor& hash_a, const Tens
                              c10::string_view transform, const Tensor& weight, const c10::optional<Tensor>& bias,
                              c10::string_view activation) {
   constexpr const char* op = "mprec::dhe_encode_linear";
+  // The kernels call ATen ops (GEMMs) on tensors that may require grad; autograd is this op's business
+  // (mprec/ops/dhe.py), so those calls must not be recorded, whatever the caller's grad mode.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   const Tensor ids_c = ids.contiguous();
   const Hashes h = checked_hashes(op, ids_c, hash_a, hash_b, p, m, std::string(transform));
   check_float_weight(op, weight, bias, h.k, "k");
@@ -260,6 +283,9 @@ std::tuple<Tensor, Tensor> dhe_encode_linear_backward_cpu(
     int64_t p, int64_t m, c10::string_view transform, const Tensor& weight, const c10::optional<Tensor>& bias,
     c10::string_view activation) {
   constexpr const char* op = "mprec::dhe_encode_linear_backward";
+  // The kernels call ATen ops (GEMMs) on tensors that may require grad; autograd is this op's business
+  // (mprec/ops/dhe.py), so those calls must not be recorded, whatever the caller's grad mode.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   const Tensor ids_c = ids.contiguous();
   const Hashes h = checked_hashes(op, ids_c, hash_a, hash_b, p, m, std::string(transform));
   check_float_weight(op, weight, bias, h.k, "k");
@@ -310,6 +336,7 @@ std::tuple<Tensor, Tensor> dhe_encode_linear_backward_cpu(
   const int64_t chunks = (h.k + kGradColumnChunk - 1) / kGradColumnChunk;
   FirstNegativeId negative;
   at::parallel_for(0, chunks, 1, [&](int64_t c_begin, int64_t c_end) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // thread-local: worker threads need their own
     Tensor block = at::empty({kRowBlock, kGradColumnChunk}, weight.options().dtype(acc));
     for (int64_t chunk = c_begin; chunk < c_end && !negative.any(); ++chunk) {
       const int64_t c0 = chunk * kGradColumnChunk;
@@ -336,6 +363,9 @@ std::tuple<Tensor, Tensor> dhe_encode_linear_backward_cpu(
 Tensor rowwise_linear_cpu(const Tensor& input, const Tensor& weight, const c10::optional<Tensor>& bias,
                           c10::string_view activation) {
   constexpr const char* op = "mprec::rowwise_linear";
+  // The kernels call ATen ops (GEMMs) on tensors that may require grad; autograd is this op's business
+  // (mprec/ops/dhe.py), so those calls must not be recorded, whatever the caller's grad mode.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   TORCH_CHECK_VALUE(input.dim() >= 1, op, ": input must have at least one dimension, got a scalar");
   check_float_weight(op, weight, bias, input.size(-1), "in_features");
   TORCH_CHECK_VALUE(input.scalar_type() == weight.scalar_type(), op, ": input (", input.scalar_type(),
@@ -348,6 +378,7 @@ Tensor rowwise_linear_cpu(const Tensor& input, const Tensor& weight, const c10::
   const Tensor weight_t = weight.t();
   const int64_t blocks = (n + kRowBlock - 1) / kRowBlock;
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // thread-local: worker threads need their own
     Tensor pad;  // only for a last block shorter than kMinGemmRows
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t r0 = blk * kRowBlock;

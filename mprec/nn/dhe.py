@@ -84,30 +84,38 @@ class DHEEmbeddingBag(nn.Module):
         self.encoder_cache: Optional[EmbeddingCache] = None
 
     # --- decoding -----------------------------------------------------------------------------------
-    def _hidden(self, i: int, x: Tensor) -> Tensor:
-        """Layer i's output from its pre-activation ``x`` (hidden layers only)."""
-        if self.norms is not None:
-            x = self.norms[i](x)
-        return _activation(x, self.activation)
+    def _layer(self, i: int) -> tuple[Tensor, Optional[Tensor], str, bool]:
+        """(weight, bias, activation to fuse, whether batch norm + activation still follow) of layer i.
+
+        In eval mode batch norm is an affine map per channel and is folded into the layer, so the whole
+        layer is one op with its activation fused: every row is then computed independently of the batch,
+        which MP-Cache's exactness needs (a separate elementwise pass would not guarantee it).
+        """
+        layer = self.layers[i]
+        if i == len(self.layers) - 1:
+            return layer.weight, layer.bias, "none", False
+        if self.norms is None:
+            return layer.weight, layer.bias, self.activation, False
+        if self.training:
+            return layer.weight, layer.bias, "none", True
+        bn = self.norms[i]
+        acc = torch.float64 if layer.weight.dtype == torch.float64 else torch.float32
+        scale = bn.weight.to(acc) * torch.rsqrt(bn.running_var.to(acc) + bn.eps)
+        weight = (layer.weight.to(acc) * scale.unsqueeze(1)).to(layer.weight.dtype)
+        bias = ((layer.bias.to(acc) - bn.running_mean.to(acc)) * scale + bn.bias.to(acc)).to(layer.weight.dtype)
+        return weight, bias, self.activation, False
 
     def _first_layer(self, ids: Tensor) -> Tensor:
-        layer = self.layers[0]
-        last = len(self.layers) == 1
-        fused_activation = "none" if last or self.norms is not None else self.activation
-        x = dhe_encode_linear(ids, self.hash_a, self.hash_b, self.p, self.m, self.transform, layer.weight,
-                              layer.bias, fused_activation)
-        if not last and self.norms is not None:
-            x = self._hidden(0, x)
-        return x
+        weight, bias, activation, norm_follows = self._layer(0)
+        x = dhe_encode_linear(ids, self.hash_a, self.hash_b, self.p, self.m, self.transform, weight, bias, activation)
+        return _activation(self.norms[0](x), self.activation) if norm_follows else x
 
     def _later_layers(self, x: Tensor) -> Tensor:
         for i in range(1, len(self.layers)):
-            layer = self.layers[i]
-            last = i == len(self.layers) - 1
-            fused = "none" if last or self.norms is not None else self.activation
-            x = rowwise_linear(x, layer.weight, layer.bias, fused)
-            if not last and self.norms is not None:
-                x = self._hidden(i, x)
+            weight, bias, activation, norm_follows = self._layer(i)
+            x = rowwise_linear(x, weight, bias, activation)
+            if norm_follows:
+                x = _activation(self.norms[i](x), self.activation)
         return x
 
     def embed(self, ids: Tensor, occurrences: Optional[Tensor] = None) -> Tensor:
