@@ -26,7 +26,7 @@ def machine_name() -> str:
 
 def main() -> int:
     sys.path.insert(0, str(HERE))
-    from summary import summarize
+    import importlib
 
     results = HERE / "results"
     results.mkdir(exist_ok=True)
@@ -40,7 +40,9 @@ def main() -> int:
                               "--benchmark-sort=name"])
         status = status or rc
         if out.exists():
-            text = summarize(out)
+            # summary_<family>.py when the family has its own, else summary.py (embedding bags).
+            module = f"summary_{family}" if (HERE / f"summary_{family}.py").exists() else "summary"
+            text = importlib.import_module(module).summarize(out)
             (results / f"{name}-{family}.txt").write_text(text + "\n")
             print(text)
     return status

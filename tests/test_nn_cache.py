@@ -39,7 +39,8 @@ def test_cached_output_is_bit_identical(dtype, kinds):
     reference = make_layer(dtype)
     reference.load_state_dict(layer.state_dict())
     for kind in kinds:
-        layer.enable_cache(kind, max_entries=200)
+        # With both, the encoder cache sees the decoder cache's misses: give it more room so it hits too.
+        layer.enable_cache(kind, max_entries=50 if kind == "decoder" and len(kinds) == 2 else 200)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for ids, offsets in batches(6, generator=g):

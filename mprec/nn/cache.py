@@ -134,31 +134,53 @@ class EmbeddingCache:
         return hit, slot
 
     def admit(self, ids: Tensor, values: Tensor) -> None:
-        """Online (LFU) admission of missed ``ids`` (distinct, not cached) with their computed ``values``."""
+        """Online (LFU) admission of missed ``ids`` (distinct, not cached) with their computed ``values``.
+
+        Free room is filled by the most frequent candidates; then each remaining candidate, best first,
+        replaces the least-used entry while its estimated count is higher. Costs O(entries) per call (a
+        partial selection and a merge, no sort of the whole cache).
+        """
         if self.policy != "lfu" or ids.numel() == 0:
             return
         score = self.estimate(ids)
         order = torch.argsort(score, descending=True, stable=True)
         ids, values, score = ids[order], values[order], score[order]
-        free = self.max_entries - len(self)
-        take = min(free, ids.numel())
-        new_keys, new_values, new_counts = [ids[:take]], [values[:take]], [score[:take]]
-        keep = torch.ones(len(self), dtype=torch.bool)
-        rest_ids, rest_values, rest_score = ids[take:], values[take:], score[take:]
-        if rest_ids.numel() and len(self):
-            # Replace the least-used entries by candidates with a higher count, pairwise, best first.
-            victims = torch.argsort(self.counts, stable=True)[: rest_ids.numel()]
-            better = rest_score[: victims.numel()] > self.counts[victims]
-            replace = int(better.cumprod(0).sum())  # both lists are sorted: stop at the first loss
+        take = min(self.max_entries - len(self), ids.numel())
+        keep = None
+        rest = ids.numel() - take
+        if rest and len(self):
+            # The least-used entries, fewest uses first (a partial selection, not a sort).
+            victims = torch.topk(self.counts, min(rest, len(self)), largest=False, sorted=True).indices
+            better = score[take:take + victims.numel()] > self.counts[victims]
+            replace = int(better.cumprod(0).sum())  # both lists are ordered: stop at the first loss
             if replace:
+                keep = torch.ones(len(self), dtype=torch.bool)
                 keep[victims[:replace]] = False
-                new_keys.append(rest_ids[:replace])
-                new_values.append(rest_values[:replace])
-                new_counts.append(rest_score[:replace])
-        if sum(k.numel() for k in new_keys) == 0:
+                take += replace
+        if take == 0:
             return
-        self._store(torch.cat([self.keys[keep], *new_keys]), torch.cat([self.values[keep], *new_values]),
-                    torch.cat([self.counts[keep], *new_counts]))
+        if keep is None:
+            self._merge(self.keys, self.values, self.counts, ids[:take], values[:take], score[:take])
+        else:
+            self._merge(self.keys[keep], self.values[keep], self.counts[keep], ids[:take], values[:take], score[:take])
+
+    def _merge(self, keys: Tensor, values: Tensor, counts: Tensor, new_keys: Tensor, new_values: Tensor,
+               new_counts: Tensor) -> None:
+        """Sorted entries + new ones, kept sorted by key in O(entries + new log new)."""
+        order = torch.argsort(new_keys)
+        new_keys, new_values, new_counts = new_keys[order], new_values[order].to(self.dtype), new_counts[order]
+        n_old, n_new = keys.numel(), new_keys.numel()
+        at = torch.searchsorted(keys, new_keys)  # insertion points, non-decreasing
+        new_slot = at + torch.arange(n_new)
+        old_slot = torch.arange(n_old) + torch.searchsorted(at, torch.arange(n_old), right=True)
+        merged_keys = torch.empty(n_old + n_new, dtype=torch.int64)
+        merged_values = torch.empty((n_old + n_new, self.width), dtype=self.dtype)
+        merged_counts = torch.empty(n_old + n_new, dtype=torch.int64)
+        for merged, old, new in ((merged_keys, keys, new_keys), (merged_values, values, new_values),
+                                 (merged_counts, counts, new_counts)):
+            merged[old_slot] = old
+            merged[new_slot] = new
+        self.keys, self.values, self.counts = merged_keys, merged_values, merged_counts
 
     def fill(self, ids: Tensor, values: Tensor, counts: Optional[Tensor] = None) -> None:
         """Replaces the entries by ``ids`` (distinct) and their ``values``, keeping the first ``max_entries``."""
