@@ -143,14 +143,14 @@ CACHE_ENTRIES = 100_000  # 100k ids x (16 floats + id + count) = 8 MB
 def test_decoder_cache(benchmark, impl):
     widths = (1024, 128, 16)
     layer = mprec_layer(widths)
-    warmup, timed = zipf_batches(8, seed=3), zipf_batches(20, seed=4)
+    warmup, timed = zipf_batches(30, seed=3), zipf_batches(20, seed=4)
     offsets = torch.arange(0, 4096, 1)  # one lookup per bag: every id is its own query row
     cache = None
     with torch.no_grad():
         if impl != "uncached":
             cache = layer.enable_cache("decoder", max_entries=CACHE_ENTRIES, policy="static" if "static" in impl else "lfu")
             if "static" in impl:
-                layer.fill_cache(torch.cat(zipf_batches(50, seed=5)))  # top-N of a 200k-lookup sample
+                layer.fill_cache(zipf_batches(1, size=1_000_000, seed=5)[0])  # top-N of a 10^6-lookup sample
             for ids in warmup:
                 layer(ids, offsets)
             cache.reset_stats()

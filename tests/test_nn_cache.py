@@ -96,9 +96,12 @@ def test_counters_count_lookups():
     with torch.no_grad():
         layer(ids, offsets)
         assert (cache.hits, cache.misses, cache.unique_misses) == (0, 6, 3)
+        # Ids seen once are not admitted (doorkeeper): 5 (3 uses) and 11 (2 uses) were, 9 (1 use) was not.
         layer(ids, offsets)
-        assert (cache.hits, cache.misses, cache.unique_hits) == (6, 6, 3)
-    assert cache.hit_rate == 0.5
+        assert (cache.hits, cache.misses, cache.unique_hits) == (5, 7, 2)
+        layer(ids, offsets)  # 9 has now been seen twice and was admitted
+        assert (cache.hits, cache.misses, cache.unique_hits) == (11, 7, 5)
+    assert cache.hit_rate == 11 / 18
     cache.reset_stats()
     assert cache.stats()["hits"] == 0
 
@@ -150,8 +153,9 @@ def test_caches_only_in_inference():
     assert out.requires_grad and cache.hits + cache.misses == 0
     with torch.inference_mode():
         a = layer(ids, offsets)
-        b = layer(ids, offsets)
-    assert torch.equal(a, b) and cache.hits == 3
+        b = layer(ids, offsets)  # each id now seen twice: admitted
+        c = layer(ids, offsets)
+    assert torch.equal(a, b) and torch.equal(a, c) and cache.hits == 3
 
 
 def test_hybrid_cache_exact():

@@ -112,3 +112,77 @@ def test_opcheck_quantize():
     torch.library.opcheck(torch.ops.mprec.quantize_rowwise_int8.default, (weight,))
     q, sb = mprec.ops.quantize_rowwise_int8(weight)
     torch.library.opcheck(torch.ops.mprec.dequantize_rowwise_int8.default, (q, sb))
+
+
+# --- DHE ------------------------------------------------------------------------------------------------------
+
+dhe_encode = torch.ops.mprec.dhe_encode.default
+dhe_encode_linear = torch.ops.mprec.dhe_encode_linear.default
+dhe_encode_linear_backward = torch.ops.mprec.dhe_encode_linear_backward.default
+rowwise_linear = torch.ops.mprec.rowwise_linear.default
+DHE_K, DHE_H1, DHE_N, DHE_M = 8, 4, 5, 1000
+
+
+def dhe_args(index_dtype=torch.int64, shape=(DHE_N,)):
+    a, b, p = mprec.ops.dhe.dhe_hash_parameters(DHE_K, DHE_M, seed=0)
+    ids = torch.randint(0, 2**31 - 1, shape).to(index_dtype)
+    return ids, a, b, p, DHE_M
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64], ids=["i32", "i64"])
+@pytest.mark.parametrize("transform", ["uniform", "gaussian"])
+def test_opcheck_dhe_encode(transform, index_dtype):
+    torch.library.opcheck(dhe_encode, (*dhe_args(index_dtype), transform))
+
+
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["nograd", "grad"])
+@pytest.mark.parametrize("activation", ["none", "relu", "mish"])
+@pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["f32", "f64", "bf16"])
+def test_opcheck_dhe_encode_linear(dtype, with_bias, activation, requires_grad):
+    weight = torch.randn(DHE_H1, DHE_K).to(dtype).requires_grad_(requires_grad)
+    bias = torch.randn(DHE_H1).to(dtype).requires_grad_(requires_grad) if with_bias else None
+    transform = "gaussian" if activation == "mish" else "uniform"
+    torch.library.opcheck(dhe_encode_linear, (*dhe_args(), transform, weight, bias, activation))
+
+
+def test_opcheck_dhe_encode_linear_2d_ids_int32():
+    weight = torch.randn(DHE_H1, DHE_K, requires_grad=True)
+    torch.library.opcheck(dhe_encode_linear, (*dhe_args(torch.int32, (2, 3)), "uniform", weight, None, "relu"))
+
+
+@pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("activation", ["none", "mish"])
+def test_opcheck_dhe_encode_linear_backward(activation, with_bias):
+    ids, a, b, p, m = dhe_args()
+    weight = torch.randn(DHE_H1, DHE_K)
+    bias = torch.randn(DHE_H1) if with_bias else None
+    out = dhe_encode_linear(ids, a, b, p, m, "uniform", weight, bias, activation)
+    torch.library.opcheck(dhe_encode_linear_backward,
+                          (torch.randn_like(out), out, ids, a, b, p, m, "uniform", weight, bias, activation))
+
+
+def test_opcheck_dhe_encode_linear_backward_non_contiguous_weight():
+    ids, a, b, p, m = dhe_args()
+    weight = torch.randn(DHE_K, DHE_H1).t()
+    out = dhe_encode_linear(ids, a, b, p, m, "uniform", weight)
+    torch.library.opcheck(dhe_encode_linear_backward,
+                          (torch.randn_like(out), out, ids, a, b, p, m, "uniform", weight, None, "none"))
+
+
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["nograd", "grad"])
+@pytest.mark.parametrize("activation", ["none", "relu", "mish"])
+@pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
+def test_opcheck_rowwise_linear(with_bias, activation, requires_grad):
+    x = torch.randn(DHE_N, DHE_K, requires_grad=requires_grad)
+    weight = torch.randn(DHE_H1, DHE_K, requires_grad=requires_grad)
+    bias = torch.randn(DHE_H1, requires_grad=requires_grad) if with_bias else None
+    torch.library.opcheck(rowwise_linear, (x, weight, bias, activation))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["f64", "bf16"])
+def test_opcheck_rowwise_linear_dtypes_and_shapes(dtype):
+    weight = torch.randn(DHE_H1, DHE_K).to(dtype).requires_grad_()
+    bias = torch.randn(DHE_H1).to(dtype).requires_grad_()
+    for shape in [(DHE_K,), (2, 3, DHE_K), (0, DHE_K)]:
+        torch.library.opcheck(rowwise_linear, (torch.randn(shape).to(dtype).requires_grad_(), weight, bias, "relu"))

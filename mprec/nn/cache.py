@@ -58,6 +58,7 @@ class EmbeddingCache:
         if max_entries < 1:
             raise ValueError(f"EmbeddingCache: the bound leaves room for no entry ({self.entry_bytes} bytes each)")
         self.max_entries = int(max_entries)
+        self.min_admission_count = 2
         self._sketch = torch.zeros(_SKETCH_ROWS, _SKETCH_BUCKETS, dtype=torch.int64)
         self.version: Optional[tuple] = None
         self.invalidations = 0
@@ -143,6 +144,12 @@ class EmbeddingCache:
         if self.policy != "lfu" or ids.numel() == 0:
             return
         score = self.estimate(ids)
+        # Ids seen once so far are not admitted (TinyLFU's doorkeeper): in a skewed stream most misses are
+        # one-off tail ids, and admitting them would only churn the cache.
+        seen_again = score >= self.min_admission_count
+        ids, values, score = ids[seen_again], values[seen_again], score[seen_again]
+        if ids.numel() == 0:
+            return
         order = torch.argsort(score, descending=True, stable=True)
         ids, values, score = ids[order], values[order], score[order]
         take = min(self.max_entries - len(self), ids.numel())

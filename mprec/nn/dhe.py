@@ -133,7 +133,8 @@ class DHEEmbeddingBag(nn.Module):
         cache = self.decoder_cache
         if cache is not None:
             cache.validate(version)
-            cache.count(ids, occurrences)
+            if cache.policy == "lfu":
+                cache.count(ids, occurrences)
             hit, slot = cache.lookup(ids, occurrences)
             out = torch.empty((ids.numel(), self.embedding_dim), dtype=self.layers[-1].weight.dtype)
             out[hit] = cache.values[slot[hit]]
@@ -152,7 +153,8 @@ class DHEEmbeddingBag(nn.Module):
         if cache is None:
             return self._first_layer(ids)
         cache.validate(version)
-        cache.count(ids, occurrences)
+        if cache.policy == "lfu":
+            cache.count(ids, occurrences)
         hit, slot = cache.lookup(ids, occurrences)
         out = torch.empty((ids.numel(), cache.width), dtype=cache.dtype)
         out[hit] = cache.values[slot[hit]]

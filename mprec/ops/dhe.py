@@ -107,6 +107,8 @@ def _check_hash(op: str, ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m:
     k = hash_a.shape[0]
     if hash_b.shape[0] != k:
         raise ValueError(f"{op}: hash_a and hash_b must have the same length, got {k} and {hash_b.shape[0]}")
+    if k < 1:
+        raise ValueError(f"{op}: k (the number of hash functions) must be >= 1, got 0")
     if transform not in TRANSFORMS:
         raise ValueError(f"{op}: transform must be 'uniform' or 'gaussian', got {transform!r}")
     if transform == "gaussian" and k % 2:
@@ -151,8 +153,8 @@ def _dhe_encode_linear_fake(ids, hash_a, hash_b, p, m, transform, weight, bias=N
 
 @torch.library.register_fake("mprec::dhe_encode_linear_backward")
 def _dhe_encode_linear_backward_fake(grad, output, ids, hash_a, hash_b, p, m, transform, weight, bias, activation):
-    grad_bias = torch.empty_like(bias) if bias is not None else weight.new_empty((0,))
-    return torch.empty_like(weight), grad_bias
+    grad_bias = bias.new_empty(bias.shape) if bias is not None else weight.new_empty((0,))
+    return weight.new_empty(weight.shape), grad_bias
 
 
 @torch.library.register_fake("mprec::rowwise_linear")
