@@ -11,6 +11,8 @@ batches of 4,096 ids drawn from Zipf(1.05) over 10^6 ids, uncached vs a static t
 The group "machine" measures the float32 and bfloat16 matmul rates the summary divides by.
 """
 
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -62,7 +64,6 @@ def test_matmul_rate(benchmark):
     for dtype in (torch.float32, torch.bfloat16):
         a, b = torch.randn(2048, 2048).to(dtype), torch.randn(2048, 2048).to(dtype)
         times = []
-        import time
         torch.mm(a, b)
         for _ in range(7):
             t0 = time.perf_counter()

@@ -189,13 +189,11 @@ void apply_activation(Tensor& x, Activation activation) {
   }
 }
 
-// out[r0 : r0 + rows] = act(block[:rows] @ weight^T + bias), where `block` has room for kRowBlock rows;
-// rows below kMinGemmRows are zero-padded so the GEMM always takes the same path.
-void block_linear(Tensor& block, int64_t rows, const Tensor& weight_t, const c10::optional<Tensor>& bias,
+// out2d[r0 : r0 + rows] = act(a[:rows] @ weight^T + bias). `a` has max(rows, kMinGemmRows) rows, the ones
+// past `rows` zero, so the GEMM always takes the same path.
+void block_linear(const Tensor& a, int64_t rows, const Tensor& weight_t, const c10::optional<Tensor>& bias,
                   Activation activation, Tensor& out2d, int64_t r0) {
-  const int64_t gemm_rows = std::max(rows, kMinGemmRows);
-  if (gemm_rows > rows) block.narrow(0, rows, gemm_rows - rows).zero_();
-  const Tensor a = block.narrow(0, 0, gemm_rows);
+  const int64_t gemm_rows = a.size(0);
   Tensor dst = gemm_rows == rows ? out2d.narrow(0, r0, rows) : at::empty({gemm_rows, weight_t.size(1)}, out2d.options());
   if (bias.has_value() && bias->defined()) {
     at::addmm_out(dst, *bias, a, weight_t);
@@ -226,7 +224,9 @@ void encode_linear_into(const char* op, const Tensor& ids, const Hashes& h, cons
         negative.record(bad);
         return;
       }
-      block_linear(block, rows, weight_t, bias, activation, out2d, r0);
+      const int64_t gemm_rows = std::max(rows, kMinGemmRows);
+      if (gemm_rows > rows) block.narrow(0, rows, gemm_rows - rows).zero_();
+      block_linear(block.narrow(0, 0, gemm_rows), rows, weight_t, bias, activation, out2d, r0);
     }
   });
   negative.throw_if_any(op, ids);
@@ -379,21 +379,16 @@ Tensor rowwise_linear_cpu(const Tensor& input, const Tensor& weight, const c10::
   const int64_t blocks = (n + kRowBlock - 1) / kRowBlock;
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;  // thread-local: worker threads need their own
-    Tensor pad;  // only for a last block shorter than kMinGemmRows
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t r0 = blk * kRowBlock;
       const int64_t rows = std::min(kRowBlock, n - r0);
-      if (rows >= kMinGemmRows) {
-        Tensor dst = out.narrow(0, r0, rows);
-        const Tensor a = x.narrow(0, r0, rows);
-        if (bias.has_value() && bias->defined()) at::addmm_out(dst, *bias, a, weight_t);
-        else at::mm_out(dst, a, weight_t);
-        apply_activation(dst, act);
-      } else {
-        pad = at::empty({kMinGemmRows, in_features}, x.options());
-        pad.narrow(0, 0, rows).copy_(x.narrow(0, r0, rows));
-        block_linear(pad, rows, weight_t, bias, act, out, r0);
+      Tensor a = x.narrow(0, r0, rows);
+      if (rows < kMinGemmRows) {  // only a last block can be this short
+        Tensor padded = at::zeros({kMinGemmRows, in_features}, x.options());
+        padded.narrow(0, 0, rows).copy_(a);
+        a = padded;
       }
+      block_linear(a, rows, weight_t, bias, act, out, r0);
     }
   });
   return out.view(with_last(input.sizes().slice(0, input.dim() - 1), weight.size(0)));

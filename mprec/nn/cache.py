@@ -30,7 +30,8 @@ __all__ = ["EmbeddingCache"]
 
 _SKETCH_BUCKETS = 1 << 16
 _SKETCH_ROWS = 4
-# Odd multipliers for the sketch's hash rows (any distinct odd 63-bit constants do).
+# Multipliers for the sketch's hash rows: distinct constants that fit int64 (the product wraps, and the
+# bits above the lowest 20 pick the bucket).
 _SKETCH_MULTIPLIERS = (0x9E3779B97F4A7C15 >> 1, 0xC2B2AE3D27D4EB4F >> 1, 0x165667B19E3779F9, 0x27D4EB2F165667C5)
 
 
@@ -166,10 +167,25 @@ class EmbeddingCache:
                 take += replace
         if take == 0:
             return
-        if keep is None:
-            self._merge(self.keys, self.values, self.counts, ids[:take], values[:take], score[:take])
-        else:
-            self._merge(self.keys[keep], self.values[keep], self.counts[keep], ids[:take], values[:take], score[:take])
+        kept = (self.keys, self.values, self.counts) if keep is None else \
+            (self.keys[keep], self.values[keep], self.counts[keep])
+        self._merge(*kept, ids[:take], values[:take], score[:take])
+
+    def serve(self, ids: Tensor, occurrences: Tensor, version: tuple, compute) -> Tensor:
+        """Vectors of distinct ``ids``: hits from the cache, misses from ``compute(missed ids, their
+        occurrences)``, which are then offered for admission. ``version`` is the owner's parameter stamp."""
+        self.validate(version)
+        if self.policy == "lfu":
+            self.count(ids, occurrences)
+        hit, slot = self.lookup(ids, occurrences)
+        miss = ~hit
+        miss_ids = ids[miss]
+        computed = compute(miss_ids, occurrences[miss])
+        out = torch.empty((ids.numel(), self.width), dtype=computed.dtype)
+        out[hit] = self.values[slot[hit]].to(computed.dtype)
+        out[miss] = computed
+        self.admit(miss_ids, computed)
+        return out
 
     def _merge(self, keys: Tensor, values: Tensor, counts: Tensor, new_keys: Tensor, new_values: Tensor,
                new_counts: Tensor) -> None:

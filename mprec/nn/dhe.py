@@ -128,41 +128,18 @@ class DHEEmbeddingBag(nn.Module):
         if occurrences is None:
             occurrences = torch.ones(ids.shape, dtype=torch.int64)
         version = self._version()
-        out = None
-        todo = torch.ones(ids.shape, dtype=torch.bool)
-        cache = self.decoder_cache
-        if cache is not None:
-            cache.validate(version)
-            if cache.policy == "lfu":
-                cache.count(ids, occurrences)
-            hit, slot = cache.lookup(ids, occurrences)
-            out = torch.empty((ids.numel(), self.embedding_dim), dtype=self.layers[-1].weight.dtype)
-            out[hit] = cache.values[slot[hit]]
-            todo = ~hit
-        miss_ids = ids[todo]
-        first = self._first_layer_cached(miss_ids, occurrences[todo], version)
-        vectors = self._later_layers(first)
-        if cache is None:
-            return vectors
-        out[todo] = vectors
-        cache.admit(miss_ids, vectors)
-        return out
 
-    def _first_layer_cached(self, ids: Tensor, occurrences: Tensor, version: tuple) -> Tensor:
-        cache = self.encoder_cache
-        if cache is None:
-            return self._first_layer(ids)
-        cache.validate(version)
-        if cache.policy == "lfu":
-            cache.count(ids, occurrences)
-        hit, slot = cache.lookup(ids, occurrences)
-        out = torch.empty((ids.numel(), cache.width), dtype=cache.dtype)
-        out[hit] = cache.values[slot[hit]]
-        miss_ids = ids[~hit]
-        computed = self._first_layer(miss_ids)
-        out[~hit] = computed
-        cache.admit(miss_ids, computed)
-        return out
+        def first_layer(ids, occurrences):
+            if self.encoder_cache is None:
+                return self._first_layer(ids)
+            return self.encoder_cache.serve(ids, occurrences, version, lambda miss, _: self._first_layer(miss))
+
+        def decode(ids, occurrences):
+            return self._later_layers(first_layer(ids, occurrences))
+
+        if self.decoder_cache is None:
+            return decode(ids, occurrences)
+        return self.decoder_cache.serve(ids, occurrences, version, decode)
 
     # --- bags -------------------------------------------------------------------------------------
     def forward(self, input: Tensor, offsets: Optional[Tensor] = None,
