@@ -70,4 +70,30 @@ TORCH_LIBRARY(mprec, m) {
   // act(input @ weight^T + bias), each row computed independently of the others and of the thread count
   // (fixed row blocks), so per-id vectors can be cached bit-exactly. The DHE decoder's later layers.
   m.def("rowwise_linear(Tensor input, Tensor weight, Tensor? bias=None, str activation='none') -> Tensor");
+
+  // -- cache: the index structures of MP-Cache (mprec/nn/cache.py) ------------------------------------------
+  // table: int64 [C, 2] (key, entry) pairs, C a power of two, key -1 for empty: open addressing with linear
+  // probing. Ids are int64 >= 0. sketch: int64 [R, B] count-min sketch, B a power of two, R <= 8.
+  m.set_python_module("mprec.ops.cache");
+  // (values[entry of each cached id] [U, W], positions of the missed ids [M]); adds the hits' occurrences
+  // to counts[entry]. ids distinct.
+  m.def(
+      "cache_lookup(Tensor table, Tensor values, Tensor(a!) counts, Tensor ids, Tensor occurrences) "
+      "-> (Tensor, Tensor)");
+  // Maps ids (distinct, absent) to entries.
+  m.def("cache_insert(Tensor(a!) table, Tensor ids, Tensor entries) -> ()");
+  // Removes ids; returns the entries they mapped to (-1 where absent).
+  m.def("cache_erase(Tensor(a!) table, Tensor ids) -> Tensor");
+  // LFU replacement in a full cache of `size` entries (keys/values/counts rows): candidates seen at least
+  // min_count times, best first, replace the least-used entries of a window of the cache (window_per_candidate
+  // entries per such candidate, at least 64) while their score is higher than the entry's count. Returns
+  // the number replaced.
+  m.def(
+      "cache_replace(Tensor(a!) table, Tensor(b!) keys, Tensor(c!) values, Tensor(d!) counts, int size, Tensor ids, "
+      "Tensor new_values, Tensor scores, int min_count, int window_start, int window_per_candidate) -> int");
+  // Adds occurrences to the sketch; returns each id's estimate afterwards.
+  m.def("count_min_add(Tensor(a!) sketch, Tensor ids, Tensor occurrences) -> Tensor");
+  // (distinct values in order of first occurrence, inverse [ids.shape] int64, counts int64): torch.unique
+  // without the sort. ids int32 or int64, any values.
+  m.def("unique_ids(Tensor ids) -> (Tensor, Tensor, Tensor)");
 }

@@ -73,19 +73,23 @@ def test_static_fill_from_sample():
 
 def test_lfu_respects_bound_and_keeps_hot_ids():
     layer = make_layer()
-    cache = layer.enable_cache("decoder", max_bytes=40 * (8 * 4 + 16))
+    # 40 entries take 40 x (8 floats + id + count) = 1,920 bytes and a 128-slot table 2,048: 3,968 <= 4,000;
+    # 41 would take 1,968 + 2,048 > 4,000.
+    cache = layer.enable_cache("decoder", max_bytes=4000)
     assert cache.max_entries == 40
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for ids, offsets in batches(20, generator=g):
             layer(ids, offsets)
-            assert len(cache) <= 40 and cache.nbytes <= 40 * cache.entry_bytes
+            assert len(cache) <= 40 and cache.nbytes <= 4000
     assert len(cache) == 40
     # The hottest ids of the Zipf stream (ranks 0..9 -> ids 13 + 7919 r) are cached.
     hottest = {13 + 7919 * r for r in range(10)}
     assert hottest <= set(cache.keys.tolist())
     assert cache.hits + cache.misses == 20 * 300
     assert cache.unique_hits + cache.unique_misses > 0
+    with torch.no_grad():  # every entry holds its own id's vector after all the replacements
+        torch.testing.assert_close(cache.values, layer.embed(cache.keys.clone()), rtol=0, atol=0)
 
 
 def test_counters_count_lookups():
@@ -95,15 +99,32 @@ def test_counters_count_lookups():
     offsets = torch.tensor([0, 2])
     with torch.no_grad():
         layer(ids, offsets)
-        assert (cache.hits, cache.misses, cache.unique_misses) == (0, 6, 3)
-        # Ids seen once are not admitted (doorkeeper): 5 (3 uses) and 11 (2 uses) were, 9 (1 use) was not.
-        layer(ids, offsets)
-        assert (cache.hits, cache.misses, cache.unique_hits) == (5, 7, 2)
-        layer(ids, offsets)  # 9 has now been seen twice and was admitted
-        assert (cache.hits, cache.misses, cache.unique_hits) == (11, 7, 5)
-    assert cache.hit_rate == 11 / 18
+        assert (cache.hits, cache.misses, cache.unique_misses, cache.unique_hits) == (0, 6, 3, 0)
+        layer(ids, offsets)  # with room to spare every missed id was admitted
+        assert (cache.hits, cache.misses, cache.unique_hits) == (6, 6, 3)
+    assert cache.hit_rate == 6 / 12
+    assert sorted(cache.keys.tolist()) == [5, 9, 11]
+    # Use counts: the estimate at admission (the first batch's counts) plus the hits since.
+    assert dict(zip(cache.keys.tolist(), cache.counts.tolist())) == {5: 6, 9: 2, 11: 4}
     cache.reset_stats()
     assert cache.stats()["hits"] == 0
+
+
+def test_full_lfu_admits_only_ids_seen_again_and_more_often():
+    layer = make_layer()
+    cache = layer.enable_cache("decoder", max_entries=2)
+    offsets = torch.tensor([0])
+    with torch.no_grad():
+        layer(torch.tensor([5, 5, 5, 11, 11]), offsets)
+        assert sorted(cache.keys.tolist()) == [5, 11]  # counts 3 and 2
+        layer(torch.tensor([9]), offsets)
+        assert sorted(cache.keys.tolist()) == [5, 11]  # seen once: the doorkeeper keeps it out
+        layer(torch.tensor([9]), offsets)
+        assert sorted(cache.keys.tolist()) == [5, 11]  # seen twice, but not more than 11 (2)
+        layer(torch.tensor([9, 9]), offsets)  # the batch is deduplicated: 9 now counts 4 > 2
+        assert sorted(cache.keys.tolist()) == [5, 9]
+        layer(torch.tensor([11, 9, 5]), offsets)
+    assert (cache.unique_hits, cache.unique_misses) == (0 + 0 + 0 + 0 + 2, 2 + 1 + 1 + 1 + 1)
 
 
 @pytest.mark.parametrize("change", ["optimizer", "load_state_dict", "in_place", "batch_norm_stats"])
@@ -153,9 +174,9 @@ def test_caches_only_in_inference():
     assert out.requires_grad and cache.hits + cache.misses == 0
     with torch.inference_mode():
         a = layer(ids, offsets)
-        b = layer(ids, offsets)  # each id now seen twice: admitted
+        b = layer(ids, offsets)  # admitted after the first
         c = layer(ids, offsets)
-    assert torch.equal(a, b) and torch.equal(a, c) and cache.hits == 3
+    assert torch.equal(a, b) and torch.equal(a, c) and cache.hits == 6
 
 
 def test_hybrid_cache_exact():

@@ -3,12 +3,13 @@
 // layers). This file validates, allocates, splits work over threads and calls ATen's GEMM; the hashing
 // loop is an ISA variant chosen at run time (isa.cpp, dhe_encode_*.cpp).
 //
-// Row blocks. Every GEMM here multiplies a fixed block of at most kRowBlock rows on one thread, and never
+// Row blocks. Every GEMM here multiplies a block of at most kRowBlock rows on one thread, and never
 // fewer than kMinGemmRows rows (short blocks are zero-padded): BLAS libraries pick a different code path
-// (and so a different summation order) for very short matrices and split long ones across threads. With
-// fixed blocks each output row is computed the same way wherever it sits in the batch and whatever the
-// thread count, which is what lets MP-Cache (mprec/nn/cache.py) serve cached vectors bit-identical to
-// recomputed ones. It also bounds the encoding buffer to kRowBlock x k, so [N, k] never exists.
+// (and so a different summation order) for very short matrices and split long ones across threads.
+// Within that range a row is computed the same way whatever the block's height, so each output row is
+// the same wherever it sits in the batch and whatever the thread count (tests check this bit for bit),
+// which is what lets MP-Cache (mprec/nn/cache.py) serve cached vectors bit-identical to recomputed ones.
+// It also bounds the encoding buffer to kRowBlock x k, so [N, k] never exists.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
@@ -36,6 +37,16 @@ constexpr int64_t kGradColumnChunk = 128;
 constexpr int64_t kMaxPrime = 3037000499LL;  // floor(sqrt(2^63 - 1))
 
 enum class Activation { kNone, kRelu, kMish };
+
+// Rows per block for n rows: at most kRowBlock, with the block count rounded up to a multiple of the
+// thread count, so that a short batch (a cache's misses: a few hundred rows) keeps every thread busy
+// rather than leaving one a whole block behind.
+int64_t row_block(int64_t n) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  int64_t blocks = (n + kRowBlock - 1) / kRowBlock;
+  blocks = (blocks + threads - 1) / threads * threads;
+  return std::max<int64_t>(kMinGemmRows, std::min<int64_t>(kRowBlock, (n + blocks - 1) / std::max<int64_t>(blocks, 1)));
+}
 
 bool is_prime(uint64_t n) {
   if (n < 2) return false;
@@ -208,17 +219,18 @@ void block_linear(const Tensor& a, int64_t rows, const Tensor& weight_t, const c
 void encode_linear_into(const char* op, const Tensor& ids, const Hashes& h, const Tensor& weight,
                         const c10::optional<Tensor>& bias, Activation activation, Tensor& out2d) {
   const int64_t n = ids.numel();
-  const int64_t blocks = (n + kRowBlock - 1) / kRowBlock;
+  const int64_t block_rows = row_block(n);
+  const int64_t blocks = (n + block_rows - 1) / block_rows;
   const Tensor weight_t = weight.t();
   const DheEncodeFn encode = dhe_encode_kernel(active_isa());
   const DheOutType type = out_type(weight.scalar_type());
   FirstNegativeId negative;
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;  // thread-local: worker threads need their own
-    Tensor block = at::empty({kRowBlock, h.k}, weight.options());
+    Tensor block = at::empty({std::max(block_rows, kMinGemmRows), h.k}, weight.options());
     for (int64_t blk = b0; blk < b1 && !negative.any(); ++blk) {
-      const int64_t r0 = blk * kRowBlock;
-      const int64_t rows = std::min(kRowBlock, n - r0);
+      const int64_t r0 = blk * block_rows;
+      const int64_t rows = std::min(block_rows, n - r0);
       const int64_t bad = encode(h.args, r0, r0 + rows, 0, h.k, block.data_ptr(), type, h.k);
       if (bad >= 0) {
         negative.record(bad);
@@ -376,12 +388,13 @@ Tensor rowwise_linear_cpu(const Tensor& input, const Tensor& weight, const c10::
   const int64_t n = x.size(0);
   Tensor out = at::empty({n, weight.size(0)}, weight.options());
   const Tensor weight_t = weight.t();
-  const int64_t blocks = (n + kRowBlock - 1) / kRowBlock;
+  const int64_t block_rows = row_block(n);
+  const int64_t blocks = (n + block_rows - 1) / block_rows;
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;  // thread-local: worker threads need their own
     for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t r0 = blk * kRowBlock;
-      const int64_t rows = std::min(kRowBlock, n - r0);
+      const int64_t r0 = blk * block_rows;
+      const int64_t rows = std::min(block_rows, n - r0);
       Tensor a = x.narrow(0, r0, rows);
       if (rows < kMinGemmRows) {  // only a last block can be this short
         Tensor padded = at::zeros({kMinGemmRows, in_features}, x.options());

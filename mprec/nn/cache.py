@@ -15,36 +15,53 @@ step, ``load_state_dict``, ``.to()``), so a stale vector is never served.
 
 Filling: ``policy="static"`` holds the ids given to :meth:`EmbeddingCache.fill` (the top-N of a sample)
 and never changes on its own; ``policy="lfu"`` also admits ids online: every id seen is counted in a
-small frequency sketch, and a missed id replaces the least-used cached id when its estimated count is
-higher, within the byte bound.
+count-min sketch; while there is room every missed id is admitted, and once the cache is full a missed
+id replaces a little-used entry when its estimated count is higher (sampled LFU, as Redis does it: the
+victims are the least-used entries of a window of the cache, so no step costs O(entries)). Ids seen only
+once are never admitted into a full cache (TinyLFU's doorkeeper): in a skewed stream most misses are
+one-off tail ids, and admitting them would only churn the cache.
+
+Index: an open-addressing hash table (``mprec::cache_lookup`` and friends, :mod:`mprec.ops.cache`) maps
+ids to entries of dense ``keys``/``values``/``counts`` arrays, so a lookup, the gather of the hit vectors
+and the use counting are one pass in C++, and admission costs O(admitted ids).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import random
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
+from ..ops.cache import cache_insert, cache_lookup, cache_replace, count_min_add, empty_table, table_capacity
+
 __all__ = ["EmbeddingCache"]
 
-_SKETCH_BUCKETS = 1 << 16
 _SKETCH_ROWS = 4
-# Multipliers for the sketch's hash rows: distinct constants that fit int64 (the product wraps, and the
-# bits above the lowest 20 pick the bucket).
-_SKETCH_MULTIPLIERS = (0x9E3779B97F4A7C15 >> 1, 0xC2B2AE3D27D4EB4F >> 1, 0x165667B19E3779F9, 0x27D4EB2F165667C5)
+_SKETCH_BUCKETS = 1 << 16
+_INITIAL_ENTRIES = 1024
+# Victims of a replacement round are the least-used entries among this many per candidate (a window of
+# the cache at a random offset): enough that they are nearly the cache's least used, at O(candidates).
+_VICTIM_SAMPLE_PER_CANDIDATE = 8
+
+
+def _bytes_for(entries: int, row_bytes: int) -> int:
+    # Per entry: its vector, id and use count; plus the hash table's (key, entry) slots.
+    return entries * (row_bytes + 16) + table_capacity(entries) * 16
 
 
 class EmbeddingCache:
     """id -> vector of ``width`` elements, bounded by ``max_bytes`` (or ``max_entries``).
 
-    Owned by a DHE layer (``DHEEmbeddingBag.enable_cache``); the layer calls :meth:`lookup`,
-    :meth:`admit` and :meth:`validate`. Counters: ``hits``/``misses`` count lookups (each occurrence of an
-    id in a batch), ``unique_hits``/``unique_misses`` count distinct ids per batch.
+    Owned by a DHE layer (``DHEEmbeddingBag.enable_cache``), which calls :meth:`serve`. ``max_bytes``
+    bounds everything the cache allocates (vectors, ids, counts and the hash table); storage grows with
+    the entries, up to the bound. Counters: ``hits``/``misses`` count lookups (each occurrence of an id
+    in a batch), ``unique_hits``/``unique_misses`` count distinct ids per batch.
     """
 
     def __init__(self, width: int, dtype: torch.dtype = torch.float32, max_bytes: Optional[int] = None,
-                 max_entries: Optional[int] = None, policy: str = "lfu") -> None:
+                 max_entries: Optional[int] = None, policy: str = "lfu", seed: int = 0) -> None:
         if policy not in ("lfu", "static"):
             raise ValueError(f"EmbeddingCache: policy must be 'lfu' or 'static', got {policy!r}")
         if (max_bytes is None) == (max_entries is None):
@@ -52,15 +69,21 @@ class EmbeddingCache:
         self.width = width
         self.dtype = dtype
         self.policy = policy
-        # Each entry holds its vector, its id and its use count.
-        self.entry_bytes = width * torch.empty((), dtype=dtype).element_size() + 16
+        self.row_bytes = width * torch.empty((), dtype=dtype).element_size()
         if max_entries is None:
-            max_entries = int(max_bytes) // self.entry_bytes
+            # The most entries whose storage fits (the table's size steps at powers of two).
+            lo, hi = 0, int(max_bytes) // (self.row_bytes + 16)
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if _bytes_for(mid, self.row_bytes) <= max_bytes else (lo, mid - 1)
+            max_entries = lo
         if max_entries < 1:
-            raise ValueError(f"EmbeddingCache: the bound leaves room for no entry ({self.entry_bytes} bytes each)")
+            raise ValueError(f"EmbeddingCache: the bound leaves room for no entry "
+                             f"({_bytes_for(1, self.row_bytes)} bytes for one)")
         self.max_entries = int(max_entries)
         self.min_admission_count = 2
         self._sketch = torch.zeros(_SKETCH_ROWS, _SKETCH_BUCKETS, dtype=torch.int64)
+        self._rng = random.Random(seed)
         self.version: Optional[tuple] = None
         self.invalidations = 0
         self.reset_stats()
@@ -69,19 +92,48 @@ class EmbeddingCache:
     # --- state ------------------------------------------------------------------------------------
     def clear(self) -> None:
         """Drops every entry (frequency estimates are kept: they describe the ids, not the model)."""
-        self.keys = torch.empty(0, dtype=torch.int64)      # sorted
-        self.values = torch.empty(0, self.width, dtype=self.dtype)
-        self.counts = torch.empty(0, dtype=torch.int64)
+        self._size = 0
+        self._allocate(min(self.max_entries, _INITIAL_ENTRIES))
+
+    def _allocate(self, capacity: int) -> None:
+        size = self._size
+        keys = torch.empty(capacity, dtype=torch.int64)
+        values = torch.empty((capacity, self.width), dtype=self.dtype)
+        counts = torch.empty(capacity, dtype=torch.int64)
+        if size:
+            keys[:size], values[:size], counts[:size] = self.keys, self.values, self.counts
+        self._keys, self._values, self._counts = keys, values, counts
+        self._table = empty_table(capacity)
+        cache_insert(self._table, keys[:size], torch.arange(size))
+
+    def _reserve(self, entries: int) -> None:
+        if entries > self._keys.numel():
+            self._allocate(min(self.max_entries, max(entries, 2 * self._keys.numel())))
+
+    @property
+    def keys(self) -> Tensor:
+        """Cached ids, in entry order (not sorted)."""
+        return self._keys[: self._size]
+
+    @property
+    def values(self) -> Tensor:
+        return self._values[: self._size]
+
+    @property
+    def counts(self) -> Tensor:
+        """Use count of each entry: its id's estimated count when admitted, plus its hits since."""
+        return self._counts[: self._size]
 
     def reset_stats(self) -> None:
         self.hits = self.misses = self.unique_hits = self.unique_misses = 0
 
     def __len__(self) -> int:
-        return int(self.keys.numel())
+        return self._size
 
     @property
     def nbytes(self) -> int:
-        return len(self) * self.entry_bytes
+        """Bytes allocated for entries and the hash table (at most ``_bytes_for(max_entries)``)."""
+        return self._keys.numel() * (self.row_bytes + 16) + self._table.numel() * 8
 
     @property
     def hit_rate(self) -> float:
@@ -101,119 +153,79 @@ class EmbeddingCache:
             self.clear()
             self.version = version
 
-    # --- frequency sketch (count-min) ---------------------------------------------------------------
-    def _buckets(self, ids: Tensor) -> Tensor:
-        rows = [((ids * c) >> 20).remainder(_SKETCH_BUCKETS) for c in _SKETCH_MULTIPLIERS]
-        return torch.stack(rows)
-
-    def count(self, ids: Tensor, occurrences: Tensor) -> None:
-        """Adds ``occurrences`` uses of each of ``ids`` (distinct) to the frequency estimates."""
-        buckets = self._buckets(ids)
-        for r in range(_SKETCH_ROWS):
-            self._sketch[r].index_add_(0, buckets[r], occurrences)
-
-    def estimate(self, ids: Tensor) -> Tensor:
-        buckets = self._buckets(ids)
-        return torch.stack([self._sketch[r][buckets[r]] for r in range(_SKETCH_ROWS)]).amin(0)
+    # --- frequencies ------------------------------------------------------------------------------
+    def count(self, ids: Tensor, occurrences: Tensor) -> Tensor:
+        """Adds ``occurrences`` uses of each of ``ids`` (distinct) to the frequency sketch; returns the
+        ids' estimated counts (never below the true ones)."""
+        return count_min_add(self._sketch, ids, occurrences)
 
     # --- lookups -----------------------------------------------------------------------------------
     def lookup(self, ids: Tensor, occurrences: Tensor) -> tuple[Tensor, Tensor]:
-        """``(hit [U] bool, slot [U])`` for distinct ``ids``; counts the uses of hit entries."""
-        n = self.keys.numel()
-        if n == 0:
-            hit = torch.zeros(ids.shape, dtype=torch.bool)
-            slot = torch.zeros(ids.shape, dtype=torch.int64)
-        else:
-            slot = torch.searchsorted(self.keys, ids).clamp_(max=n - 1)
-            hit = self.keys[slot] == ids
-            self.counts.index_add_(0, slot[hit], occurrences[hit])
-        hits = int(hit.sum())
-        self.unique_hits += hits
-        self.unique_misses += int(ids.numel()) - hits
-        hit_uses = int(occurrences[hit].sum())
-        self.hits += hit_uses
-        self.misses += int(occurrences.sum()) - hit_uses
-        return hit, slot
+        """``(vectors [U, width], miss positions)`` for distinct ``ids``; the rows of missed ids are
+        unwritten. Counts the uses of hit entries and the counters."""
+        out, miss = cache_lookup(self._table, self._values, self._counts, ids, occurrences)
+        missed_uses = int(occurrences[miss].sum()) if miss.numel() else 0
+        uses = int(occurrences.sum())
+        self.unique_hits += ids.numel() - miss.numel()
+        self.unique_misses += miss.numel()
+        self.hits += uses - missed_uses
+        self.misses += missed_uses
+        return out, miss
 
-    def admit(self, ids: Tensor, values: Tensor) -> None:
-        """Online (LFU) admission of missed ``ids`` (distinct, not cached) with their computed ``values``.
-
-        Free room is filled by the most frequent candidates; then each remaining candidate, best first,
-        replaces the least-used entry while its estimated count is higher. Costs O(entries) per call (a
-        partial selection and a merge, no sort of the whole cache).
-        """
-        if self.policy != "lfu" or ids.numel() == 0:
-            return
-        score = self.estimate(ids)
-        # Ids seen once so far are not admitted (TinyLFU's doorkeeper): in a skewed stream most misses are
-        # one-off tail ids, and admitting them would only churn the cache.
-        seen_again = score >= self.min_admission_count
-        ids, values, score = ids[seen_again], values[seen_again], score[seen_again]
-        if ids.numel() == 0:
-            return
-        order = torch.argsort(score, descending=True, stable=True)
-        ids, values, score = ids[order], values[order], score[order]
-        take = min(self.max_entries - len(self), ids.numel())
-        keep = None
-        rest = ids.numel() - take
-        if rest and len(self):
-            # The least-used entries, fewest uses first (a partial selection, not a sort).
-            victims = torch.topk(self.counts, min(rest, len(self)), largest=False, sorted=True).indices
-            better = score[take:take + victims.numel()] > self.counts[victims]
-            replace = int(better.cumprod(0).sum())  # both lists are ordered: stop at the first loss
-            if replace:
-                keep = torch.ones(len(self), dtype=torch.bool)
-                keep[victims[:replace]] = False
-                take += replace
-        if take == 0:
-            return
-        kept = (self.keys, self.values, self.counts) if keep is None else \
-            (self.keys[keep], self.values[keep], self.counts[keep])
-        self._merge(*kept, ids[:take], values[:take], score[:take])
-
-    def serve(self, ids: Tensor, occurrences: Tensor, version: tuple, compute) -> Tensor:
+    def serve(self, ids: Tensor, occurrences: Tensor, version: tuple,
+              compute: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
         """Vectors of distinct ``ids``: hits from the cache, misses from ``compute(missed ids, their
         occurrences)``, which are then offered for admission. ``version`` is the owner's parameter stamp."""
         self.validate(version)
-        if self.policy == "lfu":
-            self.count(ids, occurrences)
-        hit, slot = self.lookup(ids, occurrences)
-        miss = ~hit
+        ids = ids.to(torch.int64)
+        estimate = self.count(ids, occurrences) if self.policy == "lfu" else None
+        out, miss = self.lookup(ids, occurrences)
+        if miss.numel() == 0:
+            return out
         miss_ids = ids[miss]
         computed = compute(miss_ids, occurrences[miss])
-        out = torch.empty((ids.numel(), self.width), dtype=computed.dtype)
-        out[hit] = self.values[slot[hit]].to(computed.dtype)
-        out[miss] = computed
-        self.admit(miss_ids, computed)
+        out = out.to(computed.dtype).index_copy_(0, miss, computed)
+        if estimate is not None:
+            self.admit(miss_ids, computed, estimate[miss])
         return out
 
-    def _merge(self, keys: Tensor, values: Tensor, counts: Tensor, new_keys: Tensor, new_values: Tensor,
-               new_counts: Tensor) -> None:
-        """Sorted entries + new ones, kept sorted by key in O(entries + new log new)."""
-        order = torch.argsort(new_keys)
-        new_keys, new_values, new_counts = new_keys[order], new_values[order].to(self.dtype), new_counts[order]
-        n_old, n_new = keys.numel(), new_keys.numel()
-        at = torch.searchsorted(keys, new_keys)  # insertion points, non-decreasing
-        new_slot = at + torch.arange(n_new)
-        old_slot = torch.arange(n_old) + torch.searchsorted(at, torch.arange(n_old), right=True)
-        merged_keys = torch.empty(n_old + n_new, dtype=torch.int64)
-        merged_values = torch.empty((n_old + n_new, self.width), dtype=self.dtype)
-        merged_counts = torch.empty(n_old + n_new, dtype=torch.int64)
-        for merged, old, new in ((merged_keys, keys, new_keys), (merged_values, values, new_values),
-                                 (merged_counts, counts, new_counts)):
-            merged[old_slot] = old
-            merged[new_slot] = new
-        self.keys, self.values, self.counts = merged_keys, merged_values, merged_counts
+    def admit(self, ids: Tensor, values: Tensor, score: Tensor) -> None:
+        """Online (LFU) admission of missed ``ids`` (distinct, not cached) with their ``values`` and
+        estimated counts ``score``: free room takes the most frequent of them; then each remaining one seen
+        at least ``min_admission_count`` times, best first, replaces a little-used entry while its score is
+        higher than that entry's count."""
+        if self.policy != "lfu" or ids.numel() == 0:
+            return
+        free = self.max_entries - self._size
+        if ids.numel() <= free:
+            self._append(ids, values, score)
+            return
+        if free:
+            order = torch.argsort(score, descending=True, stable=True)
+            ids, values, score = ids[order], values[order], score[order]
+            self._append(ids[:free], values[:free], score[:free])
+            ids, values, score = ids[free:], values[free:], score[free:]
+        # Full: ids seen at least min_admission_count times replace little-used entries, in one op.
+        cache_replace(self._table, self._keys, self._values, self._counts, self._size, ids, values.to(self.dtype),
+                      score, self.min_admission_count, self._rng.randrange(self._size), _VICTIM_SAMPLE_PER_CANDIDATE)
+
+    def _append(self, ids: Tensor, values: Tensor, counts: Tensor) -> None:
+        n = ids.numel()
+        self._reserve(self._size + n)
+        entries = torch.arange(self._size, self._size + n)
+        self._keys[entries] = ids
+        self._values[entries] = values.to(self.dtype)
+        self._counts[entries] = counts
+        cache_insert(self._table, ids, entries)
+        self._size += n
 
     def fill(self, ids: Tensor, values: Tensor, counts: Optional[Tensor] = None) -> None:
         """Replaces the entries by ``ids`` (distinct) and their ``values``, keeping the first ``max_entries``."""
-        ids, values = ids[: self.max_entries], values[: self.max_entries]
+        ids, values = ids[: self.max_entries].to(torch.int64), values[: self.max_entries]
         counts = torch.zeros(ids.shape, dtype=torch.int64) if counts is None else counts[: self.max_entries]
-        self._store(ids.to(torch.int64), values, counts.to(torch.int64))
-
-    def _store(self, keys: Tensor, values: Tensor, counts: Tensor) -> None:
-        order = torch.argsort(keys)
-        self.keys, self.values, self.counts = keys[order], values[order].to(self.dtype), counts[order]
+        self._size = 0
+        self._allocate(max(ids.numel(), min(self.max_entries, _INITIAL_ENTRIES)))
+        self._append(ids, values, counts.to(torch.int64))
 
     def __repr__(self) -> str:
         return (f"EmbeddingCache(width={self.width}, dtype={self.dtype}, policy={self.policy!r}, "

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..ops.cache import unique_ids
 from ..ops.dhe import ACTIVATIONS, TRANSFORMS, dhe_encode_linear, dhe_hash_parameters, next_prime, rowwise_linear
 from ..ops.embedding_bag import MODES
 from . import functional as F
@@ -144,12 +145,7 @@ class DHEEmbeddingBag(nn.Module):
     # --- bags -------------------------------------------------------------------------------------
     def forward(self, input: Tensor, offsets: Optional[Tensor] = None,
                 per_sample_weights: Optional[Tensor] = None) -> Tensor:
-        caching = self._caches_apply()
-        if caching:
-            ids, inverse, occurrences = torch.unique(input, return_inverse=True, return_counts=True)
-        else:
-            ids, inverse = torch.unique(input, return_inverse=True)
-            occurrences = None
+        ids, inverse, occurrences = unique_ids(input)
         vectors = self.embed(ids, occurrences)
         return F.embedding_bag(inverse, vectors, offsets, mode=self.mode, per_sample_weights=per_sample_weights,
                                include_last_offset=self.include_last_offset)

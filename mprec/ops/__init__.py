@@ -6,7 +6,7 @@ allocates, never reads data) and the autograd formula (``register_autograd``). T
 references that tests, benchmarks and the XLA/IPU lowerings share are in :mod:`mprec.ops.reference`.
 """
 
-from . import reference
+from . import cache, reference
 from .dhe import (
     dhe_encode,
     dhe_encode_linear,
@@ -24,6 +24,7 @@ from .embedding_bag import (
 
 __all__ = [
     "reference",
+    "cache",
     "MODES",
     "embedding_bag",
     "batched_embedding_bag",

@@ -23,6 +23,9 @@ __all__ = [
     "dhe_encode_reference",
     "dhe_encode_linear_reference",
     "rowwise_linear_reference",
+    "multiply_shift_reference",
+    "cache_table_reference",
+    "count_min_reference",
 ]
 
 
@@ -152,3 +155,47 @@ def dhe_encode_linear_reference(ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: 
     """``activation(encode(ids) @ weight.T + bias)`` with everything in ``dtype`` (float64 by default)."""
     encoded = dhe_encode_reference(ids, hash_a, hash_b, p, m, transform, dtype)
     return rowwise_linear_reference(encoded, weight.to(dtype), None if bias is None else bias.to(dtype), activation)
+
+
+# --- cache (mprec.ops.cache) -----------------------------------------------------------------------------
+def multiply_shift_reference(ids: Tensor, multiplier: int, buckets: int) -> Tensor:
+    """Bucket ``(id * multiplier mod 2^64) >> (64 - log2 buckets)`` of each id, in Python integers."""
+    bits = buckets.bit_length() - 1
+    return torch.tensor([((int(i) * multiplier) % (1 << 64)) >> (64 - bits) for i in ids.tolist()], dtype=torch.int64)
+
+
+def cache_table_reference(table: Tensor) -> dict:
+    """``{id: entry}`` held by a cache table, after checking the linear-probing invariant: every key sits
+    at the end of an unbroken run of occupied slots from its home slot (so a probe finds it)."""
+    from .cache import TABLE_MULTIPLIER
+
+    capacity = table.shape[0]
+    keys, entries = table[:, 0].tolist(), table[:, 1].tolist()
+    occupied = [i for i, k in enumerate(keys) if k >= 0]
+    homes = multiply_shift_reference(torch.tensor([keys[i] for i in occupied], dtype=torch.int64), TABLE_MULTIPLIER,
+                                     capacity).tolist()
+    held = {}
+    for slot, home in zip(occupied, homes):
+        for i in range(home, home + (slot - home) % capacity):
+            assert keys[i % capacity] >= 0, f"key {keys[slot]} at slot {slot} is cut off from its home {home}"
+        assert keys[slot] not in held, f"key {keys[slot]} is held twice"
+        held[keys[slot]] = entries[slot]
+    assert all(k == -1 for k in keys if k < 0), "a free slot must hold -1"
+    return held
+
+
+def count_min_reference(updates: Sequence[tuple[Tensor, Tensor]], rows: int, buckets: int) -> tuple[Tensor, Tensor]:
+    """The sketch after ``(ids, occurrences)`` updates applied in order, and the last update's estimates."""
+    from .cache import SKETCH_MULTIPLIERS
+
+    sketch = torch.zeros(rows, buckets, dtype=torch.int64)
+    estimate = torch.zeros(0, dtype=torch.int64)
+    for ids, occurrences in updates:
+        cells = [multiply_shift_reference(ids, SKETCH_MULTIPLIERS[r], buckets) for r in range(rows)]
+        estimate = torch.empty(ids.shape, dtype=torch.int64)
+        for i in range(ids.numel()):  # in order: an id repeated within an update sees its earlier adds
+            for r in range(rows):
+                sketch[r, cells[r][i]] += occurrences[i]
+            estimate[i] = min(int(sketch[r, cells[r][i]]) for r in range(rows))
+    return sketch, estimate
+
