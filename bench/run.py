@@ -1,5 +1,6 @@
 """`make bench`: runs every bench_<family>.py with pytest-benchmark, saves the JSON under bench/results/
-named for this machine, and prints the summary next to it."""
+named for this machine, and prints the summary next to it. `python bench/run.py dhe ...` runs only the
+named families."""
 
 import platform
 import re
@@ -32,8 +33,11 @@ def main() -> int:
     results.mkdir(exist_ok=True)
     name = machine_name()
     status = 0
+    only = set(sys.argv[1:])
     for bench in sorted(HERE.glob("bench_*.py")):
         family = bench.stem.removeprefix("bench_")
+        if only and family not in only:
+            continue
         out = results / f"{name}-{family}.json"
         rc = subprocess.call([sys.executable, "-m", "pytest", str(bench), "-q", "-p", "no:cacheprovider",
                               f"--benchmark-json={out}", "--benchmark-columns=median,iqr,rounds",

@@ -75,7 +75,7 @@ TORCH_LIBRARY(mprec, m) {
   // table: int64 [C, 2] (key, entry) pairs, C a power of two, key -1 for empty: open addressing with linear
   // probing. Ids are int64 >= 0. sketch: int64 [R, B] count-min sketch, B a power of two, R <= 8.
   m.set_python_module("mprec.ops.cache");
-  // (values[entry of each cached id] [U, W], positions of the missed ids [M]); adds the hits' occurrences
+  // (values[entry of each cached id] [U, W], zero rows for misses; positions of the missed ids [M]); adds the hits' occurrences
   // to counts[entry]. ids distinct.
   m.def(
       "cache_lookup(Tensor table, Tensor values, Tensor(a!) counts, Tensor ids, Tensor occurrences) "

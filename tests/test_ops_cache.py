@@ -105,6 +105,7 @@ def test_lookup_copies_rows_exactly(dtype, width):
     out, miss = cache_lookup(table, values, torch.zeros(40, dtype=torch.int64), query, torch.ones(5, dtype=torch.int64))
     assert out.dtype == dtype and out.shape == (5, width)
     assert miss.tolist() == [0, 3]
+    assert not out[0].any() and not out[3].any()  # missed rows are zero
     for i, entry in ((1, 0), (2, 39), (4, 19)):
         assert torch.equal(out[i], values[entry])
 

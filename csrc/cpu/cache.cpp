@@ -150,7 +150,7 @@ void check_occurrences(const char* op, const Tensor& occurrences, const Tensor& 
               occurrences.scalar_type(), " ", occurrences.sizes());
 }
 
-// (values of the cached ids [U, W] (rows of missed ids left unwritten), positions of the missed ids).
+// (values of the cached ids [U, W] (zero rows for missed ids), positions of the missed ids).
 // Adds each hit id's occurrences to its entry's use count. ids must be distinct.
 std::tuple<Tensor, Tensor> cache_lookup_cpu(const Tensor& table, const Tensor& values, Tensor& counts,
                                             const Tensor& ids_in, const Tensor& occurrences_in) {
@@ -190,7 +190,11 @@ std::tuple<Tensor, Tensor> cache_lookup_cpu(const Tensor& table, const Tensor& v
   char* dst = static_cast<char*>(out.data_ptr());
   at::parallel_for(0, n, 512, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      if (entry[i] >= 0) std::memcpy(dst + i * row_bytes, src + entry[i] * row_bytes, row_bytes);
+      if (entry[i] >= 0) {
+        std::memcpy(dst + i * row_bytes, src + entry[i] * row_bytes, row_bytes);
+      } else {
+        std::memset(dst + i * row_bytes, 0, row_bytes);  // zeros (all-zero bits in every float dtype)
+      }
     }
   });
 

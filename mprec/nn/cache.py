@@ -14,8 +14,8 @@ version of every parameter and buffer it depends on and clears it when any of th
 step, ``load_state_dict``, ``.to()``), so a stale vector is never served.
 
 Filling: ``policy="static"`` holds the ids given to :meth:`EmbeddingCache.fill` (the top-N of a sample)
-and never changes on its own; ``policy="lfu"`` also admits ids online: every id seen is counted in a
-count-min sketch; while there is room every missed id is admitted, and once the cache is full a missed
+and never changes on its own; ``policy="lfu"`` also admits ids online: every use of an id that is not
+cached is counted in a count-min sketch (a cached entry counts its own hits); while there is room every missed id is admitted, and once the cache is full a missed
 id replaces a little-used entry when its estimated count is higher (sampled LFU, as Redis does it: the
 victims are the least-used entries of a window of the cache, so no step costs O(entries)). Ids seen only
 once are never admitted into a full cache (TinyLFU's doorkeeper): in a skewed stream most misses are
@@ -160,33 +160,33 @@ class EmbeddingCache:
         return count_min_add(self._sketch, ids, occurrences)
 
     # --- lookups -----------------------------------------------------------------------------------
-    def lookup(self, ids: Tensor, occurrences: Tensor) -> tuple[Tensor, Tensor]:
-        """``(vectors [U, width], miss positions)`` for distinct ``ids``; the rows of missed ids are
-        unwritten. Counts the uses of hit entries and the counters."""
+    def lookup(self, ids: Tensor, occurrences: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(vectors [U, width], miss positions, their occurrences)`` for distinct ``ids``; the rows of
+        missed ids are zero. Counts the uses of hit entries and the counters."""
         out, miss = cache_lookup(self._table, self._values, self._counts, ids, occurrences)
-        missed_uses = int(occurrences[miss].sum()) if miss.numel() else 0
-        uses = int(occurrences.sum())
+        miss_occurrences = occurrences[miss]
+        missed_uses = int(miss_occurrences.sum())
         self.unique_hits += ids.numel() - miss.numel()
         self.unique_misses += miss.numel()
-        self.hits += uses - missed_uses
+        self.hits += int(occurrences.sum()) - missed_uses
         self.misses += missed_uses
-        return out, miss
+        return out, miss, miss_occurrences
 
     def serve(self, ids: Tensor, occurrences: Tensor, version: tuple,
               compute: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
         """Vectors of distinct ``ids``: hits from the cache, misses from ``compute(missed ids, their
         occurrences)``, which are then offered for admission. ``version`` is the owner's parameter stamp."""
         self.validate(version)
-        ids = ids.to(torch.int64)
-        estimate = self.count(ids, occurrences) if self.policy == "lfu" else None
-        out, miss = self.lookup(ids, occurrences)
+        out, miss, miss_occurrences = self.lookup(ids.to(torch.int64), occurrences)
         if miss.numel() == 0:
             return out
-        miss_ids = ids[miss]
-        computed = compute(miss_ids, occurrences[miss])
+        miss_ids = ids[miss].to(torch.int64)
+        computed = compute(miss_ids, miss_occurrences)
         out = out.to(computed.dtype).index_copy_(0, miss, computed)
-        if estimate is not None:
-            self.admit(miss_ids, computed, estimate[miss])
+        if self.policy == "lfu":
+            # The sketch counts uses while not cached (a cached entry counts its own hits), so only
+            # misses touch it: an evicted id returns with the count it had.
+            self.admit(miss_ids, computed, self.count(miss_ids, miss_occurrences))
         return out
 
     def admit(self, ids: Tensor, values: Tensor, score: Tensor) -> None:

@@ -189,7 +189,6 @@ class DHEEmbeddingBag(nn.Module):
         finally:
             self.train(was_training)
         cache.validate(self._version())
-        cache.count(ids, counts)
         cache.fill(ids, values, counts)
         return len(cache)
 

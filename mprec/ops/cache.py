@@ -53,7 +53,7 @@ def empty_table(entries: int) -> Tensor:
 
 def cache_lookup(table: Tensor, values: Tensor, counts: Tensor, ids: Tensor, occurrences: Tensor) -> tuple[Tensor, Tensor]:
     """``(out [U, W], miss [M])`` for distinct ``ids``: ``out[i] = values[entry of ids[i]]`` for cached ids
-    (rows of missed ids are left unwritten, for the caller to fill), ``miss`` the positions of the ids the
+    (rows of missed ids are zero, for the caller to fill), ``miss`` the positions of the ids the
     table does not hold. Adds ``occurrences[i]`` to ``counts[entry]`` for each hit, in place."""
     return torch.ops.mprec.cache_lookup(table, values, counts, ids, occurrences)
 
