@@ -46,6 +46,14 @@ TORCH_LIBRARY(mprec, m) {
       "batched_embedding_bag_per_sample_weights_backward(Tensor grad, Tensor[] weights, Tensor indices, "
       "Tensor offsets, int mode, int[] padding_idx) -> Tensor");
 
+  // Fused backward + optimizer step, in place, with no [rows, D] gradient (FBGEMM's TBE training):
+  // optimizer 'sgd' (w -= lr * g; state empty) or 'rowwise_adagrad' (state: one accumulator per row,
+  // float32, float64 for float64 tables; s += mean(g^2), w -= lr * g / (sqrt(s) + eps)). Modes sum, mean.
+  m.def(
+      "batched_embedding_bag_update(Tensor(a!)[] weights, Tensor(b!)[] state, Tensor grad, Tensor indices, "
+      "Tensor offsets, int mode=0, Tensor? per_sample_weights=None, int[] padding_idx=[], str optimizer='sgd', "
+      "float lr=0.01, float eps=1e-8) -> ()");
+
   // -- row-wise int8 quantization -------------------------------------------------------------------------
   // (qweight uint8 [rows, D], scale_bias float32 [rows, 2]); x ~= q * scale + bias.
   m.def("quantize_rowwise_int8(Tensor weight) -> (Tensor, Tensor)");
@@ -96,4 +104,11 @@ TORCH_LIBRARY(mprec, m) {
   // (distinct values in order of first occurrence, inverse [ids.shape] int64, counts int64): torch.unique
   // without the sort. ids int32 or int64, any values.
   m.def("unique_ids(Tensor ids) -> (Tensor, Tensor, Tensor)");
+
+  // -- data: the Criteo TSV format ----------------------------------------------------------------------------
+  // (labels float32 [N], dense float32 [N, num_dense] = log(1 + max(x, 0)), sparse int64 [N, num_sparse] from
+  // hex (missing_id where empty), bad int64 [M, 3] = (line in chunk, reason 1 field count | 2 label |
+  // 3 integer | 4 hex, field)) for a chunk of whole lines.
+  m.set_python_module("mprec.data.criteo");
+  m.def("parse_criteo(Tensor data, int num_dense=13, int num_sparse=26, int missing_id=0) -> (Tensor, Tensor, Tensor, Tensor)");
 }

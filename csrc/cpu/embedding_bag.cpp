@@ -7,11 +7,13 @@
 // threads; the pooling loop itself is an ISA variant chosen at run time (isa.cpp). Index and offset
 // checks happen inside the loops, never as a separate pass over the data.
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/util/irange.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <mutex>
 #include <sstream>
@@ -751,6 +753,145 @@ Tensor dequantize_rowwise_int8_cpu(const Tensor& qweight, const Tensor& scale_bi
 
 }  // namespace
 
+// --- fused optimizers -----------------------------------------------------------------------------------
+// Backward and optimizer step in one pass, as FBGEMM's TBE trains: no [rows, D] gradient exists. Each
+// table's lookups are grouped by row (hashing, then a stable counting sort, O(lookups)); each distinct row
+// sums its contributions in lookup order and is updated once, by one thread, so the result does not
+// depend on the thread count.
+//   sgd:              w[r] -= lr * g[r]
+//   rowwise_adagrad:  s[r] += mean_d(g[r]^2);  w[r] -= lr * g[r] / (sqrt(s[r]) + eps)   (FBGEMM's row-wise
+//                     Adagrad: one accumulator per row)
+enum class FusedOptimizer { kSgd, kRowwiseAdagrad };
+
+FusedOptimizer checked_optimizer(const char* op, const std::string& name) {
+  if (name == "sgd") return FusedOptimizer::kSgd;
+  if (name == "rowwise_adagrad") return FusedOptimizer::kRowwiseAdagrad;
+  TORCH_CHECK_VALUE(false, op, ": optimizer must be 'sgd' or 'rowwise_adagrad', got '", name, "'");
+}
+
+template <typename IT, typename acc_t>
+void fused_update(const char* op, const Tensor& grad, const std::vector<Table>& tables, const Layout& layout,
+                  PoolMode mode, const Tensor& psw, FusedOptimizer optimizer, at::TensorList state, double lr,
+                  double eps) {
+  const Tensor g = grad.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+  const acc_t* gp = g.data_ptr<acc_t>();
+  const int64_t total_dim = g.size(1);
+  const acc_t* psw_ptr = psw.defined() ? psw.data_ptr<acc_t>() : nullptr;
+  BagReader<IT> reader(op, layout, tables);
+  for (const auto t : c10::irange(tables.size())) {
+    const Table& table = tables[t];
+    const int64_t base = static_cast<int64_t>(t) * layout.bags;
+    // Lookups of this table: row, bag and scale, in order (validating indices and offsets as it goes).
+    std::vector<int64_t> rows, bags;
+    std::vector<acc_t> scales;
+    for (int64_t b = 0; b < layout.bags; ++b) {
+      const auto [start, end] = reader.bounds(base + b);
+      const int64_t count = mode == PoolMode::kMean ? reader.count(base + b, t) : 0;
+      for (int64_t i = start; i < end; ++i) {
+        const int64_t r = reader.row(i, t);
+        if (r < 0) continue;
+        rows.push_back(r);
+        bags.push_back(b);
+        scales.push_back(lookup_scale(mode, psw_ptr, i, count));
+      }
+    }
+    const int64_t n = static_cast<int64_t>(rows.size());
+    if (n == 0) continue;
+    // Group by row: group ids by first appearance, then lookups ordered by group (stable).
+    int64_t capacity = 2;
+    while (capacity < 2 * n) capacity *= 2;
+    int shift = 64;
+    for (int64_t c = capacity; c > 1; c >>= 1) --shift;
+    std::vector<int64_t> slot_group(capacity, -1), group_rows, group_of(n);
+    for (int64_t i = 0; i < n; ++i) {
+      int64_t s = static_cast<int64_t>((static_cast<uint64_t>(rows[i]) * 0x9E3779B97F4A7C15ULL) >> shift);
+      while (slot_group[s] >= 0 && group_rows[slot_group[s]] != rows[i]) s = (s + 1) & (capacity - 1);
+      if (slot_group[s] < 0) {
+        slot_group[s] = static_cast<int64_t>(group_rows.size());
+        group_rows.push_back(rows[i]);
+      }
+      group_of[i] = slot_group[s];
+    }
+    const int64_t groups = static_cast<int64_t>(group_rows.size());
+    std::vector<int64_t> first(groups + 1, 0), order(n);
+    for (int64_t i = 0; i < n; ++i) ++first[group_of[i] + 1];
+    for (int64_t k = 0; k < groups; ++k) first[k + 1] += first[k];
+    {
+      std::vector<int64_t> fill(first.begin(), first.end() - 1);
+      for (int64_t i = 0; i < n; ++i) order[fill[group_of[i]]++] = i;
+    }
+    const int64_t dim = table.dim;
+    Tensor weight = table.weight;  // contiguous: the caller's tensor itself (checked)
+    acc_t* momentum = optimizer == FusedOptimizer::kRowwiseAdagrad ? state[t].data_ptr<acc_t>() : nullptr;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, weight.scalar_type(), "fused_update", [&] {
+      scalar_t* w = weight.data_ptr<scalar_t>();
+      at::parallel_for(0, groups, 64, [&](int64_t k0, int64_t k1) {
+        std::vector<acc_t> sum(dim);
+        for (int64_t k = k0; k < k1; ++k) {
+          std::fill(sum.begin(), sum.end(), acc_t(0));
+          for (int64_t j = first[k]; j < first[k + 1]; ++j) {
+            const int64_t i = order[j];
+            const acc_t* grow = gp + bags[i] * total_dim + table.col;
+            const acc_t s = scales[i];
+            for (int64_t d = 0; d < dim; ++d) sum[d] += s * grow[d];
+          }
+          scalar_t* row = w + group_rows[k] * dim;
+          acc_t step = static_cast<acc_t>(lr);
+          if (momentum) {
+            acc_t squares = 0;
+            for (int64_t d = 0; d < dim; ++d) squares += sum[d] * sum[d];
+            acc_t& m = momentum[group_rows[k]];
+            m += squares / static_cast<acc_t>(dim);
+            step = static_cast<acc_t>(lr) / (std::sqrt(m) + static_cast<acc_t>(eps));
+          }
+          for (int64_t d = 0; d < dim; ++d) {
+            row[d] = static_cast<scalar_t>(static_cast<acc_t>(row[d]) - step * sum[d]);
+          }
+        }
+      });
+    });
+  }
+}
+
+void batched_embedding_bag_update_cpu(at::TensorList weights, at::TensorList state, const Tensor& grad,
+                                      const Tensor& indices, const Tensor& offsets, int64_t mode,
+                                      const c10::optional<Tensor>& per_sample_weights, at::IntArrayRef padding_idx,
+                                      c10::string_view optimizer_name, double lr, double eps) {
+  const char* op = "mprec::batched_embedding_bag_update";
+  const FusedOptimizer optimizer = checked_optimizer(op, std::string(optimizer_name));
+  BatchedCall c = batched_call(op, weights, indices, offsets, mode, padding_idx);
+  TORCH_CHECK_VALUE(c.mode != PoolMode::kMax, op, ": fused optimizers support mode sum (0) and mean (1), got max (2)");
+  check_grad(op, grad, c.layout.bags, c.total_dim);
+  for (const auto t : c10::irange(weights.size())) {
+    TORCH_CHECK_VALUE(weights[t].is_contiguous(), op, ": weights[", t, "] must be contiguous (it is updated in place)");
+  }
+  TORCH_CHECK_VALUE(lr >= 0 && std::isfinite(lr), op, ": lr must be finite and >= 0, got ", lr);
+  TORCH_CHECK_VALUE(eps > 0, op, ": eps must be > 0, got ", eps);
+  const at::ScalarType acc = accumulation_dtype(c.tables[0].weight);
+  if (optimizer == FusedOptimizer::kRowwiseAdagrad) {
+    TORCH_CHECK_VALUE(state.size() == weights.size(), op, ": rowwise_adagrad needs one state tensor per table (",
+                      weights.size(), "), got ", state.size());
+    for (const auto t : c10::irange(state.size())) {
+      TORCH_CHECK_VALUE(state[t].dim() == 1 && state[t].size(0) == weights[t].size(0) &&
+                            state[t].scalar_type() == acc && state[t].is_contiguous(),
+                        op, ": state[", t, "] must be a contiguous ", acc, " tensor of ", weights[t].size(0),
+                        " entries (one per row), got ", state[t].scalar_type(), " ", state[t].sizes());
+    }
+  } else {
+    TORCH_CHECK_VALUE(state.empty(), op, ": sgd takes no state, got ", state.size(), " tensors");
+  }
+  const Tensor psw = checked_per_sample_weights(op, per_sample_weights, c.mode, indices.numel(), acc);
+  if (acc == at::kDouble) {
+    c.layout.index_is_64bit()
+        ? fused_update<int64_t, double>(op, grad, c.tables, c.layout, c.mode, psw, optimizer, state, lr, eps)
+        : fused_update<int32_t, double>(op, grad, c.tables, c.layout, c.mode, psw, optimizer, state, lr, eps);
+  } else {
+    c.layout.index_is_64bit()
+        ? fused_update<int64_t, float>(op, grad, c.tables, c.layout, c.mode, psw, optimizer, state, lr, eps)
+        : fused_update<int32_t, float>(op, grad, c.tables, c.layout, c.mode, psw, optimizer, state, lr, eps);
+  }
+}
+
 TORCH_LIBRARY_IMPL(mprec, CPU, m) {
   m.impl("embedding_bag", &embedding_bag_cpu);
   m.impl("embedding_bag_backward", &embedding_bag_backward_cpu);
@@ -760,6 +901,7 @@ TORCH_LIBRARY_IMPL(mprec, CPU, m) {
   m.impl("batched_embedding_bag_backward", &batched_embedding_bag_backward_cpu);
   m.impl("batched_embedding_bag_sparse_backward", &batched_embedding_bag_sparse_backward_cpu);
   m.impl("batched_embedding_bag_per_sample_weights_backward", &batched_embedding_bag_per_sample_weights_backward_cpu);
+  m.impl("batched_embedding_bag_update", &batched_embedding_bag_update_cpu);
   m.impl("quantize_rowwise_int8", &quantize_rowwise_int8_cpu);
   m.impl("dequantize_rowwise_int8", &dequantize_rowwise_int8_cpu);
 }

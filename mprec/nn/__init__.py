@@ -3,7 +3,7 @@
 from . import cache, functional
 from .cache import EmbeddingCache
 from .dhe import DHEEmbeddingBag, HybridEmbeddingBag
-from .embedding_bag import EmbeddingBag, EmbeddingBagCollection
+from .embedding_bag import EmbeddingBag, EmbeddingBagCollection, FusedOptimizer
 
 __all__ = ["cache", "functional", "EmbeddingBag", "EmbeddingBagCollection", "DHEEmbeddingBag", "HybridEmbeddingBag",
-           "EmbeddingCache"]
+           "EmbeddingCache", "FusedOptimizer"]

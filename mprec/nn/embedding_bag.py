@@ -7,10 +7,46 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from ..ops.embedding_bag import MODES, _normalize_padding_idx
+from dataclasses import dataclass
+
+from ..ops.embedding_bag import FUSED_OPTIMIZERS, MODES, _normalize_padding_idx
 from . import functional as F
 
-__all__ = ["EmbeddingBag", "EmbeddingBagCollection"]
+__all__ = ["EmbeddingBag", "EmbeddingBagCollection", "FusedOptimizer"]
+
+
+@dataclass
+class FusedOptimizer:
+    """The tables' optimizer, applied inside the backward pass (FBGEMM's TBE training): ``"sgd"`` or
+    ``"rowwise_adagrad"`` (one accumulator per row). Change ``lr`` at any time (a schedule)."""
+
+    name: str = "sgd"
+    lr: float = 0.01
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if self.name not in FUSED_OPTIMIZERS:
+            raise ValueError(f"FusedOptimizer: name must be one of {FUSED_OPTIMIZERS}, got {self.name!r}")
+
+
+class _FusedTableUpdate(torch.autograd.Function):
+    """Pools the tables; its backward applies the optimizer to the looked-up rows in place and returns no
+    weight gradient, so no ``[rows, D]`` (or sparse) gradient is ever built."""
+
+    @staticmethod
+    def forward(ctx, indices, offsets, mode, per_sample_weights, pads, optimizer, state, *weights):
+        out, _ = torch.ops.mprec.batched_embedding_bag(list(weights), indices, offsets, mode, per_sample_weights,
+                                                       pads, None, False)
+        ctx.args = (list(weights), state, indices, offsets, mode, per_sample_weights, pads, optimizer)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        weights, state, indices, offsets, mode, psw, pads, optimizer = ctx.args
+        with torch.no_grad():
+            torch.ops.mprec.batched_embedding_bag_update(weights, state, grad.contiguous(), indices, offsets, mode,
+                                                         psw, pads, optimizer.name, optimizer.lr, optimizer.eps)
+        return (None,) * (7 + len(weights))
 
 
 class EmbeddingBag(nn.Module):
@@ -132,6 +168,9 @@ class EmbeddingBagCollection(nn.Module):
             feature ``t`` uses seed ``dhe.get("seed", 0) + t`` so features hash differently.
         hybrid_dhe_dim: the DHE share of a hybrid feature's width (default half, rounded down); the table
             takes the rest, so every representation of a feature has the same output width.
+        optimizer: a :class:`FusedOptimizer` to train the tables inside the backward pass (no table
+            gradient is built; ``table_parameters()`` are then left out of ``torch.optim``). Row-wise
+            Adagrad's accumulators are the buffers ``optimizer_state_<i>``.
 
     ``forward(indices, offsets, per_sample_weights=None)`` takes FBGEMM's TBE layout (indices of every
     feature concatenated, feature by feature; ``offsets`` of ``T * B + 1`` entries) and returns
@@ -150,6 +189,7 @@ class EmbeddingBagCollection(nn.Module):
         representations: Optional[Sequence[str]] = None,
         dhe: Optional[dict] = None,
         hybrid_dhe_dim: Optional[Union[int, Sequence[int]]] = None,
+        optimizer: Optional[FusedOptimizer] = None,
         device=None,
         dtype=None,
     ) -> None:
@@ -205,7 +245,39 @@ class EmbeddingBagCollection(nn.Module):
             str(t): DHEEmbeddingBag(dims[t] if reps[t] == "dhe" else hybrid_dims[t], mode=mode, seed=base_seed + t,
                                     device=device, dtype=dtype, **dhe)
             for t in range(T) if reps[t] != "table"})
+        if optimizer is not None:
+            if mode == "max":
+                raise ValueError("EmbeddingBagCollection: fused optimizers support modes sum and mean, not max")
+            if sparse:
+                raise ValueError("EmbeddingBagCollection: a fused optimizer builds no table gradient; sparse=True "
+                                 "does not apply")
+        self.optimizer = optimizer
+        # Row-wise Adagrad's accumulators: buffers, so checkpoints carry them.
+        for i, w in enumerate(self.weights):
+            if optimizer is not None and optimizer.name == "rowwise_adagrad":
+                acc = torch.float64 if w.dtype == torch.float64 else torch.float32
+                self.register_buffer(f"optimizer_state_{i}", torch.zeros(w.shape[0], device=device, dtype=acc))
         self.reset_parameters()
+
+    def _optimizer_state(self) -> list:
+        if self.optimizer is None or self.optimizer.name != "rowwise_adagrad":
+            return []
+        return [getattr(self, f"optimizer_state_{i}") for i in range(len(self.weights))]
+
+    def table_parameters(self) -> list:
+        """The tables (trained by the fused optimizer when one is set)."""
+        return list(self.weights)
+
+    def _pool_tables(self, indices: Tensor, offsets: Tensor, per_sample_weights: Optional[Tensor], pads) -> Tensor:
+        if self.optimizer is not None and torch.is_grad_enabled() and any(w.requires_grad for w in self.weights):
+            if per_sample_weights is not None and per_sample_weights.requires_grad:
+                raise ValueError("EmbeddingBagCollection: per_sample_weights cannot require grad with a fused "
+                                 "optimizer")
+            return _FusedTableUpdate.apply(indices, offsets, MODES[self.mode], per_sample_weights, pads, self.optimizer,
+                                           self._optimizer_state(), *self.weights)
+        out, _ = torch.ops.mprec.batched_embedding_bag(list(self.weights), indices, offsets, MODES[self.mode],
+                                                       per_sample_weights, pads, None, self.sparse)
+        return out
 
     @property
     def num_tables(self) -> int:
@@ -227,10 +299,7 @@ class EmbeddingBagCollection(nn.Module):
 
     def forward(self, indices: Tensor, offsets: Tensor, per_sample_weights: Optional[Tensor] = None) -> Tensor:
         if not self.dhe:
-            out, _ = torch.ops.mprec.batched_embedding_bag(
-                list(self.weights), indices, offsets, MODES[self.mode], per_sample_weights,
-                self._pads(range(self.num_tables)), None, self.sparse)
-            return out
+            return self._pool_tables(indices, offsets, per_sample_weights, self._pads(range(self.num_tables)))
         T = self.num_tables
         if (offsets.numel() - 1) % T:
             raise ValueError(f"EmbeddingBagCollection: offsets must have T * B + 1 entries for T = {T} features, "
@@ -251,9 +320,7 @@ class EmbeddingBagCollection(nn.Module):
                 base += starts[t + 1] - starts[t]
             offs.append(offsets.new_tensor([base]))
             weights = None if per_sample_weights is None else torch.cat([psw(t) for t in self.table_features])
-            tables, _ = torch.ops.mprec.batched_embedding_bag(
-                list(self.weights), idx, torch.cat(offs), MODES[self.mode], weights, self._pads(self.table_features),
-                None, self.sparse)
+            tables = self._pool_tables(idx, torch.cat(offs), weights, self._pads(self.table_features))
             for t, part in zip(self.table_features, tables.split([w.shape[1] for w in self.weights], dim=1)):
                 pieces[t].append(part)
         for key, module in self.dhe.items():

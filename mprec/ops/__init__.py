@@ -16,7 +16,9 @@ from .dhe import (
 )
 from .embedding_bag import (
     MODES,
+    FUSED_OPTIMIZERS,
     batched_embedding_bag,
+    batched_embedding_bag_update,
     dequantize_rowwise_int8,
     embedding_bag,
     quantize_rowwise_int8,
@@ -28,6 +30,8 @@ __all__ = [
     "MODES",
     "embedding_bag",
     "batched_embedding_bag",
+    "batched_embedding_bag_update",
+    "FUSED_OPTIMIZERS",
     "quantize_rowwise_int8",
     "dequantize_rowwise_int8",
     "dhe_encode",

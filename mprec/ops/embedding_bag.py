@@ -333,6 +333,46 @@ def batched_embedding_bag(
     return out
 
 
+# --- fused optimizers -----------------------------------------------------------------------------------
+FUSED_OPTIMIZERS = ("sgd", "rowwise_adagrad")
+
+
+@torch.library.register_fake("mprec::batched_embedding_bag_update")
+def _batched_embedding_bag_update_fake(weights, state, grad, indices, offsets, mode=0, per_sample_weights=None,
+                                       padding_idx=(), optimizer="sgd", lr=0.01, eps=1e-8):
+    if optimizer not in FUSED_OPTIMIZERS:
+        raise ValueError(f"mprec::batched_embedding_bag_update: optimizer must be 'sgd' or 'rowwise_adagrad', "
+                         f"got {optimizer!r}")
+
+
+def batched_embedding_bag_update(
+    weights: Sequence[Tensor],
+    state: Sequence[Tensor],
+    grad: Tensor,
+    indices: Tensor,
+    offsets: Tensor,
+    mode: Union[str, int] = "sum",
+    per_sample_weights: Optional[Tensor] = None,
+    padding_idx: Optional[Sequence[Optional[int]]] = None,
+    optimizer: str = "sgd",
+    lr: float = 0.01,
+    eps: float = 1e-8,
+) -> None:
+    """Backward of :func:`batched_embedding_bag` fused with the tables' optimizer step, in place, with no
+    ``[rows, D]`` gradient (FBGEMM's TBE training). ``grad`` is the gradient of the pooled output.
+
+    ``optimizer="sgd"``: ``w[r] -= lr * g[r]`` (``state`` empty). ``"rowwise_adagrad"``: one accumulator per
+    row in ``state[t]`` (float32, float64 for float64 tables): ``s[r] += mean(g[r]^2)``,
+    ``w[r] -= lr * g[r] / (sqrt(s[r]) + eps)``. Only rows the batch looks up change. Modes sum and mean.
+    """
+    op = "mprec::batched_embedding_bag_update"
+    weights = list(weights)
+    pads = [] if padding_idx is None else [
+        _normalize_padding_idx(op, p, w.shape[0]) for p, w in zip(padding_idx, weights, strict=True)]
+    torch.ops.mprec.batched_embedding_bag_update(weights, list(state), grad, indices, offsets, mode_number(op, mode),
+                                                 per_sample_weights, pads, optimizer, float(lr), float(eps))
+
+
 # --- row-wise int8 -------------------------------------------------------------------------------------
 
 @torch.library.register_fake("mprec::quantize_rowwise_int8")

@@ -23,6 +23,7 @@ __all__ = [
     "dhe_encode_reference",
     "dhe_encode_linear_reference",
     "rowwise_linear_reference",
+    "batched_embedding_bag_update_reference",
     "multiply_shift_reference",
     "cache_table_reference",
     "count_min_reference",
@@ -155,6 +156,29 @@ def dhe_encode_linear_reference(ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: 
     """``activation(encode(ids) @ weight.T + bias)`` with everything in ``dtype`` (float64 by default)."""
     encoded = dhe_encode_reference(ids, hash_a, hash_b, p, m, transform, dtype)
     return rowwise_linear_reference(encoded, weight.to(dtype), None if bias is None else bias.to(dtype), activation)
+
+
+def batched_embedding_bag_update_reference(weights: Sequence[Tensor], state: Sequence[Tensor], grad: Tensor,
+                                           indices: Tensor, offsets: Tensor, mode="sum",
+                                           per_sample_weights: Optional[Tensor] = None,
+                                           padding_idx=None, optimizer: str = "sgd", lr: float = 0.01,
+                                           eps: float = 1e-8) -> tuple[list[Tensor], list[Tensor]]:
+    """(new weights, new state) of the fused optimizers, from the dense gradient of the reference
+    (autograd through :func:`batched_embedding_bag_reference`), in the weights' dtype or float64."""
+    leaves = [w.detach().clone().requires_grad_(True) for w in weights]
+    out = batched_embedding_bag_reference(leaves, indices, offsets, mode_number("reference", mode), per_sample_weights,
+                                          () if padding_idx is None else padding_idx)
+    out.backward(grad.to(out.dtype))
+    new_weights, new_state = [], []
+    for t, w in enumerate(leaves):
+        g = w.grad
+        if optimizer == "sgd":
+            new_weights.append((w - lr * g).detach())
+        else:
+            s = state[t].to(g.dtype) + g.pow(2).mean(1)
+            new_weights.append((w - lr * g / (s.sqrt() + eps).unsqueeze(1)).detach())
+            new_state.append(s)
+    return new_weights, new_state
 
 
 # --- cache (mprec.ops.cache) -----------------------------------------------------------------------------

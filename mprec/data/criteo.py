@@ -1,0 +1,328 @@
+"""The Criteo Kaggle / Terabyte TSV format: a streaming reader, vocabularies, and batches in TBE layout.
+
+A line: label (0/1), 13 integer and 26 categorical (8-hex-digit) fields, tab separated; any field but
+the label may be empty. Dense features become ``log(1 + max(x, 0))`` (empty: 0); categorical ids are the
+hex value as int64 (empty: ``missing_id``, 0 as in the DLRM reference). Tables need bounded ids: either
+``max_ind_range`` (ids modulo it, as the DLRM reference's ``--max-ind-range``) or a :class:`Vocabulary`
+built in a first pass (id -> 1 + its rank among the feature's known ids; 0 for unknown). DHE features
+take raw ids.
+
+Parsing is one C++ op over a chunk of whole lines (``mprec::parse_criteo``); a worker thread reads and
+parses chunks ahead of the training loop into a bounded queue, so memory stays flat whatever the file
+size: a chunk or two of bytes and ``prefetch`` parsed chunks.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "NUM_DENSE",
+    "NUM_SPARSE",
+    "KAGGLE_TABLE_SIZES",
+    "Batch",
+    "MalformedLineError",
+    "parse_criteo",
+    "CriteoReader",
+    "Vocabulary",
+]
+
+NUM_DENSE = 13
+NUM_SPARSE = 26
+#: Rows per categorical feature of the Kaggle set as the DLRM reference counts them (33.76M in all).
+KAGGLE_TABLE_SIZES = (1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992,
+                      5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572)
+
+_REASONS = {1: "expected {fields} tab-separated fields, got {field}", 2: "the label must be 0 or 1",
+            3: "field {field} is not an integer", 4: "field {field} is not a hex id of at most 15 digits"}
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass
+class Batch:
+    """One batch: ``dense [B, 13]`` float32, ``indices [26 * B]`` int64 feature by feature with
+    ``offsets [26 * B + 1]`` (TBE layout, one id per bag), ``labels [B]`` float32."""
+
+    dense: Tensor
+    indices: Tensor
+    offsets: Tensor
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return self.labels.numel()
+
+    @classmethod
+    def from_rows(cls, labels: Tensor, dense: Tensor, sparse: Tensor) -> "Batch":
+        """From per-example rows: ``sparse [B, T]`` becomes indices feature by feature."""
+        return cls(dense=dense, indices=sparse.t().reshape(-1), offsets=torch.arange(sparse.numel() + 1),
+                   labels=labels)
+
+    def sparse(self) -> Tensor:
+        """``[B, T]`` ids per example (this batch has one id per bag)."""
+        return self.indices.view(-1, len(self)).t()
+
+
+class MalformedLineError(ValueError):
+    """A malformed line under ``strict=True``: names the file and the 1-based line."""
+
+
+def parse_criteo(data: Union[bytes, Tensor], num_dense: int = NUM_DENSE, num_sparse: int = NUM_SPARSE,
+                 missing_id: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(labels [N], dense [N, num_dense], sparse [N, num_sparse], bad [M, 3])`` for the lines of ``data``;
+    ``bad`` rows are ``(line index in data, reason, field)`` of the malformed lines, which are left out."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        data = torch.frombuffer(bytearray(data), dtype=torch.uint8) if len(data) else torch.empty(0, dtype=torch.uint8)
+    return torch.ops.mprec.parse_criteo(data, num_dense, num_sparse, missing_id)
+
+
+@torch.library.register_fake("mprec::parse_criteo")
+def _parse_criteo_fake(data, num_dense=NUM_DENSE, num_sparse=NUM_SPARSE, missing_id=0):
+    ctx = torch.library.get_ctx()
+    n, m = ctx.new_dynamic_size(), ctx.new_dynamic_size()
+    return (data.new_empty((n,), dtype=torch.float32), data.new_empty((n, num_dense), dtype=torch.float32),
+            data.new_empty((n, num_sparse), dtype=torch.int64), data.new_empty((m, 3), dtype=torch.int64))
+
+
+def describe_bad_line(reason: int, field: int, num_dense: int = NUM_DENSE, num_sparse: int = NUM_SPARSE) -> str:
+    return _REASONS.get(reason, "malformed").format(fields=1 + num_dense + num_sparse, field=field)
+
+
+def _chunks(path: PathLike, chunk_bytes: int) -> Iterator[bytes]:
+    """Whole lines of the file, about ``chunk_bytes`` at a time."""
+    with open(path, "rb") as f:
+        rest = b""
+        while True:
+            block = f.read(chunk_bytes)
+            if not block:
+                if rest:
+                    yield rest
+                return
+            block = rest + block
+            cut = block.rfind(b"\n")
+            if cut < 0:
+                rest = block
+                continue
+            rest = block[cut + 1:]
+            yield block[: cut + 1]
+
+
+class Vocabulary:
+    """Per-feature id -> index maps: index ``1 + rank`` among the feature's ids seen at least ``min_count``
+    times in the building pass, 0 for any other id. ``sizes`` are the tables' row counts."""
+
+    def __init__(self, ids: Sequence[Tensor]) -> None:
+        self.ids = [torch.as_tensor(v, dtype=torch.int64).sort().values for v in ids]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [v.numel() + 1 for v in self.ids]
+
+    def map(self, sparse: Tensor) -> Tensor:
+        """``[N, T]`` raw ids -> ``[N, T]`` indices."""
+        out = torch.empty_like(sparse)
+        for t, known in enumerate(self.ids):
+            x = sparse[:, t]
+            if known.numel() == 0:
+                out[:, t] = 0
+                continue
+            pos = torch.searchsorted(known, x)
+            found = known[pos.clamp(max=known.numel() - 1)] == x
+            out[:, t] = torch.where(found, pos + 1, 0)
+        return out
+
+    @classmethod
+    def build(cls, paths: Union[PathLike, Sequence[PathLike]], min_count: int = 1, **reader_kwargs) -> "Vocabulary":
+        """One streaming pass over ``paths`` counting each feature's ids."""
+        ids: list[Optional[Tensor]] = [None] * NUM_SPARSE
+        counts: list[Optional[Tensor]] = [None] * NUM_SPARSE
+        reader = CriteoReader(paths, batch_size=1 << 16, **reader_kwargs)
+        for labels, dense, sparse in reader.chunks():
+            for t in range(sparse.shape[1]):
+                u, c = torch.unique(sparse[:, t], return_counts=True)
+                if ids[t] is not None:
+                    u, inverse = torch.unique(torch.cat([ids[t], u]), return_inverse=True)
+                    c = torch.zeros(u.shape, dtype=torch.int64).index_add_(0, inverse, torch.cat([counts[t], c]))
+                ids[t], counts[t] = u, c
+        return cls([torch.zeros(0, dtype=torch.int64) if u is None else u[c >= min_count] for u, c in zip(ids, counts)])
+
+    def state_dict(self) -> dict:
+        return {f"ids.{t}": v for t, v in enumerate(self.ids)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "Vocabulary":
+        return cls([state[f"ids.{t}"] for t in range(len(state))])
+
+
+class CriteoReader:
+    """Streams :class:`Batch` es from Criteo TSV files (Kaggle's ``train.txt``, Terabyte's ``day_*``).
+
+    Args:
+        paths: one file or several, read in order.
+        batch_size: examples per batch; the last batch may be short unless ``drop_last``.
+        max_ind_range: ids modulo this (as the DLRM reference), or
+        vocabulary: a :class:`Vocabulary` mapping ids to table rows (neither: raw ids, for DHE).
+        strict: raise :class:`MalformedLineError` at the first malformed line; otherwise skip and count it
+            (``skipped``; the first few in ``bad_lines`` as ``(path, line, reason)``).
+        limit: stop after this many examples.
+        chunk_bytes, prefetch: bytes parsed at a time, and parsed chunks queued ahead by the worker thread.
+
+    Counters after (or during) iteration: ``examples``, ``lines``, ``skipped``.
+    """
+
+    def __init__(self, paths: Union[PathLike, Sequence[PathLike]], batch_size: int = 2048, *,
+                 max_ind_range: Optional[int] = None, vocabulary: Optional[Vocabulary] = None, strict: bool = False,
+                 drop_last: bool = False, limit: Optional[int] = None, chunk_bytes: int = 4 << 20, prefetch: int = 2,
+                 num_dense: int = NUM_DENSE, num_sparse: int = NUM_SPARSE, missing_id: int = 0) -> None:
+        self.paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        for path in self.paths:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"CriteoReader: no such file: {path}")
+        if batch_size < 1:
+            raise ValueError(f"CriteoReader: batch_size must be >= 1, got {batch_size}")
+        if max_ind_range is not None and vocabulary is not None:
+            raise ValueError("CriteoReader: give max_ind_range or vocabulary, not both")
+        if max_ind_range is not None and max_ind_range < 1:
+            raise ValueError(f"CriteoReader: max_ind_range must be >= 1, got {max_ind_range}")
+        self.batch_size = batch_size
+        self.max_ind_range = max_ind_range
+        self.vocabulary = vocabulary
+        self.strict = strict
+        self.drop_last = drop_last
+        self.limit = limit
+        self.chunk_bytes = chunk_bytes
+        self.prefetch = max(1, prefetch)
+        self.num_dense, self.num_sparse, self.missing_id = num_dense, num_sparse, missing_id
+        self.examples = self.lines = self.skipped = 0
+        self.bad_lines: list[tuple[str, int, str]] = []
+
+    # --- parsing ----------------------------------------------------------------------------------
+    def _parsed(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """(labels, dense, ids) per chunk, ids mapped; malformed lines skipped, counted or raised."""
+        for path in self.paths:
+            line = 0
+            for data in _chunks(path, self.chunk_bytes):
+                labels, dense, sparse, bad = parse_criteo(data, self.num_dense, self.num_sparse, self.missing_id)
+                n_lines = labels.numel() + bad.shape[0]
+                if bad.numel():
+                    first = bad[0].tolist()
+                    if self.strict:
+                        raise MalformedLineError(
+                            f"{path}:{line + first[0] + 1}: "
+                            f"{describe_bad_line(first[1], first[2], self.num_dense, self.num_sparse)}")
+                    self.skipped += bad.shape[0]
+                    for row in bad[: max(0, 10 - len(self.bad_lines))].tolist():
+                        self.bad_lines.append((str(path), line + row[0] + 1,
+                                               describe_bad_line(row[1], row[2], self.num_dense, self.num_sparse)))
+                line += n_lines
+                self.lines += n_lines
+                if self.max_ind_range is not None:
+                    sparse = sparse.remainder_(self.max_ind_range)
+                elif self.vocabulary is not None:
+                    sparse = self.vocabulary.map(sparse)
+                yield labels, dense, sparse
+
+    def chunks(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """Parsed chunks, read ahead by a worker thread into a bounded queue. Closing the iterator early
+        stops the thread; an error in it (``strict``) is raised here."""
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        done = object()
+
+        def work():
+            try:
+                for item in self._parsed():
+                    while not stop.is_set():
+                        try:
+                            q.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                item = done
+            except BaseException as error:  # handed to the consumer, which raises it
+                item = error
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+
+        worker = threading.Thread(target=work, name="mprec-criteo-reader", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = q.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            worker.join()
+
+    # --- batching ---------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Batch]:
+        self.examples = self.lines = self.skipped = 0
+        self.bad_lines = []
+        pending: list[tuple[Tensor, Tensor, Tensor]] = []
+        held = 0
+        remaining = self.limit
+        for labels, dense, sparse in self.chunks():
+            if remaining is not None:
+                labels, dense, sparse = labels[:remaining], dense[:remaining], sparse[:remaining]
+                remaining -= labels.numel()
+            pending.append((labels, dense, sparse))
+            held += labels.numel()
+            while held >= self.batch_size:
+                batch, pending, held = self._take(pending, self.batch_size)
+                yield batch
+            if remaining is not None and remaining <= 0:
+                break
+        if held and not self.drop_last:
+            batch, pending, held = self._take(pending, held)
+            yield batch
+
+    def _take(self, pending, n):
+        """The first n rows of the pending chunks as a batch, and what is left."""
+        taken, rest, need = [], [], n
+        for labels, dense, sparse in pending:
+            if need == 0:
+                rest.append((labels, dense, sparse))
+            elif labels.numel() <= need:
+                taken.append((labels, dense, sparse))
+                need -= labels.numel()
+            else:
+                taken.append((labels[:need], dense[:need], sparse[:need]))
+                rest.append((labels[need:], dense[need:], sparse[need:]))
+                need = 0
+        parts = [torch.cat(x) if len(taken) > 1 else x[0] for x in zip(*taken)]
+        self.examples += n
+        return Batch.from_rows(*parts), rest, sum(x[0].numel() for x in rest)
+
+    def table_sizes(self) -> Optional[list[int]]:
+        """Rows each feature's table needs: ``max_ind_range`` or the vocabulary's sizes (None for raw ids)."""
+        if self.max_ind_range is not None:
+            return [self.max_ind_range] * self.num_sparse
+        return None if self.vocabulary is None else self.vocabulary.sizes
+
+
+def read_all(reader: Iterable[Batch]) -> Batch:
+    """Every batch of a reader concatenated (for small files: the bundled sample)."""
+    batches = list(reader)
+    if not batches:
+        raise ValueError("read_all: the reader yielded no examples")
+    dense = torch.cat([b.dense for b in batches])
+    sparse = torch.cat([b.sparse() for b in batches])
+    labels = torch.cat([b.labels for b in batches])
+    return Batch.from_rows(labels, dense, sparse)

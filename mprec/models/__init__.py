@@ -1,0 +1,5 @@
+"""Models built from the mprec layers."""
+
+from .dlrm import DLRM, PRESETS
+
+__all__ = ["DLRM", "PRESETS"]

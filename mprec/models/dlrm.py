@@ -1,0 +1,124 @@
+"""DLRM (Naumov et al., 2019) with a representation per sparse feature: table, DHE or hybrid (MP-Rec).
+
+    dense [B, 13] -> bottom MLP -> x [B, D]
+    indices, offsets (TBE layout) -> EmbeddingBagCollection -> e_1..e_T [B, D] each
+    interaction: "dot" (x and the pairwise dot products of x, e_1..e_T, strictly lower triangle) or
+                 "cat" (x, e_1..e_T concatenated)
+    -> top MLP -> logit [B]
+
+``forward`` returns logits (train with ``BCEWithLogitsLoss``; ``predict`` gives probabilities). The
+presets are the MP-Rec artifact's: ``kaggle`` (sparse dim 16, bottom 13-512-256-64-16, top 512-256-1)
+and ``terabyte`` (dim 64, bottom 13-512-256-64, top 512-512-256-1). MLP weights are initialised as the
+DLRM reference does (normal, std sqrt(2 / (fan_in + fan_out)); bias std sqrt(1 / fan_out)).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..data.criteo import NUM_DENSE
+from ..nn.embedding_bag import EmbeddingBagCollection, FusedOptimizer
+
+__all__ = ["DLRM", "PRESETS", "INTERACTIONS"]
+
+PRESETS = {
+    "kaggle": dict(embedding_dim=16, bottom=(512, 256, 64, 16), top=(512, 256, 1)),
+    "terabyte": dict(embedding_dim=64, bottom=(512, 256, 64), top=(512, 512, 256, 1)),
+}
+INTERACTIONS = ("dot", "cat")
+
+
+def _mlp(widths: Sequence[int], last_activation: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+        linear = nn.Linear(fan_in, fan_out)
+        with torch.no_grad():
+            linear.weight.normal_(0.0, math.sqrt(2.0 / (fan_in + fan_out)))
+            linear.bias.normal_(0.0, math.sqrt(1.0 / fan_out))
+        layers.append(linear)
+        if i < len(widths) - 2 or last_activation:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class DLRM(nn.Module):
+    """Args:
+        table_sizes: rows per sparse feature (a DHE feature's ids are not bounded by it).
+        embedding_dim: width of every sparse feature's vector (and of the bottom MLP's output for "dot").
+        bottom: the bottom MLP's widths after the dense input (its last must be embedding_dim for "dot").
+        top: the top MLP's widths after the interaction (its last must be 1).
+        representations: ``"table" | "dhe" | "hybrid"`` per feature (default all tables).
+        interaction: ``"dot"`` or ``"cat"``.
+        dhe: keyword arguments for the DHE features (``k``, ``m``, ``decoder``, ...); hybrid_dhe_dim: the DHE
+            share of a hybrid feature's width.
+        optimizer: a :class:`mprec.nn.FusedOptimizer` for the tables (None: plain autograd gradients).
+        sparse: sparse COO table gradients (when no fused optimizer), as ``EmbeddingBag(sparse=True)``.
+    """
+
+    def __init__(self, table_sizes: Sequence[int], embedding_dim: int = 16, bottom: Sequence[int] = (512, 256, 64, 16),
+                 top: Sequence[int] = (512, 256, 1), representations: Optional[Sequence[str]] = None,
+                 interaction: str = "dot", dhe: Optional[dict] = None, hybrid_dhe_dim: Optional[int] = None,
+                 optimizer: Optional[FusedOptimizer] = None, sparse: bool = False,
+                 num_dense: int = NUM_DENSE) -> None:
+        super().__init__()
+        if interaction not in INTERACTIONS:
+            raise ValueError(f"DLRM: interaction must be one of {INTERACTIONS}, got {interaction!r}")
+        if not bottom or not top or top[-1] != 1:
+            raise ValueError(f"DLRM: bottom and top MLPs need widths and top must end in 1, got {bottom}, {top}")
+        if interaction == "dot" and bottom[-1] != embedding_dim:
+            raise ValueError(f"DLRM: with the dot interaction the bottom MLP must end in embedding_dim "
+                             f"({embedding_dim}), got {bottom[-1]}")
+        T = len(table_sizes)
+        self.table_sizes = list(table_sizes)
+        self.embedding_dim = embedding_dim
+        self.interaction = interaction
+        self.num_dense = num_dense
+        self.bottom = _mlp([num_dense, *bottom], last_activation=True)
+        self.embeddings = EmbeddingBagCollection(table_sizes, embedding_dim, mode="sum", representations=representations,
+                                                 dhe=dhe, hybrid_dhe_dim=hybrid_dhe_dim, optimizer=optimizer,
+                                                 sparse=sparse)
+        features = T + 1
+        width = (bottom[-1] + features * (features - 1) // 2) if interaction == "dot" else bottom[-1] + T * embedding_dim
+        self.top = _mlp([width, *top], last_activation=False)
+        rows, cols = torch.tril_indices(features, features, offset=-1)
+        self.register_buffer("_pairs", rows * features + cols, persistent=False)
+
+    @classmethod
+    def preset(cls, name: str, table_sizes: Sequence[int], **kwargs) -> "DLRM":
+        if name not in PRESETS:
+            raise ValueError(f"DLRM.preset: unknown preset {name!r}; one of {sorted(PRESETS)}")
+        return cls(table_sizes, **{**PRESETS[name], **kwargs})
+
+    @property
+    def representations(self) -> list[str]:
+        return self.embeddings.representations
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        """Everything ``torch.optim`` trains: the MLPs, the DHE decoders, and the tables unless a fused
+        optimizer trains them."""
+        tables = {id(p) for p in self.embeddings.table_parameters()} if self.embeddings.optimizer else set()
+        return [p for p in self.parameters() if id(p) not in tables]
+
+    def forward(self, dense: Tensor, indices: Tensor, offsets: Tensor) -> Tensor:
+        x = self.bottom(dense)
+        e = self.embeddings(indices, offsets)  # [B, T * D]
+        if self.interaction == "cat":
+            z = torch.cat([x, e.to(x.dtype)], dim=1)
+        else:
+            B = x.shape[0]
+            features = torch.cat([x.unsqueeze(1), e.to(x.dtype).view(B, -1, self.embedding_dim)], dim=1)
+            products = torch.bmm(features, features.transpose(1, 2)).flatten(1)  # [B, F * F]
+            z = torch.cat([x, products[:, self._pairs]], dim=1)
+        return self.top(z).squeeze(1)
+
+    @torch.no_grad()
+    def predict(self, dense: Tensor, indices: Tensor, offsets: Tensor) -> Tensor:
+        return torch.sigmoid(self.forward(dense, indices, offsets).float())
+
+    def extra_repr(self) -> str:
+        counts = {r: self.representations.count(r) for r in ("table", "dhe", "hybrid")}
+        return f"interaction={self.interaction}, representations={counts}"
