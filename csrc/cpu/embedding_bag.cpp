@@ -778,23 +778,30 @@ void fused_update(const char* op, const Tensor& grad, const std::vector<Table>& 
   const int64_t total_dim = g.size(1);
   const acc_t* psw_ptr = psw.defined() ? psw.data_ptr<acc_t>() : nullptr;
   BagReader<IT> reader(op, layout, tables);
-  for (const auto t : c10::irange(tables.size())) {
-    const Table& table = tables[t];
-    const int64_t base = static_cast<int64_t>(t) * layout.bags;
-    // Lookups of this table: row, bag and scale, in order (validating indices and offsets as it goes).
-    std::vector<int64_t> rows, bags;
-    std::vector<acc_t> scales;
+  // Every table's lookups (row, bag, scale), gathered and validated before any row changes, so a bad
+  // index or offset leaves every table as it was.
+  const int64_t num_tables = static_cast<int64_t>(tables.size());
+  std::vector<std::vector<int64_t>> table_rows(num_tables), table_bags(num_tables);
+  std::vector<std::vector<acc_t>> table_scales(num_tables);
+  for (int64_t t = 0; t < num_tables; ++t) {
+    const int64_t base = t * layout.bags;
     for (int64_t b = 0; b < layout.bags; ++b) {
       const auto [start, end] = reader.bounds(base + b);
       const int64_t count = mode == PoolMode::kMean ? reader.count(base + b, t) : 0;
       for (int64_t i = start; i < end; ++i) {
         const int64_t r = reader.row(i, t);
         if (r < 0) continue;
-        rows.push_back(r);
-        bags.push_back(b);
-        scales.push_back(lookup_scale(mode, psw_ptr, i, count));
+        table_rows[t].push_back(r);
+        table_bags[t].push_back(b);
+        table_scales[t].push_back(lookup_scale(mode, psw_ptr, i, count));
       }
     }
+  }
+  for (int64_t t = 0; t < num_tables; ++t) {
+    const Table& table = tables[t];
+    const std::vector<int64_t>& rows = table_rows[t];
+    const std::vector<int64_t>& bags = table_bags[t];
+    const std::vector<acc_t>& scales = table_scales[t];
     const int64_t n = static_cast<int64_t>(rows.size());
     if (n == 0) continue;
     // Group by row: group ids by first appearance, then lookups ordered by group (stable).

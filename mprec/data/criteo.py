@@ -129,7 +129,7 @@ class Vocabulary:
         """``[N, T]`` raw ids -> ``[N, T]`` indices."""
         out = torch.empty_like(sparse)
         for t, known in enumerate(self.ids):
-            x = sparse[:, t]
+            x = sparse[:, t].contiguous()
             if known.numel() == 0:
                 out[:, t] = 0
                 continue
@@ -169,6 +169,7 @@ class CriteoReader:
         batch_size: examples per batch; the last batch may be short unless ``drop_last``.
         max_ind_range: ids modulo this (as the DLRM reference), or
         vocabulary: a :class:`Vocabulary` mapping ids to table rows (neither: raw ids, for DHE).
+        raw_features: features whose ids stay raw either way (the DHE features of a mixed model).
         strict: raise :class:`MalformedLineError` at the first malformed line; otherwise skip and count it
             (``skipped``; the first few in ``bad_lines`` as ``(path, line, reason)``).
         limit: stop after this many examples.
@@ -180,7 +181,8 @@ class CriteoReader:
     def __init__(self, paths: Union[PathLike, Sequence[PathLike]], batch_size: int = 2048, *,
                  max_ind_range: Optional[int] = None, vocabulary: Optional[Vocabulary] = None, strict: bool = False,
                  drop_last: bool = False, limit: Optional[int] = None, chunk_bytes: int = 4 << 20, prefetch: int = 2,
-                 num_dense: int = NUM_DENSE, num_sparse: int = NUM_SPARSE, missing_id: int = 0) -> None:
+                 num_dense: int = NUM_DENSE, num_sparse: int = NUM_SPARSE, missing_id: int = 0,
+                 raw_features: Sequence[int] = ()) -> None:
         self.paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         for path in self.paths:
             if not os.path.isfile(path):
@@ -200,6 +202,9 @@ class CriteoReader:
         self.chunk_bytes = chunk_bytes
         self.prefetch = max(1, prefetch)
         self.num_dense, self.num_sparse, self.missing_id = num_dense, num_sparse, missing_id
+        self.raw_features = sorted(set(raw_features))
+        if any(not 0 <= t < num_sparse for t in self.raw_features):
+            raise ValueError(f"CriteoReader: raw_features must be in [0, {num_sparse}), got {self.raw_features}")
         self.examples = self.lines = self.skipped = 0
         self.bad_lines: list[tuple[str, int, str]] = []
 
@@ -223,10 +228,13 @@ class CriteoReader:
                                                describe_bad_line(row[1], row[2], self.num_dense, self.num_sparse)))
                 line += n_lines
                 self.lines += n_lines
+                raw = sparse[:, self.raw_features].clone() if self.raw_features else None
                 if self.max_ind_range is not None:
                     sparse = sparse.remainder_(self.max_ind_range)
                 elif self.vocabulary is not None:
                     sparse = self.vocabulary.map(sparse)
+                if raw is not None:
+                    sparse[:, self.raw_features] = raw
                 yield labels, dense, sparse
 
     def chunks(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:

@@ -41,11 +41,13 @@ def zipf_ids(n: int, rows: int, s: float = 1.05, generator: Optional[torch.Gener
 class SyntheticCriteo:
     """``num_batches`` batches of ``batch_size`` examples, reproducible from ``seed``.
 
-    ``table_sizes`` default to the Kaggle ones (33.8M rows); ``zipf`` is the ids' exponent.
+    ``table_sizes`` default to the Kaggle ones (33.8M rows); ``zipf`` is the ids' exponent. The hidden
+    model that draws the labels comes from ``task_seed``, not ``seed``: streams with different seeds are
+    different samples of the same task (training and held-out data).
     """
 
     def __init__(self, num_batches: int, batch_size: int = 2048, table_sizes: Sequence[int] = KAGGLE_TABLE_SIZES,
-                 zipf: float = 1.05, seed: int = 0) -> None:
+                 zipf: float = 1.05, seed: int = 0, task_seed: int = 0) -> None:
         if num_batches < 0 or batch_size < 1:
             raise ValueError(f"SyntheticCriteo: need num_batches >= 0 and batch_size >= 1, got {num_batches}, "
                              f"{batch_size}")
@@ -54,7 +56,7 @@ class SyntheticCriteo:
         self.num_batches, self.batch_size = num_batches, batch_size
         self.table_sizes = list(table_sizes)
         self.zipf, self.seed = zipf, seed
-        g = torch.Generator().manual_seed(seed ^ 0x5EED)
+        g = torch.Generator().manual_seed(task_seed ^ 0x5EED)
         self._dense_mu = torch.rand(NUM_DENSE, generator=g) * 3
         self._dense_weight = torch.randn(NUM_DENSE, generator=g) * 0.4
         self._id_weight = torch.randn(len(self.table_sizes), generator=g) * 0.5
@@ -72,7 +74,7 @@ class SyntheticCriteo:
         # Per-id effect in [-1, 1]: a hash of the id, so the same id always pushes the same way.
         effect = ((sparse * 0x2545F491) % 2001).double() / 1000 - 1
         logit = ((dense.double() - dense.double().mean(0)) @ self._dense_weight.double()
-                 + effect @ self._id_weight.double() - 1.1)
+                 + effect @ self._id_weight.double() - 1.6)
         labels = torch.bernoulli(torch.sigmoid(logit), generator=g).float()
         return Batch.from_rows(labels, dense, sparse)
 

@@ -1,0 +1,322 @@
+"""Training and evaluation of DLRM models: ``mprec train`` and ``mprec eval``.
+
+A run is described by a :class:`RunConfig` (data, preset, representation per feature, optimizer,
+precision, ...). Tables are trained by the fused optimizer inside the backward pass
+(:class:`mprec.nn.FusedOptimizer`); the MLPs and DHE decoders by ``torch.optim`` (SGD, or Adagrad with
+row-wise Adagrad tables). Checkpoints hold the config, the model (with the data's vocabulary and the
+tables' optimizer state), the dense optimizer, the step and the position in the data, and are written
+atomically (a temporary file, then a rename): a run killed at any moment resumes from the last
+checkpoint and ends with exactly the weights of an uninterrupted run (same seed, same thread count).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Optional
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from .data import KAGGLE_TABLE_SIZES, NUM_SPARSE, Batch, CriteoReader, SyntheticCriteo, Vocabulary
+from .models.dlrm import DLRM, PRESETS
+from .nn.embedding_bag import REPRESENTATIONS, FusedOptimizer
+
+__all__ = ["RunConfig", "build_model", "make_batches", "train", "evaluate", "roc_auc", "load_checkpoint",
+           "save_checkpoint"]
+
+SYNTHETIC = "synthetic"
+OPTIMIZERS = ("sgd", "adagrad")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class RunConfig:
+    data: str = SYNTHETIC                 # a Criteo TSV path, or "synthetic"
+    preset: str = "kaggle"
+    representations: list = field(default_factory=lambda: ["table"] * NUM_SPARSE)
+    epochs: int = 1
+    batch_size: int = 2048
+    lr: float = 0.1
+    optimizer: str = "sgd"                # sgd: fused SGD tables + SGD; adagrad: row-wise Adagrad + Adagrad
+    precision: str = "fp32"               # bf16: MLPs under bf16 autocast (tables and DHE stay fp32)
+    threads: Optional[int] = None
+    seed: int = 0
+    limit: Optional[int] = None           # examples per epoch (None: the whole file)
+    max_ind_range: Optional[int] = None   # table rows by id modulo; None: a vocabulary from the data
+    min_count: int = 1                    # vocabulary: ids seen fewer times map to row 0
+    synthetic_batches: int = 100          # synthetic data: batches per epoch
+    table_sizes: Optional[list] = None    # synthetic data: rows per table (default the Kaggle sizes)
+    dhe: dict = field(default_factory=lambda: dict(k=1024, m=1_000_000, decoder=[128]))
+    checkpoint: Optional[str] = None
+    checkpoint_every: int = 0             # steps (0: only at the end)
+
+    def validate(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; one of {sorted(PRESETS)}")
+        if len(self.representations) != NUM_SPARSE:
+            raise ValueError(f"give one representation per sparse feature ({NUM_SPARSE}), got "
+                             f"{len(self.representations)}")
+        bad = [r for r in self.representations if r not in REPRESENTATIONS]
+        if bad:
+            raise ValueError(f"representations must be among {REPRESENTATIONS}, got {bad[0]!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ValueError(f"need epochs >= 1, batch_size >= 1 and lr > 0, got {self.epochs}, {self.batch_size}, "
+                             f"{self.lr}")
+        if self.data != SYNTHETIC and not os.path.isfile(self.data):
+            raise FileNotFoundError(f"no such data file: {self.data}")
+
+
+# --- data ---------------------------------------------------------------------------------------------------
+def table_sizes_for(config: RunConfig, vocabulary: Optional[Vocabulary]) -> list:
+    if config.data == SYNTHETIC:
+        return list(config.table_sizes or KAGGLE_TABLE_SIZES)
+    if config.max_ind_range is not None:
+        return [config.max_ind_range] * NUM_SPARSE
+    return vocabulary.sizes
+
+
+def make_batches(config: RunConfig, path: Optional[str] = None, vocabulary: Optional[Vocabulary] = None,
+                 seed_offset: int = 0) -> Iterable[Batch]:
+    """The batches of one pass over ``path`` (default ``config.data``)."""
+    path = path or config.data
+    if path == SYNTHETIC:
+        batches = config.synthetic_batches if config.limit is None else max(1, config.limit // config.batch_size)
+        return SyntheticCriteo(batches, config.batch_size, config.table_sizes or KAGGLE_TABLE_SIZES,
+                               seed=config.seed + seed_offset)
+    raw = [t for t, r in enumerate(config.representations) if r == "dhe"]  # DHE hashes raw ids
+    return CriteoReader(path, config.batch_size, max_ind_range=config.max_ind_range, vocabulary=vocabulary,
+                        limit=config.limit, raw_features=raw)
+
+
+# --- model --------------------------------------------------------------------------------------------------
+def build_model(config: RunConfig, table_sizes: list) -> DLRM:
+    torch.manual_seed(config.seed)
+    fused = FusedOptimizer("sgd" if config.optimizer == "sgd" else "rowwise_adagrad", lr=config.lr)
+    dhe = dict(config.dhe)
+    if "decoder" in dhe:
+        dhe["decoder"] = tuple(dhe["decoder"])
+    return DLRM.preset(config.preset, table_sizes, representations=config.representations, dhe=dhe,
+                       optimizer=fused)
+
+
+def dense_optimizer(config: RunConfig, model: DLRM) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.dense_parameters(), lr=config.lr)
+    return torch.optim.Adagrad(model.dense_parameters(), lr=config.lr, eps=1e-8)
+
+
+def _autocast(config: RunConfig):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16")
+
+
+# --- metrics ------------------------------------------------------------------------------------------------
+def roc_auc(labels: Tensor, scores: Tensor) -> float:
+    """Area under the ROC curve (Mann-Whitney U, ties counted half); nan without both classes."""
+    labels = labels.double().reshape(-1)
+    scores = scores.double().reshape(-1)
+    positives = labels.sum().item()
+    negatives = labels.numel() - positives
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    order = torch.argsort(scores)
+    sorted_scores = scores[order]
+    ranks = torch.empty_like(scores)
+    ranks[order] = torch.arange(1, scores.numel() + 1, dtype=torch.float64)
+    # Average ranks over ties.
+    _, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
+    ends = torch.cumsum(counts, 0).double()
+    average = ends - (counts.double() - 1) / 2
+    ranks[order] = average[inverse]
+    u = ranks[labels > 0.5].sum().item() - positives * (positives + 1) / 2
+    return u / (positives * negatives)
+
+
+@torch.no_grad()
+def evaluate(model: DLRM, batches: Iterable[Batch], precision: str = "fp32") -> dict:
+    """``{examples, accuracy, auc, log_loss, click_rate}`` of the model on the batches."""
+    was_training = model.training
+    model.eval()
+    labels, probs = [], []
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        for b in batches:
+            probs.append(torch.sigmoid(model(b.dense, b.indices, b.offsets).float()))
+            labels.append(b.labels)
+    model.train(was_training)
+    if not labels:
+        raise ValueError("evaluate: no examples")
+    y, p = torch.cat(labels).double(), torch.cat(probs).double()
+    eps = 1e-7
+    pc = p.clamp(eps, 1 - eps)
+    return dict(examples=int(y.numel()), accuracy=float(((p > 0.5).double() == y).double().mean()),
+                auc=roc_auc(y, p), log_loss=float(-(y * pc.log() + (1 - y) * (1 - pc).log()).mean()),
+                click_rate=float(y.mean()))
+
+
+def model_size(model: DLRM) -> dict:
+    params = sum(p.numel() for p in model.parameters())
+    return dict(parameters=int(params), bytes=int(sum(p.numel() * p.element_size() for p in model.parameters())))
+
+
+# --- checkpoints ----------------------------------------------------------------------------------------------
+def save_checkpoint(path: str, state: dict) -> None:
+    """Writes atomically: a temporary file in the same directory, flushed, then renamed over ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def model_from_checkpoint(state: dict) -> tuple[DLRM, RunConfig, Optional[Vocabulary]]:
+    config = RunConfig(**state["config"])
+    vocabulary = Vocabulary.from_state_dict(state["vocabulary"]) if state.get("vocabulary") else None
+    model = build_model(config, state["table_sizes"])
+    model.load_state_dict(state["model"])
+    return model, config, vocabulary
+
+
+# --- training ---------------------------------------------------------------------------------------------------
+class Progress:
+    """One status line on stderr: step, examples/s, running loss (updated at most every 0.5 s)."""
+
+    def __init__(self, stream=sys.stderr, enabled: bool = True) -> None:
+        self.stream, self.enabled = stream, enabled
+        self.start = self.last = time.perf_counter()
+        self.examples = 0
+        self.loss = None
+
+    def update(self, epoch: int, step: int, examples: int, loss: float) -> None:
+        self.examples += examples
+        self.loss = loss if self.loss is None else 0.98 * self.loss + 0.02 * loss
+        now = time.perf_counter()
+        if self.enabled and now - self.last >= 0.5:
+            self.last = now
+            rate = self.examples / max(now - self.start, 1e-9)
+            self.stream.write(f"\repoch {epoch} step {step}  {rate:,.0f} examples/s  loss {self.loss:.4f}   ")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.examples:
+            rate = self.examples / max(time.perf_counter() - self.start, 1e-9)
+            self.stream.write(f"\r{self.examples:,} examples at {rate:,.0f} examples/s, loss {self.loss:.4f}      \n")
+            self.stream.flush()
+
+
+def train(config: RunConfig, resume: bool = True, progress: bool = True, log=sys.stderr) -> dict:
+    """Trains (resuming from ``config.checkpoint`` when it exists and ``resume``); returns a summary."""
+    config.validate()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    state = load_checkpoint(config.checkpoint) if (resume and config.checkpoint and
+                                                   os.path.exists(config.checkpoint)) else None
+    if state is not None:
+        model, saved, vocabulary = model_from_checkpoint(state)
+        if _fixed_settings(saved) != _fixed_settings(config):
+            raise ValueError(f"train: {config.checkpoint} was written by a different run configuration; "
+                             "remove it or use the same settings")
+        table_sizes = state["table_sizes"]
+        print(f"resuming from {config.checkpoint} at epoch {state['epoch']} step {state['step']}", file=log)
+    else:
+        vocabulary = None
+        if config.data != SYNTHETIC and config.max_ind_range is None:
+            vocabulary = Vocabulary.build(config.data, min_count=config.min_count)
+        table_sizes = table_sizes_for(config, vocabulary)
+        model = build_model(config, table_sizes)
+    optimizer = dense_optimizer(config, model)
+    epoch, step, batch_in_epoch = 0, 0, 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        epoch, step, batch_in_epoch = state["epoch"], state["step"], state["batch_in_epoch"]
+        torch.set_rng_state(state["rng"])
+
+    def checkpoint(epoch, step, batch_in_epoch):
+        if config.checkpoint:
+            save_checkpoint(config.checkpoint, dict(
+                config=dataclasses.asdict(config), table_sizes=table_sizes, model=model.state_dict(),
+                optimizer=optimizer.state_dict(), epoch=epoch, step=step, batch_in_epoch=batch_in_epoch,
+                rng=torch.get_rng_state(), vocabulary=vocabulary.state_dict() if vocabulary else None))
+
+    bar = Progress(log, enabled=progress)
+    model.train()
+    started = time.perf_counter()
+    examples = 0
+    while epoch < config.epochs:
+        for i, b in enumerate(make_batches(config, vocabulary=vocabulary, seed_offset=epoch)):
+            if i < batch_in_epoch:  # already trained before the checkpoint
+                continue
+            with _autocast(config):
+                logits = model(b.dense, b.indices, b.offsets)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), b.labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # also steps the tables (fused optimizer)
+            optimizer.step()
+            step += 1
+            batch_in_epoch = i + 1
+            examples += len(b)
+            bar.update(epoch, step, len(b), loss.item())
+            if config.checkpoint_every and step % config.checkpoint_every == 0:
+                checkpoint(epoch, step, batch_in_epoch)
+        epoch, batch_in_epoch = epoch + 1, 0
+    bar.close()
+    checkpoint(epoch, step, 0)
+    seconds = time.perf_counter() - started
+    return dict(steps=step, examples_trained=examples, seconds=seconds,
+                examples_per_second=examples / seconds if seconds > 0 else math.nan, **model_size(model))
+
+
+def _fixed_settings(config: RunConfig) -> dict:
+    """What a resumed run must share with the run that wrote the checkpoint (it may train more epochs)."""
+    changeable = ("epochs", "checkpoint", "checkpoint_every", "threads")
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in changeable}
+
+
+def evaluate_checkpoint(path: str, data: Optional[str] = None, batch_size: Optional[int] = None,
+                        limit: Optional[int] = None, threads: Optional[int] = None) -> dict:
+    """``mprec eval``: the checkpoint's model on ``data`` (default: its training data)."""
+    if threads:
+        torch.set_num_threads(threads)
+    model, config, vocabulary = model_from_checkpoint(load_checkpoint(path))
+    if batch_size:
+        config.batch_size = batch_size
+    config.limit = limit
+    source = data or config.data
+    if source != SYNTHETIC and not os.path.isfile(source):
+        raise FileNotFoundError(f"no such data file: {source}")
+    # Synthetic evaluation data comes from a seed the training epochs never use.
+    batches = make_batches(config, source, vocabulary, seed_offset=10_000)
+    result = evaluate(model, batches, config.precision)
+    return dict(checkpoint=path, data=source, representations=_summary(config.representations), **result,
+                **model_size(model))
+
+
+def _summary(representations: list) -> str:
+    kinds = sorted(set(representations))
+    return kinds[0] if len(kinds) == 1 else ",".join(representations)
+
+
+def parse_representations(text: str) -> list:
+    """``"table"`` (every feature) or 26 comma-separated names."""
+    parts = [p.strip() for p in text.split(",")]
+    return parts * NUM_SPARSE if len(parts) == 1 else parts
+
+
+def dumps(result: dict) -> str:
+    return json.dumps(result, indent=2, sort_keys=False)

@@ -1,0 +1,122 @@
+"""mprec.models.DLRM against a DLRM written with torch.nn.EmbeddingBag and an explicit pairwise
+interaction (float64); presets; mixed representations; fused table optimizers against autograd plus the
+optimizer's formula."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mprec.data import SyntheticCriteo
+from mprec.models import DLRM, PRESETS
+from mprec.nn import FusedOptimizer
+
+SIZES = [30, 7, 100, 1, 55]
+
+
+def reference_forward(model, dense, sparse):
+    """The DLRM computation spelled out: torch EmbeddingBags, a double loop of dot products."""
+    x = model.bottom(dense)
+    embeddings = [nn.functional.embedding(sparse[:, t], w) for t, w in enumerate(model.embeddings.weights)]
+    if model.interaction == "cat":
+        z = torch.cat([x] + embeddings, dim=1)
+    else:
+        features = [x] + embeddings
+        pairs = [(features[i] * features[j]).sum(1, keepdim=True) for i in range(len(features)) for j in range(i)]
+        z = torch.cat([x] + pairs, dim=1)
+    return model.top(z).squeeze(1)
+
+
+def batch(sizes=SIZES, n=64, seed=0):
+    return SyntheticCriteo(1, n, sizes, seed=seed).batch(0)
+
+
+@pytest.mark.parametrize("interaction", ["dot", "cat"])
+@pytest.mark.parametrize("preset", ["kaggle", "terabyte"])
+def test_forward_matches_reference(interaction, preset):
+    torch.manual_seed(0)
+    model = DLRM.preset(preset, SIZES, interaction=interaction).double()
+    b = batch()
+    got = model(b.dense.double(), b.indices, b.offsets)
+    want = reference_forward(model, b.dense.double(), b.sparse())
+    assert got.shape == (64,)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    dim = PRESETS[preset]["embedding_dim"]
+    features = len(SIZES) + 1
+    width = dim + (features * (features - 1) // 2 if interaction == "dot" else len(SIZES) * dim)
+    assert model.top[0].in_features == width
+
+
+def test_mixed_representations_train_and_keep_widths():
+    torch.manual_seed(1)
+    reps = ["table", "dhe", "hybrid", "table", "dhe"]
+    model = DLRM.preset("kaggle", SIZES, representations=reps, dhe=dict(k=32, m=1009, decoder=(16,)))
+    b = batch()
+    out = model(b.dense, b.indices, b.offsets)
+    loss = F.binary_cross_entropy_with_logits(out, b.labels)
+    loss.backward()
+    assert model.embeddings.dhe["1"].layers[0].weight.grad is not None
+    assert model.representations == reps
+    probs = model.predict(b.dense, b.indices, b.offsets)
+    assert ((probs > 0) & (probs < 1)).all()
+
+
+def test_argument_errors():
+    with pytest.raises(ValueError, match="interaction must be one of"):
+        DLRM(SIZES, interaction="mlp")
+    with pytest.raises(ValueError, match="bottom MLP must end in embedding_dim"):
+        DLRM(SIZES, embedding_dim=8, bottom=(16,))
+    with pytest.raises(ValueError, match="top must end in 1"):
+        DLRM(SIZES, top=(4,))
+    with pytest.raises(ValueError, match="unknown preset 'criteo'"):
+        DLRM.preset("criteo", SIZES)
+
+
+def _pair(optimizer):
+    torch.manual_seed(3)
+    fused = DLRM.preset("kaggle", SIZES, optimizer=FusedOptimizer(optimizer, lr=0.2)).double()
+    plain = DLRM.preset("kaggle", SIZES).double()
+    plain.load_state_dict(fused.state_dict(), strict=False)
+    return fused, plain
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "rowwise_adagrad"])
+def test_fused_table_optimizer_equals_autograd_then_step(optimizer):
+    fused, plain = _pair(optimizer)
+    assert len(fused.dense_parameters()) == len(list(fused.parameters())) - len(SIZES)
+    dense_opt = torch.optim.SGD(fused.dense_parameters(), lr=0.2)
+    plain_opt = torch.optim.SGD(plain.dense_parameters(), lr=0.2)  # every parameter, tables included
+    tables = [w for w in plain.embeddings.weights]
+    plain_tables_opt_state = [torch.zeros(w.shape[0], dtype=torch.float64) for w in tables]
+    for step in range(3):
+        b = batch(seed=step)
+        for model, opt in ((fused, dense_opt), (plain, plain_opt)):
+            opt.zero_grad()
+            F.binary_cross_entropy_with_logits(model(b.dense.double(), b.indices, b.offsets), b.labels.double()).backward()
+        assert all(w.grad is None for w in fused.embeddings.weights)  # no table gradient was built
+        if optimizer == "rowwise_adagrad":
+            with torch.no_grad():  # the formula, on the dense gradient; SGD must not touch the tables
+                for w, s in zip(tables, plain_tables_opt_state):
+                    s += w.grad.pow(2).mean(1)
+                    w -= 0.2 * w.grad / (s.sqrt() + 1e-8).unsqueeze(1)
+                    w.grad = None
+        dense_opt.step()
+        plain_opt.step()
+    for (name, a), b in zip(fused.state_dict().items(), [plain.state_dict().get(k) for k in fused.state_dict()]):
+        if b is None:  # the fused optimizer's accumulators
+            continue
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+    if optimizer == "rowwise_adagrad":
+        for i, s in enumerate(plain_tables_opt_state):
+            torch.testing.assert_close(getattr(fused.embeddings, f"optimizer_state_{i}"), s, rtol=1e-10, atol=1e-14)
+
+
+def test_fused_optimizer_not_applied_in_eval_or_no_grad():
+    fused, _ = _pair("sgd")
+    before = [w.clone() for w in fused.embeddings.weights]
+    b = batch()
+    with torch.no_grad():
+        fused(b.dense.double(), b.indices, b.offsets)
+    assert all(torch.equal(a, w) for a, w in zip(before, fused.embeddings.weights))
+    with pytest.raises(ValueError, match="name must be one of"):
+        FusedOptimizer("adam")
