@@ -39,6 +39,9 @@ bench-deps: $(VENV)/.bench-deps-installed
 $(VENV)/.bench-deps-installed: $(STAMP_DEPS)
 	$(PIP) install -q fbgemm-gpu-cpu==1.8.0
 	$(PIP) install -q --no-deps torchrec==1.8.0
+	# What torchrec imports, without their own dependency trees (no CUDA wheels).
+	$(PIP) install -q --no-deps tensordict==0.15.3 pyvers==0.2.3 cloudpickle==3.1.3 pyre-extensions==0.0.32 \
+		typing-inspect==0.9.0 mypy-extensions==1.2.0
 	touch $@
 
 bench: build bench-deps

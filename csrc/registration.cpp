@@ -105,6 +105,13 @@ TORCH_LIBRARY(mprec, m) {
   // without the sort. ids int32 or int64, any values.
   m.def("unique_ids(Tensor ids) -> (Tensor, Tensor, Tensor)");
 
+  // -- DLRM's dot interaction -------------------------------------------------------------------------------
+  // x [B, F, D] -> [B, F (F - 1) / 2]: the dot products of each example's feature pairs (i, j), j < i, row by
+  // row (the strict lower triangle of x x^T). float32, float64; bfloat16 and float16 computed in float32.
+  m.set_python_module("mprec.ops.interaction");
+  m.def("dot_interaction(Tensor x) -> Tensor");
+  m.def("dot_interaction_backward(Tensor grad, Tensor x) -> Tensor");
+
   // -- data: the Criteo TSV format ----------------------------------------------------------------------------
   // (labels float32 [N], dense float32 [N, num_dense] = log(1 + max(x, 0)), sparse int64 [N, num_sparse] from
   // hex (missing_id where empty), bad int64 [M, 3] = (line in chunk, reason 1 field count | 2 label |

@@ -110,5 +110,15 @@ DheEncodeFn dhe_encode_kernel(Isa isa) {
   }
 }
 
+InteractionKernels interaction_kernels(Isa isa) {
+  switch (isa) {
+#if MPREC_HAVE_X86
+    case Isa::kAvx512: return avx512::interaction_kernels();
+    case Isa::kAvx2: return avx2::interaction_kernels();
+#endif
+    default: return scalar::interaction_kernels();
+  }
+}
+
 }  // namespace cpu
 }  // namespace mprec

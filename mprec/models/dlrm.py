@@ -2,7 +2,8 @@
 
     dense [B, 13] -> bottom MLP -> x [B, D]
     indices, offsets (TBE layout) -> EmbeddingBagCollection -> e_1..e_T [B, D] each
-    interaction: "dot" (x and the pairwise dot products of x, e_1..e_T, strictly lower triangle) or
+    interaction: "dot" (x and the pairwise dot products of x, e_1..e_T, strictly lower triangle, by
+                 ``mprec::dot_interaction``) or
                  "cat" (x, e_1..e_T concatenated)
     -> top MLP -> logit [B]
 
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 
 from ..data.criteo import NUM_DENSE
 from ..nn.embedding_bag import EmbeddingBagCollection, FusedOptimizer
+from ..ops.interaction import dot_interaction
 
 __all__ = ["DLRM", "PRESETS", "INTERACTIONS"]
 
@@ -41,7 +43,7 @@ def _mlp(widths: Sequence[int], last_activation: bool) -> nn.Sequential:
             linear.bias.normal_(0.0, math.sqrt(1.0 / fan_out))
         layers.append(linear)
         if i < len(widths) - 2 or last_activation:
-            layers.append(nn.ReLU())
+            layers.append(nn.ReLU(inplace=True))  # on the linear's fresh output: saves a [B, H] buffer
     return nn.Sequential(*layers)
 
 
@@ -84,8 +86,6 @@ class DLRM(nn.Module):
         features = T + 1
         width = (bottom[-1] + features * (features - 1) // 2) if interaction == "dot" else bottom[-1] + T * embedding_dim
         self.top = _mlp([width, *top], last_activation=False)
-        rows, cols = torch.tril_indices(features, features, offset=-1)
-        self.register_buffer("_pairs", rows * features + cols, persistent=False)
 
     @classmethod
     def preset(cls, name: str, table_sizes: Sequence[int], **kwargs) -> "DLRM":
@@ -111,8 +111,7 @@ class DLRM(nn.Module):
         else:
             B = x.shape[0]
             features = torch.cat([x.unsqueeze(1), e.to(x.dtype).view(B, -1, self.embedding_dim)], dim=1)
-            products = torch.bmm(features, features.transpose(1, 2)).flatten(1)  # [B, F * F]
-            z = torch.cat([x, products[:, self._pairs]], dim=1)
+            z = torch.cat([x, dot_interaction(features)], dim=1)
         return self.top(z).squeeze(1)
 
     @torch.no_grad()

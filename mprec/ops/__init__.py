@@ -7,6 +7,7 @@ references that tests, benchmarks and the XLA/IPU lowerings share are in :mod:`m
 """
 
 from . import cache, reference
+from .interaction import dot_interaction
 from .dhe import (
     dhe_encode,
     dhe_encode_linear,
@@ -27,6 +28,7 @@ from .embedding_bag import (
 __all__ = [
     "reference",
     "cache",
+    "dot_interaction",
     "MODES",
     "embedding_bag",
     "batched_embedding_bag",

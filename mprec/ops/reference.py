@@ -24,6 +24,7 @@ __all__ = [
     "dhe_encode_linear_reference",
     "rowwise_linear_reference",
     "batched_embedding_bag_update_reference",
+    "dot_interaction_reference",
     "multiply_shift_reference",
     "cache_table_reference",
     "count_min_reference",
@@ -179,6 +180,13 @@ def batched_embedding_bag_update_reference(weights: Sequence[Tensor], state: Seq
             new_weights.append((w - lr * g / (s.sqrt() + eps).unsqueeze(1)).detach())
             new_state.append(s)
     return new_weights, new_state
+
+
+def dot_interaction_reference(x: Tensor) -> Tensor:
+    """DLRM's interaction as torch writes it: the Gram matrix by bmm, then its strict lower triangle."""
+    f = x.shape[1]
+    rows, cols = torch.tril_indices(f, f, offset=-1)
+    return torch.bmm(x, x.transpose(1, 2))[:, rows, cols]
 
 
 # --- cache (mprec.ops.cache) -----------------------------------------------------------------------------

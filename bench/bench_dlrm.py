@@ -1,0 +1,176 @@
+"""DLRM training and inference throughput on synthetic Kaggle-shaped data (26 tables, 33.8M rows, sparse
+dim 16, batch 2,048, Zipf(1.05) ids), in one run:
+
+- eager: the DLRM reference written with torch.nn.EmbeddingBag(sparse=True) per table, torch.optim.SGD
+  over everything (sparse table gradients), bmm + tril-index interaction; fp32 and under bf16 autocast;
+- mprec: mprec.models.DLRM (one batched embedding-bag call, fused SGD tables, mprec::dot_interaction),
+  fp32 and under bf16 autocast;
+- torchrec: TorchRec's DLRM on CPU (unsharded EmbeddingBagCollection, dense table gradients, SGD), fp32.
+
+Every implementation has the same MLP and table initialisation. The timed steps run round-robin over
+the implementations of a case (eager, mprec, eager, mprec, ...), so they share the moments of this
+shared machine; examples/s = 2,048 / the median step. After the models are built the machine is given
+time to settle: filling GBs of tables leaves the next seconds several times slower.
+"""
+
+import statistics
+import time
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import mprec
+from mprec.data import KAGGLE_TABLE_SIZES, SyntheticCriteo
+from mprec.models import DLRM
+from mprec.models.dlrm import PRESETS, _mlp
+from mprec.nn import FusedOptimizer
+
+BATCH = 2048
+LR = 0.1
+ROUNDS = 20
+TORCHREC_ROUNDS = 4
+SETTLE_SECONDS = 3.0
+CASES = [("train", "fp32"), ("train", "bf16"), ("infer", "fp32"), ("infer", "bf16")]
+
+
+class EagerDLRM(nn.Module):
+    """The DLRM reference's structure in plain torch."""
+
+    def __init__(self, sizes, dim=16, bottom=(512, 256, 64, 16), top=(512, 256, 1)):
+        super().__init__()
+        self.bottom = _mlp([13, *bottom], last_activation=True)
+        self.embeddings = nn.ModuleList([nn.EmbeddingBag(n, dim, mode="sum", sparse=True) for n in sizes])
+        f = len(sizes) + 1
+        self.top = _mlp([dim + f * (f - 1) // 2, *top], last_activation=False)
+        rows, cols = torch.tril_indices(f, f, offset=-1)
+        self.rows, self.cols = rows, cols
+
+    def forward(self, dense, indices, offsets):
+        x = self.bottom(dense)
+        B = x.shape[0]
+        e = [bag(indices[t * B:(t + 1) * B], offsets[t * B:(t + 1) * B] - offsets[t * B])
+             for t, bag in enumerate(self.embeddings)]
+        features = torch.stack([x] + [v.to(x.dtype) for v in e], dim=1)
+        z = torch.bmm(features, features.transpose(1, 2))[:, self.rows, self.cols]
+        return self.top(torch.cat([x, z], dim=1)).squeeze(1)
+
+
+def torchrec_model(sizes, dim=16):
+    from torchrec.models.dlrm import DLRM as TorchRecDLRM
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+    tables = [EmbeddingBagConfig(name=f"t{t}", embedding_dim=dim, num_embeddings=n, feature_names=[f"f{t}"])
+              for t, n in enumerate(sizes)]
+    ebc = EmbeddingBagCollection(tables=tables, device=torch.device("cpu"))
+    return TorchRecDLRM(embedding_bag_collection=ebc, dense_in_features=13, dense_arch_layer_sizes=[512, 256, 64, dim],
+                        over_arch_layer_sizes=[512, 256, 1])
+
+
+def torchrec_input(batch):
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    T = len(KAGGLE_TABLE_SIZES)
+    return KeyedJaggedTensor.from_lengths_sync(keys=[f"f{t}" for t in range(T)], values=batch.indices,
+                                               lengths=torch.ones(T * len(batch), dtype=torch.int64))
+
+
+def make_step(model, optimizer, phase, precision, forward):
+    bf16 = precision == "bf16"
+
+    def step(b):
+        if phase == "train":
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = forward(model, b)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), b.labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        else:
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                forward(model, b)
+    return step
+
+
+def _plain(model, b):
+    return model(b.dense, b.indices, b.offsets)
+
+
+def _torchrec(model, b):
+    return model(b.dense, b.kjt).squeeze(1)
+
+
+@pytest.fixture(scope="module")
+def dlrm_setup():
+    torch.manual_seed(0)
+    batches = [SyntheticCriteo(1, BATCH, seed=100 + i).batch(0) for i in range(16)]
+    models = {}
+    models["mprec"] = DLRM.preset("kaggle", KAGGLE_TABLE_SIZES, optimizer=FusedOptimizer("sgd", LR))
+    eager = EagerDLRM(KAGGLE_TABLE_SIZES)
+    with torch.no_grad():  # same parameters as mprec's
+        eager.bottom.load_state_dict(models["mprec"].bottom.state_dict())
+        eager.top.load_state_dict(models["mprec"].top.state_dict())
+        for bag, w in zip(eager.embeddings, models["mprec"].embeddings.weights):
+            bag.weight.copy_(w)
+    models["eager"] = eager
+    optimizers = {"mprec": torch.optim.SGD(models["mprec"].dense_parameters(), lr=LR),
+                  "eager": torch.optim.SGD(eager.parameters(), lr=LR)}
+    forwards = {"mprec": _plain, "eager": _plain}
+    try:
+        models["torchrec"] = torchrec_model(KAGGLE_TABLE_SIZES)
+        optimizers["torchrec"] = torch.optim.SGD(models["torchrec"].parameters(), lr=LR)
+        forwards["torchrec"] = _torchrec
+        for b in batches:
+            b.kjt = torchrec_input(b)
+    except ImportError:
+        pass
+    times = {}
+    for phase, precision in CASES:
+        impls = [i for i in ("eager", "mprec", "torchrec") if i in models and not (i == "torchrec" and precision != "fp32")]
+        steps = {i: make_step(models[i], optimizers[i], phase, precision, forwards[i]) for i in impls}
+        settle_until = time.perf_counter() + SETTLE_SECONDS
+        while time.perf_counter() < settle_until:
+            for i in impls:
+                if i != "torchrec":
+                    steps[i](batches[0])
+        for i in impls:
+            steps[i](batches[1])
+        case_times = {i: [] for i in impls}
+        for r in range(ROUNDS):
+            for i in impls:
+                if i == "torchrec" and r >= TORCHREC_ROUNDS:
+                    continue
+                b = batches[r % len(batches)]
+                start = time.perf_counter()
+                steps[i](b)
+                case_times[i].append(time.perf_counter() - start)
+        times[(phase, precision)] = case_times
+    return dict(models=models, optimizers=optimizers, forwards=forwards, batches=batches, times=times)
+
+
+@pytest.mark.parametrize("impl", ["eager", "mprec", "torchrec"])
+@pytest.mark.parametrize("phase,precision", CASES)
+def test_dlrm(benchmark, dlrm_setup, phase, precision, impl):
+    setup = dlrm_setup
+    if impl not in setup["models"]:
+        pytest.skip("torchrec is not installed (make bench-deps)")
+    if impl == "torchrec" and precision != "fp32":
+        pytest.skip("TorchRec is measured in fp32 only")
+    times = setup["times"][(phase, precision)][impl]
+    step = make_step(setup["models"][impl], setup["optimizers"][impl], phase, precision, setup["forwards"][impl])
+    batches = setup["batches"]
+    state = {"i": 0}
+
+    def run():
+        step(batches[state["i"] % len(batches)])
+        state["i"] += 1
+
+    case = f"dlrm kaggle {phase} {precision} x{BATCH}"
+    benchmark.group = case
+    benchmark.pedantic(run, rounds=2 if impl == "torchrec" else 5, iterations=1, warmup_rounds=0)
+    median = statistics.median(times)
+    benchmark.extra_info.update(case=case, impl=impl, phase=phase, precision=precision, batch=BATCH,
+                                interleaved_median_ms=median * 1e3, interleaved_rounds=len(times),
+                                examples_per_second=BATCH / median)
