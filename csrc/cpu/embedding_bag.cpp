@@ -797,13 +797,16 @@ void fused_update(const char* op, const Tensor& grad, const std::vector<Table>& 
       }
     }
   }
-  for (int64_t t = 0; t < num_tables; ++t) {
+  // With many tables (DLRM's 26) each thread takes whole tables, grouping included; with few, the rows
+  // of one table are split over threads. Either way a row is updated by one thread, in lookup order.
+  const bool split_tables = num_tables >= 2 * at::get_num_threads();
+  auto update_table = [&](int64_t t) {
     const Table& table = tables[t];
     const std::vector<int64_t>& rows = table_rows[t];
     const std::vector<int64_t>& bags = table_bags[t];
     const std::vector<acc_t>& scales = table_scales[t];
     const int64_t n = static_cast<int64_t>(rows.size());
-    if (n == 0) continue;
+    if (n == 0) return;
     // Group by row: group ids by first appearance, then lookups ordered by group (stable).
     int64_t capacity = 2;
     while (capacity < 2 * n) capacity *= 2;
@@ -832,7 +835,7 @@ void fused_update(const char* op, const Tensor& grad, const std::vector<Table>& 
     acc_t* momentum = optimizer == FusedOptimizer::kRowwiseAdagrad ? state[t].data_ptr<acc_t>() : nullptr;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, weight.scalar_type(), "fused_update", [&] {
       scalar_t* w = weight.data_ptr<scalar_t>();
-      at::parallel_for(0, groups, 64, [&](int64_t k0, int64_t k1) {
+      auto update_rows = [&](int64_t k0, int64_t k1) {
         std::vector<acc_t> sum(dim);
         for (int64_t k = k0; k < k1; ++k) {
           std::fill(sum.begin(), sum.end(), acc_t(0));
@@ -855,8 +858,20 @@ void fused_update(const char* op, const Tensor& grad, const std::vector<Table>& 
             row[d] = static_cast<scalar_t>(static_cast<acc_t>(row[d]) - step * sum[d]);
           }
         }
-      });
+      };
+      if (split_tables) {
+        update_rows(0, groups);
+      } else {
+        at::parallel_for(0, groups, 64, update_rows);
+      }
     });
+  };
+  if (split_tables) {
+    at::parallel_for(0, num_tables, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) update_table(t);
+    });
+  } else {
+    for (int64_t t = 0; t < num_tables; ++t) update_table(t);
   }
 }
 
