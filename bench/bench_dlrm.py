@@ -24,7 +24,6 @@ from torch.nn import functional as F
 import mprec
 from mprec.data import KAGGLE_TABLE_SIZES, SyntheticCriteo
 from mprec.models import DLRM
-from mprec.models.dlrm import PRESETS, _mlp
 from mprec.nn import FusedOptimizer
 
 BATCH = 2048
@@ -35,15 +34,25 @@ SETTLE_SECONDS = 3.0
 CASES = [("train", "fp32"), ("train", "bf16"), ("infer", "fp32"), ("infer", "bf16")]
 
 
+def eager_mlp(widths, last_activation):
+    """Linear + ReLU as the DLRM reference builds them (the parameters are copied from mprec's model)."""
+    layers = []
+    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(widths) - 2 or last_activation:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
 class EagerDLRM(nn.Module):
     """The DLRM reference's structure in plain torch."""
 
     def __init__(self, sizes, dim=16, bottom=(512, 256, 64, 16), top=(512, 256, 1)):
         super().__init__()
-        self.bottom = _mlp([13, *bottom], last_activation=True)
+        self.bottom = eager_mlp([13, *bottom], last_activation=True)
         self.embeddings = nn.ModuleList([nn.EmbeddingBag(n, dim, mode="sum", sparse=True) for n in sizes])
         f = len(sizes) + 1
-        self.top = _mlp([dim + f * (f - 1) // 2, *top], last_activation=False)
+        self.top = eager_mlp([dim + f * (f - 1) // 2, *top], last_activation=False)
         rows, cols = torch.tril_indices(f, f, offset=-1)
         self.rows, self.cols = rows, cols
 
@@ -111,7 +120,9 @@ def dlrm_setup():
     eager = EagerDLRM(KAGGLE_TABLE_SIZES)
     with torch.no_grad():  # same parameters as mprec's
         eager.bottom.load_state_dict(models["mprec"].bottom.state_dict())
-        eager.top.load_state_dict(models["mprec"].top.state_dict())
+        top = models["mprec"].top.state_dict()  # mprec's first top layer has zero columns for its padding
+        top["0.weight"] = top["0.weight"][:, :eager.top[0].in_features]
+        eager.top.load_state_dict(top)
         for bag, w in zip(eager.embeddings, models["mprec"].embeddings.weights):
             bag.weight.copy_(w)
     models["eager"] = eager

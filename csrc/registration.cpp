@@ -111,6 +111,12 @@ TORCH_LIBRARY(mprec, m) {
   m.set_python_module("mprec.ops.interaction");
   m.def("dot_interaction(Tensor x) -> Tensor");
   m.def("dot_interaction_backward(Tensor grad, Tensor x) -> Tensor");
+  // dense [B, D], sparse [B, T * D] or [B, T, D] -> [B, W] = cat([dense, dot_interaction of the T + 1
+  // features], zeros), W = D + (T + 1) T / 2 rounded up to a multiple of pad_to: DLRM's top-MLP input in
+  // one pass. Each input is read in its own dtype (bfloat16 from a bf16 bottom MLP, float32 from the
+  // tables); the output has dense's.
+  m.def("dlrm_interaction(Tensor dense, Tensor sparse, int pad_to=1) -> Tensor");
+  m.def("dlrm_interaction_backward(Tensor grad, Tensor dense, Tensor sparse, int pad_to=1) -> (Tensor, Tensor)");
 
   // -- data: the Criteo TSV format ----------------------------------------------------------------------------
   // (labels float32 [N], dense float32 [N, num_dense] = log(1 + max(x, 0)), sparse int64 [N, num_sparse] from

@@ -24,6 +24,8 @@ def reference_forward(model, dense, sparse):
         features = [x] + embeddings
         pairs = [(features[i] * features[j]).sum(1, keepdim=True) for i in range(len(features)) for j in range(i)]
         z = torch.cat([x] + pairs, dim=1)
+    # The model's top layer takes the interaction zero-padded to an aligned width.
+    z = F.pad(z, (0, model.top[0].in_features - z.shape[1]))
     return model.top(z).squeeze(1)
 
 
@@ -44,7 +46,13 @@ def test_forward_matches_reference(interaction, preset):
     dim = PRESETS[preset]["embedding_dim"]
     features = len(SIZES) + 1
     width = dim + (features * (features - 1) // 2 if interaction == "dot" else len(SIZES) * dim)
-    assert model.top[0].in_features == width
+    if interaction == "dot":  # padded to a multiple of 8, the padding's weights zero
+        padded = (width + 7) // 8 * 8
+        assert model.top[0].in_features == padded and padded > width
+        assert torch.count_nonzero(model.top[0].weight[:, width:]) == 0
+        assert torch.count_nonzero(model.top[0].weight[:, :width]) == model.top[0].weight[:, :width].numel()
+    else:
+        assert model.top[0].in_features == width
 
 
 def test_mixed_representations_train_and_keep_widths():

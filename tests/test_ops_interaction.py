@@ -68,3 +68,104 @@ def test_opcheck():
     x = torch.randn(20, 5, 3, requires_grad=True)
     torch.library.opcheck(torch.ops.mprec.dot_interaction.default, (x,))
     torch.library.opcheck(torch.ops.mprec.dot_interaction_backward.default, (torch.randn(20, 10), x.detach()))
+
+
+# ---- dlrm_interaction: cat([dense, pairs of (dense, tables)], zero padding) ------------------------------
+from mprec.ops import dlrm_interaction  # noqa: E402
+from mprec.ops.reference import dlrm_interaction_reference  # noqa: E402
+
+
+@pytest.mark.parametrize("B,T,D,pad_to", [(0, 3, 4, 1), (1, 1, 1, 1), (37, 26, 16, 8), (19, 13, 64, 8),
+                                          (21, 4, 129, 16), (5, 2, 3, 7), (18, 30, 32, 1)])
+@pytest.mark.parametrize("three_d", [False, True])
+def test_dlrm_values_and_gradients_float64(isa, B, T, D, pad_to, three_d):
+    dense = torch.randn(B, D, dtype=torch.float64, requires_grad=True)
+    sparse = torch.randn(B, T, D, dtype=torch.float64) if three_d else torch.randn(B, T * D, dtype=torch.float64)
+    sparse.requires_grad_(True)
+    got = dlrm_interaction(dense, sparse, pad_to)
+    want = dlrm_interaction_reference(dense, sparse, pad_to)
+    assert got.shape == want.shape and got.shape[1] % pad_to == 0
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(want)
+    got_grads = torch.autograd.grad(got, (dense, sparse), g)
+    want_grads = torch.autograd.grad(want, (dense, sparse), g)
+    for a, b in zip(got_grads, want_grads):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_dlrm_padding_is_zero_and_its_gradient_ignored():
+    dense, sparse = torch.randn(9, 16), torch.randn(9, 26 * 16)
+    out = dlrm_interaction(dense, sparse, 8)
+    assert out.shape == (9, 368)
+    assert torch.equal(out[:, 367], torch.zeros(9))
+    g = torch.randn(9, 368)
+    g2 = g.clone()
+    g2[:, 367] = 1e6
+    a = torch.ops.mprec.dlrm_interaction_backward(g, dense, sparse, 8)
+    b = torch.ops.mprec.dlrm_interaction_backward(g2, dense, sparse, 8)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_dlrm_gradcheck():
+    dense = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    sparse = torch.randn(6, 9, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda d, s: dlrm_interaction(d, s, 4), (dense, sparse))
+
+
+@pytest.mark.parametrize("dense_dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("sparse_dtype", [torch.float32, torch.bfloat16])
+def test_dlrm_mixed_dtypes(isa, dense_dtype, sparse_dtype):
+    # autocast's case: a bf16 bottom MLP and fp32 tables; the output takes dense's dtype, the gradients
+    # their inputs'.
+    dense = torch.randn(40, 16).to(dense_dtype).requires_grad_(True)
+    sparse = torch.randn(40, 26 * 16).to(sparse_dtype).requires_grad_(True)
+    got = dlrm_interaction(dense, sparse, 8)
+    assert got.dtype == dense_dtype and got.shape == (40, 368)
+    want = dlrm_interaction_reference(dense.double(), sparse.double(), 8)
+    tol = 1e-5 if dense_dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * 4)
+    g = torch.randn(40, 368).to(dense_dtype)
+    gd, gs = torch.autograd.grad(got, (dense, sparse), g)
+    assert gd.dtype == dense_dtype and gs.dtype == sparse_dtype
+    wd, ws = torch.autograd.grad(want, (dense, sparse), g.double())  # the reference casts, so its grads are float
+    torch.testing.assert_close(gd.double(), wd.double(), rtol=3e-2, atol=0.3)
+    torch.testing.assert_close(gs.double(), ws.double(), rtol=3e-2, atol=0.3)
+
+
+def test_dlrm_independent_of_threads(num_threads):
+    dense, sparse = torch.randn(300, 16), torch.randn(300, 26 * 16)
+    g = torch.randn(300, 368)
+    torch.set_num_threads(1)
+    one = dlrm_interaction(dense, sparse, 8), torch.ops.mprec.dlrm_interaction_backward(g, dense, sparse, 8)
+    torch.set_num_threads(2)
+    two = dlrm_interaction(dense, sparse, 8), torch.ops.mprec.dlrm_interaction_backward(g, dense, sparse, 8)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1][0], two[1][0]) and torch.equal(one[1][1], two[1][1])
+
+
+def test_dlrm_errors():
+    op = torch.ops.mprec.dlrm_interaction
+    with pytest.raises(ValueError, match=r"mprec::dlrm_interaction: dense must be \[B, D\], got shape \[3, 4, 1\]"):
+        op(torch.randn(3, 4, 1), torch.randn(3, 8))
+    with pytest.raises(ValueError, match="sparse has 2 rows but dense has 3"):
+        op(torch.randn(3, 4), torch.randn(2, 8))
+    with pytest.raises(ValueError, match="sparse's width 10 is not a multiple of dense's width 4"):
+        op(torch.randn(3, 4), torch.randn(3, 10))
+    with pytest.raises(ValueError, match="sparse's feature width 5 differs from dense's 4"):
+        op(torch.randn(3, 4), torch.randn(3, 2, 5))
+    with pytest.raises(ValueError, match="sparse needs at least one table"):
+        op(torch.randn(3, 4), torch.randn(3, 0))
+    with pytest.raises(ValueError, match="pad_to must be >= 1, got 0"):
+        op(torch.randn(3, 4), torch.randn(3, 8), 0)
+    with pytest.raises(ValueError, match="sparse must be float32, float64, bfloat16 or float16, got Long"):
+        op(torch.randn(3, 4), torch.ones(3, 8, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"mprec::dlrm_interaction_backward: grad must have shape \[3, 8\], got \[3, 7\]"):
+        torch.ops.mprec.dlrm_interaction_backward(torch.randn(3, 7), torch.randn(3, 4), torch.randn(3, 8), 8)
+
+
+def test_dlrm_opcheck():
+    dense = torch.randn(20, 3, requires_grad=True)
+    sparse = torch.randn(20, 12, requires_grad=True)
+    torch.library.opcheck(torch.ops.mprec.dlrm_interaction.default, (dense, sparse, 8))
+    torch.library.opcheck(torch.ops.mprec.dlrm_interaction_backward.default,
+                          (torch.randn(20, 16), dense.detach(), sparse.detach(), 8))

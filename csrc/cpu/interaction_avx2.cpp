@@ -1,6 +1,7 @@
 // avx2 variant of the DLRM dot interaction (the loops are in interaction_impl.h; the vector width comes
 // from this file's compile flags). Chosen at run time by csrc/cpu/isa.cpp.
 #include <cstdint>
+#include <cstring>
 
 #include "mprec/interaction_kernel.h"
 

@@ -1,114 +1,273 @@
 // The dot interaction's loops, written once and compiled per ISA (included inside each variant's
-// namespace).
+// namespace, after <cstdint> and <cstring>).
 //
-// Forward: examples in blocks of L = kInteractionLanes, transposed so that lane l is example l; each
-// pair's dot product is then D lane-parallel multiply-adds (`omp simd` turns them into full-width vector
-// FMAs) with no horizontal sums.
-// Backward: one example at a time, vectorised over the feature width D (contiguous): row i of the
-// gradient accumulates g(i, j) * x[j] over j in registers, with g(i, j) broadcast.
+// Forward, one example at a time: its F feature rows are loaded into scratch (converted to the compute
+// type) and transposed to [D][F rounded up to L]; row i of the pair triangle is then, for each block of
+// L columns j, D broadcast multiply-adds of x[i][d] by the transposed row d (full-width vector FMAs, no
+// horizontal sums), stored straight into the output: row i's pairs are contiguous there, and a block that
+// runs past the row only writes into later rows, which are written afterwards.
+// Backward, one example at a time: the pair gradients are unfolded into the symmetric F x F matrix G
+// (zero diagonal), and grad row i = sum over j of G[i][j] x[j], accumulated over D in registers.
 // Every sum runs in a fixed order per example, so results do not depend on the batch or the thread count.
 
 constexpr int64_t L = kInteractionLanes;
 
+inline float bf16_to_float(uint16_t v) {
+  const uint32_t u = uint32_t(v) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// Round to nearest even, as torch's conversion; NaN stays NaN (quiet).
+inline uint16_t float_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return uint16_t((u & 0x7fffffffu) > 0x7f800000u ? ((u >> 16) | 0x40u) : rounded);
+}
+
+inline float load_value(float v) { return v; }
+inline double load_value(double v) { return v; }
+inline float load_value(uint16_t v) { return bf16_to_float(v); }
+inline void store_value(float v, float& o) { o = v; }
+inline void store_value(double v, double& o) { o = v; }
+inline void store_value(float v, uint16_t& o) { o = float_to_bf16(v); }
+
+// Example b's F rows into xs [F][D] in the compute type T.
+template <typename T, typename S0, typename S1>
+inline void load_example(const InteractionArgs& a, int64_t b, int64_t dim, T* xs) {
+  const S0* first = static_cast<const S0*>(a.first) + b * a.first_stride;
+  const S1* rest = static_cast<const S1*>(a.rest) + b * a.rest_stride;
+  const int64_t rest_len = (a.features - 1) * dim;
+#pragma omp simd
+  for (int64_t d = 0; d < dim; ++d) xs[d] = load_value(first[d]);
+#pragma omp simd
+  for (int64_t k = 0; k < rest_len; ++k) xs[dim + k] = load_value(rest[k]);
+}
+
+// Rows of the pair triangle computed together: their accumulators are independent chains of FMAs, enough
+// to cover the FMA latency (one row alone would wait on its previous FMA at every step).
+constexpr int64_t kRowGroup = 4;
+static_assert(kRowGroup == 4, "interaction_scratch (interaction_kernel.h) leaves room for 4 rows past F");
+
+// L lanes of T as a GCC vector: one zmm (float) or two (double) under AVX-512, several ymm under AVX2,
+// scalars in the scalar build. Arithmetic with a scalar operand broadcasts it.
 template <typename T>
-void transpose_in(const T* x, T* t, int64_t b0, int64_t n, int64_t fd) {
-  for (int64_t l = 0; l < L; ++l) {
-    if (l < n) {
-      const T* row = x + (b0 + l) * fd;
-      for (int64_t k = 0; k < fd; ++k) t[k * L + l] = row[k];
-    } else {
-      for (int64_t k = 0; k < fd; ++k) t[k * L + l] = T(0);
-    }
+struct Lanes {
+  typedef T type __attribute__((vector_size(sizeof(T) * L)));
+};
+template <typename T>
+inline typename Lanes<T>::type load_lanes(const T* p) {
+  typename Lanes<T>::type v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <typename T>
+inline void store_lanes(T* p, typename Lanes<T>::type v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// Columns of the transposed features: F rounded up to L, plus room for a short last row group to read.
+inline int64_t padded_columns(int64_t features) { return (features + L - 1) / L * L + L; }
+
+// Example b's F rows transposed into xt [D][padded] in the compute type T (columns F.. stay zero).
+template <typename T, typename S0, typename S1>
+inline void load_transposed(const InteractionArgs& a, int64_t b, int64_t dim, int64_t padded, T* xt) {
+  const S0* first = static_cast<const S0*>(a.first) + b * a.first_stride;
+  const S1* rest = static_cast<const S1*>(a.rest) + b * a.rest_stride;
+  const int64_t others = a.features - 1;
+  for (int64_t d = 0; d < dim; ++d) {
+    T* dst = xt + d * padded;
+    dst[0] = load_value(first[d]);
+    const S1* src = rest + d;
+#pragma omp simd
+    for (int64_t j = 0; j < others; ++j) dst[1 + j] = load_value(src[j * dim]);
   }
 }
 
-template <typename T>
-void forward_impl(const T* x, T* out, int64_t b0, int64_t b1, int64_t features, int64_t dim, T* scratch) {
-  const int64_t fd = features * dim, pairs = features * (features - 1) / 2;
-  T* t = scratch;                // [F * D][L]
-  T* o = scratch + 2 * fd * L;   // [P][L]
-  for (int64_t start = b0; start < b1; start += L) {
-    const int64_t n = b1 - start < L ? b1 - start : L;
-    transpose_in(x, t, start, n, fd);
-    int64_t p = 0;
-    for (int64_t i = 1; i < features; ++i) {
-      for (int64_t j = 0; j < i; ++j, ++p) {
-        T acc[L];
-#pragma omp simd
-        for (int64_t l = 0; l < L; ++l) acc[l] = T(0);
-        for (int64_t d = 0; d < dim; ++d) {
-          const T* xi = t + (i * dim + d) * L;
-          const T* xj = t + (j * dim + d) * L;
-#pragma omp simd
-          for (int64_t l = 0; l < L; ++l) acc[l] += xi[l] * xj[l];
-        }
-#pragma omp simd
-        for (int64_t l = 0; l < L; ++l) o[p * L + l] = acc[l];
-      }
-    }
-    for (int64_t l = 0; l < n; ++l) {
-      T* row = out + (start + l) * pairs;
-      for (int64_t q = 0; q < pairs; ++q) row[q] = o[q * L + l];
-    }
-  }
-}
-
-template <typename T, int64_t kDim>
-void backward_fixed(const T* grad, const T* x, T* grad_x, int64_t b0, int64_t b1, int64_t features,
-                    int64_t runtime_dim) {
-  const int64_t dim = kDim > 0 ? kDim : runtime_dim;
-  // grad_x[i] = sum over j != i of g(i, j) x[j], with g symmetric: g(i, j) = grad[pair(max, min)].
-  const int64_t fd = features * dim, pairs = features * (features - 1) / 2;
+template <typename T, typename S0, typename S1, typename O, int64_t kDim>
+void forward_fixed(const InteractionArgs& a, int64_t b0, int64_t b1, T* scratch) {
+  using VT = typename Lanes<T>::type;
+  const int64_t dim = kDim > 0 ? kDim : a.dim, features = a.features;
+  const int64_t padded = padded_columns(features);
+  T* xt = scratch;              // [D][padded]: feature j's value d at xt[d * padded + j]
+  T* tri = xt + dim * padded;   // [F][padded]: row i's dot products with columns j (those with j < i kept)
+  for (int64_t d = 0; d < dim; ++d)
+    for (int64_t j = features; j < padded; ++j) xt[d * padded + j] = T(0);
   for (int64_t b = b0; b < b1; ++b) {
-    const T* e = x + b * fd;
-    const T* g = grad + b * pairs;
-    T* gx = grad_x + b * fd;
-    for (int64_t i = 0; i < features; ++i) {
-      // The row's sum stays in registers across j (a running sum in memory would wait on each store).
-      T acc[kDim > 0 ? kDim : 1];
-      T* sum = kDim > 0 ? acc : gx + i * dim;
+    load_transposed<T, S0, S1>(a, b, dim, padded, xt);
+    O* out = static_cast<O*>(a.out) + b * a.out_stride;
+    if (a.copy_first) {
+      const S0* first = static_cast<const S0*>(a.first) + b * a.first_stride;
 #pragma omp simd
-      for (int64_t d = 0; d < dim; ++d) sum[d] = T(0);
-      for (int64_t j = 0; j < features; ++j) {
-        if (j == i) continue;
-        const T gij = g[j < i ? i * (i - 1) / 2 + j : j * (j - 1) / 2 + i];
-        const T* xj = e + j * dim;
-#pragma omp simd
-        for (int64_t d = 0; d < dim; ++d) sum[d] += gij * xj[d];
+      for (int64_t d = 0; d < dim; ++d) store_value(load_value(first[d]), out[d]);
+      out += dim;
+    }
+    for (int64_t i0 = 1; i0 < features; i0 += kRowGroup) {
+      // Rows i0..i0+3 against the columns they need (the longest, i0 + 3, needs 0..i0+2). Rows past F in a
+      // short last group multiply zero columns and are never stored.
+      const int64_t need = i0 + kRowGroup - 1 < features ? i0 + kRowGroup - 1 : features - 1;
+      for (int64_t jb = 0; jb < need; jb += L) {
+        VT a0 = {}, a1 = {}, a2 = {}, a3 = {};
+        for (int64_t d = 0; d < dim; ++d) {
+          const T* col = xt + d * padded;
+          const VT c = load_lanes(col + jb);
+          a0 += col[i0] * c;
+          a1 += col[i0 + 1] * c;
+          a2 += col[i0 + 2] * c;
+          a3 += col[i0 + 3] * c;
+        }
+        T* t = tri + i0 * padded + jb;
+        store_lanes(t, a0);
+        store_lanes(t + padded, a1);
+        store_lanes(t + 2 * padded, a2);
+        store_lanes(t + 3 * padded, a3);
       }
-      if (kDim > 0) {
-        T* gi = gx + i * dim;
+    }
+    for (int64_t i = 1; i < features; ++i) {
+      O* dst = out + i * (i - 1) / 2;
+      const T* src = tri + i * padded;
 #pragma omp simd
-        for (int64_t d = 0; d < dim; ++d) gi[d] = acc[d];
-      }
+      for (int64_t j = 0; j < i; ++j) store_value(src[j], dst[j]);
     }
   }
 }
 
-template <typename T>
-void backward_impl(const T* grad, const T* x, T* grad_x, int64_t b0, int64_t b1, int64_t features, int64_t dim, T*) {
-  switch (dim) {
-    case 16: return backward_fixed<T, 16>(grad, x, grad_x, b0, b1, features, dim);
-    case 32: return backward_fixed<T, 32>(grad, x, grad_x, b0, b1, features, dim);
-    case 64: return backward_fixed<T, 64>(grad, x, grad_x, b0, b1, features, dim);
-    case 128: return backward_fixed<T, 128>(grad, x, grad_x, b0, b1, features, dim);
-    default: return backward_fixed<T, 0>(grad, x, grad_x, b0, b1, features, dim);
+// grad row i = sum over j of G[i][j] x[j]; R rows at a time, each row kDim / L vectors held in registers.
+template <typename T, int64_t kDim>
+inline void gradient_rows(const T* g, const T* xs, int64_t features, int64_t i0, T* rows_out) {
+  using VT = typename Lanes<T>::type;
+  constexpr int64_t V = kDim / L, R = V == 1 ? 4 : (V == 2 ? 2 : 1);
+  VT acc[R][V] = {};
+  for (int64_t j = 0; j < features; ++j) {
+    VT x[V];
+    for (int64_t v = 0; v < V; ++v) x[v] = load_lanes(xs + j * kDim + v * L);
+    for (int64_t r = 0; r < R; ++r) {
+      const T gij = g[(i0 + r) * features + j];
+      for (int64_t v = 0; v < V; ++v) acc[r][v] += gij * x[v];
+    }
+  }
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t v = 0; v < V; ++v) store_lanes(rows_out + r * kDim + v * L, acc[r][v]);
+}
+
+template <typename T, typename S0, typename S1, typename O, int64_t kDim>
+void backward_fixed(const InteractionGradArgs& ga, int64_t b0, int64_t b1, T* scratch) {
+  const InteractionArgs& a = ga.fwd;
+  const int64_t dim = kDim > 0 ? kDim : a.dim, features = a.features;
+  constexpr int64_t R = kDim == L ? 4 : (kDim == 2 * L ? 2 : 1);
+  // [F][D] features, then [F + R][F] pair gradients (symmetric, zero diagonal, rows past F zero), then the
+  // gradient rows [F + R][D].
+  T* xs = scratch;
+  T* g = xs + features * dim;
+  T* rows = g + (features + R) * features;
+  for (int64_t k = features * features; k < (features + R) * features; ++k) g[k] = T(0);
+  for (int64_t b = b0; b < b1; ++b) {
+    load_example<T, S0, S1>(a, b, dim, xs);
+    const O* grad = static_cast<const O*>(ga.grad) + b * a.out_stride;
+    const O* prefix = grad;
+    if (a.copy_first) grad += dim;
+    int64_t p = 0;
+    for (int64_t i = 0; i < features; ++i) {
+      g[i * features + i] = T(0);
+      for (int64_t j = 0; j < i; ++j, ++p) {
+        const T v = load_value(grad[p]);
+        g[i * features + j] = v;
+        g[j * features + i] = v;
+      }
+    }
+    if (kDim > 0 && kDim % L == 0) {
+      for (int64_t i0 = 0; i0 < features; i0 += R) gradient_rows<T, (kDim > 0 ? kDim : L)>(g, xs, features, i0, rows + i0 * dim);
+    } else {
+      for (int64_t i = 0; i < features; ++i) {
+        T* acc = rows + i * dim;
+#pragma omp simd
+        for (int64_t d = 0; d < dim; ++d) acc[d] = T(0);
+        for (int64_t j = 0; j < features; ++j) {
+          const T gij = g[i * features + j];
+          const T* xj = xs + j * dim;
+#pragma omp simd
+          for (int64_t d = 0; d < dim; ++d) acc[d] += gij * xj[d];
+        }
+      }
+    }
+    if (a.copy_first) {
+#pragma omp simd
+      for (int64_t d = 0; d < dim; ++d) rows[d] += load_value(prefix[d]);
+    }
+    S0* first = static_cast<S0*>(ga.grad_first) + b * a.first_stride;
+#pragma omp simd
+    for (int64_t d = 0; d < dim; ++d) store_value(rows[d], first[d]);
+    S1* rest = static_cast<S1*>(ga.grad_rest) + b * a.rest_stride;
+    const int64_t rest_len = (features - 1) * dim;
+#pragma omp simd
+    for (int64_t k = 0; k < rest_len; ++k) store_value(rows[dim + k], rest[k]);
   }
 }
 
-void interaction_forward_f(const float* x, float* out, int64_t b0, int64_t b1, int64_t features, int64_t dim,
-                           float* scratch) {
-  forward_impl(x, out, b0, b1, features, dim, scratch);
+// The feature width as a compile-time constant for the common DLRM widths (the loops over D unroll and
+// the accumulators stay in registers), a run-time one otherwise.
+template <typename T, typename S0, typename S1, typename O, typename Args>
+void forward_dims(const Args& a, int64_t b0, int64_t b1, T* s) {
+  switch (a.dim) {
+    case 16: return forward_fixed<T, S0, S1, O, 16>(a, b0, b1, s);
+    case 32: return forward_fixed<T, S0, S1, O, 32>(a, b0, b1, s);
+    case 64: return forward_fixed<T, S0, S1, O, 64>(a, b0, b1, s);
+    case 128: return forward_fixed<T, S0, S1, O, 128>(a, b0, b1, s);
+    default: return forward_fixed<T, S0, S1, O, 0>(a, b0, b1, s);
+  }
 }
-void interaction_forward_d(const double* x, double* out, int64_t b0, int64_t b1, int64_t features, int64_t dim,
-                           double* scratch) {
-  forward_impl(x, out, b0, b1, features, dim, scratch);
+
+template <typename T, typename S0, typename S1, typename O>
+void backward_dims(const InteractionGradArgs& a, int64_t b0, int64_t b1, T* s) {
+  switch (a.fwd.dim) {
+    case 16: return backward_fixed<T, S0, S1, O, 16>(a, b0, b1, s);
+    case 32: return backward_fixed<T, S0, S1, O, 32>(a, b0, b1, s);
+    case 64: return backward_fixed<T, S0, S1, O, 64>(a, b0, b1, s);
+    case 128: return backward_fixed<T, S0, S1, O, 128>(a, b0, b1, s);
+    default: return backward_fixed<T, S0, S1, O, 0>(a, b0, b1, s);
+  }
 }
-void interaction_backward_f(const float* grad, const float* x, float* grad_x, int64_t b0, int64_t b1,
-                            int64_t features, int64_t dim, float* scratch) {
-  backward_impl(grad, x, grad_x, b0, b1, features, dim, scratch);
+
+// float compute over float32 / bfloat16 storage: the three operand types as template arguments.
+#define MPREC_BF(x) ((x) == InteractionDtype::kBFloat16)
+template <template <typename, typename, typename, typename> class Run, typename... Args>
+void dispatch_f(const InteractionArgs& a, Args&&... args) {
+  using f = float;
+  using h = uint16_t;
+  const int code = (MPREC_BF(a.first_dtype) ? 4 : 0) | (MPREC_BF(a.rest_dtype) ? 2 : 0) | (MPREC_BF(a.out_dtype) ? 1 : 0);
+  switch (code) {
+    case 0: return Run<f, f, f, f>::run(args...);
+    case 1: return Run<f, f, f, h>::run(args...);
+    case 2: return Run<f, f, h, f>::run(args...);
+    case 3: return Run<f, f, h, h>::run(args...);
+    case 4: return Run<f, h, f, f>::run(args...);
+    case 5: return Run<f, h, f, h>::run(args...);
+    case 6: return Run<f, h, h, f>::run(args...);
+    default: return Run<f, h, h, h>::run(args...);
+  }
 }
-void interaction_backward_d(const double* grad, const double* x, double* grad_x, int64_t b0, int64_t b1,
-                            int64_t features, int64_t dim, double* scratch) {
-  backward_impl(grad, x, grad_x, b0, b1, features, dim, scratch);
+#undef MPREC_BF
+
+template <typename T, typename S0, typename S1, typename O>
+struct ForwardRun {
+  static void run(const InteractionArgs& a, int64_t b0, int64_t b1, T* s) { forward_dims<T, S0, S1, O>(a, b0, b1, s); }
+};
+template <typename T, typename S0, typename S1, typename O>
+struct BackwardRun {
+  static void run(const InteractionGradArgs& a, int64_t b0, int64_t b1, T* s) { backward_dims<T, S0, S1, O>(a, b0, b1, s); }
+};
+
+void interaction_forward_f(const InteractionArgs& a, int64_t b0, int64_t b1, float* s) {
+  dispatch_f<ForwardRun>(a, a, b0, b1, s);
+}
+void interaction_forward_d(const InteractionArgs& a, int64_t b0, int64_t b1, double* s) {
+  forward_dims<double, double, double, double>(a, b0, b1, s);
+}
+void interaction_backward_f(const InteractionGradArgs& a, int64_t b0, int64_t b1, float* s) {
+  dispatch_f<BackwardRun>(a.fwd, a, b0, b1, s);
+}
+void interaction_backward_d(const InteractionGradArgs& a, int64_t b0, int64_t b1, double* s) {
+  backward_dims<double, double, double, double>(a, b0, b1, s);
 }

@@ -3,7 +3,7 @@
     dense [B, 13] -> bottom MLP -> x [B, D]
     indices, offsets (TBE layout) -> EmbeddingBagCollection -> e_1..e_T [B, D] each
     interaction: "dot" (x and the pairwise dot products of x, e_1..e_T, strictly lower triangle, by
-                 ``mprec::dot_interaction``) or
+                 ``mprec::dlrm_interaction``) or
                  "cat" (x, e_1..e_T concatenated)
     -> top MLP -> logit [B]
 
@@ -15,7 +15,6 @@ DLRM reference does (normal, std sqrt(2 / (fan_in + fan_out)); bias std sqrt(1 /
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import torch
@@ -23,7 +22,8 @@ from torch import Tensor, nn
 
 from ..data.criteo import NUM_DENSE
 from ..nn.embedding_bag import EmbeddingBagCollection, FusedOptimizer
-from ..ops.interaction import dot_interaction
+from ..nn.mlp import MLP
+from ..ops.interaction import dlrm_interaction, dlrm_interaction_width
 
 __all__ = ["DLRM", "PRESETS", "INTERACTIONS"]
 
@@ -32,19 +32,11 @@ PRESETS = {
     "terabyte": dict(embedding_dim=64, bottom=(512, 256, 64), top=(512, 512, 256, 1)),
 }
 INTERACTIONS = ("dot", "cat")
+INTERACTION_PAD = 8
 
 
-def _mlp(widths: Sequence[int], last_activation: bool) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
-        linear = nn.Linear(fan_in, fan_out)
-        with torch.no_grad():
-            linear.weight.normal_(0.0, math.sqrt(2.0 / (fan_in + fan_out)))
-            linear.bias.normal_(0.0, math.sqrt(1.0 / fan_out))
-        layers.append(linear)
-        if i < len(widths) - 2 or last_activation:
-            layers.append(nn.ReLU(inplace=True))  # on the linear's fresh output: saves a [B, H] buffer
-    return nn.Sequential(*layers)
+def _mlp(widths: Sequence[int], last_activation: bool) -> MLP:
+    return MLP(widths, last_activation=last_activation, init="dlrm")
 
 
 class DLRM(nn.Module):
@@ -86,6 +78,17 @@ class DLRM(nn.Module):
         features = T + 1
         width = (bottom[-1] + features * (features - 1) // 2) if interaction == "dot" else bottom[-1] + T * embedding_dim
         self.top = _mlp([width, *top], last_activation=False)
+        if interaction == "dot":
+            # The interaction's output is zero-padded to a multiple of INTERACTION_PAD columns and the top
+            # MLP's first layer gets matching zero weight columns: the same function (those columns' inputs
+            # are always 0, so their weights' gradients are too), with GEMMs on an aligned width (367 -> 368
+            # for Kaggle: 10-25% less time in that layer's three products).
+            padded = dlrm_interaction_width(bottom[-1], T, INTERACTION_PAD)
+            first = self.top[0]
+            with torch.no_grad():
+                first.weight = nn.Parameter(torch.cat([first.weight, first.weight.new_zeros(first.out_features,
+                                                                                            padded - width)], 1))
+            first.in_features = padded
 
     @classmethod
     def preset(cls, name: str, table_sizes: Sequence[int], **kwargs) -> "DLRM":
@@ -109,9 +112,7 @@ class DLRM(nn.Module):
         if self.interaction == "cat":
             z = torch.cat([x, e.to(x.dtype)], dim=1)
         else:
-            B = x.shape[0]
-            features = torch.cat([x.unsqueeze(1), e.to(x.dtype).view(B, -1, self.embedding_dim)], dim=1)
-            z = torch.cat([x, dot_interaction(features)], dim=1)
+            z = dlrm_interaction(x, e, INTERACTION_PAD)  # cat([x, pairs of (x, e_1..e_T), 0]) in one pass
         return self.top(z).squeeze(1)
 
     @torch.no_grad()

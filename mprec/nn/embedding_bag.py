@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from dataclasses import dataclass
 
 from ..ops.embedding_bag import FUSED_OPTIMIZERS, MODES, _normalize_padding_idx
+from .. import memory
 from . import functional as F
 
 __all__ = ["EmbeddingBag", "EmbeddingBagCollection", "FusedOptimizer"]
@@ -234,8 +235,9 @@ class EmbeddingBagCollection(nn.Module):
         # Table parts, in feature order: (feature, width).
         self.table_features = [t for t in range(T) if reps[t] != "dhe"]
         table_dims = [dims[t] - (hybrid_dims[t] or 0) for t in self.table_features]
+        # Large tables on 2 MiB pages (mprec.memory): random row reads then rarely miss the TLB.
         self.weights = nn.ParameterList(
-            [nn.Parameter(torch.empty((num_embeddings[t], d), device=device, dtype=dtype))
+            [nn.Parameter(memory.empty((num_embeddings[t], d), device=device, dtype=dtype))
              for t, d in zip(self.table_features, table_dims)])
         from .dhe import DHEEmbeddingBag  # dhe.py imports this module
 

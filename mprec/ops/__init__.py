@@ -7,7 +7,7 @@ references that tests, benchmarks and the XLA/IPU lowerings share are in :mod:`m
 """
 
 from . import cache, reference
-from .interaction import dot_interaction
+from .interaction import dlrm_interaction, dot_interaction
 from .dhe import (
     dhe_encode,
     dhe_encode_linear,
@@ -29,6 +29,7 @@ __all__ = [
     "reference",
     "cache",
     "dot_interaction",
+    "dlrm_interaction",
     "MODES",
     "embedding_bag",
     "batched_embedding_bag",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["dot_interaction"]
+__all__ = ["dot_interaction", "dlrm_interaction", "dlrm_interaction_width"]
 
 
 def dot_interaction(x: Tensor) -> Tensor:
@@ -17,6 +17,24 @@ def dot_interaction(x: Tensor) -> Tensor:
     ``i`` and ``j < i``, pairs in row order ((1, 0), (2, 0), (2, 1), ...), as DLRM's interaction without
     the diagonal. Differentiable in ``x``."""
     return torch.ops.mprec.dot_interaction(x)
+
+
+def dlrm_interaction(dense: Tensor, sparse: Tensor, pad_to: int = 1) -> Tensor:
+    """DLRM's top-MLP input in one pass: ``cat([dense, dot_interaction(cat([dense, sparse]))])``.
+
+    ``dense`` is the bottom MLP's output ``[B, D]``; ``sparse`` holds the T pooled features ``[B, T * D]``
+    (as :class:`mprec.nn.EmbeddingBagCollection` returns them) or ``[B, T, D]``. The result is
+    ``[B, D + (T + 1) T / 2]``, with zero columns appended up to a multiple of ``pad_to`` (GEMMs run faster
+    on aligned widths: :class:`mprec.models.DLRM` pads to 8), in ``dense``'s dtype. Each input is read in
+    its own dtype, so a bf16 bottom MLP (autocast) and fp32 tables meet with no conversion pass.
+    Differentiable in both inputs."""
+    return torch.ops.mprec.dlrm_interaction(dense, sparse, pad_to)
+
+
+def dlrm_interaction_width(dim: int, tables: int, pad_to: int = 1) -> int:
+    """The width of :func:`dlrm_interaction`'s output."""
+    width = dim + (tables + 1) * tables // 2
+    return (width + pad_to - 1) // pad_to * pad_to
 
 
 def _check(op: str, x: Tensor) -> None:
@@ -50,3 +68,42 @@ def _backward(ctx, grad):
 
 
 torch.library.register_autograd("mprec::dot_interaction", _backward, setup_context=_setup_context)
+
+
+def _dlrm_shape(op: str, dense: Tensor, sparse: Tensor) -> tuple[int, int, int]:
+    if dense.dim() != 2:
+        raise ValueError(f"{op}: dense must be [B, D], got shape {tuple(dense.shape)}")
+    B, D = dense.shape
+    if sparse.dim() not in (2, 3) or sparse.shape[0] != B:
+        raise ValueError(f"{op}: sparse must be [B, T * D] or [B, T, D] with B = {B}, got shape {tuple(sparse.shape)}")
+    T = sparse.shape[1] if sparse.dim() == 3 else sparse.shape[1] // D
+    return B, T, D
+
+
+@torch.library.register_fake("mprec::dlrm_interaction")
+def _dlrm_interaction_fake(dense, sparse, pad_to=1):
+    B, T, D = _dlrm_shape("mprec::dlrm_interaction", dense, sparse)
+    if pad_to < 1:
+        raise ValueError(f"mprec::dlrm_interaction: pad_to must be >= 1, got {pad_to}")
+    return dense.new_empty((B, dlrm_interaction_width(D, T, pad_to)))
+
+
+@torch.library.register_fake("mprec::dlrm_interaction_backward")
+def _dlrm_interaction_backward_fake(grad, dense, sparse, pad_to=1):
+    _dlrm_shape("mprec::dlrm_interaction_backward", dense, sparse)
+    return dense.new_empty(dense.shape), sparse.new_empty(sparse.shape)
+
+
+def _dlrm_setup_context(ctx, inputs, output):
+    dense, sparse, pad_to = inputs
+    ctx.save_for_backward(dense, sparse)
+    ctx.pad_to = pad_to
+
+
+def _dlrm_backward(ctx, grad):
+    dense, sparse = ctx.saved_tensors
+    grad_dense, grad_sparse = torch.ops.mprec.dlrm_interaction_backward(grad, dense, sparse, ctx.pad_to)
+    return grad_dense, grad_sparse, None
+
+
+torch.library.register_autograd("mprec::dlrm_interaction", _dlrm_backward, setup_context=_dlrm_setup_context)

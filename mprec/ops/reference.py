@@ -25,6 +25,7 @@ __all__ = [
     "rowwise_linear_reference",
     "batched_embedding_bag_update_reference",
     "dot_interaction_reference",
+    "dlrm_interaction_reference",
     "multiply_shift_reference",
     "cache_table_reference",
     "count_min_reference",
@@ -187,6 +188,17 @@ def dot_interaction_reference(x: Tensor) -> Tensor:
     f = x.shape[1]
     rows, cols = torch.tril_indices(f, f, offset=-1)
     return torch.bmm(x, x.transpose(1, 2))[:, rows, cols]
+
+
+def dlrm_interaction_reference(dense: Tensor, sparse: Tensor, pad_to: int = 1) -> Tensor:
+    """``cat([dense, pairs of cat([dense, sparse])])`` in the dtype of ``dense``, as the DLRM reference
+    writes its top-MLP input, then zero columns up to a multiple of ``pad_to``."""
+    B, D = dense.shape
+    T = sparse.shape[1] if sparse.dim() == 3 else sparse.shape[1] // D
+    features = torch.cat([dense.unsqueeze(1), sparse.reshape(B, T, D).to(dense.dtype)], dim=1)
+    out = torch.cat([dense, dot_interaction_reference(features)], dim=1)
+    pad = -out.shape[1] % pad_to
+    return torch.nn.functional.pad(out, (0, pad)) if pad else out
 
 
 # --- cache (mprec.ops.cache) -----------------------------------------------------------------------------

@@ -6,26 +6,49 @@
 namespace mprec {
 namespace cpu {
 
-// Examples handled together, one per vector lane: the pairwise dot products of a block are computed
-// lane-parallel over examples, so every multiply-add is a full-width vector operation whatever D is.
-constexpr int64_t kInteractionLanes = 16;
+// Storage types of the operands: the float kernels read and write float32 or bfloat16 (converted in
+// registers, so a bf16 bottom MLP and fp32 tables meet with no cast pass); the double kernel is all double.
+enum class InteractionDtype : int { kFloat = 0, kBFloat16 = 1, kDouble = 2 };
 
-// Scratch floats (or doubles) one thread needs: the block's features transposed, and its pairs.
+// One call's operands. Example b's F features are row `first + b * first_stride` (feature 0) and the F - 1
+// rows of D values at `rest + b * rest_stride` (features 1..F-1): x [B, F, D] is first = x, rest = x + D,
+// both strides F * D; DLRM's (dense [B, D], tables [B, T * D]) is first = dense, rest = tables.
+// out [B, out_stride]: when `copy_first`, feature 0 is copied to out[b, 0:D] and the pairs follow at
+// out[b, D:]; otherwise the pairs start at out[b, 0]. Pairs (i, j), j < i, row by row.
+struct InteractionArgs {
+  const void* first;
+  const void* rest;
+  void* out;
+  int64_t first_stride, rest_stride, out_stride;
+  int64_t features, dim;
+  bool copy_first;
+  InteractionDtype first_dtype, rest_dtype, out_dtype;
+};
+
+// The backward: grad [B, out_stride] (out_dtype) -> grad_first (first_dtype, stride first_stride) and
+// grad_rest (rest_dtype, stride rest_stride); with copy_first, grad[b, 0:D] adds to feature 0's gradient.
+struct InteractionGradArgs {
+  InteractionArgs fwd;
+  const void* grad;
+  void* grad_first;
+  void* grad_rest;
+};
+
+// Scratch elements (float or double) one thread needs, forward or backward: [D][padded] transposed
+// features and [F + 4][padded] dot products (padded = F rounded up to the lane count, plus one lane block), or
+// [F][D] features, [F + 4][F] pair gradients and [F + 4][D] gradient rows.
+constexpr int64_t kInteractionLanes = 16;
 inline int64_t interaction_scratch(int64_t features, int64_t dim) {
-  const int64_t pairs = features * (features - 1) / 2;
-  return (2 * features * dim + pairs) * kInteractionLanes;
+  const int64_t padded = (features + kInteractionLanes - 1) / kInteractionLanes * kInteractionLanes + kInteractionLanes;
+  const int64_t forward = (dim + features + 4) * padded;  // + 4: the rows of a short last row group
+  const int64_t backward = features * dim + (features + 4) * (features + dim);
+  return forward > backward ? forward : backward;
 }
 
-// out[b, p] for examples [b0, b1): p runs over pairs (i, j), j < i, row by row. x [B, F, D], out [B, P].
-using InteractionForwardF = void (*)(const float* x, float* out, int64_t b0, int64_t b1, int64_t features,
-                                     int64_t dim, float* scratch);
-using InteractionForwardD = void (*)(const double* x, double* out, int64_t b0, int64_t b1, int64_t features,
-                                     int64_t dim, double* scratch);
-// grad_x[b] = sum over pairs (i, j) of grad[b, p] * (x[b, j] into row i, x[b, i] into row j).
-using InteractionBackwardF = void (*)(const float* grad, const float* x, float* grad_x, int64_t b0, int64_t b1,
-                                      int64_t features, int64_t dim, float* scratch);
-using InteractionBackwardD = void (*)(const double* grad, const double* x, double* grad_x, int64_t b0, int64_t b1,
-                                      int64_t features, int64_t dim, double* scratch);
+using InteractionForwardF = void (*)(const InteractionArgs& a, int64_t b0, int64_t b1, float* scratch);
+using InteractionForwardD = void (*)(const InteractionArgs& a, int64_t b0, int64_t b1, double* scratch);
+using InteractionBackwardF = void (*)(const InteractionGradArgs& a, int64_t b0, int64_t b1, float* scratch);
+using InteractionBackwardD = void (*)(const InteractionGradArgs& a, int64_t b0, int64_t b1, double* scratch);
 
 struct InteractionKernels {
   InteractionForwardF forward_f;

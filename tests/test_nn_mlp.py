@@ -1,0 +1,98 @@
+"""mprec.ops.mlp.linear (fused GEMM + activation for inference, F.linear + activation with autograd) and
+mprec.nn.MLP against plain torch; mprec.memory.empty (tables on 2 MiB pages)."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mprec import memory
+from mprec.nn import MLP
+from mprec.ops.mlp import linear
+
+
+@pytest.mark.parametrize("activation", ["none", "relu"])
+@pytest.mark.parametrize("shape", [(64, 13, 512), (1, 1, 1), (33, 367, 17)])
+def test_linear_inference_matches_torch(activation, shape):
+    B, K, N = shape
+    x, w, b = torch.randn(B, K), torch.randn(N, K), torch.randn(N)
+    with torch.no_grad():
+        got = linear(x, w, b, activation)
+        got_nobias = linear(x, w, None, activation)
+    want = F.linear(x.double(), w.double(), b.double())
+    want_nobias = F.linear(x.double(), w.double())
+    if activation == "relu":
+        want, want_nobias = want.relu(), want_nobias.relu()
+        assert (got >= 0).all() and (got == 0).any() == (want == 0).any()
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got_nobias.double(), want_nobias, rtol=1e-4, atol=1e-4)
+
+
+def test_linear_under_autocast_computes_in_bf16():
+    x, w, b = torch.randn(50, 64), torch.randn(32, 64), torch.randn(32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = linear(x, w, b, "relu")
+        want = torch.relu(F.linear(x, w, b))
+    assert got.dtype == torch.bfloat16 == want.dtype
+    torch.testing.assert_close(got.double(), want.double(), rtol=2e-2, atol=5e-2)
+
+
+def test_linear_gradients_match_torch():
+    x = torch.randn(20, 7, dtype=torch.float64, requires_grad=True)
+    layer = nn.Linear(7, 5).double()
+    y = linear(x, layer.weight, layer.bias, "relu")
+    want = torch.relu(F.linear(x, layer.weight, layer.bias))
+    torch.testing.assert_close(y, want, rtol=0, atol=0)
+    g = torch.randn_like(y)
+    got_grads = torch.autograd.grad(y, (x, layer.weight, layer.bias), g)
+    want_grads = torch.autograd.grad(want, (x, layer.weight, layer.bias), g)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_linear_rejects_unknown_activation():
+    with pytest.raises(ValueError, match=r"mprec.ops.linear: activation must be one of \('none', 'relu'\), got 'gelu'"):
+        linear(torch.randn(2, 3), torch.randn(4, 3), None, "gelu")
+
+
+def test_mlp_is_a_sequential_with_the_same_function():
+    torch.manual_seed(0)
+    mlp = MLP([13, 64, 32, 1], last_activation=False)
+    plain = nn.Sequential(nn.Linear(13, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 1))
+    plain.load_state_dict(mlp.state_dict())  # the same keys and shapes
+    assert [type(m) for m in mlp] == [type(m) for m in plain]
+    x = torch.randn(100, 13)
+    with torch.no_grad():
+        torch.testing.assert_close(mlp(x), plain(x), rtol=1e-5, atol=1e-5)
+    out = mlp(x)  # with grad: the autograd path
+    out.sum().backward()
+    ref = plain(x)
+    ref.sum().backward()
+    for p, q in zip(mlp.parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-5)
+    assert isinstance(MLP([4, 4], last_activation=True)[-1], nn.ReLU)
+    with pytest.raises(ValueError, match="MLP: needs at least an input and an output width"):
+        MLP([4])
+
+
+def test_memory_empty_large_tensors_are_aligned_views():
+    t = memory.empty((1 << 20, 4), dtype=torch.float32)  # 16 MiB
+    assert t.shape == (1 << 20, 4) and t.dtype == torch.float32 and t.is_contiguous()
+    if memory.huge_pages_available():
+        assert t.data_ptr() % memory.HUGE_PAGE_BYTES == 0
+    t.fill_(3.0)  # the whole view is writable memory
+    assert float(t.sum()) == 3.0 * t.numel()
+    small = memory.empty((10, 3), dtype=torch.bfloat16)
+    assert small.shape == (10, 3) and small.dtype == torch.bfloat16 and small.storage_offset() == 0
+
+
+def test_collection_tables_use_huge_page_memory():
+    from mprec.nn import EmbeddingBagCollection
+
+    c = EmbeddingBagCollection([1 << 18, 10], 16)  # 16 MiB and a tiny table
+    if memory.huge_pages_available():
+        assert c.weights[0].data_ptr() % memory.HUGE_PAGE_BYTES == 0
+    state = {k: v.clone() for k, v in c.state_dict().items()}
+    d = EmbeddingBagCollection([1 << 18, 10], 16)
+    d.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(c.weights, d.weights))
