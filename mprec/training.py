@@ -313,9 +313,21 @@ def _summary(representations: list) -> str:
 
 
 def parse_representations(text: str) -> list:
-    """``"table"`` (every feature) or 26 comma-separated names."""
-    parts = [p.strip() for p in text.split(",")]
-    return parts * NUM_SPARSE if len(parts) == 1 else parts
+    """``"table"`` (every feature), 26 comma-separated names, or runs such as ``"table:20,dhe:6"``."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if len(parts) == 1 and ":" not in parts[0]:
+        return parts * NUM_SPARSE
+    names = []
+    for part in parts:
+        name, _, count = part.partition(":")
+        try:
+            n = int(count) if count else 1
+        except ValueError:
+            n = -1
+        if n < 1:
+            raise ValueError(f"representation {part!r}: the count after ':' must be a positive integer")
+        names += [name.strip()] * n
+    return names
 
 
 def dumps(result: dict) -> str:

@@ -160,3 +160,15 @@ def test_bf16_precision_trains(tmp_path):
     training.train(small_config(checkpoint=ckpt, precision="bf16"), progress=False)
     metrics = training.evaluate_checkpoint(ckpt)
     assert metrics["auc"] > 0.6
+
+
+def test_parse_representations():
+    assert training.parse_representations("dhe") == ["dhe"] * 26
+    assert training.parse_representations("table:20,dhe:6") == ["table"] * 20 + ["dhe"] * 6
+    names = ["table", "hybrid"] * 13
+    assert training.parse_representations(",".join(names)) == names
+    assert training.parse_representations("hybrid:2, table") == ["hybrid", "hybrid", "table"]
+    with pytest.raises(ValueError, match=r"representation 'dhe:x': the count after ':' must be a positive integer"):
+        training.parse_representations("table:25,dhe:x")
+    with pytest.raises(ValueError, match="must be a positive integer"):
+        training.parse_representations("table:0")
