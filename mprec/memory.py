@@ -62,16 +62,15 @@ def empty(shape: Sequence[int], dtype: Optional[torch.dtype] = None, device=None
     numel = 1
     for s in shape:
         numel *= int(s)
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     if device.type != "cpu" or numel * itemsize < MIN_BYTES or not huge_pages_available():
         return torch.empty(tuple(shape), dtype=dtype, device=device)
     pad = HUGE_PAGE_BYTES // itemsize
     buf = torch.empty(numel + pad, dtype=dtype)
     start = buf.data_ptr()
     aligned = (start + HUGE_PAGE_BYTES - 1) // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES
+    # torch's CPU allocations are 64-byte aligned, so the gap is a whole number of (power-of-two) items.
     offset = (aligned - start) // itemsize
-    if (aligned - start) % itemsize:  # cannot happen for power-of-two item sizes; stay plain if it does
-        return torch.empty(tuple(shape), dtype=dtype)
     length = (numel * itemsize) // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES
     if _MODE == "madvise" and length:
         _MADVISE_FN(aligned, length, _MADV_HUGEPAGE)  # advice only: on failure the pages are simply 4 KiB

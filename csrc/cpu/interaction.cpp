@@ -4,8 +4,9 @@
 //   mprec::dlrm_interaction(dense [B, D], sparse [B, T * D], pad_to) -> [B, D + P rounded up to pad_to]:
 //     the features are the dense vector and the T pooled tables, and the output is DLRM's top-MLP input,
 //     cat([dense, pairs]), written in one pass, zero-padded to a width the next GEMM runs faster on (367
-//     columns, the Kaggle config's, cost that GEMM's three products 10-25% more than 368 here). The two inputs may have different dtypes (a bf16 bottom MLP, fp32 tables): each is read
-//     in its own, and the output has the dense input's.
+//     columns, the Kaggle config's, cost that GEMM's three products 10-25% more than 368 here). The two
+//     inputs may have different dtypes (a bf16 bottom MLP, fp32 tables): each is read in its own, and the
+//     output has the dense input's.
 // torch's formulation (cat, bmm of [B, F, D] by its transpose, an index of the lower triangle, cat again)
 // computes the whole F x F Gram matrix and materialises it twice in the backward (a zero-filled [B, F * F]
 // and an index_put); here each pair is computed once, with nothing larger than one example in scratch.
@@ -62,10 +63,10 @@ template <typename Fn>
 void run_examples(int64_t batch, int64_t features, int64_t dim, bool dbl, Fn fn) {
   at::parallel_for(0, batch, kExamplesPerTask, [&](int64_t b0, int64_t b1) {
     if (dbl) {
-      std::vector<double> scratch(interaction_scratch(features, dim) + dim);
+      std::vector<double> scratch(interaction_scratch(features, dim));
       fn(b0, b1, static_cast<float*>(nullptr), scratch.data());
     } else {
-      std::vector<float> scratch(interaction_scratch(features, dim) + dim);
+      std::vector<float> scratch(interaction_scratch(features, dim));
       fn(b0, b1, scratch.data(), static_cast<double*>(nullptr));
     }
   });
@@ -79,7 +80,7 @@ Tensor forward(const Tensor& first, const Tensor& rest, bool copy_first, int64_t
   const int64_t width = (copy_first ? dim : 0) + pairs;
   Tensor out = at::empty({batch, out_width}, first.options().dtype(writable(out_type, dbl)));
   if (out_width > width) out.narrow(1, width, out_width - width).zero_();
-  const InteractionArgs a{first.data_ptr(), static_cast<const char*>(rest.data_ptr()), out.data_ptr(),
+  const InteractionArgs a{first.data_ptr(), rest.data_ptr(), out.data_ptr(),
                           first_stride, rest_stride, out_width, features, dim, copy_first,
                           code(first), code(rest), code(out)};
   const InteractionKernels k = interaction_kernels(active_isa());

@@ -1,13 +1,14 @@
 // The dot interaction's loops, written once and compiled per ISA (included inside each variant's
 // namespace, after <cstdint> and <cstring>).
 //
-// Forward, one example at a time: its F feature rows are loaded into scratch (converted to the compute
-// type) and transposed to [D][F rounded up to L]; row i of the pair triangle is then, for each block of
-// L columns j, D broadcast multiply-adds of x[i][d] by the transposed row d (full-width vector FMAs, no
-// horizontal sums), stored straight into the output: row i's pairs are contiguous there, and a block that
-// runs past the row only writes into later rows, which are written afterwards.
+// Forward, one example at a time: its F feature rows are loaded transposed into scratch, [D][padded]
+// (converted to the compute type); rows i of the pair triangle are then, four at a time and for each
+// block of L columns j, D broadcast multiply-adds of x[i][d] by the transposed row d (full-width vector
+// FMAs, no horizontal sums) into a [F][padded] scratch, whose strict lower triangle is copied (and
+// converted) to the output row by row.
 // Backward, one example at a time: the pair gradients are unfolded into the symmetric F x F matrix G
-// (zero diagonal), and grad row i = sum over j of G[i][j] x[j], accumulated over D in registers.
+// (zero diagonal), and grad row i = sum over j of G[i][j] x[j], accumulated over D in registers, several
+// rows at a time when D is narrow.
 // Every sum runs in a fixed order per example, so results do not depend on the batch or the thread count.
 
 constexpr int64_t L = kInteractionLanes;
@@ -48,8 +49,8 @@ inline void load_example(const InteractionArgs& a, int64_t b, int64_t dim, T* xs
 
 // Rows of the pair triangle computed together: their accumulators are independent chains of FMAs, enough
 // to cover the FMA latency (one row alone would wait on its previous FMA at every step).
-constexpr int64_t kRowGroup = 4;
-static_assert(kRowGroup == 4, "interaction_scratch (interaction_kernel.h) leaves room for 4 rows past F");
+constexpr int64_t kRowGroup = kInteractionRowGroup;
+static_assert(kRowGroup == 4, "forward_fixed's accumulators a0..a3 are one row group");
 
 // L lanes of T as a GCC vector: one zmm (float) or two (double) under AVX-512, several ymm under AVX2,
 // scalars in the scalar build. Arithmetic with a scalar operand broadcasts it.
@@ -67,9 +68,6 @@ template <typename T>
 inline void store_lanes(T* p, typename Lanes<T>::type v) {
   std::memcpy(p, &v, sizeof v);
 }
-
-// Columns of the transposed features: F rounded up to L, plus room for a short last row group to read.
-inline int64_t padded_columns(int64_t features) { return (features + L - 1) / L * L + L; }
 
 // Example b's F rows transposed into xt [D][padded] in the compute type T (columns F.. stay zero).
 template <typename T, typename S0, typename S1>
@@ -90,7 +88,7 @@ template <typename T, typename S0, typename S1, typename O, int64_t kDim>
 void forward_fixed(const InteractionArgs& a, int64_t b0, int64_t b1, T* scratch) {
   using VT = typename Lanes<T>::type;
   const int64_t dim = kDim > 0 ? kDim : a.dim, features = a.features;
-  const int64_t padded = padded_columns(features);
+  const int64_t padded = interaction_padded_columns(features);
   T* xt = scratch;              // [D][padded]: feature j's value d at xt[d * padded + j]
   T* tri = xt + dim * padded;   // [F][padded]: row i's dot products with columns j (those with j < i kept)
   for (int64_t d = 0; d < dim; ++d)
@@ -134,11 +132,17 @@ void forward_fixed(const InteractionArgs& a, int64_t b0, int64_t b1, T* scratch)
   }
 }
 
+// Gradient rows computed together for a feature width: narrow rows are one or two vectors, too few
+// independent FMA chains alone; wide rows are several vectors each already, and grouping them would run
+// out of registers. At most kInteractionRowGroup, which the scratch size allows for.
+constexpr int64_t gradient_row_group(int64_t dim) { return dim == L ? 4 : (dim == 2 * L ? 2 : 1); }
+static_assert(gradient_row_group(L) <= kInteractionRowGroup, "interaction_scratch leaves room for the group");
+
 // grad row i = sum over j of G[i][j] x[j]; R rows at a time, each row kDim / L vectors held in registers.
 template <typename T, int64_t kDim>
 inline void gradient_rows(const T* g, const T* xs, int64_t features, int64_t i0, T* rows_out) {
   using VT = typename Lanes<T>::type;
-  constexpr int64_t V = kDim / L, R = V == 1 ? 4 : (V == 2 ? 2 : 1);
+  constexpr int64_t V = kDim / L, R = gradient_row_group(kDim);
   VT acc[R][V] = {};
   for (int64_t j = 0; j < features; ++j) {
     VT x[V];
@@ -156,7 +160,7 @@ template <typename T, typename S0, typename S1, typename O, int64_t kDim>
 void backward_fixed(const InteractionGradArgs& ga, int64_t b0, int64_t b1, T* scratch) {
   const InteractionArgs& a = ga.fwd;
   const int64_t dim = kDim > 0 ? kDim : a.dim, features = a.features;
-  constexpr int64_t R = kDim == L ? 4 : (kDim == 2 * L ? 2 : 1);
+  constexpr int64_t R = gradient_row_group(kDim);
   // [F][D] features, then [F + R][F] pair gradients (symmetric, zero diagonal, rows past F zero), then the
   // gradient rows [F + R][D].
   T* xs = scratch;
@@ -177,8 +181,8 @@ void backward_fixed(const InteractionGradArgs& ga, int64_t b0, int64_t b1, T* sc
         g[j * features + i] = v;
       }
     }
-    if (kDim > 0 && kDim % L == 0) {
-      for (int64_t i0 = 0; i0 < features; i0 += R) gradient_rows<T, (kDim > 0 ? kDim : L)>(g, xs, features, i0, rows + i0 * dim);
+    if constexpr (kDim > 0 && kDim % L == 0) {
+      for (int64_t i0 = 0; i0 < features; i0 += R) gradient_rows<T, kDim>(g, xs, features, i0, rows + i0 * dim);
     } else {
       for (int64_t i = 0; i < features; ++i) {
         T* acc = rows + i * dim;
@@ -208,8 +212,8 @@ void backward_fixed(const InteractionGradArgs& ga, int64_t b0, int64_t b1, T* sc
 
 // The feature width as a compile-time constant for the common DLRM widths (the loops over D unroll and
 // the accumulators stay in registers), a run-time one otherwise.
-template <typename T, typename S0, typename S1, typename O, typename Args>
-void forward_dims(const Args& a, int64_t b0, int64_t b1, T* s) {
+template <typename T, typename S0, typename S1, typename O>
+void forward_dims(const InteractionArgs& a, int64_t b0, int64_t b1, T* s) {
   switch (a.dim) {
     case 16: return forward_fixed<T, S0, S1, O, 16>(a, b0, b1, s);
     case 32: return forward_fixed<T, S0, S1, O, 32>(a, b0, b1, s);

@@ -35,10 +35,6 @@ INTERACTIONS = ("dot", "cat")
 INTERACTION_PAD = 8
 
 
-def _mlp(widths: Sequence[int], last_activation: bool) -> MLP:
-    return MLP(widths, last_activation=last_activation, init="dlrm")
-
-
 class DLRM(nn.Module):
     """Args:
         table_sizes: rows per sparse feature (a DHE feature's ids are not bounded by it).
@@ -71,13 +67,13 @@ class DLRM(nn.Module):
         self.embedding_dim = embedding_dim
         self.interaction = interaction
         self.num_dense = num_dense
-        self.bottom = _mlp([num_dense, *bottom], last_activation=True)
+        self.bottom = MLP([num_dense, *bottom], last_activation=True, init="dlrm")
         self.embeddings = EmbeddingBagCollection(table_sizes, embedding_dim, mode="sum", representations=representations,
                                                  dhe=dhe, hybrid_dhe_dim=hybrid_dhe_dim, optimizer=optimizer,
                                                  sparse=sparse)
         features = T + 1
         width = (bottom[-1] + features * (features - 1) // 2) if interaction == "dot" else bottom[-1] + T * embedding_dim
-        self.top = _mlp([width, *top], last_activation=False)
+        self.top = MLP([width, *top], last_activation=False, init="dlrm")
         if interaction == "dot":
             # The interaction's output is zero-padded to a multiple of INTERACTION_PAD columns and the top
             # MLP's first layer gets matching zero weight columns: the same function (those columns' inputs

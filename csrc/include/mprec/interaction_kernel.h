@@ -34,14 +34,24 @@ struct InteractionGradArgs {
   void* grad_rest;
 };
 
-// Scratch elements (float or double) one thread needs, forward or backward: [D][padded] transposed
-// features and [F + 4][padded] dot products (padded = F rounded up to the lane count, plus one lane block), or
-// [F][D] features, [F + 4][F] pair gradients and [F + 4][D] gradient rows.
+// Lanes of one vector block of pair columns, and rows of the pair triangle (or of the gradient) computed
+// together; the scratch below leaves room for a short last group to run past F.
 constexpr int64_t kInteractionLanes = 16;
+constexpr int64_t kInteractionRowGroup = 4;
+
+// Columns of an example's transposed features: F rounded up to the lanes, plus one lane block for a short
+// last row group to read (zeros).
+inline int64_t interaction_padded_columns(int64_t features) {
+  return (features + kInteractionLanes - 1) / kInteractionLanes * kInteractionLanes + kInteractionLanes;
+}
+
+// Scratch elements (float or double) one thread needs, forward or backward: [D][padded] transposed
+// features and [F + group][padded] dot products, or [F][D] features, [F + group][F] pair gradients and
+// [F + group][D] gradient rows.
 inline int64_t interaction_scratch(int64_t features, int64_t dim) {
-  const int64_t padded = (features + kInteractionLanes - 1) / kInteractionLanes * kInteractionLanes + kInteractionLanes;
-  const int64_t forward = (dim + features + 4) * padded;  // + 4: the rows of a short last row group
-  const int64_t backward = features * dim + (features + 4) * (features + dim);
+  const int64_t padded = interaction_padded_columns(features);
+  const int64_t forward = (dim + features + kInteractionRowGroup) * padded;
+  const int64_t backward = features * dim + (features + kInteractionRowGroup) * (features + dim);
   return forward > backward ? forward : backward;
 }
 
