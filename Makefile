@@ -19,7 +19,7 @@ $(PY):
 
 $(STAMP_DEPS): $(PY) Makefile
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q "setuptools>=64" wheel cmake ninja numpy pytest hypothesis expecttest pytest-benchmark
+	$(PIP) install -q "setuptools>=64" wheel cmake ninja numpy pytest hypothesis expecttest pytest-benchmark matplotlib
 	touch $@
 
 $(STAMP_BUILD): $(STAMP_DEPS) $(EXT_SOURCES)
@@ -29,7 +29,7 @@ $(STAMP_BUILD): $(STAMP_DEPS) $(EXT_SOURCES)
 build: $(STAMP_BUILD)
 
 run: build
-	$(PY) -m mprec.cli
+	$(PY) -m mprec.cli run
 
 test: build
 	$(PY) -m pytest tests -q $(PYTEST_ARGS)

@@ -1,10 +1,14 @@
 """The ``mprec`` command.
 
-    mprec                 the main job: a short benchmark table of the ops against their peers
-    mprec bench [--quick] the same table (--quick: smaller tables, for a smoke run)
+    mprec                 the main job (mprec run): train, evaluate, profile and serve under MP-Rec
+    mprec run             the same, with options (data set, SLA, stream, extra profiles)
+    mprec bench [--quick] a short benchmark table of the ops against their peers (--quick: smoke run)
     mprec info            CPU kernel variant, build and threading information
     mprec train           train a DLRM (table / DHE / hybrid features) on Criteo TSV or synthetic data
     mprec eval            evaluate a checkpoint: accuracy, ROC AUC and log loss as JSON
+    mprec profile         measure every path's latency over batch sizes (profile JSON)
+    mprec serve           serve a query stream under MP-Rec and every static policy (--simulate: from
+                          profiles, a sweep of loads; otherwise for real on the models)
 """
 
 from __future__ import annotations
@@ -54,11 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("info", help="CPU kernel variant, build and threading information")
     add_train_parser(sub)
     add_eval_parser(sub)
+    add_sched_parsers(sub)
     args = parser.parse_args(argv)
     if args.command == "train":
         return run_train(args)
     if args.command == "eval":
         return run_eval(args)
+    if args.command in ("profile", "serve", "run", None):
+        return run_sched(args)
     if args.command == "info":
         print(json.dumps(dict(cpu_isa=mprec.cpu_isa(), supported=mprec.supported_cpu_isas(), **mprec.build_info()),
                          indent=2))
@@ -141,6 +148,129 @@ def run_eval(args) -> int:
         return 2
     print(training.dumps(result))
     return 0
+
+
+def _stream_args(p) -> None:
+    p.add_argument("--sla-ms", type=float, default=20.0, help="latency target per query")
+    p.add_argument("--median-size", type=float, default=128.0, help="log-normal query sizes: median samples")
+    p.add_argument("--sigma", type=float, default=1.0, help="log-normal query sizes: shape")
+    p.add_argument("--max-size", type=int, default=16384)
+    p.add_argument("--capacity", type=int, default=64, help="bounded queue per device (queries)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def add_sched_parsers(sub) -> None:
+    p = sub.add_parser("profile", help="measure each path's latency over batch sizes")
+    p.add_argument("--model", action="append", required=True, metavar="REP=CHECKPOINT",
+                   help="a trained checkpoint per representation (repeat)")
+    p.add_argument("--data", required=True, help="evaluation data (Criteo TSV) the queries are drawn from")
+    p.add_argument("--accuracy", action="append", default=[], metavar="REP=VALUE",
+                   help="accuracy per representation: a number or an `mprec eval` JSON (default: evaluated on --data)")
+    p.add_argument("--backends", default=None, help="comma-separated path providers (default: all registered)")
+    p.add_argument("--batch-sizes", default=None, help="comma-separated (default 1, 2, 4 .. 16384)")
+    p.add_argument("--repetitions", type=int, default=20)
+    p.add_argument("--budget-s", type=float, default=1.0, help="time per batch size before stopping early")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True, help="profile JSON to write")
+
+    s = sub.add_parser("serve", help="serve a query stream under MP-Rec and the static policies")
+    s.add_argument("--simulate", action="store_true", help="discrete-event simulation from the profiles")
+    s.add_argument("--profile", action="append", required=True, metavar="FILE[@DEVICES]",
+                   help="profile JSON (repeat to compose machines; FILE@cuda takes only its cuda paths)")
+    s.add_argument("--rates", default=None, help="comma-separated arrival rates, queries/s (default: a sweep)")
+    s.add_argument("--queries", type=int, default=5000, help="queries per rate")
+    s.add_argument("--trace", default=None, help="CSV trace (arrival_s,size[,sla_ms]) instead of Poisson arrivals")
+    s.add_argument("--statistic", default="median", choices=["median", "p99"], help="latency model from")
+    s.add_argument("--model", action="append", default=[], metavar="REP=CHECKPOINT", help="real serving: models")
+    s.add_argument("--data", default=None, help="real serving: the data the queries are drawn from")
+    s.add_argument("--accuracy", action="append", default=[], metavar="REP=VALUE")
+    s.add_argument("--plot", default=None, help="PNG of correct predictions/s and p99 against load")
+    s.add_argument("--json", default=None, help="write the rows to this file")
+    s.add_argument("--threads", type=int, default=None)
+    _stream_args(s)
+
+    r = sub.add_parser("run", help="the whole MP-Rec story on a data set (the main job)")
+    r.add_argument("--data-dir", default=None, help="a folder with train.txt and valid.txt (default: the Criteo sample)")
+    r.add_argument("--out", default="mprec-run", help="folder for checkpoints, profile, report and plot")
+    r.add_argument("--epochs", type=int, default=2)
+    r.add_argument("--queries", type=int, default=3000, help="simulated queries per load")
+    r.add_argument("--real-queries", type=int, default=1500, help="queries per policy in real serving")
+    r.add_argument("--profile", action="append", default=[], metavar="FILE[@DEVICES]",
+                   help="profiles of other machines to compose with this one in simulation")
+    r.add_argument("--threads", type=int, default=None)
+    r.add_argument("--sla-ms", type=float, default=20.0)
+    r.add_argument("--median-size", type=float, default=128.0)
+    r.add_argument("--sigma", type=float, default=1.0)
+
+
+def run_sched(args) -> int:
+    from mprec.sched import experiment as ex
+    from mprec.sched import discover_paths, format_table, load_profiles, plot_sweep, profile_paths, save_profile
+    from mprec.sched.stream import read_trace
+
+    command = args.command or "run"
+    try:
+        if getattr(args, "threads", None):
+            torch.set_num_threads(args.threads)
+        if command == "run":
+            ex.main_job(out=getattr(args, "out", "mprec-run"), data_dir=getattr(args, "data_dir", None),
+                        epochs=getattr(args, "epochs", 2), sla_ms=getattr(args, "sla_ms", 20.0),
+                        queries=getattr(args, "queries", 3000), real_queries=getattr(args, "real_queries", 1500),
+                        median_size=getattr(args, "median_size", 128.0), sigma=getattr(args, "sigma", 1.0),
+                        extra_profiles=getattr(args, "profile", []))
+            return 0
+        if command == "profile":
+            models = _load_models(ex, args)
+            paths = discover_paths(models, args.backends.split(",") if args.backends else None)
+            sizes = [int(n) for n in args.batch_sizes.split(",")] if args.batch_sizes else None
+            profiles = profile_paths(paths, sizes or ex.BATCH_SIZES, args.repetitions, budget_s=args.budget_s,
+                                     log=sys.stderr)
+            save_profile(args.out, profiles)
+            print(json.dumps(dict(out=args.out, paths=[p.name for p in profiles]), indent=2))
+            return 0
+        # serve
+        infos = ex.path_infos(load_profiles(args.profile), args.statistic)
+        sla = args.sla_ms / 1e3
+        if args.trace:
+            stream = read_trace(args.trace, sla)
+            rows = ex.run_stream(infos, stream) if args.simulate else None
+            rate = len(stream) / max(stream[-1].arrival - stream[0].arrival, 1e-9) if stream else 0.0
+            rates = [round(rate, 1)]
+        else:
+            rates = ([float(r) for r in args.rates.split(",")] if args.rates
+                     else ex.default_rates(infos, args.median_size, args.sigma, args.max_size))
+        if args.simulate:
+            if not args.trace:
+                rows = ex.sweep(infos, rates, sla, args.queries, args.median_size, args.sigma, args.max_size,
+                                args.capacity, args.seed)
+        else:
+            if not args.model or not args.data:
+                raise ValueError("real serving needs --model REP=CHECKPOINT and --data (or pass --simulate)")
+            paths = discover_paths(_load_models(ex, args))
+            rows = []
+            for rate in rates:
+                rows += ex.serve_real(paths, infos, rate, sla, args.queries, args.median_size, args.sigma,
+                                      args.max_size, args.capacity, args.seed, stream=stream if args.trace else None)
+        print(format_table(rows))
+        if args.plot:
+            plot_sweep(rows, args.plot, title=f"MP-Rec vs static paths ({'simulated' if args.simulate else 'real'}, "
+                                              f"SLA {args.sla_ms:g} ms)")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        return 0
+    except (ValueError, FileNotFoundError) as error:
+        print(f"mprec {command}: {error}", file=sys.stderr)
+        return 2
+
+
+def _load_models(ex, args) -> list:
+    checkpoints = ex.parse_assignments(args.model, "--model")
+    accuracy = ex.parse_assignments(args.accuracy, "--accuracy")
+    unknown = sorted(set(accuracy) - set(checkpoints))
+    if unknown:
+        raise ValueError(f"--accuracy for {unknown}, which have no --model")
+    return [ex.load_model(ckpt, args.data, accuracy.get(rep), representation=rep) for rep, ckpt in checkpoints.items()]
 
 
 if __name__ == "__main__":

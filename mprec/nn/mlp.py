@@ -16,7 +16,25 @@ from torch import Tensor, nn
 
 from ..ops.mlp import linear
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "bucket_rows"]
+
+# Exact row counts up to this; above it, BUCKETS_PER_OCTAVE sizes per power of two.
+EXACT_ROWS = 16
+BUCKETS_PER_OCTAVE = 8
+
+
+def bucket_rows(rows: int) -> int:
+    """The row count an inference batch of ``rows`` runs its GEMMs on: ``rows`` itself up to 16, else rounded
+    up to a multiple of 1/8 of its power of two (at most 12.5% more rows).
+
+    oneDNN builds (JIT-compiles) a kernel per GEMM shape, about 0.4 ms per layer the first time a shape is
+    seen, and caches 1,024 of them. A server sees queries of every size, so without buckets most queries
+    would pay for new kernels; with them a model has about 100 row counts per layer from 1 to 16,384, all
+    of which stay cached."""
+    if rows <= EXACT_ROWS:
+        return rows
+    step = (1 << (rows.bit_length() - 1)) // BUCKETS_PER_OCTAVE
+    return -(-rows // step) * step
 
 
 class MLP(nn.Sequential):
@@ -43,6 +61,15 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
+        rows = x.shape[0] if x.dim() == 2 else 0
+        padded = bucket_rows(rows)
+        if padded != rows and x.device.type == "cpu" and not (torch.is_grad_enabled() and (
+                x.requires_grad or any(p.requires_grad for p in self.parameters()))):
+            # Inference on a batch of unusual size: run the GEMMs on a bucketed row count (see bucket_rows).
+            return self._forward(torch.cat([x, x.new_zeros(padded - rows, x.shape[1])])).narrow(0, 0, rows)
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
         layers = list(self)
         i = 0
         while i < len(layers):

@@ -1,0 +1,230 @@
+"""The experiments of ``mprec profile`` / ``mprec serve`` / ``mprec run``: loading trained models as
+paths, sweeping a simulated load, serving a stream for real, and the whole MP-Rec story on a data set."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .. import training
+from .paths import LoadedModel, RowPool, discover_paths
+from .policy import MPRecPolicy, PathInfo, StaticPolicy
+from .profile import BATCH_SIZES, load_profiles, profile_paths, save_profile
+from .report import format_table, knee_rate, plot_sweep, summarize
+from .server import Server, replay
+from .simulate import simulate
+from .stream import poisson_stream
+
+__all__ = ["load_model", "parse_assignments", "path_infos", "policies", "default_rates", "sweep", "run_stream",
+           "serve_real", "main_job", "BATCH_SIZES"]
+
+
+def parse_assignments(items: Sequence[str], what: str) -> dict:
+    """``["table=a.pt", "dhe=b.pt"]`` -> ``{"table": "a.pt", "dhe": "b.pt"}``."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"{what}: expected NAME=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _accuracy_from(value: str) -> float:
+    """A number, or the JSON file ``mprec eval`` printed."""
+    try:
+        acc = float(value)
+    except ValueError:
+        with open(value) as f:
+            acc = float(json.load(f)["accuracy"])
+    if not 0 <= acc <= 1:
+        raise ValueError(f"accuracy must be in [0, 1], got {acc} from {value!r}")
+    return acc
+
+
+def load_model(checkpoint: str, data: str, accuracy: Optional[str] = None, representation: Optional[str] = None,
+               pool_rows: Optional[int] = None) -> LoadedModel:
+    """A trained checkpoint as a servable model: its rows of ``data`` in its own id space and its accuracy
+    (from ``accuracy``, a number or an ``mprec eval`` JSON, or else evaluated on ``data`` now)."""
+    model, config, vocabulary = training.model_from_checkpoint(training.load_checkpoint(checkpoint))
+    config.limit = pool_rows
+    batches = list(training.make_batches(config, data, vocabulary, seed_offset=10_000))
+    evaluation = {}
+    if accuracy is None:
+        evaluation = training.evaluate(model, batches, config.precision)
+        acc = evaluation["accuracy"]
+    else:
+        acc = _accuracy_from(accuracy)
+    rep = representation or training._summary(config.representations)
+    return LoadedModel(rep, model.eval(), RowPool.from_batches(batches), acc, config.precision, evaluation)
+
+
+def path_infos(profiles: list, statistic: str = "median") -> list:
+    return [PathInfo(p.name, p.device, p.accuracy, p.latency_model(statistic)) for p in profiles]
+
+
+def policies(infos: list) -> list:
+    return [MPRecPolicy()] + [StaticPolicy(i.name) for i in infos]
+
+
+def default_rates(infos: list, median_size: float, sigma: float, max_size: int, points: int = 12,
+                  seed: int = 0) -> list:
+    """Loads spaced geometrically from half the rate the slowest path sustains for the stream's sizes to
+    1.3x the rate the fastest one does: every path's knee lies inside."""
+    sizes = np.clip(np.rint(np.random.default_rng(seed).lognormal(math.log(median_size), sigma, 4096)), 1, max_size)
+    capacities = [1.0 / float(np.mean([i.latency(n) for n in sizes])) for i in infos]
+    low, high = 0.5 * min(capacities), 1.3 * max(capacities)
+    return [round(float(r), 1) for r in np.geomspace(low, high, points)]
+
+
+def sweep(infos: list, rates: Sequence[float], sla: float, queries: int, median_size: float = 128.0,
+          sigma: float = 1.0, max_size: int = 16384, capacity: int = 64, seed: int = 0) -> list:
+    """Every policy over the same stream at each rate (simulated); rows for :func:`format_table`."""
+    rows = []
+    for rate in rates:
+        rows += run_stream(infos, poisson_stream(rate, queries, sla, median_size, sigma, max_size, seed), capacity,
+                           rate)
+    return rows
+
+
+def run_stream(infos: list, stream: list, capacity: int = 64, rate: Optional[float] = None) -> list:
+    """Every policy over one stream (simulated); ``rate`` labels the rows (default: the stream's own)."""
+    if not stream:
+        raise ValueError("run_stream: the stream has no queries")
+    if rate is None:
+        span = stream[-1].arrival - stream[0].arrival
+        rate = round(len(stream) / span, 1) if span > 0 else float("inf")
+    accuracy = {i.name: i.accuracy for i in infos}
+    rows = []
+    for policy in policies(infos):
+        summary = summarize(simulate(stream, infos, policy, capacity), accuracy)
+        rows.append(dict(rate=rate, policy=policy.name, sla_ms=stream[0].sla * 1e3, **summary))
+    return rows
+
+
+def serve_real(paths: list, infos: list, rate: float, sla: float, queries: int, median_size: float = 128.0,
+               sigma: float = 1.0, max_size: int = 16384, capacity: int = 64, seed: int = 0,
+               policy_names: Optional[Sequence[str]] = None, stream: Optional[list] = None) -> list:
+    """Every policy (or those named) serves the same stream for real, one after the other; rows as
+    :func:`sweep` gives, from measured latencies."""
+    by_name = {i.name: i for i in infos}
+    missing = [p.name for p in paths if p.name not in by_name]
+    if missing:
+        raise ValueError(f"serve_real: paths {missing} have no profile")
+    latency = {p.name: by_name[p.name].latency for p in paths}
+    accuracy = {p.name: p.accuracy for p in paths}
+    if stream is None:
+        stream = poisson_stream(rate, queries, sla, median_size, sigma, max_size, seed)
+    rows = []
+    for policy in policies([by_name[p.name] for p in paths]):
+        if policy_names and policy.name not in policy_names:
+            continue
+        inline = "cpu" if any(p.device == "cpu" for p in paths) else None
+        with Server(paths, latency, policy, capacity, inline_device=inline) as server:
+            outcomes, _ = replay(server, stream)
+        rows.append(dict(rate=rate, policy=policy.name, sla_ms=sla * 1e3, **summarize(outcomes, accuracy)))
+    return rows
+
+
+def _ratio_at(rows: list, rate: float) -> float:
+    group = [r for r in rows if r["rate"] == rate]
+    best = max(r["correct_per_s"] for r in group if r["policy"].startswith("static"))
+    mp = next(r["correct_per_s"] for r in group if r["policy"] == "mp-rec")
+    return mp / best if best > 0 else float("nan")
+
+
+def main_job(out: str = "mprec-run", data_dir: Optional[str] = None, epochs: int = 2, sla_ms: float = 20.0,
+             queries: int = 3000, real_queries: int = 1500, median_size: float = 128.0, sigma: float = 1.0,
+             extra_profiles: Sequence[str] = (), threads: Optional[int] = None, log=sys.stdout) -> dict:
+    """``make run``: train table / DHE / hybrid DLRMs on the data set's train.txt, evaluate them on
+    valid.txt, profile every local path, sweep the load in simulation for MP-Rec and every static policy,
+    serve the stream for real at the sweep's knee, print the tables and write the plot."""
+    t_start = time.perf_counter()
+    if threads:
+        torch.set_num_threads(threads)
+    data_dir = data_dir or _default_data_dir()
+    train_file, valid_file = os.path.join(data_dir, "train.txt"), os.path.join(data_dir, "valid.txt")
+    for f in (train_file, valid_file):
+        if not os.path.isfile(f):
+            raise FileNotFoundError(f"mprec run: no {os.path.basename(f)} in {data_dir}")
+    os.makedirs(out, exist_ok=True)
+    sla = sla_ms / 1e3
+
+    print(f"== 1. train and evaluate ({data_dir}, {epochs} epochs each)", file=log)
+    models = []
+    for rep in ("table", "dhe", "hybrid"):
+        ckpt = os.path.join(out, f"{rep}.pt")
+        if os.path.exists(ckpt):  # a fresh run, not a resumed one
+            os.remove(ckpt)
+        config = training.RunConfig(data=train_file, representations=[rep] * 26, epochs=epochs, batch_size=128,
+                                    checkpoint=ckpt)
+        t0 = time.perf_counter()
+        training.train(config, progress=False, log=open(os.devnull, "w"))
+        m = load_model(ckpt, valid_file, representation=rep)
+        with open(os.path.join(out, f"eval-{rep}.json"), "w") as f:
+            json.dump(m.evaluation, f, indent=1)
+        e = m.evaluation
+        print(f"  {rep:<7} accuracy {e['accuracy']:.4f}  AUC {e['auc']:.4f}  log loss {e['log_loss']:.4f}  "
+              f"({e['examples']} validation examples; trained in {time.perf_counter() - t0:.1f} s)", file=log)
+        models.append(m)
+
+    print("== 2. profile the local paths (batch 1 .. 16,384)", file=log)
+    paths = discover_paths(models)
+    profiles = profile_paths(paths, BATCH_SIZES, repetitions=10, budget_s=0.4, log=log)
+    profile_file = os.path.join(out, "profile.json")
+    save_profile(profile_file, profiles)
+    if extra_profiles:
+        profiles = load_profiles([profile_file] + list(extra_profiles))
+    infos = path_infos(profiles)
+
+    print(f"== 3. simulated serving: Poisson arrivals, log-normal sizes (median {median_size:g}, sigma {sigma:g}), "
+          f"SLA {sla_ms:g} ms, {queries} queries per point", file=log)
+    rates = default_rates(infos, median_size, sigma, 16384)
+    rows = sweep(infos, rates, sla, queries, median_size, sigma)
+    print(format_table(rows), file=log)
+    knee = knee_rate(rows)
+    print(f"  knee (best static peaks): {knee} q/s; MP-Rec / best static there: {_ratio_at(rows, knee):.2f}x; "
+          f"highest over the sweep: {max(_ratio_at(rows, r) for r in rates):.2f}x", file=log)
+    plot_file = os.path.join(out, "serve.png")
+    plot_sweep(rows, plot_file, title=f"MP-Rec vs static paths (simulated, SLA {sla_ms:g} ms)")
+
+    real_rates = [round(knee / 2, 1), knee]
+    print(f"== 4. real serving at half the knee and at the knee ({real_rates} q/s, {real_queries} queries per "
+          f"policy)", file=log)
+    local = [p for p in paths if p.name in {i.name for i in infos}]
+    local_infos = [i for i in infos if i.name in {p.name for p in local}]
+    real, sim, comparison = [], [], []
+    for rate in real_rates:
+        real += serve_real(local, local_infos, rate, sla, real_queries, median_size, sigma)
+        sim += sweep(local_infos, [rate], sla, real_queries, median_size, sigma)
+    print(format_table(real), file=log)
+    for rate in real_rates:
+        r, s_ = _ratio_at(real, rate), _ratio_at(sim, rate)
+        comparison.append(dict(rate=rate, real_ratio=r, simulated_ratio=s_))
+        print(f"  {rate} q/s: MP-Rec / best static: real {r:.2f}x, simulated on the same stream {s_:.2f}x "
+              f"(difference {abs(r - s_) / s_:.0%})", file=log)
+    result = dict(rates=rates, knee=knee, simulated=rows, real=real, simulated_at_real_rates=sim,
+                  comparison=comparison, profile=profile_file, plot=plot_file, seconds=time.perf_counter() - t_start)
+    with open(os.path.join(out, "report.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"== wrote {profile_file}, {plot_file}, {os.path.join(out, 'report.json')} "
+          f"({result['seconds']:.0f} s)", file=log)
+    return result
+
+
+def _default_data_dir() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates = [os.environ.get("MPREC_DATA", ""),
+                  os.path.join(here, "..", "..", "..", "shared", "data", "criteo_kaggle_sample")]
+    for c in candidates:
+        if c and os.path.isfile(os.path.join(c, "train.txt")):
+            return os.path.normpath(c)
+    raise FileNotFoundError("mprec run: no data set found; pass --data-dir (a folder with train.txt and valid.txt) "
+                            "or set MPREC_DATA")

@@ -1,0 +1,183 @@
+"""Paths: a trained representation model on a device.
+
+A :class:`Path` serves a query of ``n`` samples: it builds the model's inputs for rows of its
+:class:`RowPool` (the evaluation data in the model's own id space) and returns click probabilities.
+Profiling and the real server time the same :meth:`Path.serve`, so a profile predicts what the server
+sees.
+
+Backends add paths by registration (:func:`register_path_provider`), not by changing the scheduler: a
+provider receives the loaded models and returns the paths it can run on this machine (none when its
+device is absent). The CPU provider gives a path per model plus, for models with DHE features, the
+same model with MP-Cache in front of its DHE layers; CUDA and XLA providers move the models to their
+device when one is present.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..data.criteo import Batch
+
+__all__ = ["Path", "RowPool", "LoadedModel", "register_path_provider", "path_providers", "discover_paths"]
+
+
+class RowPool:
+    """Evaluation rows in one model's id space: ``dense [P, 13]``, ``sparse [P, T]`` ids, ``labels [P]``.
+    A query of ``n`` samples starting at row ``start`` takes rows ``start, start + 1, ...`` (cyclically)."""
+
+    def __init__(self, dense: Tensor, sparse: Tensor, labels: Tensor) -> None:
+        if dense.shape[0] == 0 or dense.shape[0] != sparse.shape[0] or labels.shape[0] != dense.shape[0]:
+            raise ValueError(f"RowPool: dense, sparse and labels need the same number (> 0) of rows, got "
+                             f"{dense.shape[0]}, {sparse.shape[0]}, {labels.shape[0]}")
+        self.dense, self.sparse, self.labels = dense.contiguous(), sparse.contiguous(), labels.contiguous()
+
+    @classmethod
+    def from_batches(cls, batches) -> "RowPool":
+        batches = list(batches)
+        if not batches:
+            raise ValueError("RowPool.from_batches: no batches")
+        return cls(torch.cat([b.dense for b in batches]), torch.cat([b.sparse() for b in batches]),
+                   torch.cat([b.labels for b in batches]))
+
+    def __len__(self) -> int:
+        return self.dense.shape[0]
+
+    def rows(self, start: int, n: int) -> Tensor:
+        return torch.arange(start, start + n) % len(self)
+
+    def batch(self, start: int, n: int) -> Batch:
+        rows = self.rows(start, n)
+        return Batch.from_rows(self.labels[rows], self.dense[rows], self.sparse[rows])
+
+
+@dataclass
+class LoadedModel:
+    """A trained model of one representation, its evaluation rows and its measured accuracy."""
+
+    representation: str
+    model: nn.Module
+    pool: RowPool
+    accuracy: float
+    precision: str = "fp32"
+    evaluation: dict = field(default_factory=dict)
+
+
+class Path:
+    """``representation`` on ``device``: ``serve(start, n)`` -> probabilities ``[n]`` on the CPU."""
+
+    def __init__(self, name: str, representation: str, device: str, model: nn.Module, pool: RowPool,
+                 accuracy: float, precision: str = "fp32", synchronize: Optional[Callable[[], None]] = None) -> None:
+        self.name, self.representation, self.device = name, representation, device
+        self.model, self.pool, self.accuracy, self.precision = model.eval(), pool, accuracy, precision
+        self._synchronize = synchronize
+
+    def inputs(self, start: int, n: int) -> tuple[Tensor, Tensor, Tensor]:
+        b = self.pool.batch(start, n)
+        return tuple(t.to(self.device, non_blocking=True) for t in (b.dense, b.indices, b.offsets))
+
+    @torch.no_grad()
+    def predict(self, dense: Tensor, indices: Tensor, offsets: Tensor) -> Tensor:
+        device_type = torch.device(self.device).type
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            logits = self.model(dense, indices, offsets)
+        return torch.sigmoid(logits.float()).cpu()  # .cpu() waits for an asynchronous device
+
+    def serve(self, start: int, n: int) -> Tensor:
+        if n < 1:
+            raise ValueError(f"Path {self.name}: a query needs at least 1 sample, got {n}")
+        out = self.predict(*self.inputs(start, n))
+        if self._synchronize is not None:
+            self._synchronize()
+        return out
+
+    def warmup(self, max_size: int = 16384) -> None:
+        """Serves one query of every GEMM row bucket up to ``max_size`` (:func:`mprec.nn.mlp.bucket_rows`), so
+        that the kernels of every shape a stream can bring are built before anything is timed."""
+        from ..nn.mlp import bucket_rows
+
+        for n in sorted({bucket_rows(n) for n in range(1, max_size + 1)}):
+            self.serve(0, n)
+
+    def __repr__(self) -> str:
+        return f"Path({self.name!r}, accuracy={self.accuracy:.4f})"
+
+
+PathProvider = Callable[[list], list]
+_PROVIDERS: dict[str, PathProvider] = {}
+
+
+def register_path_provider(backend: str, provider: PathProvider) -> None:
+    """``provider(models: list[LoadedModel]) -> list[Path]`` for ``backend`` (replaces one of that name)."""
+    _PROVIDERS[backend] = provider
+
+
+def path_providers() -> dict[str, PathProvider]:
+    return dict(_PROVIDERS)
+
+
+def discover_paths(models: list, backends: Optional[list] = None) -> list:
+    """Every path the registered providers (or the named ``backends``) can run here."""
+    unknown = sorted(set(backends or []) - set(_PROVIDERS))
+    if unknown:
+        raise ValueError(f"discover_paths: unknown backend(s) {unknown}; registered: {sorted(_PROVIDERS)}")
+    paths = []
+    for backend, provider in _PROVIDERS.items():
+        if backends is None or backend in backends:
+            paths += provider(models)
+    names = [p.name for p in paths]
+    if len(set(names)) != len(names):
+        raise ValueError(f"discover_paths: duplicate path names {names}")
+    return paths
+
+
+# --- providers ------------------------------------------------------------------------------------------------
+CACHE_BYTES = 64 << 20  # per DHE layer: MP-Cache's budget on the cached CPU path
+
+
+def _dhe_layers(model: nn.Module) -> list:
+    from ..nn.dhe import DHEEmbeddingBag
+
+    return [m for m in model.modules() if isinstance(m, DHEEmbeddingBag)]
+
+
+def _cpu_paths(models: list) -> list:
+    paths = []
+    for m in models:
+        paths.append(Path(f"cpu/{m.representation}", m.representation, "cpu", m.model, m.pool, m.accuracy,
+                          m.precision))
+        if _dhe_layers(m.model):
+            # MP-Cache: the same weights, with an online (LFU) cache of final DHE vectors per DHE layer.
+            cached = copy.deepcopy(m.model).eval()
+            for layer in _dhe_layers(cached):
+                layer.enable_cache("decoder", max_bytes=CACHE_BYTES, policy="lfu")
+            paths.append(Path(f"cpu/{m.representation}+cache", m.representation, "cpu", cached, m.pool,
+                              m.accuracy, m.precision))
+    return paths
+
+
+def _cuda_paths(models: list) -> list:
+    if not torch.cuda.is_available():
+        return []
+    return [Path(f"cuda/{m.representation}", m.representation, "cuda", copy.deepcopy(m.model).to("cuda"), m.pool,
+                 m.accuracy, m.precision, synchronize=torch.cuda.synchronize) for m in models]
+
+
+def _xla_paths(models: list) -> list:
+    if importlib.util.find_spec("torch_xla") is None:
+        return []
+    import torch_xla.core.xla_model as xm  # noqa: PLC0415 (optional dependency)
+
+    device = str(xm.xla_device())
+    return [Path(f"xla/{m.representation}", m.representation, device, copy.deepcopy(m.model).to(device), m.pool,
+                 m.accuracy, m.precision, synchronize=xm.wait_device_ops) for m in models]
+
+
+register_path_provider("cpu", _cpu_paths)
+register_path_provider("cuda", _cuda_paths)
+register_path_provider("xla", _xla_paths)

@@ -1,0 +1,109 @@
+"""What a served stream achieved, per policy: correct-prediction throughput (the MP-Rec paper's metric:
+over the queries that met their SLA, samples x the path's accuracy, per second), sample and query
+throughput, latency percentiles of the answered queries, SLA violations (late answers and rejections)
+and the mix of paths. The time base is the stream's: from the first arrival to the later of the last
+arrival and the last answer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Optional, Sequence
+
+__all__ = ["summarize", "format_table", "knee_rate", "plot_sweep"]
+
+
+def _percentile(values: list, q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo = math.floor(k)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def summarize(outcomes: Sequence, accuracy: dict) -> dict:
+    """``outcomes``: :class:`~mprec.sched.simulate.Outcome` s (simulated or measured); ``accuracy``: path ->
+    accuracy."""
+    if not outcomes:
+        raise ValueError("summarize: no outcomes")
+    first = min(o.query.arrival for o in outcomes)
+    end = max([o.query.arrival for o in outcomes] + [o.finish for o in outcomes if not o.rejected])
+    duration = end - first
+    served = [o for o in outcomes if not o.rejected]
+    met = [o for o in served if o.met_sla]
+    correct = sum(o.query.size * accuracy[o.path] for o in met)
+    latencies = [o.latency * 1e3 for o in served]
+    mix = Counter(o.path for o in served)
+    rate = (lambda x: x / duration) if duration > 0 else (lambda x: float("nan"))
+    return dict(
+        queries=len(outcomes), samples=sum(o.query.size for o in outcomes), duration_s=duration,
+        correct_per_s=rate(correct), samples_per_s=rate(sum(o.query.size for o in served)),
+        queries_per_s=rate(len(served)),
+        p50_ms=_percentile(latencies, 0.50), p95_ms=_percentile(latencies, 0.95), p99_ms=_percentile(latencies, 0.99),
+        late=len(served) - len(met), rejected=len(outcomes) - len(served),
+        violation_rate=(len(outcomes) - len(met)) / len(outcomes),
+        path_mix={p: c / len(served) for p, c in sorted(mix.items())})
+
+
+def format_table(rows: Sequence[dict], rate_key: str = "rate") -> str:
+    """One line per (rate, policy): the summary's columns and, per rate, each policy's ratio to the best
+    static policy's correct-prediction throughput."""
+    head = (f"{'load q/s':>9} {'policy':<22} {'correct/s':>11} {'x best static':>13} {'samples/s':>10} "
+            f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'viol %':>7} {'rej':>5}  path mix")
+    lines = [head, "-" * len(head)]
+    by_rate: dict = {}
+    for r in rows:
+        by_rate.setdefault(r[rate_key], []).append(r)
+    for rate, group in by_rate.items():
+        best_static = max((r["correct_per_s"] for r in group if r["policy"].startswith("static")), default=float("nan"))
+        for r in group:
+            ratio = r["correct_per_s"] / best_static if best_static > 0 else float("nan")
+            mix = " ".join(f"{p}:{f:.0%}" for p, f in r["path_mix"].items())
+            lines.append(f"{rate:9.1f} {r['policy']:<22} {r['correct_per_s']:11,.0f} {ratio:12.2f}x "
+                         f"{r['samples_per_s']:10,.0f} {r['p50_ms']:8.2f} {r['p95_ms']:8.2f} {r['p99_ms']:8.2f} "
+                         f"{100 * r['violation_rate']:6.1f}% {r['rejected']:5d}  {mix}")
+    return "\n".join(lines)
+
+
+def knee_rate(rows: Sequence[dict], rate_key: str = "rate") -> Optional[float]:
+    """The load at which the best static policy's correct-prediction throughput peaks: past it, more
+    load only adds violations (the sweep's knee)."""
+    best: dict = {}
+    for r in rows:
+        if r["policy"].startswith("static"):
+            best[r[rate_key]] = max(best.get(r[rate_key], float("-inf")), r["correct_per_s"])
+    if not best:
+        return None
+    return max(best, key=lambda rate: (best[rate], -rate))
+
+
+def plot_sweep(rows: Sequence[dict], path: str, title: str = "", rate_key: str = "rate") -> None:
+    """Correct-prediction throughput and p99 latency against the offered load, one line per policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    policies = list(dict.fromkeys(r["policy"] for r in rows))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for policy in policies:
+        pts = sorted((r[rate_key], r["correct_per_s"], r["p99_ms"]) for r in rows if r["policy"] == policy)
+        style = dict(linewidth=2.5, color="black") if policy == "mp-rec" else dict(linewidth=1.2)
+        ax1.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=policy, **style)
+        ax2.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", markersize=3, label=policy, **style)
+    sla = sorted({r.get("sla_ms") for r in rows if r.get("sla_ms")})
+    for s in sla:
+        ax2.axhline(s, color="red", linestyle="--", linewidth=0.8)
+    ax1.set(xlabel="offered load (queries/s)", ylabel="correct predictions/s (within SLA)")
+    ax2.set(xlabel="offered load (queries/s)", ylabel="p99 latency (ms)", yscale="log")
+    ax1.legend(fontsize=8)
+    ax1.grid(alpha=0.3)
+    ax2.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

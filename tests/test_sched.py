@@ -1,0 +1,371 @@
+"""mprec.sched: latency model, policies, the simulator against hand-computed schedules, the report's
+arithmetic, streams and traces, profiles (measure, save, compose), and the real server (answers equal
+direct model calls; nothing lost or answered twice under overload; clean shutdown)."""
+
+import json
+import math
+import os
+import threading
+import time
+
+import pytest
+import torch
+
+from mprec.data import SyntheticCriteo
+from mprec.models import DLRM
+from mprec.nn.mlp import bucket_rows
+from mprec.sched import (LatencyModel, LoadedModel, MPRecPolicy, Outcome, Path, PathInfo, Query, RowPool, Server,
+                         Simulator, StaticPolicy, discover_paths, format_table, knee_rate, load_profiles, plot_sweep,
+                         poisson_stream, profile_paths, read_trace, register_path_provider, replay, save_profile,
+                         simulate, summarize, write_trace)
+from mprec.sched import paths as paths_module
+from mprec.sched.experiment import default_rates, run_stream, sweep
+
+
+def const(seconds):
+    return LatencyModel([1, 1000], [seconds, seconds])
+
+
+# --- latency model ------------------------------------------------------------------------------------------
+def test_latency_model_interpolates_is_monotone_and_extends_the_last_segment():
+    m = LatencyModel([4, 1, 2, 8], [0.002, 0.001, 0.003, 0.010])  # unsorted, and 4 is faster than 2
+    assert m(1) == 0.001 and m(0.5) == 0.001
+    assert m(2) == 0.003
+    assert m(4) == 0.003  # running maximum: never faster than a smaller batch
+    assert m(3) == pytest.approx(0.003)
+    assert m(6) == pytest.approx(0.003 + 0.5 * 0.007)
+    assert m(16) == pytest.approx(0.010 + 8 * (0.007 / 4))
+    xs = [1 + i * 0.37 for i in range(100)]
+    assert all(m(a) <= m(b) for a, b in zip(xs, xs[1:]))
+
+
+@pytest.mark.parametrize("sizes,secs,match", [([], [], "needs"), ([0, 2], [1, 2], "needs"),
+                                              ([1, 2], [1, float("nan")], "needs"), ([2, 2], [1, 2], "batch sizes repeat")])
+def test_latency_model_rejects_bad_points(sizes, secs, match):
+    with pytest.raises(ValueError, match=f"LatencyModel: {match}"):
+        LatencyModel(sizes, secs)
+
+
+# --- policies and the simulator ----------------------------------------------------------------------------
+def two_paths():
+    # A fast, less accurate path and a slow, accurate one on the same device.
+    return [PathInfo("fast", "cpu", 0.70, LatencyModel([1, 100], [0.001, 0.010])),
+            PathInfo("slow", "cpu", 0.80, LatencyModel([1, 100], [0.004, 0.040]))]
+
+
+def test_simulator_static_schedule_by_hand():
+    q = [Query(0, 0.000, 1, 0.005), Query(1, 0.002, 1, 0.005), Query(2, 0.003, 100, 0.050), Query(3, 0.100, 1, 0.01)]
+    out = simulate(q, two_paths(), StaticPolicy("slow"))
+    # slow: 4 ms at n=1, 40 ms at n=100; FIFO on one device
+    assert [o.start for o in out] == pytest.approx([0.0, 0.004, 0.008, 0.1])
+    assert [o.finish for o in out] == pytest.approx([0.004, 0.008, 0.048, 0.104])
+    assert [o.met_sla for o in out] == [True, False, True, True]  # query 1 finishes 6 ms after arriving
+
+
+def test_mprec_policy_picks_the_most_accurate_path_that_meets_the_sla_by_hand():
+    q = [Query(0, 0.000, 1, 0.005), Query(1, 0.001, 1, 0.005), Query(2, 0.0015, 1, 0.005),
+         Query(3, 0.050, 100, 0.020), Query(4, 0.200, 100, 0.001)]
+    out = simulate(q, two_paths(), MPRecPolicy())
+    # q0: slow finishes at 4 ms (<= 5): slow. q1 (t=1 ms): device free at 4; slow would end at 8 > 6, fast at 5:
+    # fast. q2 (t=1.5): free at 5; slow 9 > 6.5, fast 6 <= 6.5: fast. q3 (t=50, n=100): slow 90 > 70, fast 60:
+    # fast. q4: neither meets a 1 ms SLA: the earliest completion (fast), a violation.
+    assert [o.path for o in out] == ["slow", "fast", "fast", "fast", "fast"]
+    assert [o.finish for o in out] == pytest.approx([0.004, 0.005, 0.006, 0.060, 0.210])
+    assert [o.met_sla for o in out] == [True, True, True, True, False]
+
+
+def test_mprec_ties_go_to_the_earliest_completion_and_devices_queue_separately():
+    paths = [PathInfo("cpu/a", "cpu", 0.8, const(0.010)), PathInfo("gpu/a", "gpu", 0.8, const(0.002))]
+    q = [Query(i, 0.0, 1, 0.050) for i in range(3)]
+    out = simulate(q, paths, MPRecPolicy())
+    # gpu ends at 2, 4, 6 ms; the cpu would end at 10: equal accuracy, so the gpu each time
+    assert [o.path for o in out] == ["gpu/a"] * 3
+    assert [o.finish for o in out] == pytest.approx([0.002, 0.004, 0.006])
+
+
+def test_bounded_queue_rejects_and_mprec_uses_another_device():
+    paths = [PathInfo("a", "d1", 0.9, const(1.0)), PathInfo("b", "d2", 0.5, const(1.0))]
+    q = [Query(i, 0.0, 1, 10.0) for i in range(5)]
+    static = simulate(q, paths, StaticPolicy("a"), capacity=2)
+    assert [o.rejected for o in static] == [False, False, True, True, True]
+    mp = simulate(q, paths, MPRecPolicy(), capacity=2)
+    assert [o.path for o in mp] == ["a", "a", "b", "b", None]
+    # the queue empties as queries finish: at t=1 the first of "a" is done, room for one more
+    later = simulate(q[:2] + [Query(2, 1.0, 1, 10.0)], paths, StaticPolicy("a"), capacity=2)
+    assert not later[2].rejected and later[2].start == 2.0
+
+
+def test_simulator_checks_its_inputs():
+    with pytest.raises(ValueError, match="Simulator: no paths"):
+        Simulator([])
+    with pytest.raises(ValueError, match="capacity must be >= 1, got 0"):
+        Simulator(two_paths(), capacity=0)
+    with pytest.raises(ValueError, match="arrival order"):
+        simulate([Query(0, 1.0, 1, 1.0), Query(1, 0.5, 1, 1.0)], two_paths(), MPRecPolicy())
+    with pytest.raises(ValueError, match="StaticPolicy: no path 'nope'"):
+        simulate([Query(0, 0.0, 1, 1.0)], two_paths(), StaticPolicy("nope"))
+
+
+def test_simulator_is_fast_enough_for_large_streams():
+    stream = poisson_stream(500.0, 200_000, 0.02, seed=1)
+    out = simulate(stream, two_paths(), MPRecPolicy())
+    assert len(out) == len(stream) and {o.query.id for o in out} == set(range(len(stream)))
+
+
+# --- report ------------------------------------------------------------------------------------------------
+def test_summarize_arithmetic_by_hand():
+    qs = [Query(0, 0.0, 10, 1.0), Query(1, 1.0, 20, 1.0), Query(2, 2.0, 30, 0.5), Query(3, 3.0, 40, 1.0)]
+    outcomes = [Outcome(qs[0], "a", 0.0, 0.5), Outcome(qs[1], "b", 1.0, 1.5),
+                Outcome(qs[2], "a", 2.0, 3.0),  # late
+                Outcome(qs[3], None)]           # rejected
+    s = summarize(outcomes, {"a": 0.5, "b": 0.75})
+    assert s["duration_s"] == 3.0  # first arrival 0, last arrival 3 (last answer at 3)
+    assert s["correct_per_s"] == pytest.approx((10 * 0.5 + 20 * 0.75) / 3.0)
+    assert s["samples_per_s"] == pytest.approx(60 / 3.0) and s["queries_per_s"] == pytest.approx(1.0)
+    assert (s["late"], s["rejected"], s["violation_rate"]) == (1, 1, 0.5)
+    assert s["p50_ms"] == pytest.approx(500.0) and s["p99_ms"] == pytest.approx(500 + 0.98 * 500)
+    assert s["path_mix"] == {"a": pytest.approx(2 / 3), "b": pytest.approx(1 / 3)}
+
+
+def test_table_knee_and_plot(tmp_path):
+    infos = two_paths()
+    rows = sweep(infos, [20.0, 80.0, 200.0], 0.02, 2000, median_size=10, sigma=0.5, seed=3)
+    assert {r["policy"] for r in rows} == {"mp-rec", "static fast", "static slow"}
+    text = format_table(rows)
+    assert "mp-rec" in text and "x best static" in text and len(text.splitlines()) == 2 + len(rows)
+    knee = knee_rate(rows)
+    static_best = {r["rate"]: max(x["correct_per_s"] for x in rows if x["rate"] == r["rate"] and
+                                  x["policy"].startswith("static")) for r in rows}
+    assert static_best[knee] == max(static_best.values())
+    # MP-Rec is never below the best static policy by more than noise on these two paths
+    for rate in (20.0, 80.0, 200.0):
+        group = {r["policy"]: r["correct_per_s"] for r in rows if r["rate"] == rate}
+        assert group["mp-rec"] >= 0.95 * max(group["static fast"], group["static slow"])
+    png = tmp_path / "sweep.png"
+    plot_sweep(rows, str(png), title="test")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_default_rates_span_every_paths_knee():
+    rates = default_rates(two_paths(), median_size=10, sigma=0.5, max_size=100)
+    assert rates == sorted(rates) and len(rates) == 12
+    fast, slow = 1 / two_paths()[0].latency(10), 1 / two_paths()[1].latency(10)
+    assert rates[0] < slow and rates[-1] > fast
+
+
+# --- streams -----------------------------------------------------------------------------------------------
+def test_poisson_stream_rate_sizes_and_determinism():
+    s = poisson_stream(200.0, 20_000, 0.01, median_size=64, sigma=1.0, max_size=1000, seed=5)
+    span = s[-1].arrival - s[0].arrival
+    assert len(s) / span == pytest.approx(200.0, rel=0.03)
+    sizes = sorted(q.size for q in s)
+    assert sizes[0] >= 1 and sizes[-1] <= 1000 and sizes[len(sizes) // 2] == pytest.approx(64, rel=0.1)
+    assert s == poisson_stream(200.0, 20_000, 0.01, median_size=64, sigma=1.0, max_size=1000, seed=5)
+    with pytest.raises(ValueError, match="poisson_stream: need rate > 0"):
+        poisson_stream(0.0, 10, 0.01)
+
+
+def test_trace_round_trip_and_errors(tmp_path):
+    s = poisson_stream(50.0, 30, 0.02, seed=2)
+    f = tmp_path / "trace.csv"
+    write_trace(str(f), s)
+    back = read_trace(str(f))
+    assert [(q.size, round(q.arrival, 6), round(q.sla, 6)) for q in back] == \
+        [(q.size, round(q.arrival, 6), round(q.sla, 6)) for q in s]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("arrival_s,size\n0.1,5\n0.2,x\n")
+    with pytest.raises(ValueError, match=r"bad.csv:3"):
+        read_trace(str(bad), sla=0.01)
+    nosla = tmp_path / "nosla.csv"
+    nosla.write_text("arrival_s,size\n0.1,5\n")
+    with pytest.raises(ValueError, match="an SLA > 0"):
+        read_trace(str(nosla))
+    assert read_trace(str(nosla), sla=0.01)[0].sla == 0.01
+
+
+# --- real models: paths, profiles, the server ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_models():
+    torch.manual_seed(0)
+    sizes = [50] * 26
+    data = SyntheticCriteo(2, 64, sizes, seed=7)
+    out = []
+    for rep, acc in (("table", 0.75), ("dhe", 0.78)):
+        model = DLRM.preset("kaggle", sizes, representations=[rep] * 26, dhe=dict(k=32, m=10_000, decoder=(16,)))
+        out.append(LoadedModel(rep, model.eval(), RowPool.from_batches(data), acc))
+    return out
+
+
+def test_discover_paths_cpu_and_registration(tiny_models):
+    paths = discover_paths(tiny_models, ["cpu"])
+    assert [p.name for p in paths] == ["cpu/table", "cpu/dhe", "cpu/dhe+cache"]
+    register_path_provider("test", lambda models: [Path("test/x", "table", "cpu", models[0].model, models[0].pool, 0.5)])
+    try:
+        assert "test/x" in [p.name for p in discover_paths(tiny_models)]
+    finally:
+        paths_module._PROVIDERS.pop("test")
+    with pytest.raises(ValueError, match="unknown backend"):
+        discover_paths(tiny_models, ["tpu9"])
+
+
+def test_path_serves_the_model_on_pool_rows(tiny_models):
+    m = tiny_models[0]
+    path = Path("cpu/table", "table", "cpu", m.model, m.pool, m.accuracy)
+    got = path.serve(100, 37)  # wraps around the 128-row pool
+    b = m.pool.batch(100, 37)
+    with torch.no_grad():
+        want = torch.sigmoid(m.model(b.dense, b.indices, b.offsets))
+    torch.testing.assert_close(got, want)
+    assert torch.equal(m.pool.rows(100, 37)[:28], torch.arange(100, 128))
+    with pytest.raises(ValueError, match="at least 1 sample, got 0"):
+        path.serve(0, 0)
+
+
+def test_mlp_bucketing_keeps_inference_results():
+    assert [bucket_rows(n) for n in (1, 16, 17, 33, 129, 16384)] == [1, 16, 18, 36, 144, 16384]
+    assert all(n <= bucket_rows(n) <= n * 1.125 for n in range(1, 5000))
+    assert len({bucket_rows(n) for n in range(1, 16385)}) < 100
+    model = DLRM.preset("kaggle", [20] * 26).eval()
+    b = SyntheticCriteo(1, 37, [20] * 26, seed=1).batch(0)
+    with torch.no_grad():
+        got = model(b.dense, b.indices, b.offsets)
+        want = torch.cat([model(b.dense[i:i + 1], b.indices[i::37], torch.arange(27)) for i in range(37)])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_profile_save_load_and_compose(tiny_models, tmp_path):
+    paths = discover_paths(tiny_models, ["cpu"])[:2]
+    profiles = profile_paths(paths, [1, 4, 16], repetitions=3, budget_s=0.01)
+    assert [p.name for p in profiles] == ["cpu/table", "cpu/dhe"]
+    for p in profiles:
+        assert len(p.median_ms) == 3 and all(m > 0 for m in p.median_ms)
+        assert all(q >= m for q, m in zip(p.p99_ms, p.median_ms)) and p.repetitions == [3, 3, 3]
+    f = tmp_path / "p.json"
+    save_profile(str(f), profiles)
+    doc = json.loads(f.read_text())
+    assert doc["format"] == "mprec-profile/1" and "torch" in doc["versions"] and doc["machine"]["cpu"]
+    assert load_profiles([str(f)])[1].accuracy == 0.78
+    # another machine's GPU profile composed with this one; its own CPU paths are left out
+    other = dict(doc, paths=doc["paths"] + [dict(doc["paths"][0], name="cuda/table", device="cuda")])
+    g = tmp_path / "gpu.json"
+    g.write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="more than one profile"):
+        load_profiles([str(f), str(g)])
+    composed = load_profiles([str(f), f"{g}@cuda"])
+    assert [p.name for p in composed] == ["cpu/table", "cpu/dhe", "cuda/table"]
+    g.write_text("{}")
+    with pytest.raises(ValueError, match="not an mprec profile"):
+        load_profiles([str(g)])
+
+
+def serving_setup(tiny_models, latency=0.001):
+    paths = discover_paths(tiny_models, ["cpu"])[:2]
+    return paths, {p.name: const(latency) for p in paths}
+
+
+@pytest.mark.parametrize("inline", [None, "cpu"])
+def test_server_answers_equal_direct_model_calls(tiny_models, inline):
+    paths, latency = serving_setup(tiny_models)
+    stream = [Query(i, 0.002 * i, 1 + (7 * i) % 40, 1.0) for i in range(25)]
+    with Server(paths, latency, MPRecPolicy(), inline_device=inline) as server:
+        outcomes, answers = replay(server, stream)
+    assert [a.status for a in answers] == ["ok"] * 25
+    by_name = {p.name: p for p in paths}
+    row = 0
+    for q, a in zip(stream, answers):
+        assert a.path == "cpu/dhe"  # the more accurate path, with a generous SLA
+        torch.testing.assert_close(a.predictions, by_name[a.path].serve(row, q.size), rtol=0, atol=0)
+        row += q.size
+    assert all(o.finish >= o.start >= o.query.arrival - 1e-3 for o in outcomes)
+
+
+def test_server_under_overload_rejects_explicitly_and_loses_nothing(tiny_models):
+    paths, latency = serving_setup(tiny_models, latency=0.05)
+    stream = [Query(i, 0.0, 64, 10.0) for i in range(200)]  # all at once, far more than the queue holds
+    with Server(paths, latency, StaticPolicy("cpu/table"), capacity=4, inline_device="cpu") as server:
+        outcomes, answers = replay(server, stream)
+    statuses = [a.status for a in answers]
+    assert len(answers) == 200 and {a.query.id for a in answers} == set(range(200))
+    assert statuses.count("rejected") >= 150 and statuses.count("ok") >= 4
+    assert server.counts["submitted"] == 200
+    assert server.counts["ok"] + server.counts["rejected"] == 200 == statuses.count("ok") + statuses.count("rejected")
+    assert summarize(outcomes, {"cpu/table": 0.75})["rejected"] == statuses.count("rejected")
+
+
+def test_server_each_future_resolves_once_and_shutdown_cancels_or_drains(tiny_models):
+    paths, latency = serving_setup(tiny_models)
+    gate = threading.Event()
+    real_serve = paths[0].serve
+
+    def slow_serve(start, n):
+        gate.wait(5)
+        return real_serve(start, n)
+
+    paths[0].serve = slow_serve
+    try:
+        server = Server(paths[:1], latency, StaticPolicy("cpu/table"), capacity=10)
+        futures = [server.submit(Query(i, 0.0, 3, 1.0)) for i in range(6)]
+        time.sleep(0.05)
+        closer = threading.Thread(target=server.close, kwargs=dict(drain=False))
+        closer.start()
+        time.sleep(0.05)
+        gate.set()
+        closer.join(5)
+        statuses = [f.result(5).status for f in futures]
+        assert statuses[0] == "ok" and statuses.count("cancelled") == 5
+        assert server.counts["ok"] == 1 and server.counts["cancelled"] == 5
+        with pytest.raises(RuntimeError, match="the server is closed"):
+            server.submit(Query(9, 0.0, 1, 1.0))
+        for f in futures:  # a second answer would raise InvalidStateError inside the server
+            assert f.done()
+    finally:
+        paths[0].serve = real_serve
+    with Server(paths[:1], latency, StaticPolicy("cpu/table")) as server:
+        futures = [server.submit(Query(i, 0.0, 2, 1.0)) for i in range(5)]
+    assert [f.result(5).status for f in futures] == ["ok"] * 5  # close() drains by default
+
+
+def test_server_checks_its_inputs(tiny_models):
+    paths, latency = serving_setup(tiny_models)
+    with pytest.raises(ValueError, match="no latency model for paths"):
+        Server(paths, {}, MPRecPolicy())
+    with pytest.raises(ValueError, match="inline_device 'gpu'"):
+        Server(paths, latency, MPRecPolicy(), inline_device="gpu")
+
+
+def test_real_and_simulated_serving_agree_on_path_choice(tiny_models):
+    paths, _ = serving_setup(tiny_models)
+    profiles = profile_paths(paths, [1, 8, 64], repetitions=5, budget_s=0.05)
+    infos = [PathInfo(p.name, p.device, p.accuracy, p.latency_model()) for p in profiles]
+    stream = poisson_stream(20.0, 60, 0.5, median_size=8, sigma=0.5, max_size=64, seed=4)
+    sim = run_stream(infos, stream)
+    with Server(paths, {i.name: i.latency for i in infos}, MPRecPolicy(), inline_device="cpu") as server:
+        outcomes, _ = replay(server, stream)
+    real = summarize(outcomes, {i.name: i.accuracy for i in infos})
+    sim_mp = next(r for r in sim if r["policy"] == "mp-rec")
+    # light load and a loose SLA: every query meets it on the most accurate path, in both
+    assert sim_mp["path_mix"] == {"cpu/dhe": 1.0} and real["path_mix"] == {"cpu/dhe": 1.0}
+    assert real["violation_rate"] == sim_mp["violation_rate"] == 0.0
+    assert math.isclose(real["correct_per_s"] * real["duration_s"], sim_mp["correct_per_s"] * sim_mp["duration_s"])
+
+
+def test_cli_serve_simulate_and_errors(tiny_models, tmp_path, capsys):
+    import mprec.cli
+
+    profiles = profile_paths(discover_paths(tiny_models, ["cpu"])[:2], [1, 8, 64], repetitions=3, budget_s=0.01)
+    f = tmp_path / "p.json"
+    save_profile(str(f), profiles)
+    out = tmp_path / "rows.json"
+    png = tmp_path / "plot.png"
+    rc = mprec.cli.main(["serve", "--simulate", "--profile", str(f), "--rates", "10,40", "--queries", "500",
+                         "--median-size", "8", "--sla-ms", "50", "--json", str(out), "--plot", str(png)])
+    assert rc == 0
+    rows = json.loads(out.read_text())
+    assert [(r["rate"], r["policy"]) for r in rows] == [(10.0, "mp-rec"), (10.0, "static cpu/table"),
+                                                        (10.0, "static cpu/dhe"), (40.0, "mp-rec"),
+                                                        (40.0, "static cpu/table"), (40.0, "static cpu/dhe")]
+    assert "mp-rec" in capsys.readouterr().out and png.exists()
+    assert mprec.cli.main(["serve", "--profile", str(f), "--rates", "10"]) == 2
+    assert "real serving needs --model" in capsys.readouterr().err
+    assert mprec.cli.main(["serve", "--simulate", "--profile", str(tmp_path / "none.json")]) == 2
+    assert "no such profile file" in capsys.readouterr().err
