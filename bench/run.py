@@ -2,7 +2,6 @@
 named for this machine, and prints the summary next to it. `python bench/run.py dhe ...` runs only the
 named families."""
 
-import platform
 import re
 import subprocess
 import sys
@@ -12,17 +11,11 @@ HERE = Path(__file__).resolve().parent
 
 
 def machine_name() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1]
-                break
-    except OSError:
-        pass
-    import torch
-    slug = re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-")
-    return f"{slug}-{torch.get_num_threads()}t"
+    from mprec.sched.profile import machine_info
+
+    info = machine_info()
+    slug = re.sub(r"[^a-z0-9]+", "-", info["cpu"].lower()).strip("-")
+    return f"{slug}-{info['threads']}t"
 
 
 def main() -> int:

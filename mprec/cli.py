@@ -60,11 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     add_eval_parser(sub)
     add_sched_parsers(sub)
     args = parser.parse_args(argv)
+    if args.command is None:  # the main job: `mprec run` with its defaults
+        args = parser.parse_args(["run"])
     if args.command == "train":
         return run_train(args)
     if args.command == "eval":
         return run_eval(args)
-    if args.command in ("profile", "serve", "run", None):
+    if args.command in ("profile", "serve", "run"):
         return run_sched(args)
     if args.command == "info":
         print(json.dumps(dict(cpu_isa=mprec.cpu_isa(), supported=mprec.supported_cpu_isas(), **mprec.build_info()),
@@ -205,52 +207,42 @@ def add_sched_parsers(sub) -> None:
 
 def run_sched(args) -> int:
     from mprec.sched import experiment as ex
-    from mprec.sched import discover_paths, format_table, load_profiles, plot_sweep, profile_paths, save_profile
-    from mprec.sched.stream import read_trace
+    from mprec.sched import (discover_paths, format_table, load_profiles, plot_sweep, poisson_stream, profile_paths,
+                             read_trace, save_profile)
 
-    command = args.command or "run"
     try:
-        if getattr(args, "threads", None):
+        if args.threads:
             torch.set_num_threads(args.threads)
-        if command == "run":
-            ex.main_job(out=getattr(args, "out", "mprec-run"), data_dir=getattr(args, "data_dir", None),
-                        epochs=getattr(args, "epochs", 2), sla_ms=getattr(args, "sla_ms", 20.0),
-                        queries=getattr(args, "queries", 3000), real_queries=getattr(args, "real_queries", 1500),
-                        median_size=getattr(args, "median_size", 128.0), sigma=getattr(args, "sigma", 1.0),
-                        extra_profiles=getattr(args, "profile", []))
+        if args.command == "run":
+            ex.main_job(out=args.out, data_dir=args.data_dir, epochs=args.epochs, sla_ms=args.sla_ms,
+                        queries=args.queries, real_queries=args.real_queries, median_size=args.median_size,
+                        sigma=args.sigma, extra_profiles=args.profile)
             return 0
-        if command == "profile":
+        if args.command == "profile":
             models = _load_models(ex, args)
             paths = discover_paths(models, args.backends.split(",") if args.backends else None)
-            sizes = [int(n) for n in args.batch_sizes.split(",")] if args.batch_sizes else None
-            profiles = profile_paths(paths, sizes or ex.BATCH_SIZES, args.repetitions, budget_s=args.budget_s,
-                                     log=sys.stderr)
+            sizes = [int(n) for n in args.batch_sizes.split(",")] if args.batch_sizes else ex.BATCH_SIZES
+            profiles = profile_paths(paths, sizes, args.repetitions, budget_s=args.budget_s, log=sys.stderr)
             save_profile(args.out, profiles)
             print(json.dumps(dict(out=args.out, paths=[p.name for p in profiles]), indent=2))
             return 0
-        # serve
+        # serve: (rate label, stream) per point; a trace is one point labelled with its own rate
         infos = ex.path_infos(load_profiles(args.profile), args.statistic)
         sla = args.sla_ms / 1e3
         if args.trace:
-            stream = read_trace(args.trace, sla)
-            rows = ex.run_stream(infos, stream) if args.simulate else None
-            rate = len(stream) / max(stream[-1].arrival - stream[0].arrival, 1e-9) if stream else 0.0
-            rates = [round(rate, 1)]
+            plan = [(None, read_trace(args.trace, sla))]
         else:
             rates = ([float(r) for r in args.rates.split(",")] if args.rates
                      else ex.default_rates(infos, args.median_size, args.sigma, args.max_size))
+            plan = [(rate, poisson_stream(rate, args.queries, sla, args.median_size, args.sigma, args.max_size,
+                                          args.seed)) for rate in rates]
         if args.simulate:
-            if not args.trace:
-                rows = ex.sweep(infos, rates, sla, args.queries, args.median_size, args.sigma, args.max_size,
-                                args.capacity, args.seed)
+            rows = [row for rate, stream in plan for row in ex.run_stream(infos, stream, args.capacity, rate)]
         else:
             if not args.model or not args.data:
                 raise ValueError("real serving needs --model REP=CHECKPOINT and --data (or pass --simulate)")
             paths = discover_paths(_load_models(ex, args))
-            rows = []
-            for rate in rates:
-                rows += ex.serve_real(paths, infos, rate, sla, args.queries, args.median_size, args.sigma,
-                                      args.max_size, args.capacity, args.seed, stream=stream if args.trace else None)
+            rows = [row for rate, stream in plan for row in ex.serve_real(paths, infos, stream, args.capacity, rate)]
         print(format_table(rows))
         if args.plot:
             plot_sweep(rows, args.plot, title=f"MP-Rec vs static paths ({'simulated' if args.simulate else 'real'}, "
@@ -260,7 +252,7 @@ def run_sched(args) -> int:
                 json.dump(rows, f, indent=1)
         return 0
     except (ValueError, FileNotFoundError) as error:
-        print(f"mprec {command}: {error}", file=sys.stderr)
+        print(f"mprec {args.command}: {error}", file=sys.stderr)
         return 2
 
 

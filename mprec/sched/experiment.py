@@ -17,7 +17,7 @@ from .. import training
 from .paths import LoadedModel, RowPool, discover_paths
 from .policy import MPRecPolicy, PathInfo, StaticPolicy
 from .profile import BATCH_SIZES, load_profiles, profile_paths, save_profile
-from .report import format_table, knee_rate, plot_sweep, summarize
+from .report import format_table, knee_rate, plot_sweep, ratio_to_best_static, summarize
 from .server import Server, replay
 from .simulate import simulate
 from .stream import poisson_stream
@@ -94,13 +94,19 @@ def sweep(infos: list, rates: Sequence[float], sla: float, queries: int, median_
     return rows
 
 
+def _label_rate(stream: list, rate: Optional[float]) -> float:
+    """The rate the rows of ``stream`` are labelled with: ``rate``, or else the stream's own."""
+    if not stream:
+        raise ValueError("the stream has no queries")
+    if rate is not None:
+        return rate
+    span = stream[-1].arrival - stream[0].arrival
+    return round(len(stream) / span, 1) if span > 0 else float("inf")
+
+
 def run_stream(infos: list, stream: list, capacity: int = 64, rate: Optional[float] = None) -> list:
     """Every policy over one stream (simulated); ``rate`` labels the rows (default: the stream's own)."""
-    if not stream:
-        raise ValueError("run_stream: the stream has no queries")
-    if rate is None:
-        span = stream[-1].arrival - stream[0].arrival
-        rate = round(len(stream) / span, 1) if span > 0 else float("inf")
+    rate = _label_rate(stream, rate)
     accuracy = {i.name: i.accuracy for i in infos}
     rows = []
     for policy in policies(infos):
@@ -109,35 +115,28 @@ def run_stream(infos: list, stream: list, capacity: int = 64, rate: Optional[flo
     return rows
 
 
-def serve_real(paths: list, infos: list, rate: float, sla: float, queries: int, median_size: float = 128.0,
-               sigma: float = 1.0, max_size: int = 16384, capacity: int = 64, seed: int = 0,
-               policy_names: Optional[Sequence[str]] = None, stream: Optional[list] = None) -> list:
-    """Every policy (or those named) serves the same stream for real, one after the other; rows as
-    :func:`sweep` gives, from measured latencies."""
+def serve_real(paths: list, infos: list, stream: list, capacity: int = 64, rate: Optional[float] = None,
+               policy_names: Optional[Sequence[str]] = None) -> list:
+    """Every policy (or those named) serves ``stream`` for real, one after the other; rows as
+    :func:`run_stream` gives, from measured latencies."""
+    rate = _label_rate(stream, rate)
     by_name = {i.name: i for i in infos}
     missing = [p.name for p in paths if p.name not in by_name]
     if missing:
         raise ValueError(f"serve_real: paths {missing} have no profile")
     latency = {p.name: by_name[p.name].latency for p in paths}
     accuracy = {p.name: p.accuracy for p in paths}
-    if stream is None:
-        stream = poisson_stream(rate, queries, sla, median_size, sigma, max_size, seed)
+    inline = "cpu" if any(p.device == "cpu" for p in paths) else None
+    for p in paths:  # every GEMM shape the stream brings is built before the clock runs
+        p.warmup(max(q.size for q in stream))
     rows = []
     for policy in policies([by_name[p.name] for p in paths]):
         if policy_names and policy.name not in policy_names:
             continue
-        inline = "cpu" if any(p.device == "cpu" for p in paths) else None
         with Server(paths, latency, policy, capacity, inline_device=inline) as server:
             outcomes, _ = replay(server, stream)
-        rows.append(dict(rate=rate, policy=policy.name, sla_ms=sla * 1e3, **summarize(outcomes, accuracy)))
+        rows.append(dict(rate=rate, policy=policy.name, sla_ms=stream[0].sla * 1e3, **summarize(outcomes, accuracy)))
     return rows
-
-
-def _ratio_at(rows: list, rate: float) -> float:
-    group = [r for r in rows if r["rate"] == rate]
-    best = max(r["correct_per_s"] for r in group if r["policy"].startswith("static"))
-    mp = next(r["correct_per_s"] for r in group if r["policy"] == "mp-rec")
-    return mp / best if best > 0 else float("nan")
 
 
 def main_job(out: str = "mprec-run", data_dir: Optional[str] = None, epochs: int = 2, sla_ms: float = 20.0,
@@ -190,8 +189,9 @@ def main_job(out: str = "mprec-run", data_dir: Optional[str] = None, epochs: int
     rows = sweep(infos, rates, sla, queries, median_size, sigma)
     print(format_table(rows), file=log)
     knee = knee_rate(rows)
-    print(f"  knee (best static peaks): {knee} q/s; MP-Rec / best static there: {_ratio_at(rows, knee):.2f}x; "
-          f"highest over the sweep: {max(_ratio_at(rows, r) for r in rates):.2f}x", file=log)
+    print(f"  knee (best static peaks): {knee} q/s; MP-Rec / best static there: "
+          f"{ratio_to_best_static(rows, knee):.2f}x; highest over the sweep: "
+          f"{max(ratio_to_best_static(rows, r) for r in rates):.2f}x", file=log)
     plot_file = os.path.join(out, "serve.png")
     plot_sweep(rows, plot_file, title=f"MP-Rec vs static paths (simulated, SLA {sla_ms:g} ms)")
 
@@ -202,11 +202,12 @@ def main_job(out: str = "mprec-run", data_dir: Optional[str] = None, epochs: int
     local_infos = [i for i in infos if i.name in {p.name for p in local}]
     real, sim, comparison = [], [], []
     for rate in real_rates:
-        real += serve_real(local, local_infos, rate, sla, real_queries, median_size, sigma)
-        sim += sweep(local_infos, [rate], sla, real_queries, median_size, sigma)
+        stream = poisson_stream(rate, real_queries, sla, median_size, sigma)
+        real += serve_real(local, local_infos, stream, rate=rate)
+        sim += run_stream(local_infos, stream, rate=rate)
     print(format_table(real), file=log)
     for rate in real_rates:
-        r, s_ = _ratio_at(real, rate), _ratio_at(sim, rate)
+        r, s_ = ratio_to_best_static(real, rate), ratio_to_best_static(sim, rate)
         comparison.append(dict(rate=rate, real_ratio=r, simulated_ratio=s_))
         print(f"  {rate} q/s: MP-Rec / best static: real {r:.2f}x, simulated on the same stream {s_:.2f}x "
               f"(difference {abs(r - s_) / s_:.0%})", file=log)

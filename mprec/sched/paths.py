@@ -76,6 +76,7 @@ class Path:
         self.name, self.representation, self.device = name, representation, device
         self.model, self.pool, self.accuracy, self.precision = model.eval(), pool, accuracy, precision
         self._synchronize = synchronize
+        self._warm_to = 0  # warmup() has served every row bucket up to this size
 
     def inputs(self, start: int, n: int) -> tuple[Tensor, Tensor, Tensor]:
         b = self.pool.batch(start, n)
@@ -98,11 +99,15 @@ class Path:
 
     def warmup(self, max_size: int = 16384) -> None:
         """Serves one query of every GEMM row bucket up to ``max_size`` (:func:`mprec.nn.mlp.bucket_rows`), so
-        that the kernels of every shape a stream can bring are built before anything is timed."""
+        that the kernels of every shape a stream can bring are built before anything is timed. Sizes
+        already warmed are not served again."""
         from ..nn.mlp import bucket_rows
 
-        for n in sorted({bucket_rows(n) for n in range(1, max_size + 1)}):
+        if max_size <= self._warm_to:
+            return
+        for n in sorted({bucket_rows(n) for n in range(self._warm_to + 1, max_size + 1)}):
             self.serve(0, n)
+        self._warm_to = max_size
 
     def __repr__(self) -> str:
         return f"Path({self.name!r}, accuracy={self.accuracy:.4f})"

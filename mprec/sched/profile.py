@@ -27,6 +27,8 @@ from typing import Iterable, Optional, Sequence
 
 import torch
 
+from .report import percentile
+
 __all__ = ["BATCH_SIZES", "PathProfile", "LatencyModel", "profile_paths", "save_profile", "load_profiles",
            "machine_info"]
 
@@ -117,14 +119,6 @@ def versions() -> dict:
     return dict(mprec=mprec.__version__, torch=torch.__version__, python=sys.version.split()[0])
 
 
-def _percentile(values: list, q: float) -> float:
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q
-    lo = math.floor(k)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
 def profile_paths(paths: Iterable, batch_sizes: Sequence[int] = BATCH_SIZES, repetitions: int = 20,
                   min_repetitions: int = 3, budget_s: float = 1.0, warmup: int = 2, log=None) -> list:
     """Times each path's ``serve`` per batch size; returns :class:`PathProfile` s."""
@@ -149,7 +143,7 @@ def profile_paths(paths: Iterable, batch_sizes: Sequence[int] = BATCH_SIZES, rep
                 path.serve(start_row, n)
                 times.append(time.perf_counter() - t0)
             medians.append(statistics.median(times) * 1e3)
-            p99s.append(_percentile(times, 0.99) * 1e3)
+            p99s.append(percentile(times, 0.99) * 1e3)
             reps.append(len(times))
         profiles.append(PathProfile(path.name, path.representation, path.device, path.accuracy, list(batch_sizes),
                                     medians, p99s, reps, machine))

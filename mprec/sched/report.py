@@ -11,10 +11,12 @@ import math
 from collections import Counter
 from typing import Optional, Sequence
 
-__all__ = ["summarize", "format_table", "knee_rate", "plot_sweep"]
+__all__ = ["percentile", "summarize", "by_rate", "best_static", "ratio_to_best_static", "format_table", "knee_rate",
+           "plot_sweep"]
 
 
-def _percentile(values: list, q: float) -> float:
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-quantile (0..1) of ``values``, linear between order statistics; NaN when empty."""
     if not values:
         return float("nan")
     ordered = sorted(values)
@@ -42,25 +44,42 @@ def summarize(outcomes: Sequence, accuracy: dict) -> dict:
         queries=len(outcomes), samples=sum(o.query.size for o in outcomes), duration_s=duration,
         correct_per_s=rate(correct), samples_per_s=rate(sum(o.query.size for o in served)),
         queries_per_s=rate(len(served)),
-        p50_ms=_percentile(latencies, 0.50), p95_ms=_percentile(latencies, 0.95), p99_ms=_percentile(latencies, 0.99),
+        p50_ms=percentile(latencies, 0.50), p95_ms=percentile(latencies, 0.95), p99_ms=percentile(latencies, 0.99),
         late=len(served) - len(met), rejected=len(outcomes) - len(served),
         violation_rate=(len(outcomes) - len(met)) / len(outcomes),
         path_mix={p: c / len(served) for p, c in sorted(mix.items())})
 
 
-def format_table(rows: Sequence[dict], rate_key: str = "rate") -> str:
+def by_rate(rows: Sequence[dict]) -> dict:
+    """rate -> that rate's rows, in first-seen order."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(r["rate"], []).append(r)
+    return groups
+
+
+def best_static(group: Sequence[dict]) -> float:
+    """The highest correct-prediction throughput of a static policy among one rate's rows."""
+    return max((r["correct_per_s"] for r in group if r["policy"].startswith("static")), default=float("nan"))
+
+
+def ratio_to_best_static(rows: Sequence[dict], rate: float, policy: str = "mp-rec") -> float:
+    group = by_rate(rows)[rate]
+    best = best_static(group)
+    value = next(r["correct_per_s"] for r in group if r["policy"] == policy)
+    return value / best if best > 0 else float("nan")
+
+
+def format_table(rows: Sequence[dict]) -> str:
     """One line per (rate, policy): the summary's columns and, per rate, each policy's ratio to the best
     static policy's correct-prediction throughput."""
     head = (f"{'load q/s':>9} {'policy':<22} {'correct/s':>11} {'x best static':>13} {'samples/s':>10} "
             f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'viol %':>7} {'rej':>5}  path mix")
     lines = [head, "-" * len(head)]
-    by_rate: dict = {}
-    for r in rows:
-        by_rate.setdefault(r[rate_key], []).append(r)
-    for rate, group in by_rate.items():
-        best_static = max((r["correct_per_s"] for r in group if r["policy"].startswith("static")), default=float("nan"))
+    for rate, group in by_rate(rows).items():
+        best = best_static(group)
         for r in group:
-            ratio = r["correct_per_s"] / best_static if best_static > 0 else float("nan")
+            ratio = r["correct_per_s"] / best if best > 0 else float("nan")
             mix = " ".join(f"{p}:{f:.0%}" for p, f in r["path_mix"].items())
             lines.append(f"{rate:9.1f} {r['policy']:<22} {r['correct_per_s']:11,.0f} {ratio:12.2f}x "
                          f"{r['samples_per_s']:10,.0f} {r['p50_ms']:8.2f} {r['p95_ms']:8.2f} {r['p99_ms']:8.2f} "
@@ -68,19 +87,17 @@ def format_table(rows: Sequence[dict], rate_key: str = "rate") -> str:
     return "\n".join(lines)
 
 
-def knee_rate(rows: Sequence[dict], rate_key: str = "rate") -> Optional[float]:
+def knee_rate(rows: Sequence[dict]) -> Optional[float]:
     """The load at which the best static policy's correct-prediction throughput peaks: past it, more
     load only adds violations (the sweep's knee)."""
-    best: dict = {}
-    for r in rows:
-        if r["policy"].startswith("static"):
-            best[r[rate_key]] = max(best.get(r[rate_key], float("-inf")), r["correct_per_s"])
+    best = {rate: best_static(group) for rate, group in by_rate(rows).items()}
+    best = {rate: b for rate, b in best.items() if not math.isnan(b)}
     if not best:
         return None
     return max(best, key=lambda rate: (best[rate], -rate))
 
 
-def plot_sweep(rows: Sequence[dict], path: str, title: str = "", rate_key: str = "rate") -> None:
+def plot_sweep(rows: Sequence[dict], path: str, title: str = "") -> None:
     """Correct-prediction throughput and p99 latency against the offered load, one line per policy."""
     import matplotlib
 
@@ -90,7 +107,7 @@ def plot_sweep(rows: Sequence[dict], path: str, title: str = "", rate_key: str =
     policies = list(dict.fromkeys(r["policy"] for r in rows))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for policy in policies:
-        pts = sorted((r[rate_key], r["correct_per_s"], r["p99_ms"]) for r in rows if r["policy"] == policy)
+        pts = sorted((r["rate"], r["correct_per_s"], r["p99_ms"]) for r in rows if r["policy"] == policy)
         style = dict(linewidth=2.5, color="black") if policy == "mp-rec" else dict(linewidth=1.2)
         ax1.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=policy, **style)
         ax2.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", markersize=3, label=policy, **style)

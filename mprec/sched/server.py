@@ -121,15 +121,16 @@ class Server:
             now = self.now()
             self.counts["submitted"] += 1
             decision = self.policy.choose(query, now, self)
-            device = None if decision is None else self.devices[self.paths[decision.path].device]
-            if device is None or len(device.queue) + device.in_service >= self.capacity:
+            device = None if decision is None else self.paths[decision.path].device
+            if device is None or not self.has_room(device):
                 self.counts["rejected"] += 1
                 future.set_result(Answer(query, "rejected", submitted=now))
                 return future
             predicted = self.paths[decision.path].latency(query.size)
-            device.queue.append(_Item(query, decision.path, start_row, predicted, future, now))
-            device.pending += predicted
-            device.ready.notify()
+            d = self.devices[device]
+            d.queue.append(_Item(query, decision.path, start_row, predicted, future, now))
+            d.pending += predicted
+            d.ready.notify()
         return future
 
     def work(self, name: str) -> None:
