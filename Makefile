@@ -6,13 +6,23 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 # torch 2.13.0 is the local CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
+# Triton for the GPU kernels; without a GPU the tests run them in its interpreter (TRITON_INTERPRET=1).
+TRITON_SPEC ?= triton==3.9.0
 PYTEST_ARGS ?=
 
 STAMP_DEPS := $(VENV)/.deps-installed
 STAMP_BUILD := $(VENV)/.mprec-built
 EXT_SOURCES := $(shell find csrc -type f) CMakeLists.txt setup.py pyproject.toml
 
-.PHONY: build run test bench bench-deps clean
+# The CUDA kernels (csrc/cuda/*.cu) need no torch, so they are compiled here on any machine with nvcc, GPU or
+# not: a kernel that does not compile fails `make test`. Without nvcc the target says so and skips.
+NVCC ?= nvcc
+CUDA_SOURCES := $(wildcard csrc/cuda/*.cu)
+CUDA_OBJECTS := $(patsubst csrc/cuda/%.cu,build/cuda-objects/%.o,$(CUDA_SOURCES))
+CUDA_HEADERS := $(shell find csrc/include -type f)
+HAVE_NVCC := $(shell command -v $(NVCC) 2>/dev/null)
+
+.PHONY: build run test bench bench-deps clean cuda-objects
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +30,7 @@ $(PY):
 $(STAMP_DEPS): $(PY) Makefile
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q "setuptools>=64" wheel cmake ninja numpy pytest hypothesis expecttest pytest-benchmark matplotlib
+	$(PIP) install -q "$(TRITON_SPEC)"
 	touch $@
 
 $(STAMP_BUILD): $(STAMP_DEPS) $(EXT_SOURCES)
@@ -31,8 +42,19 @@ build: $(STAMP_BUILD)
 run: build
 	$(PY) -m mprec.cli run
 
-test: build
+test: build cuda-objects
 	$(PY) -m pytest tests -q $(PYTEST_ARGS)
+
+ifneq ($(HAVE_NVCC),)
+cuda-objects: $(CUDA_OBJECTS)
+else
+cuda-objects:
+	@echo "cuda-objects: $(NVCC) not found, the CUDA kernels were not compiled"
+endif
+
+build/cuda-objects/%.o: csrc/cuda/%.cu $(CUDA_HEADERS)
+	@mkdir -p $(@D)
+	$(NVCC) -std=c++17 -arch=sm_90 -O3 -Icsrc/include -c $< -o $@
 
 # Peers for the benchmarks: FBGEMM's CPU build, and TorchRec without its declared CUDA fbgemm dependency.
 bench-deps: $(VENV)/.bench-deps-installed

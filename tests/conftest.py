@@ -7,7 +7,12 @@ import os
 import pytest
 import torch
 
-import mprec
+# Without a GPU the Triton kernels run on CPU tensors in Triton's interpreter; it is chosen when a kernel
+# is first compiled, so before mprec launches any.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import mprec  # noqa: E402
 
 # Tolerances against the float64 reference, by weight dtype: the kernels accumulate in float32 (float64
 # for float64 tables) and round once to the output dtype, so the error is about one rounding of the

@@ -16,9 +16,9 @@
 #include <cmath>
 #include <limits>
 #include <mutex>
-#include <sstream>
 #include <vector>
 
+#include "mprec/embedding_bag_checks.h"
 #include "mprec/embedding_bag_kernel.h"
 #include "mprec/isa.h"
 
@@ -30,6 +30,8 @@ using at::Tensor;
 
 constexpr const char* kSingleOp = "mprec::embedding_bag";
 constexpr const char* kBatchedOp = "mprec::batched_embedding_bag";
+// Where every tensor of these kernels must be (the shared checks take the device).
+const c10::Device kCpu(c10::DeviceType::CPU);
 
 // One table of a call: its weight, its place in the output's columns, and its padding row.
 struct Table {
@@ -56,117 +58,23 @@ struct Layout {
   }
 };
 
-PoolMode checked_mode(const char* op, int64_t mode) {
-  TORCH_CHECK_VALUE(mode >= 0 && mode <= 2, op, ": mode must be 0 (sum), 1 (mean) or 2 (max), got ", mode);
-  return static_cast<PoolMode>(mode);
-}
-
-WeightType float_weight_type(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kDouble: return WeightType::kDouble;
-    case at::kHalf: return WeightType::kHalf;
-    case at::kBFloat16: return WeightType::kBFloat16;
-    case at::kByte: return WeightType::kUInt8RowwiseQuantized;
-    default: return WeightType::kFloat;
-  }
-}
-
-WeightType checked_weight(const char* op, const Tensor& weight, const Tensor* scale_bias, const std::string& name) {
-  TORCH_CHECK_VALUE(weight.dim() == 2, op, ": ", name, " must be 2-D [num_embeddings, embedding_dim], got shape ",
-                    weight.sizes());
-  TORCH_CHECK_VALUE(weight.device().is_cpu(), op, ": ", name, " is on ", weight.device(), ", expected cpu");
-  switch (weight.scalar_type()) {
-    case at::kFloat:
-    case at::kDouble:
-    case at::kHalf:
-    case at::kBFloat16:
-      TORCH_CHECK_VALUE(scale_bias == nullptr || !scale_bias->defined(), op, ": scale_bias is only for uint8 ",
-                        "(row-wise quantized) weights, but ", name, " is ", weight.scalar_type());
-      return float_weight_type(weight.scalar_type());
-    case at::kByte: {
-      TORCH_CHECK_VALUE(scale_bias != nullptr && scale_bias->defined(), op, ": ", name,
-                        " is uint8 (row-wise quantized) and needs scale_bias [num_embeddings, 2] from "
-                        "mprec::quantize_rowwise_int8");
-      const Tensor& sb = *scale_bias;
-      TORCH_CHECK_VALUE(sb.scalar_type() == at::kFloat && sb.dim() == 2 && sb.size(0) == weight.size(0) &&
-                            sb.size(1) == 2,
-                        op, ": scale_bias for ", name, " must be float32 [", weight.size(0), ", 2], got ",
-                        sb.scalar_type(), " ", sb.sizes());
-      return WeightType::kUInt8RowwiseQuantized;
-    }
-    default:
-      TORCH_CHECK_VALUE(false, op, ": ", name, " has dtype ", weight.scalar_type(),
-                        "; expected float32, float64, float16, bfloat16 or uint8 (row-wise quantized)");
-  }
-}
-
-void check_indices_offsets(const char* op, const Tensor& indices, const Tensor& offsets) {
-  TORCH_CHECK_VALUE(indices.scalar_type() == at::kInt || indices.scalar_type() == at::kLong, op,
-                    ": indices must be int32 or int64, got ", indices.scalar_type());
-  TORCH_CHECK_VALUE(offsets.scalar_type() == indices.scalar_type(), op, ": offsets (", offsets.scalar_type(),
-                    ") must have the same dtype as indices (", indices.scalar_type(), ")");
-  TORCH_CHECK_VALUE(indices.dim() == 1, op, ": indices must be 1-D, got shape ", indices.sizes());
-  TORCH_CHECK_VALUE(offsets.dim() == 1, op, ": offsets must be 1-D, got shape ", offsets.sizes());
-  TORCH_CHECK_VALUE(indices.device().is_cpu() && offsets.device().is_cpu(), op,
-                    ": indices and offsets must be on the cpu");
-}
-
 Layout make_layout(const char* op, const Tensor& indices, const Tensor& offsets, int64_t bags) {
   Layout layout{indices.contiguous(), offsets.contiguous(), indices.numel(), offsets.numel(), bags};
-  if (layout.num_offsets > 0) {
-    const int64_t first = layout.offset_at(0);
-    TORCH_CHECK(first == 0, op, ": offsets[0] must be 0, got ", first);
+  if (layout.num_offsets > 0 && layout.offset_at(0) != 0) {
+    BagErrorReport e;
+    e.kind = BagError::kFirstOffsetNotZero;
+    e.position = 0;
+    e.value = layout.offset_at(0);
+    TORCH_CHECK(false, bag_error_message(op, e, layout.num_indices, 0));
   }
   return layout;
 }
 
-// per_sample_weights in the accumulation dtype: float64 for float64 tables, else float32.
-Tensor checked_per_sample_weights(const char* op, const c10::optional<Tensor>& psw, PoolMode mode,
-                                  int64_t num_indices, at::ScalarType acc_dtype) {
-  if (!psw.has_value() || !psw->defined()) return Tensor();
-  TORCH_CHECK_VALUE(mode == PoolMode::kSum, op, ": per_sample_weights are only supported with mode sum (0), got ",
-                    mode == PoolMode::kMean ? "mean (1)" : "max (2)");
-  TORCH_CHECK_VALUE(psw->dim() == 1 && psw->numel() == num_indices, op,
-                    ": per_sample_weights must be 1-D with one weight per index (", num_indices, "), got shape ",
-                    psw->sizes());
-  TORCH_CHECK_VALUE(at::isFloatingType(psw->scalar_type()), op, ": per_sample_weights must be floating point, got ",
-                    psw->scalar_type());
-  return psw->to(acc_dtype).contiguous();
-}
-
-void check_padding_idx(const char* op, int64_t padding_idx, int64_t num_rows, const std::string& where) {
-  TORCH_CHECK_VALUE(padding_idx >= -1 && padding_idx < std::max<int64_t>(num_rows, 0), op, ": padding_idx ",
-                    padding_idx, where, " must be -1 (none) or in [0, ", num_rows, ")");
-}
-
-[[noreturn]] void throw_bag_error(const char* op, const BagErrorReport& e, const Layout& layout,
+[[noreturn]] void throw_bag_error(const char* op, BagErrorReport e, const Layout& layout,
                                   const std::vector<Table>& tables) {
-  std::ostringstream msg;
-  msg << op << ": ";
-  const bool batched = std::string(op).find("batched") != std::string::npos;
-  switch (e.kind) {
-    case BagError::kIndexOutOfRange:
-      msg << "index " << e.value << " at position " << e.position;
-      if (e.value < 0) msg << " is negative";
-      else msg << " is out of range";
-      msg << " for " << (batched ? "table " + std::to_string(e.table) + " " : std::string("the table "))
-          << "with " << tables[e.table].num_rows << " rows (valid indices: 0.." << tables[e.table].num_rows - 1
-          << ")";
-      break;
-    case BagError::kOffsetPastEnd:
-      msg << "offsets[" << e.position << "] = " << e.value << " is past the end of indices (" << layout.num_indices
-          << " entries)";
-      break;
-    case BagError::kOffsetDecreasing:
-      msg << "offsets[" << e.position << "] = " << e.value << " is smaller than offsets[" << e.position - 1
-          << "] = " << (e.position >= 1 ? layout.offset_at(e.position - 1) : 0)
-          << "; offsets must be non-decreasing";
-      break;
-    case BagError::kNone:
-      msg << "internal error";
-      break;
-  }
-  TORCH_CHECK(false, msg.str());
+  if (e.kind == BagError::kOffsetDecreasing && e.position >= 1) e.previous = layout.offset_at(e.position - 1);
+  const bool known_table = e.table >= 0 && e.table < static_cast<int64_t>(tables.size());
+  TORCH_CHECK(false, bag_error_message(op, e, layout.num_indices, known_table ? tables[e.table].num_rows : 0));
 }
 
 template <typename IT>
@@ -192,7 +100,8 @@ struct BagReader {
   // The row of lookup i, or -1 for the padding row.
   int64_t row(int64_t i, int64_t t) const {
     const int64_t idx = indices[i];
-    if (idx == tables[t].padding_idx) return -1;
+    // -1 means no padding row, not a row to skip: index -1 is then out of range like any other.
+    if (idx == tables[t].padding_idx && idx >= 0) return -1;
     if (static_cast<uint64_t>(idx) >= static_cast<uint64_t>(tables[t].num_rows))
       throw_bag_error(op, {BagError::kIndexOutOfRange, i, idx, t}, layout, tables);
     return idx;
@@ -213,10 +122,6 @@ struct BagReader {
 #define MPREC_DISPATCH_INDEX_ACC(layout, is_double, FN, ...)                                              \
   ((layout).index_is_64bit() ? ((is_double) ? FN<int64_t, double>(__VA_ARGS__) : FN<int64_t, float>(__VA_ARGS__)) \
                              : ((is_double) ? FN<int32_t, double>(__VA_ARGS__) : FN<int32_t, float>(__VA_ARGS__)))
-
-at::ScalarType accumulation_dtype(const Tensor& weight) {
-  return weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
 
 // float64 tables: a portable loop accumulating in double. Not a fast path; it gives gradcheck and
 // float64 users exact results with the same semantics and checks as the vector kernels.
@@ -359,51 +264,31 @@ std::tuple<Tensor, Tensor> embedding_bag_cpu(const Tensor& weight, const Tensor&
   const char* op = kSingleOp;
   const PoolMode pool_mode = checked_mode(op, mode);
   const Tensor sb = scale_bias.has_value() ? *scale_bias : Tensor();
-  const WeightType type = checked_weight(op, weight, &sb, "weight");
-  check_indices_offsets(op, indices, offsets);
-  TORCH_CHECK_VALUE(!include_last_offset || offsets.numel() >= 1, op,
-                    ": include_last_offset=True needs at least one offset");
+  const WeightType type = checked_weight(op, weight, &sb, "weight", kCpu);
+  check_indices_offsets(op, indices, offsets, kCpu);
+  const int64_t bags = single_bags(op, offsets, include_last_offset);
   check_padding_idx(op, padding_idx, weight.size(0), "");
-  const int64_t bags = include_last_offset ? offsets.numel() - 1 : offsets.numel();
   const Layout layout = make_layout(op, indices, offsets, bags);
-  const Tensor psw =
-      checked_per_sample_weights(op, per_sample_weights, pool_mode, indices.numel(), accumulation_dtype(weight));
+  const Tensor psw = checked_per_sample_weights(op, per_sample_weights, pool_mode, indices.numel(),
+                                                accumulation_dtype(weight), kCpu);
   std::vector<Table> tables{{weight.contiguous(), sb.defined() ? sb.contiguous() : Tensor(), type, weight.size(0),
                              weight.size(1), 0, padding_idx}};
   return pool_tables(op, tables, layout, pool_mode, psw);
 }
 
 std::vector<Table> batched_tables(const char* op, at::TensorList weights, at::IntArrayRef padding_idx,
-                                  const c10::optional<at::TensorList>& scale_bias, bool need_scale_bias_check = true) {
-  TORCH_CHECK_VALUE(!weights.empty(), op, ": needs at least one table");
-  TORCH_CHECK_VALUE(padding_idx.empty() || padding_idx.size() == weights.size(), op, ": padding_idx has ",
-                    padding_idx.size(), " entries for ", weights.size(), " tables (give one per table, or none)");
-  if (scale_bias.has_value())
-    TORCH_CHECK_VALUE(scale_bias->size() == weights.size(), op, ": scale_bias has ", scale_bias->size(),
-                      " entries for ", weights.size(), " tables");
+                                  const c10::optional<at::TensorList>& scale_bias, bool check_weights = true) {
+  const std::vector<WeightType> types = check_batched_tables(op, weights, padding_idx, scale_bias, check_weights, kCpu);
   std::vector<Table> tables;
   int64_t col = 0;
   for (const auto t : c10::irange(weights.size())) {
-    const std::string name = "weights[" + std::to_string(t) + "]";
     const Tensor sb = scale_bias.has_value() ? (*scale_bias)[t] : Tensor();
-    const WeightType type = need_scale_bias_check ? checked_weight(op, weights[t], &sb, name) : WeightType::kFloat;
-    TORCH_CHECK_VALUE(weights[t].scalar_type() == weights[0].scalar_type(), op, ": every table must have the same ",
-                      "dtype; weights[0] is ", weights[0].scalar_type(), " but ", name, " is ",
-                      weights[t].scalar_type());
     const int64_t pad = padding_idx.empty() ? -1 : padding_idx[t];
-    check_padding_idx(op, pad, weights[t].size(0), " of table " + std::to_string(t));
-    tables.push_back({weights[t].contiguous(), sb.defined() ? sb.contiguous() : Tensor(), type, weights[t].size(0),
+    tables.push_back({weights[t].contiguous(), sb.defined() ? sb.contiguous() : Tensor(), types[t], weights[t].size(0),
                       weights[t].size(1), col, pad});
     col += weights[t].size(1);
   }
   return tables;
-}
-
-int64_t batched_bags(const char* op, const Tensor& offsets, int64_t num_tables) {
-  TORCH_CHECK_VALUE(offsets.numel() >= 1 && (offsets.numel() - 1) % num_tables == 0, op,
-                    ": offsets must have T * B + 1 entries (TBE layout) for T = ", num_tables, " tables, got ",
-                    offsets.numel());
-  return (offsets.numel() - 1) / num_tables;
 }
 
 std::tuple<Tensor, Tensor> batched_embedding_bag_cpu(at::TensorList weights, const Tensor& indices,
@@ -415,10 +300,10 @@ std::tuple<Tensor, Tensor> batched_embedding_bag_cpu(at::TensorList weights, con
   const char* op = kBatchedOp;
   const PoolMode pool_mode = checked_mode(op, mode);
   const std::vector<Table> tables = batched_tables(op, weights, padding_idx, scale_bias);
-  check_indices_offsets(op, indices, offsets);
+  check_indices_offsets(op, indices, offsets, kCpu);
   const Layout layout = make_layout(op, indices, offsets, batched_bags(op, offsets, tables.size()));
   const Tensor psw = checked_per_sample_weights(op, per_sample_weights, pool_mode, indices.numel(),
-                                                accumulation_dtype(tables[0].weight));
+                                                accumulation_dtype(tables[0].weight), kCpu);
   return pool_tables(op, tables, layout, pool_mode, psw);
 }
 
@@ -431,11 +316,6 @@ template <typename acc_t>
 inline acc_t lookup_scale(PoolMode mode, const acc_t* psw, int64_t i, int64_t count) {
   if (mode == PoolMode::kMean) return count > 0 ? acc_t(1) / static_cast<acc_t>(count) : acc_t(0);
   return psw ? psw[i] : acc_t(1);
-}
-
-void check_grad(const char* op, const Tensor& grad, int64_t bags, int64_t total_dim) {
-  TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == bags && grad.size(1) == total_dim, op,
-                    ": grad must have shape [", bags, ", ", total_dim, "], got ", grad.sizes());
 }
 
 // Dense weight gradients. Threads own disjoint row ranges and each scans every lookup in order, so no
@@ -464,8 +344,15 @@ std::vector<Tensor> dense_backward(const char* op, const Tensor& grad, const std
         for (int64_t b = 0; b < layout.bags; ++b) {
           for (int64_t d = 0; d < dim; ++d) {
             const int64_t r = mi[b * total_dim + table.col + d];
-            TORCH_CHECK(r >= -1 && r < table.num_rows, op, ": max_indices[", b, ", ", table.col + d, "] = ", r,
-                        " is out of range for a table of ", table.num_rows, " rows");
+            if (r < -1 || r >= table.num_rows) {
+              BagErrorReport e;
+              e.kind = BagError::kMaxIndexOutOfRange;
+              e.position = b;
+              e.column = table.col + d;
+              e.value = r;
+              e.table = static_cast<int64_t>(t);
+              throw_bag_error(op, e, layout, tables);
+            }
             if (r >= r0 && r < r1) gwp[r * dim + d] += gp[b * total_dim + table.col + d];
           }
         }
@@ -591,12 +478,10 @@ struct SingleCall {
 SingleCall single_call(const char* op, const Tensor& weight, const Tensor& indices, const Tensor& offsets,
                        int64_t mode, int64_t padding_idx, bool include_last_offset) {
   const PoolMode pool_mode = checked_mode(op, mode);
-  check_indices_offsets(op, indices, offsets);
+  check_indices_offsets(op, indices, offsets, kCpu);
   TORCH_CHECK_VALUE(weight.dim() == 2, op, ": weight must be 2-D, got shape ", weight.sizes());
-  TORCH_CHECK_VALUE(!include_last_offset || offsets.numel() >= 1, op,
-                    ": include_last_offset=True needs at least one offset");
+  const int64_t bags = single_bags(op, offsets, include_last_offset);
   check_padding_idx(op, padding_idx, weight.size(0), "");
-  const int64_t bags = include_last_offset ? offsets.numel() - 1 : offsets.numel();
   const WeightType type = float_weight_type(weight.scalar_type());
   return {{{weight.contiguous(), Tensor(), type, weight.size(0), weight.size(1), 0, padding_idx}},
           make_layout(op, indices, offsets, bags),
@@ -609,12 +494,10 @@ Tensor embedding_bag_backward_cpu(const Tensor& grad, const Tensor& weight, cons
                                   bool include_last_offset) {
   const char* op = "mprec::embedding_bag_backward";
   SingleCall c = single_call(op, weight, indices, offsets, mode, padding_idx, include_last_offset);
-  check_grad(op, grad, c.layout.bags, weight.size(1));
-  if (c.mode == PoolMode::kMax)
-    TORCH_CHECK_VALUE(max_indices.sizes() == grad.sizes(), op, ": max_indices must have the shape of grad ",
-                      grad.sizes(), ", got ", max_indices.sizes());
+  check_grad(op, grad, c.layout.bags, weight.size(1), kCpu);
+  check_max_indices(op, max_indices, grad, c.mode, kCpu);
   const Tensor psw = checked_per_sample_weights(op, per_sample_weights, c.mode, indices.numel(),
-                                                accumulation_dtype(c.tables[0].weight));
+                                                accumulation_dtype(c.tables[0].weight), kCpu);
   const Tensor mi = c.mode == PoolMode::kMax ? max_indices.contiguous() : max_indices;
   return MPREC_DISPATCH_INDEX_ACC(c.layout, weight_is_double(c), dense_backward, op, grad, c.tables, c.layout, c.mode, psw, mi)[0];
 }
@@ -626,9 +509,9 @@ std::tuple<Tensor, Tensor> embedding_bag_sparse_backward_cpu(const Tensor& grad,
                                                              int64_t padding_idx, bool include_last_offset) {
   const char* op = "mprec::embedding_bag_sparse_backward";
   SingleCall c = single_call(op, weight, indices, offsets, mode, padding_idx, include_last_offset);
-  check_grad(op, grad, c.layout.bags, weight.size(1));
+  check_grad(op, grad, c.layout.bags, weight.size(1), kCpu);
   const Tensor psw = checked_per_sample_weights(op, per_sample_weights, c.mode, indices.numel(),
-                                                accumulation_dtype(c.tables[0].weight));
+                                                accumulation_dtype(c.tables[0].weight), kCpu);
   auto [rows, values] = MPREC_DISPATCH_INDEX_ACC(c.layout, weight_is_double(c), sparse_backward, op, grad, c.tables, c.layout, c.mode, psw);
   return {rows[0], values[0]};
 }
@@ -638,7 +521,7 @@ Tensor embedding_bag_per_sample_weights_backward_cpu(const Tensor& grad, const T
                                                      int64_t padding_idx, bool include_last_offset) {
   const char* op = "mprec::embedding_bag_per_sample_weights_backward";
   SingleCall c = single_call(op, weight, indices, offsets, mode, padding_idx, include_last_offset);
-  check_grad(op, grad, c.layout.bags, weight.size(1));
+  check_grad(op, grad, c.layout.bags, weight.size(1), kCpu);
   return MPREC_DISPATCH_INDEX_ACC(c.layout, weight_is_double(c), per_sample_weights_backward, op, grad, c.tables, c.layout, c.mode);
 }
 
@@ -655,7 +538,7 @@ BatchedCall batched_call(const char* op, at::TensorList weights, const Tensor& i
   for (const auto t : c10::irange(weights.size()))
     TORCH_CHECK_VALUE(weights[t].dim() == 2, op, ": weights[", t, "] must be 2-D, got shape ", weights[t].sizes());
   std::vector<Table> tables = batched_tables(op, weights, padding_idx, c10::nullopt, false);
-  check_indices_offsets(op, indices, offsets);
+  check_indices_offsets(op, indices, offsets, kCpu);
   Layout layout = make_layout(op, indices, offsets, batched_bags(op, offsets, tables.size()));
   int64_t total_dim = 0;
   for (auto& t : tables) {
@@ -672,12 +555,10 @@ std::vector<Tensor> batched_embedding_bag_backward_cpu(const Tensor& grad, at::T
                                                        at::IntArrayRef padding_idx) {
   const char* op = "mprec::batched_embedding_bag_backward";
   BatchedCall c = batched_call(op, weights, indices, offsets, mode, padding_idx);
-  check_grad(op, grad, c.layout.bags, c.total_dim);
-  if (c.mode == PoolMode::kMax)
-    TORCH_CHECK_VALUE(max_indices.sizes() == grad.sizes(), op, ": max_indices must have the shape of grad ",
-                      grad.sizes(), ", got ", max_indices.sizes());
+  check_grad(op, grad, c.layout.bags, c.total_dim, kCpu);
+  check_max_indices(op, max_indices, grad, c.mode, kCpu);
   const Tensor psw = checked_per_sample_weights(op, per_sample_weights, c.mode, indices.numel(),
-                                                accumulation_dtype(c.tables[0].weight));
+                                                accumulation_dtype(c.tables[0].weight), kCpu);
   const Tensor mi = c.mode == PoolMode::kMax ? max_indices.contiguous() : max_indices;
   return MPREC_DISPATCH_INDEX_ACC(c.layout, weight_is_double(c), dense_backward, op, grad, c.tables, c.layout, c.mode, psw, mi);
 }
@@ -687,9 +568,9 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>> batched_embedding_bag_spars
     const c10::optional<Tensor>& per_sample_weights, at::IntArrayRef padding_idx) {
   const char* op = "mprec::batched_embedding_bag_sparse_backward";
   BatchedCall c = batched_call(op, weights, indices, offsets, mode, padding_idx);
-  check_grad(op, grad, c.layout.bags, c.total_dim);
+  check_grad(op, grad, c.layout.bags, c.total_dim, kCpu);
   const Tensor psw = checked_per_sample_weights(op, per_sample_weights, c.mode, indices.numel(),
-                                                accumulation_dtype(c.tables[0].weight));
+                                                accumulation_dtype(c.tables[0].weight), kCpu);
   auto [rows, values] = MPREC_DISPATCH_INDEX_ACC(c.layout, weight_is_double(c), sparse_backward, op, grad, c.tables, c.layout, c.mode, psw);
   return {rows, values};
 }
@@ -699,7 +580,7 @@ Tensor batched_embedding_bag_per_sample_weights_backward_cpu(const Tensor& grad,
                                                              int64_t mode, at::IntArrayRef padding_idx) {
   const char* op = "mprec::batched_embedding_bag_per_sample_weights_backward";
   BatchedCall c = batched_call(op, weights, indices, offsets, mode, padding_idx);
-  check_grad(op, grad, c.layout.bags, c.total_dim);
+  check_grad(op, grad, c.layout.bags, c.total_dim, kCpu);
   return MPREC_DISPATCH_INDEX_ACC(c.layout, weight_is_double(c), per_sample_weights_backward, op, grad, c.tables, c.layout, c.mode);
 }
 
@@ -883,7 +764,7 @@ void batched_embedding_bag_update_cpu(at::TensorList weights, at::TensorList sta
   const FusedOptimizer optimizer = checked_optimizer(op, std::string(optimizer_name));
   BatchedCall c = batched_call(op, weights, indices, offsets, mode, padding_idx);
   TORCH_CHECK_VALUE(c.mode != PoolMode::kMax, op, ": fused optimizers support mode sum (0) and mean (1), got max (2)");
-  check_grad(op, grad, c.layout.bags, c.total_dim);
+  check_grad(op, grad, c.layout.bags, c.total_dim, kCpu);
   for (const auto t : c10::irange(weights.size())) {
     TORCH_CHECK_VALUE(weights[t].is_contiguous(), op, ": weights[", t, "] must be contiguous (it is updated in place)");
   }
@@ -902,7 +783,7 @@ void batched_embedding_bag_update_cpu(at::TensorList weights, at::TensorList sta
   } else {
     TORCH_CHECK_VALUE(state.empty(), op, ": sgd takes no state, got ", state.size(), " tensors");
   }
-  const Tensor psw = checked_per_sample_weights(op, per_sample_weights, c.mode, indices.numel(), acc);
+  const Tensor psw = checked_per_sample_weights(op, per_sample_weights, c.mode, indices.numel(), acc, kCpu);
   if (acc == at::kDouble) {
     c.layout.index_is_64bit()
         ? fused_update<int64_t, double>(op, grad, c.tables, c.layout, c.mode, psw, optimizer, state, lr, eps)

@@ -56,7 +56,7 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
   int64_t count = 0;
   for (int64_t i = start; i < end; ++i) {
     const int64_t idx = static_cast<int64_t>(indices[i]);
-    if (idx == a.padding_idx) continue;
+    if (idx == a.padding_idx && idx >= 0) continue;  // padding_idx -1 (none) skips nothing
     if (static_cast<uint64_t>(idx) >= static_cast<uint64_t>(num_rows)) {
       error->kind = BagError::kIndexOutOfRange;
       error->position = i;

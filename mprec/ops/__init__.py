@@ -43,3 +43,6 @@ __all__ = [
     "next_prime",
     "rowwise_linear",
 ]
+
+# The CUDA kernels of every op (Triton, CUDA C++ or aten compositions); registering them needs no GPU.
+from . import gpu  # noqa: E402

@@ -401,3 +401,69 @@ def quantize_rowwise_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
 def dequantize_rowwise_int8(qweight: Tensor, scale_bias: Tensor) -> Tensor:
     """``qweight * scale + bias`` as float32."""
     return torch.ops.mprec.dequantize_rowwise_int8(qweight, scale_bias)
+
+
+# --- error messages for kernels that can only flag bad input ----------------------------------------------
+
+def raise_bag_error(op: str, indices: Tensor, offsets: Tensor, bags: int, rows: Sequence[int],
+                    padding_idx: Sequence[int]) -> None:
+    """Raises the CPU kernel's message for the first invalid offset or index of a bag layout.
+
+    Kernels that run many bags at once (GPU, and the aten compositions) learn only *that* something was
+    invalid; this finds *what*, in the order the CPU kernel walks the bags (offsets[0], then bag by bag:
+    the bag's bounds, then its lookups), and words it as the CPU kernel does. ``offsets`` has ``T * bags
+    + 1`` entries, or ``bags`` for one table whose last bag runs to the end of ``indices``. Runs on the
+    host: it is only called once something is known to be wrong.
+    """
+    indices = indices.detach().to("cpu", torch.int64)
+    offsets = offsets.detach().to("cpu", torch.int64)
+    num_indices = indices.shape[0]
+    batched = "batched" in op
+    if offsets.shape[0] > 0 and int(offsets[0]) != 0:
+        raise RuntimeError(f"{op}: offsets[0] must be 0, got {int(offsets[0])}")
+    total = len(rows) * bags
+    starts = offsets[:total]
+    ends = offsets[1 : total + 1]
+    if ends.shape[0] < total:  # one table, last bag to the end of indices
+        ends = torch.cat([ends, ends.new_tensor([num_indices])])
+    bad_bounds = (ends > num_indices) | (ends < starts) | (starts < 0)
+    first_bad_bag = int(bad_bounds.nonzero()[0]) if bool(bad_bounds.any()) else total
+    # Lookups of the bags before it: their bounds are valid, so they run from 0 to that bag's start.
+    last = int(ends[first_bad_bag - 1]) if first_bad_bag > 0 else 0
+    if last > 0:
+        positions = torch.arange(last)
+        table = torch.div(torch.searchsorted(ends[:first_bad_bag], positions, right=True), max(bags, 1),
+                          rounding_mode="floor")
+        idx = indices[:last]
+        table_rows = torch.tensor(list(rows), dtype=torch.int64)[table]
+        pads = torch.tensor(list(padding_idx) if len(padding_idx) else [-1] * len(rows), dtype=torch.int64)[table]
+        bad = ((idx != pads) | (pads < 0)) & ((idx < 0) | (idx >= table_rows))
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            value, t, n = int(idx[i]), int(table[i]), int(table_rows[i])
+            where = f"table {t} " if batched else "the table "
+            problem = "is negative" if value < 0 else "is out of range"
+            raise RuntimeError(f"{op}: index {value} at position {i} {problem} for {where}with {n} rows "
+                               f"(valid indices: 0..{n - 1})")
+    if first_bad_bag < total:
+        g = first_bad_bag
+        end = int(ends[g])
+        if end > num_indices:
+            raise RuntimeError(f"{op}: offsets[{g + 1}] = {end} is past the end of indices ({num_indices} entries)")
+        raise RuntimeError(f"{op}: offsets[{g + 1}] = {end} is smaller than offsets[{g}] = {int(starts[g])}; "
+                           "offsets must be non-decreasing")
+    raise RuntimeError(f"{op}: internal error: a kernel flagged invalid input that the checks cannot find")
+
+
+def raise_max_indices_error(op: str, max_indices: Tensor, cols: Sequence[int], rows: Sequence[int]) -> None:
+    """The CPU kernel's message for the first max_indices entry outside ``[-1, rows)`` of its table."""
+    mi = max_indices.detach().to("cpu")
+    for t, (col, n) in enumerate(zip(cols, rows)):
+        dim = (cols[t + 1] if t + 1 < len(cols) else mi.shape[1]) - col
+        block = mi[:, col : col + dim]
+        bad = (block < -1) | (block >= n)
+        if bool(bad.any()):
+            b, d = (int(v) for v in bad.nonzero()[0])
+            raise RuntimeError(f"{op}: max_indices[{b}, {col + d}] = {int(block[b, d])} is out of range for a table "
+                               f"of {n} rows")
+    raise RuntimeError(f"{op}: internal error: a kernel flagged max_indices that the checks cannot find")

@@ -14,7 +14,8 @@ Why not ``F.linear``: torch sends float32 ``mm``/``addmm`` to MKL, and MKL on AM
 kernels; oneDNN dispatches on the ISA alone and runs AVX-512 there. On a 2-core Zen 5 the DLRM shapes
 (B=2048, 368x512, 512x256) go at 200-220 GFLOP/s through MKL and 380-500 through oneDNN (forward and
 input gradient), 300-330 for the weight gradient. The products are float32 throughout (no bf16/tf32
-shortcut); only the summation order differs. Weight gradients of thin layers (a side under 64) stay on
+shortcut); only the summation order differs. bfloat16 goes to oneDNN only where the CPU computes it
+(AVX-512 or AMX). Weight gradients of thin layers (a side under 64) stay on
 ``mm``, where oneDNN is slower. Everything else (other devices and dtypes, N-d inputs) is ``F.linear``
 followed by the activation, in place.
 """
@@ -40,6 +41,10 @@ def _fused_available() -> bool:
 
 
 _HAS_FUSED = _fused_available()
+# oneDNN computes bfloat16 products only on CPUs with AVX-512 (or AMX); elsewhere it refuses to build the
+# primitive, and bfloat16 goes through F.linear like every other case.
+_ONEDNN_DTYPES = (torch.float32, torch.bfloat16) if _HAS_FUSED and torch.ops.mkldnn._is_mkldnn_bf16_supported() \
+    else (torch.float32,)
 
 
 def _matmul_t(a: Tensor, b: Tensor, activation: str = "none", bias: Optional[Tensor] = None) -> Tensor:
@@ -86,7 +91,7 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, activation:
         raise ValueError(f"mprec.ops.linear: activation must be one of {ACTIVATIONS}, got {activation!r}")
     if _HAS_FUSED and x.device.type == "cpu" and weight.device.type == "cpu" and x.dim() == 2 and x.shape[0] > 0:
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-        if dtype in (torch.float32, torch.bfloat16) and weight.dtype in (torch.float32, torch.bfloat16):
+        if dtype in _ONEDNN_DTYPES and weight.dtype in (torch.float32, torch.bfloat16):
             # The casts are autograd ops: gradients come back in each parameter's own dtype.
             x, weight = x.to(dtype), weight.to(dtype)
             bias = None if bias is None else bias.to(dtype)

@@ -8,23 +8,16 @@
 #pragma once
 #include <cstdint>
 
+#include "mprec/embedding_bag_types.h"
+
 namespace mprec {
 namespace cpu {
 
-// kDouble tables are pooled by the portable loop in embedding_bag.cpp (float64 accumulation, for
-// gradcheck and exact references); they never reach an ISA variant.
-enum class WeightType : int32_t { kFloat = 0, kHalf = 1, kBFloat16 = 2, kUInt8RowwiseQuantized = 3, kDouble = 4 };
-enum class PoolMode : int32_t { kSum = 0, kMean = 1, kMax = 2 };
-
-// What went wrong inside a kernel loop. The operator turns it into an error message naming the op.
-enum class BagError : int32_t { kNone = 0, kIndexOutOfRange = 1, kOffsetDecreasing = 2, kOffsetPastEnd = 3 };
-
-struct BagErrorReport {
-  BagError kind = BagError::kNone;
-  int64_t position = -1;  // index position (kIndexOutOfRange) or bag (offset errors)
-  int64_t value = 0;      // the offending index or offset
-  int64_t table = 0;      // table of a batched call
-};
+// The shared enums and the error report (embedding_bag_types.h), under the names the variants use.
+using ::mprec::BagError;
+using ::mprec::BagErrorReport;
+using ::mprec::PoolMode;
+using ::mprec::WeightType;
 
 // One table, a range of bags. Bag b (global bag number, so that the batched op can point every table at
 // the same indices/offsets arrays) covers indices [offsets[b], offsets[b+1]), except that when

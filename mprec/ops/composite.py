@@ -1,0 +1,672 @@
+"""Device-agnostic implementations of the mprec ops that get no dedicated GPU kernel.
+
+The ops on the hot path of a DLRM step (the embedding-bag forward and dense backward, ``dhe_encode``,
+``dhe_encode_linear``) have Triton/CUDA kernels. The others work on tensors that are small next to the tables
+(pooled outputs and their gradients, the lookups of one batch, the interaction's features) or are GEMM-bound
+(the DHE decoder's weight gradient, ``rowwise_linear``), so aten's kernels do them about as fast as a
+dedicated one would: they are written here once, as compositions of aten ops, and run on any device torch
+does. ``KERNELS`` maps each op name to its function, with the op's schema signature, for registration as the
+op's CUDA kernel::
+
+    lib = torch.library.Library("mprec", "IMPL")
+    for name, fn in KERNELS.items():
+        lib.impl(name, fn, "CUDA")
+
+Each function computes what the CPU kernel (``csrc/cpu``) computes: the same shapes, dtypes, accumulation
+dtype and order of sparse rows, and the same values up to floating-point rounding. It validates its inputs
+with the CPU kernel's checks, in the CPU kernel's order and with its messages (sizes written ``[2, 3]`` and
+dtypes ``Float``, as c10 writes them), so an error reads the same on every device. The checks that need
+data (index ranges, monotone offsets, hash parameters, non-negative ids, finite weights) read it on the
+host: a synchronisation, on backward, optimizer and quantization paths only. Of the ops an inference step
+runs, ``rowwise_linear``, the interactions and ``dequantize_rowwise_int8`` never synchronise;
+``unique_ids`` does, as any unique must (its output size is data). No tensor is indexed before its indices
+are known to be in range, so bad input raises the CPU kernel's error rather than a device-side assert.
+
+What a composition does not give: the CPU's ``rowwise_linear`` and ``dhe_encode_linear_backward`` compute
+each row independently of the batch and of the thread count (fixed GEMM row blocks), which MP-Cache's
+bit-exactness relies on; here the GEMM is aten's, whose kernel choice may depend on the batch.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional, Sequence
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from .dhe import ACTIVATIONS, MAX_PRIME, TRANSFORMS, is_prime
+from .embedding_bag import (FUSED_OPTIMIZERS, _accumulation_dtype, _batched_bags, _single_bags, mode_number,
+                            raise_bag_error)
+from .interaction import dlrm_interaction_width
+from .reference import dhe_encode_reference, quantize_rowwise_int8_reference, rowwise_linear_reference
+
+__all__ = ["KERNELS"]
+
+_SUM, _MEAN, _MAX = 0, 1, 2
+_MODE_NAMES = {_SUM: "sum (0)", _MEAN: "mean (1)", _MAX: "max (2)"}
+_FLOAT_TABLE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_INDEX_DTYPES = (torch.int32, torch.int64)
+# Ids whose DHE encodings exist at once in dhe_encode_linear_backward: 4096 x k (16 MB at k = 1024 in
+# float32), so [N, k] never does, and each chunk's GEMM is still large enough to run at full speed.
+_ENCODE_ROWS = 4096
+
+
+# --- c10's spelling, so that messages match the C++ kernels' ---------------------------------------------
+
+def _sizes(t: Tensor) -> str:
+    return "[" + ", ".join(str(s) for s in t.shape) + "]"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    """c10's ScalarType name: ``Float`` for torch.float32, ``Long`` for torch.int64, ..."""
+    legacy = torch.empty(0, dtype=dtype).type()  # "torch.FloatTensor"
+    return legacy.removeprefix("torch.").removesuffix("Tensor")
+
+
+def _float_text(x: float) -> str:
+    """A float as std::ostream writes it (6 significant digits; x86's NaN from 0/0 carries its sign)."""
+    if x != x:
+        return "-nan" if torch.tensor(x).signbit() else "nan"
+    return f"{x:g}"
+
+
+def _first_true(mask: Tensor) -> Tensor:
+    """Position of the first True of a 1-D mask, len(mask) when there is none, as a device scalar (no sync).
+    The appended True gives empty masks an answer; argmax returns the first of equal maxima."""
+    return torch.cat([mask, mask.new_ones(1)]).to(torch.uint8).argmax()
+
+
+def _at(values: Tensor, position: Tensor) -> Tensor:
+    """values[position], or 0 when position is past the end (never reads outside ``values``)."""
+    return torch.cat([values, values.new_zeros(1)])[position]
+
+
+# --- embedding bags -----------------------------------------------------------------------------------------
+
+class _Table(NamedTuple):
+    weight: Tensor
+    padding_idx: int  # -1: none
+    col: int  # first column in grad
+
+
+def _check_indices_offsets(op: str, indices: Tensor, offsets: Tensor) -> None:
+    if indices.dtype not in _INDEX_DTYPES:
+        raise ValueError(f"{op}: indices must be int32 or int64, got {_dtype_name(indices.dtype)}")
+    if offsets.dtype != indices.dtype:
+        raise ValueError(f"{op}: offsets ({_dtype_name(offsets.dtype)}) must have the same dtype as indices "
+                         f"({_dtype_name(indices.dtype)})")
+    if indices.dim() != 1:
+        raise ValueError(f"{op}: indices must be 1-D, got shape {_sizes(indices)}")
+    if offsets.dim() != 1:
+        raise ValueError(f"{op}: offsets must be 1-D, got shape {_sizes(offsets)}")
+
+
+def _check_padding_idx(op: str, padding_idx: int, num_rows: int, where: str = "") -> None:
+    if not -1 <= padding_idx < max(num_rows, 0):
+        raise ValueError(f"{op}: padding_idx {padding_idx}{where} must be -1 (none) or in [0, {num_rows})")
+
+
+def _raise_bag_error(op: str, tables: list[_Table], indices: Tensor, offsets: Tensor, bags: int) -> None:
+    """The CPU kernel's error for the first bad offset or index, in its order and its words."""
+    raise_bag_error(op, indices, offsets, bags, [t.weight.shape[0] for t in tables], [t.padding_idx for t in tables])
+
+
+def _check_first_offset(op: str, tables: list[_Table], indices: Tensor, offsets: Tensor, bags: int) -> None:
+    """offsets[0] == 0, checked with the arguments (as the CPU kernels do), before the other data."""
+    if offsets.numel() > 0 and int(offsets[0]) != 0:
+        _raise_bag_error(op, tables, indices, offsets, bags)
+
+
+def _check_grad(op: str, grad: Tensor, bags: int, total_dim: int) -> None:
+    if grad.dim() != 2 or grad.shape[0] != bags or grad.shape[1] != total_dim:
+        raise ValueError(f"{op}: grad must have shape [{bags}, {total_dim}], got {_sizes(grad)}")
+
+
+def _checked_per_sample_weights(op: str, psw: Optional[Tensor], mode: int, num_indices: int,
+                                acc: torch.dtype) -> Optional[Tensor]:
+    if psw is None:
+        return None
+    if mode != _SUM:
+        raise ValueError(f"{op}: per_sample_weights are only supported with mode sum (0), got {_MODE_NAMES[mode]}")
+    if psw.dim() != 1 or psw.numel() != num_indices:
+        raise ValueError(f"{op}: per_sample_weights must be 1-D with one weight per index ({num_indices}), "
+                         f"got shape {_sizes(psw)}")
+    if not psw.dtype.is_floating_point:
+        raise ValueError(f"{op}: per_sample_weights must be floating point, got {_dtype_name(psw.dtype)}")
+    return psw.to(acc)
+
+
+def _single_call(op: str, weight: Tensor, indices: Tensor, offsets: Tensor, mode: int, padding_idx: int,
+                 include_last_offset: bool) -> tuple[list[_Table], int]:
+    """The single-table backward ops' argument checks (csrc/cpu single_call): (tables, bags)."""
+    mode_number(op, mode)
+    _check_indices_offsets(op, indices, offsets)
+    if weight.dim() != 2:
+        raise ValueError(f"{op}: weight must be 2-D, got shape {_sizes(weight)}")
+    bags = _single_bags(op, offsets, include_last_offset)
+    _check_padding_idx(op, padding_idx, weight.shape[0])
+    tables = [_Table(weight, padding_idx, 0)]
+    _check_first_offset(op, tables, indices, offsets, bags)
+    return tables, bags
+
+
+def _batched_call(op: str, weights: Sequence[Tensor], indices: Tensor, offsets: Tensor, mode: int,
+                  padding_idx: Sequence[int]) -> tuple[list[_Table], int]:
+    """The batched ops' argument checks (csrc/cpu batched_call): (tables, bags per table)."""
+    mode_number(op, mode)
+    for t, w in enumerate(weights):
+        if w.dim() != 2:
+            raise ValueError(f"{op}: weights[{t}] must be 2-D, got shape {_sizes(w)}")
+    if len(weights) == 0:
+        raise ValueError(f"{op}: needs at least one table")
+    if len(padding_idx) not in (0, len(weights)):
+        raise ValueError(f"{op}: padding_idx has {len(padding_idx)} entries for {len(weights)} tables "
+                         "(give one per table, or none)")
+    tables, col = [], 0
+    for t, w in enumerate(weights):
+        if w.dtype != weights[0].dtype:
+            raise ValueError(f"{op}: every table must have the same dtype; weights[0] is "
+                             f"{_dtype_name(weights[0].dtype)} but weights[{t}] is {_dtype_name(w.dtype)}")
+        pad = padding_idx[t] if len(padding_idx) else -1
+        _check_padding_idx(op, pad, w.shape[0], f" of table {t}")
+        tables.append(_Table(w, pad, col))
+        col += w.shape[1]
+    _check_indices_offsets(op, indices, offsets)
+    bags = _batched_bags(op, offsets, len(weights))
+    _check_first_offset(op, tables, indices, offsets, bags)
+    return tables, bags
+
+
+class _Lookups(NamedTuple):
+    """The non-padding lookups of every bag, in bag order (lookup order within a bag); those of table t
+    are [cuts[t], cuts[t + 1])."""
+    positions: Tensor  # int64, into indices
+    rows: Tensor  # int64
+    bags: Tensor  # int64, global bag (t * bags + b)
+    cuts: list[int]
+    counts: Tensor  # int64 [T * bags]: non-padding lookups per bag
+
+
+def _lookups(op: str, tables: list[_Table], indices: Tensor, offsets: Tensor, bags: int) -> _Lookups:
+    """Validates every bag's bounds and indices, then lists the lookups.
+
+    One sync says whether anything is wrong; if so, raise_bag_error finds the first error (on the host).
+    When every bag is well formed, the bags tile indices[0 : ends[-1]] in order, so the lookups are
+    positions and their bags come from a searchsorted.
+    """
+    device = indices.device
+    n, num_tables = indices.numel(), len(tables)
+    total = num_tables * bags
+    o = offsets.to(torch.int64)
+    starts, ends = o[:total], o[1 : total + 1]
+    if ends.numel() < total:  # one table without include_last_offset: the last bag runs to the end
+        ends = torch.cat([ends, o.new_full((1,), n)])
+    covered = ends[-1] if total else o.new_zeros(())  # where the last bag ends
+    positions = torch.arange(n, device=device)
+    in_bags = positions < covered
+    # With a malformed bag the ends are unsorted and `bag` is meaningless, but the error is raised anyway;
+    # the clamp keeps the table lookups below inside their tensors.
+    bag = torch.searchsorted(ends, positions, right=True)
+    table = bag.clamp(max=max(total - 1, 0)) // max(bags, 1)
+    idx = indices.to(torch.int64)
+    pads = torch.tensor([t.padding_idx for t in tables], device=device)[table]
+    num_rows = torch.tensor([t.weight.shape[0] for t in tables], device=device)[table]
+    keep = in_bags & ((idx != pads) | (pads < 0))  # no padding row (-1): index -1 is an error like any other
+    bad_bags = (ends > n) | (ends < starts) | (starts < 0)
+    bad_indices = keep & ((idx < 0) | (idx >= num_rows))
+    if bool(bad_bags.any() | bad_indices.any()):
+        _raise_bag_error(op, tables, indices, offsets, bags)
+    kept = keep.nonzero().squeeze(1)
+    kept_before = torch.cat([o.new_zeros(1), keep.cumsum(0)])
+    counts = kept_before[ends] - kept_before[starts]
+    cuts = [0] * (num_tables + 1)
+    if bags:
+        cuts = torch.cat([o.new_zeros(1), counts.view(num_tables, bags).sum(1).cumsum(0)]).tolist()
+    return _Lookups(kept, idx[kept], bag[kept], cuts, counts)
+
+
+def _scales(lookups: _Lookups, mode: int, psw: Optional[Tensor], acc: torch.dtype) -> Optional[Tensor]:
+    """Each lookup's factor in its bag: 1 / count in mean mode, its per-sample weight, or None for 1."""
+    if mode == _MEAN:
+        return (1 / lookups.counts.to(acc))[lookups.bags]  # as the CPU: the reciprocal, then a product
+    if psw is not None:
+        return psw[lookups.positions]
+    return None
+
+
+def _contributions(grad: Tensor, table: _Table, t: int, bags: int, lookups: _Lookups,
+                   scales: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """(rows, scale * grad[bag, table's columns]) of table t's lookups."""
+    part = slice(lookups.cuts[t], lookups.cuts[t + 1])
+    values = grad.narrow(1, table.col, table.weight.shape[1]).index_select(0, lookups.bags[part] - t * bags)
+    if scales is not None:
+        values = values * scales[part].unsqueeze(1)
+    return lookups.rows[part], values
+
+
+def _sparse_backward(op: str, grad: Tensor, tables: list[_Table], bags: int, indices: Tensor, offsets: Tensor,
+                     mode: int, per_sample_weights: Optional[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    total_dim = sum(t.weight.shape[1] for t in tables)
+    _check_grad(op, grad, bags, total_dim)
+    acc = _accumulation_dtype(tables[0].weight)
+    psw = _checked_per_sample_weights(op, per_sample_weights, mode, indices.numel(), acc)
+    if mode == _MAX:
+        raise ValueError(f"{op}: sparse gradients are not supported with mode max (as in torch)")
+    lookups = _lookups(op, tables, indices, offsets, bags)
+    g = grad.to(acc)
+    scales = _scales(lookups, mode, psw, acc)
+    rows, values = [], []
+    for t, table in enumerate(tables):
+        r, v = _contributions(g, table, t, bags, lookups, scales)
+        rows.append(r)
+        values.append(v.to(table.weight.dtype))
+    return rows, values
+
+
+def embedding_bag_sparse_backward(grad: Tensor, weight: Tensor, indices: Tensor, offsets: Tensor, mode: int,
+                                  per_sample_weights: Optional[Tensor], padding_idx: int,
+                                  include_last_offset: bool) -> tuple[Tensor, Tensor]:
+    op = "mprec::embedding_bag_sparse_backward"
+    tables, bags = _single_call(op, weight, indices, offsets, mode, padding_idx, include_last_offset)
+    rows, values = _sparse_backward(op, grad, tables, bags, indices, offsets, mode, per_sample_weights)
+    return rows[0], values[0]
+
+
+def batched_embedding_bag_sparse_backward(grad: Tensor, weights: list[Tensor], indices: Tensor, offsets: Tensor,
+                                          mode: int, per_sample_weights: Optional[Tensor],
+                                          padding_idx: list[int]) -> tuple[list[Tensor], list[Tensor]]:
+    op = "mprec::batched_embedding_bag_sparse_backward"
+    tables, bags = _batched_call(op, weights, indices, offsets, mode, padding_idx)
+    return _sparse_backward(op, grad, tables, bags, indices, offsets, mode, per_sample_weights)
+
+
+def _per_sample_weights_backward(op: str, grad: Tensor, tables: list[_Table], bags: int, indices: Tensor,
+                                 offsets: Tensor, mode: int) -> Tensor:
+    _check_grad(op, grad, bags, sum(t.weight.shape[1] for t in tables))
+    if mode != _SUM:
+        raise ValueError(f"{op}: per_sample_weights are only supported with mode sum (0)")
+    dtype = tables[0].weight.dtype  # every table's (checked)
+    if dtype == torch.uint8:
+        raise ValueError(f"{op}: uint8 (row-wise quantized) tables are inference only")
+    if dtype not in _FLOAT_TABLE_DTYPES:  # the CPU kernel's AT_DISPATCH has no case for it
+        raise NotImplementedError(f"\"psw_backward\" not implemented for '{_dtype_name(dtype)}'")
+    lookups = _lookups(op, tables, indices, offsets, bags)
+    acc = _accumulation_dtype(tables[0].weight)
+    g = grad.to(acc)
+    # d out[bag] / d psw[i] = <grad[bag], weight[row i]>; 0 for padding lookups and lookups in no bag.
+    out = g.new_zeros(indices.numel())
+    for t, table in enumerate(tables):
+        rows, values = _contributions(g, table, t, bags, lookups, None)
+        dots = (values * table.weight.index_select(0, rows).to(acc)).sum(1)
+        out.index_copy_(0, lookups.positions[lookups.cuts[t] : lookups.cuts[t + 1]], dots)
+    return out
+
+
+def embedding_bag_per_sample_weights_backward(grad: Tensor, weight: Tensor, indices: Tensor, offsets: Tensor,
+                                              mode: int, padding_idx: int, include_last_offset: bool) -> Tensor:
+    op = "mprec::embedding_bag_per_sample_weights_backward"
+    tables, bags = _single_call(op, weight, indices, offsets, mode, padding_idx, include_last_offset)
+    return _per_sample_weights_backward(op, grad, tables, bags, indices, offsets, mode)
+
+
+def batched_embedding_bag_per_sample_weights_backward(grad: Tensor, weights: list[Tensor], indices: Tensor,
+                                                      offsets: Tensor, mode: int, padding_idx: list[int]) -> Tensor:
+    op = "mprec::batched_embedding_bag_per_sample_weights_backward"
+    tables, bags = _batched_call(op, weights, indices, offsets, mode, padding_idx)
+    return _per_sample_weights_backward(op, grad, tables, bags, indices, offsets, mode)
+
+
+def batched_embedding_bag_update(weights: list[Tensor], state: list[Tensor], grad: Tensor, indices: Tensor,
+                                 offsets: Tensor, mode: int = 0, per_sample_weights: Optional[Tensor] = None,
+                                 padding_idx: Sequence[int] = (), optimizer: str = "sgd", lr: float = 0.01,
+                                 eps: float = 1e-8) -> None:
+    """The backward fused with SGD or row-wise Adagrad, in place: each looked-up row sums its contributions
+    (into one row per distinct row looked up, so no [rows, D] gradient exists) and is updated once."""
+    op = "mprec::batched_embedding_bag_update"
+    if optimizer not in FUSED_OPTIMIZERS:
+        raise ValueError(f"{op}: optimizer must be 'sgd' or 'rowwise_adagrad', got '{optimizer}'")
+    tables, bags = _batched_call(op, weights, indices, offsets, mode, padding_idx)
+    if mode == _MAX:
+        raise ValueError(f"{op}: fused optimizers support mode sum (0) and mean (1), got max (2)")
+    _check_grad(op, grad, bags, sum(t.weight.shape[1] for t in tables))
+    for t, w in enumerate(weights):
+        if not w.is_contiguous():
+            raise ValueError(f"{op}: weights[{t}] must be contiguous (it is updated in place)")
+    if not (lr >= 0 and lr != float("inf")):
+        raise ValueError(f"{op}: lr must be finite and >= 0, got {_float_text(lr)}")
+    if not eps > 0:
+        raise ValueError(f"{op}: eps must be > 0, got {_float_text(eps)}")
+    acc = _accumulation_dtype(weights[0])
+    if optimizer == "rowwise_adagrad":
+        if len(state) != len(weights):
+            raise ValueError(f"{op}: rowwise_adagrad needs one state tensor per table ({len(weights)}), "
+                             f"got {len(state)}")
+        for t, s in enumerate(state):
+            if not (s.dim() == 1 and s.shape[0] == weights[t].shape[0] and s.dtype == acc and s.is_contiguous()):
+                raise ValueError(f"{op}: state[{t}] must be a contiguous {_dtype_name(acc)} tensor of "
+                                 f"{weights[t].shape[0]} entries (one per row), got {_dtype_name(s.dtype)} {_sizes(s)}")
+    elif len(state):
+        raise ValueError(f"{op}: sgd takes no state, got {len(state)} tensors")
+    psw = _checked_per_sample_weights(op, per_sample_weights, mode, indices.numel(), acc)
+    # Every lookup is validated before any row changes, so bad input leaves every table as it was.
+    lookups = _lookups(op, tables, indices, offsets, bags)
+    g = grad.to(acc)
+    scales = _scales(lookups, mode, psw, acc)
+    with torch.no_grad():  # the tables are parameters; the update is not part of any graph
+        for t, table in enumerate(tables):
+            rows, values = _contributions(g, table, t, bags, lookups, scales)
+            if rows.numel() == 0:
+                continue
+            distinct, group = torch.unique(rows, return_inverse=True)
+            # Accumulating index_put rather than index_add: deterministic on CUDA (it sorts the rows instead
+            # of adding with atomics), so a training step is reproducible, as it is on CPU.
+            step_rows = values.new_zeros((distinct.numel(), values.shape[1])).index_put_((group,), values,
+                                                                                         accumulate=True)
+            updated = table.weight.index_select(0, distinct).to(acc)
+            if optimizer == "rowwise_adagrad":
+                s = state[t].index_select(0, distinct) + (step_rows * step_rows).sum(1) / values.shape[1]
+                state[t].index_copy_(0, distinct, s)
+                updated -= (lr / (s.sqrt() + eps)).unsqueeze(1) * step_rows
+            else:
+                updated -= lr * step_rows
+            table.weight.index_copy_(0, distinct, updated.to(table.weight.dtype))
+
+
+# --- row-wise int8 ------------------------------------------------------------------------------------------
+
+def quantize_rowwise_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
+    op = "mprec::quantize_rowwise_int8"
+    if weight.dim() != 2:
+        raise ValueError(f"{op}: weight must be 2-D, got shape {_sizes(weight)}")
+    if not weight.dtype.is_floating_point:
+        raise ValueError(f"{op}: weight must be floating point, got {_dtype_name(weight.dtype)}")
+    w = weight.float()  # as the CPU kernel: float64 weights are rounded first, so 1e300 is not finite
+    first = int(_first_true(~w.isfinite().flatten()))
+    if first < w.numel():
+        r, d = divmod(first, w.shape[1])
+        raise RuntimeError(f"{op}: weight[{r}, {d}] = {_float_text(float(w[r, d]))} is not finite")
+    return quantize_rowwise_int8_reference(w)
+
+
+def dequantize_rowwise_int8(qweight: Tensor, scale_bias: Tensor) -> Tensor:
+    op = "mprec::dequantize_rowwise_int8"
+    if qweight.dim() != 2 or qweight.dtype != torch.uint8:
+        raise ValueError(f"{op}: qweight must be a 2-D uint8 tensor, got {_dtype_name(qweight.dtype)} "
+                         f"{_sizes(qweight)}")
+    if not (scale_bias.dtype == torch.float32 and scale_bias.dim() == 2 and scale_bias.shape[0] == qweight.shape[0]
+            and scale_bias.shape[1] == 2):
+        raise ValueError(f"{op}: scale_bias must be float32 [{qweight.shape[0]}, 2], got "
+                         f"{_dtype_name(scale_bias.dtype)} {_sizes(scale_bias)}")
+    # The CPU kernel's formula, one aten op: bias + q * scale.
+    return torch.addcmul(scale_bias[:, 1:], qweight.float(), scale_bias[:, :1])
+
+
+# --- DHE ----------------------------------------------------------------------------------------------------
+
+def _check_hashes(op: str, ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: int, transform: str,
+                  check_values: bool = True) -> int:
+    """csrc/cpu/dhe.cpp checked_hashes: returns k. ``check_values=False`` leaves out the hash parameters' values
+    (for kernels that check them as they load them)."""
+    if ids.dtype not in _INDEX_DTYPES:
+        raise ValueError(f"{op}: ids must be int32 or int64, got {_dtype_name(ids.dtype)}")
+    if m < 2:
+        raise ValueError(f"{op}: m (the hash range) must be >= 2, got {m}")
+    if p <= m:
+        raise ValueError(f"{op}: p must be a prime greater than m = {m}, got p = {p}")
+    if p > MAX_PRIME:
+        raise ValueError(f"{op}: p = {p} is too large; p (and so m) must be at most {MAX_PRIME} so that every hash "
+                         "intermediate fits int64")
+    if not is_prime(p):
+        raise ValueError(f"{op}: p must be a prime greater than m = {m}, but p = {p} is not prime")
+    for name, h in (("hash_a", hash_a), ("hash_b", hash_b)):
+        if h.dtype != torch.int64 or h.dim() != 1:
+            raise ValueError(f"{op}: {name} must be a 1-D int64 tensor, got {_dtype_name(h.dtype)} of shape "
+                             f"{_sizes(h)}")
+    k = hash_a.shape[0]
+    if hash_b.shape[0] != k:
+        raise ValueError(f"{op}: hash_a and hash_b must have the same length, got {k} and {hash_b.shape[0]}")
+    if k < 1:
+        raise ValueError(f"{op}: k (the number of hash functions) must be >= 1, got 0")
+    if transform not in TRANSFORMS:
+        raise ValueError(f"{op}: transform must be 'uniform' or 'gaussian', got '{transform}'")
+    if transform == "gaussian" and k % 2:
+        raise ValueError(f"{op}: the gaussian transform pairs hashes (Box-Muller), so k must be even, got k = {k}")
+    if check_values:
+        check_hash_values(op, hash_a, hash_b, p)
+    return k
+
+
+def check_hash_values(op: str, hash_a: Tensor, hash_b: Tensor, p: int) -> None:
+    """a_j in [1, p - 1], b_j in [0, p - 1] (one read back to the host)."""
+    k = hash_a.shape[0]
+    # The CPU kernel checks hash j's a, then its b, for j = 0, 1, ...: the first bad one is reported.
+    first = _first_true((hash_a < 1) | (hash_a >= p) | (hash_b < 0) | (hash_b >= p))
+    j, a, b = torch.stack([first, _at(hash_a, first), _at(hash_b, first)]).tolist()
+    if j < k:
+        if not 1 <= a < p:
+            raise ValueError(f"{op}: hash_a[{j}] = {a} is outside [1, p - 1] for p = {p}")
+        raise ValueError(f"{op}: hash_b[{j}] = {b} is outside [0, p - 1] for p = {p}")
+
+
+def _check_float_weight(op: str, weight: Tensor, bias: Optional[Tensor], in_features: int, in_name: str) -> None:
+    if weight.dim() != 2:
+        raise ValueError(f"{op}: weight must be 2-D [out_features, {in_name}], got shape {_sizes(weight)}")
+    if weight.dtype not in (torch.float32, torch.bfloat16, torch.float64):
+        raise ValueError(f"{op}: weight must be float32, bfloat16 or float64, got {_dtype_name(weight.dtype)}")
+    if weight.shape[1] != in_features:
+        raise ValueError(f"{op}: weight has shape {_sizes(weight)} but {in_name} = {in_features}; expected "
+                         f"[out_features, {in_features}]")
+    if bias is not None:
+        if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"{op}: bias must have shape [{weight.shape[0]}], got {_sizes(bias)}")
+        if bias.dtype != weight.dtype:
+            raise ValueError(f"{op}: bias ({_dtype_name(bias.dtype)}) must have the weight's dtype "
+                             f"({_dtype_name(weight.dtype)})")
+
+
+def _check_activation(op: str, activation: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{op}: activation must be 'none', 'relu' or 'mish', got '{activation}'")
+
+
+def dhe_encode_linear_backward(grad: Tensor, output: Tensor, ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int,
+                               m: int, transform: str, weight: Tensor, bias: Optional[Tensor],
+                               activation: str) -> tuple[Tensor, Tensor]:
+    """(grad_weight, grad_bias) of act(encode(ids) @ weight^T + bias), with the encodings recomputed
+    _ENCODE_ROWS ids at a time. As the CPU kernel: float32 (float64 for float64 weights) throughout, the
+    bias gradient summed in float64, both returned in the weight's dtype."""
+    op = "mprec::dhe_encode_linear_backward"
+    k = _check_hashes(op, ids, hash_a, hash_b, p, m, transform)
+    _check_float_weight(op, weight, bias, k, "k")
+    _check_activation(op, activation)
+    n, out_features = ids.numel(), weight.shape[0]
+    if grad.numel() != n * out_features or output.numel() != n * out_features:
+        raise ValueError(f"{op}: grad and output must have shape [..., {out_features}] with {n} rows, got "
+                         f"{_sizes(grad)} and {_sizes(output)}")
+    flat_ids = ids.reshape(-1)
+    first_negative = int(_first_true(flat_ids < 0))
+    if first_negative < n:
+        raise ValueError(f"{op}: ids[{first_negative}] = {int(flat_ids[first_negative])} is negative; "
+                         "DHE ids must be >= 0")
+    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    pre_grad = grad.reshape(n, out_features).to(acc)  # d loss / d pre-activation, once the activation is undone
+    if activation == "relu":
+        pre_grad = torch.ops.aten.threshold_backward(pre_grad, output.reshape(n, out_features).to(acc), 0)
+    weight_acc = weight.to(acc)
+    bias_acc = None if bias is None else bias.to(acc)
+    grad_weight = weight_acc.new_zeros((out_features, k))
+    grad_bias = weight_acc.new_zeros(out_features, dtype=torch.float64)
+    for r0 in range(0, n, _ENCODE_ROWS):
+        rows = min(_ENCODE_ROWS, n - r0)
+        # Encoded in float64 and rounded once, as the CPU kernel's hashing loop does.
+        encoded = dhe_encode_reference(flat_ids.narrow(0, r0, rows), hash_a, hash_b, p, m, transform).to(acc)
+        g = pre_grad.narrow(0, r0, rows)
+        if activation == "mish":
+            # mish' needs the pre-activation, which the forward did not keep: recomputed per chunk.
+            g = torch.ops.aten.mish_backward(g, F.linear(encoded, weight_acc, bias_acc))
+        grad_weight.addmm_(g.t(), encoded)
+        if bias is not None:
+            grad_bias += g.sum(0, dtype=torch.float64)
+    if bias is None:
+        return grad_weight.to(weight.dtype), weight.new_empty(0)
+    return grad_weight.to(weight.dtype), grad_bias.to(weight.dtype)
+
+
+def rowwise_linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, activation: str = "none") -> Tensor:
+    op = "mprec::rowwise_linear"
+    if input.dim() < 1:
+        raise ValueError(f"{op}: input must have at least one dimension, got a scalar")
+    _check_float_weight(op, weight, bias, input.shape[-1], "in_features")
+    if input.dtype != weight.dtype:
+        raise ValueError(f"{op}: input ({_dtype_name(input.dtype)}) must have the weight's dtype "
+                         f"({_dtype_name(weight.dtype)})")
+    _check_activation(op, activation)
+    return rowwise_linear_reference(input, weight, bias, activation)
+
+
+# --- DLRM's dot interaction -----------------------------------------------------------------------------------
+# As the CPU kernels: float32 and bfloat16 (and float16) computed in float32, everything in float64 when any
+# operand is float64, results rounded once to the output's dtype. Here the pairs come out of a batched Gram
+# matrix (bmm), which computes each pair twice but is one GEMM.
+
+def _check_float(op: str, name: str, t: Tensor) -> None:
+    if t.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        raise ValueError(f"{op}: {name} must be float32, float64, bfloat16 or float16, got {_dtype_name(t.dtype)}")
+
+
+def _compute_dtype(*tensors: Tensor) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _pair_indices(features: int, device) -> Tensor:
+    """Pairs (i, j), j < i, row by row: (1, 0), (2, 0), (2, 1), ..."""
+    return torch.tril_indices(features, features, offset=-1, device=device)
+
+
+def _pairs(x: Tensor) -> Tensor:
+    """[B, F, D] -> [B, F (F - 1) / 2]."""
+    i, j = _pair_indices(x.shape[1], x.device)
+    return torch.bmm(x, x.transpose(1, 2))[:, i, j]
+
+
+def _pairs_backward(grad: Tensor, x: Tensor) -> Tensor:
+    """Gradient of _pairs: row i of x gets sum_j g_ij x_j over the symmetric pair gradients g."""
+    features = x.shape[1]
+    i, j = _pair_indices(features, x.device)
+    g = x.new_zeros((x.shape[0], features, features))
+    g[:, i, j] = grad
+    return torch.bmm(g + g.transpose(1, 2), x)
+
+
+def _check_x(op: str, x: Tensor) -> None:
+    _check_float(op, "x", x)
+    if x.dim() != 3:
+        raise ValueError(f"{op}: x must be [B, F, D], got shape {_sizes(x)}")
+    if x.shape[1] < 2:
+        raise ValueError(f"{op}: x needs at least 2 features to interact, got {x.shape[1]}")
+
+
+def dot_interaction(x: Tensor) -> Tensor:
+    _check_x("mprec::dot_interaction", x)
+    return _pairs(x.to(_compute_dtype(x))).to(x.dtype)
+
+
+def dot_interaction_backward(grad: Tensor, x: Tensor) -> Tensor:
+    op = "mprec::dot_interaction_backward"
+    _check_x(op, x)
+    _check_float(op, "grad", grad)
+    batch, features = x.shape[0], x.shape[1]
+    pairs = features * (features - 1) // 2
+    if grad.dim() != 2 or grad.shape[0] != batch or grad.shape[1] != pairs:
+        raise ValueError(f"{op}: grad must have shape [{batch}, {pairs}], got {_sizes(grad)}")
+    acc = _compute_dtype(x, grad)
+    return _pairs_backward(grad.to(acc), x.to(acc)).to(x.dtype)
+
+
+def _check_dlrm(op: str, dense: Tensor, sparse: Tensor) -> tuple[int, int, int]:
+    """(batch, tables, dim), after csrc/cpu/interaction.cpp check_dlrm."""
+    _check_float(op, "dense", dense)
+    _check_float(op, "sparse", sparse)
+    if dense.dim() != 2:
+        raise ValueError(f"{op}: dense must be [B, D], got shape {_sizes(dense)}")
+    batch, dim = dense.shape
+    if dim < 1:
+        raise ValueError(f"{op}: dense must have at least one column, got shape {_sizes(dense)}")
+    if sparse.dim() not in (2, 3):
+        raise ValueError(f"{op}: sparse must be [B, T * D] or [B, T, D], got shape {_sizes(sparse)}")
+    if sparse.shape[0] != batch:
+        raise ValueError(f"{op}: sparse has {sparse.shape[0]} rows but dense has {batch}")
+    if sparse.dim() == 3:
+        if sparse.shape[2] != dim:
+            raise ValueError(f"{op}: sparse's feature width {sparse.shape[2]} differs from dense's {dim}")
+    elif sparse.shape[1] % dim:
+        raise ValueError(f"{op}: sparse's width {sparse.shape[1]} is not a multiple of dense's width {dim}")
+    tables = sparse.shape[1] if sparse.dim() == 3 else sparse.shape[1] // dim
+    if tables < 1:
+        raise ValueError(f"{op}: sparse needs at least one table, got shape {_sizes(sparse)}")
+    return batch, tables, dim
+
+
+def _checked_pad_to(op: str, pad_to: int) -> int:
+    if pad_to < 1:
+        raise ValueError(f"{op}: pad_to must be >= 1, got {pad_to}")
+    return pad_to
+
+
+def dlrm_interaction(dense: Tensor, sparse: Tensor, pad_to: int = 1) -> Tensor:
+    op = "mprec::dlrm_interaction"
+    batch, tables, dim = _check_dlrm(op, dense, sparse)
+    width = dlrm_interaction_width(dim, tables, _checked_pad_to(op, pad_to))
+    acc = _compute_dtype(dense, sparse)
+    features = torch.cat([dense.to(acc).unsqueeze(1), sparse.to(acc).reshape(batch, tables, dim)], dim=1)
+    out = torch.cat([features[:, 0], _pairs(features)], dim=1)
+    return F.pad(out, (0, width - out.shape[1])).to(dense.dtype)
+
+
+def dlrm_interaction_backward(grad: Tensor, dense: Tensor, sparse: Tensor, pad_to: int = 1) -> tuple[Tensor, Tensor]:
+    op = "mprec::dlrm_interaction_backward"
+    batch, tables, dim = _check_dlrm(op, dense, sparse)
+    _check_float(op, "grad", grad)
+    width = dlrm_interaction_width(dim, tables, _checked_pad_to(op, pad_to))  # the padding's gradient is unused
+    if grad.dim() != 2 or grad.shape[0] != batch or grad.shape[1] != width:
+        raise ValueError(f"{op}: grad must have shape [{batch}, {width}], got {_sizes(grad)}")
+    acc = _compute_dtype(dense, sparse, grad)
+    features = torch.cat([dense.to(acc).unsqueeze(1), sparse.to(acc).reshape(batch, tables, dim)], dim=1)
+    g = grad.to(acc)
+    grad_features = _pairs_backward(g.narrow(1, dim, (tables + 1) * tables // 2), features)
+    grad_dense = grad_features[:, 0] + g[:, :dim]
+    return grad_dense.to(dense.dtype), grad_features[:, 1:].reshape(sparse.shape).to(sparse.dtype)
+
+
+# --- unique_ids (DHEEmbeddingBag.forward deduplicates every batch's ids with it) --------------------------
+
+def unique_ids(ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """torch.unique's answer reordered by first occurrence, as the CPU kernel's hash table produces it."""
+    op = "mprec::unique_ids"
+    if ids.dtype not in _INDEX_DTYPES:
+        raise RuntimeError(f"{op}: ids must be int32 or int64, got {_dtype_name(ids.dtype)}")
+    values, inverse, counts = torch.unique(ids.reshape(-1), sorted=True, return_inverse=True, return_counts=True)
+    positions = torch.arange(ids.numel(), device=ids.device)
+    first = positions.new_full(values.shape, ids.numel()).scatter_reduce_(0, inverse, positions, "amin")
+    order = torch.argsort(first)
+    rank = torch.empty_like(order).index_copy_(0, order, torch.arange(order.numel(), device=ids.device))
+    return values[order], rank[inverse].reshape(ids.shape), counts[order]
+
+
+KERNELS: dict[str, Callable] = {
+    "embedding_bag_sparse_backward": embedding_bag_sparse_backward,
+    "batched_embedding_bag_sparse_backward": batched_embedding_bag_sparse_backward,
+    "embedding_bag_per_sample_weights_backward": embedding_bag_per_sample_weights_backward,
+    "batched_embedding_bag_per_sample_weights_backward": batched_embedding_bag_per_sample_weights_backward,
+    "batched_embedding_bag_update": batched_embedding_bag_update,
+    "quantize_rowwise_int8": quantize_rowwise_int8,
+    "dequantize_rowwise_int8": dequantize_rowwise_int8,
+    "dhe_encode_linear_backward": dhe_encode_linear_backward,
+    "rowwise_linear": rowwise_linear,
+    "dot_interaction": dot_interaction,
+    "dot_interaction_backward": dot_interaction_backward,
+    "dlrm_interaction": dlrm_interaction,
+    "dlrm_interaction_backward": dlrm_interaction_backward,
+    "unique_ids": unique_ids,
+}
