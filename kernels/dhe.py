@@ -28,8 +28,23 @@ ACTIVATION_CODES = {"none": 0, "relu": 1, "mish": 2}
 
 
 @triton.jit
+def _reduce(t, d):
+    """``t mod d`` for ``0 <= t`` and ``t / d < 2^32``, exact: the quotient from a float64 multiply by the
+    reciprocal is off by at most one (t / d < 2^32 leaves over 20 bits of margin in float64's 53), and one
+    correction each way fixes it. GPUs have no 64-bit integer divider: ``%`` on int64 runs a long software
+    routine per element, this a handful of instructions."""
+    q = (t.to(tl.float64) * (1.0 / d.to(tl.float64))).to(tl.int64)
+    r = t - q * d
+    r = tl.where(r < 0, r + d, r)
+    return tl.where(r >= d, r - d, r)
+
+
+@triton.jit
 def _hash(x, a, b, p, m):
-    return ((x[:, None] * a[None, :] + b[None, :]) % p) % m
+    """``((a x + b) mod p) mod m`` for ``x = id mod p``: ``a x + b < p^2 + p < 2^63`` and both quotients are
+    under 2^32 (``p < 2^32``), as :func:`_reduce` needs."""
+    t = x[:, None] * a[None, :] + b[None, :]
+    return _reduce(_reduce(t, p.to(tl.int64)), m.to(tl.int64))
 
 
 @triton.jit
@@ -64,7 +79,7 @@ def _row_ids(ids_ptr, error_ptr, rows, n, p):
 
 @triton.jit
 def _dhe_encode_kernel(out_ptr, ids_ptr, hash_a_ptr, hash_b_ptr, error_ptr, n, k, p, m, uniform_scale,
-                       GAUSSIAN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                       GAUSSIAN: tl.constexpr, RAW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < n
     x = _row_ids(ids_ptr, error_ptr, rows, n, p)
@@ -85,7 +100,10 @@ def _dhe_encode_kernel(out_ptr, ids_ptr, hash_a_ptr, hash_b_ptr, error_ptr, n, k
         col_mask = cols < k
         a, b = _hash_parameters(hash_a_ptr, hash_b_ptr, cols, col_mask, p, error_ptr)
         h = _hash(x, a, b, p, m)
-        encoded = h.to(tl.float32) * uniform_scale - 1.0
+        if RAW:  # the integer hashes themselves (tests check them exactly)
+            encoded = h
+        else:
+            encoded = h.to(tl.float32) * uniform_scale - 1.0
         tl.store(out_ptr + rows[:, None] * k + cols[None, :], encoded, mask=row_mask[:, None] & col_mask[None, :])
 
 
@@ -166,17 +184,19 @@ def _uniform_scale(m: int) -> float:
     return 2.0 / (m - 1)
 
 
-def encode(ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: int, gaussian: bool, error: Tensor) -> Tensor:
-    """float32 ``[N, k]`` encodings of the flat ``ids``."""
+def encode(ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: int, gaussian: bool, error: Tensor,
+           raw: bool = False) -> Tensor:
+    """float32 ``[N, k]`` encodings of the flat ``ids`` (``raw``: the int64 hashes, before the transform)."""
     n, k = ids.shape[0], hash_a.shape[0]
-    out = torch.empty((n, k), dtype=torch.float32, device=ids.device)
+    gaussian = gaussian and not raw
+    out = torch.empty((n, k), dtype=torch.int64 if raw else torch.float32, device=ids.device)
     if n == 0:
         return out
     block_n, block_k = 32, 64
     width = k // 2 if gaussian else k
     grid = (triton.cdiv(n, block_n), triton.cdiv(width, block_k))
     _dhe_encode_kernel[grid](out, ids, hash_a, hash_b, error, n, k, p, m, _uniform_scale(m),
-                             GAUSSIAN=gaussian, BLOCK_N=block_n, BLOCK_K=block_k)
+                             GAUSSIAN=gaussian, RAW=raw, BLOCK_N=block_n, BLOCK_K=block_k)
     return out
 
 

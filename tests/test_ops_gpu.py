@@ -326,6 +326,32 @@ def test_dhe_encode_large_ids_and_prime():
     _close(out, R.dhe_encode_reference(ids, a, b, p, m), torch.float32)
 
 
+@pytest.mark.parametrize("m", [2, 1000, 999_983, 2**31 - 2, "largest"])
+def test_dhe_hashes_are_exact(m):
+    # The kernels reduce modulo p and m through float64 reciprocals; the hashes must still be exact integers,
+    # which the encodings (float32) could not show for large m.
+    from mprec.kernels import dhe as kernels
+    from mprec.ops.dhe import MAX_PRIME, is_prime
+
+    if m == "largest":
+        p = next(n for n in range(MAX_PRIME, 0, -1) if is_prime(n))
+        m = p - 1
+    else:
+        p = mprec.ops.next_prime(m)
+    g = torch.Generator().manual_seed(m % 1000)
+    k = 64
+    a = torch.randint(1, p, (k,), generator=g)
+    b = torch.randint(0, p, (k,), generator=g)
+    a[:2], b[:2] = p - 1, p - 1  # the largest products and sums
+    a[2], b[2] = 1, 0
+    ids = torch.cat([torch.randint(0, 2**62, (40,), generator=g), torch.tensor([0, 1, p - 1, p, p + 1, 2**63 - 1]),
+                     torch.arange(p - 3, p + 3) * (2**40 // p)])
+    error = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    hashes = kernels.encode(ids.to(DEVICE), a.to(DEVICE), b.to(DEVICE), p, m, False, error, raw=True)
+    assert error.item() == 0
+    assert torch.equal(hashes.cpu(), R.dhe_hash_reference(ids, a, b, p, m))
+
+
 @pytest.mark.parametrize("transform", ["uniform", "gaussian"])
 @pytest.mark.parametrize("activation", ["none", "relu", "mish"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
