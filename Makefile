@@ -22,7 +22,7 @@ CUDA_OBJECTS := $(patsubst csrc/cuda/%.cu,build/cuda-objects/%.o,$(CUDA_SOURCES)
 CUDA_HEADERS := $(shell find csrc/include -type f)
 HAVE_NVCC := $(shell command -v $(NVCC) 2>/dev/null)
 
-.PHONY: build run test bench bench-deps clean cuda-objects
+.PHONY: build run test test-xla bench-xla bench bench-deps clean cuda-objects
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,35 @@ endif
 build/cuda-objects/%.o: csrc/cuda/%.cu $(CUDA_HEADERS)
 	@mkdir -p $(@D)
 	$(NVCC) -std=c++17 -arch=sm_90 -O3 -Icsrc/include -c $< -o $@
+
+# The XLA lane. torch_xla pairs only with torch 2.9, so it gets its own environment; PyPI's torch 2.9 is a
+# CUDA build (about 4 GB with its nvidia libraries), used here on the CPU: XLA runs on its CPU client
+# (PJRT_DEVICE=CPU). mprec is installed there as a package (its own build of mprec._C against torch 2.9,
+# in its own build folder), and python -P keeps the source tree, whose mprec._C is the main environment's,
+# off the import path.
+VENV_XLA ?= .venv-xla
+PY_XLA := $(VENV_XLA)/bin/python
+XLA_SPEC ?= torch==2.9.0 torch_xla==2.9.0
+
+$(PY_XLA):
+	$(PYTHON) -m venv $(VENV_XLA)
+
+$(VENV_XLA)/.deps-installed: $(PY_XLA) Makefile
+	$(PY_XLA) -m pip install -q --disable-pip-version-check $(XLA_SPEC)
+	$(PY_XLA) -m pip install -q --disable-pip-version-check "setuptools>=64" wheel "cmake<4" ninja numpy pytest
+	touch $@
+
+$(VENV_XLA)/.mprec-installed: $(VENV_XLA)/.deps-installed $(EXT_SOURCES) $(shell find mprec -name '*.py')
+	# torch's CMake config for a CUDA torch looks for a CUDA toolkit even when nothing CUDA is built.
+	CUDA_PATH=$${CUDA_PATH:-/usr/local/cuda} MPREC_WITH_CUDA=0 \
+		$(PY_XLA) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps .
+	touch $@
+
+test-xla: $(VENV_XLA)/.mprec-installed
+	PJRT_DEVICE=CPU $(PY_XLA) -P -m pytest tests/xla -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench-xla: $(VENV_XLA)/.mprec-installed
+	PJRT_DEVICE=CPU $(PY_XLA) -P bench/bench_xla.py
 
 # Peers for the benchmarks: FBGEMM's CPU build, and TorchRec without its declared CUDA fbgemm dependency.
 bench-deps: $(VENV)/.bench-deps-installed

@@ -61,7 +61,10 @@ class CMakeBuild(build_ext):
         import torch  # the torch this build is for
 
         out = Path(self.get_ext_fullpath(ext.name)).resolve()
-        build_dir = ROOT / "build" / f"py{sys.version_info.major}{sys.version_info.minor}"
+        # One build folder per Python and torch: environments with different torch versions (the XLA lane's
+        # torch 2.9 beside the main one) must not share a CMake cache or objects.
+        torch_version = torch.__version__.split("+")[0]
+        build_dir = ROOT / "build" / f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch_version}"
         build_dir.mkdir(parents=True, exist_ok=True)
         nvcc = find_nvcc()
         with_cuda = cuda_build(torch.version.cuda, nvcc)

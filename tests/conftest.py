@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import pytest
@@ -13,6 +14,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import mprec  # noqa: E402
+
+# tests/xla needs torch_xla, which has its own environment (make test-xla).
+collect_ignore = [] if importlib.util.find_spec("torch_xla") else ["xla"]
 
 # Tolerances against the float64 reference, by weight dtype: the kernels accumulate in float32 (float64
 # for float64 tables) and round once to the output dtype, so the error is about one rounding of the

@@ -15,7 +15,6 @@ device when one is present.
 from __future__ import annotations
 
 import copy
-import importlib.util
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -173,14 +172,33 @@ def _cuda_paths(models: list) -> list:
                  m.accuracy, m.precision, synchronize=torch.cuda.synchronize) for m in models]
 
 
+class LoweredPath(Path):
+    """A path whose model is a :class:`mprec.lower.LoweredDLRM`: queries are padded on the host (to the
+    model's bag size and batch buckets) and computed on the device."""
+
+    def inputs(self, start: int, n: int) -> tuple[Tensor, Tensor, Tensor]:
+        b = self.pool.batch(start, n)
+        return b.dense, b.indices, b.offsets
+
+    @torch.no_grad()
+    def predict(self, dense: Tensor, indices: Tensor, offsets: Tensor) -> Tensor:
+        return torch.sigmoid(self.model.serve(dense, indices, offsets).float())
+
+
 def _xla_paths(models: list) -> list:
-    if importlib.util.find_spec("torch_xla") is None:
+    from ..lower import xla
+
+    if not xla.available():
         return []
     import torch_xla.core.xla_model as xm  # noqa: PLC0415 (optional dependency)
 
-    device = str(xm.xla_device())
-    return [Path(f"xla/{m.representation}", m.representation, device, copy.deepcopy(m.model).to(device), m.pool,
-                 m.accuracy, m.precision, synchronize=xm.wait_device_ops) for m in models]
+    device = xla.device()
+    # XLA on a CPU is not a TPU: the path says which XLA device it ran on ("xla/cpu/table", "xla/tpu/...").
+    kind = xm.xla_device_hw(device).lower()
+    # Criteo's features hold one id per example: one slot per bag.
+    return [LoweredPath(f"xla/{kind}/{m.representation}", m.representation, str(device),
+                        xla.lower(copy.deepcopy(m.model).eval(), bag_size=1).to(device), m.pool, m.accuracy,
+                        m.precision, synchronize=xm.wait_device_ops) for m in models]
 
 
 register_path_provider("cpu", _cpu_paths)

@@ -1,0 +1,273 @@
+"""DLRM in plain aten ops with static shapes: the form the XLA and IPU lowerings compile.
+
+mprec's custom ops exist only for CPU and CUDA; on another device they would run on the host. The lowered
+form computes the same function from ops every tensor compiler lowers:
+
+* bags are padded to a fixed number of slots (``bag_size``) and batches to a bucket of sizes, so a
+  compiler sees one shape per bucket: :func:`pad_bags` does this on the host, with a mask of real lookups;
+* a table feature gathers its rows (``index_select``) and reduces over the slots with the mask, or, for a
+  table of at most ``one_hot_max_rows`` rows, multiplies a one-hot count matrix by the table (a matmul);
+* a DHE feature hashes every slot's id with integer ops (``hash_fn``: int64 by default; the IPU form
+  passes exact 32-bit arithmetic) and decodes it with ``linear`` layers;
+* the MLPs are ``linear`` + ReLU, the dot interaction a ``bmm`` and the strict lower triangle's indices.
+
+The lowered module shares the source model's parameters (no copy): ``LoweredDLRM(model)`` computes what
+``model`` computes, in train and eval mode, up to floating-point rounding.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..ops.reference import dhe_hash_reference
+
+__all__ = ["PaddedBags", "pad_bags", "bucket", "DEFAULT_BUCKETS", "LoweredDLRM", "hash_int64"]
+
+#: Batch-size buckets: each is one compiled shape.
+DEFAULT_BUCKETS = tuple(2**i for i in range(15))  # 1 .. 16384
+
+
+def bucket(batch: int, buckets: Sequence[int] = DEFAULT_BUCKETS) -> int:
+    """The smallest bucket that holds ``batch`` rows."""
+    for b in sorted(buckets):
+        if b >= batch:
+            return b
+    raise ValueError(f"bucket: a batch of {batch} is larger than the largest bucket ({max(buckets)})")
+
+
+class PaddedBags(NamedTuple):
+    """The lookups of T features x B bags in fixed slots."""
+
+    ids: Tensor  # [T, B, L], 0 in empty slots
+    mask: Tensor  # [T, B, L] float32: 1 for a lookup (its per-sample weight, if any), 0 for an empty slot
+    batch: int  # bags per feature before padding to the bucket
+
+
+def pad_bags(indices: Tensor, offsets: Tensor, num_features: int, bag_size: int, batch_size: Optional[int] = None,
+             per_sample_weights: Optional[Tensor] = None, dtype: torch.dtype = torch.int64) -> PaddedBags:
+    """FBGEMM's TBE layout (``offsets`` of ``T * B + 1`` entries) to ``[T, batch_size, bag_size]`` slots.
+
+    Runs on the host, once per query. Raises if a bag holds more than ``bag_size`` lookups: the lowered
+    model has no slot for them, and dropping lookups would change the answer.
+    """
+    op = "pad_bags"
+    indices, offsets = indices.detach().cpu(), offsets.detach().cpu().to(torch.int64)
+    if offsets.dim() != 1 or offsets.numel() < 1 or (offsets.numel() - 1) % num_features:
+        raise ValueError(f"{op}: offsets must have T * B + 1 entries for T = {num_features} features, "
+                         f"got {offsets.numel()}")
+    batch = (offsets.numel() - 1) // num_features
+    batch_size = batch if batch_size is None else batch_size
+    if batch_size < batch:
+        raise ValueError(f"{op}: batch_size {batch_size} is smaller than the batch ({batch} bags per feature)")
+    if int(offsets[0]) != 0 or bool((offsets.diff() < 0).any()) or int(offsets[-1]) > indices.numel():
+        raise ValueError(f"{op}: offsets must start at 0, not decrease and end within the "
+                         f"{indices.numel()} indices")
+    lengths = offsets.diff()
+    if lengths.numel() and int(lengths.max()) > bag_size:
+        g = int(torch.argmax((lengths > bag_size).to(torch.int8)))
+        raise ValueError(f"{op}: bag {g % batch} of feature {g // batch} holds {int(lengths[g])} lookups, more than "
+                         f"bag_size = {bag_size}")
+    count = int(offsets[-1])
+    bag_of = torch.repeat_interleave(torch.arange(lengths.numel()), lengths)
+    slot = torch.arange(count) - offsets[:-1].repeat_interleave(lengths)
+    feature, b = bag_of // max(batch, 1), bag_of % max(batch, 1)
+    flat = (feature * batch_size + b) * bag_size + slot
+    ids = torch.zeros(num_features * batch_size * bag_size, dtype=dtype)
+    ids[flat] = indices[:count].to(dtype)
+    mask = torch.zeros(num_features * batch_size * bag_size, dtype=torch.float32)
+    mask[flat] = 1.0 if per_sample_weights is None else per_sample_weights.detach().cpu()[:count].float()
+    shape = (num_features, batch_size, bag_size)
+    return PaddedBags(ids.view(shape), mask.view(shape), batch)
+
+
+# --- pieces -------------------------------------------------------------------------------------------------
+
+def hash_int64(ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: int) -> Tensor:
+    """DESIGN.md's hash in int64 integer ops: ``[N] -> [N, k]``."""
+    return dhe_hash_reference(ids, hash_a, hash_b, p, m)
+
+
+def _pool(rows: Tensor, mask: Tensor, mode: str, weighted: bool) -> Tensor:
+    """Pools ``rows [B, L, D]`` over the slots whose ``mask [B, L]`` is non-zero."""
+    present = mask != 0
+    count = present.sum(1, keepdim=True).to(rows.dtype)
+    if mode == "max":
+        pooled = rows.masked_fill(~present.unsqueeze(2), float("-inf")).amax(1)
+        return torch.where(count > 0, pooled, torch.zeros_like(pooled))
+    scale = mask.to(rows.dtype) if weighted else present.to(rows.dtype)
+    pooled = (rows * scale.unsqueeze(2)).sum(1)
+    return pooled / count.clamp(min=1) if mode == "mean" else pooled
+
+
+def _activation(x: Tensor, activation: str) -> Tensor:
+    if activation == "relu":
+        return torch.relu(x)
+    if activation == "mish":
+        # Composed rather than aten.mish, which PopTorch's op list does not name; the same function.
+        return x * torch.tanh(F.softplus(x))
+    return x
+
+
+class _TableFeature(nn.Module):
+    """Holds the table through its collection, not as a parameter of its own: a parameter registered in two
+    modules stops being shared when ``.to(device)`` replaces it (as it does for an XLA device)."""
+
+    def __init__(self, tables: nn.ParameterList, index: int, padding_idx: Optional[int], one_hot: bool):
+        super().__init__()
+        self._tables = [tables]  # a list: not a submodule, so not visited twice by .to() / parameters()
+        self.index, self.padding_idx, self.one_hot = index, padding_idx, one_hot
+
+    @property
+    def weight(self) -> Tensor:
+        return self._tables[0][self.index]
+
+    def forward(self, ids: Tensor, mask: Tensor, mode: str, weighted: bool) -> Tensor:
+        if self.padding_idx is not None:
+            mask = mask * (ids != self.padding_idx).to(mask.dtype)
+        if self.one_hot and mode != "max":
+            # [B, rows] counts (or weight sums) of each row in the bag, times the table: a matmul.
+            scale = mask if weighted else (mask != 0).to(mask.dtype)
+            # A comparison, not F.one_hot: one_hot reads the ids to validate them, a host round trip.
+            rows = torch.arange(self.weight.shape[0], device=ids.device)
+            one_hot = (ids.unsqueeze(2) == rows).to(self.weight.dtype)
+            counts = (one_hot * scale.unsqueeze(2).to(self.weight.dtype)).sum(1)
+            pooled = counts @ self.weight
+            if mode == "mean":
+                pooled = pooled / (mask != 0).sum(1, keepdim=True).clamp(min=1).to(pooled.dtype)
+            return pooled
+        rows = self.weight.index_select(0, ids.reshape(-1)).view(*ids.shape, self.weight.shape[1])
+        return _pool(rows, mask, mode, weighted)
+
+
+class _DHEFeature(nn.Module):
+    def __init__(self, dhe: nn.Module, hash_fn: Callable):
+        super().__init__()
+        self.dhe, self.hash_fn = dhe, hash_fn
+
+    def encode(self, ids: Tensor) -> Tensor:
+        dhe = self.dhe
+        dtype = dhe.layers[0].weight.dtype
+        h = self.hash_fn(ids, dhe.hash_a, dhe.hash_b, dhe.p, dhe.m)
+        # float32 encodings (float64 for float64 layers), as the kernels compute them.
+        compute = torch.float64 if dtype == torch.float64 else torch.float32
+        if dhe.transform == "uniform":
+            return (h.to(compute) / (dhe.m - 1) * 2.0 - 1.0).to(dtype)
+        u = (h.to(compute) + 1.0) / dhe.m
+        radius = torch.sqrt(-2.0 * torch.log(u[:, 0::2]))
+        angle = (2.0 * torch.pi) * u[:, 1::2]
+        return torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], dim=2).flatten(1).to(dtype)
+
+    def forward(self, ids: Tensor, mask: Tensor, mode: str, weighted: bool) -> Tensor:
+        dhe = self.dhe
+        x = self.encode(ids.reshape(-1))
+        last = len(dhe.layers) - 1
+        for i, layer in enumerate(dhe.layers):
+            x = F.linear(x, layer.weight, layer.bias)
+            if i < last:
+                if dhe.norms is not None:
+                    x = dhe.norms[i](x)
+                x = _activation(x, dhe.activation)
+        return _pool(x.view(*ids.shape, x.shape[1]), mask, mode, weighted)
+
+
+def _mlp(x: Tensor, mlp: nn.Sequential) -> Tensor:
+    for layer in mlp:
+        x = F.linear(x, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else torch.relu(x)
+    return x
+
+
+class LoweredDLRM(nn.Module):
+    """A :class:`mprec.models.DLRM` in plain aten ops on padded bags (see the module docstring).
+
+    ``forward(dense [B, 13], ids [T, B, L], mask [T, B, L])`` returns logits ``[B]``; :meth:`prepare` turns a
+    TBE batch into those tensors, padded to a batch bucket, and :meth:`serve` runs a TBE batch end to end.
+
+    Args:
+        model: the DLRM (its parameters are shared, not copied).
+        bag_size: slots per bag (the most lookups a bag may hold).
+        one_hot_max_rows: tables with at most this many rows pool by a one-hot matmul instead of a gather.
+        hash_fn: ``(ids, hash_a, hash_b, p, m) -> [N, k]`` integer hashes (default: int64 arithmetic).
+        id_dtype: the dtype of the padded ids (int64; the IPU form uses int32).
+        buckets: the batch sizes that are compiled.
+    """
+
+    def __init__(self, model: nn.Module, bag_size: int = 1, one_hot_max_rows: int = 0, hash_fn: Callable = hash_int64,
+                 id_dtype: torch.dtype = torch.int64, buckets: Sequence[int] = DEFAULT_BUCKETS):
+        super().__init__()
+        if bag_size < 1:
+            raise ValueError(f"LoweredDLRM: bag_size must be >= 1, got {bag_size}")
+        embeddings = model.embeddings
+        if embeddings.optimizer is not None and model.training:
+            raise ValueError("LoweredDLRM: a model whose tables train with a fused optimizer is lowered for "
+                             "inference only (call model.eval(), or train with autograd gradients)")
+        self.model = model
+        self.bag_size, self.id_dtype, self.buckets = bag_size, id_dtype, tuple(sorted(buckets))
+        self.mode = embeddings.mode
+        pads = embeddings.padding_idx
+        table_of = {t: i for i, t in enumerate(embeddings.table_features)}
+        self.features = nn.ModuleList()
+        for t, rep in enumerate(embeddings.representations):
+            parts = nn.ModuleList()
+            if rep != "dhe":
+                i = table_of[t]
+                parts.append(_TableFeature(embeddings.weights, i, None if pads is None else pads[t],
+                                           embeddings.weights[i].shape[0] <= one_hot_max_rows))
+            if rep != "table":
+                parts.append(_DHEFeature(embeddings.dhe[str(t)], hash_fn))
+            self.features.append(parts)
+        features = len(embeddings.representations) + 1
+        rows, cols = torch.tril_indices(features, features, offset=-1)
+        self.register_buffer("pair_rows", rows, persistent=False)
+        self.register_buffer("pair_cols", cols, persistent=False)
+
+    @property
+    def num_features(self) -> int:
+        return len(self.features)
+
+    def forward(self, dense: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
+        model = self.model
+        weighted = bool(self.mode == "sum")
+        x = _mlp(dense, model.bottom)
+        pooled = [torch.cat([part(ids[t], mask[t], self.mode, weighted) for part in parts], dim=1)
+                  if len(parts) > 1 else parts[0](ids[t], mask[t], self.mode, weighted)
+                  for t, parts in enumerate(self.features)]
+        if model.interaction == "cat":
+            z = torch.cat([x] + [e.to(x.dtype) for e in pooled], dim=1)
+        else:
+            stacked = torch.stack([x] + [e.to(x.dtype) for e in pooled], dim=1)  # [B, T + 1, D]
+            pairs = torch.bmm(stacked, stacked.transpose(1, 2))[:, self.pair_rows, self.pair_cols]
+            z = torch.cat([x, pairs], dim=1)
+            pad = -z.shape[1] % _interaction_pad()
+            if pad:
+                z = F.pad(z, (0, pad))
+        return _mlp(z, model.top).squeeze(1)
+
+    def prepare(self, dense: Tensor, indices: Tensor, offsets: Tensor,
+                per_sample_weights: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, int]:
+        """(dense, ids, mask) padded to the batch's bucket, on the host, and the real batch size."""
+        batch = dense.shape[0]
+        size = bucket(batch, self.buckets)
+        bags = pad_bags(indices, offsets, self.num_features, self.bag_size, size, per_sample_weights, self.id_dtype)
+        if bags.batch != batch:
+            raise ValueError(f"LoweredDLRM: dense has {batch} rows but offsets describe {bags.batch} bags per feature")
+        padded = torch.zeros(size, dense.shape[1], dtype=dense.dtype)
+        padded[:batch] = dense.detach().cpu()
+        return padded, bags.ids, bags.mask, batch
+
+    def serve(self, dense: Tensor, indices: Tensor, offsets: Tensor) -> Tensor:
+        """Logits of a TBE batch: padded on the host, computed on the module's device, returned on the host."""
+        device = self.pair_rows.device
+        padded, ids, mask, batch = self.prepare(dense, indices, offsets)
+        out = self(padded.to(device), ids.to(device), mask.to(device))
+        # Sliced on the host: a slice on the device would be a graph of its own for every batch size.
+        return out.cpu()[:batch]
+
+
+def _interaction_pad() -> int:
+    from ..models.dlrm import INTERACTION_PAD
+
+    return INTERACTION_PAD
