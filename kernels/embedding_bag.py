@@ -114,12 +114,13 @@ def _embedding_bag_kernel(
                     values = values * scale[:, None]
                 acc += tl.sum(values, axis=0)
 
+        # Table t's columns of the output; the first is a sum of widths, so a multiple of DIM_MULTIPLE too.
+        out_cols = tl.multiple_of(tl.load(table_cols_ptr + t), DIM_MULTIPLE) + cols
         if MODE == 2:
             acc = tl.where(count > 0, acc, 0.0)
-            tl.store(max_indices_ptr + b * out_stride + tl.load(table_cols_ptr + t) + cols, arg, mask=col_mask)
+            tl.store(max_indices_ptr + b * out_stride + out_cols, arg, mask=col_mask)
         if MODE == 1:
             acc = acc / tl.maximum(count, 1).to(ACC_DTYPE)
-        out_cols = tl.load(table_cols_ptr + t) + cols
         tl.store(out_ptr + b * out_stride + out_cols, acc.to(out_ptr.dtype.element_ty), mask=col_mask)
 
 
@@ -141,7 +142,7 @@ def _embedding_bag_backward_kernel(
         col_mask = cols < dim
         rows = tl.load(table_rows_ptr + t)
         grad_base = grad_weights_ptr + tl.multiple_of(tl.load(table_offsets_ptr + t), DIM_MULTIPLE)
-        grad_cols = b * grad_stride + tl.load(table_cols_ptr + t) + cols
+        grad_cols = b * grad_stride + tl.multiple_of(tl.load(table_cols_ptr + t), DIM_MULTIPLE) + cols
         grad = tl.load(grad_ptr + grad_cols, mask=col_mask, other=0.0).to(ACC_DTYPE)
         if MODE == 2:
             # Each column's gradient goes to the row that won it in the forward pass (-1: an empty bag).
