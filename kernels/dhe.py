@@ -59,6 +59,21 @@ def _hash_parameters(hash_a_ptr, hash_b_ptr, j, mask, p, error_ptr):
 
 
 @triton.jit
+def _hashes(x, hash_a_ptr, hash_b_ptr, j, mask, p, m, error_ptr):
+    """The hashes ``[rows, len(j)]`` of the rows' ``x = id mod p`` under hash functions ``j``."""
+    a, b = _hash_parameters(hash_a_ptr, hash_b_ptr, j, mask, p, error_ptr)
+    return _hash(x, a, b, p, m)
+
+
+@triton.jit
+def _gaussian_pairs(x, hash_a_ptr, hash_b_ptr, pairs, mask, p, m, error_ptr):
+    """The gaussian encodings ``(z_2i, z_2i+1)`` of the hash pairs ``i`` in ``pairs``."""
+    h0 = _hashes(x, hash_a_ptr, hash_b_ptr, 2 * pairs, mask, p, m, error_ptr)
+    h1 = _hashes(x, hash_a_ptr, hash_b_ptr, 2 * pairs + 1, mask, p, m, error_ptr)
+    return _box_muller(h0, h1, m)
+
+
+@triton.jit
 def _box_muller(h0, h1, m):
     u0 = (h0 + 1).to(tl.float32) / m
     u1 = (h1 + 1).to(tl.float32) / m
@@ -86,11 +101,7 @@ def _dhe_encode_kernel(out_ptr, ids_ptr, hash_a_ptr, hash_b_ptr, error_ptr, n, k
     if GAUSSIAN:
         pairs = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
         pair_mask = pairs < k // 2
-        a0, b0 = _hash_parameters(hash_a_ptr, hash_b_ptr, 2 * pairs, pair_mask, p, error_ptr)
-        a1, b1 = _hash_parameters(hash_a_ptr, hash_b_ptr, 2 * pairs + 1, pair_mask, p, error_ptr)
-        h0 = _hash(x, a0, b0, p, m)
-        h1 = _hash(x, a1, b1, p, m)
-        z0, z1 = _box_muller(h0, h1, m)
+        z0, z1 = _gaussian_pairs(x, hash_a_ptr, hash_b_ptr, pairs, pair_mask, p, m, error_ptr)
         mask = row_mask[:, None] & pair_mask[None, :]
         base = out_ptr + rows[:, None] * k + 2 * pairs[None, :]
         tl.store(base, z0, mask=mask)
@@ -98,8 +109,7 @@ def _dhe_encode_kernel(out_ptr, ids_ptr, hash_a_ptr, hash_b_ptr, error_ptr, n, k
     else:
         cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
         col_mask = cols < k
-        a, b = _hash_parameters(hash_a_ptr, hash_b_ptr, cols, col_mask, p, error_ptr)
-        h = _hash(x, a, b, p, m)
+        h = _hashes(x, hash_a_ptr, hash_b_ptr, cols, col_mask, p, m, error_ptr)
         if RAW:  # the integer hashes themselves (tests check them exactly)
             encoded = h
         else:
@@ -145,11 +155,7 @@ def _dhe_encode_linear_kernel(
         for j0 in range(0, k // 2, BLOCK_K):
             pairs = j0 + tl.arange(0, BLOCK_K)
             pair_mask = pairs < k // 2
-            a0, b0 = _hash_parameters(hash_a_ptr, hash_b_ptr, 2 * pairs, pair_mask, p, error_ptr)
-            a1, b1 = _hash_parameters(hash_a_ptr, hash_b_ptr, 2 * pairs + 1, pair_mask, p, error_ptr)
-            h0 = _hash(x, a0, b0, p, m)
-            h1 = _hash(x, a1, b1, p, m)
-            z0, z1 = _box_muller(h0, h1, m)
+            z0, z1 = _gaussian_pairs(x, hash_a_ptr, hash_b_ptr, pairs, pair_mask, p, m, error_ptr)
             z0 = tl.where(pair_mask[None, :], z0, 0.0)
             z1 = tl.where(pair_mask[None, :], z1, 0.0)
             w_mask = pair_mask[:, None] & out_mask[None, :]
@@ -160,8 +166,7 @@ def _dhe_encode_linear_kernel(
         for k0 in range(0, k, BLOCK_K):
             cols = k0 + tl.arange(0, BLOCK_K)
             col_mask = cols < k
-            a, b = _hash_parameters(hash_a_ptr, hash_b_ptr, cols, col_mask, p, error_ptr)
-            h = _hash(x, a, b, p, m)
+            h = _hashes(x, hash_a_ptr, hash_b_ptr, cols, col_mask, p, m, error_ptr)
             encoded = tl.where(col_mask[None, :], h.to(tl.float32) * uniform_scale - 1.0, 0.0)
             w_ptrs = weight_ptr + outs[None, :] * stride_wh + cols[:, None] * stride_wk
             acc = _dot(acc, encoded, w_ptrs, col_mask[:, None] & out_mask[None, :], DOT_DTYPE, EMULATE_BF16,

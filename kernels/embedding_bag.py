@@ -60,6 +60,29 @@ def _bag_bounds(offsets_ptr, g, num_offsets, num_indices, error_ptr):
 
 
 @triton.jit
+def _program_slot(table_dims_ptr, bags_per_table, DIM_MULTIPLE: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(bag g = t * B + b, table t, bag b of the table, the table's width, this program's columns)."""
+    g = tl.program_id(0).to(tl.int64)
+    t = g // bags_per_table
+    b = g - t * bags_per_table
+    dim = tl.multiple_of(tl.load(table_dims_ptr + t), DIM_MULTIPLE)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    return g, t, b, dim, cols
+
+
+@triton.jit
+def _lookups(indices_ptr, positions, end, rows, padding, error_ptr):
+    """(rows, which of them to read) for the lookups at ``positions`` of a bag ending at ``end``; an index
+    that is neither the padding row nor in ``[0, rows)`` is not read and sets the error flag."""
+    in_bag = positions < end
+    idx = tl.load(indices_ptr + positions, mask=in_bag, other=0).to(tl.int64)
+    looked_up = in_bag & _not_padding(idx, padding)
+    if tl.max((looked_up & ((idx < 0) | (idx >= rows))).to(tl.int32), axis=0) > 0:
+        tl.store(error_ptr, 1)
+    return idx, looked_up & (idx >= 0) & (idx < rows)
+
+
+@triton.jit
 def _embedding_bag_kernel(
     out_ptr, max_indices_ptr, weights_ptr, indices_ptr, offsets_ptr, per_sample_weights_ptr,
     table_offsets_ptr, table_rows_ptr, table_dims_ptr, table_cols_ptr, table_padding_ptr, error_ptr,
@@ -67,12 +90,7 @@ def _embedding_bag_kernel(
     MODE: tl.constexpr, HAS_PER_SAMPLE_WEIGHTS: tl.constexpr, ACC_DTYPE: tl.constexpr, DIM_MULTIPLE: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    g = tl.program_id(0).to(tl.int64)
-    t = g // bags_per_table
-    b = g - t * bags_per_table
-    dim = tl.load(table_dims_ptr + t)
-    dim = tl.multiple_of(dim, DIM_MULTIPLE)
-    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    g, t, b, dim, cols = _program_slot(table_dims_ptr, bags_per_table, DIM_MULTIPLE, BLOCK_D)
     if tl.program_id(1) * BLOCK_D < dim:
         col_mask = cols < dim
         rows = tl.load(table_rows_ptr + t)
@@ -89,12 +107,7 @@ def _embedding_bag_kernel(
         lanes = tl.arange(0, BLOCK_L)
         for i0 in range(start, end, BLOCK_L):
             positions = i0 + lanes
-            in_bag = positions < end
-            idx = tl.load(indices_ptr + positions, mask=in_bag, other=0).to(tl.int64)
-            looked_up = in_bag & _not_padding(idx, padding)
-            valid = looked_up & (idx >= 0) & (idx < rows)
-            if tl.max((looked_up & ((idx < 0) | (idx >= rows))).to(tl.int32), axis=0) > 0:
-                tl.store(error_ptr, 1)
+            idx, valid = _lookups(indices_ptr, positions, end, rows, padding, error_ptr)
             count += tl.sum(valid.to(tl.int32), axis=0)
             mask = valid[:, None] & col_mask[None, :]
             values = tl.load(weight_base + idx[:, None] * dim + cols[None, :], mask=mask, other=0.0).to(ACC_DTYPE)
@@ -132,12 +145,7 @@ def _embedding_bag_backward_kernel(
     MODE: tl.constexpr, HAS_PER_SAMPLE_WEIGHTS: tl.constexpr, ACC_DTYPE: tl.constexpr, DIM_MULTIPLE: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    g = tl.program_id(0).to(tl.int64)
-    t = g // bags_per_table
-    b = g - t * bags_per_table
-    dim = tl.load(table_dims_ptr + t)
-    dim = tl.multiple_of(dim, DIM_MULTIPLE)
-    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    g, t, b, dim, cols = _program_slot(table_dims_ptr, bags_per_table, DIM_MULTIPLE, BLOCK_D)
     if tl.program_id(1) * BLOCK_D < dim:
         col_mask = cols < dim
         rows = tl.load(table_rows_ptr + t)
@@ -167,12 +175,7 @@ def _embedding_bag_backward_kernel(
                 scale_all = 1.0 / tl.maximum(count, 1).to(ACC_DTYPE)
             for i0 in range(start, end, BLOCK_L):
                 positions = i0 + lanes
-                in_bag = positions < end
-                idx = tl.load(indices_ptr + positions, mask=in_bag, other=0).to(tl.int64)
-                looked_up = in_bag & _not_padding(idx, padding)
-                valid = looked_up & (idx >= 0) & (idx < rows)
-                if tl.max((looked_up & ((idx < 0) | (idx >= rows))).to(tl.int32), axis=0) > 0:
-                    tl.store(error_ptr, 1)
+                idx, valid = _lookups(indices_ptr, positions, end, rows, padding, error_ptr)
                 if HAS_PER_SAMPLE_WEIGHTS:
                     scale = tl.load(per_sample_weights_ptr + positions, mask=valid, other=0.0).to(ACC_DTYPE)
                 else:
