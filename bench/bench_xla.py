@@ -21,7 +21,6 @@ import copy
 import json
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -90,12 +89,9 @@ def main(argv=None) -> int:
     info = {"torch": torch.__version__, "torch_xla": torch_xla.__version__, "python": platform.python_version(),
             "threads": torch.get_num_threads(), "xla_device": str(device)}
     if args.out is None:
-        from mprec.sched.profile import machine_info
+        from mprec.sched.profile import machine_name
 
-        machine = machine_info()
-        slug = re.sub(r"[^a-z0-9]+", "-", machine["cpu"].lower()).strip("-")
-        args.out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                f"{slug}-{machine['threads']}t-xla.json")
+        args.out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"{machine_name()}-xla.json")
     with open(args.out, "w") as f:
         json.dump({"machine": info, "results": results}, f, indent=1)
     return 0

@@ -2,7 +2,6 @@
 named for this machine, and prints the summary next to it. `python bench/run.py dhe ...` runs only the
 named families."""
 
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,17 +9,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def machine_name() -> str:
-    from mprec.sched.profile import machine_info
-
-    info = machine_info()
-    slug = re.sub(r"[^a-z0-9]+", "-", info["cpu"].lower()).strip("-")
-    return f"{slug}-{info['threads']}t"
-
-
 def main() -> int:
     sys.path.insert(0, str(HERE))
     import importlib
+
+    from mprec.sched.profile import machine_name
 
     results = HERE / "results"
     results.mkdir(exist_ok=True)

@@ -190,7 +190,8 @@ class TableArgs:
 
     def __init__(self, base: Tensor, offsets: Tensor, rows: Tensor, dims: Tensor, cols: Tensor, padding: Tensor,
                  dim_multiple: int, max_dim: int, total_dim: int):
-        self.base, self.offsets, self.rows, self.dims, self.cols, self.padding = base, offsets, rows, dims, cols, padding
+        self.base, self.offsets, self.rows, self.dims = base, offsets, rows, dims
+        self.cols, self.padding = cols, padding
         self.dim_multiple, self.max_dim, self.total_dim = dim_multiple, max_dim, total_dim
 
 

@@ -41,7 +41,14 @@ from .composite import (
     _sizes,
     check_hash_values,
 )
-from .embedding_bag import _batched_bags, _single_bags, mode_number, raise_bag_error, raise_max_indices_error
+from .embedding_bag import (
+    _accumulation_dtype,
+    _batched_bags,
+    _single_bags,
+    mode_number,
+    raise_bag_error,
+    raise_max_indices_error,
+)
 from .reference import dhe_encode_linear_reference
 
 __all__ = ["BACKENDS", "DEFAULT_BACKEND", "backend", "set_backend", "triton_available", "cuda_kernels_built",
@@ -137,16 +144,12 @@ def _single_setup(op, weight, scale_bias, indices, offsets, mode, per_sample_wei
     _check_layout(op, indices, offsets, device)
     bags = _single_bags(op, offsets, include_last_offset)
     _check_padding_idx(op, padding_idx, weight.shape[0])
-    psw = _checked_per_sample_weights(op, per_sample_weights, mode, indices.shape[0], _acc_dtype(weight))
+    psw = _checked_per_sample_weights(op, per_sample_weights, mode, indices.shape[0], _accumulation_dtype(weight))
     _check_device(op, device, per_sample_weights=psw)
     tables = _triton_eb.table_args([weight.contiguous()], [padding_idx])
     # Offsets beyond the bags are not read; B + 1 offsets with include_last_offset end the last bag.
     offsets = offsets[: bags + 1] if include_last_offset else offsets
     return mode, bags, None if psw is None else psw.contiguous(), tables, indices.contiguous(), offsets.contiguous()
-
-
-def _acc_dtype(weight: Tensor) -> torch.dtype:
-    return torch.float64 if weight.dtype == torch.float64 else torch.float32
 
 
 def embedding_bag(weight: Tensor, indices: Tensor, offsets: Tensor, mode: int = 0,
@@ -197,12 +200,12 @@ def _batched_setup(op, weights, scale_bias, indices, offsets, mode, per_sample_w
     for t, w in enumerate(weights):
         _check_table(op, w, None if scale_bias is None else scale_bias[t], f"weights[{t}]", device)
         if w.dtype != weights[0].dtype:
-            raise ValueError(f"{op}: every table must have the same dtype; weights[0] is {_dtype_name(weights[0].dtype)}"
-                             f" but weights[{t}] is {_dtype_name(w.dtype)}")
+            raise ValueError(f"{op}: every table must have the same dtype; weights[0] is "
+                             f"{_dtype_name(weights[0].dtype)} but weights[{t}] is {_dtype_name(w.dtype)}")
         _check_padding_idx(op, padding_idx[t] if len(padding_idx) else -1, w.shape[0], f" of table {t}")
     _check_layout(op, indices, offsets, device)
     bags = _batched_bags(op, offsets, len(weights))
-    psw = _checked_per_sample_weights(op, per_sample_weights, mode, indices.shape[0], _acc_dtype(weights[0]))
+    psw = _checked_per_sample_weights(op, per_sample_weights, mode, indices.shape[0], _accumulation_dtype(weights[0]))
     _check_device(op, device, per_sample_weights=psw)
     tables = _triton_eb.table_args([w.contiguous() for w in weights], list(padding_idx))
     return (mode, bags, None if psw is None else psw.contiguous(), tables, indices.contiguous(), offsets.contiguous(),

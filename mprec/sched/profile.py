@@ -19,6 +19,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -111,6 +112,13 @@ def machine_info() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def machine_name() -> str:
+    """``<cpu>-<threads>t`` (``amd-epyc-2t``): the prefix of the benchmark results measured on this machine."""
+    info = machine_info()
+    slug = re.sub(r"[^a-z0-9]+", "-", info["cpu"].lower()).strip("-")
+    return f"{slug}-{info['threads']}t"
 
 
 def versions() -> dict:
