@@ -49,6 +49,37 @@ def _seed():
     torch.manual_seed(0)
 
 
+# --- small DLRMs for the lowerings (tests/test_lower*.py, tests/xla) ----------------------------------------
+
+LOWERING_SIZES = [50, 7, 300, 20, 1000]
+
+
+def dlrm_batch(n, sizes=LOWERING_SIZES, bag_size=1, seed=0, empty=False):
+    """(dense, indices, offsets) in the TBE layout: up to ``bag_size`` lookups per bag (none allowed if ``empty``)."""
+    g = torch.Generator().manual_seed(seed)
+    dense = torch.randn(n, 13, generator=g)
+    lengths = torch.randint(0 if empty else 1, bag_size + 1, (len(sizes) * n,), generator=g)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+    indices = torch.cat([torch.randint(0, s, (int(lengths[t * n:(t + 1) * n].sum()),), generator=g)
+                         for t, s in enumerate(sizes)])
+    return dense, indices, offsets
+
+
+def small_dlrm(representation, mode="sum", interaction="dot", seed=0, dtype=torch.float32, **dhe):
+    """A Kaggle-preset DLRM over LOWERING_SIZES in eval mode, every feature ``representation`` (or one per
+    feature), pooling by ``mode``, with small DHE decoders (``dhe`` overrides their options)."""
+    from mprec.models import DLRM
+
+    torch.manual_seed(seed)
+    reps = representation if isinstance(representation, list) else [representation] * len(LOWERING_SIZES)
+    model = DLRM.preset("kaggle", LOWERING_SIZES, representations=reps, interaction=interaction,
+                        dhe=dict(k=64, m=1009, decoder=(32,), **dhe)).to(dtype)
+    model.embeddings.mode = mode
+    for d in model.embeddings.dhe.values():
+        d.mode = mode
+    return model.eval()
+
+
 def make_bags(num_bags: int, max_len: int, num_rows: int, index_dtype=torch.int64, empty_fraction: float = 0.25,
               padding_idx: int | None = None, padding_fraction: float = 0.2, generator=None):
     """Random jagged bags: (indices, offsets of num_bags + 1 entries). About `empty_fraction` of the bags are

@@ -13,30 +13,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from mprec.lower import LoweredDLRM, bucket, pad_bags
 from mprec.lower import xla
-from mprec.models import DLRM
 
-SIZES = [50, 7, 300, 20, 1000]
+from conftest import LOWERING_SIZES, dlrm_batch, small_dlrm
 
-
-def batch(n, sizes=SIZES, bag_size=1, seed=0, empty=False):
-    g = torch.Generator().manual_seed(seed)
-    dense = torch.randn(n, 13, generator=g)
-    lengths = torch.randint(0 if empty else 1, bag_size + 1, (len(sizes) * n,), generator=g)
-    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
-    indices = torch.cat([torch.randint(0, s, (int(lengths[t * n:(t + 1) * n].sum()),), generator=g)
-                         for t, s in enumerate(sizes)])
-    return dense, indices, offsets
+SIZES = LOWERING_SIZES
+batch = dlrm_batch
 
 
 def model_for(representation, mode="sum", interaction="dot", seed=0, **kwargs):
-    torch.manual_seed(seed)
-    reps = representation if isinstance(representation, list) else [representation] * len(SIZES)
-    m = DLRM.preset("kaggle", SIZES, representations=reps, interaction=interaction,
-                    dhe=dict(k=64, m=1009, decoder=(32,), **kwargs)).double()
-    m.embeddings.mode = mode
-    for d in m.embeddings.dhe.values():
-        d.mode = mode
-    return m.eval()
+    return small_dlrm(representation, mode, interaction, seed, torch.float64, **kwargs)
 
 
 @pytest.mark.parametrize("representation", ["table", "dhe", "hybrid", ["table", "dhe", "hybrid", "dhe", "table"]])

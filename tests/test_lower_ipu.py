@@ -20,6 +20,8 @@ from mprec.models import DLRM
 from mprec.ops.dhe import dhe_hash_parameters, next_prime
 from mprec.ops.reference import dhe_hash_reference
 
+from conftest import LOWERING_SIZES, dlrm_batch, small_dlrm
+
 # PopTorch's supported operations: Graphcore's PopTorch user guide, "IPU supported operations"
 # (docs/user_guide/supported_ops.rst in the graphcore/poptorch repository, the PopTorch 3.x version: the one
 # with the dispatcher frontend).
@@ -89,32 +91,18 @@ POPTORCH_GUIDE = {
 }
 POPTORCH_SUPPORTED = set().union(*POPTORCH_GUIDE.values())
 
-SIZES = [50, 7, 300, 20, 1000]
+SIZES = LOWERING_SIZES
 INT32_MAX = 2**31 - 1
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
 
-def batch(n, sizes=SIZES, bag_size=1, seed=0, empty=False):
-    g = torch.Generator().manual_seed(seed)
-    dense = torch.randn(n, 13, generator=g)
-    lengths = torch.randint(0 if empty else 1, bag_size + 1, (len(sizes) * n,), generator=g)
-    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
-    indices = torch.cat([torch.randint(0, s, (int(lengths[t * n:(t + 1) * n].sum()),), generator=g)
-                         for t, s in enumerate(sizes)])
-    return dense, indices, offsets
+batch = dlrm_batch
 
 
 def model_for(representation, mode="sum", interaction="dot", seed=0, **kwargs):
-    """A float32 DLRM (the IPU computes in float32) with small DHE decoders."""
-    torch.manual_seed(seed)
-    reps = representation if isinstance(representation, list) else [representation] * len(SIZES)
-    m = DLRM.preset("kaggle", SIZES, representations=reps, interaction=interaction,
-                    dhe=dict(k=64, m=1009, decoder=(32,), **kwargs))
-    m.embeddings.mode = mode
-    for d in m.embeddings.dhe.values():
-        d.mode = mode
-    return m.eval()
+    """A float32 DLRM (the IPU computes in float32)."""
+    return small_dlrm(representation, mode, interaction, seed, torch.float32, **kwargs)
 
 
 def hash_inputs(m, k=48, n=2000, seed=0):

@@ -18,28 +18,17 @@ import torch_xla.debug.metrics as met
 from mprec.lower import xla
 from mprec.models import DLRM
 
-SIZES = [50, 7, 300, 20, 1000]
+from conftest import dlrm_batch, small_dlrm
+
 DEVICE = torch_xla.device()
 
 
 def batch(n, bag_size=1, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    dense = torch.randn(n, 13, generator=g)
-    lengths = torch.randint(0, bag_size + 1, (len(SIZES) * n,), generator=g)
-    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
-    indices = torch.cat([torch.randint(0, s, (int(lengths[t * n:(t + 1) * n].sum()),), generator=g)
-                         for t, s in enumerate(SIZES)])
-    return dense, indices, offsets
+    return dlrm_batch(n, bag_size=bag_size, seed=seed, empty=True)
 
 
 def model_for(representation, mode="sum"):
-    torch.manual_seed(0)
-    model = DLRM.preset("kaggle", SIZES, representations=[representation] * len(SIZES),
-                        dhe=dict(k=64, m=1009, decoder=(32,)))
-    model.embeddings.mode = mode
-    for d in model.embeddings.dhe.values():
-        d.mode = mode
-    return model.eval()
+    return small_dlrm(representation, mode)
 
 
 def fallbacks() -> list:
