@@ -1,8 +1,11 @@
-"""The CUDA kernels (csrc/cuda/*.cu) compile for sm_90 without torch and without warnings.
+"""The CUDA kernels (csrc/cuda/*.cu) compile for sm_90 without torch and without warnings, and the torch glue
+(csrc/cuda/*_cuda.cpp) compiles against the installed torch's headers and links with the kernels.
 
 They are built into mprec._C only against a CUDA build of torch, which CI does not have; nvcc alone can still
-compile them, so a kernel that does not compile fails here rather than on the first GPU machine. Running them
-needs a GPU: the op tests do that where one is present.
+compile the kernels, and a CPU build of torch ships the c10/cuda headers the glue includes, so code that does
+not compile fails here rather than on the first GPU machine. What only a CUDA torch has is libc10_cuda (streams,
+guards, the caching allocator): the link test checks that those are the only symbols left unresolved. Running
+the kernels needs a GPU: the op tests do that where one is present.
 """
 
 from __future__ import annotations
@@ -14,10 +17,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch.utils.cpp_extension as cpp_extension
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "csrc" / "cuda"
 KERNEL_SOURCES = sorted(CUDA_DIR.glob("*.cu"))
+GLUE_SOURCES = sorted(CUDA_DIR.glob("*.cpp"))
+# What the glue calls from csrc/cpu: the argument checks and messages it shares with the CPU kernels.
+SHARED_SOURCES = [ROOT / "csrc" / "cpu" / "embedding_bag_checks.cpp"]
 NVCC = os.environ.get("NVCC", "nvcc")
 
 
@@ -35,9 +42,7 @@ def test_kernels_include_no_torch(source):
 
 @pytest.mark.parametrize("source", KERNEL_SOURCES, ids=lambda p: p.name)
 def test_kernels_compile_for_sm90(source, tmp_path):
-    nvcc = shutil.which(NVCC)
-    if nvcc is None:
-        pytest.skip(f"{NVCC} is not on PATH: the CUDA kernels cannot be compiled on this machine")
+    nvcc = _nvcc_or_skip()
     result = subprocess.run(
         [nvcc, "-std=c++17", "-arch=sm_90", "-O3", f"-I{ROOT / 'csrc' / 'include'}", "-c", str(source),
          "-o", str(tmp_path / (source.stem + ".o"))],
@@ -46,3 +51,56 @@ def test_kernels_compile_for_sm90(source, tmp_path):
     assert result.returncode == 0, f"nvcc failed on {source.name}:\n{output}"
     assert "warning" not in output.lower(), f"nvcc warned on {source.name}:\n{output}"
     assert (tmp_path / (source.stem + ".o")).stat().st_size > 0
+
+
+def _nvcc_or_skip() -> str:
+    nvcc = shutil.which(NVCC)
+    if nvcc is None:
+        pytest.skip(f"{NVCC} is not on PATH: the CUDA sources cannot be compiled on this machine")
+    return nvcc
+
+
+def _toolkit_or_skip(nvcc: str) -> Path:
+    # As setup.py looks for it: nvcc may be a wrapper script outside the toolkit.
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), Path(nvcc).resolve().parents[1],
+                  "/usr/local/cuda"]
+    for candidate in filter(None, candidates):
+        if (Path(candidate) / "include" / "cuda_runtime_api.h").is_file():
+            return Path(candidate)
+    pytest.skip("no CUDA toolkit headers (cuda_runtime_api.h) found beside nvcc, in $CUDA_HOME or /usr/local/cuda")
+
+
+def _run(command: list[str], what: str) -> str:
+    result = subprocess.run(command, capture_output=True, text=True)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{what} failed:\n{output}"
+    return output
+
+
+def test_glue_compiles_and_links_against_torch(tmp_path):
+    nvcc = _nvcc_or_skip()
+    toolkit = _toolkit_or_skip(nvcc)
+    cxx = os.environ.get("CXX", "g++")
+    torch_includes = [flag for path in cpp_extension.include_paths() for flag in ("-isystem", path)]
+    # The CPU wheel lacks the one header CMake generates for c10_cuda (its export macro); the glue needs none
+    # of it on Linux.
+    flags = ["-std=c++17", "-O1", "-fPIC", "-Wall", "-Wextra", "-Werror", "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE",
+             *torch_includes, "-isystem", str(toolkit / "include"), f"-I{ROOT / 'csrc' / 'include'}"]
+    objects = []
+    for source in [*GLUE_SOURCES, *SHARED_SOURCES]:
+        objects.append(tmp_path / (source.stem + ".o"))
+        _run([cxx, *flags, "-c", str(source), "-o", str(objects[-1])], f"{cxx} on {source.name}")
+    for source in KERNEL_SOURCES:
+        objects.append(tmp_path / (source.stem + ".o"))
+        _run([nvcc, "-std=c++17", "-arch=sm_90", "-O1", "-Xcompiler", "-fPIC", f"-I{ROOT / 'csrc' / 'include'}",
+              "-c", str(source), "-o", str(objects[-1])], f"nvcc on {source.name}")
+
+    libraries = [flag for path in cpp_extension.library_paths() for flag in ("-L", path)]
+    result = subprocess.run(
+        [cxx, "-shared", "-o", str(tmp_path / "glue.so"), *map(str, objects), *libraries, "-ltorch_cpu", "-lc10",
+         "-L", str(toolkit / "lib64"), "-lcudart", "-Wl,--no-undefined"],
+        capture_output=True, text=True)
+    unresolved = sorted(set(re.findall(r"undefined reference to `([^']*)'", result.stdout + result.stderr)))
+    assert unresolved, "the link resolved everything: libc10_cuda's symbols were expected to be missing here"
+    outside_c10_cuda = [symbol for symbol in unresolved if not symbol.startswith("c10::cuda::")]
+    assert not outside_c10_cuda, f"the glue needs symbols no mprec source or torch library defines: {outside_c10_cuda}"

@@ -3,7 +3,7 @@
 // reading back and raising kernel errors). The kernels are in embedding_bag_kernels.cu. Only compiled with
 // MPREC_WITH_CUDA, against a CUDA build of torch.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/util/irange.h>
@@ -110,7 +110,7 @@ std::tuple<Tensor, Tensor> pool(const char* op, const std::vector<Tensor>& weigh
   params.per_sample_weights = per_sample_weights.defined() ? per_sample_weights.data_ptr() : nullptr;
   params.output = output.data_ptr();
   params.max_indices = is_max ? max_indices.data_ptr<int64_t>() : nullptr;
-  C10_CUDA_CHECK(launch_embedding_bag_pool(params, at::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(launch_embedding_bag_pool(params, c10::cuda::getCurrentCUDAStream()));
   raise_kernel_error(op, errors, tables.host, indices.numel());
   return {output, max_indices};
 }
@@ -143,7 +143,7 @@ std::vector<Tensor> dense_backward(const char* op, const Tensor& grad, at::Tenso
   params.per_sample_weights = per_sample_weights.defined() ? per_sample_weights.data_ptr() : nullptr;
   params.grad = g.data_ptr();
   params.max_indices = is_max ? winners.data_ptr<int64_t>() : nullptr;
-  C10_CUDA_CHECK(launch_embedding_bag_dense_backward(params, at::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(launch_embedding_bag_dense_backward(params, c10::cuda::getCurrentCUDAStream()));
   raise_kernel_error(op, errors, tables.host, indices.numel());
   std::vector<Tensor> grads;
   for (const auto t : c10::irange(weights.size())) grads.push_back(sums[t].to(weights[t].scalar_type()));
