@@ -95,6 +95,67 @@ def test_bounded_queue_rejects_and_mprec_uses_another_device():
     assert not later[2].rejected and later[2].start == 2.0
 
 
+def linear(per_sample):
+    """Exactly ``per_sample * n`` seconds for any n >= 1 (a line through both points, extended past them)."""
+    return LatencyModel([1, 1001], [per_sample, 1001 * per_sample])
+
+
+def test_split_rescues_a_query_no_single_path_serves_in_time_by_hand():
+    paths = [PathInfo("d1/a", "d1", 0.8, linear(0.001)), PathInfo("d2/a", "d2", 0.8, linear(0.001))]
+    q = [Query(0, 0.0, 100, 0.060), Query(1, 0.0, 10, 0.065)]
+    out = simulate(q, paths, MPRecPolicy())
+    # alone, either device takes 100 ms; 50 rows each end both halves at 50 ms
+    assert out[0].parts == (("d1/a", 50), ("d2/a", 50)) and out[0].path == "d1/a + d2/a"
+    assert (out[0].start, out[0].finish, out[0].met_sla) == (0.0, pytest.approx(0.050), True)
+    # q1 (10 rows): both devices free at 50 ms; one path meets the SLA (65 ms), so no split (ties: one device)
+    assert out[1].parts == () and out[1].finish == pytest.approx(0.060) and out[1].met_sla
+    unsplit = simulate(q, paths, MPRecPolicy(split=False))
+    assert unsplit[0].path == "d1/a" and unsplit[0].finish == pytest.approx(0.100) and not unsplit[0].met_sla
+    correct = summarize(out, {"d1/a": 0.8, "d2/a": 0.8})["correct_per_s"] * 0.060  # over 60 ms: 0 .. q1's end
+    assert correct == pytest.approx(110 * 0.8)
+
+
+def test_split_gives_the_more_accurate_path_the_rows_it_serves_in_time_by_hand():
+    paths = [PathInfo("gpu/dhe", "gpu", 0.9, linear(0.001)), PathInfo("cpu/table", "cpu", 0.7, linear(0.001))]
+    q = [Query(0, 0.0, 100, 0.0605), Query(1, 0.001, 10, 0.1), Query(2, 0.002, 100, 0.2)]
+    out = simulate(q, paths, MPRecPolicy())
+    # q0: either path alone ends at 100 ms (late). 50 rows each would end at 50 ms; dhe serves the most rows it
+    # finishes by 60.5 ms (60), the table the other 40: accuracy (60 * 0.9 + 40 * 0.7) / 100 = 0.82.
+    assert out[0].parts == (("gpu/dhe", 60), ("cpu/table", 40)) and out[0].path == "gpu/dhe + cpu/table"
+    assert out[0].finish == pytest.approx(0.060) and out[0].met_sla
+    # q1 (t=1 ms): the gpu is busy to 60 ms; dhe alone ends at 70 ms <= 101 ms: the most accurate, one path
+    assert (out[1].path, out[1].parts, out[1].start) == ("gpu/dhe", (), pytest.approx(0.060))
+    # q2 (t=2 ms, 200 ms SLA): dhe alone ends at 170 ms
+    assert out[2].path == "gpu/dhe" and out[2].finish == pytest.approx(0.170)
+    s = summarize(out, {"gpu/dhe": 0.9, "cpu/table": 0.7})
+    assert s["correct_per_s"] * s["duration_s"] == pytest.approx(60 * 0.9 + 40 * 0.7 + 10 * 0.9 + 100 * 0.9)
+    assert s["path_mix"] == {"gpu/dhe": pytest.approx(2 / 3), "gpu/dhe + cpu/table": pytest.approx(1 / 3)}
+
+
+def test_split_is_not_used_where_one_path_meets_the_sla():
+    paths = [PathInfo("gpu/dhe", "gpu", 0.9, linear(0.001)), PathInfo("cpu/table", "cpu", 0.7, linear(0.0001))]
+    # dhe alone is late (100 ms); the table alone is on time (10 ms): the table, although 60 rows of dhe and 40 of
+    # the table would also be on time and more accurate
+    out = simulate([Query(0, 0.0, 100, 0.0605)], paths, MPRecPolicy())
+    assert out[0].path == "cpu/table" and out[0].parts == ()
+
+
+def test_split_uses_the_queues_and_only_devices_with_room():
+    paths = [PathInfo("d1/a", "d1", 0.8, linear(0.001)), PathInfo("d2/a", "d2", 0.8, linear(0.001))]
+    # d2 is busy until 40 ms: the balanced split of 100 rows ends both halves at 70 ms (70 on d1, 30 on d2)
+    q = [Query(0, 0.0, 40, 1.0), Query(1, 0.0, 100, 0.075)]
+    out = simulate(q, [paths[1], paths[0]], MPRecPolicy())
+    assert out[0].path == "d2/a"
+    assert out[1].parts == (("d2/a", 30), ("d1/a", 70)) and out[1].finish == pytest.approx(0.070)
+    assert out[1].start == 0.0 and out[1].met_sla
+    # with d2's queue full (capacity 1), the split is not an option: d1 alone, late
+    full = simulate(q, [paths[1], paths[0]], MPRecPolicy(), capacity=1)
+    assert full[1].path == "d1/a" and full[1].parts == () and full[1].finish == pytest.approx(0.100)
+    # a one-sample query is never split; one device has nothing to split across
+    assert simulate([Query(0, 0.0, 1, 1e-6)], paths, MPRecPolicy())[0].parts == ()
+    assert simulate(q, paths[:1], MPRecPolicy())[1].parts == ()
+
+
 def test_simulator_checks_its_inputs():
     with pytest.raises(ValueError, match="Simulator: no paths"):
         Simulator([])
@@ -323,6 +384,53 @@ def test_server_each_future_resolves_once_and_shutdown_cancels_or_drains(tiny_mo
     with Server(paths[:1], latency, StaticPolicy("cpu/table")) as server:
         futures = [server.submit(Query(i, 0.0, 2, 1.0)) for i in range(5)]
     assert [f.result(5).status for f in futures] == ["ok"] * 5  # close() drains by default
+
+
+class OnDevice:
+    """A real path under another device name: a second device to split queries across."""
+
+    def __init__(self, path, device, fail_rows=None):
+        self.path, self.device, self.accuracy = path, device, path.accuracy
+        self.name = f"{device}/{path.representation}"
+        self.fail_rows = fail_rows
+
+    def serve(self, start, n):
+        if self.fail_rows is not None and start <= self.fail_rows < start + n:
+            raise RuntimeError(f"{self.name}: failing on row {self.fail_rows}")
+        return self.path.serve(start, n)
+
+
+def test_server_split_answers_equal_the_parts_direct_model_calls(tiny_models):
+    table, dhe = discover_paths(tiny_models, ["cpu"])[:2]
+    paths = [OnDevice(dhe, "d1"), OnDevice(table, "d2", fail_rows=10_000)]
+    latency = {"d1/dhe": linear(0.01), "d2/table": linear(0.01)}
+    # 10 ms a row (predicted) on either device and a 165 ms SLA: queries of 17 to 29 rows are split (at most 16
+    # rows on dhe, the more accurate), 33 rows are late either way (one path), smaller ones go to dhe alone. The
+    # predictions leave 15 ms for the submission's own delay; the devices are idle when each query arrives.
+    stream = [Query(i, 0.3 * i, 5 + 4 * i, 0.165) for i in range(8)]
+    with Server(paths, latency, MPRecPolicy()) as server:
+        outcomes, answers = replay(server, stream)
+    assert [a.status for a in answers] == ["ok"] * 8 and server.counts["ok"] == 8
+    row = 0
+    for q, a in zip(stream, answers):
+        parts = a.parts or ((a.path, q.size),)
+        assert sum(n for _, n in parts) == q.size and len(a.predictions) == q.size
+        expected = []
+        for name, n in parts:
+            expected.append((dhe if name == "d1/dhe" else table).serve(row, n))
+            row += n
+        torch.testing.assert_close(a.predictions, torch.cat(expected), rtol=0, atol=0)
+    assert [bool(a.parts) for a in answers] == [False] * 3 + [True] * 4 + [False]
+    assert all(a.path == "d1/dhe + d2/table" and a.parts[0][1] <= 16 for a in answers[3:7])
+    assert [o.parts for o in outcomes] == [a.parts for a in answers]
+
+    # a failing part fails its query, answered once; the other queries are served
+    paths[1].fail_rows = sum(q.size for q in stream[:6]) + 25  # in query 6 (29 rows), past dhe's <= 16
+    with Server(paths, latency, MPRecPolicy()) as server:
+        _, answers = replay(server, stream)
+    assert [a.status for a in answers] == ["ok"] * 6 + ["error", "ok"]
+    assert "failing on row" in str(answers[6].error) and answers[6].predictions is None
+    assert server.counts["ok"] == 7 and server.counts["error"] == 1
 
 
 def test_server_checks_its_inputs(tiny_models):

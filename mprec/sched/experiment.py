@@ -71,7 +71,10 @@ def path_infos(profiles: list, statistic: str = "median") -> list:
 
 
 def policies(infos: list) -> list:
-    return [MPRecPolicy()] + [StaticPolicy(i.name) for i in infos]
+    """MP-Rec; MP-Rec without splitting where there are devices to split a query across (what splitting adds);
+    one static policy per path (the baselines)."""
+    several_devices = len({i.device for i in infos}) > 1
+    return [MPRecPolicy()] + [MPRecPolicy(split=False)] * several_devices + [StaticPolicy(i.name) for i in infos]
 
 
 def default_rates(infos: list, median_size: float, sigma: float, max_size: int, points: int = 12,

@@ -36,7 +36,7 @@ def summarize(outcomes: Sequence, accuracy: dict) -> dict:
     duration = end - first
     served = [o for o in outcomes if not o.rejected]
     met = [o for o in served if o.met_sla]
-    correct = sum(o.query.size * accuracy[o.path] for o in met)
+    correct = sum(n * accuracy[path] for o in met for path, n in o.pieces())
     latencies = [o.latency * 1e3 for o in served]
     mix = Counter(o.path for o in served)
     rate = (lambda x: x / duration) if duration > 0 else (lambda x: float("nan"))

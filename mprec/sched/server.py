@@ -7,6 +7,9 @@ model and data, timing real latencies.
 - The policy sees each device's predicted free time: the running query's predicted finish (or now, once
   it is late) plus the predicted latencies of the queued ones, from the same latency models as the
   simulator.
+- A split query (:class:`~mprec.sched.policy.Decision` with parts) goes to each part's device queue, its
+  rows divided in order; it is answered once, when its last part is done, with the parts' predictions
+  concatenated (``error`` if a part failed, ``cancelled`` if a part was cancelled).
 - ``close`` stops accepting, lets the workers finish what is queued (or, with ``drain=False``, answers the
   queued queries ``cancelled``), and joins them. The server is a context manager.
 - ``inline_device``: that device's queue is served by the thread that calls :meth:`Server.work` (what
@@ -21,6 +24,7 @@ returns :class:`~mprec.sched.simulate.Outcome` s, comparable with the simulator'
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -28,6 +32,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Optional
 
+import torch
 from torch import Tensor
 
 from .policy import PathInfo, Policy
@@ -41,22 +46,57 @@ __all__ = ["Answer", "Server", "replay"]
 class Answer:
     query: Query
     status: str                   # "ok" | "rejected" | "cancelled" | "error"
-    path: Optional[str] = None
+    path: Optional[str] = None    # a split's label for a split query
     predictions: Optional[Tensor] = None
     submitted: float = float("nan")
     start: float = float("nan")
     finish: float = float("nan")
     error: Optional[BaseException] = None
+    parts: tuple = ()             # a split query's ((path, samples), ...)
+
+
+class _Join:
+    """A query's parts (one for a single path) until the last reports; then its one answer."""
+
+    def __init__(self, query: Query, path: str, parts: tuple, future: Future, submitted: float) -> None:
+        self.answer = Answer(query, "ok", path, submitted=submitted, parts=parts)
+        self.future = future
+        self.results: list = [None] * max(1, len(parts))
+        self.left = len(self.results)
+
+    def report(self, part: int, status: str, predictions=None, start=math.nan, finish=math.nan,
+               error=None) -> Optional[Answer]:
+        """Records part ``part``'s outcome (with the server's lock held); the answer once every part has
+        reported, else None. The gravest outcome decides the status: error, then cancelled, then ok."""
+        a = self.answer
+        self.results[part] = predictions
+        if not math.isnan(start):
+            a.start = start if math.isnan(a.start) else min(a.start, start)
+        if not math.isnan(finish):
+            a.finish = finish if math.isnan(a.finish) else max(a.finish, finish)
+        if _GRAVITY[status] > _GRAVITY[a.status]:
+            a.status = status
+        if status == "error" and a.error is None:
+            a.error = error
+        self.left -= 1
+        if self.left:
+            return None
+        if a.status == "ok":
+            a.predictions = self.results[0] if len(self.results) == 1 else torch.cat(self.results)
+        return a
+
+
+_GRAVITY = {"ok": 0, "cancelled": 1, "error": 2}
 
 
 @dataclass
 class _Item:
-    query: Query
+    join: _Join
+    part: int
     path: str
     start_row: int
+    size: int
     predicted: float
-    future: Future
-    submitted: float
 
 
 class _Device:
@@ -121,17 +161,30 @@ class Server:
             now = self.now()
             self.counts["submitted"] += 1
             decision = self.policy.choose(query, now, self)
-            device = None if decision is None else self.paths[decision.path].device
-            if device is None or not self.has_room(device):
+            pieces = () if decision is None else decision.pieces(query.size)
+            if not pieces or not all(self.has_room(self.paths[name].device) for name, _ in pieces):
                 self.counts["rejected"] += 1
                 future.set_result(Answer(query, "rejected", submitted=now))
                 return future
-            predicted = self.paths[decision.path].latency(query.size)
-            d = self.devices[device]
-            d.queue.append(_Item(query, decision.path, start_row, predicted, future, now))
-            d.pending += predicted
-            d.ready.notify()
+            join = _Join(query, decision.path, decision.parts, future, now)
+            row = start_row
+            for part, (name, n) in enumerate(pieces):
+                predicted = self.paths[name].latency(n)
+                d = self.devices[self.paths[name].device]
+                d.queue.append(_Item(join, part, name, row, n, predicted))
+                d.pending += predicted
+                d.ready.notify()
+                row += n
         return future
+
+    def _report(self, item: _Item, status: str, **outcome) -> Optional[tuple]:
+        """Records a part's outcome (lock held). When it was the query's last part: counts the answer and
+        returns ``(future, answer)`` for the caller to resolve once the lock is released."""
+        answer = item.join.report(item.part, status, **outcome)
+        if answer is None:
+            return None
+        self.counts[answer.status] += 1
+        return item.join.future, answer
 
     def work(self, name: str) -> None:
         """Serves device ``name``'s queue until the server is closed and the queue is empty (the inline
@@ -147,31 +200,31 @@ class Server:
                 d.pending = max(0.0, d.pending - item.predicted)
                 start = self.now()
                 d.in_service, d.busy_until = True, start + item.predicted
-            answer = Answer(item.query, "ok", item.path, submitted=item.submitted, start=start)
+            status, predictions, error = "ok", None, None
             try:
-                answer.predictions = self.runners[item.path].serve(item.start_row, item.query.size)
-            except Exception as error:  # answered, counted, and the worker goes on
-                answer.status, answer.error = "error", error
-            answer.finish = self.now()
+                predictions = self.runners[item.path].serve(item.start_row, item.size)
+            except Exception as failure:  # answered, counted, and the worker goes on
+                status, error = "error", failure
+            finish = self.now()
             with self._lock:
-                d.in_service, d.busy_until = False, answer.finish
-                self.counts[answer.status] += 1
-            item.future.set_result(answer)
+                d.in_service, d.busy_until = False, finish
+                done = self._report(item, status, predictions=predictions, start=start, finish=finish, error=error)
+            if done is not None:
+                done[0].set_result(done[1])
 
     def close(self, drain: bool = True, timeout: Optional[float] = None) -> None:
         with self._lock:
             self._closing = True
-            cancelled = []
+            answered = []
             if not drain:
                 for d in self.devices.values():
-                    cancelled += list(d.queue)
+                    answered += [self._report(item, "cancelled") for item in d.queue]
                     d.queue.clear()
                     d.pending = 0.0
-                self.counts["cancelled"] += len(cancelled)
             for d in self.devices.values():
                 d.ready.notify_all()
-        for item in cancelled:
-            item.future.set_result(Answer(item.query, "cancelled", item.path, submitted=item.submitted))
+        for future, answer in filter(None, answered):
+            future.set_result(answer)
         for d in self.devices.values():
             if d.thread is not None and d.thread is not threading.current_thread():
                 d.thread.join(timeout)
@@ -218,5 +271,6 @@ def replay(server: Server, queries: list, sleep=time.sleep) -> tuple:
     if failure:
         raise failure[0]
     answers = [f.result() for f in futures]
-    outcomes = [Outcome(a.query, a.path if a.status == "ok" else None, a.start, a.finish) for a in answers]
+    outcomes = [Outcome(a.query, a.path, a.start, a.finish, a.parts) if a.status == "ok" else Outcome(a.query, None)
+                for a in answers]
     return outcomes, answers

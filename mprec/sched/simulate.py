@@ -4,7 +4,9 @@ Each device serves one query at a time, first come first served, with a bounded 
 queries (the one in service included). The policy decides at each arrival; the device then starts the
 query when it is free and finishes it after the path's latency for that size. A query whose device has
 no room is rejected (counted, never served). The events are ordered by time: arrivals in order, and
-each device's completions, which are retired before the next arrival looks at the queues.
+each device's completions, which are retired before the next arrival looks at the queues. A split query
+(:class:`~mprec.sched.policy.Decision` with parts) enters each part's device queue and is done when its
+last part is.
 """
 
 from __future__ import annotations
@@ -21,12 +23,19 @@ __all__ = ["Outcome", "Simulator", "simulate"]
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to a query: ``path`` None means rejected."""
+    """What happened to a query: ``path`` None means rejected. A split query has ``parts`` (``(path,
+    samples)`` in row order), ``path`` their label, ``start`` its first part's start and ``finish`` its last
+    part's finish."""
 
     query: Query
     path: Optional[str]
     start: float = float("nan")
     finish: float = float("nan")
+    parts: tuple = ()
+
+    def pieces(self) -> tuple:
+        """``((path, samples), ...)`` of a served query."""
+        return self.parts or ((self.path, self.query.size),)
 
     @property
     def rejected(self) -> bool:
@@ -85,14 +94,17 @@ class Simulator:
             if decision is None:
                 outcomes.append(Outcome(q, None))
                 continue
-            info = self.paths[decision.path]
-            d = self.devices[info.device]
-            if len(d.finishes) >= self.capacity:
-                raise RuntimeError(f"Simulator.run: policy {policy.name} chose {info.name} on a full device")
-            start = max(now, d.free)
-            d.free = start + info.latency(q.size)
-            d.finishes.append(d.free)
-            outcomes.append(Outcome(q, info.name, start, d.free))
+            starts, finishes = [], []
+            for name, n in decision.pieces(q.size):
+                info = self.paths[name]
+                d = self.devices[info.device]
+                if len(d.finishes) >= self.capacity:
+                    raise RuntimeError(f"Simulator.run: policy {policy.name} chose {info.name} on a full device")
+                starts.append(max(now, d.free))
+                d.free = starts[-1] + info.latency(n)
+                d.finishes.append(d.free)
+                finishes.append(d.free)
+            outcomes.append(Outcome(q, decision.path, min(starts), max(finishes), decision.parts))
         return outcomes
 
 
