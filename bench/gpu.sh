@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU run, in one call on a machine with a CUDA GPU and a CUDA build of torch (no network needed):
 # build mprec against that torch (with the CUDA C++ kernels), run the tests on CUDA, benchmark the kernels
-# against torch's, and profile the scheduler's cuda paths. Results go to bench/results/ named after the
+# against torch's, profile the scheduler's cuda paths and simulate them beside the development CPU's. Results go to bench/results/ named after the
 # GPU, and to $OUT when it is set (a folder that is collected after the run).
 #
 #   bash bench/gpu.sh            # everything
@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-STEPS=${STEPS:-build test bench profile}
+STEPS=${STEPS:-build test bench profile compose}
 GPU=$($PY -c "import torch; print(torch.cuda.get_device_name().split()[-1].lower())")
 RESULTS=bench/results
 LOGS=${OUT:-$RESULTS}
@@ -37,6 +37,14 @@ for step in $STEPS; do
       # DATA_DIR: a folder with the sample's train.txt and valid.txt, where the default one is absent.
       $PY -m mprec.cli run --out "$LOGS/mprec-run" ${DATA_DIR:+--data-dir "$DATA_DIR"} 2>&1 | tail -30
       cp "$LOGS/mprec-run/profile.json" "$RESULTS/$GPU-sched-profile.json"
+      ;;
+    compose)
+      # The CPU-GPU system the scheduler's target speaks of: the 2-core development CPU's profile (committed)
+      # with this GPU's paths, in simulation; the profile step's run above is this machine's own CPU + GPU.
+      CPU_PROFILE=${CPU_PROFILE:-$RESULTS/amd-epyc-2t-sched-profile.json}
+      $PY -m mprec.cli serve --simulate --profile "$CPU_PROFILE@cpu" --profile "$RESULTS/$GPU-sched-profile.json@cuda" \
+        --sla-ms 20 --queries 3000 --json "$RESULTS/$GPU-sched-compose.json" --plot "$RESULTS/$GPU-sched-compose.png" \
+        2>&1 | tee "$LOGS/gpu-compose.txt" | tail -40
       ;;
     *) echo "gpu.sh: unknown step $step" >&2; exit 2 ;;
   esac

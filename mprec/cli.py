@@ -188,6 +188,8 @@ def add_sched_parsers(sub) -> None:
     s.add_argument("--accuracy", action="append", default=[], metavar="REP=VALUE")
     s.add_argument("--plot", default=None, help="PNG of correct predictions/s and p99 against load")
     s.add_argument("--json", default=None, help="write the rows to this file")
+    s.add_argument("--rounds", type=int, default=3,
+                   help="real serving: the stream in this many pieces, the policies taking turns piece by piece")
     s.add_argument("--threads", type=int, default=None)
     _stream_args(s)
 
@@ -197,6 +199,7 @@ def add_sched_parsers(sub) -> None:
     r.add_argument("--epochs", type=int, default=2)
     r.add_argument("--queries", type=int, default=3000, help="simulated queries per load")
     r.add_argument("--real-queries", type=int, default=1500, help="queries per policy in real serving")
+    r.add_argument("--rounds", type=int, default=3, help="real serving: the policies take turns over this many pieces")
     r.add_argument("--profile", action="append", default=[], metavar="FILE[@DEVICES]",
                    help="profiles of other machines to compose with this one in simulation")
     r.add_argument("--threads", type=int, default=None)
@@ -216,7 +219,7 @@ def run_sched(args) -> int:
         if args.command == "run":
             ex.main_job(out=args.out, data_dir=args.data_dir, epochs=args.epochs, sla_ms=args.sla_ms,
                         queries=args.queries, real_queries=args.real_queries, median_size=args.median_size,
-                        sigma=args.sigma, extra_profiles=args.profile)
+                        sigma=args.sigma, extra_profiles=args.profile, rounds=args.rounds)
             return 0
         if args.command == "profile":
             models = _load_models(ex, args)
@@ -242,7 +245,8 @@ def run_sched(args) -> int:
             if not args.model or not args.data:
                 raise ValueError("real serving needs --model REP=CHECKPOINT and --data (or pass --simulate)")
             paths = discover_paths(_load_models(ex, args))
-            rows = [row for rate, stream in plan for row in ex.serve_real(paths, infos, stream, args.capacity, rate)]
+            rows = [row for rate, stream in plan
+                    for row in ex.serve_real(paths, infos, stream, args.capacity, rate, rounds=args.rounds)]
         print(format_table(rows))
         if args.plot:
             plot_sweep(rows, args.plot, title=f"MP-Rec vs static paths ({'simulated' if args.simulate else 'real'}, "

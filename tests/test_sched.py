@@ -4,7 +4,6 @@ direct model calls; nothing lost or answered twice under overload; clean shutdow
 
 import json
 import math
-import os
 import threading
 import time
 
@@ -19,7 +18,7 @@ from mprec.sched import (LatencyModel, LoadedModel, MPRecPolicy, Outcome, Path, 
                          poisson_stream, profile_paths, read_trace, register_path_provider, replay, save_profile,
                          simulate, summarize, write_trace)
 from mprec.sched import paths as paths_module
-from mprec.sched.experiment import default_rates, run_stream, sweep
+from mprec.sched.experiment import default_rates, in_sequence, run_stream, serve_real, split_rounds, sweep
 
 
 def const(seconds):
@@ -186,6 +185,32 @@ def test_summarize_arithmetic_by_hand():
     assert (s["late"], s["rejected"], s["violation_rate"]) == (1, 1, 0.5)
     assert s["p50_ms"] == pytest.approx(500.0) and s["p99_ms"] == pytest.approx(500 + 0.98 * 500)
     assert s["path_mix"] == {"a": pytest.approx(2 / 3), "b": pytest.approx(1 / 3)}
+
+
+def test_rounds_cut_a_stream_and_join_the_runs_end_to_end():
+    stream = [Query(i, 1.0 + 0.5 * i, 10 + i, 1.0) for i in range(5)]
+    pieces = split_rounds(stream, 2)
+    assert [[q.id for q in p] for p in pieces] == [[0, 1], [2, 3, 4]]
+    assert [[q.arrival for q in p] for p in pieces] == [[0.0, 0.5], [0.0, 0.5, 1.0]]
+    for bad in (0, 6):
+        with pytest.raises(ValueError, match=f"rounds must be between 1 and the stream's 5 queries, got {bad}"):
+            split_rounds(stream, bad)
+    runs = [[Outcome(pieces[0][0], "a", 0.0, 0.25), Outcome(pieces[0][1], "a", 0.5, 2.0)],
+            [Outcome(pieces[1][0], "a", 0.0, 0.5), Outcome(pieces[1][1], None), Outcome(pieces[1][2], "a", 1.0, 1.5)]]
+    joined = in_sequence(runs)
+    # the second run begins where the first ended (its last answer at 2.0)
+    assert [o.query.arrival for o in joined] == [0.0, 0.5, 2.0, 2.5, 3.0]
+    assert [o.finish for o in joined][:3] == [0.25, 2.0, 2.5] and joined[4].finish == 3.5
+    assert joined[3].rejected and math.isnan(joined[3].finish)
+    s = summarize(joined, {"a": 0.5})
+    # query 1 answers 1.5 s after arriving: late (1 s SLA)
+    assert s["duration_s"] == 3.5 and s["correct_per_s"] == pytest.approx(0.5 * (10 + 12 + 14) / 3.5)
+    # simulated in rounds: each piece from an idle system, the same as simulating the pieces one by one
+    infos = two_paths()
+    rows = run_stream(infos, stream, rounds=2)
+    by_hand = summarize(in_sequence([simulate(p, infos, StaticPolicy("slow")) for p in pieces]),
+                        {i.name: i.accuracy for i in infos})
+    assert next(r for r in rows if r["policy"] == "static slow")["correct_per_s"] == by_hand["correct_per_s"]
 
 
 def test_table_knee_and_plot(tmp_path):
@@ -457,6 +482,18 @@ def test_real_and_simulated_serving_agree_on_path_choice(tiny_models):
     assert sim_mp["path_mix"] == {"cpu/dhe": 1.0} and real["path_mix"] == {"cpu/dhe": 1.0}
     assert real["violation_rate"] == sim_mp["violation_rate"] == 0.0
     assert math.isclose(real["correct_per_s"] * real["duration_s"], sim_mp["correct_per_s"] * sim_mp["duration_s"])
+
+
+def test_serve_real_in_rounds_serves_every_query_under_every_policy(tiny_models):
+    paths, _ = serving_setup(tiny_models)
+    profiles = profile_paths(paths, [1, 8, 64], repetitions=3, budget_s=0.01)
+    infos = [PathInfo(p.name, p.device, p.accuracy, p.latency_model()) for p in profiles]
+    stream = poisson_stream(50.0, 12, 60.0, median_size=8, sigma=0.5, max_size=64, seed=2)
+    rows = serve_real(paths, infos, stream, rounds=3, policy_names=["mp-rec", "static cpu/table"])
+    assert [r["policy"] for r in rows] == ["mp-rec", "static cpu/table"]
+    for r in rows:  # a 60 s SLA: every query of every round answered in time
+        assert (r["queries"], r["samples"], r["violation_rate"]) == (12, sum(q.size for q in stream), 0.0)
+    assert rows[0]["path_mix"] == {"cpu/dhe": 1.0} and rows[1]["path_mix"] == {"cpu/table": 1.0}
 
 
 def test_cli_serve_simulate_and_errors(tiny_models, tmp_path, capsys):

@@ -8,6 +8,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import replace
 from typing import Optional, Sequence
 
 import numpy as np
@@ -23,7 +24,7 @@ from .simulate import simulate
 from .stream import poisson_stream
 
 __all__ = ["load_model", "parse_assignments", "path_infos", "policies", "default_rates", "sweep", "run_stream",
-           "serve_real", "main_job", "BATCH_SIZES"]
+           "serve_real", "split_rounds", "in_sequence", "main_job", "BATCH_SIZES"]
 
 
 def parse_assignments(items: Sequence[str], what: str) -> dict:
@@ -107,21 +108,53 @@ def _label_rate(stream: list, rate: Optional[float]) -> float:
     return round(len(stream) / span, 1) if span > 0 else float("inf")
 
 
-def run_stream(infos: list, stream: list, capacity: int = 64, rate: Optional[float] = None) -> list:
-    """Every policy over one stream (simulated); ``rate`` labels the rows (default: the stream's own)."""
+def split_rounds(stream: list, rounds: int) -> list:
+    """``stream`` cut into ``rounds`` consecutive pieces of (nearly) equal length, each starting at time 0."""
+    if rounds < 1 or rounds > len(stream):
+        raise ValueError(f"rounds must be between 1 and the stream's {len(stream)} queries, got {rounds}")
+    bounds = [len(stream) * r // rounds for r in range(rounds + 1)]
+    pieces = []
+    for lo, hi in zip(bounds, bounds[1:]):
+        t0 = stream[lo].arrival
+        pieces.append([replace(q, arrival=q.arrival - t0) for q in stream[lo:hi]])
+    return pieces
+
+
+def in_sequence(runs: list) -> list:
+    """The outcomes of several runs as one: each run's times shifted to begin where the previous one ended,
+    so that :func:`~mprec.sched.report.summarize` counts their durations end to end."""
+    if len(runs) == 1:
+        return runs[0]
+    out, end = [], None
+    for outcomes in runs:
+        first = min(o.query.arrival for o in outcomes)
+        shift = 0.0 if end is None else end - first
+        for o in outcomes:
+            out.append(replace(o, query=replace(o.query, arrival=o.query.arrival + shift), start=o.start + shift,
+                               finish=o.finish + shift))
+        end = max([o.query.arrival for o in out] + [o.finish for o in out if not o.rejected])
+    return out
+
+
+def run_stream(infos: list, stream: list, capacity: int = 64, rate: Optional[float] = None, rounds: int = 1) -> list:
+    """Every policy over one stream (simulated); ``rate`` labels the rows (default: the stream's own). With
+    ``rounds``, the stream is served as :func:`serve_real` serves it: in pieces, each from an idle system."""
     rate = _label_rate(stream, rate)
     accuracy = {i.name: i.accuracy for i in infos}
     rows = []
     for policy in policies(infos):
-        summary = summarize(simulate(stream, infos, policy, capacity), accuracy)
-        rows.append(dict(rate=rate, policy=policy.name, sla_ms=stream[0].sla * 1e3, **summary))
+        runs = [simulate(piece, infos, policy, capacity) for piece in split_rounds(stream, rounds)]
+        rows.append(dict(rate=rate, policy=policy.name, sla_ms=stream[0].sla * 1e3, **summarize(in_sequence(runs),
+                                                                                              accuracy)))
     return rows
 
 
 def serve_real(paths: list, infos: list, stream: list, capacity: int = 64, rate: Optional[float] = None,
-               policy_names: Optional[Sequence[str]] = None) -> list:
-    """Every policy (or those named) serves ``stream`` for real, one after the other; rows as
-    :func:`run_stream` gives, from measured latencies."""
+               policy_names: Optional[Sequence[str]] = None, rounds: int = 1) -> list:
+    """Every policy (or those named) serves ``stream`` for real; rows as :func:`run_stream` gives, from
+    measured latencies. With ``rounds``, the stream is cut into that many pieces and the policies take
+    turns piece by piece, in an order that rotates each round, so that a slow spell of a shared machine
+    falls on all of them rather than on one."""
     rate = _label_rate(stream, rate)
     by_name = {i.name: i for i in infos}
     missing = [p.name for p in paths if p.name not in by_name]
@@ -132,19 +165,22 @@ def serve_real(paths: list, infos: list, stream: list, capacity: int = 64, rate:
     inline = "cpu" if any(p.device == "cpu" for p in paths) else None
     for p in paths:  # every GEMM shape the stream brings is built before the clock runs
         p.warmup(max(q.size for q in stream))
-    rows = []
-    for policy in policies([by_name[p.name] for p in paths]):
-        if policy_names and policy.name not in policy_names:
-            continue
-        with Server(paths, latency, policy, capacity, inline_device=inline) as server:
-            outcomes, _ = replay(server, stream)
-        rows.append(dict(rate=rate, policy=policy.name, sla_ms=stream[0].sla * 1e3, **summarize(outcomes, accuracy)))
-    return rows
+    chosen = [policy for policy in policies([by_name[p.name] for p in paths])
+              if not policy_names or policy.name in policy_names]
+    runs: dict = {policy.name: [] for policy in chosen}
+    for r, piece in enumerate(split_rounds(stream, rounds)):
+        for policy in chosen[r % len(chosen):] + chosen[:r % len(chosen)]:
+            with Server(paths, latency, policy, capacity, inline_device=inline) as server:
+                outcomes, _ = replay(server, piece)
+            runs[policy.name].append(outcomes)
+    return [dict(rate=rate, policy=policy.name, sla_ms=stream[0].sla * 1e3,
+                 **summarize(in_sequence(runs[policy.name]), accuracy)) for policy in chosen]
 
 
 def main_job(out: str = "mprec-run", data_dir: Optional[str] = None, epochs: int = 2, sla_ms: float = 20.0,
              queries: int = 3000, real_queries: int = 1500, median_size: float = 128.0, sigma: float = 1.0,
-             extra_profiles: Sequence[str] = (), threads: Optional[int] = None, log=sys.stdout) -> dict:
+             extra_profiles: Sequence[str] = (), threads: Optional[int] = None, rounds: int = 3,
+             log=sys.stdout) -> dict:
     """``make run``: train table / DHE / hybrid DLRMs on the data set's train.txt, evaluate them on
     valid.txt, profile every local path, sweep the load in simulation for MP-Rec and every static policy,
     serve the stream for real at the sweep's knee, print the tables and write the plot."""
@@ -200,14 +236,14 @@ def main_job(out: str = "mprec-run", data_dir: Optional[str] = None, epochs: int
 
     real_rates = [round(knee / 2, 1), knee]
     print(f"== 4. real serving at half the knee and at the knee ({real_rates} q/s, {real_queries} queries per "
-          f"policy)", file=log)
+          f"policy in {rounds} rounds, the policies taking turns)", file=log)
     local = [p for p in paths if p.name in {i.name for i in infos}]
     local_infos = [i for i in infos if i.name in {p.name for p in local}]
     real, sim, comparison = [], [], []
     for rate in real_rates:
         stream = poisson_stream(rate, real_queries, sla, median_size, sigma)
-        real += serve_real(local, local_infos, stream, rate=rate)
-        sim += run_stream(local_infos, stream, rate=rate)
+        real += serve_real(local, local_infos, stream, rate=rate, rounds=rounds)
+        sim += run_stream(local_infos, stream, rate=rate, rounds=rounds)
     print(format_table(real), file=log)
     for rate in real_rates:
         r, s_ = ratio_to_best_static(real, rate), ratio_to_best_static(sim, rate)
