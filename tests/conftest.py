@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # Without a GPU the Triton kernels run on CPU tensors in Triton's interpreter; it is chosen when a kernel
 # is first compiled, so before mprec launches any.
@@ -63,6 +64,18 @@ def dlrm_batch(n, sizes=LOWERING_SIZES, bag_size=1, seed=0, empty=False):
     indices = torch.cat([torch.randint(0, s, (int(lengths[t * n:(t + 1) * n].sum()),), generator=g)
                          for t, s in enumerate(sizes)])
     return dense, indices, offsets
+
+
+class OpLog(TorchDispatchMode):
+    """Every op the dispatcher runs, by name: what a lowered model leaves to each backend."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(str(func))
+        return func(*args, **(kwargs or {}))
 
 
 def small_dlrm(representation, mode="sum", interaction="dot", seed=0, dtype=torch.float32, **dhe):

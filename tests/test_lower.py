@@ -9,12 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from mprec.lower import LoweredDLRM, bucket, pad_bags
 from mprec.lower import xla
 
-from conftest import LOWERING_SIZES, dlrm_batch, small_dlrm
+from conftest import LOWERING_SIZES, OpLog, dlrm_batch, small_dlrm
 
 SIZES = LOWERING_SIZES
 batch = dlrm_batch
@@ -78,18 +77,6 @@ def test_buckets():
         bucket(16385)
 
 
-class _OpLog(TorchDispatchMode):
-    """Every op the dispatcher runs, by name."""
-
-    def __init__(self):
-        super().__init__()
-        self.names = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.add(str(func))
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("representation", ["table", "dhe", "hybrid"])
 def test_no_mprec_op_in_the_lowered_graph(representation):
     model = model_for(representation)
@@ -99,12 +86,12 @@ def test_no_mprec_op_in_the_lowered_graph(representation):
     graph = make_fx(lowered)(padded.double(), ids, mask).graph
     targets = {str(node.target) for node in graph.nodes if node.op == "call_function"}
     assert targets and not [t for t in targets if "mprec" in t], sorted(targets)
-    with _OpLog() as log:
+    with OpLog() as log:
         lowered(padded.double(), ids, mask)
     assert log.names and not [n for n in log.names if n.startswith("mprec")], sorted(log.names)
     # The model itself runs mprec's ops: the check can fail.
     dense, indices, offsets = batch(5)
-    with _OpLog() as log:
+    with OpLog() as log:
         model(dense.double(), indices, offsets)
     assert [n for n in log.names if n.startswith("mprec")]
 

@@ -20,7 +20,7 @@ from mprec.models import DLRM
 from mprec.ops.dhe import dhe_hash_parameters, next_prime
 from mprec.ops.reference import dhe_hash_reference
 
-from conftest import LOWERING_SIZES, dlrm_batch, small_dlrm
+from conftest import LOWERING_SIZES, OpLog, dlrm_batch, small_dlrm
 
 # PopTorch's supported operations: Graphcore's PopTorch user guide, "IPU supported operations"
 # (docs/user_guide/supported_ops.rst in the graphcore/poptorch repository, the PopTorch 3.x version: the one
@@ -117,18 +117,6 @@ def hash_inputs(m, k=48, n=2000, seed=0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.cat([special.clamp(max=INT32_MAX), torch.randint(0, 2**31, (n,), generator=g)])
     return ids, a, b, p
-
-
-class _OpLog(TorchDispatchMode):
-    """Every op the dispatcher runs, by name."""
-
-    def __init__(self):
-        super().__init__()
-        self.names = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.add(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 class _Int32Only(TorchDispatchMode):
@@ -324,7 +312,7 @@ def test_training_step_equals_the_model_loss():
 # --- PopTorch's supported operations ---------------------------------------------------------------------------
 
 def _dispatched(lowered, *args):
-    with torch.no_grad(), _OpLog() as log:  # inferenceModel runs without autograd
+    with torch.no_grad(), OpLog() as log:  # inferenceModel runs without autograd
         lowered(*args)
     return log.names
 
@@ -343,7 +331,7 @@ def test_lowered_ops_are_supported_by_poptorch(representation):
             names |= _dispatched(lowered, *lowered.prepare(*batch(5, bag_size=2))[:3])
     assert names and not names - POPTORCH_SUPPORTED, sorted(names - POPTORCH_SUPPORTED)
     # The model itself runs ops outside the list (mprec's own): the check can fail.
-    with torch.no_grad(), _OpLog() as log:
+    with torch.no_grad(), OpLog() as log:
         model_for(representation)(*batch(5))
     assert log.names - POPTORCH_SUPPORTED
 
@@ -352,7 +340,7 @@ def test_training_ops_are_supported_by_poptorch():
     model = model_for("hybrid", batch_norm=True).train()
     step = ipu.TrainingStep(ipu.lower(model, bag_size=2))
     args = step.prepare(*batch(5, bag_size=2), torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0]))
-    with _OpLog() as log:
+    with OpLog() as log:
         step(*args)
     # detach: autograd keeping an activation for the backward pass, which PopTorch builds itself.
     unsupported = log.names - POPTORCH_SUPPORTED - {"aten.detach.default"}
