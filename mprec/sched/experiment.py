@@ -129,10 +129,10 @@ def in_sequence(runs: list) -> list:
     for outcomes in runs:
         first = min(o.query.arrival for o in outcomes)
         shift = 0.0 if end is None else end - first
-        for o in outcomes:
-            out.append(replace(o, query=replace(o.query, arrival=o.query.arrival + shift), start=o.start + shift,
-                               finish=o.finish + shift))
-        end = max([o.query.arrival for o in out] + [o.finish for o in out if not o.rejected])
+        shifted = [replace(o, query=replace(o.query, arrival=o.query.arrival + shift), start=o.start + shift,
+                           finish=o.finish + shift) for o in outcomes]
+        end = max([o.query.arrival for o in shifted] + [o.finish for o in shifted if not o.rejected])
+        out += shifted
     return out
 
 
@@ -141,9 +141,10 @@ def run_stream(infos: list, stream: list, capacity: int = 64, rate: Optional[flo
     ``rounds``, the stream is served as :func:`serve_real` serves it: in pieces, each from an idle system."""
     rate = _label_rate(stream, rate)
     accuracy = {i.name: i.accuracy for i in infos}
+    pieces = split_rounds(stream, rounds)
     rows = []
     for policy in policies(infos):
-        runs = [simulate(piece, infos, policy, capacity) for piece in split_rounds(stream, rounds)]
+        runs = [simulate(piece, infos, policy, capacity) for piece in pieces]
         rows.append(dict(rate=rate, policy=policy.name, sla_ms=stream[0].sla * 1e3, **summarize(in_sequence(runs),
                                                                                               accuracy)))
     return rows

@@ -153,8 +153,8 @@ class MPRecPolicy(Policy):
         """The most accurate split over two devices that meets the deadline (ties: the earliest), or None."""
         n = query.size
         # The most rows each path serves by the deadline: a pair can meet it iff theirs add up to n.
-        most = {p.name: 0 if free[p.device] + p.latency(1) > deadline else _most_rows_by(p, free[p.device], deadline, 1, n)
-                for p in open_paths}
+        most = {p.name: _most_rows_by(p, free[p.device], deadline, 1, n) if free[p.device] + p.latency(1) <= deadline
+                else 0 for p in open_paths}
         best, best_key = None, None
         for i, first in enumerate(open_paths):
             if not most[first.name]:
@@ -165,9 +165,9 @@ class MPRecPolicy(Policy):
                 a, b = (first, second) if first.accuracy >= second.accuracy else (second, first)
                 if a.accuracy > b.accuracy:  # as many rows on the more accurate path as it serves in time
                     k = min(most[a.name], n - 1)
+                    finish = max(free[a.device] + a.latency(k), free[b.device] + b.latency(n - k))
                 else:  # equally accurate: where both parts finish earliest
-                    k, _ = _balanced_split(a, free[a.device], b, free[b.device], n)
-                finish = max(free[a.device] + a.latency(k), free[b.device] + b.latency(n - k))
+                    k, finish = _balanced_split(a, free[a.device], b, free[b.device], n)
                 parts = ((a.name, k), (b.name, n - k))
                 key = (_accuracy(parts, paths), -finish)
                 if best_key is None or key > best_key:
