@@ -188,7 +188,7 @@ def add_sched_parsers(sub) -> None:
     s.add_argument("--accuracy", action="append", default=[], metavar="REP=VALUE")
     s.add_argument("--plot", default=None, help="PNG of correct predictions/s and p99 against load")
     s.add_argument("--json", default=None, help="write the rows to this file")
-    s.add_argument("--rounds", type=int, default=3,
+    s.add_argument("--rounds", type=int, default=10,
                    help="real serving: the stream in this many pieces, the policies taking turns piece by piece")
     s.add_argument("--threads", type=int, default=None)
     _stream_args(s)
@@ -199,7 +199,7 @@ def add_sched_parsers(sub) -> None:
     r.add_argument("--epochs", type=int, default=2)
     r.add_argument("--queries", type=int, default=3000, help="simulated queries per load")
     r.add_argument("--real-queries", type=int, default=1500, help="queries per policy in real serving")
-    r.add_argument("--rounds", type=int, default=3, help="real serving: the policies take turns over this many pieces")
+    r.add_argument("--rounds", type=int, default=10, help="real serving: the policies take turns over this many pieces")
     r.add_argument("--profile", action="append", default=[], metavar="FILE[@DEVICES]",
                    help="profiles of other machines to compose with this one in simulation")
     r.add_argument("--threads", type=int, default=None)

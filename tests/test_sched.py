@@ -45,6 +45,67 @@ def test_latency_model_rejects_bad_points(sizes, secs, match):
         LatencyModel(sizes, secs)
 
 
+def test_latency_model_idle_cost_interpolates_over_the_gap():
+    m = LatencyModel([1, 10], [0.001, 0.002], idle_gaps=[0.004, 0.001], idle_cost=[0.003, 0.001])
+    assert m.idle(0.0) == 0.0 and m.idle(-1.0) == 0.0  # a device that never idled pays nothing
+    assert m.idle(0.0005) == pytest.approx(0.0005)  # from no cost at no gap
+    assert m.idle(0.001) == pytest.approx(0.001) and m.idle(0.0025) == pytest.approx(0.002)
+    assert m.idle(0.004) == pytest.approx(0.003) and m.idle(math.inf) == pytest.approx(0.003)
+    assert m(5) == pytest.approx(0.001 + 4 / 9 * 0.001)  # the latency itself is unchanged
+    assert LatencyModel([1], [0.001]).idle(10.0) == 0.0  # none measured: no cost
+
+
+@pytest.mark.parametrize("gaps,cost", [([0.001], []), ([0.0, 0.001], [0.1, 0.2]), ([0.001, 0.001], [0.1, 0.2]),
+                                       ([0.001], [-0.1]), ([math.inf], [0.1]), ([0.001], [math.nan])])
+def test_latency_model_rejects_bad_idle_costs(gaps, cost):
+    with pytest.raises(ValueError, match="LatencyModel: idle costs need distinct gaps > 0"):
+        LatencyModel([1], [0.001], gaps, cost)
+
+
+class ColdPath:
+    """A fake path on a fake clock: 1 ms a query plus 0.1 us a sample, and 2 ms more after its device idled
+    1.5 ms or longer."""
+
+    name, representation, device, accuracy = "cpu/cold", "table", "cpu", 0.7
+
+    def __init__(self):
+        self.now, self.last, self.pool = 0.0, -math.inf, range(1000)
+
+    def warmup(self, n):
+        pass
+
+    def clock(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+    def serve(self, start, n):
+        self.now += 0.001 + 1e-7 * n + (0.002 if self.now - self.last >= 0.0015 else 0.0)
+        self.last = self.now
+
+
+def test_profile_measures_the_idle_cost_on_a_fake_clock():
+    path = ColdPath()
+    (p,) = profile_paths([path], [1, 100, 1000], repetitions=4, idle_gaps=[0.003, 0.001, 0.0003], idle_sizes=[1, 64],
+                         idle_repetitions=3, clock=path.clock, sleep=path.sleep)
+    assert p.median_ms == pytest.approx([1.0001, 1.01, 1.1])  # the sizes back to back: no idle cost
+    assert p.idle_gaps_ms == pytest.approx([0.3, 1.0, 3.0]) and p.idle_cost_ms == pytest.approx([0.0, 0.0, 2.0])
+    assert p.latency_model().idle(0.002) == pytest.approx(0.001)
+    with pytest.raises(ValueError, match="idle gaps must be distinct and > 0"):
+        profile_paths([path], [1], idle_gaps=[0.0])
+    with pytest.raises(ValueError, match="idle gaps must be distinct and > 0"):
+        profile_paths([path], [1], idle_sizes=[])
+
+
+def test_idle_costs_are_made_non_decreasing():
+    from mprec.sched.profile import _non_decreasing
+
+    assert _non_decreasing([1.0, 3.0, 2.0, 4.0]) == pytest.approx([1.0, 2.5, 2.5, 4.0])
+    assert _non_decreasing([3.0, 1.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
+    assert _non_decreasing([0.0, 1.0]) == [0.0, 1.0]
+
+
 # --- policies and the simulator ----------------------------------------------------------------------------
 def two_paths():
     # A fast, less accurate path and a slow, accurate one on the same device.
@@ -59,6 +120,28 @@ def test_simulator_static_schedule_by_hand():
     assert [o.start for o in out] == pytest.approx([0.0, 0.004, 0.008, 0.1])
     assert [o.finish for o in out] == pytest.approx([0.004, 0.008, 0.048, 0.104])
     assert [o.met_sla for o in out] == [True, False, True, True]  # query 1 finishes 6 ms after arriving
+
+
+def test_simulator_adds_the_idle_cost_to_a_query_that_finds_its_device_idle_by_hand():
+    # 1 ms a query; after idling: 0.5 ms more from 1 ms on, linear below
+    path = PathInfo("p", "cpu", 0.7, LatencyModel([1, 100], [0.001, 0.001], [0.001], [0.0005]))
+    q = [Query(0, 0.0, 1, 0.1), Query(1, 0.001, 1, 0.1), Query(2, 0.003, 1, 0.1), Query(3, 0.010, 1, 0.1),
+         Query(4, 0.0115, 1, 0.1)]
+    out = simulate(q, [path], StaticPolicy("p"))
+    # 0: idle since the start: +0.5 ms; 1: queued behind it: none; 2: idle 0.5 ms: +0.25 ms; 3: idle 5.75 ms: +0.5 ms;
+    # 4: arrives while 3 runs: none
+    assert [o.start for o in out] == pytest.approx([0.0, 0.0015, 0.003, 0.010, 0.0115])
+    assert [o.finish for o in out] == pytest.approx([0.0015, 0.0025, 0.00425, 0.0115, 0.0125])
+
+
+def test_mprec_counts_the_idle_cost_of_an_idle_device():
+    # the accurate path's device is idle and slow to wake: it misses the SLA that the busy one meets
+    accurate = PathInfo("accurate", "d1", 0.8, LatencyModel([1, 100], [0.001, 0.001], [0.001], [0.010]))
+    fast = PathInfo("fast", "d2", 0.7, const(0.001))
+    out = simulate([Query(0, 0.0, 1, 0.005), Query(1, 0.0005, 1, 0.005), Query(2, 0.0005, 1, 0.05)], [accurate, fast],
+                   MPRecPolicy())
+    assert [o.path for o in out] == ["fast", "fast", "accurate"]
+    assert out[2].finish == pytest.approx(0.0005 + 0.010 + 0.001)
 
 
 def test_mprec_policy_picks_the_most_accurate_path_that_meets_the_sla_by_hand():
@@ -321,16 +404,25 @@ def test_mlp_bucketing_keeps_inference_results():
 
 def test_profile_save_load_and_compose(tiny_models, tmp_path):
     paths = discover_paths(tiny_models, ["cpu"])[:2]
-    profiles = profile_paths(paths, [1, 4, 16], repetitions=3, budget_s=0.01)
+    profiles = profile_paths(paths, [1, 4, 16], repetitions=3, budget_s=0.01, idle_gaps=[0.001, 0.004],
+                             idle_sizes=[1, 4], idle_repetitions=2)
     assert [p.name for p in profiles] == ["cpu/table", "cpu/dhe"]
     for p in profiles:
         assert len(p.median_ms) == 3 and all(m > 0 for m in p.median_ms)
         assert all(q >= m for q, m in zip(p.p99_ms, p.median_ms)) and p.repetitions == [3, 3, 3]
+        assert len(p.idle_gaps_ms) == 2 and p.idle_gaps_ms[0] >= 1.0 and p.idle_gaps_ms[1] >= 4.0
+        assert p.idle_cost_ms[1] >= p.idle_cost_ms[0] >= 0
     f = tmp_path / "p.json"
     save_profile(str(f), profiles)
     doc = json.loads(f.read_text())
     assert doc["format"] == "mprec-profile/1" and "torch" in doc["versions"] and doc["machine"]["cpu"]
-    assert load_profiles([str(f)])[1].accuracy == 0.78
+    loaded = load_profiles([str(f)])
+    assert loaded[1].accuracy == 0.78 and loaded[1].idle_cost_ms == profiles[1].idle_cost_ms
+    # a profile from before idle costs were measured: none
+    old = dict(doc, paths=[{k: v for k, v in p.items() if not k.startswith("idle")} for p in doc["paths"]])
+    o = tmp_path / "old.json"
+    o.write_text(json.dumps(old))
+    assert load_profiles([str(o)])[0].latency_model().idle(1.0) == 0.0
     # another machine's GPU profile composed with this one; its own CPU paths are left out
     other = dict(doc, paths=doc["paths"] + [dict(doc["paths"][0], name="cuda/table", device="cuda")])
     g = tmp_path / "gpu.json"
@@ -458,6 +550,21 @@ def test_server_split_answers_equal_the_parts_direct_model_calls(tiny_models):
     assert server.counts["ok"] == 7 and server.counts["error"] == 1
 
 
+def test_server_counts_the_idle_cost_of_an_idle_device(tiny_models):
+    table, dhe = discover_paths(tiny_models, ["cpu"])[:2]
+    paths = [OnDevice(dhe, "d1"), OnDevice(table, "d2")]
+    slow_to_wake = LatencyModel([1, 1000], [0.001, 0.001], [0.001], [1.0])  # 1 s more after idling 1 ms
+    with Server(paths, {"d1/dhe": slow_to_wake, "d2/table": const(0.001)}, MPRecPolicy()) as server:
+        now = server.now()
+        d1, d2 = server.paths["d1/dhe"], server.paths["d2/table"]
+        assert server.ready_at(d1, now) == pytest.approx(now + 1.0) and server.ready_at(d2, now) == now
+        first = server.submit(Query(0, now, 4, 0.5)).result(5)  # d1 would finish 1 s late
+        second = server.submit(Query(1, server.now(), 4, 5.0)).result(5)  # d1 meets a 5 s SLA
+        last = server.devices["d1"].last_finish
+        assert server.ready_at(d1, last + 0.0005) == pytest.approx(last + 0.0005 + 0.5)  # idle half of 1 ms
+    assert (first.path, second.path) == ("d2/table", "d1/dhe")
+
+
 def test_server_checks_its_inputs(tiny_models):
     paths, latency = serving_setup(tiny_models)
     with pytest.raises(ValueError, match="no latency model for paths"):
@@ -468,7 +575,7 @@ def test_server_checks_its_inputs(tiny_models):
 
 def test_real_and_simulated_serving_agree_on_path_choice(tiny_models):
     paths, _ = serving_setup(tiny_models)
-    profiles = profile_paths(paths, [1, 8, 64], repetitions=5, budget_s=0.05)
+    profiles = profile_paths(paths, [1, 8, 64], repetitions=5, budget_s=0.05, idle_gaps=())
     infos = [PathInfo(p.name, p.device, p.accuracy, p.latency_model()) for p in profiles]
     # An SLA loose enough to hold even on a machine busy with other work (2 cores shared with a parallel build
     # can make this tiny DHE model take hundreds of milliseconds per query).
@@ -486,7 +593,7 @@ def test_real_and_simulated_serving_agree_on_path_choice(tiny_models):
 
 def test_serve_real_in_rounds_serves_every_query_under_every_policy(tiny_models):
     paths, _ = serving_setup(tiny_models)
-    profiles = profile_paths(paths, [1, 8, 64], repetitions=3, budget_s=0.01)
+    profiles = profile_paths(paths, [1, 8, 64], repetitions=3, budget_s=0.01, idle_gaps=())
     infos = [PathInfo(p.name, p.device, p.accuracy, p.latency_model()) for p in profiles]
     stream = poisson_stream(50.0, 12, 60.0, median_size=8, sigma=0.5, max_size=64, seed=2)
     rows = serve_real(paths, infos, stream, rounds=3, policy_names=["mp-rec", "static cpu/table"])
@@ -499,7 +606,7 @@ def test_serve_real_in_rounds_serves_every_query_under_every_policy(tiny_models)
 def test_cli_serve_simulate_and_errors(tiny_models, tmp_path, capsys):
     import mprec.cli
 
-    profiles = profile_paths(discover_paths(tiny_models, ["cpu"])[:2], [1, 8, 64], repetitions=3, budget_s=0.01)
+    profiles = profile_paths(discover_paths(tiny_models, ["cpu"])[:2], [1, 8, 64], repetitions=3, budget_s=0.01, idle_gaps=())
     f = tmp_path / "p.json"
     save_profile(str(f), profiles)
     out = tmp_path / "rows.json"

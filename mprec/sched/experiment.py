@@ -180,11 +180,11 @@ def serve_real(paths: list, infos: list, stream: list, capacity: int = 64, rate:
 
 def main_job(out: str = "mprec-run", data_dir: Optional[str] = None, epochs: int = 2, sla_ms: float = 20.0,
              queries: int = 3000, real_queries: int = 1500, median_size: float = 128.0, sigma: float = 1.0,
-             extra_profiles: Sequence[str] = (), threads: Optional[int] = None, rounds: int = 3,
+             extra_profiles: Sequence[str] = (), threads: Optional[int] = None, rounds: int = 10,
              log=sys.stdout) -> dict:
     """``make run``: train table / DHE / hybrid DLRMs on the data set's train.txt, evaluate them on
     valid.txt, profile every local path, sweep the load in simulation for MP-Rec and every static policy,
-    serve the stream for real at the sweep's knee, print the tables and write the plot."""
+    serve the stream for real at and below the sweep's knee, print the tables and write the plot."""
     t_start = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
@@ -235,8 +235,8 @@ def main_job(out: str = "mprec-run", data_dir: Optional[str] = None, epochs: int
     plot_file = os.path.join(out, "serve.png")
     plot_sweep(rows, plot_file, title=f"MP-Rec vs static paths (simulated, SLA {sla_ms:g} ms)")
 
-    real_rates = [round(knee / 2, 1), knee]
-    print(f"== 4. real serving at half the knee and at the knee ({real_rates} q/s, {real_queries} queries per "
+    real_rates = [round(knee * f, 1) for f in (0.5, 0.75)] + [knee]
+    print(f"== 4. real serving at 0.5x, 0.75x and 1x the knee ({real_rates} q/s, {real_queries} queries per "
           f"policy in {rounds} rounds, the policies taking turns)", file=log)
     local = [p for p in paths if p.name in {i.name for i in infos}]
     local_infos = [i for i in infos if i.name in {p.name for p in local}]

@@ -1,7 +1,8 @@
 """Scheduling policies: which path serves a query.
 
-A policy sees the system through :class:`SystemView`: each path's device, accuracy and latency model, and
-each device's predicted free time and room in its bounded queue. ``choose`` returns a :class:`Decision`
+A policy sees the system through :class:`SystemView`: each path's device, accuracy and latency model, when
+each path could start computing a query (its device's queue, or its idle cost on an idle device), and
+each device's room in its bounded queue. ``choose`` returns a :class:`Decision`
 (path and predicted completion) or None to reject the query (no room on any device it would use).
 
 - :class:`StaticPolicy` always uses one path (the baselines).
@@ -63,17 +64,17 @@ def _accuracy(parts, paths: dict) -> float:
     return sum(n * paths[name].accuracy for name, n in parts) / sum(n for _, n in parts)
 
 
-def _balanced_split(a: PathInfo, free_a: float, b: PathInfo, free_b: float, n: int) -> tuple:
+def _balanced_split(a: PathInfo, ready_a: float, b: PathInfo, ready_b: float, n: int) -> tuple:
     """``(rows for a, finish)``: the split of ``n >= 2`` samples between ``a`` and ``b`` (each at least one)
     that finishes first. ``a``'s finish grows with its rows and ``b``'s shrinks, so the best split is where
     they cross: the first ``k`` at which ``a`` finishes no earlier than ``b``, or the one before it."""
     def finish(k: int) -> float:
-        return max(free_a + a.latency(k), free_b + b.latency(n - k))
+        return max(ready_a + a.latency(k), ready_b + b.latency(n - k))
 
     lo, hi = 1, n - 1
     while lo < hi:
         mid = (lo + hi) // 2
-        if free_a + a.latency(mid) >= free_b + b.latency(n - mid):
+        if ready_a + a.latency(mid) >= ready_b + b.latency(n - mid):
             hi = mid
         else:
             lo = mid + 1
@@ -81,12 +82,12 @@ def _balanced_split(a: PathInfo, free_a: float, b: PathInfo, free_b: float, n: i
     return k, finish(k)
 
 
-def _most_rows_by(a: PathInfo, free_a: float, deadline: float, lo: int, hi: int) -> int:
+def _most_rows_by(a: PathInfo, ready_a: float, deadline: float, lo: int, hi: int) -> int:
     """The most rows in ``[lo, hi]`` that ``a`` finishes by ``deadline`` (``lo`` is known to make it; the
     latency never falls as the rows grow)."""
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if free_a + a.latency(mid) <= deadline:
+        if ready_a + a.latency(mid) <= deadline:
             lo = mid
         else:
             hi = mid - 1
@@ -96,7 +97,10 @@ def _most_rows_by(a: PathInfo, free_a: float, deadline: float, lo: int, hi: int)
 class SystemView(Protocol):
     paths: dict  # name -> PathInfo
 
-    def free_at(self, device: str, now: float) -> float: ...
+    def ready_at(self, path: PathInfo, now: float) -> float:
+        """When ``path`` would start computing a query submitted at ``now``: its device's queued work done,
+        or ``now`` plus the path's idle cost if the device is idle."""
+        ...
 
     def has_room(self, device: str) -> bool: ...
 
@@ -119,7 +123,7 @@ class StaticPolicy(Policy):
         info = system.paths[self.path]
         if not system.has_room(info.device):
             return None
-        return Decision(info.name, system.free_at(info.device, now) + info.latency(query.size))
+        return Decision(info.name, system.ready_at(info, now) + info.latency(query.size))
 
 
 class MPRecPolicy(Policy):
@@ -130,30 +134,30 @@ class MPRecPolicy(Policy):
     def choose(self, query: Query, now: float, system: SystemView) -> Optional[Decision]:
         deadline = query.arrival + query.sla
         best, best_key, earliest = None, None, None
-        open_paths, free = [], {}
+        open_paths, ready = [], {}
         for info in system.paths.values():
             if not system.has_room(info.device):
                 continue
             open_paths.append(info)
-            if info.device not in free:
-                free[info.device] = system.free_at(info.device, now)
-            finish = free[info.device] + info.latency(query.size)
+            ready[info.name] = system.ready_at(info, now)
+            finish = ready[info.name] + info.latency(query.size)
             if earliest is None or finish < earliest.predicted_finish:
                 earliest = Decision(info.name, finish)
             if finish <= deadline:
                 key = (info.accuracy, -finish)
                 if best_key is None or key > best_key:
                     best, best_key = Decision(info.name, finish), key
-        if best is None and self.split and len(free) > 1 and query.size > 1:
-            best = self._best_split(query, deadline, open_paths, free, system.paths)
+        if best is None and self.split and query.size > 1 and len({p.device for p in open_paths}) > 1:
+            best = self._best_split(query, deadline, open_paths, ready, system.paths)
         return best if best is not None else earliest
 
     @staticmethod
-    def _best_split(query: Query, deadline: float, open_paths: list, free: dict, paths: dict) -> Optional[Decision]:
-        """The most accurate split over two devices that meets the deadline (ties: the earliest), or None."""
+    def _best_split(query: Query, deadline: float, open_paths: list, ready: dict, paths: dict) -> Optional[Decision]:
+        """The most accurate split over two devices that meets the deadline (ties: the earliest), or None;
+        ``ready``: each open path's :meth:`SystemView.ready_at`."""
         n = query.size
         # The most rows each path serves by the deadline: a pair can meet it iff theirs add up to n.
-        most = {p.name: _most_rows_by(p, free[p.device], deadline, 1, n) if free[p.device] + p.latency(1) <= deadline
+        most = {p.name: _most_rows_by(p, ready[p.name], deadline, 1, n) if ready[p.name] + p.latency(1) <= deadline
                 else 0 for p in open_paths}
         best, best_key = None, None
         for i, first in enumerate(open_paths):
@@ -165,9 +169,9 @@ class MPRecPolicy(Policy):
                 a, b = (first, second) if first.accuracy >= second.accuracy else (second, first)
                 if a.accuracy > b.accuracy:  # as many rows on the more accurate path as it serves in time
                     k = min(most[a.name], n - 1)
-                    finish = max(free[a.device] + a.latency(k), free[b.device] + b.latency(n - k))
+                    finish = max(ready[a.name] + a.latency(k), ready[b.name] + b.latency(n - k))
                 else:  # equally accurate: where both parts finish earliest
-                    k, finish = _balanced_split(a, free[a.device], b, free[b.device], n)
+                    k, finish = _balanced_split(a, ready[a.name], b, ready[b.name], n)
                 parts = ((a.name, k), (b.name, n - k))
                 key = (_accuracy(parts, paths), -finish)
                 if best_key is None or key > best_key:

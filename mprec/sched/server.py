@@ -4,9 +4,10 @@ model and data, timing real latencies.
 - ``submit`` decides at once (under one lock with the devices' state): a query the policy rejects, or
   that finds its device's bounded queue full, is answered ``rejected`` immediately; any other goes to
   its device's FIFO queue. Every submitted query gets exactly one :class:`Answer`, through its future.
-- The policy sees each device's predicted free time: the running query's predicted finish (or now, once
-  it is late) plus the predicted latencies of the queued ones, from the same latency models as the
-  simulator.
+- The policy sees when each path could start a query: on a busy device, the running query's predicted
+  finish (or now, once it is late) plus the predicted latencies of the queued ones; on an idle device,
+  now plus the path's idle cost for how long the device has idled (the same latency models as the
+  simulator).
 - A split query (:class:`~mprec.sched.policy.Decision` with parts) goes to each part's device queue, its
   rows divided in order; it is answered once, when its last part is done, with the parts' predictions
   concatenated (``error`` if a part failed, ``cancelled`` if a part was cancelled).
@@ -106,6 +107,7 @@ class _Device:
         self.in_service = False
         self.busy_until = 0.0
         self.pending = 0.0  # predicted seconds of the queued queries
+        self.last_finish = float("-inf")  # when the device last finished a query
         self.thread: Optional[threading.Thread] = None
 
 
@@ -143,9 +145,14 @@ class Server:
     def now(self) -> float:
         return self._clock() - self._epoch
 
-    def free_at(self, device: str, now: float) -> float:
-        d = self.devices[device]
-        return (max(now, d.busy_until) if d.in_service else now) + d.pending
+    def ready_at(self, path: PathInfo, now: float) -> float:
+        d = self.devices[path.device]
+        return (max(now, d.busy_until) if d.in_service else now) + d.pending + self._idle_cost(path, now)
+
+    def _idle_cost(self, path: PathInfo, now: float) -> float:
+        """``path``'s idle cost for a query submitted at ``now``: none while its device has work."""
+        d = self.devices[path.device]
+        return 0.0 if d.in_service or d.queue else path.latency.idle(now - d.last_finish)
 
     def has_room(self, device: str) -> bool:
         d = self.devices[device]
@@ -169,8 +176,9 @@ class Server:
             join = _Join(query, decision.path, decision.parts, future, now)
             row = start_row
             for part, (name, n) in enumerate(pieces):
-                predicted = self.paths[name].latency(n)
-                d = self.devices[self.paths[name].device]
+                info = self.paths[name]
+                d = self.devices[info.device]
+                predicted = info.latency(n) + self._idle_cost(info, now)
                 d.queue.append(_Item(join, part, name, row, n, predicted))
                 d.pending += predicted
                 d.ready.notify()
@@ -197,7 +205,7 @@ class Server:
                 if not d.queue:
                     return
                 item = d.queue.popleft()
-                d.pending = max(0.0, d.pending - item.predicted)
+                d.pending = max(0.0, d.pending - item.predicted) if d.queue else 0.0
                 start = self.now()
                 d.in_service, d.busy_until = True, start + item.predicted
             status, predictions, error = "ok", None, None
@@ -207,7 +215,7 @@ class Server:
                 status, error = "error", failure
             finish = self.now()
             with self._lock:
-                d.in_service, d.busy_until = False, finish
+                d.in_service, d.busy_until, d.last_finish = False, finish, finish
                 done = self._report(item, status, predictions=predictions, start=start, finish=finish, error=error)
             if done is not None:
                 done[0].set_result(done[1])

@@ -2,7 +2,8 @@
 
 Each device serves one query at a time, first come first served, with a bounded queue of ``capacity``
 queries (the one in service included). The policy decides at each arrival; the device then starts the
-query when it is free and finishes it after the path's latency for that size. A query whose device has
+query when it is free and finishes it after the path's latency for that size, plus the path's idle cost
+when the device had been idle (for as long as it had; since the start of the run for its first query). A query whose device has
 no room is rejected (counted, never served). The events are ordered by time: arrivals in order, and
 each device's completions, which are retired before the next arrival looks at the queues. A split query
 (:class:`~mprec.sched.policy.Decision` with parts) enters each part's device queue and is done when its
@@ -55,7 +56,7 @@ class _Device:
     __slots__ = ("free", "finishes")
 
     def __init__(self) -> None:
-        self.free = 0.0
+        self.free = float("-inf")  # when the last query queued finishes
         self.finishes: deque = deque()
 
 
@@ -71,15 +72,16 @@ class Simulator:
         self.capacity = capacity
         self.devices = {p.device: _Device() for p in self.paths.values()}
 
-    def free_at(self, device: str, now: float) -> float:
-        return max(now, self.devices[device].free)
+    def ready_at(self, path: PathInfo, now: float) -> float:
+        d = self.devices[path.device]
+        return d.free if d.free >= now else now + path.latency.idle(now - d.free)
 
     def has_room(self, device: str) -> bool:
         return len(self.devices[device].finishes) < self.capacity
 
     def run(self, queries: Iterable[Query], policy: Policy) -> list:
         for d in self.devices.values():
-            d.free, d.finishes = 0.0, deque()
+            d.free, d.finishes = float("-inf"), deque()
         outcomes = []
         last = float("-inf")
         for q in queries:
@@ -101,7 +103,7 @@ class Simulator:
                 if len(d.finishes) >= self.capacity:
                     raise RuntimeError(f"Simulator.run: policy {policy.name} chose {info.name} on a full device")
                 starts.append(max(now, d.free))
-                d.free = starts[-1] + info.latency(n)
+                d.free = self.ready_at(info, now) + info.latency(n)
                 d.finishes.append(d.free)
                 finishes.append(d.free)
             outcomes.append(Outcome(q, decision.path, min(starts), max(finishes), decision.parts))

@@ -106,6 +106,6 @@ def test_scheduler_has_xla_paths_that_profile():
         with torch.no_grad():
             expected = torch.sigmoid(m.model(batch.dense, batch.indices, batch.offsets))
         torch.testing.assert_close(path.serve(0, 5), expected, rtol=1e-4, atol=1e-5)
-    profiles = profile_paths(paths, [1, 8], repetitions=3, budget_s=0.5)
+    profiles = profile_paths(paths, [1, 8], repetitions=3, budget_s=0.5, idle_gaps=())
     assert [p.name for p in profiles] == ["xla/cpu/table", "xla/cpu/dhe"]
     assert all(len(p.median_ms) == 2 and min(p.median_ms) > 0 for p in profiles)
