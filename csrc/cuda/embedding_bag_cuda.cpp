@@ -9,6 +9,8 @@
 #include <c10/util/irange.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <string>
 #include <tuple>
@@ -110,6 +112,13 @@ std::tuple<Tensor, Tensor> pool(const char* op, const std::vector<Tensor>& weigh
   params.per_sample_weights = per_sample_weights.defined() ? per_sample_weights.data_ptr() : nullptr;
   params.output = output.data_ptr();
   params.max_indices = is_max ? max_indices.data_ptr<int64_t>() : nullptr;
+  params.max_dim = 0;
+  params.packet_rows = true;
+  for (const auto& weight : weights) {
+    params.max_dim = std::max(params.max_dim, weight.size(1));
+    params.packet_rows = params.packet_rows && weight.size(1) * weight.element_size() % 16 == 0 &&
+                         reinterpret_cast<uintptr_t>(weight.data_ptr()) % 16 == 0;
+  }
   C10_CUDA_CHECK(launch_embedding_bag_pool(params, c10::cuda::getCurrentCUDAStream()));
   raise_kernel_error(op, errors, tables.host, indices.numel());
   return {output, max_indices};

@@ -4,7 +4,7 @@
 //
 // Forward: one warp per bag. The warp reads 32 of the bag's indices at once (one per lane), validates them
 // all before any row is touched, then walks them with shuffles; lanes own columns, in 16-byte packets
-// when the table allows it. Values are accumulated in float (double for float64 tables), in lookup
+// when the call's tables allow it (the launcher picks the kernel's shape). Values are accumulated in float (double for float64 tables), in lookup
 // order, and max keeps the first lookup that reaches the maximum, as the CPU kernels do.
 // Backward (dense): one warp per bag adds its scaled grad row to each looked-up row with atomics into an
 // accumulation-type buffer, which the caller casts to the table's dtype.
@@ -223,7 +223,8 @@ __device__ __forceinline__ bool pool_bag(const PoolParams& p, const TableDescrip
   return true;
 }
 
-template <typename WT, typename IT, bool kMax>
+// VEC values a packet, NV packets a lane in each pass over the columns: chosen by the launcher for the call.
+template <typename WT, typename IT, bool kMax, int VEC, int NV>
 __global__ void __launch_bounds__(kWarpSize * kBagsPerBlock) embedding_bag_pool_kernel(const PoolParams p) {
   const int64_t t = blockIdx.y;
   const int64_t b = static_cast<int64_t>(blockIdx.x) * kBagsPerBlock + threadIdx.y;
@@ -232,23 +233,7 @@ __global__ void __launch_bounds__(kWarpSize * kBagsPerBlock) embedding_bag_pool_
   const TableDescriptor table = table_of(p.layout, t);
   int64_t start = 0, end = 0;
   bool ok = bag_bounds<IT>(p.layout, g, start, end);
-  if (ok) {
-    // Packets need whole packets per row and an aligned table; other tables take the scalar path, so any
-    // width works. The number of packets per lane (NV) is the smallest that covers the row in one pass.
-    constexpr int kVec = kPacketBytes / static_cast<int>(sizeof(WT));
-    const bool packets = table.dim % kVec == 0 && reinterpret_cast<uintptr_t>(table.weight) % kPacketBytes == 0;
-    if (packets && table.dim <= kWarpSize * kVec) {
-      ok = pool_bag<WT, IT, kMax, kVec, 1>(p, table, b, start, end);
-    } else if (packets) {
-      ok = pool_bag<WT, IT, kMax, kVec, 2>(p, table, b, start, end);
-    } else if (table.dim <= kWarpSize) {
-      ok = pool_bag<WT, IT, kMax, 1, 1>(p, table, b, start, end);
-    } else if (table.dim <= 2 * kWarpSize) {
-      ok = pool_bag<WT, IT, kMax, 1, 2>(p, table, b, start, end);
-    } else {
-      ok = pool_bag<WT, IT, kMax, 1, 4>(p, table, b, start, end);
-    }
-  }
+  if (ok) ok = pool_bag<WT, IT, kMax, VEC, NV>(p, table, b, start, end);
   if (!ok && threadIdx.x == 0) record_error(p.layout, g);
 }
 
@@ -433,13 +418,35 @@ bool bag_grid(const BagLayout& layout, dim3& grid) {
   return true;
 }
 
+// The kernel's shape for the call, picked here rather than per table inside the kernel: a kernel that held
+// every shape would be allocated the registers of the largest (it was 91 a thread for float sums and 162 for
+// bfloat16 max, against 32 to 70 for one shape), and registers cap the warps an SM keeps in flight, which a
+// gather needs to hide the latency of its random row reads. Packets need every table's rows to be whole
+// aligned packets; the widest table sizes the lanes' packets (the fewest that cover it in one pass, up to
+// two; wider tables take several passes), and narrower tables of the call leave the extra lanes idle.
+template <typename WT, typename IT, bool kMax>
+void launch_pool_shaped(const PoolParams& p, dim3 grid, cudaStream_t stream) {
+  constexpr int kVec = kPacketBytes / static_cast<int>(sizeof(WT));
+  const dim3 block(kWarpSize, kBagsPerBlock);
+  if (p.packet_rows && p.max_dim <= kWarpSize * kVec) {
+    embedding_bag_pool_kernel<WT, IT, kMax, kVec, 1><<<grid, block, 0, stream>>>(p);
+  } else if (p.packet_rows) {
+    embedding_bag_pool_kernel<WT, IT, kMax, kVec, 2><<<grid, block, 0, stream>>>(p);
+  } else if (p.max_dim <= kWarpSize) {
+    embedding_bag_pool_kernel<WT, IT, kMax, 1, 1><<<grid, block, 0, stream>>>(p);
+  } else if (p.max_dim <= 2 * kWarpSize) {
+    embedding_bag_pool_kernel<WT, IT, kMax, 1, 2><<<grid, block, 0, stream>>>(p);
+  } else {
+    embedding_bag_pool_kernel<WT, IT, kMax, 1, 4><<<grid, block, 0, stream>>>(p);
+  }
+}
+
 template <typename WT, typename IT>
 void launch_pool_typed(const PoolParams& p, dim3 grid, cudaStream_t stream) {
-  const dim3 block(kWarpSize, kBagsPerBlock);
   if (p.mode == PoolMode::kMax) {
-    embedding_bag_pool_kernel<WT, IT, true><<<grid, block, 0, stream>>>(p);
+    launch_pool_shaped<WT, IT, true>(p, grid, stream);
   } else {
-    embedding_bag_pool_kernel<WT, IT, false><<<grid, block, 0, stream>>>(p);
+    launch_pool_shaped<WT, IT, false>(p, grid, stream);
   }
 }
 
