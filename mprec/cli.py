@@ -198,7 +198,8 @@ def add_sched_parsers(sub) -> None:
     r.add_argument("--out", default="mprec-run", help="folder for checkpoints, profile, report and plot")
     r.add_argument("--epochs", type=int, default=2)
     r.add_argument("--queries", type=int, default=3000, help="simulated queries per load")
-    r.add_argument("--real-queries", type=int, default=1500, help="queries per policy in real serving")
+    r.add_argument("--real-queries", type=int, default=1500,
+                   help="queries per policy in real serving at the knee (proportionally fewer below it)")
     r.add_argument("--rounds", type=int, default=10, help="real serving: the policies take turns over this many pieces")
     r.add_argument("--profile", action="append", default=[], metavar="FILE[@DEVICES]",
                    help="profiles of other machines to compose with this one in simulation")
