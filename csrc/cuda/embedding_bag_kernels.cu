@@ -97,6 +97,15 @@ __device__ __forceinline__ TableDescriptor table_of(const BagLayout& layout, int
   return layout.tables != nullptr ? layout.tables[t] : layout.table0;
 }
 
+// The bag of this warp: table t (grid y), its bag b (grid x, and the warp's row of the block) and the bag's
+// number g in the TBE layout; false for the warps of a table's last block that are past its bags.
+__device__ __forceinline__ bool warp_bag(const BagLayout& layout, int64_t& t, int64_t& b, int64_t& g) {
+  t = blockIdx.y;
+  b = static_cast<int64_t>(blockIdx.x) * kBagsPerBlock + threadIdx.y;
+  g = t * layout.bags + b;
+  return b < layout.bags;
+}
+
 // Bag g's index range; false when its offsets are bad (then nothing of the bag may be read).
 template <typename IT>
 __device__ __forceinline__ bool bag_bounds(const BagLayout& layout, int64_t g, int64_t& start, int64_t& end) {
@@ -226,10 +235,8 @@ __device__ __forceinline__ bool pool_bag(const PoolParams& p, const TableDescrip
 // VEC values a packet, NV packets a lane in each pass over the columns: chosen by the launcher for the call.
 template <typename WT, typename IT, bool kMax, int VEC, int NV>
 __global__ void __launch_bounds__(kWarpSize * kBagsPerBlock) embedding_bag_pool_kernel(const PoolParams p) {
-  const int64_t t = blockIdx.y;
-  const int64_t b = static_cast<int64_t>(blockIdx.x) * kBagsPerBlock + threadIdx.y;
-  if (b >= p.layout.bags) return;
-  const int64_t g = t * p.layout.bags + b;
+  int64_t t, b, g;
+  if (!warp_bag(p.layout, t, b, g)) return;
   const TableDescriptor table = table_of(p.layout, t);
   int64_t start = 0, end = 0;
   bool ok = bag_bounds<IT>(p.layout, g, start, end);
@@ -299,10 +306,8 @@ __device__ __forceinline__ bool dense_backward_bag(const DenseBackwardParams& p,
 
 template <typename acc_t, typename IT>
 __global__ void __launch_bounds__(kWarpSize * kBagsPerBlock) dense_backward_kernel(const DenseBackwardParams p) {
-  const int64_t t = blockIdx.y;
-  const int64_t b = static_cast<int64_t>(blockIdx.x) * kBagsPerBlock + threadIdx.y;
-  if (b >= p.layout.bags) return;
-  const int64_t g = t * p.layout.bags + b;
+  int64_t t, b, g;
+  if (!warp_bag(p.layout, t, b, g)) return;
   const TableDescriptor table = table_of(p.layout, t);
   int64_t start = 0, end = 0;
   bool ok = bag_bounds<IT>(p.layout, g, start, end);
@@ -318,10 +323,8 @@ __global__ void __launch_bounds__(kWarpSize * kBagsPerBlock) dense_backward_kern
 // indices are not read, as on the CPU.
 template <typename acc_t>
 __global__ void __launch_bounds__(kWarpSize * kBagsPerBlock) max_backward_kernel(const DenseBackwardParams p) {
-  const int64_t t = blockIdx.y;
-  const int64_t b = static_cast<int64_t>(blockIdx.x) * kBagsPerBlock + threadIdx.y;
-  if (b >= p.layout.bags) return;
-  const int64_t g = t * p.layout.bags + b;
+  int64_t t, b, g;
+  if (!warp_bag(p.layout, t, b, g)) return;
   const TableDescriptor table = table_of(p.layout, t);
   const int64_t* winners = p.max_indices + b * p.layout.total_dim + table.col;
   const acc_t* grad = static_cast<const acc_t*>(p.grad) + b * p.layout.total_dim + table.col;
