@@ -286,19 +286,23 @@ FAKE_CASES = {
     "m<2": (lambda: encode(p=2, m=1), rf"{ENCODE}: m \(the hash range\) must be >= 2, got 1"),
     "p<=m": (lambda: encode(p=7, m=10), rf"{ENCODE}: p must be a prime greater than m = 10, got p = 7"),
     "p-not-prime": (lambda: linear(p=15), rf"{LINEAR}: p must be a prime greater than m = 10, but p = 15 is not prime"),
-    "p-too-large": (lambda: encode(p=2**62), rf"{ENCODE}: p = {2**62} is too large"),
-    "float-ids": (lambda: encode(torch.tensor([1.0, 2.0])), rf"{ENCODE}: ids must be int32 or int64"),
-    "hash-dtype": (lambda: encode(hash_a=hashes()[0].int()), rf"{ENCODE}: hash_a must be a 1-D int64 tensor"),
+    "p-too-large": (lambda: encode(p=2**62), rf"{ENCODE}: p = {2**62} is too large; p \(and so m\) must be at most "
+                                             r"\d+ so that every hash intermediate fits int64"),
+    "float-ids": (lambda: encode(torch.tensor([1.0, 2.0])), rf"{ENCODE}: ids must be int32 or int64, got Float"),
+    "hash-dtype": (lambda: encode(hash_a=hashes()[0].int()),
+                   rf"{ENCODE}: hash_a must be a 1-D int64 tensor, got Int of shape \[4\]"),
     "hash-lengths": (lambda: encode(hash_a=hashes(4)[0], hash_b=hashes(3)[1]),
                      rf"{ENCODE}: hash_a and hash_b must have the same length, got 4 and 3"),
-    "transform": (lambda: encode(transform="normal"), rf"{ENCODE}: transform must be 'uniform' or 'gaussian'"),
-    "weight-k": (lambda: linear(weight=torch.randn(5, 3)), rf"{LINEAR}: weight has shape \(5, 3\) but k = 4"),
-    "bias-shape": (lambda: linear(bias=torch.randn(4)), rf"{LINEAR}: bias must have shape \[5\], got \(4,\)"),
-    "bias-dtype": (lambda: linear(bias=torch.randn(5, dtype=torch.float64)), rf"{LINEAR}: bias .* must have the "
-                                                                             r"weight's dtype"),
-    "activation": (lambda: linear(activation="gelu"), rf"{LINEAR}: activation must be 'none', 'relu' or 'mish'"),
+    "transform": (lambda: encode(transform="normal"),
+                  rf"{ENCODE}: transform must be 'uniform' or 'gaussian', got 'normal'"),
+    "weight-k": (lambda: linear(weight=torch.randn(5, 3)), rf"{LINEAR}: weight has shape \[5, 3\] but k = 4"),
+    "bias-shape": (lambda: linear(bias=torch.randn(4)), rf"{LINEAR}: bias must have shape \[5\], got \[4\]$"),
+    "bias-dtype": (lambda: linear(bias=torch.randn(5, dtype=torch.float64)),
+                   rf"{LINEAR}: bias \(Double\) must have the weight's dtype \(Float\)"),
+    "activation": (lambda: linear(activation="gelu"), rf"{LINEAR}: activation must be 'none', 'relu' or 'mish', "
+                                                      r"got 'gelu'"),
     "rowwise-dtype": (lambda: dhe.rowwise_linear(torch.randn(3, 4), torch.randn(5, 4, dtype=torch.float64)),
-                      rf"{ROWWISE}: input .* must have the weight's dtype"),
+                      rf"{ROWWISE}: input \(Float\) must have the weight's dtype \(Double\)"),
     "rowwise-activation": (lambda: dhe.rowwise_linear(torch.randn(3, 4), torch.randn(5, 4), None, "tanh"),
                            rf"{ROWWISE}: activation must be 'none', 'relu' or 'mish'"),
 }
@@ -306,11 +310,10 @@ FAKE_CASES = {
 
 @pytest.mark.parametrize("case", list(FAKE_CASES))
 def test_fake_kernel_errors(case):
-    """The same error (ValueError, same op name and text up to how shapes and dtypes print) from the real kernel and,
-    with every tensor created under FakeTensorMode, from the fake kernel."""
+    """The same error (ValueError, the same text, shapes and dtypes written as c10 writes them) from the real kernel
+    and, with every tensor created under FakeTensorMode, from the fake kernel."""
     call, pattern = FAKE_CASES[case]
-    real_pattern = pattern.replace(r"\(5, 3\)", r"\[5, 3\]").replace(r"\(4,\)", r"\[4\]")
-    with pytest.raises(ValueError, match=real_pattern):
+    with pytest.raises(ValueError, match=pattern):
         call()
     with FakeTensorMode():
         with pytest.raises(ValueError, match=pattern):

@@ -168,13 +168,43 @@ def test_batched_table_arguments():
         batched(weights=[torch.randn(10, 4), torch.randn(5)])
 
 
-def test_fake_kernels_raise_the_same_errors():
+FAKE_CASES = {
+    "psw-mode": (lambda: call(per_sample_weights=torch.ones(4), mode=1),
+                 rf"{OP}: per_sample_weights are only supported with mode sum \(0\), got mean \(1\)$"),
+    "psw-shape": (lambda: call(per_sample_weights=torch.ones(2, 2)),
+                  rf"{OP}: per_sample_weights must be 1-D with one weight per index \(4\), got shape \[2, 2\]$"),
+    "psw-dtype": (lambda: call(per_sample_weights=torch.ones(4, dtype=torch.int32)),
+                  rf"{OP}: per_sample_weights must be floating point, got Int$"),
+    "tbe-offsets": (lambda: batched(offsets=torch.tensor([0, 2, 4, 5])),
+                    rf"{BATCHED}: offsets must have T \* B \+ 1 entries \(TBE layout\) for T = 2 tables, got 4$"),
+    "index-dtype": (lambda: call(indices=torch.tensor([1, 2], dtype=torch.int16),
+                                 offsets=torch.tensor([0], dtype=torch.int16)),
+                    rf"{OP}: indices must be int32 or int64, got Short$"),
+    "offsets-dtype": (lambda: call(offsets=torch.tensor([0, 2], dtype=torch.int32)),
+                      rf"{OP}: offsets \(Int\) must have the same dtype as indices \(Long\)$"),
+    "indices-2d": (lambda: call(indices=torch.tensor([[1, 2]])), rf"{OP}: indices must be 1-D, got shape \[1, 2\]$"),
+    "weight-1d": (lambda: call(weight=torch.randn(10)),
+                  rf"{OP}: weight must be 2-D \[num_embeddings, embedding_dim\], got shape \[10\]$"),
+    "weight-dtype": (lambda: call(weight=torch.ones(10, 4, dtype=torch.int32)),
+                     rf"{OP}: weight has dtype Int; expected float32, float64, float16, bfloat16 or uint8 "
+                     r"\(row-wise quantized\)$"),
+    "scale-bias-rows": (lambda: call(weight=torch.zeros(10, 4, dtype=torch.uint8), scale_bias=torch.ones(9, 2)),
+                        rf"{OP}: scale_bias for weight must be float32 \[10, 2\], got Float \[9, 2\]$"),
+    "scale-bias-float": (lambda: call(scale_bias=torch.ones(10, 2)),
+                         rf"{OP}: scale_bias is only for uint8 \(row-wise quantized\) weights, but weight is Float$"),
+}
+
+
+@pytest.mark.parametrize("case", list(FAKE_CASES))
+def test_fake_kernels_raise_the_same_errors(case):
+    """The real kernel's error and, with every tensor created under FakeTensorMode, the fake kernel's: the same text."""
     from torch._subclasses.fake_tensor import FakeTensorMode
+    make_call, pattern = FAKE_CASES[case]
+    with pytest.raises(ValueError, match=pattern):
+        make_call()
     with FakeTensorMode():
-        with pytest.raises(ValueError, match=rf"{OP}: per_sample_weights are only supported with mode sum"):
-            call(per_sample_weights=torch.ones(4), mode=1)
-        with pytest.raises(ValueError, match=rf"{BATCHED}: offsets must have T \* B \+ 1 entries"):
-            batched(offsets=torch.tensor([0, 2, 4, 5]))
+        with pytest.raises(ValueError, match=pattern):
+            make_call()
 
 
 def test_forced_isa_must_be_known():

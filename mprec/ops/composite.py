@@ -15,7 +15,8 @@ op's CUDA kernel::
 Each function computes what the CPU kernel (``csrc/cpu``) computes: the same shapes, dtypes, accumulation
 dtype and order of sparse rows, and the same values up to floating-point rounding. It validates its inputs
 with the CPU kernel's checks, in the CPU kernel's order and with its messages (sizes written ``[2, 3]`` and
-dtypes ``Float``, as c10 writes them), so an error reads the same on every device. The checks that need
+dtypes ``Float``, as c10 writes them), so an error reads the same on every device; the checks that do not
+read the data are the fake kernels' own (``_check_*`` in ``dhe.py`` and ``embedding_bag.py``). The checks that need
 data (index ranges, monotone offsets, hash parameters, non-negative ids, finite weights) read it on the
 host: a synchronisation, on backward, optimizer and quantization paths only. Of the ops an inference step
 runs, ``rowwise_linear``, the interactions and ``dequantize_rowwise_int8`` never synchronise;
@@ -35,11 +36,12 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .dhe import ACTIVATIONS, MAX_PRIME, TRANSFORMS, is_prime
-from .embedding_bag import (FUSED_OPTIMIZERS, _accumulation_dtype, _batched_bags, _single_bags, mode_number,
-                            raise_bag_error)
+from .dhe import _check_activation, _check_hash, _check_linear, _check_rowwise_linear
+from .embedding_bag import (FUSED_OPTIMIZERS, _accumulation_dtype, _batched_bags, _check_indices,
+                            _check_per_sample_weights, _single_bags, mode_number, raise_bag_error)
 from .interaction import dlrm_interaction_width
 from .reference import dhe_encode_reference, quantize_rowwise_int8_reference, rowwise_linear_reference
+from .spelling import dtype_name, sizes
 
 __all__ = ["KERNELS"]
 
@@ -53,16 +55,6 @@ _ENCODE_ROWS = 4096
 
 
 # --- c10's spelling, so that messages match the C++ kernels' ---------------------------------------------
-
-def _sizes(t: Tensor) -> str:
-    return "[" + ", ".join(str(s) for s in t.shape) + "]"
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    """c10's ScalarType name: ``Float`` for torch.float32, ``Long`` for torch.int64, ..."""
-    legacy = torch.empty(0, dtype=dtype).type()  # "torch.FloatTensor"
-    return legacy.removeprefix("torch.").removesuffix("Tensor")
-
 
 def _float_text(x: float) -> str:
     """A float as std::ostream writes it (6 significant digits; x86's NaN from 0/0 carries its sign)."""
@@ -90,18 +82,6 @@ class _Table(NamedTuple):
     col: int  # first column in grad
 
 
-def _check_indices_offsets(op: str, indices: Tensor, offsets: Tensor) -> None:
-    if indices.dtype not in _INDEX_DTYPES:
-        raise ValueError(f"{op}: indices must be int32 or int64, got {_dtype_name(indices.dtype)}")
-    if offsets.dtype != indices.dtype:
-        raise ValueError(f"{op}: offsets ({_dtype_name(offsets.dtype)}) must have the same dtype as indices "
-                         f"({_dtype_name(indices.dtype)})")
-    if indices.dim() != 1:
-        raise ValueError(f"{op}: indices must be 1-D, got shape {_sizes(indices)}")
-    if offsets.dim() != 1:
-        raise ValueError(f"{op}: offsets must be 1-D, got shape {_sizes(offsets)}")
-
-
 def _check_padding_idx(op: str, padding_idx: int, num_rows: int, where: str = "") -> None:
     if not -1 <= padding_idx < max(num_rows, 0):
         raise ValueError(f"{op}: padding_idx {padding_idx}{where} must be -1 (none) or in [0, {num_rows})")
@@ -120,30 +100,22 @@ def _check_first_offset(op: str, tables: list[_Table], indices: Tensor, offsets:
 
 def _check_grad(op: str, grad: Tensor, bags: int, total_dim: int) -> None:
     if grad.dim() != 2 or grad.shape[0] != bags or grad.shape[1] != total_dim:
-        raise ValueError(f"{op}: grad must have shape [{bags}, {total_dim}], got {_sizes(grad)}")
+        raise ValueError(f"{op}: grad must have shape [{bags}, {total_dim}], got {sizes(grad)}")
 
 
 def _checked_per_sample_weights(op: str, psw: Optional[Tensor], mode: int, num_indices: int,
                                 acc: torch.dtype) -> Optional[Tensor]:
-    if psw is None:
-        return None
-    if mode != _SUM:
-        raise ValueError(f"{op}: per_sample_weights are only supported with mode sum (0), got {_MODE_NAMES[mode]}")
-    if psw.dim() != 1 or psw.numel() != num_indices:
-        raise ValueError(f"{op}: per_sample_weights must be 1-D with one weight per index ({num_indices}), "
-                         f"got shape {_sizes(psw)}")
-    if not psw.dtype.is_floating_point:
-        raise ValueError(f"{op}: per_sample_weights must be floating point, got {_dtype_name(psw.dtype)}")
-    return psw.to(acc)
+    _check_per_sample_weights(op, psw, mode, num_indices)
+    return None if psw is None else psw.to(acc)
 
 
 def _single_call(op: str, weight: Tensor, indices: Tensor, offsets: Tensor, mode: int, padding_idx: int,
                  include_last_offset: bool) -> tuple[list[_Table], int]:
     """The single-table backward ops' argument checks (csrc/cpu single_call): (tables, bags)."""
     mode_number(op, mode)
-    _check_indices_offsets(op, indices, offsets)
+    _check_indices(op, indices, offsets)
     if weight.dim() != 2:
-        raise ValueError(f"{op}: weight must be 2-D, got shape {_sizes(weight)}")
+        raise ValueError(f"{op}: weight must be 2-D, got shape {sizes(weight)}")
     bags = _single_bags(op, offsets, include_last_offset)
     _check_padding_idx(op, padding_idx, weight.shape[0])
     tables = [_Table(weight, padding_idx, 0)]
@@ -157,7 +129,7 @@ def _batched_call(op: str, weights: Sequence[Tensor], indices: Tensor, offsets: 
     mode_number(op, mode)
     for t, w in enumerate(weights):
         if w.dim() != 2:
-            raise ValueError(f"{op}: weights[{t}] must be 2-D, got shape {_sizes(w)}")
+            raise ValueError(f"{op}: weights[{t}] must be 2-D, got shape {sizes(w)}")
     if len(weights) == 0:
         raise ValueError(f"{op}: needs at least one table")
     if len(padding_idx) not in (0, len(weights)):
@@ -167,12 +139,12 @@ def _batched_call(op: str, weights: Sequence[Tensor], indices: Tensor, offsets: 
     for t, w in enumerate(weights):
         if w.dtype != weights[0].dtype:
             raise ValueError(f"{op}: every table must have the same dtype; weights[0] is "
-                             f"{_dtype_name(weights[0].dtype)} but weights[{t}] is {_dtype_name(w.dtype)}")
+                             f"{dtype_name(weights[0].dtype)} but weights[{t}] is {dtype_name(w.dtype)}")
         pad = padding_idx[t] if len(padding_idx) else -1
         _check_padding_idx(op, pad, w.shape[0], f" of table {t}")
         tables.append(_Table(w, pad, col))
         col += w.shape[1]
-    _check_indices_offsets(op, indices, offsets)
+    _check_indices(op, indices, offsets)
     bags = _batched_bags(op, offsets, len(weights))
     _check_first_offset(op, tables, indices, offsets, bags)
     return tables, bags
@@ -290,7 +262,7 @@ def _per_sample_weights_backward(op: str, grad: Tensor, tables: list[_Table], ba
     if dtype == torch.uint8:
         raise ValueError(f"{op}: uint8 (row-wise quantized) tables are inference only")
     if dtype not in _FLOAT_TABLE_DTYPES:  # the CPU kernel's AT_DISPATCH has no case for it
-        raise NotImplementedError(f"\"psw_backward\" not implemented for '{_dtype_name(dtype)}'")
+        raise NotImplementedError(f"\"psw_backward\" not implemented for '{dtype_name(dtype)}'")
     lookups = _lookups(op, tables, indices, offsets, bags)
     acc = _accumulation_dtype(tables[0].weight)
     g = grad.to(acc)
@@ -344,8 +316,8 @@ def batched_embedding_bag_update(weights: list[Tensor], state: list[Tensor], gra
                              f"got {len(state)}")
         for t, s in enumerate(state):
             if not (s.dim() == 1 and s.shape[0] == weights[t].shape[0] and s.dtype == acc and s.is_contiguous()):
-                raise ValueError(f"{op}: state[{t}] must be a contiguous {_dtype_name(acc)} tensor of "
-                                 f"{weights[t].shape[0]} entries (one per row), got {_dtype_name(s.dtype)} {_sizes(s)}")
+                raise ValueError(f"{op}: state[{t}] must be a contiguous {dtype_name(acc)} tensor of "
+                                 f"{weights[t].shape[0]} entries (one per row), got {dtype_name(s.dtype)} {sizes(s)}")
     elif len(state):
         raise ValueError(f"{op}: sgd takes no state, got {len(state)} tensors")
     psw = _checked_per_sample_weights(op, per_sample_weights, mode, indices.numel(), acc)
@@ -378,9 +350,9 @@ def batched_embedding_bag_update(weights: list[Tensor], state: list[Tensor], gra
 def quantize_rowwise_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
     op = "mprec::quantize_rowwise_int8"
     if weight.dim() != 2:
-        raise ValueError(f"{op}: weight must be 2-D, got shape {_sizes(weight)}")
+        raise ValueError(f"{op}: weight must be 2-D, got shape {sizes(weight)}")
     if not weight.dtype.is_floating_point:
-        raise ValueError(f"{op}: weight must be floating point, got {_dtype_name(weight.dtype)}")
+        raise ValueError(f"{op}: weight must be floating point, got {dtype_name(weight.dtype)}")
     w = weight.float()  # as the CPU kernel: float64 weights are rounded first, so 1e300 is not finite
     first = int(_first_true(~w.isfinite().flatten()))
     if first < w.numel():
@@ -392,12 +364,12 @@ def quantize_rowwise_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
 def dequantize_rowwise_int8(qweight: Tensor, scale_bias: Tensor) -> Tensor:
     op = "mprec::dequantize_rowwise_int8"
     if qweight.dim() != 2 or qweight.dtype != torch.uint8:
-        raise ValueError(f"{op}: qweight must be a 2-D uint8 tensor, got {_dtype_name(qweight.dtype)} "
-                         f"{_sizes(qweight)}")
+        raise ValueError(f"{op}: qweight must be a 2-D uint8 tensor, got {dtype_name(qweight.dtype)} "
+                         f"{sizes(qweight)}")
     if not (scale_bias.dtype == torch.float32 and scale_bias.dim() == 2 and scale_bias.shape[0] == qweight.shape[0]
             and scale_bias.shape[1] == 2):
         raise ValueError(f"{op}: scale_bias must be float32 [{qweight.shape[0]}, 2], got "
-                         f"{_dtype_name(scale_bias.dtype)} {_sizes(scale_bias)}")
+                         f"{dtype_name(scale_bias.dtype)} {sizes(scale_bias)}")
     # The CPU kernel's formula, one aten op: bias + q * scale.
     return torch.addcmul(scale_bias[:, 1:], qweight.float(), scale_bias[:, :1])
 
@@ -408,30 +380,7 @@ def _check_hashes(op: str, ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, 
                   check_values: bool = True) -> int:
     """csrc/cpu/dhe.cpp checked_hashes: returns k. ``check_values=False`` leaves out the hash parameters' values
     (for kernels that check them as they load them)."""
-    if ids.dtype not in _INDEX_DTYPES:
-        raise ValueError(f"{op}: ids must be int32 or int64, got {_dtype_name(ids.dtype)}")
-    if m < 2:
-        raise ValueError(f"{op}: m (the hash range) must be >= 2, got {m}")
-    if p <= m:
-        raise ValueError(f"{op}: p must be a prime greater than m = {m}, got p = {p}")
-    if p > MAX_PRIME:
-        raise ValueError(f"{op}: p = {p} is too large; p (and so m) must be at most {MAX_PRIME} so that every hash "
-                         "intermediate fits int64")
-    if not is_prime(p):
-        raise ValueError(f"{op}: p must be a prime greater than m = {m}, but p = {p} is not prime")
-    for name, h in (("hash_a", hash_a), ("hash_b", hash_b)):
-        if h.dtype != torch.int64 or h.dim() != 1:
-            raise ValueError(f"{op}: {name} must be a 1-D int64 tensor, got {_dtype_name(h.dtype)} of shape "
-                             f"{_sizes(h)}")
-    k = hash_a.shape[0]
-    if hash_b.shape[0] != k:
-        raise ValueError(f"{op}: hash_a and hash_b must have the same length, got {k} and {hash_b.shape[0]}")
-    if k < 1:
-        raise ValueError(f"{op}: k (the number of hash functions) must be >= 1, got 0")
-    if transform not in TRANSFORMS:
-        raise ValueError(f"{op}: transform must be 'uniform' or 'gaussian', got '{transform}'")
-    if transform == "gaussian" and k % 2:
-        raise ValueError(f"{op}: the gaussian transform pairs hashes (Box-Muller), so k must be even, got k = {k}")
+    k = _check_hash(op, ids, hash_a, hash_b, p, m, transform)
     if check_values:
         check_hash_values(op, hash_a, hash_b, p)
     return k
@@ -449,27 +398,6 @@ def check_hash_values(op: str, hash_a: Tensor, hash_b: Tensor, p: int) -> None:
         raise ValueError(f"{op}: hash_b[{j}] = {b} is outside [0, p - 1] for p = {p}")
 
 
-def _check_float_weight(op: str, weight: Tensor, bias: Optional[Tensor], in_features: int, in_name: str) -> None:
-    if weight.dim() != 2:
-        raise ValueError(f"{op}: weight must be 2-D [out_features, {in_name}], got shape {_sizes(weight)}")
-    if weight.dtype not in (torch.float32, torch.bfloat16, torch.float64):
-        raise ValueError(f"{op}: weight must be float32, bfloat16 or float64, got {_dtype_name(weight.dtype)}")
-    if weight.shape[1] != in_features:
-        raise ValueError(f"{op}: weight has shape {_sizes(weight)} but {in_name} = {in_features}; expected "
-                         f"[out_features, {in_features}]")
-    if bias is not None:
-        if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
-            raise ValueError(f"{op}: bias must have shape [{weight.shape[0]}], got {_sizes(bias)}")
-        if bias.dtype != weight.dtype:
-            raise ValueError(f"{op}: bias ({_dtype_name(bias.dtype)}) must have the weight's dtype "
-                             f"({_dtype_name(weight.dtype)})")
-
-
-def _check_activation(op: str, activation: str) -> None:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"{op}: activation must be 'none', 'relu' or 'mish', got '{activation}'")
-
-
 def dhe_encode_linear_backward(grad: Tensor, output: Tensor, ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int,
                                m: int, transform: str, weight: Tensor, bias: Optional[Tensor],
                                activation: str) -> tuple[Tensor, Tensor]:
@@ -478,12 +406,12 @@ def dhe_encode_linear_backward(grad: Tensor, output: Tensor, ids: Tensor, hash_a
     bias gradient summed in float64, both returned in the weight's dtype."""
     op = "mprec::dhe_encode_linear_backward"
     k = _check_hashes(op, ids, hash_a, hash_b, p, m, transform)
-    _check_float_weight(op, weight, bias, k, "k")
+    _check_linear(op, weight, bias, k, "k")
     _check_activation(op, activation)
     n, out_features = ids.numel(), weight.shape[0]
     if grad.numel() != n * out_features or output.numel() != n * out_features:
         raise ValueError(f"{op}: grad and output must have shape [..., {out_features}] with {n} rows, got "
-                         f"{_sizes(grad)} and {_sizes(output)}")
+                         f"{sizes(grad)} and {sizes(output)}")
     flat_ids = ids.reshape(-1)
     first_negative = int(_first_true(flat_ids < 0))
     if first_negative < n:
@@ -514,14 +442,7 @@ def dhe_encode_linear_backward(grad: Tensor, output: Tensor, ids: Tensor, hash_a
 
 
 def rowwise_linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, activation: str = "none") -> Tensor:
-    op = "mprec::rowwise_linear"
-    if input.dim() < 1:
-        raise ValueError(f"{op}: input must have at least one dimension, got a scalar")
-    _check_float_weight(op, weight, bias, input.shape[-1], "in_features")
-    if input.dtype != weight.dtype:
-        raise ValueError(f"{op}: input ({_dtype_name(input.dtype)}) must have the weight's dtype "
-                         f"({_dtype_name(weight.dtype)})")
-    _check_activation(op, activation)
+    _check_rowwise_linear(input, weight, bias, activation)
     return rowwise_linear_reference(input, weight, bias, activation)
 
 
@@ -532,7 +453,7 @@ def rowwise_linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
 
 def _check_float(op: str, name: str, t: Tensor) -> None:
     if t.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
-        raise ValueError(f"{op}: {name} must be float32, float64, bfloat16 or float16, got {_dtype_name(t.dtype)}")
+        raise ValueError(f"{op}: {name} must be float32, float64, bfloat16 or float16, got {dtype_name(t.dtype)}")
 
 
 def _compute_dtype(*tensors: Tensor) -> torch.dtype:
@@ -562,7 +483,7 @@ def _pairs_backward(grad: Tensor, x: Tensor) -> Tensor:
 def _check_x(op: str, x: Tensor) -> None:
     _check_float(op, "x", x)
     if x.dim() != 3:
-        raise ValueError(f"{op}: x must be [B, F, D], got shape {_sizes(x)}")
+        raise ValueError(f"{op}: x must be [B, F, D], got shape {sizes(x)}")
     if x.shape[1] < 2:
         raise ValueError(f"{op}: x needs at least 2 features to interact, got {x.shape[1]}")
 
@@ -579,7 +500,7 @@ def dot_interaction_backward(grad: Tensor, x: Tensor) -> Tensor:
     batch, features = x.shape[0], x.shape[1]
     pairs = features * (features - 1) // 2
     if grad.dim() != 2 or grad.shape[0] != batch or grad.shape[1] != pairs:
-        raise ValueError(f"{op}: grad must have shape [{batch}, {pairs}], got {_sizes(grad)}")
+        raise ValueError(f"{op}: grad must have shape [{batch}, {pairs}], got {sizes(grad)}")
     acc = _compute_dtype(x, grad)
     return _pairs_backward(grad.to(acc), x.to(acc)).to(x.dtype)
 
@@ -589,12 +510,12 @@ def _check_dlrm(op: str, dense: Tensor, sparse: Tensor) -> tuple[int, int, int]:
     _check_float(op, "dense", dense)
     _check_float(op, "sparse", sparse)
     if dense.dim() != 2:
-        raise ValueError(f"{op}: dense must be [B, D], got shape {_sizes(dense)}")
+        raise ValueError(f"{op}: dense must be [B, D], got shape {sizes(dense)}")
     batch, dim = dense.shape
     if dim < 1:
-        raise ValueError(f"{op}: dense must have at least one column, got shape {_sizes(dense)}")
+        raise ValueError(f"{op}: dense must have at least one column, got shape {sizes(dense)}")
     if sparse.dim() not in (2, 3):
-        raise ValueError(f"{op}: sparse must be [B, T * D] or [B, T, D], got shape {_sizes(sparse)}")
+        raise ValueError(f"{op}: sparse must be [B, T * D] or [B, T, D], got shape {sizes(sparse)}")
     if sparse.shape[0] != batch:
         raise ValueError(f"{op}: sparse has {sparse.shape[0]} rows but dense has {batch}")
     if sparse.dim() == 3:
@@ -604,7 +525,7 @@ def _check_dlrm(op: str, dense: Tensor, sparse: Tensor) -> tuple[int, int, int]:
         raise ValueError(f"{op}: sparse's width {sparse.shape[1]} is not a multiple of dense's width {dim}")
     tables = sparse.shape[1] if sparse.dim() == 3 else sparse.shape[1] // dim
     if tables < 1:
-        raise ValueError(f"{op}: sparse needs at least one table, got shape {_sizes(sparse)}")
+        raise ValueError(f"{op}: sparse needs at least one table, got shape {sizes(sparse)}")
     return batch, tables, dim
 
 
@@ -630,7 +551,7 @@ def dlrm_interaction_backward(grad: Tensor, dense: Tensor, sparse: Tensor, pad_t
     _check_float(op, "grad", grad)
     width = dlrm_interaction_width(dim, tables, _checked_pad_to(op, pad_to))  # the padding's gradient is unused
     if grad.dim() != 2 or grad.shape[0] != batch or grad.shape[1] != width:
-        raise ValueError(f"{op}: grad must have shape [{batch}, {width}], got {_sizes(grad)}")
+        raise ValueError(f"{op}: grad must have shape [{batch}, {width}], got {sizes(grad)}")
     acc = _compute_dtype(dense, sparse, grad)
     features = torch.cat([dense.to(acc).unsqueeze(1), sparse.to(acc).reshape(batch, tables, dim)], dim=1)
     g = grad.to(acc)
@@ -645,7 +566,7 @@ def unique_ids(ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """torch.unique's answer reordered by first occurrence, as the CPU kernel's hash table produces it."""
     op = "mprec::unique_ids"
     if ids.dtype not in _INDEX_DTYPES:
-        raise RuntimeError(f"{op}: ids must be int32 or int64, got {_dtype_name(ids.dtype)}")
+        raise RuntimeError(f"{op}: ids must be int32 or int64, got {dtype_name(ids.dtype)}")
     values, inverse, counts = torch.unique(ids.reshape(-1), sorted=True, return_inverse=True, return_counts=True)
     positions = torch.arange(ids.numel(), device=ids.device)
     first = positions.new_full(values.shape, ids.numel()).scatter_reduce_(0, inverse, positions, "amin")

@@ -17,6 +17,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .spelling import dtype_name, sizes
+
 __all__ = [
     "TRANSFORMS",
     "ACTIVATIONS",
@@ -91,49 +93,53 @@ def dhe_hash_parameters(k: int, m: int, seed: int = 0) -> tuple[Tensor, Tensor, 
 # --- checks shared by the fake kernels (the C++ kernels make the same checks) -------------------------
 
 def _check_hash(op: str, ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: int, transform: str) -> int:
+    """csrc/cpu/dhe.cpp checked_hashes, less the devices and the hash parameters' values: returns k."""
     if ids.dtype not in _INDEX_DTYPES:
-        raise ValueError(f"{op}: ids must be int32 or int64, got {ids.dtype}")
+        raise ValueError(f"{op}: ids must be int32 or int64, got {dtype_name(ids.dtype)}")
     if m < 2:
         raise ValueError(f"{op}: m (the hash range) must be >= 2, got {m}")
     if p <= m:
         raise ValueError(f"{op}: p must be a prime greater than m = {m}, got p = {p}")
     if p > MAX_PRIME:
-        raise ValueError(f"{op}: p = {p} is too large; p (and so m) must be at most {MAX_PRIME}")
+        raise ValueError(f"{op}: p = {p} is too large; p (and so m) must be at most {MAX_PRIME} so that every hash "
+                         "intermediate fits int64")
     if not is_prime(p):
         raise ValueError(f"{op}: p must be a prime greater than m = {m}, but p = {p} is not prime")
     for name, t in (("hash_a", hash_a), ("hash_b", hash_b)):
         if t.dtype != torch.int64 or t.dim() != 1:
-            raise ValueError(f"{op}: {name} must be a 1-D int64 tensor, got {t.dtype} of shape {tuple(t.shape)}")
+            raise ValueError(f"{op}: {name} must be a 1-D int64 tensor, got {dtype_name(t.dtype)} of shape {sizes(t)}")
     k = hash_a.shape[0]
     if hash_b.shape[0] != k:
         raise ValueError(f"{op}: hash_a and hash_b must have the same length, got {k} and {hash_b.shape[0]}")
     if k < 1:
         raise ValueError(f"{op}: k (the number of hash functions) must be >= 1, got 0")
     if transform not in TRANSFORMS:
-        raise ValueError(f"{op}: transform must be 'uniform' or 'gaussian', got {transform!r}")
+        raise ValueError(f"{op}: transform must be 'uniform' or 'gaussian', got '{transform}'")
     if transform == "gaussian" and k % 2:
         raise ValueError(f"{op}: the gaussian transform pairs hashes (Box-Muller), so k must be even, got k = {k}")
     return k
 
 
 def _check_linear(op: str, weight: Tensor, bias: Optional[Tensor], in_features, in_name: str) -> None:
+    """csrc/cpu/dhe.cpp check_float_weight, less the device."""
     if weight.dim() != 2:
-        raise ValueError(f"{op}: weight must be 2-D [out_features, {in_name}], got shape {tuple(weight.shape)}")
+        raise ValueError(f"{op}: weight must be 2-D [out_features, {in_name}], got shape {sizes(weight)}")
     if weight.dtype not in _WEIGHT_DTYPES:
-        raise ValueError(f"{op}: weight must be float32, bfloat16 or float64, got {weight.dtype}")
+        raise ValueError(f"{op}: weight must be float32, bfloat16 or float64, got {dtype_name(weight.dtype)}")
     if weight.shape[1] != in_features:
-        raise ValueError(f"{op}: weight has shape {tuple(weight.shape)} but {in_name} = {in_features}; "
+        raise ValueError(f"{op}: weight has shape {sizes(weight)} but {in_name} = {in_features}; "
                          f"expected [out_features, {in_features}]")
     if bias is not None:
         if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
-            raise ValueError(f"{op}: bias must have shape [{weight.shape[0]}], got {tuple(bias.shape)}")
+            raise ValueError(f"{op}: bias must have shape [{weight.shape[0]}], got {sizes(bias)}")
         if bias.dtype != weight.dtype:
-            raise ValueError(f"{op}: bias ({bias.dtype}) must have the weight's dtype ({weight.dtype})")
+            raise ValueError(f"{op}: bias ({dtype_name(bias.dtype)}) must have the weight's dtype "
+                             f"({dtype_name(weight.dtype)})")
 
 
 def _check_activation(op: str, activation: str) -> None:
     if activation not in ACTIVATIONS:
-        raise ValueError(f"{op}: activation must be 'none', 'relu' or 'mish', got {activation!r}")
+        raise ValueError(f"{op}: activation must be 'none', 'relu' or 'mish', got '{activation}'")
 
 
 @torch.library.register_fake("mprec::dhe_encode")
@@ -157,15 +163,20 @@ def _dhe_encode_linear_backward_fake(grad, output, ids, hash_a, hash_b, p, m, tr
     return weight.new_empty(weight.shape), grad_bias
 
 
-@torch.library.register_fake("mprec::rowwise_linear")
-def _rowwise_linear_fake(input, weight, bias=None, activation="none"):
+def _check_rowwise_linear(input: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str) -> None:
     op = "mprec::rowwise_linear"
     if input.dim() < 1:
         raise ValueError(f"{op}: input must have at least one dimension, got a scalar")
     _check_linear(op, weight, bias, input.shape[-1], "in_features")
     if input.dtype != weight.dtype:
-        raise ValueError(f"{op}: input ({input.dtype}) must have the weight's dtype ({weight.dtype})")
+        raise ValueError(f"{op}: input ({dtype_name(input.dtype)}) must have the weight's dtype "
+                         f"({dtype_name(weight.dtype)})")
     _check_activation(op, activation)
+
+
+@torch.library.register_fake("mprec::rowwise_linear")
+def _rowwise_linear_fake(input, weight, bias=None, activation="none"):
+    _check_rowwise_linear(input, weight, bias, activation)
     return input.new_empty((*input.shape[:-1], weight.shape[0]))
 
 

@@ -11,6 +11,8 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from .spelling import dtype_name, sizes
+
 __all__ = [
     "MODES",
     "embedding_bag",
@@ -44,47 +46,56 @@ def _accumulation_dtype(weight: Tensor) -> torch.dtype:
     return torch.float64 if weight.dtype == torch.float64 else torch.float32
 
 
-# --- argument checks shared by the fake kernels (the C++ kernels make the same checks) ---------------
+# --- argument checks: the fake kernels', the compositions' and the GPU wrappers', in the C++ kernels' words ---
 
 def _check_weight(op: str, weight: Tensor, scale_bias: Optional[Tensor], name: str = "weight") -> None:
+    """csrc/cpu/embedding_bag_checks.cpp checked_weight, less the device."""
     if weight.dim() != 2:
-        raise ValueError(f"{op}: {name} must be 2-D [num_embeddings, embedding_dim], got shape {tuple(weight.shape)}")
+        raise ValueError(f"{op}: {name} must be 2-D [num_embeddings, embedding_dim], got shape {sizes(weight)}")
     if weight.dtype in _FLOAT_WEIGHTS:
         if scale_bias is not None:
-            raise ValueError(f"{op}: scale_bias is only for uint8 (row-wise quantized) weights, but {name} is {weight.dtype}")
+            raise ValueError(f"{op}: scale_bias is only for uint8 (row-wise quantized) weights, but {name} is "
+                             f"{dtype_name(weight.dtype)}")
     elif weight.dtype == torch.uint8:
         if scale_bias is None:
             raise ValueError(f"{op}: {name} is uint8 (row-wise quantized) and needs scale_bias [num_embeddings, 2] "
                              "from mprec::quantize_rowwise_int8")
-        if scale_bias.dtype != torch.float32 or scale_bias.dim() != 2 or scale_bias.shape[1] != 2:
+        if scale_bias.dtype != torch.float32 or scale_bias.dim() != 2 or scale_bias.shape[0] != weight.shape[0] \
+                or scale_bias.shape[1] != 2:
             raise ValueError(f"{op}: scale_bias for {name} must be float32 [{weight.shape[0]}, 2], "
-                             f"got {scale_bias.dtype} {tuple(scale_bias.shape)}")
+                             f"got {dtype_name(scale_bias.dtype)} {sizes(scale_bias)}")
     else:
-        raise ValueError(f"{op}: {name} has dtype {weight.dtype}; expected float32, float64, float16, bfloat16 or uint8 "
-                         "(row-wise quantized)")
+        raise ValueError(f"{op}: {name} has dtype {dtype_name(weight.dtype)}; expected float32, float64, float16, "
+                         "bfloat16 or uint8 (row-wise quantized)")
 
 
 def _check_indices(op: str, indices: Tensor, offsets: Tensor) -> None:
+    """csrc/cpu/embedding_bag_checks.cpp check_indices_offsets, less the device."""
     if indices.dtype not in _INDEX_DTYPES:
-        raise ValueError(f"{op}: indices must be int32 or int64, got {indices.dtype}")
+        raise ValueError(f"{op}: indices must be int32 or int64, got {dtype_name(indices.dtype)}")
     if offsets.dtype != indices.dtype:
-        raise ValueError(f"{op}: offsets ({offsets.dtype}) must have the same dtype as indices ({indices.dtype})")
+        raise ValueError(f"{op}: offsets ({dtype_name(offsets.dtype)}) must have the same dtype as indices "
+                         f"({dtype_name(indices.dtype)})")
     if indices.dim() != 1:
-        raise ValueError(f"{op}: indices must be 1-D, got shape {tuple(indices.shape)}")
+        raise ValueError(f"{op}: indices must be 1-D, got shape {sizes(indices)}")
     if offsets.dim() != 1:
-        raise ValueError(f"{op}: offsets must be 1-D, got shape {tuple(offsets.shape)}")
+        raise ValueError(f"{op}: offsets must be 1-D, got shape {sizes(offsets)}")
+
+
+_MODE_NAMES = {0: "sum (0)", 1: "mean (1)", 2: "max (2)"}
 
 
 def _check_per_sample_weights(op: str, psw: Optional[Tensor], mode: int, num_indices) -> None:
+    """csrc/cpu/embedding_bag_checks.cpp checked_per_sample_weights, less the device and the conversion."""
     if psw is None:
         return
     if mode != 0:
-        raise ValueError(f"{op}: per_sample_weights are only supported with mode sum (0), got mode {mode}")
+        raise ValueError(f"{op}: per_sample_weights are only supported with mode sum (0), got {_MODE_NAMES[mode]}")
     if psw.dim() != 1 or psw.shape[0] != num_indices:
         raise ValueError(f"{op}: per_sample_weights must be 1-D with one weight per index ({num_indices}), "
-                         f"got shape {tuple(psw.shape)}")
+                         f"got shape {sizes(psw)}")
     if not psw.dtype.is_floating_point:
-        raise ValueError(f"{op}: per_sample_weights must be floating point, got {psw.dtype}")
+        raise ValueError(f"{op}: per_sample_weights must be floating point, got {dtype_name(psw.dtype)}")
 
 
 def _single_bags(op: str, offsets: Tensor, include_last_offset: bool):
@@ -230,8 +241,8 @@ def _batched_embedding_bag_fake(weights, indices, offsets, mode=0, per_sample_we
     for t, w in enumerate(weights):
         _check_weight(op, w, None if scale_bias is None else scale_bias[t], f"weights[{t}]")
         if w.dtype != weights[0].dtype:
-            raise ValueError(f"{op}: every table must have the same dtype; weights[0] is {weights[0].dtype} "
-                             f"but weights[{t}] is {w.dtype}")
+            raise ValueError(f"{op}: every table must have the same dtype; weights[0] is "
+                             f"{dtype_name(weights[0].dtype)} but weights[{t}] is {dtype_name(w.dtype)}")
     _check_indices(op, indices, offsets)
     _check_per_sample_weights(op, per_sample_weights, mode, indices.shape[0])
     bags = _batched_bags(op, offsets, len(weights))

@@ -29,27 +29,19 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from .composite import (
-    _check_activation,
-    _check_float_weight,
-    _check_grad,
-    _check_hashes,
-    _check_indices_offsets,
-    _check_padding_idx,
-    _checked_per_sample_weights,
-    _dtype_name,
-    _sizes,
-    check_hash_values,
-)
+from .composite import _check_grad, _check_hashes, _check_padding_idx, _checked_per_sample_weights, check_hash_values
+from .dhe import _check_activation, _check_linear
 from .embedding_bag import (
     _accumulation_dtype,
     _batched_bags,
+    _check_indices,
     _single_bags,
     mode_number,
     raise_bag_error,
     raise_max_indices_error,
 )
 from .reference import dhe_encode_linear_reference
+from .spelling import dtype_name, sizes
 
 __all__ = ["BACKENDS", "DEFAULT_BACKEND", "backend", "set_backend", "triton_available", "cuda_kernels_built",
            "embedding_bag", "embedding_bag_backward", "batched_embedding_bag", "batched_embedding_bag_backward",
@@ -95,22 +87,22 @@ def _check_device(op: str, device: torch.device, **tensors: Optional[Tensor]) ->
 
 def _check_table(op: str, weight: Tensor, scale_bias: Optional[Tensor], name: str, device: torch.device) -> None:
     if weight.dim() != 2:
-        raise ValueError(f"{op}: {name} must be 2-D [num_embeddings, embedding_dim], got shape {_sizes(weight)}")
+        raise ValueError(f"{op}: {name} must be 2-D [num_embeddings, embedding_dim], got shape {sizes(weight)}")
     _check_device(op, device, **{name: weight})
     if weight.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         if scale_bias is not None:
             raise ValueError(f"{op}: scale_bias is only for uint8 (row-wise quantized) weights, but {name} is "
-                             f"{_dtype_name(weight.dtype)}")
+                             f"{dtype_name(weight.dtype)}")
     elif weight.dtype == torch.uint8:
         raise ValueError(f"{op}: {name} is uint8 (row-wise quantized); quantized tables are pooled on the CPU "
                          "only: dequantize them (mprec::dequantize_rowwise_int8) to run on the GPU")
     else:
-        raise ValueError(f"{op}: {name} has dtype {_dtype_name(weight.dtype)}; expected float32, float64, float16, "
+        raise ValueError(f"{op}: {name} has dtype {dtype_name(weight.dtype)}; expected float32, float64, float16, "
                          "bfloat16 or uint8 (row-wise quantized)")
 
 
 def _check_layout(op: str, indices: Tensor, offsets: Tensor, device: torch.device) -> None:
-    _check_indices_offsets(op, indices, offsets)
+    _check_indices(op, indices, offsets)
     if indices.device != device or offsets.device != device:
         raise ValueError(f"{op}: indices ({indices.device}) and offsets ({offsets.device}) must be on {device}")
 
@@ -119,9 +111,9 @@ def _check_max_indices(op: str, mode: int, max_indices: Tensor, grad: Tensor) ->
     if mode != 2:
         return
     if max_indices.shape != grad.shape:
-        raise ValueError(f"{op}: max_indices must have the shape of grad {_sizes(grad)}, got {_sizes(max_indices)}")
+        raise ValueError(f"{op}: max_indices must have the shape of grad {sizes(grad)}, got {sizes(max_indices)}")
     if max_indices.dtype != torch.int64:
-        raise ValueError(f"{op}: max_indices must be int64, got {_dtype_name(max_indices.dtype)}")
+        raise ValueError(f"{op}: max_indices must be int64, got {dtype_name(max_indices.dtype)}")
     _check_device(op, grad.device, max_indices=max_indices)
 
 
@@ -201,7 +193,7 @@ def _batched_setup(op, weights, scale_bias, indices, offsets, mode, per_sample_w
         _check_table(op, w, None if scale_bias is None else scale_bias[t], f"weights[{t}]", device)
         if w.dtype != weights[0].dtype:
             raise ValueError(f"{op}: every table must have the same dtype; weights[0] is "
-                             f"{_dtype_name(weights[0].dtype)} but weights[{t}] is {_dtype_name(w.dtype)}")
+                             f"{dtype_name(weights[0].dtype)} but weights[{t}] is {dtype_name(w.dtype)}")
         _check_padding_idx(op, padding_idx[t] if len(padding_idx) else -1, w.shape[0], f" of table {t}")
     _check_layout(op, indices, offsets, device)
     bags = _batched_bags(op, offsets, len(weights))
@@ -276,7 +268,7 @@ def dhe_encode_linear(ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: in
     op = "mprec::dhe_encode_linear"
     _check_device(op, ids.device, hash_a=hash_a, hash_b=hash_b, weight=weight, bias=bias)
     k = _check_hashes(op, ids, hash_a, hash_b, p, m, transform, check_values=False)
-    _check_float_weight(op, weight, bias, k, "k")
+    _check_linear(op, weight, bias, k, "k")
     _check_activation(op, activation)
     if weight.dtype == torch.float64:
         # float64 is for checking gradients, not for speed: the reference computes it exactly.
