@@ -48,15 +48,28 @@ def _accumulation_dtype(weight: Tensor) -> torch.dtype:
 
 # --- argument checks: the fake kernels', the compositions' and the GPU wrappers', in the C++ kernels' words ---
 
-def _check_weight(op: str, weight: Tensor, scale_bias: Optional[Tensor], name: str = "weight") -> None:
-    """csrc/cpu/embedding_bag_checks.cpp checked_weight, less the device."""
+def _check_device(op: str, device: torch.device, **tensors: Optional[Tensor]) -> None:
+    """csrc/cpu/embedding_bag_checks.cpp check_device, for each named tensor given."""
+    for name, t in tensors.items():
+        if t is not None and t.device != device:
+            raise ValueError(f"{op}: {name} is on {t.device}, expected {device}")
+
+
+def _check_weight(op: str, weight: Tensor, scale_bias: Optional[Tensor], name: str = "weight",
+                  device: Optional[torch.device] = None, allow_quantized: bool = True) -> None:
+    """csrc/cpu/embedding_bag_checks.cpp checked_weight; the device is checked when one is given."""
     if weight.dim() != 2:
         raise ValueError(f"{op}: {name} must be 2-D [num_embeddings, embedding_dim], got shape {sizes(weight)}")
+    if device is not None:
+        _check_device(op, device, **{name: weight})
     if weight.dtype in _FLOAT_WEIGHTS:
         if scale_bias is not None:
             raise ValueError(f"{op}: scale_bias is only for uint8 (row-wise quantized) weights, but {name} is "
                              f"{dtype_name(weight.dtype)}")
     elif weight.dtype == torch.uint8:
+        if not allow_quantized:
+            raise ValueError(f"{op}: {name} is uint8 (row-wise quantized); quantized tables are pooled on the CPU "
+                             "only: dequantize them (mprec::dequantize_rowwise_int8) to run on the GPU")
         if scale_bias is None:
             raise ValueError(f"{op}: {name} is uint8 (row-wise quantized) and needs scale_bias [num_embeddings, 2] "
                              "from mprec::quantize_rowwise_int8")

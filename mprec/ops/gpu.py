@@ -34,7 +34,9 @@ from .dhe import _check_activation, _check_linear
 from .embedding_bag import (
     _accumulation_dtype,
     _batched_bags,
+    _check_device,
     _check_indices,
+    _check_weight,
     _single_bags,
     mode_number,
     raise_bag_error,
@@ -79,28 +81,6 @@ _triton_dhe = _Lazy("mprec.kernels.dhe")
 
 # --- the CPU kernels' checks, in their words (c10's spelling: Float, [2, 3]), with the device in place of cpu ---
 
-def _check_device(op: str, device: torch.device, **tensors: Optional[Tensor]) -> None:
-    for name, t in tensors.items():
-        if t is not None and t.device != device:
-            raise ValueError(f"{op}: {name} is on {t.device}, expected {device}")
-
-
-def _check_table(op: str, weight: Tensor, scale_bias: Optional[Tensor], name: str, device: torch.device) -> None:
-    if weight.dim() != 2:
-        raise ValueError(f"{op}: {name} must be 2-D [num_embeddings, embedding_dim], got shape {sizes(weight)}")
-    _check_device(op, device, **{name: weight})
-    if weight.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-        if scale_bias is not None:
-            raise ValueError(f"{op}: scale_bias is only for uint8 (row-wise quantized) weights, but {name} is "
-                             f"{dtype_name(weight.dtype)}")
-    elif weight.dtype == torch.uint8:
-        raise ValueError(f"{op}: {name} is uint8 (row-wise quantized); quantized tables are pooled on the CPU "
-                         "only: dequantize them (mprec::dequantize_rowwise_int8) to run on the GPU")
-    else:
-        raise ValueError(f"{op}: {name} has dtype {dtype_name(weight.dtype)}; expected float32, float64, float16, "
-                         "bfloat16 or uint8 (row-wise quantized)")
-
-
 def _check_layout(op: str, indices: Tensor, offsets: Tensor, device: torch.device) -> None:
     _check_indices(op, indices, offsets)
     if indices.device != device or offsets.device != device:
@@ -132,7 +112,7 @@ def _single_setup(op, weight, scale_bias, indices, offsets, mode, per_sample_wei
     """The CPU kernel's checks, in its order; returns what the launch needs."""
     mode = mode_number(op, mode)
     device = weight.device
-    _check_table(op, weight, scale_bias, "weight", device)
+    _check_weight(op, weight, scale_bias, "weight", device, allow_quantized=False)
     _check_layout(op, indices, offsets, device)
     bags = _single_bags(op, offsets, include_last_offset)
     _check_padding_idx(op, padding_idx, weight.shape[0])
@@ -190,7 +170,8 @@ def _batched_setup(op, weights, scale_bias, indices, offsets, mode, per_sample_w
         raise ValueError(f"{op}: scale_bias has {len(scale_bias)} entries for {len(weights)} tables")
     device = weights[0].device
     for t, w in enumerate(weights):
-        _check_table(op, w, None if scale_bias is None else scale_bias[t], f"weights[{t}]", device)
+        _check_weight(op, w, None if scale_bias is None else scale_bias[t], f"weights[{t}]", device,
+                      allow_quantized=False)
         if w.dtype != weights[0].dtype:
             raise ValueError(f"{op}: every table must have the same dtype; weights[0] is "
                              f"{dtype_name(weights[0].dtype)} but weights[{t}] is {dtype_name(w.dtype)}")
