@@ -6,6 +6,9 @@
 #
 #   bash bench/gpu.sh            # everything
 #   STEPS="build test" bash bench/gpu.sh
+#
+# The steps can also run as separate commands on the same machine, the build staying installed between them:
+# STEPS="build test", then STEPS="bench profile compose".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
