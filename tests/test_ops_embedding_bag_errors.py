@@ -190,6 +190,9 @@ FAKE_CASES = {
                      r"\(row-wise quantized\)$"),
     "scale-bias-rows": (lambda: call(weight=torch.zeros(10, 4, dtype=torch.uint8), scale_bias=torch.ones(9, 2)),
                         rf"{OP}: scale_bias for weight must be float32 \[10, 2\], got Float \[9, 2\]$"),
+    "padding-idx": (lambda: call(padding_idx=10), rf"{OP}: padding_idx 10 must be -1 \(none\) or in \[0, 10\)$"),
+    "tbe-padding-idx": (lambda: batched(padding_idx=[1, 5]),
+                        rf"{BATCHED}: padding_idx 5 of table 1 must be -1 \(none\) or in \[0, 5\)$"),
     "scale-bias-float": (lambda: call(scale_bias=torch.ones(10, 2)),
                          rf"{OP}: scale_bias is only for uint8 \(row-wise quantized\) weights, but weight is Float$"),
 }

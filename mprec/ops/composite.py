@@ -37,7 +37,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from .dhe import _check_activation, _check_hash, _check_linear, _check_rowwise_linear
-from .embedding_bag import (FUSED_OPTIMIZERS, _accumulation_dtype, _batched_bags, _check_indices,
+from .embedding_bag import (FUSED_OPTIMIZERS, _accumulation_dtype, _batched_bags, _check_indices, _check_padding_idx,
                             _check_per_sample_weights, _single_bags, mode_number, raise_bag_error)
 from .interaction import dlrm_interaction_width
 from .reference import dhe_encode_reference, quantize_rowwise_int8_reference, rowwise_linear_reference
@@ -80,11 +80,6 @@ class _Table(NamedTuple):
     weight: Tensor
     padding_idx: int  # -1: none
     col: int  # first column in grad
-
-
-def _check_padding_idx(op: str, padding_idx: int, num_rows: int, where: str = "") -> None:
-    if not -1 <= padding_idx < max(num_rows, 0):
-        raise ValueError(f"{op}: padding_idx {padding_idx}{where} must be -1 (none) or in [0, {num_rows})")
 
 
 def _raise_bag_error(op: str, tables: list[_Table], indices: Tensor, offsets: Tensor, bags: int) -> None:

@@ -82,8 +82,33 @@ def _check_weight(op: str, weight: Tensor, scale_bias: Optional[Tensor], name: s
                          "bfloat16 or uint8 (row-wise quantized)")
 
 
-def _check_indices(op: str, indices: Tensor, offsets: Tensor) -> None:
-    """csrc/cpu/embedding_bag_checks.cpp check_indices_offsets, less the device."""
+def _check_tables(op: str, weights: Sequence[Tensor], scale_bias: Optional[Sequence[Tensor]],
+                  padding_idx: Sequence[int], device: Optional[torch.device] = None,
+                  allow_quantized: bool = True) -> None:
+    """csrc/cpu/embedding_bag_checks.cpp check_batched_tables; the device is checked when one is given."""
+    if len(weights) == 0:
+        raise ValueError(f"{op}: needs at least one table")
+    if len(padding_idx) not in (0, len(weights)):
+        raise ValueError(f"{op}: padding_idx has {len(padding_idx)} entries for {len(weights)} tables "
+                         "(give one per table, or none)")
+    if scale_bias is not None and len(scale_bias) != len(weights):
+        raise ValueError(f"{op}: scale_bias has {len(scale_bias)} entries for {len(weights)} tables")
+    for t, w in enumerate(weights):
+        _check_weight(op, w, None if scale_bias is None else scale_bias[t], f"weights[{t}]", device, allow_quantized)
+        if w.dtype != weights[0].dtype:
+            raise ValueError(f"{op}: every table must have the same dtype; weights[0] is "
+                             f"{dtype_name(weights[0].dtype)} but weights[{t}] is {dtype_name(w.dtype)}")
+        _check_padding_idx(op, padding_idx[t] if len(padding_idx) else -1, w.shape[0], f" of table {t}")
+
+
+def _check_padding_idx(op: str, padding_idx: int, num_rows: int, where: str = "") -> None:
+    """csrc/cpu/embedding_bag_checks.cpp check_padding_idx."""
+    if not -1 <= padding_idx < max(num_rows, 0):
+        raise ValueError(f"{op}: padding_idx {padding_idx}{where} must be -1 (none) or in [0, {num_rows})")
+
+
+def _check_indices(op: str, indices: Tensor, offsets: Tensor, device: Optional[torch.device] = None) -> None:
+    """csrc/cpu/embedding_bag_checks.cpp check_indices_offsets; the device is checked when one is given."""
     if indices.dtype not in _INDEX_DTYPES:
         raise ValueError(f"{op}: indices must be int32 or int64, got {dtype_name(indices.dtype)}")
     if offsets.dtype != indices.dtype:
@@ -93,6 +118,8 @@ def _check_indices(op: str, indices: Tensor, offsets: Tensor) -> None:
         raise ValueError(f"{op}: indices must be 1-D, got shape {sizes(indices)}")
     if offsets.dim() != 1:
         raise ValueError(f"{op}: offsets must be 1-D, got shape {sizes(offsets)}")
+    if device is not None and (indices.device != device or offsets.device != device):
+        raise ValueError(f"{op}: indices ({indices.device}) and offsets ({offsets.device}) must be on {device}")
 
 
 _MODE_NAMES = {0: "sum (0)", 1: "mean (1)", 2: "max (2)"}
@@ -133,8 +160,9 @@ def _embedding_bag_fake(weight, indices, offsets, mode=0, per_sample_weights=Non
     mode = mode_number(op, mode)
     _check_weight(op, weight, scale_bias)
     _check_indices(op, indices, offsets)
-    _check_per_sample_weights(op, per_sample_weights, mode, indices.shape[0])
     bags = _single_bags(op, offsets, include_last_offset)
+    _check_padding_idx(op, padding_idx, weight.shape[0])
+    _check_per_sample_weights(op, per_sample_weights, mode, indices.shape[0])
     out = weight.new_empty((bags, weight.shape[1]), dtype=_output_dtype(weight.dtype))
     max_shape = (bags, weight.shape[1]) if mode == 2 else (0, 0)
     return out, weight.new_empty(max_shape, dtype=torch.int64)
@@ -244,18 +272,7 @@ def _batched_embedding_bag_fake(weights, indices, offsets, mode=0, per_sample_we
                                 scale_bias=None, sparse=False):
     op = "mprec::batched_embedding_bag"
     mode = mode_number(op, mode)
-    if len(weights) == 0:
-        raise ValueError(f"{op}: needs at least one table")
-    if scale_bias is not None and len(scale_bias) != len(weights):
-        raise ValueError(f"{op}: scale_bias has {len(scale_bias)} entries for {len(weights)} tables")
-    if len(padding_idx) not in (0, len(weights)):
-        raise ValueError(f"{op}: padding_idx has {len(padding_idx)} entries for {len(weights)} tables "
-                         "(give one per table, or none)")
-    for t, w in enumerate(weights):
-        _check_weight(op, w, None if scale_bias is None else scale_bias[t], f"weights[{t}]")
-        if w.dtype != weights[0].dtype:
-            raise ValueError(f"{op}: every table must have the same dtype; weights[0] is "
-                             f"{dtype_name(weights[0].dtype)} but weights[{t}] is {dtype_name(w.dtype)}")
+    _check_tables(op, weights, scale_bias, padding_idx)
     _check_indices(op, indices, offsets)
     _check_per_sample_weights(op, per_sample_weights, mode, indices.shape[0])
     bags = _batched_bags(op, offsets, len(weights))

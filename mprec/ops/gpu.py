@@ -29,13 +29,15 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from .composite import _check_grad, _check_hashes, _check_padding_idx, _checked_per_sample_weights, check_hash_values
+from .composite import _check_grad, _check_hashes, _checked_per_sample_weights, check_hash_values
 from .dhe import _check_activation, _check_linear
 from .embedding_bag import (
     _accumulation_dtype,
     _batched_bags,
     _check_device,
     _check_indices,
+    _check_padding_idx,
+    _check_tables,
     _check_weight,
     _single_bags,
     mode_number,
@@ -81,12 +83,6 @@ _triton_dhe = _Lazy("mprec.kernels.dhe")
 
 # --- the CPU kernels' checks, in their words (c10's spelling: Float, [2, 3]), with the device in place of cpu ---
 
-def _check_layout(op: str, indices: Tensor, offsets: Tensor, device: torch.device) -> None:
-    _check_indices(op, indices, offsets)
-    if indices.device != device or offsets.device != device:
-        raise ValueError(f"{op}: indices ({indices.device}) and offsets ({offsets.device}) must be on {device}")
-
-
 def _check_max_indices(op: str, mode: int, max_indices: Tensor, grad: Tensor) -> None:
     if mode != 2:
         return
@@ -113,7 +109,7 @@ def _single_setup(op, weight, scale_bias, indices, offsets, mode, per_sample_wei
     mode = mode_number(op, mode)
     device = weight.device
     _check_weight(op, weight, scale_bias, "weight", device, allow_quantized=False)
-    _check_layout(op, indices, offsets, device)
+    _check_indices(op, indices, offsets, device)
     bags = _single_bags(op, offsets, include_last_offset)
     _check_padding_idx(op, padding_idx, weight.shape[0])
     psw = _checked_per_sample_weights(op, per_sample_weights, mode, indices.shape[0], _accumulation_dtype(weight))
@@ -161,22 +157,9 @@ def _batched_setup(op, weights, scale_bias, indices, offsets, mode, per_sample_w
     """The CPU kernel's checks, in its order; returns what the launch needs."""
     mode = mode_number(op, mode)
     weights = list(weights)
-    if len(weights) == 0:
-        raise ValueError(f"{op}: needs at least one table")
-    if len(padding_idx) not in (0, len(weights)):
-        raise ValueError(f"{op}: padding_idx has {len(padding_idx)} entries for {len(weights)} tables "
-                         "(give one per table, or none)")
-    if scale_bias is not None and len(scale_bias) != len(weights):
-        raise ValueError(f"{op}: scale_bias has {len(scale_bias)} entries for {len(weights)} tables")
-    device = weights[0].device
-    for t, w in enumerate(weights):
-        _check_weight(op, w, None if scale_bias is None else scale_bias[t], f"weights[{t}]", device,
-                      allow_quantized=False)
-        if w.dtype != weights[0].dtype:
-            raise ValueError(f"{op}: every table must have the same dtype; weights[0] is "
-                             f"{dtype_name(weights[0].dtype)} but weights[{t}] is {dtype_name(w.dtype)}")
-        _check_padding_idx(op, padding_idx[t] if len(padding_idx) else -1, w.shape[0], f" of table {t}")
-    _check_layout(op, indices, offsets, device)
+    device = weights[0].device if weights else None
+    _check_tables(op, weights, scale_bias, padding_idx, device, allow_quantized=False)
+    _check_indices(op, indices, offsets, device)
     bags = _batched_bags(op, offsets, len(weights))
     psw = _checked_per_sample_weights(op, per_sample_weights, mode, indices.shape[0], _accumulation_dtype(weights[0]))
     _check_device(op, device, per_sample_weights=psw)
