@@ -560,7 +560,7 @@ def test_server_counts_the_idle_cost_of_an_idle_device(tiny_models):
         assert server.ready_at(d1, now) == pytest.approx(now + 1.0) and server.ready_at(d2, now) == now
         first = server.submit(Query(0, now, 4, 0.5)).result(5)  # d1 would finish 1 s late
         second = server.submit(Query(1, server.now(), 4, 5.0)).result(5)  # d1 meets a 5 s SLA
-        last = server.devices["d1"].last_finish
+        last = server.devices["d1"].busy_until  # idle: when its last query finished
         assert server.ready_at(d1, last + 0.0005) == pytest.approx(last + 0.0005 + 0.5)  # idle half of 1 ms
     assert (first.path, second.path) == ("d2/table", "d1/dhe")
 
@@ -606,7 +606,8 @@ def test_serve_real_in_rounds_serves_every_query_under_every_policy(tiny_models)
 def test_cli_serve_simulate_and_errors(tiny_models, tmp_path, capsys):
     import mprec.cli
 
-    profiles = profile_paths(discover_paths(tiny_models, ["cpu"])[:2], [1, 8, 64], repetitions=3, budget_s=0.01, idle_gaps=())
+    profiles = profile_paths(discover_paths(tiny_models, ["cpu"])[:2], [1, 8, 64], repetitions=3, budget_s=0.01,
+                             idle_gaps=())
     f = tmp_path / "p.json"
     save_profile(str(f), profiles)
     out = tmp_path / "rows.json"

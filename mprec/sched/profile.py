@@ -15,7 +15,8 @@ after 10 to 100 ms (its threads and caches go cold), on a back-to-back latency o
 at a light load, where most queries find the device idle, queries took 1.3 to 1.5x their back-to-back
 latency. ``profile_paths`` therefore also measures each path's *idle cost*: the extra latency of a
 query after the device idled for each of :data:`IDLE_GAPS`, over small batch sizes, against the same
-sizes back to back, with the serving thread woken by another as the server wakes it. The simulator and the server add it to a query that starts on an idle device.
+sizes back to back, with the serving thread woken by another as the server wakes it. The simulator and
+the server add it to a query that starts on an idle device.
 
 :class:`LatencyModel` interpolates a path's profile: made monotone in the batch size (a larger batch is
 never predicted faster), linear between measured sizes, and extended past the largest size at the last
@@ -43,8 +44,8 @@ import torch
 
 from .report import percentile
 
-__all__ = ["BATCH_SIZES", "IDLE_GAPS", "PathProfile", "LatencyModel", "profile_paths", "save_profile", "load_profiles",
-           "machine_info"]
+__all__ = ["BATCH_SIZES", "IDLE_GAPS", "PathProfile", "LatencyModel", "profile_paths", "save_profile",
+           "load_profiles", "machine_info"]
 
 FORMAT = "mprec-profile/1"
 BATCH_SIZES = [1 << i for i in range(15)]  # 1 .. 16,384
@@ -110,16 +111,13 @@ class LatencyModel:
         self.idle_cost = [0.0] + [c for _, c in gaps]
 
     def idle(self, gap: float) -> float:
-        """The extra seconds of a query that starts after the device idled for ``gap`` seconds."""
-        return _interpolate(self.idle_gaps, self.idle_cost, gap) if gap > 0 else 0.0
+        """The extra seconds of a query that starts after the device idled for ``gap`` seconds (0 for none)."""
+        return _interpolate(self.idle_gaps, self.idle_cost, gap)
 
     def __call__(self, n: float) -> float:
-        sizes, secs = self.sizes, self.seconds
-        if n <= sizes[0]:
-            return secs[0]
-        if n >= sizes[-1]:
-            return secs[-1] + self.tail_slope * (n - sizes[-1])
-        return _interpolate(sizes, secs, n)
+        if n >= self.sizes[-1]:
+            return self.seconds[-1] + self.tail_slope * (n - self.sizes[-1])
+        return _interpolate(self.sizes, self.seconds, n)
 
 
 def _interpolate(xs: list, ys: list, x: float) -> float:
@@ -215,7 +213,8 @@ def profile_paths(paths: Iterable, batch_sizes: Sequence[int] = BATCH_SIZES, rep
         if log is not None:
             print(f"profiled {path.name}: " + ", ".join(f"{n}: {m:.2f} ms" for n, m in zip(batch_sizes, medians)
                                                         if n in (1, 64, 1024, 16384))
-                  + "; idle cost " + ", ".join(f"{c:.2f} ms after {g:.1f} ms" for g, c in zip(gaps_ms, cost_ms)), file=log)
+                  + "; idle cost " + ", ".join(f"{c:.2f} ms after {g:.1f} ms" for g, c in zip(gaps_ms, cost_ms)),
+                  file=log)
     return profiles
 
 

@@ -105,9 +105,9 @@ class _Device:
         self.queue: deque = deque()
         self.ready = threading.Condition(lock)
         self.in_service = False
-        self.busy_until = 0.0
+        # In service: the running query's predicted finish. Idle: when the last query finished (its idle gap).
+        self.busy_until = float("-inf")
         self.pending = 0.0  # predicted seconds of the queued queries
-        self.last_finish = float("-inf")  # when the device last finished a query
         self.thread: Optional[threading.Thread] = None
 
 
@@ -152,7 +152,7 @@ class Server:
     def _idle_cost(self, path: PathInfo, now: float) -> float:
         """``path``'s idle cost for a query submitted at ``now``: none while its device has work."""
         d = self.devices[path.device]
-        return 0.0 if d.in_service or d.queue else path.latency.idle(now - d.last_finish)
+        return 0.0 if d.in_service or d.queue else path.latency.idle(now - d.busy_until)
 
     def has_room(self, device: str) -> bool:
         d = self.devices[device]
@@ -215,7 +215,7 @@ class Server:
                 status, error = "error", failure
             finish = self.now()
             with self._lock:
-                d.in_service, d.busy_until, d.last_finish = False, finish, finish
+                d.in_service, d.busy_until = False, finish
                 done = self._report(item, status, predictions=predictions, start=start, finish=finish, error=error)
             if done is not None:
                 done[0].set_result(done[1])

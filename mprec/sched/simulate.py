@@ -3,11 +3,11 @@
 Each device serves one query at a time, first come first served, with a bounded queue of ``capacity``
 queries (the one in service included). The policy decides at each arrival; the device then starts the
 query when it is free and finishes it after the path's latency for that size, plus the path's idle cost
-when the device had been idle (for as long as it had; since the start of the run for its first query). A query whose device has
-no room is rejected (counted, never served). The events are ordered by time: arrivals in order, and
-each device's completions, which are retired before the next arrival looks at the queues. A split query
-(:class:`~mprec.sched.policy.Decision` with parts) enters each part's device queue and is done when its
-last part is.
+when the device had been idle (for as long as it had; since the start of the run for its first query).
+A query whose device has no room is rejected (counted, never served). The events are ordered by time:
+arrivals in order, and each device's completions, which are retired before the next arrival looks at the
+queues. A split query (:class:`~mprec.sched.policy.Decision` with parts) enters each part's device queue
+and is done when its last part is.
 """
 
 from __future__ import annotations
