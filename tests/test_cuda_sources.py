@@ -42,7 +42,8 @@ def test_kernels_include_no_torch(source):
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    """source -> (object file, nvcc's output with ptxas's resource report), compiled once per source."""
+    """source -> (object file, nvcc's output with ptxas's resource report), compiled once per source, position
+    independent so that the link test can use the same objects."""
     out_dir, done = tmp_path_factory.mktemp("cuda-objects"), {}
 
     def compile_(source: Path) -> tuple:
@@ -50,8 +51,8 @@ def compiled(tmp_path_factory):
             nvcc = _nvcc_or_skip()
             obj = out_dir / (source.stem + ".o")
             result = subprocess.run(
-                [nvcc, "-std=c++17", "-arch=sm_90", "-O3", "-Xptxas", "-v", f"-I{ROOT / 'csrc' / 'include'}", "-c",
-                 str(source), "-o", str(obj)],
+                [nvcc, "-std=c++17", "-arch=sm_90", "-O3", "-Xptxas", "-v", "-Xcompiler", "-fPIC",
+                 f"-I{ROOT / 'csrc' / 'include'}", "-c", str(source), "-o", str(obj)],
                 capture_output=True, text=True)
             output = result.stdout + result.stderr
             assert result.returncode == 0, f"nvcc failed on {source.name}:\n{output}"
@@ -109,7 +110,7 @@ def _run(command: list[str], what: str) -> str:
     return output
 
 
-def test_glue_compiles_and_links_against_torch(tmp_path):
+def test_glue_compiles_and_links_against_torch(tmp_path, compiled):
     nvcc = _nvcc_or_skip()
     toolkit = _toolkit_or_skip(nvcc)
     cxx = os.environ.get("CXX", "g++")
@@ -122,10 +123,7 @@ def test_glue_compiles_and_links_against_torch(tmp_path):
     for source in [*GLUE_SOURCES, *SHARED_SOURCES]:
         objects.append(tmp_path / (source.stem + ".o"))
         _run([cxx, *flags, "-c", str(source), "-o", str(objects[-1])], f"{cxx} on {source.name}")
-    for source in KERNEL_SOURCES:
-        objects.append(tmp_path / (source.stem + ".o"))
-        _run([nvcc, "-std=c++17", "-arch=sm_90", "-O1", "-Xcompiler", "-fPIC", f"-I{ROOT / 'csrc' / 'include'}",
-              "-c", str(source), "-o", str(objects[-1])], f"nvcc on {source.name}")
+    objects += [compiled(source)[0] for source in KERNEL_SOURCES]
 
     libraries = [flag for path in cpp_extension.library_paths() for flag in ("-L", path)]
     result = subprocess.run(

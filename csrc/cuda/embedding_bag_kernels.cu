@@ -4,8 +4,9 @@
 //
 // Forward: one warp per bag. The warp reads 32 of the bag's indices at once (one per lane), validates them
 // all before any row is touched, then walks them with shuffles; lanes own columns, in 16-byte packets
-// when the call's tables allow it (the launcher picks the kernel's shape). Values are accumulated in float (double for float64 tables), in lookup
-// order, and max keeps the first lookup that reaches the maximum, as the CPU kernels do.
+// when the call's tables allow it (the launcher picks the kernel's shape). Values are accumulated in float
+// (double for float64 tables), in lookup order, and max keeps the first lookup that reaches the maximum, as
+// the CPU kernels do.
 // Backward (dense): one warp per bag adds its scaled grad row to each looked-up row with atomics into an
 // accumulation-type buffer, which the caller casts to the table's dtype.
 //
