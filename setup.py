@@ -9,6 +9,9 @@ Environment:
                     /usr/local/cuda/bin); "1" builds them (and fails without a CUDA torch or nvcc); "0" never.
   TORCH_CUDA_ARCH_LIST  the GPU architectures to compile for, e.g. "9.0" or "8.0;9.0" (default 9.0).
   MPREC_BUILD_JOBS  parallel build jobs; MPREC_BUILD_TYPE (Release) is passed as CMAKE_BUILD_TYPE.
+  MPREC_PREBUILT    a compiled mprec._C to install instead of building one: a build made elsewhere for the
+                    same Python and torch (`make device-prep` makes one for the GPU machine, whose time is
+                    too short to spend compiling). Refused unless its file name carries this Python's ABI tag.
 """
 
 import os
@@ -61,6 +64,10 @@ class CMakeBuild(build_ext):
         import torch  # the torch this build is for
 
         out = Path(self.get_ext_fullpath(ext.name)).resolve()
+        prebuilt = os.environ.get("MPREC_PREBUILT")
+        if prebuilt:
+            self.install_prebuilt(Path(prebuilt).resolve(), out)
+            return
         # One build folder per Python and torch: environments with different torch versions (the XLA lane's
         # torch 2.9 beside the main one) must not share a CMake cache or objects.
         torch_version = torch.__version__.split("+")[0]
@@ -96,6 +103,17 @@ class CMakeBuild(build_ext):
             raise RuntimeError(f"CMake did not produce mprec._C in {build_dir / 'lib'}")
         out.parent.mkdir(parents=True, exist_ok=True)
         self.copy_file(str(built), str(out))
+
+    def install_prebuilt(self, prebuilt: Path, out: Path) -> None:
+        # The suffix (".cpython-312-x86_64-linux-gnu.so") names the interpreter ABI the module was built for;
+        # whether it matches this torch is checked at import (mprec._C.build_info()["torch_version"]).
+        if not prebuilt.is_file():
+            raise RuntimeError(f"MPREC_PREBUILT: no such file {prebuilt}")
+        if not prebuilt.name.endswith(out.name[out.name.index("."):]):
+            raise RuntimeError(f"MPREC_PREBUILT: {prebuilt.name} was not built for this Python (wants {out.name})")
+        if prebuilt != out:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            self.copy_file(str(prebuilt), str(out))
 
 
 setup(
