@@ -422,6 +422,20 @@ def test_backend_selection():
     gpu.set_backend(previous)
 
 
+@pytest.mark.skipif(not gpu.cuda_kernels_built(), reason="the CUDA C++ kernels are not built")
+def test_switching_backends_warns_nothing():
+    # Triton's kernels replace the C++ ones on purpose; the dispatcher's override warning must not reach users,
+    # at import (the default backend) or at a switch. A fresh interpreter: the warning is issued once a process.
+    import subprocess
+    import sys
+
+    code = ("import mprec.ops.gpu as g; g.set_backend('cuda'); g.set_backend('triton'); g.set_backend('cuda'); "
+            "print(g.backend())")
+    done = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "cuda"
+
+
 # --- models on CUDA (a GPU only) --------------------------------------------------------------------------
 
 needs_cuda = pytest.mark.skipif(not ON_CUDA, reason="needs a CUDA device")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import warnings
 from typing import Optional, Sequence
 
 import torch
@@ -302,8 +303,12 @@ def set_backend(name: str) -> None:
         _triton_library = None
     if name == "triton":
         _triton_library = torch.library.Library("mprec", "IMPL")
-        for op_name, fn in _TRITON_KERNELS.items():
-            _triton_library.impl(op_name, fn, "CUDA")
+        with warnings.catch_warnings():
+            # Over the CUDA C++ kernels, when they are built: the dispatcher warns of the override, which is
+            # the point here (dropping the library brings them back).
+            warnings.filterwarnings("ignore", message="(?s).*Overriding a previously registered kernel")
+            for op_name, fn in _TRITON_KERNELS.items():
+                _triton_library.impl(op_name, fn, "CUDA")
     _backend = name
 
 
