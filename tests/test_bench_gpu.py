@@ -1,0 +1,55 @@
+"""bench/bench_gpu.py runs end to end (``--smoke``: toy sizes; on the CPU where there is no GPU).
+
+The GPU benchmark only measures on a GPU machine, whose lease is short: a mistake in the script must show up
+here, not there. The smoke run goes through every case and writes the results file; this checks that each
+case reported each implementation with finite figures, and that mprec's results agree with the peers'.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_gpu_smoke(tmp_path):
+    out = tmp_path / "gpu.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_gpu.py"), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    doc = json.loads(out.read_text())
+    assert doc["machine"]["smoke"] is True
+    backends = doc["machine"]["backends"]
+    assert backends
+    rows = doc["results"]
+    found = {(r["case"], r["impl"]) for r in rows}
+    mprec_impls = {f"mprec_{b}" for b in backends}
+    expected = {("machine", "copy"), ("machine", "matmul_float32"), ("machine", "matmul_bfloat16")}
+    for dtype in ("float32", "bfloat16"):
+        for case in (f"embedding_bag_{dtype}", f"embedding_bag_{dtype}_train", "kaggle_26_tables"):
+            expected |= {(case, "torch")} | {(case, impl) for impl in mprec_impls}
+        expected |= {(f"dhe_{dtype}", "eager"), (f"dhe_{dtype}", "mprec_triton" if "triton" in backends
+                                                   else f"mprec_{backends[0]}")}
+    assert expected <= found, sorted(expected - found)
+    for r in rows:
+        numbers = [v for k, v in r.items() if isinstance(v, float)]
+        assert numbers and all(math.isfinite(v) and v >= 0 for v in numbers), r
+    errors = {(r["case"], r["impl"]): r["rel_error"] for r in rows if "rel_error" in r}
+    assert len(errors) == 2 * len(mprec_impls) + 2  # the forward embedding bags and the two DHE precisions
+    for (case, impl), error in errors.items():
+        assert error < (2e-2 if "bfloat16" in case else 1e-5), (case, impl, error)
+
+
+def test_bench_gpu_refuses_unknown_cases(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_gpu.py"), "--smoke", "--cases", "dhe,foo",
+                           "--out", str(tmp_path / "x.json")], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2
+    assert "unknown cases ['foo']" in done.stderr
+    assert not (tmp_path / "x.json").exists()
