@@ -172,6 +172,10 @@ def add_sched_parsers(sub) -> None:
     p.add_argument("--batch-sizes", default=None, help="comma-separated (default 1, 2, 4 .. 16384)")
     p.add_argument("--repetitions", type=int, default=20)
     p.add_argument("--budget-s", type=float, default=1.0, help="time per batch size before stopping early")
+    p.add_argument("--idle-gaps-ms", default=None,
+                   help="comma-separated idle times the idle cost is measured after (default 0.3, 1, 3, 10, 30; "
+                        "'none': no idle cost)")
+    p.add_argument("--idle-repetitions", type=int, default=10, help="queries timed per idle time and batch size")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, help="profile JSON to write")
 
@@ -197,6 +201,8 @@ def add_sched_parsers(sub) -> None:
     r.add_argument("--data-dir", default=None, help="a folder with train.txt and valid.txt (default: the Criteo sample)")
     r.add_argument("--out", default="mprec-run", help="folder for checkpoints, profile, report and plot")
     r.add_argument("--epochs", type=int, default=2)
+    r.add_argument("--train-only", action="store_true",
+                   help="stop after training and evaluating: the checkpoints and eval JSONs mprec profile takes")
     r.add_argument("--queries", type=int, default=3000, help="simulated queries per load")
     r.add_argument("--real-queries", type=int, default=1500,
                    help="queries per policy in real serving at the knee (proportionally fewer below it)")
@@ -220,13 +226,24 @@ def run_sched(args) -> int:
         if args.command == "run":
             ex.main_job(out=args.out, data_dir=args.data_dir, epochs=args.epochs, sla_ms=args.sla_ms,
                         queries=args.queries, real_queries=args.real_queries, median_size=args.median_size,
-                        sigma=args.sigma, extra_profiles=args.profile, rounds=args.rounds)
+                        sigma=args.sigma, extra_profiles=args.profile, rounds=args.rounds,
+                        train_only=args.train_only)
             return 0
         if args.command == "profile":
             models = _load_models(ex, args)
-            paths = discover_paths(models, args.backends.split(",") if args.backends else None)
+            backends = args.backends.split(",") if args.backends else None
+            paths = discover_paths(models, backends)
+            if not paths:
+                # An empty profile would compose into a system without the device, silently.
+                raise ValueError(f"no paths to profile: {'backends ' + args.backends if backends else 'no backend'} "
+                                 f"found a device on this machine")
             sizes = [int(n) for n in args.batch_sizes.split(",")] if args.batch_sizes else ex.BATCH_SIZES
-            profiles = profile_paths(paths, sizes, args.repetitions, budget_s=args.budget_s, log=sys.stderr)
+            idle = {}
+            if args.idle_gaps_ms is not None:
+                gaps = args.idle_gaps_ms.strip().lower()
+                idle["idle_gaps"] = [] if gaps == "none" else [float(g) / 1e3 for g in gaps.split(",")]
+            profiles = profile_paths(paths, sizes, args.repetitions, budget_s=args.budget_s, log=sys.stderr,
+                                     idle_repetitions=args.idle_repetitions, **idle)
             save_profile(args.out, profiles)
             print(json.dumps(dict(out=args.out, paths=[p.name for p in profiles]), indent=2))
             return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
 
 import pytest
 import torch
@@ -140,3 +141,19 @@ def num_threads():
 def pytest_report_header(config):
     return [f"mprec: cpu_isa={mprec.cpu_isa()} supported={ISAS} threads={torch.get_num_threads()} "
             f"MPREC_CPU_ISA={os.environ.get('MPREC_CPU_ISA', '')}"]
+
+
+# --- Criteo TSV files ----------------------------------------------------------------------------------------
+
+def criteo_tsv(path, n, seed):
+    """``n`` lines of Criteo's Kaggle format whose label can be learned (clicks have larger counts and, in the
+    first five features, ids of their own); returns the path as a string."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n):
+        label = rng.random() < 0.3
+        ints = [str(rng.randint(0, 50) + (30 if label else 0)) for _ in range(13)]
+        cats = [f"{rng.randint(0, 30) + (31 if label and t < 5 else 0):08x}" for t in range(26)]
+        lines.append("\t".join([str(int(label))] + ints + cats))
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)

@@ -624,3 +624,44 @@ def test_cli_serve_simulate_and_errors(tiny_models, tmp_path, capsys):
     assert "real serving needs --model" in capsys.readouterr().err
     assert mprec.cli.main(["serve", "--simulate", "--profile", str(tmp_path / "none.json")]) == 2
     assert "no such profile file" in capsys.readouterr().err
+
+
+def test_cli_train_only_then_profile(tmp_path, capsys):
+    # What a GPU run does with models prepared elsewhere (bench/gpu.sh): mprec run --train-only, then mprec
+    # profile with the evaluations as the paths' accuracies.
+    import mprec.cli
+    from conftest import criteo_tsv
+
+    data, models = tmp_path / "data", tmp_path / "models"
+    data.mkdir()
+    criteo_tsv(data / "train.txt", 300, 1)
+    valid = criteo_tsv(data / "valid.txt", 100, 2)
+    assert mprec.cli.main(["run", "--train-only", "--data-dir", str(data), "--out", str(models), "--epochs", "1"]) == 0
+    accuracy = {}
+    for rep in ("table", "dhe", "hybrid"):
+        assert (models / f"{rep}.pt").is_file()
+        evaluation = json.loads((models / f"eval-{rep}.json").read_text())
+        assert evaluation["examples"] == 100 and 0 <= evaluation["accuracy"] <= 1
+        accuracy[rep] = evaluation["accuracy"]
+    assert not (models / "profile.json").exists()  # stopped after training
+    args = [a for rep in accuracy for a in ("--model", f"{rep}={models / rep}.pt",
+                                            "--accuracy", f"{rep}={models / f'eval-{rep}.json'}")]
+    out = tmp_path / "profile.json"
+    assert mprec.cli.main(["profile", *args, "--data", valid, "--backends", "cpu", "--batch-sizes", "1,8",
+                           "--repetitions", "2", "--budget-s", "0.01", "--idle-gaps-ms", "0.5,2", "--idle-repetitions", "2",
+                           "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    found = {p["name"]: p for p in doc["paths"]}
+    assert set(found) == {"cpu/table", "cpu/dhe", "cpu/dhe+cache", "cpu/hybrid", "cpu/hybrid+cache"}
+    for name, path in found.items():
+        assert path["accuracy"] == accuracy[name[4:].split("+")[0]]
+        # The gaps recorded are those measured: at least the ones asked for (a sleep may overrun).
+        gaps = path["idle_gaps_ms"]
+        assert len(gaps) == len(path["idle_cost_ms"]) == 2 and gaps[0] >= 0.5 and gaps[1] >= 2.0
+    capsys.readouterr()
+    # A backend without its device here finds no path: an error, not an empty profile.
+    if not torch.cuda.is_available():
+        empty = tmp_path / "cuda.json"
+        assert mprec.cli.main(["profile", *args, "--data", valid, "--backends", "cuda", "--out", str(empty)]) == 2
+        assert "no paths to profile: backends cuda found a device on this machine" in capsys.readouterr().err
+        assert not empty.exists()

@@ -4,7 +4,6 @@ TSV data end to end, errors."""
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import time
 import pytest
 import torch
 
+from conftest import criteo_tsv
 from mprec import training
 from mprec.cli import main
 from mprec.training import RunConfig, roc_auc
@@ -114,20 +114,8 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert training.load_checkpoint(path) == {"step": 1}  # the old checkpoint is intact
 
 
-def _tsv(path, n, seed):
-    rng = random.Random(seed)
-    lines = []
-    for _ in range(n):
-        label = rng.random() < 0.3
-        ints = [str(rng.randint(0, 50) + (30 if label else 0)) for _ in range(13)]
-        cats = [f"{rng.randint(0, 30) + (31 if label and t < 5 else 0):08x}" for t in range(26)]
-        lines.append("\t".join([str(int(label))] + ints + cats))
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
-
-
 def test_cli_train_and_eval_on_tsv(tmp_path, capsys):
-    train, valid = _tsv(tmp_path / "train.txt", 600, 1), _tsv(tmp_path / "valid.txt", 200, 2)
+    train, valid = criteo_tsv(tmp_path / "train.txt", 600, 1), criteo_tsv(tmp_path / "valid.txt", 200, 2)
     ckpt = str(tmp_path / "model.pt")
     rc = main(["train", "--data", train, "--batch-size", "64", "--epochs", "2", "--lr", "0.1",
                "--representation", ",".join(["table"] * 13 + ["dhe"] * 6 + ["hybrid"] * 7), "--dhe-k", "32",

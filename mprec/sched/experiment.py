@@ -24,7 +24,8 @@ from .simulate import simulate
 from .stream import poisson_stream
 
 __all__ = ["load_model", "parse_assignments", "path_infos", "policies", "default_rates", "sweep", "run_stream",
-           "serve_real", "split_rounds", "in_sequence", "main_job", "BATCH_SIZES"]
+           "serve_real", "split_rounds", "in_sequence", "train_and_evaluate", "main_job", "BATCH_SIZES",
+           "REPRESENTATIONS"]
 
 
 def parse_assignments(items: Sequence[str], what: str) -> dict:
@@ -178,27 +179,21 @@ def serve_real(paths: list, infos: list, stream: list, capacity: int = 64, rate:
                  **summarize(in_sequence(runs[policy.name]), accuracy)) for policy in chosen]
 
 
-def main_job(out: str = "mprec-run", data_dir: Optional[str] = None, epochs: int = 2, sla_ms: float = 20.0,
-             queries: int = 3000, real_queries: int = 1500, median_size: float = 128.0, sigma: float = 1.0,
-             extra_profiles: Sequence[str] = (), threads: Optional[int] = None, rounds: int = 10,
-             log=sys.stdout) -> dict:
-    """``make run``: train table / DHE / hybrid DLRMs on the data set's train.txt, evaluate them on
-    valid.txt, profile every local path, sweep the load in simulation for MP-Rec and every static policy,
-    serve the stream for real at and below the sweep's knee, print the tables and write the plot."""
-    t_start = time.perf_counter()
-    if threads:
-        torch.set_num_threads(threads)
-    data_dir = data_dir or _default_data_dir()
+REPRESENTATIONS = ("table", "dhe", "hybrid")
+
+
+def train_and_evaluate(out: str, data_dir: str, epochs: int = 2, log=sys.stdout) -> list:
+    """Trains a table, a DHE and a hybrid DLRM on ``data_dir``'s train.txt and evaluates each on its
+    valid.txt: ``out/<rep>.pt`` and ``out/eval-<rep>.json`` (what ``mprec profile --model/--accuracy``
+    takes), and the models loaded as paths' models."""
     train_file, valid_file = os.path.join(data_dir, "train.txt"), os.path.join(data_dir, "valid.txt")
     for f in (train_file, valid_file):
         if not os.path.isfile(f):
             raise FileNotFoundError(f"mprec run: no {os.path.basename(f)} in {data_dir}")
     os.makedirs(out, exist_ok=True)
-    sla = sla_ms / 1e3
-
     print(f"== 1. train and evaluate ({data_dir}, {epochs} epochs each)", file=log)
     models = []
-    for rep in ("table", "dhe", "hybrid"):
+    for rep in REPRESENTATIONS:
         ckpt = os.path.join(out, f"{rep}.pt")
         if os.path.exists(ckpt):  # a fresh run, not a resumed one
             os.remove(ckpt)
@@ -213,6 +208,26 @@ def main_job(out: str = "mprec-run", data_dir: Optional[str] = None, epochs: int
         print(f"  {rep:<7} accuracy {e['accuracy']:.4f}  AUC {e['auc']:.4f}  log loss {e['log_loss']:.4f}  "
               f"({e['examples']} validation examples; trained in {time.perf_counter() - t0:.1f} s)", file=log)
         models.append(m)
+    return models
+
+
+def main_job(out: str = "mprec-run", data_dir: Optional[str] = None, epochs: int = 2, sla_ms: float = 20.0,
+             queries: int = 3000, real_queries: int = 1500, median_size: float = 128.0, sigma: float = 1.0,
+             extra_profiles: Sequence[str] = (), threads: Optional[int] = None, rounds: int = 10,
+             train_only: bool = False, log=sys.stdout) -> dict:
+    """``make run``: train table / DHE / hybrid DLRMs on the data set's train.txt, evaluate them on
+    valid.txt, profile every local path, sweep the load in simulation for MP-Rec and every static policy,
+    serve the stream for real at and below the sweep's knee, print the tables and write the plot.
+    ``train_only`` stops after the training and evaluation."""
+    t_start = time.perf_counter()
+    if threads:
+        torch.set_num_threads(threads)
+    data_dir = data_dir or _default_data_dir()
+    sla = sla_ms / 1e3
+    models = train_and_evaluate(out, data_dir, epochs, log)
+    if train_only:
+        return dict(checkpoints=[os.path.join(out, f"{rep}.pt") for rep in REPRESENTATIONS],
+                    seconds=time.perf_counter() - t_start)
 
     print("== 2. profile the local paths (batch 1 .. 16,384)", file=log)
     paths = discover_paths(models)
