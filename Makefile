@@ -22,7 +22,7 @@ CUDA_OBJECTS := $(patsubst csrc/cuda/%.cu,build/cuda-objects/%.o,$(CUDA_SOURCES)
 CUDA_HEADERS := $(shell find csrc/include -type f)
 HAVE_NVCC := $(shell command -v $(NVCC) 2>/dev/null)
 
-.PHONY: build run test test-xla bench-xla bench bench-deps clean cuda-objects
+.PHONY: build run test test-xla bench-xla bench bench-deps clean cuda-objects device-prep
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -84,6 +84,53 @@ test-xla: $(VENV_XLA)/.mprec-installed
 
 bench-xla: $(VENV_XLA)/.mprec-installed
 	PJRT_DEVICE=CPU $(PY_XLA) -P bench/bench_xla.py
+
+# The GPU run, prepared here: the GPU machine (bench/gpu.sh) runs Python 3.12 with torch 2.11.0+cu130 and
+# triton 3.6.0, and its lease is too short to spend compiling or training. This lane reproduces that software
+# on the CPU (PyPI's torch 2.11.0 is that very CUDA build, about 5 GB with its CUDA libraries; no GPU is
+# needed): it builds mprec._C for it with the CUDA kernels, runs the GPU tests there (the Triton kernels in
+# Triton 3.6's interpreter, compiled for sm_90 by its compiler, the CUDA glue against torch 2.11's headers),
+# trains and evaluates the three DLRMs, and lays what the GPU run needs in .device/, the folder to carry.
+# Python 3.12: on the PATH, or else one pyenv holds (its shim answers only where 3.12 is selected).
+PYTHON_DEVICE ?= $(shell python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null || \
+	ls -d $$HOME/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -1)
+VENV_DEVICE ?= .venv-device
+PY_DEVICE := $(VENV_DEVICE)/bin/python
+DEVICE_SPEC ?= torch==2.11.0 triton==3.6.0
+DEVICE_DIR ?= .device
+CRITEO_SAMPLE ?= ../shared/data/criteo_kaggle_sample
+
+$(PY_DEVICE):
+	@test -n "$(PYTHON_DEVICE)" || { echo "device-prep: no Python 3.12 found (set PYTHON_DEVICE)"; exit 1; }
+	$(PYTHON_DEVICE) -m venv $(VENV_DEVICE)
+
+$(VENV_DEVICE)/.deps-installed: $(PY_DEVICE) Makefile
+	$(PY_DEVICE) -m pip install -q --disable-pip-version-check $(DEVICE_SPEC)
+	# numpy < 2.4: Triton 3.6's interpreter turns one-element arrays into Python ints, which numpy 2.4 refuses.
+	$(PY_DEVICE) -m pip install -q --disable-pip-version-check "setuptools>=64,<82" wheel cmake ninja "numpy<2.4" \
+		pytest hypothesis expecttest matplotlib
+	touch $@
+
+$(VENV_DEVICE)/.mprec-built: $(VENV_DEVICE)/.deps-installed $(EXT_SOURCES)
+	MPREC_WITH_CUDA=1 $(PY_DEVICE) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+	touch $@
+
+device-prep: build $(VENV_DEVICE)/.mprec-built
+	$(PY_DEVICE) -m pytest tests/test_ops_gpu.py tests/test_kernels_compile.py tests/test_cuda_sources.py \
+		tests/test_bench_gpu.py -q -p no:cacheprovider $(PYTEST_ARGS)
+	rm -rf $(DEVICE_DIR)
+	mkdir -p $(DEVICE_DIR)/data
+	cp $$($(PY_DEVICE) -c "import mprec._C; print(mprec._C.__file__)") $(DEVICE_DIR)/
+	cp $(CRITEO_SAMPLE)/train.txt $(CRITEO_SAMPLE)/valid.txt $(DEVICE_DIR)/data/
+	$(PY) -m mprec.cli run --train-only --data-dir $(DEVICE_DIR)/data --out $(DEVICE_DIR)/models
+	$(PY_DEVICE) -c "import json, platform, subprocess, torch, triton, mprec; json.dump(dict(python=platform.python_version(), \
+		torch=torch.__version__, triton=triton.__version__, build=mprec.build_info()['torch_version'], \
+		commit=subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True).stdout.strip(), \
+		uncommitted_changes=bool(subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], \
+		capture_output=True, text=True).stdout.strip())), \
+		open('$(DEVICE_DIR)/manifest.json', 'w'), indent=1)"
+	@du -sh $(DEVICE_DIR)
+	@echo "device-prep: $(DEVICE_DIR) is ready; copy it to the GPU machine with the working tree and run bash bench/gpu.sh there"
 
 # Peers for the benchmarks: FBGEMM's CPU build, and TorchRec without its declared CUDA fbgemm dependency.
 bench-deps: $(VENV)/.bench-deps-installed
