@@ -15,8 +15,8 @@
 # (bench_gpu.py), profile (the cuda paths of the three trained models), compose (those paths beside the
 # committed 2-core CPU profile, in simulation: no GPU needed, so it can also run elsewhere from the fetched
 # profile), and suite (the whole test suite; not in the default steps). Each step gets what is left of the
-# budget, so a slow one ends with its log rather than taking the rest; one that fails does not stop the next,
-# except setup. Results go to bench/results/ named after the GPU; with $OUT set (a folder collected after the
+# budget, and test, bench and profile at most TEST_S (240), BENCH_S and PROFILE_S (200 each) seconds, so a
+# slow one ends with its log rather than taking the rest; one that fails does not stop the next, except setup. Results go to bench/results/ named after the GPU; with $OUT set (a folder collected after the
 # run), the log (gpu-run.txt), the JSON results and the plot are copied there as each step ends.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -127,6 +127,14 @@ for step in $STEPS; do
     exit 2
   fi
   budget=$(left)
+  # No step takes all that is left: a slow test run must not cost the measurements their turn.
+  case $step in
+    test) cap=${TEST_S:-240} ;;
+    bench) cap=${BENCH_S:-200} ;;
+    profile) cap=${PROFILE_S:-200} ;;
+    *) cap=$budget ;;
+  esac
+  [ "$cap" -lt "$budget" ] && budget=$cap
   if [ "$budget" -le 10 ]; then
     SUMMARY+=("$(printf '%-8s %-9s %5s s' "$step" "no time" 0)")
     continue
