@@ -18,6 +18,10 @@ Cases:
   artifact's ``torch.outer(...).fmod`` hashing, then ``nn.Linear`` layers) against mprec's fused
   ``dhe_encode_linear`` + the rest of the decoder; TFLOP/s against the measured matmul rate.
 
+* ``eb_shapes``, ``dhe_shapes``: the Triton kernels' launch shapes (block sizes, warps, pipeline stages) on the cases above,
+  the launcher's default among alternatives, each checked against the default's output: which shape the
+  launchers should choose, measured.
+
 Each mprec case runs once per available backend (``triton``, and ``cuda`` when the CUDA C++ kernels are
 built), side by side.
 
@@ -30,27 +34,38 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
 
 import torch
-import triton.testing
-from torch import nn
 
-import mprec
-from mprec.data import KAGGLE_TABLE_SIZES
-from mprec.ops import gpu
-
-MS = 1e-3
 ON_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if ON_CUDA else "cpu"
+if not ON_CUDA:  # --smoke: the Triton launch shapes run in Triton's interpreter, chosen when triton is imported
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import triton  # noqa: E402
+import triton.testing  # noqa: E402
+from torch import nn  # noqa: E402
+
+import mprec  # noqa: E402
+from mprec.data import KAGGLE_TABLE_SIZES  # noqa: E402
+from mprec.kernels import dhe as triton_dhe  # noqa: E402
+from mprec.kernels import embedding_bag as triton_eb  # noqa: E402
+from mprec.ops import gpu  # noqa: E402
+
+MS = 1e-3
+CASES = ("embedding_bag", "kaggle", "dhe", "eb_shapes", "dhe_shapes")
 
 # The cases' sizes: the issue's (FULL) and toy ones that run anywhere in seconds (SMOKE).
 FULL = dict(copy_elements=1 << 30, matmul=8192, rows=10**7, dim=128, batch=65536, length=40, kaggle_divisor=1,
-            dhe_ids=65536, dhe_k=1024)
+            dhe_ids=65536, dhe_k=1024, shape_bags=65536, shapes=None)
+# The launch shapes run in Triton's interpreter without a GPU, a Python loop over programs: a few bags, and
+# the first two shapes of each list.
 SMOKE = dict(copy_elements=1 << 16, matmul=64, rows=1000, dim=128, batch=64, length=5, kaggle_divisor=100_000,
-             dhe_ids=64, dhe_k=64)
+             dhe_ids=64, dhe_k=64, shape_bags=4, shapes=2)
 
 
 def bench(fn, rep_ms=400):
@@ -216,17 +231,119 @@ def dhe_case(results, rates, size, m=1_000_000, hidden=(512, 256, 64)):
                of_matmul=flops / (ms * MS) / 1e12 / rates[dtype], vs_eager=eager_ms / ms, rel_error=error)
 
 
+# --- launch shapes ---------------------------------------------------------------------------------------------
+
+# (BLOCK_D, BLOCK_L, num_warps) for a 128-wide table: more lookups a program, more warps, half rows.
+EB_SHAPES = [(128, 1, 1), (128, 2, 1), (128, 4, 2), (128, 8, 2), (128, 8, 4), (128, 16, 4), (128, 16, 8),
+             (128, 32, 4), (128, 32, 8), (64, 8, 2)]
+# (BLOCK_N, BLOCK_H, BLOCK_K, num_warps, num_stages) for the fused DHE layer.
+# Each takes seconds to compile (4 to 14 on a 2-core development machine, for sm_90), so the list is short.
+DHE_SHAPES = [(64, 128, 32, 4, 3), (128, 128, 32, 8, 3), (128, 128, 64, 8, 3), (64, 256, 64, 8, 3),
+              (128, 256, 32, 8, 3), (128, 64, 64, 4, 3)]
+
+
+def _error_vs(expected, out):
+    return ((out.double() - expected.double()).norm() / expected.double().norm()).item()
+
+
+def eb_shapes_case(results, copy_gbs, size):
+    """The embedding-bag kernel over its shapes: the standard case (float32 and bfloat16) and the Kaggle
+    tables' bags of one lookup."""
+    g = torch.Generator(device=DEVICE).manual_seed(2)
+    rows, dim, batch, length = size["rows"], size["dim"], size["shape_bags"], size["length"]
+    eb_shapes = EB_SHAPES[: size["shapes"]]
+    offsets = torch.arange(0, batch * length, length, device=DEVICE)
+    indices = torch.randint(0, rows, (batch * length,), device=DEVICE, generator=g)
+    for dtype in (torch.float32, torch.bfloat16):
+        weight = torch.randn(rows, dim, device=DEVICE, dtype=dtype, generator=g)
+        moved = batch * length * dim * weight.element_size() + indices.numel() * 8 + batch * dim * weight.element_size()
+        tables = triton_eb.table_args([weight], [-1])
+        _eb_shapes(results, f"shapes_embedding_bag_{str(dtype).split('.')[-1]}", tables, indices, offsets, batch,
+                   moved, copy_gbs, triton_eb._blocks(dim, weight.element_size()), eb_shapes)
+        del weight, tables
+        empty_cache()
+
+    # The Kaggle shape's bags: one lookup each, over tables of every size (the largest one's rows here).
+    kaggle_rows = max(1, KAGGLE_TABLE_SIZES[0] // size["kaggle_divisor"])
+    weight = torch.randn(kaggle_rows, dim, device=DEVICE, generator=g)
+    single = torch.randint(0, kaggle_rows, (size["shape_bags"] * 26 if ON_CUDA else size["shape_bags"],),
+                           device=DEVICE, generator=g)
+    tables = triton_eb.table_args([weight], [-1])
+    moved = single.numel() * dim * 4 * 2 + single.numel() * 8
+    _eb_shapes(results, "shapes_one_lookup_bags", tables, single, torch.arange(0, single.numel(), device=DEVICE),
+               single.numel(), moved, copy_gbs, triton_eb._blocks(dim, 4), eb_shapes)
+    del weight, tables
+
+
+def dhe_shapes_case(results, rates, size):
+    """The fused DHE layer (k = 1024 into 512, ReLU) over its shapes, float32 and bfloat16."""
+    g = torch.Generator(device=DEVICE).manual_seed(3)
+    dhe_shapes = DHE_SHAPES[: size["shapes"]]
+    k, n, m = size["dhe_k"], size["dhe_ids"], 1_000_000
+    a, b, p = mprec.ops.dhe_hash_parameters(k, m)
+    a, b = a.to(DEVICE), b.to(DEVICE)
+    ids = torch.randint(0, m, (n,), device=DEVICE, generator=g)
+    hidden = 512
+    flops = 2 * n * k * hidden
+    for dtype in (torch.float32, torch.bfloat16):
+        layer = nn.Linear(k, hidden).to(DEVICE, dtype)
+        error = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+
+        def run(blocks=None):
+            return triton_dhe.encode_linear(ids, a, b, p, m, False, layer.weight, layer.bias, "relu", error, blocks)
+
+        name = f"shapes_dhe_{str(dtype).split('.')[-1]}"
+        with torch.no_grad():
+            expected = run()
+            default_ms = bench(run)
+            record(results, name, "default", default_ms, tflop_per_s=flops / (default_ms * MS) / 1e12,
+                   of_matmul=flops / (default_ms * MS) / 1e12 / rates[dtype])
+            for blocks in dhe_shapes:
+                _timed_shape(results, name, blocks, lambda: run(blocks), expected, default_ms,
+                             tflop_per_s=lambda ms: flops / (ms * MS) / 1e12,
+                             of_matmul=lambda ms: flops / (ms * MS) / 1e12 / rates[dtype])
+        assert error.item() == 0
+
+
+def _eb_shapes(results, name, tables, indices, offsets, bags, moved, copy_gbs, default_blocks, shapes):
+    error = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+
+    def run(blocks=None):
+        return triton_eb.pool(tables, indices, offsets, bags, 0, None, error, blocks)[0]
+
+    expected = run()
+    default_ms = bench(run)
+    record(results, name, f"default {default_blocks}", default_ms, gb_per_s=moved / (default_ms * MS) / 1e9,
+           of_copy=moved / (default_ms * MS) / 1e9 / copy_gbs)
+    for blocks in shapes:
+        _timed_shape(results, name, blocks, lambda: run(blocks), expected, default_ms,
+                     gb_per_s=lambda ms: moved / (ms * MS) / 1e9, of_copy=lambda ms: moved / (ms * MS) / 1e9 / copy_gbs)
+    assert error.item() == 0
+
+
+def _timed_shape(results, name, blocks, fn, expected, default_ms, **figures):
+    try:
+        out = fn()
+    except Exception as failure:  # a shape the compiler refuses (too many registers or too much shared memory)
+        results.append({"case": name, "impl": str(blocks), "median_ms": None, "failed": repr(failure)[:200]})
+        print(f"{name:<28} {str(blocks):<22}   refused: {repr(failure)[:120]}", flush=True)
+        return
+    ms = bench(fn)
+    record(results, name, str(blocks), ms, **{k: f(ms) for k, f in figures.items()}, vs_default=default_ms / ms,
+           rel_error=_error_vs(expected, out))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="results JSON")
-    parser.add_argument("--cases", default="embedding_bag,kaggle,dhe")
+    parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--smoke", action="store_true", help="toy sizes, on the CPU without a GPU: a check of this "
                                                              "script, not a measurement")
     args = parser.parse_args(argv)
     if not ON_CUDA and not args.smoke:
         print("bench_gpu: no CUDA device", file=sys.stderr)
         return 2
-    unknown = sorted(set(args.cases.split(",")) - {"embedding_bag", "kaggle", "dhe"})
+    unknown = sorted(set(args.cases.split(",")) - set(CASES))
     if unknown:
         print(f"bench_gpu: unknown cases {unknown}", file=sys.stderr)
         return 2
@@ -235,15 +352,6 @@ def main(argv=None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = False
     results = []
     started = time.time()
-    copy_gbs, rates = machine(results, size)
-    cases = args.cases.split(",")
-    if "embedding_bag" in cases:
-        embedding_bag_cases(results, copy_gbs, size)
-    if "kaggle" in cases:
-        kaggle_case(results, copy_gbs, size)
-        empty_cache()
-    if "dhe" in cases:
-        dhe_case(results, rates, size)
     info = {
         "gpu": torch.cuda.get_device_name() if ON_CUDA else None,
         "smoke": args.smoke,
@@ -252,10 +360,29 @@ def main(argv=None) -> int:
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "backends": backends(),
-        "seconds": round(time.time() - started, 1),
     }
-    with open(args.out, "w") as f:
-        json.dump({"machine": info, "results": results}, f, indent=1)
+
+    def save(done):
+        # After every case: a run stopped by its time limit keeps what it measured.
+        info.update(seconds=round(time.time() - started, 1), cases_done=done)
+        tmp = f"{args.out}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"machine": info, "results": results}, f, indent=1)
+        os.replace(tmp, args.out)
+
+    copy_gbs, rates = machine(results, size)
+    done = ["machine"]
+    save(done)
+    runs = {"embedding_bag": lambda: embedding_bag_cases(results, copy_gbs, size),
+            "kaggle": lambda: kaggle_case(results, copy_gbs, size),
+            "dhe": lambda: dhe_case(results, rates, size),
+            "eb_shapes": lambda: eb_shapes_case(results, copy_gbs, size),
+            "dhe_shapes": lambda: dhe_shapes_case(results, rates, size)}
+    for case in args.cases.split(","):
+        runs[case]()
+        empty_cache()
+        done.append(case)
+        save(done)
     print(json.dumps(info))
     return 0
 

@@ -166,6 +166,7 @@ for line in "${SUMMARY[@]}"; do say "$line"; done
 import json, sys
 for r in json.load(open(sys.argv[1]))["results"]:
     extra = "  ".join(f"{k}={v:.3g}" for k, v in r.items() if k not in ("case", "impl", "median_ms") and isinstance(v, float))
-    print(f"{r['case']:<28} {r['impl']:<14} {r['median_ms']:9.3f} ms  {extra}")
+    ms = "  refused" if r["median_ms"] is None else f"{r['median_ms']:9.3f}"
+    print(f"{r['case']:<28} {r['impl']:<22} {ms} ms  {extra}")
 EOF
 keep "$LOG"

@@ -206,8 +206,11 @@ def encode(ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: int, gaussian
 
 
 def encode_linear(ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: int, gaussian: bool, weight: Tensor,
-                  bias: Optional[Tensor], activation: str, error: Tensor) -> Tensor:
-    """``[N, H]`` in ``weight``'s dtype (float32 or bfloat16) for the flat ``ids``."""
+                  bias: Optional[Tensor], activation: str, error: Tensor,
+                  blocks: Optional[tuple[int, int, int, int, int]] = None) -> Tensor:
+    """``[N, H]`` in ``weight``'s dtype (float32 or bfloat16) for the flat ``ids``. ``blocks``, ``(BLOCK_N,
+    BLOCK_H, BLOCK_K, num_warps, num_stages)``, replaces the launch shape chosen here (benchmarks compare
+    shapes with it; ``tl.dot`` needs each block at least 16)."""
     n, k = ids.shape[0], hash_a.shape[0]
     out_features = weight.shape[0]
     out = torch.empty((n, out_features), dtype=weight.dtype, device=ids.device)
@@ -218,15 +221,23 @@ def encode_linear(ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: int, g
     dot_dtype = tl.bfloat16 if bf16 and not emulate_bf16 else tl.float32
     # float32 weights multiply as torch's matmul would: TF32 only where torch allows it.
     precision = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
-    block_n = 64
-    block_h = max(16, min(128, triton.next_power_of_2(out_features)))
-    block_k = 32 if gaussian else 64
+    if blocks is None:
+        block_n, block_k, num_warps, num_stages = 64, 32 if gaussian else 64, 4, None
+        block_h = max(16, min(128, triton.next_power_of_2(out_features)))
+    else:
+        if len(blocks) != 5 or any(v < 1 or v & (v - 1) for v in blocks[:4]) or min(blocks[:3]) < 16 \
+                or blocks[4] < 1:
+            raise ValueError(f"blocks must be (BLOCK_N, BLOCK_H, BLOCK_K, num_warps, num_stages): powers of two, "
+                             f"the blocks at least 16, and stages >= 1; got {blocks}")
+        block_n, block_h, block_k, num_warps, num_stages = (int(v) for v in blocks)
+    # Triton's own number of pipeline stages unless one is given.
+    stages = {} if num_stages is None else dict(num_stages=num_stages)
     grid = (triton.cdiv(n, block_n), triton.cdiv(out_features, block_h))
     _dhe_encode_linear_kernel[grid](
         out, ids, hash_a, hash_b, weight, bias, error,
         n, k, out_features, p, m, _uniform_scale(m), weight.stride(0), weight.stride(1),
         GAUSSIAN=gaussian, HAS_BIAS=bias is not None, ACTIVATION=ACTIVATION_CODES[activation],
         DOT_DTYPE=dot_dtype, EMULATE_BF16=emulate_bf16, INPUT_PRECISION=precision,
-        BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_K=block_k, num_warps=4)
+        BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_K=block_k, num_warps=num_warps, **stages)
     return out
 

@@ -233,12 +233,22 @@ def _blocks(max_dim: int, itemsize: int) -> tuple[int, int, int]:
     return block_d, triton.next_power_of_2(block_l), num_warps
 
 
+def _checked_blocks(blocks: tuple[int, int, int]) -> tuple[int, int, int]:
+    """A caller's (BLOCK_D, BLOCK_L, num_warps), for measuring launch shapes against the default: any
+    powers of two give the same result (columns and lookups are masked), only the speed changes."""
+    if len(blocks) != 3 or any(v < 1 or v & (v - 1) for v in blocks):
+        raise ValueError(f"blocks must be three powers of two (BLOCK_D, BLOCK_L, num_warps), got {blocks}")
+    return tuple(int(v) for v in blocks)
+
+
 def pool(tables: TableArgs, indices: Tensor, offsets: Tensor, bags: int, mode: int,
-         per_sample_weights: Optional[Tensor], error: Tensor) -> tuple[Tensor, Tensor]:
+         per_sample_weights: Optional[Tensor], error: Tensor,
+         blocks: Optional[tuple[int, int, int]] = None) -> tuple[Tensor, Tensor]:
     """Pools ``bags`` bags per table into ``[bags, total_dim]`` (and max_indices in max mode).
 
     ``offsets`` holds ``T * bags + 1`` entries, or ``bags`` for one table whose last bag runs to the end
-    of ``indices``. Sets ``error[0]`` on invalid input.
+    of ``indices``. Sets ``error[0]`` on invalid input. ``blocks`` replaces the launch shape the launcher
+    would choose (benchmarks compare shapes with it).
     """
     base = tables.base
     num_tables = tables.rows.shape[0]
@@ -247,7 +257,8 @@ def pool(tables: TableArgs, indices: Tensor, offsets: Tensor, bags: int, mode: i
     if bags == 0 or tables.total_dim == 0:
         return out, max_indices
     acc_dtype = tl.float64 if base.dtype == torch.float64 else tl.float32
-    block_d, block_l, num_warps = _blocks(tables.max_dim, base.element_size())
+    block_d, block_l, num_warps = (_checked_blocks(blocks) if blocks is not None
+                                   else _blocks(tables.max_dim, base.element_size()))
     grid = (num_tables * bags, triton.cdiv(tables.max_dim, block_d))
     _embedding_bag_kernel[grid](
         out, max_indices, base, indices, offsets, per_sample_weights,

@@ -37,11 +37,21 @@ def test_bench_gpu_smoke(tmp_path):
         expected |= {(f"dhe_{dtype}", "eager"), (f"dhe_{dtype}", "mprec_triton" if "triton" in backends
                                                    else f"mprec_{backends[0]}")}
     assert expected <= found, sorted(expected - found)
+    # The launch shapes: each kernel's default and the alternatives the smoke run takes (two a kernel).
+    shape_cases = ["shapes_embedding_bag_float32", "shapes_embedding_bag_bfloat16", "shapes_one_lookup_bags",
+                   "shapes_dhe_float32", "shapes_dhe_bfloat16"]
+    for case in shape_cases:
+        impls = [r["impl"] for r in rows if r["case"] == case]
+        assert len(impls) == 3 and impls[0].startswith("default"), (case, impls)
+    assert doc["machine"]["cases_done"] == ["machine", "embedding_bag", "kaggle", "dhe", "eb_shapes",
+                                             "dhe_shapes"]
     for r in rows:
+        assert "failed" not in r, r
         numbers = [v for k, v in r.items() if isinstance(v, float)]
         assert numbers and all(math.isfinite(v) and v >= 0 for v in numbers), r
     errors = {(r["case"], r["impl"]): r["rel_error"] for r in rows if "rel_error" in r}
-    assert len(errors) == 2 * len(mprec_impls) + 2  # the forward embedding bags and the two DHE precisions
+    # The forward embedding bags, the two DHE precisions, and two alternative shapes of each shape case.
+    assert len(errors) == 2 * len(mprec_impls) + 2 + 2 * len(shape_cases)
     for (case, impl), error in errors.items():
         assert error < (2e-2 if "bfloat16" in case else 1e-5), (case, impl, error)
 

@@ -398,6 +398,63 @@ def test_dhe_errors_match_cpu():
              weight.to(DEVICE), None, "gelu")
 
 
+# --- launch shapes (benchmarks try others than the launchers' own) ----------------------------------------------
+
+@pytest.mark.parametrize("blocks", [(1, 1, 1), (4, 2, 1), (8, 32, 2), (256, 4, 8)])
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_embedding_bag_launch_shapes_agree(blocks, mode, backend):
+    from mprec.kernels import embedding_bag as triton_eb
+
+    g = torch.Generator().manual_seed(7)
+    weight = torch.randn(29, 6, generator=g)  # 6 columns: narrower and wider than the blocks tried
+    indices, offsets = _bags(7, 9, 29, torch.int64, g)
+    tables = triton_eb.table_args([weight.to(DEVICE)], [-1])
+    error = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    # B + 1 offsets: the last one ends the last bag.
+    out, arg = triton_eb.pool(tables, indices.to(DEVICE), offsets.to(DEVICE), 7, mode, None, error, blocks)
+    expected = R.embedding_bag_reference(weight.double(), indices, offsets, mode, include_last_offset=True)
+    assert error.item() == 0
+    _close(out, expected, torch.float32)
+    if mode == 2:
+        _, cpu_arg = torch.ops.mprec.embedding_bag(weight, indices, offsets, mode, None, -1, True)
+        assert torch.equal(arg.cpu(), cpu_arg)
+
+
+@pytest.mark.parametrize("blocks", [(16, 16, 16, 1, 1), (32, 64, 32, 4, 2)])
+def test_dhe_encode_linear_launch_shapes_agree(blocks, backend):
+    from mprec.kernels import dhe as triton_dhe
+
+    k, hidden = 96, 40
+    a, b, p, m = _hash(k, m=100_003)
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 10**12, (37,), generator=g)
+    weight = torch.randn(hidden, k, generator=g) / k**0.5
+    error = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    out = triton_dhe.encode_linear(ids.to(DEVICE), a.to(DEVICE), b.to(DEVICE), p, m, False, weight.to(DEVICE), None,
+                                   "relu", error, blocks)
+    expected = R.dhe_encode_linear_reference(ids, a, b, p, m, "uniform", weight.double(), None, "relu")
+    assert error.item() == 0
+    _close(out, expected, torch.float32, scale=20)
+
+
+def test_launch_shapes_are_checked():
+    from mprec.kernels import dhe as triton_dhe
+    from mprec.kernels import embedding_bag as triton_eb
+
+    tables = triton_eb.table_args([torch.randn(4, 3, device=DEVICE)], [-1])
+    error = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    ids = torch.tensor([0, 1], device=DEVICE)
+    for blocks in [(128, 3, 4), (128, 8), (0, 8, 4)]:
+        with pytest.raises(ValueError, match=re.escape(f"blocks must be three powers of two (BLOCK_D, BLOCK_L, "
+                                                       f"num_warps), got {blocks}")):
+            triton_eb.pool(tables, ids, ids, 2, 0, None, error, blocks)
+    a, b, p, m = _hash(32)
+    for blocks in [(8, 16, 16, 4, 2), (16, 16, 16, 3, 2), (16, 16, 16, 4, 0), (16, 16, 16, 4)]:
+        with pytest.raises(ValueError, match=re.escape(f"the blocks at least 16, and stages >= 1; got {blocks}")):
+            triton_dhe.encode_linear(ids, a.to(DEVICE), b.to(DEVICE), p, m, False, torch.randn(16, 32, device=DEVICE),
+                                     None, "none", error, blocks)
+
+
 # --- registration ---------------------------------------------------------------------------------------
 
 def test_every_op_a_model_runs_has_a_cuda_kernel():
