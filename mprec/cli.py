@@ -230,6 +230,9 @@ def run_sched(args) -> int:
                         train_only=args.train_only)
             return 0
         if args.command == "profile":
+            # The arguments first: loading the models takes a while.
+            idle = {} if args.idle_gaps_ms is None else dict(idle_gaps=_idle_gaps(args.idle_gaps_ms))
+            sizes = [int(n) for n in args.batch_sizes.split(",")] if args.batch_sizes else ex.BATCH_SIZES
             models = _load_models(ex, args)
             backends = args.backends.split(",") if args.backends else None
             paths = discover_paths(models, backends)
@@ -237,11 +240,6 @@ def run_sched(args) -> int:
                 # An empty profile would compose into a system without the device, silently.
                 raise ValueError(f"no paths to profile: {'backends ' + args.backends if backends else 'no backend'} "
                                  f"found a device on this machine")
-            sizes = [int(n) for n in args.batch_sizes.split(",")] if args.batch_sizes else ex.BATCH_SIZES
-            idle = {}
-            if args.idle_gaps_ms is not None:
-                gaps = args.idle_gaps_ms.strip().lower()
-                idle["idle_gaps"] = [] if gaps == "none" else [float(g) / 1e3 for g in gaps.split(",")]
             profiles = profile_paths(paths, sizes, args.repetitions, budget_s=args.budget_s, log=sys.stderr,
                                      idle_repetitions=args.idle_repetitions, **idle)
             save_profile(args.out, profiles)
@@ -276,6 +274,19 @@ def run_sched(args) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"mprec {args.command}: {error}", file=sys.stderr)
         return 2
+
+
+def _idle_gaps(text: str) -> list:
+    """``--idle-gaps-ms``: milliseconds, comma-separated, or ``none`` -> seconds."""
+    if text.strip().lower() == "none":
+        return []
+    try:
+        gaps = [float(g) / 1e3 for g in text.split(",")]
+    except ValueError:
+        gaps = []
+    if not gaps or not all(g > 0 for g in gaps):
+        raise ValueError(f"--idle-gaps-ms: expected milliseconds > 0, comma-separated, or 'none'; got {text!r}")
+    return gaps
 
 
 def _load_models(ex, args) -> list:

@@ -659,6 +659,10 @@ def test_cli_train_only_then_profile(tmp_path, capsys):
         gaps = path["idle_gaps_ms"]
         assert len(gaps) == len(path["idle_cost_ms"]) == 2 and gaps[0] >= 0.5 and gaps[1] >= 2.0
     capsys.readouterr()
+    for bad in ("abc", "1,-2", "0", ""):
+        assert mprec.cli.main(["profile", *args, "--data", valid, "--idle-gaps-ms", bad, "--out", str(out)]) == 2
+        assert f"--idle-gaps-ms: expected milliseconds > 0, comma-separated, or 'none'; got {bad!r}" \
+            in capsys.readouterr().err
     # A backend without its device here finds no path: an error, not an empty profile.
     if not torch.cuda.is_available():
         empty = tmp_path / "cuda.json"
