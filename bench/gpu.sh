@@ -162,11 +162,5 @@ done
 say ""
 say "== summary ($(($(date +%s) - START)) s of $BUDGET_S)"
 for line in "${SUMMARY[@]}"; do say "$line"; done
-[ -f "$RESULTS/$GPU-gpu.json" ] && $PY - "$RESULTS/$GPU-gpu.json" <<'EOF' | tee -a "$LOG"
-import json, sys
-for r in json.load(open(sys.argv[1]))["results"]:
-    extra = "  ".join(f"{k}={v:.3g}" for k, v in r.items() if k not in ("case", "impl", "median_ms") and isinstance(v, float))
-    ms = "  refused" if r["median_ms"] is None else f"{r['median_ms']:9.3f}"
-    print(f"{r['case']:<28} {r['impl']:<22} {ms} ms  {extra}")
-EOF
+[ -f "$RESULTS/$GPU-gpu.json" ] && $PY bench/summary_gpu.py "$RESULTS/$GPU-gpu.json" 2>&1 | tee -a "$LOG"
 keep "$LOG"

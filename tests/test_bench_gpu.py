@@ -14,16 +14,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_bench_gpu_smoke(tmp_path):
-    out = tmp_path / "gpu.json"
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_gpu") / "gpu.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_gpu.py"), "--smoke", "--out", str(out)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    doc = json.loads(out.read_text())
+    return out
+
+
+def test_bench_gpu_smoke(smoke_results):
+    doc = json.loads(smoke_results.read_text())
     assert doc["machine"]["smoke"] is True
     backends = doc["machine"]["backends"]
     assert backends
@@ -63,3 +70,31 @@ def test_bench_gpu_refuses_unknown_cases(tmp_path):
     assert done.returncode == 2
     assert "unknown cases ['foo']" in done.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_summary_reads_the_results(smoke_results, capsys):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import summary_gpu
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    verdicts = summary_gpu.summarize(smoke_results)
+    text = capsys.readouterr().out
+    assert "a smoke run: toy sizes, no measurement" in text
+    doc = json.loads(smoke_results.read_text())
+    mprec_impls = {f"mprec_{b}" for b in doc["machine"]["backends"]}
+    # Every target is judged for every mprec implementation of its case, against the figure in the file.
+    figures = {(r["case"], r["impl"]): r for r in doc["results"]}
+    assert len(verdicts["targets"]) == 5 * len(mprec_impls) + 2
+    for description, case, figure, minimum in summary_gpu.TARGETS:
+        judged = [t for t in verdicts["targets"] if t[0] == description]
+        assert judged, description
+        for _, impl, value, met in judged:
+            assert value == figures[(case, impl)][figure] and met == (value >= minimum)
+            assert f"{description}: {impl} {value:.3g} {'met' if met else 'NOT met'}" in text
+    # The fastest alternative shape of each kernel, and its speed against the default.
+    assert set(verdicts["best_shapes"]) == {c for c, _ in figures if c.startswith("shapes_")}
+    for case, (impl, speedup) in verdicts["best_shapes"].items():
+        rows = [r for r in doc["results"] if r["case"] == case]
+        fastest = min(rows[1:], key=lambda r: r["median_ms"])
+        assert impl == fastest["impl"] and speedup == rows[0]["median_ms"] / fastest["median_ms"]
