@@ -219,6 +219,7 @@ def run_sched(args) -> int:
     from mprec.sched import experiment as ex
     from mprec.sched import (discover_paths, format_table, load_profiles, plot_sweep, poisson_stream, profile_paths,
                              read_trace, save_profile)
+    from mprec.sched.report import by_rate, knee_line
 
     try:
         if args.threads:
@@ -264,6 +265,8 @@ def run_sched(args) -> int:
             rows = [row for rate, stream in plan
                     for row in ex.serve_real(paths, infos, stream, args.capacity, rate, rounds=args.rounds)]
         print(format_table(rows))
+        if len(by_rate(rows)) > 1:  # a sweep
+            print(knee_line(rows))
         if args.plot:
             plot_sweep(rows, args.plot, title=f"MP-Rec vs static paths ({'simulated' if args.simulate else 'real'}, "
                                               f"SLA {args.sla_ms:g} ms)")

@@ -19,6 +19,7 @@ from mprec.sched import (LatencyModel, LoadedModel, MPRecPolicy, Outcome, Path, 
                          simulate, summarize, write_trace)
 from mprec.sched import paths as paths_module
 from mprec.sched.experiment import default_rates, in_sequence, run_stream, serve_real, split_rounds, sweep
+from mprec.sched.report import ratio_to_best_static
 
 
 def const(seconds):
@@ -619,7 +620,11 @@ def test_cli_serve_simulate_and_errors(tiny_models, tmp_path, capsys):
     assert [(r["rate"], r["policy"]) for r in rows] == [(10.0, "mp-rec"), (10.0, "static cpu/table"),
                                                         (10.0, "static cpu/dhe"), (40.0, "mp-rec"),
                                                         (40.0, "static cpu/table"), (40.0, "static cpu/dhe")]
-    assert "mp-rec" in capsys.readouterr().out and png.exists()
+    text = capsys.readouterr().out
+    assert "mp-rec" in text and png.exists()
+    knee = knee_rate(rows)
+    assert (f"knee (best static peaks): {knee} q/s; MP-Rec / best static there: "
+            f"{ratio_to_best_static(rows, knee):.2f}x") in text
     assert mprec.cli.main(["serve", "--profile", str(f), "--rates", "10"]) == 2
     assert "real serving needs --model" in capsys.readouterr().err
     assert mprec.cli.main(["serve", "--simulate", "--profile", str(tmp_path / "none.json")]) == 2

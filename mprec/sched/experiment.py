@@ -18,7 +18,7 @@ from .. import training
 from .paths import LoadedModel, RowPool, discover_paths
 from .policy import MPRecPolicy, PathInfo, StaticPolicy
 from .profile import BATCH_SIZES, load_profiles, profile_paths, save_profile
-from .report import format_table, knee_rate, plot_sweep, ratio_to_best_static, summarize
+from .report import format_table, knee_line, knee_rate, plot_sweep, ratio_to_best_static, summarize
 from .server import Server, replay
 from .simulate import simulate
 from .stream import poisson_stream
@@ -244,9 +244,7 @@ def main_job(out: str = "mprec-run", data_dir: Optional[str] = None, epochs: int
     rows = sweep(infos, rates, sla, queries, median_size, sigma)
     print(format_table(rows), file=log)
     knee = knee_rate(rows)
-    print(f"  knee (best static peaks): {knee} q/s; MP-Rec / best static there: "
-          f"{ratio_to_best_static(rows, knee):.2f}x; highest over the sweep: "
-          f"{max(ratio_to_best_static(rows, r) for r in rates):.2f}x", file=log)
+    print(knee_line(rows), file=log)
     plot_file = os.path.join(out, "serve.png")
     plot_sweep(rows, plot_file, title=f"MP-Rec vs static paths (simulated, SLA {sla_ms:g} ms)")
 

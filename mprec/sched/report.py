@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Optional, Sequence
 
 __all__ = ["percentile", "summarize", "by_rate", "best_static", "ratio_to_best_static", "format_table", "knee_rate",
-           "plot_sweep"]
+           "knee_line", "plot_sweep"]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -95,6 +95,17 @@ def knee_rate(rows: Sequence[dict]) -> Optional[float]:
     if not best:
         return None
     return max(best, key=lambda rate: (best[rate], -rate))
+
+
+def knee_line(rows: Sequence[dict]) -> str:
+    """The sweep's knee and MP-Rec's ratio to the best static policy there and at its best: the figure the
+    scheduler's targets are stated in."""
+    knee = knee_rate(rows)
+    if knee is None:
+        return "  knee: none (no static policy answered a query in time)"
+    highest = max(ratio_to_best_static(rows, rate) for rate in by_rate(rows))
+    return (f"  knee (best static peaks): {knee} q/s; MP-Rec / best static there: "
+            f"{ratio_to_best_static(rows, knee):.2f}x; highest over the sweep: {highest:.2f}x")
 
 
 def plot_sweep(rows: Sequence[dict], path: str, title: str = "") -> None:
