@@ -259,7 +259,7 @@ def eb_shapes_case(results, copy_gbs, size):
         moved = batch * length * dim * weight.element_size() + indices.numel() * 8 + batch * dim * weight.element_size()
         tables = triton_eb.table_args([weight], [-1])
         _eb_shapes(results, f"shapes_embedding_bag_{str(dtype).split('.')[-1]}", tables, indices, offsets, batch,
-                   moved, copy_gbs, triton_eb._blocks(dim, weight.element_size()), eb_shapes)
+                   moved, copy_gbs, triton_eb.default_blocks(dim, weight.element_size()), eb_shapes)
         del weight, tables
         empty_cache()
 
@@ -271,7 +271,7 @@ def eb_shapes_case(results, copy_gbs, size):
     tables = triton_eb.table_args([weight], [-1])
     moved = single.numel() * dim * 4 * 2 + single.numel() * 8
     _eb_shapes(results, "shapes_one_lookup_bags", tables, single, torch.arange(0, single.numel(), device=DEVICE),
-               single.numel(), moved, copy_gbs, triton_eb._blocks(dim, 4), eb_shapes)
+               single.numel(), moved, copy_gbs, triton_eb.default_blocks(dim, 4), eb_shapes)
     del weight, tables
 
 

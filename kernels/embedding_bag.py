@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["TableArgs", "table_args", "pool", "pool_backward", "interpreting"]
+__all__ = ["TableArgs", "table_args", "default_blocks", "pool", "pool_backward", "interpreting"]
 
 _TL_DTYPES = {
     torch.float32: tl.float32,
@@ -224,7 +224,7 @@ def table_args(weights: Sequence[Tensor], padding_idx: Sequence[int]) -> TableAr
                      as_tensor(cols), as_tensor(pads), _dim_multiple(dims, element_offsets), max(dims), sum(dims))
 
 
-def _blocks(max_dim: int, itemsize: int) -> tuple[int, int, int]:
+def default_blocks(max_dim: int, itemsize: int) -> tuple[int, int, int]:
     """(BLOCK_D, BLOCK_L, num_warps): a whole row of up to 256 columns per program, and enough lookups in
     flight (a tile of about 4 KiB) to keep the memory system busy."""
     block_d = min(triton.next_power_of_2(max(max_dim, 1)), 256)
@@ -258,7 +258,7 @@ def pool(tables: TableArgs, indices: Tensor, offsets: Tensor, bags: int, mode: i
         return out, max_indices
     acc_dtype = tl.float64 if base.dtype == torch.float64 else tl.float32
     block_d, block_l, num_warps = (_checked_blocks(blocks) if blocks is not None
-                                   else _blocks(tables.max_dim, base.element_size()))
+                                   else default_blocks(tables.max_dim, base.element_size()))
     grid = (num_tables * bags, triton.cdiv(tables.max_dim, block_d))
     _embedding_bag_kernel[grid](
         out, max_indices, base, indices, offsets, per_sample_weights,
@@ -289,7 +289,7 @@ def pool_backward(tables: TableArgs, grad: Tensor, indices: Tensor, offsets: Ten
         starts.append(starts[-1] + s)
     if bags > 0 and tables.total_dim > 0:
         grad_offsets = torch.tensor(starts, dtype=torch.int64).to(base.device, non_blocking=True)
-        block_d, block_l, num_warps = _blocks(tables.max_dim, 4)
+        block_d, block_l, num_warps = default_blocks(tables.max_dim, 4)
         grid = (num_tables * bags, triton.cdiv(tables.max_dim, block_d))
         _embedding_bag_backward_kernel[grid](
             flat, grad, max_indices, indices, offsets, per_sample_weights,
