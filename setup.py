@@ -106,7 +106,8 @@ class CMakeBuild(build_ext):
 
     def install_prebuilt(self, prebuilt: Path, out: Path) -> None:
         # The suffix (".cpython-312-x86_64-linux-gnu.so") names the interpreter ABI the module was built for;
-        # whether it matches this torch is checked at import (mprec._C.build_info()["torch_version"]).
+        # whether it was built for this torch is not checked here: mprec.build_info()["torch_version"] says
+        # (bench/gpu.sh checks it after installing).
         if not prebuilt.is_file():
             raise RuntimeError(f"MPREC_PREBUILT: no such file {prebuilt}")
         if not prebuilt.name.endswith(out.name[out.name.index("."):]):

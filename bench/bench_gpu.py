@@ -18,9 +18,9 @@ Cases:
   artifact's ``torch.outer(...).fmod`` hashing, then ``nn.Linear`` layers) against mprec's fused
   ``dhe_encode_linear`` + the rest of the decoder; TFLOP/s against the measured matmul rate.
 
-* ``eb_shapes``, ``dhe_shapes``: the Triton kernels' launch shapes (block sizes, warps, pipeline stages) on the cases above,
-  the launcher's default among alternatives, each checked against the default's output: which shape the
-  launchers should choose, measured.
+* ``eb_shapes``, ``dhe_shapes``: the Triton kernels' launch shapes (block sizes, warps, pipeline stages) on
+  the cases above, the launcher's default among alternatives, each checked against the default's output:
+  which shape the launchers should choose, measured.
 
 Each mprec case runs once per available backend (``triton``, and ``cuda`` when the CUDA C++ kernels are
 built), side by side.
@@ -61,11 +61,11 @@ CASES = ("embedding_bag", "kaggle", "dhe", "eb_shapes", "dhe_shapes")
 
 # The cases' sizes: the issue's (FULL) and toy ones that run anywhere in seconds (SMOKE).
 FULL = dict(copy_elements=1 << 30, matmul=8192, rows=10**7, dim=128, batch=65536, length=40, kaggle_divisor=1,
-            dhe_ids=65536, dhe_k=1024, shape_bags=65536, shapes=None)
+            dhe_ids=65536, dhe_k=1024, shape_bags=65536, lookup_bags=65536 * 26, shapes=None)
 # The launch shapes run in Triton's interpreter without a GPU, a Python loop over programs: a few bags, and
 # the first two shapes of each list.
 SMOKE = dict(copy_elements=1 << 16, matmul=64, rows=1000, dim=128, batch=64, length=5, kaggle_divisor=100_000,
-             dhe_ids=64, dhe_k=64, shape_bags=4, shapes=2)
+             dhe_ids=64, dhe_k=64, shape_bags=4, lookup_bags=4, shapes=2)
 
 
 def bench(fn, rep_ms=400):
@@ -78,6 +78,15 @@ def bench(fn, rep_ms=400):
             times.append((time.perf_counter() - t0) * 1e3)
         return sorted(times)[1]
     return triton.testing.do_bench(fn, warmup=100, rep=rep_ms, return_mode="median")
+
+
+def relative_error(out, expected):
+    return ((out.double() - expected.double()).norm() / expected.double().norm()).item()
+
+
+def bag_bytes(bags, length, dim, itemsize):
+    """What pooling ``bags`` bags of ``length`` lookups must move: the rows read, the int64 indices, the output."""
+    return bags * length * dim * itemsize + bags * length * 8 + bags * dim * itemsize
 
 
 def empty_cache():
@@ -141,7 +150,7 @@ def embedding_bag_case(results, copy_gbs, dtype, rows, dim, batch, length):
     weight = torch.randn(rows, dim, device=DEVICE, dtype=dtype, generator=g)
     indices = torch.randint(0, rows, (batch * length,), device=DEVICE, generator=g)
     offsets = torch.arange(0, batch * length, length, device=DEVICE)
-    moved = batch * length * dim * weight.element_size() + indices.numel() * 8 + batch * dim * weight.element_size()
+    moved = bag_bytes(batch, length, dim, weight.element_size())
     name = f"embedding_bag_{str(dtype).split('.')[-1]}"
     torch_ms = bench(lambda: torch.nn.functional.embedding_bag(indices, weight, offsets, mode="sum"))
     record(results, name, "torch", torch_ms, gb_per_s=moved / (torch_ms * MS) / 1e9,
@@ -150,7 +159,7 @@ def embedding_bag_case(results, copy_gbs, dtype, rows, dim, batch, length):
     for backend in backends():
         use(backend)
         out = mprec.ops.embedding_bag(weight, indices, offsets, "sum")
-        error = ((out.float() - expected).norm() / expected.norm()).item()
+        error = relative_error(out, expected)
         ms = bench(lambda: mprec.ops.embedding_bag(weight, indices, offsets, "sum"))
         record(results, name, f"mprec_{backend}", ms, gb_per_s=moved / (ms * MS) / 1e9,
                of_copy=moved / (ms * MS) / 1e9 / copy_gbs, vs_torch=torch_ms / ms, rel_error=error)
@@ -185,7 +194,7 @@ def kaggle_case(results, copy_gbs, size):
     indices = torch.cat(per_table)
     offsets = torch.arange(0, indices.numel() + 1, device=DEVICE)
     single_offsets = torch.arange(0, batch, device=DEVICE)
-    moved = len(weights) * batch * dim * 4 * 2 + indices.numel() * 8
+    moved = bag_bytes(len(weights) * batch, 1, dim, 4)
     torch_ms = bench(lambda: torch.cat([torch.nn.functional.embedding_bag(i, w, single_offsets, mode="sum")
                                         for i, w in zip(per_table, weights)], dim=1))
     record(results, "kaggle_26_tables", "torch", torch_ms, gb_per_s=moved / (torch_ms * MS) / 1e9)
@@ -221,8 +230,7 @@ def dhe_case(results, rates, size, m=1_000_000, hidden=(512, 256, 64)):
             x = mprec.ops.dhe_encode_linear(ids, a, b, p, m, "uniform", first.weight, first.bias, "relu")
             return rest[1:](x)  # rest[0] is the ReLU the fused op applied
 
-        expected = eager().double()
-        error = ((fused().double() - expected).norm() / expected.norm()).item()
+        error = relative_error(fused(), eager())
         name = f"dhe_{str(dtype).split('.')[-1]}"
         eager_ms = bench(eager)
         record(results, name, "eager", eager_ms, tflop_per_s=flops / (eager_ms * MS) / 1e12)
@@ -242,10 +250,6 @@ DHE_SHAPES = [(64, 128, 32, 4, 3), (128, 128, 32, 8, 3), (128, 128, 64, 8, 3), (
               (128, 256, 32, 8, 3), (128, 64, 64, 4, 3)]
 
 
-def _error_vs(expected, out):
-    return ((out.double() - expected.double()).norm() / expected.double().norm()).item()
-
-
 def eb_shapes_case(results, copy_gbs, size):
     """The embedding-bag kernel over its shapes: the standard case (float32 and bfloat16) and the Kaggle
     tables' bags of one lookup."""
@@ -256,7 +260,7 @@ def eb_shapes_case(results, copy_gbs, size):
     indices = torch.randint(0, rows, (batch * length,), device=DEVICE, generator=g)
     for dtype in (torch.float32, torch.bfloat16):
         weight = torch.randn(rows, dim, device=DEVICE, dtype=dtype, generator=g)
-        moved = batch * length * dim * weight.element_size() + indices.numel() * 8 + batch * dim * weight.element_size()
+        moved = bag_bytes(batch, length, dim, weight.element_size())
         tables = triton_eb.table_args([weight], [-1])
         _eb_shapes(results, f"shapes_embedding_bag_{str(dtype).split('.')[-1]}", tables, indices, offsets, batch,
                    moved, copy_gbs, triton_eb.default_blocks(dim, weight.element_size()), eb_shapes)
@@ -266,10 +270,9 @@ def eb_shapes_case(results, copy_gbs, size):
     # The Kaggle shape's bags: one lookup each, over tables of every size (the largest one's rows here).
     kaggle_rows = max(1, KAGGLE_TABLE_SIZES[0] // size["kaggle_divisor"])
     weight = torch.randn(kaggle_rows, dim, device=DEVICE, generator=g)
-    single = torch.randint(0, kaggle_rows, (size["shape_bags"] * 26 if ON_CUDA else size["shape_bags"],),
-                           device=DEVICE, generator=g)
+    single = torch.randint(0, kaggle_rows, (size["lookup_bags"],), device=DEVICE, generator=g)
     tables = triton_eb.table_args([weight], [-1])
-    moved = single.numel() * dim * 4 * 2 + single.numel() * 8
+    moved = bag_bytes(single.numel(), 1, dim, 4)
     _eb_shapes(results, "shapes_one_lookup_bags", tables, single, torch.arange(0, single.numel(), device=DEVICE),
                single.numel(), moved, copy_gbs, triton_eb.default_blocks(dim, 4), eb_shapes)
     del weight, tables
@@ -330,7 +333,7 @@ def _timed_shape(results, name, blocks, fn, expected, default_ms, **figures):
         return
     ms = bench(fn)
     record(results, name, str(blocks), ms, **{k: f(ms) for k, f in figures.items()}, vs_default=default_ms / ms,
-           rel_error=_error_vs(expected, out))
+           rel_error=relative_error(out, expected))
 
 
 def main(argv=None) -> int:

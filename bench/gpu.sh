@@ -16,8 +16,9 @@
 # committed 2-core CPU profile, in simulation: no GPU needed, so it can also run elsewhere from the fetched
 # profile), and suite (the whole test suite; not in the default steps). Each step gets what is left of the
 # budget, and test, bench and profile at most TEST_S (240), BENCH_S and PROFILE_S (200 each) seconds, so a
-# slow one ends with its log rather than taking the rest; one that fails does not stop the next, except setup. Results go to bench/results/ named after the GPU; with $OUT set (a folder collected after the
-# run), the log (gpu-run.txt), the JSON results and the plot are copied there as each step ends.
+# slow one ends with its log rather than taking the rest; one that fails does not stop the next, except setup.
+# Results go to bench/results/ named after the GPU; with $OUT set (a folder collected after the run), the log
+# (gpu-run.txt), the JSON results and the plot are copied there as each step ends.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -50,9 +51,10 @@ say "gpu.sh: $($PY -c "import platform, torch, triton; print(torch.cuda.get_devi
 
 # The checks a run's mprec must pass: built for this torch, with the CUDA C++ kernels.
 CHECK='import torch, mprec, mprec.ops.gpu as g
-built_for = mprec.build_info()["torch_version"]
+info = mprec.build_info()
+built_for = info["torch_version"]
 assert built_for == torch.__version__.split("+")[0], "mprec._C was built for torch " + built_for
-assert mprec.build_info()["cuda"] and g.cuda_kernels_built(), "the CUDA C++ kernels are not built"
+assert info["cuda"] and g.cuda_kernels_built(), "the CUDA C++ kernels are not built"
 print("mprec", mprec.__version__, "for torch", built_for, "backend", g.backend())'
 
 step_setup() {
@@ -86,10 +88,9 @@ step_bench() {
 }
 
 step_profile() {
-  local models=$DEVICE_DIR/models data=$DEVICE_DIR/data
+  local models=$DEVICE_DIR/models data=${DATA_DIR:-$DEVICE_DIR/data}
   if [ ! -f "$models/hybrid.pt" ]; then
     # Not prepared: train here (the development machine's models are the ones its CPU profile was made with).
-    data=${DATA_DIR:-$data}
     say "no prepared models in $models: training on this machine's CPU from $data"
     $PY -m mprec.cli run --train-only --data-dir "$data" --out "$models" || return $?
   fi
@@ -98,7 +99,7 @@ step_profile() {
     args+=(--model "$rep=$models/$rep.pt" --accuracy "$rep=$models/eval-$rep.json")
   done
   # The queries are drawn from the validation rows, as on the CPU; the main job's repetitions and budget.
-  $PY -m mprec.cli profile "${args[@]}" --data "${DATA_DIR:-$data}/valid.txt" --backends cuda --repetitions 10 \
+  $PY -m mprec.cli profile "${args[@]}" --data "$data/valid.txt" --backends cuda --repetitions 10 \
     --budget-s 0.4 --out "$RESULTS/$GPU-sched-profile.json"
   local status=$?
   keep "$RESULTS/$GPU-sched-profile.json"
