@@ -182,6 +182,10 @@ std::string bag_error_message(const char* op, const BagErrorReport& e, int64_t n
       msg << "max_indices[" << e.position << ", " << e.column << "] = " << e.value
           << " is out of range for a table of " << table_rows << " rows";
       break;
+    case BagError::kUnexplained:
+      msg << "internal error: the kernel abandoned bag " << e.position
+          << (batched ? " of table " + std::to_string(e.table) : std::string()) << " but found no bad input in it";
+      break;
     case BagError::kNone:
       msg << "internal error";
       break;

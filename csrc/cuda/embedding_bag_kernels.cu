@@ -264,9 +264,15 @@ __device__ __forceinline__ bool dense_backward_bag(const DenseBackwardParams& p,
     int64_t count = 0;
     for (int64_t chunk = start; chunk < end; chunk += kWarpSize) {
       const int n = end - chunk < kWarpSize ? static_cast<int>(end - chunk) : kWarpSize;
+      // Lanes past the bag hold the padding row, which is neither counted nor checked: with no padding row
+      // (kNoPaddingRow) it is out of range.
       int64_t my_row = table.padding_idx;
-      if (lane < n) my_row = static_cast<int64_t>(indices[chunk + lane]);
-      if (__any_sync(kFullMask, is_bad_row(my_row, table))) return false;
+      bool bad = false;
+      if (lane < n) {
+        my_row = static_cast<int64_t>(indices[chunk + lane]);
+        bad = is_bad_row(my_row, table);
+      }
+      if (__any_sync(kFullMask, bad)) return false;
       count += __popc(__ballot_sync(kFullMask, my_row != table.padding_idx));
     }
     if (count > 0) mean_scale = acc_t(1) / static_cast<acc_t>(count);
@@ -283,11 +289,13 @@ __device__ __forceinline__ bool dense_backward_bag(const DenseBackwardParams& p,
       const int n = end - chunk < kWarpSize ? static_cast<int>(end - chunk) : kWarpSize;
       int64_t my_row = table.padding_idx;
       acc_t my_weight = acc_t(1);
+      bool bad = false;
       if (lane < n) {
         my_row = static_cast<int64_t>(indices[chunk + lane]);
+        bad = is_bad_row(my_row, table);
         if (per_sample_weights != nullptr) my_weight = per_sample_weights[chunk + lane];
       }
-      if (__any_sync(kFullMask, is_bad_row(my_row, table))) return false;
+      if (__any_sync(kFullMask, bad)) return false;
       for (int j = 0; j < n; ++j) {
         const int64_t row = __shfl_sync(kFullMask, my_row, j);
         const acc_t w = __shfl_sync(kFullMask, my_weight, j);
@@ -395,6 +403,11 @@ __global__ void describe_bag_error_kernel(const BagLayout layout, const int64_t*
           }
         }
       }
+    }
+    // The bag was abandoned, so its output is incomplete, yet its inputs are good: never return that.
+    if (report.kind == BagError::kNone) {
+      report.kind = BagError::kUnexplained;
+      report.position = b;
     }
   }
   layout.errors->report = report;

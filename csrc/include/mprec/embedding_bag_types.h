@@ -21,11 +21,15 @@ enum class BagError : int32_t {
   kOffsetPastEnd = 3,
   kFirstOffsetNotZero = 4,
   kMaxIndexOutOfRange = 5,
+  // A device kernel abandoned a bag whose re-reading found nothing wrong: a bug in that kernel, raised rather
+  // than returning a partly written result.
+  kUnexplained = 6,
 };
 
 struct BagErrorReport {
   BagError kind = BagError::kNone;
-  int64_t position = -1;  // index position (kIndexOutOfRange), offset (offset errors), bag (kMaxIndexOutOfRange)
+  int64_t position = -1;  // index position (kIndexOutOfRange), offset (offset errors), bag (kMaxIndexOutOfRange,
+                          // kUnexplained)
   int64_t value = 0;      // the offending index, offset or max index
   int64_t table = 0;      // table of a batched call
   int64_t previous = 0;   // kOffsetDecreasing: offsets[position - 1], which a device buffer cannot be asked for later
