@@ -1,10 +1,12 @@
 """The ops' CUDA kernels (mprec.ops.gpu) against the references and the CPU kernels.
 
-Without a GPU, the Triton kernels (mprec.kernels) run on CPU tensors in Triton's interpreter
-(tests/conftest.py sets TRITON_INTERPRET=1 when no CUDA device is present), called through their op
-wrappers. With a GPU, every case runs on CUDA tensors through the dispatcher, once per embedding-bag
-backend (Triton, and CUDA C++ when it is built), so the registration is checked too. Sizes stay small:
-the interpreter runs every program in Python.
+With a GPU, every case runs on CUDA tensors through the dispatcher, the embedding-bag cases once per
+backend (Triton, and CUDA C++ when it is built), so the registration is checked too.
+
+Without a GPU, both backends still run, on CPU tensors: the Triton kernels (mprec.kernels) in Triton's
+interpreter (tests/conftest.py sets TRITON_INTERPRET=1 when no CUDA device is present), called through their op
+wrappers, and the CUDA C++ kernels with their torch glue in the CUDA emulator (tests/cuda_emulator), as the
+ops of ``mprec_cuda_emulator``. Sizes stay small: the interpreter runs every program in Python.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import re
 import pytest
 import torch
 
+import cuda_emulator
 import mprec
 from mprec.ops import gpu
 from mprec.ops import reference as R
@@ -29,27 +32,43 @@ DEVICE = "cuda" if ON_CUDA else "cpu"
 TOL = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
+# The backend the embedding-bag cases run under (the `backend` fixture); the other cases use the default.
+_backend = {"name": gpu.DEFAULT_BACKEND}
+
+
 def call(name, *args):
-    """The op's CUDA kernel: through the dispatcher on a GPU, else the Triton wrapper on CPU tensors."""
+    """The op's CUDA kernel: through the dispatcher on a GPU; without one, the Triton wrapper on CPU tensors, or
+    for the CUDA C++ backend the emulated op."""
     if ON_CUDA:
         with_backend = getattr(torch.ops.mprec, name)
         return with_backend(*args)
+    if _backend["name"] == "cuda" and name in cuda_emulator.ops():
+        return getattr(cuda_emulator.load(), name)(*args)
     return getattr(gpu, name)(*args)
 
 
-BACKENDS = ["triton"] + (["cuda"] if ON_CUDA and gpu.cuda_kernels_built() else [])
+# Without a GPU the CUDA C++ kernels run in the emulator, so both backends are tested on every machine.
+BACKENDS = ["triton", "cuda"] if gpu.cuda_kernels_built() or not ON_CUDA else ["triton"]
 
 
-@pytest.fixture(autouse=True, scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=BACKENDS)
 def backend(request):
-    """Every case once per backend; on CPU tensors only the Triton wrappers can run."""
+    """The case once per embedding-bag backend."""
     if ON_CUDA:
         previous = gpu.backend()
         gpu.set_backend(request.param)
         yield request.param
         gpu.set_backend(previous)
     else:
+        previous = _backend["name"]
+        _backend["name"] = request.param
         yield request.param
+        _backend["name"] = previous
+
+
+per_backend = pytest.mark.usefixtures("backend")
+# The models reach the kernels through the dispatcher, which only CUDA tensors take to either backend.
+models_per_backend = per_backend if ON_CUDA else (lambda test: test)
 
 
 def _bags(batch: int, max_len: int, rows: int, index_dtype, generator, empty_bag: bool = True):
@@ -68,6 +87,7 @@ def _close(actual, expected, dtype, scale=1.0):
 
 # --- embedding_bag --------------------------------------------------------------------------------------
 
+@per_backend
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("mode", [0, 1, 2])
 @pytest.mark.parametrize("dim", [1, 4, 129])
@@ -93,6 +113,51 @@ def test_embedding_bag_forward(dtype, mode, dim, index_dtype):
             assert max_indices.numel() == 0
 
 
+# The shapes the kernels specialise on: bags longer than a warp's 32 indices (and not a multiple of the rows
+# loaded at once), rows of whole 16-byte packets or not (the CUDA kernels' two layouts), one packet or several
+# a lane, one pass over the columns or several (D > 32 lanes x the values a lane holds).
+@per_backend
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dim", [8, 33, 128, 256, 264, 520])
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_embedding_bag_long_bags_and_wide_rows(dtype, dim, mode):
+    g = torch.Generator().manual_seed(dim + mode)
+    rows = 300
+    weight = torch.randn(rows, dim, generator=g, dtype=torch.float64).to(dtype)
+    lengths = torch.tensor([33, 0, 1, 70, 32, 31, 64, 5])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+    indices = torch.randint(0, rows, (int(offsets[-1]),), generator=g)
+    indices[40:45] = 7  # a padding row looked up several times, inside a bag longer than a warp
+    psw = torch.rand(len(indices), generator=g, dtype=torch.float64) + 0.5 if mode == 0 else None
+    out, max_indices = call("embedding_bag", weight.to(DEVICE), indices.to(DEVICE), offsets.to(DEVICE), mode,
+                            None if psw is None else psw.to(DEVICE), 7, True)
+    expected = R.embedding_bag_reference(weight.double(), indices, offsets, mode, psw, 7, True)
+    _close(out, expected, dtype, scale=4)
+    _, cpu_max = torch.ops.mprec.embedding_bag(weight, indices, offsets, mode, psw, 7, True)
+    if mode == 2:
+        assert torch.equal(max_indices.cpu(), cpu_max)
+    grad = torch.randn(len(lengths), dim, generator=g, dtype=torch.float64).to(dtype)
+    actual = call("embedding_bag_backward", grad.to(DEVICE), weight.to(DEVICE), indices.to(DEVICE),
+                  offsets.to(DEVICE), max_indices, mode, None if psw is None else psw.to(DEVICE), 7, True)
+    expected = torch.ops.mprec.embedding_bag_backward(grad.double(), weight.double(), indices, offsets, cpu_max, mode,
+                                                      psw, 7, True)
+    _close(actual, expected, dtype, scale=8)
+
+
+@per_backend
+def test_embedding_bag_rows_off_the_packet_alignment():
+    # Rows of 4 floats (16 bytes) whose table starts 4 bytes past an aligned address: the CUDA kernels must take
+    # them one value at a time, not in 16-byte loads.
+    g = torch.Generator().manual_seed(5)
+    storage = torch.randn(1 + 50 * 4, generator=g, dtype=torch.float64).float()
+    weight = storage[1:].view(50, 4)
+    indices, offsets = _bags(9, 40, 50, torch.int64, g)
+    out, _ = call("embedding_bag", weight.to(DEVICE), indices.to(DEVICE), offsets.to(DEVICE), 0, None, -1, True)
+    expected = R.embedding_bag_reference(weight.double(), indices, offsets, 0, None, -1, True)
+    _close(out, expected, torch.float32)
+
+
+@per_backend
 @pytest.mark.parametrize("mode", [0, 1, 2])
 def test_embedding_bag_empty_and_zero_batch(mode):
     weight = torch.randn(5, 3).to(DEVICE)
@@ -106,6 +171,7 @@ def test_embedding_bag_empty_and_zero_batch(mode):
         assert torch.equal(max_indices.cpu(), torch.full((4, 3), -1))
 
 
+@per_backend
 def test_embedding_bag_max_ties_keep_the_first_row():
     weight = torch.tensor([[1.0, 2.0], [1.0, 5.0], [0.0, 5.0], [float("nan"), float("-inf")]])
     indices = torch.tensor([0, 1, 2, 3, 3, 0])
@@ -118,6 +184,7 @@ def test_embedding_bag_max_ties_keep_the_first_row():
     assert cpu_max.tolist() == [[0, 1], [-1, -1], [0, 0]]
 
 
+@per_backend
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("mode", [0, 1, 2])
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
@@ -137,6 +204,7 @@ def test_embedding_bag_backward(dtype, mode, index_dtype):
     _close(out, expected, dtype, scale=4)
 
 
+@per_backend
 def test_embedding_bag_autograd_matches_reference():
     g = torch.Generator().manual_seed(3)
     weight = torch.randn(20, 9, generator=g, dtype=torch.float64)
@@ -147,9 +215,9 @@ def test_embedding_bag_autograd_matches_reference():
         out.pow(2).sum().backward()
         grad = leaf.grad
     else:
-        out, _ = gpu.embedding_bag(leaf.detach(), indices, offsets, 1)
-        grad = gpu.embedding_bag_backward(2 * out, leaf.detach(), indices, offsets, torch.empty(0, 0), 1, None, -1,
-                                          False)
+        out, _ = call("embedding_bag", leaf.detach(), indices, offsets, 1)
+        grad = call("embedding_bag_backward", 2 * out, leaf.detach(), indices, offsets,
+                    torch.empty(0, 0, dtype=torch.int64), 1, None, -1, False)
     ref_leaf = weight.clone().requires_grad_(True)
     R.embedding_bag_reference(ref_leaf, indices, offsets, 1).pow(2).sum().backward()
     _close(grad, ref_leaf.grad, torch.float64)
@@ -157,6 +225,7 @@ def test_embedding_bag_autograd_matches_reference():
 
 # --- batched_embedding_bag ----------------------------------------------------------------------------------
 
+@per_backend
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("mode", [0, 1, 2])
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
@@ -200,6 +269,7 @@ def _cpu_message(fn, *args):
     return str(info.value).splitlines()[0]
 
 
+@per_backend
 @pytest.mark.parametrize("case", ["index_high", "index_negative", "index_minus_one", "offsets_decreasing",
                                   "offsets_past_end", "offsets_start"])
 def test_embedding_bag_errors_match_cpu(case):
@@ -231,6 +301,7 @@ def test_embedding_bag_errors_match_cpu(case):
              torch.empty(0, 0, dtype=torch.int64, device=DEVICE), 0, None, -1, include_last)
 
 
+@per_backend
 def test_batched_embedding_bag_index_error_names_the_table():
     weights = [torch.randn(10, 4), torch.randn(3, 2)]
     indices = torch.tensor([1, 9, 2, 0, 3])  # table 1 has 3 rows: index 3 at position 4
@@ -242,6 +313,7 @@ def test_batched_embedding_bag_index_error_names_the_table():
              None, [])
 
 
+@per_backend
 def test_max_backward_bad_max_indices_match_cpu():
     weight = torch.randn(6, 3)
     indices, offsets = torch.tensor([0, 1, 2]), torch.tensor([0, 2])
@@ -278,6 +350,7 @@ def _to(value):
     return value
 
 
+@per_backend
 @pytest.mark.parametrize("case", sorted(ARGUMENT_ERRORS))
 def test_argument_errors_match_cpu(case):
     name, args = ARGUMENT_ERRORS[case](torch.randn(5, 2), torch.tensor([0, 1]))
@@ -287,6 +360,7 @@ def test_argument_errors_match_cpu(case):
         call(name, *[_to(a) for a in args])
 
 
+@per_backend
 def test_quantized_tables_are_refused_with_a_clear_error():
     q, sb = mprec.ops.quantize_rowwise_int8(torch.randn(5, 2))
     with pytest.raises(ValueError, match=r"mprec::embedding_bag: weight is uint8 \(row-wise quantized\); quantized "
@@ -403,7 +477,7 @@ def test_dhe_errors_match_cpu():
 
 @pytest.mark.parametrize("blocks", [(1, 1, 1), (4, 2, 1), (8, 32, 2), (256, 4, 8)])
 @pytest.mark.parametrize("mode", [0, 1, 2])
-def test_embedding_bag_launch_shapes_agree(blocks, mode, backend):
+def test_embedding_bag_launch_shapes_agree(blocks, mode):
     from mprec.kernels import embedding_bag as triton_eb
 
     g = torch.Generator().manual_seed(7)
@@ -422,7 +496,7 @@ def test_embedding_bag_launch_shapes_agree(blocks, mode, backend):
 
 
 @pytest.mark.parametrize("blocks", [(16, 16, 16, 1, 1), (32, 64, 32, 4, 2)])
-def test_dhe_encode_linear_launch_shapes_agree(blocks, backend):
+def test_dhe_encode_linear_launch_shapes_agree(blocks):
     from mprec.kernels import dhe as triton_dhe
 
     k, hidden = 96, 40
@@ -507,6 +581,7 @@ needs_cuda = pytest.mark.skipif(not ON_CUDA, reason="needs a CUDA device")
 
 
 @needs_cuda
+@models_per_backend
 @pytest.mark.parametrize("representation", ["table", "dhe", "hybrid"])
 def test_dlrm_on_cuda_matches_cpu(representation):
     from mprec.models import DLRM
@@ -531,6 +606,7 @@ def test_dlrm_on_cuda_matches_cpu(representation):
 
 
 @needs_cuda
+@models_per_backend
 def test_compile_fullgraph_on_cuda():
     from mprec.nn import EmbeddingBagCollection
 

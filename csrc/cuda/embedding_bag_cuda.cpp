@@ -1,11 +1,9 @@
 // CUDA implementations of mprec::embedding_bag, mprec::batched_embedding_bag and their dense backward ops: the
 // torch side (argument checks shared with the CPU kernels, allocation, device guard, stream, the table array,
-// reading back and raising kernel errors). The kernels are in embedding_bag_kernels.cu. Only compiled with
-// MPREC_WITH_CUDA, against a CUDA build of torch.
+// reading back and raising kernel errors). The kernels are in embedding_bag_kernels.cu. What it needs of torch's
+// CUDA runtime comes through mprec/cuda/torch_runtime.h, which lets the tests' CUDA emulator run this file on
+// the CPU. Compiled into mprec._C only with MPREC_WITH_CUDA, against a CUDA build of torch.
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAStream.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <c10/util/irange.h>
 #include <torch/library.h>
 
@@ -17,6 +15,7 @@
 #include <vector>
 
 #include "mprec/cuda/embedding_bag_cuda.h"
+#include "mprec/cuda/torch_runtime.h"
 #include "mprec/embedding_bag_checks.h"
 
 namespace mprec {
@@ -25,11 +24,7 @@ namespace {
 
 using at::Tensor;
 
-// The device every tensor of a call must be on: the first table's (or grad's), or any CUDA device when that
-// tensor is elsewhere, so the checks name the misplaced tensor instead of accepting a CPU weight.
-c10::Device cuda_device_of(const Tensor& tensor) {
-  return tensor.is_cuda() ? tensor.device() : c10::Device(c10::DeviceType::CUDA);
-}
+using runtime::kernel_device_of;
 
 // Descriptors of a call's tables. One table travels inside the kernel arguments; several go to the device as
 // an array, copied on the current stream from pinned memory, so the copy is ordered with the kernels and the
@@ -48,10 +43,7 @@ void place_tables(DeviceTables& tables, BagLayout& layout, c10::Device device) {
   layout.tables = nullptr;
   if (tables.host.size() == 1) return;
   const int64_t bytes = static_cast<int64_t>(tables.host.size() * sizeof(TableDescriptor));
-  Tensor pinned = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-  std::memcpy(pinned.data_ptr(), tables.host.data(), static_cast<size_t>(bytes));
-  tables.device = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).device(device));
-  tables.device.copy_(pinned, /*non_blocking=*/true);
+  tables.device = runtime::copy_to_device(tables.host.data(), bytes, device);
   layout.tables = static_cast<const TableDescriptor*>(tables.device.data_ptr());
 }
 
@@ -90,7 +82,7 @@ void raise_kernel_error(const char* op, const Tensor& errors, const std::vector<
 std::tuple<Tensor, Tensor> pool(const char* op, const std::vector<Tensor>& weights, const std::vector<int64_t>& pads,
                                 const Tensor& indices, const Tensor& offsets, int64_t bags, PoolMode mode,
                                 const Tensor& per_sample_weights, c10::Device device) {
-  const c10::cuda::CUDAGuard guard(device);
+  const runtime::DeviceGuard guard(device);
   DeviceTables tables;
   int64_t total_dim = 0;
   for (const auto t : c10::irange(weights.size())) {
@@ -119,7 +111,7 @@ std::tuple<Tensor, Tensor> pool(const char* op, const std::vector<Tensor>& weigh
     params.packet_rows = params.packet_rows && weight.size(1) * weight.element_size() % 16 == 0 &&
                          reinterpret_cast<uintptr_t>(weight.data_ptr()) % 16 == 0;
   }
-  C10_CUDA_CHECK(launch_embedding_bag_pool(params, c10::cuda::getCurrentCUDAStream()));
+  runtime::check_launch(launch_embedding_bag_pool(params, runtime::current_stream()));
   raise_kernel_error(op, errors, tables.host, indices.numel());
   return {output, max_indices};
 }
@@ -128,7 +120,7 @@ std::vector<Tensor> dense_backward(const char* op, const Tensor& grad, at::Tenso
                                    const std::vector<int64_t>& pads, const Tensor& indices, const Tensor& offsets,
                                    int64_t bags, PoolMode mode, const Tensor& per_sample_weights,
                                    const Tensor& max_indices, c10::Device device) {
-  const c10::cuda::CUDAGuard guard(device);
+  const runtime::DeviceGuard guard(device);
   const at::ScalarType acc = accumulation_dtype(weights[0]);
   const Tensor g = grad.to(acc).contiguous();
   DeviceTables tables;
@@ -152,7 +144,7 @@ std::vector<Tensor> dense_backward(const char* op, const Tensor& grad, at::Tenso
   params.per_sample_weights = per_sample_weights.defined() ? per_sample_weights.data_ptr() : nullptr;
   params.grad = g.data_ptr();
   params.max_indices = is_max ? winners.data_ptr<int64_t>() : nullptr;
-  C10_CUDA_CHECK(launch_embedding_bag_dense_backward(params, c10::cuda::getCurrentCUDAStream()));
+  runtime::check_launch(launch_embedding_bag_dense_backward(params, runtime::current_stream()));
   raise_kernel_error(op, errors, tables.host, indices.numel());
   std::vector<Tensor> grads;
   for (const auto t : c10::irange(weights.size())) grads.push_back(sums[t].to(weights[t].scalar_type()));
@@ -169,7 +161,7 @@ std::tuple<Tensor, Tensor> embedding_bag_cuda(const Tensor& weight, const Tensor
                                               int64_t padding_idx, bool include_last_offset,
                                               const c10::optional<Tensor>& scale_bias, bool /*sparse*/) {
   const char* op = "mprec::embedding_bag";
-  const c10::Device device = cuda_device_of(weight);
+  const c10::Device device = kernel_device_of(weight);
   const PoolMode pool_mode = checked_mode(op, mode);
   const Tensor sb = scale_bias.has_value() ? *scale_bias : Tensor();
   checked_weight(op, weight, &sb, "weight", device, /*allow_quantized=*/false);
@@ -189,7 +181,7 @@ std::tuple<Tensor, Tensor> batched_embedding_bag_cuda(at::TensorList weights, co
                                                       const c10::optional<at::TensorList>& scale_bias,
                                                       bool /*sparse*/) {
   const char* op = "mprec::batched_embedding_bag";
-  const c10::Device device = weights.empty() ? c10::Device(c10::DeviceType::CUDA) : cuda_device_of(weights[0]);
+  const c10::Device device = weights.empty() ? runtime::any_kernel_device() : kernel_device_of(weights[0]);
   const PoolMode pool_mode = checked_mode(op, mode);
   check_batched_tables(op, weights, padding_idx, scale_bias, true, device, /*allow_quantized=*/false);
   TORCH_CHECK_VALUE(weights.size() <= kMaxTables, op, ": at most ", kMaxTables, " tables per call on CUDA, got ",
@@ -212,7 +204,7 @@ Tensor embedding_bag_backward_cuda(const Tensor& grad, const Tensor& weight, con
                                    const c10::optional<Tensor>& per_sample_weights, int64_t padding_idx,
                                    bool include_last_offset) {
   const char* op = "mprec::embedding_bag_backward";
-  const c10::Device device = cuda_device_of(grad);
+  const c10::Device device = kernel_device_of(grad);
   const PoolMode pool_mode = checked_mode(op, mode);
   check_indices_offsets(op, indices, offsets, device);
   TORCH_CHECK_VALUE(weight.dim() == 2, op, ": weight must be 2-D, got shape ", weight.sizes());
@@ -234,7 +226,7 @@ std::vector<Tensor> batched_embedding_bag_backward_cuda(const Tensor& grad, at::
                                                         const c10::optional<Tensor>& per_sample_weights,
                                                         at::IntArrayRef padding_idx) {
   const char* op = "mprec::batched_embedding_bag_backward";
-  const c10::Device device = cuda_device_of(grad);
+  const c10::Device device = kernel_device_of(grad);
   const PoolMode pool_mode = checked_mode(op, mode);
   for (const auto t : c10::irange(weights.size()))
     TORCH_CHECK_VALUE(weights[t].dim() == 2, op, ": weights[", t, "] must be 2-D, got shape ", weights[t].sizes());
