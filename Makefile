@@ -125,6 +125,7 @@ device-prep: build $(VENV_DEVICE)/.mprec-built
 	$(PY) -m mprec.cli run --train-only --data-dir $(DEVICE_DIR)/data --out $(DEVICE_DIR)/models
 	$(PY_DEVICE) -c "import json, platform, subprocess, torch, triton, mprec; json.dump(dict(python=platform.python_version(), \
 		torch=torch.__version__, triton=triton.__version__, build=mprec.build_info()['torch_version'], \
+		sources=subprocess.run(['bash', 'bench/ext_sources.sh'], capture_output=True, text=True).stdout.strip(), \
 		commit=subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True).stdout.strip(), \
 		uncommitted_changes=bool(subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], \
 		capture_output=True, text=True).stdout.strip())), \

@@ -60,6 +60,12 @@ print("mprec", mprec.__version__, "for torch", built_for, "backend", g.backend()
 step_setup() {
   local prebuilt
   prebuilt=$(ls "$DEVICE_DIR"/_C.cpython-*.so 2>/dev/null | head -1)
+  local built_from
+  built_from=$($PY -c "import json; print(json.load(open('$DEVICE_DIR/manifest.json')).get('sources', ''))" 2>/dev/null)
+  if [ -n "$prebuilt" ] && [ "$built_from" != "$(bash bench/ext_sources.sh)" ]; then
+    say "the prebuilt $prebuilt was built from other sources than this tree's (make device-prep again): building"
+    prebuilt=
+  fi
   if [ -n "$prebuilt" ]; then
     # --no-build-isolation: this machine's torch; --no-deps: nothing is fetched.
     if MPREC_PREBUILT=$prebuilt $PY -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e . \

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -81,9 +82,6 @@ def _sources() -> list[Path]:
     return sources + SHARED_SOURCES
 
 
-_library = None
-
-
 def _define_schemas() -> torch.library.Library:
     library = torch.library.Library(NAMESPACE, "DEF")
     for glue in sorted(CUDA_DIR.glob("*_cuda.cpp")):
@@ -93,26 +91,41 @@ def _define_schemas() -> torch.library.Library:
     return library
 
 
+# The schemas (defined once a process: a namespace has one definition), the ops once built, or why they
+# could not be (raised again rather than rebuilt by every test).
+_state: dict = {}
+
+
 def load(address_sanitizer: bool = False, verbose: bool = False):
     """``torch.ops.mprec_cuda_emulator``, built on the first call (cached under build/cuda-emulator).
 
     With ``address_sanitizer`` the kernels and the glue are built with AddressSanitizer, so that a read or
     write outside any tensor fails the process with a report. The process must have been started with the
     sanitizer's runtime preloaded (see ``sanitizer_environment``)."""
-    global _library
-    if _library is None:
-        library = _define_schemas()
-        flags = ["-fsanitize=address", "-fno-omit-frame-pointer"] if address_sanitizer else []
-        build = BUILD_DIR.with_name(BUILD_DIR.name + "-asan") if address_sanitizer else BUILD_DIR
-        build.mkdir(parents=True, exist_ok=True)
+    if "ops" in _state:
+        return _state["ops"]
+    if "error" in _state:
+        raise _state["error"]
+    if "schemas" not in _state:
+        _state["schemas"] = _define_schemas()
+    flags = ["-fsanitize=address", "-fno-omit-frame-pointer"] if address_sanitizer else []
+    # One build per Python and torch, as setup.py's: environments must not load each other's builds.
+    build = BUILD_DIR / (f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__.split('+')[0]}"
+                         + ("-asan" if address_sanitizer else ""))
+    build.mkdir(parents=True, exist_ok=True)
+    try:
         cpp_extension.load(
             name=NAMESPACE, sources=[str(s) for s in _sources()],
             extra_include_paths=[str(HERE / "include"), str(ROOT / "csrc" / "include")],
-            # No strict aliasing: __ldg and packets read one type's bytes as another, as CUDA code does.
-            extra_cflags=["-O2", "-fno-strict-aliasing", *flags], extra_ldflags=flags,
+            # C++20 for std::source_location (the emulator's diagnostics name the collective's line). No strict
+            # aliasing: __ldg and packets read one type's bytes as another, as CUDA code does.
+            extra_cflags=["-std=c++20", "-O2", "-fno-strict-aliasing", *flags], extra_ldflags=flags,
             build_directory=str(build), is_python_module=False, verbose=verbose)
-        _library = library
-    return getattr(torch.ops, NAMESPACE)
+    except Exception as error:
+        _state["error"] = error
+        raise
+    _state["ops"] = getattr(torch.ops, NAMESPACE)
+    return _state["ops"]
 
 
 def sanitizer_environment(compiler: str = "g++") -> dict | None:
