@@ -42,7 +42,7 @@ def call(name, *args):
     if ON_CUDA:
         with_backend = getattr(torch.ops.mprec, name)
         return with_backend(*args)
-    if _backend["name"] == "cuda" and name in cuda_emulator.ops():
+    if _backend["name"] == "cuda" and name in cuda_emulator.OPS:
         return getattr(cuda_emulator.load(), name)(*args)
     return getattr(gpu, name)(*args)
 

@@ -52,9 +52,8 @@ def rewrite_launches(source: str) -> str:
     return _LAUNCH.sub(call, source)
 
 
-def glue_ops(glue: Path) -> list[str]:
-    """The ops a glue file registers CUDA kernels for."""
-    return _IMPL.findall(glue.read_text())
+# The ops the emulator serves: every op a glue file registers a CUDA kernel for.
+OPS = tuple(name for glue in sorted(CUDA_DIR.glob("*_cuda.cpp")) for name in _IMPL.findall(glue.read_text()))
 
 
 def _write_if_changed(path: Path, text: str) -> Path:
@@ -64,12 +63,11 @@ def _write_if_changed(path: Path, text: str) -> Path:
     return path
 
 
-def _sources() -> list[Path]:
-    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+def _sources(build: Path) -> list[Path]:
     sources = []
     for kernel in sorted(CUDA_DIR.glob("*.cu")):
         text = f'#line 1 "{kernel.relative_to(ROOT)}"\n' + rewrite_launches(kernel.read_text())
-        sources.append(_write_if_changed(BUILD_DIR / f"{kernel.stem}.emulated.cpp", text))
+        sources.append(_write_if_changed(build / f"{kernel.stem}.emulated.cpp", text))
     for glue in sorted(CUDA_DIR.glob("*_cuda.cpp")):
         text = "\n".join([
             f"// {glue.relative_to(ROOT)}, registered as the CPU kernels of {NAMESPACE}::<op>.",
@@ -78,16 +76,15 @@ def _sources() -> list[Path]:
             f"#define TORCH_LIBRARY_IMPL(ns, k, m) _TORCH_LIBRARY_IMPL({NAMESPACE}, CPU, m, C10_UID)",
             f'#include "{glue}"',
             ""])
-        sources.append(_write_if_changed(BUILD_DIR / f"{glue.stem}.emulated.cpp", text))
+        sources.append(_write_if_changed(build / f"{glue.stem}.emulated.cpp", text))
     return sources + SHARED_SOURCES
 
 
 def _define_schemas() -> torch.library.Library:
     library = torch.library.Library(NAMESPACE, "DEF")
-    for glue in sorted(CUDA_DIR.glob("*_cuda.cpp")):
-        for name in glue_ops(glue):
-            schema = str(getattr(torch.ops.mprec, name).default._schema)
-            library.define(schema.split("::", 1)[1])
+    for name in OPS:
+        schema = str(getattr(torch.ops.mprec, name).default._schema)
+        library.define(schema.split("::", 1)[1])
     return library
 
 
@@ -115,7 +112,7 @@ def load(address_sanitizer: bool = False, verbose: bool = False):
     build.mkdir(parents=True, exist_ok=True)
     try:
         cpp_extension.load(
-            name=NAMESPACE, sources=[str(s) for s in _sources()],
+            name=NAMESPACE, sources=[str(s) for s in _sources(build)],
             extra_include_paths=[str(HERE / "include"), str(ROOT / "csrc" / "include")],
             # C++20 for std::source_location (the emulator's diagnostics name the collective's line). No strict
             # aliasing: __ldg and packets read one type's bytes as another, as CUDA code does.
@@ -140,7 +137,3 @@ def sanitizer_environment(compiler: str = "g++") -> dict | None:
         preload.append(found)
     return {**os.environ, "LD_PRELOAD": " ".join(preload), "ASAN_OPTIONS": "detect_leaks=0"}
 
-
-def ops() -> list[str]:
-    """The ops the emulator serves: every op a glue file registers."""
-    return [name for glue in sorted(CUDA_DIR.glob("*_cuda.cpp")) for name in glue_ops(glue)]
