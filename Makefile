@@ -27,10 +27,18 @@ HAVE_NVCC := $(shell command -v $(NVCC) 2>/dev/null)
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
+# TorchRec (mprec.distributed, and a benchmark peer) with FBGEMM's CPU build: TorchRec's declared dependency is
+# FBGEMM's CUDA build, so it is installed without its dependencies, and what it imports is listed here.
+TORCHREC_SPEC ?= torchrec==1.8.0
+TORCHREC_DEPS ?= fbgemm-gpu-cpu==1.8.0 tensordict==0.15.3 pyvers==0.2.3 cloudpickle==3.1.3 pyre-extensions==0.0.32 \
+	typing-inspect==0.9.0 mypy-extensions==1.2.0
+
 $(STAMP_DEPS): $(PY) Makefile
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q "setuptools>=64" wheel cmake ninja numpy pytest hypothesis expecttest pytest-benchmark matplotlib
 	$(PIP) install -q "$(TRITON_SPEC)"
+	$(PIP) install -q --no-deps $(TORCHREC_DEPS)
+	$(PIP) install -q --no-deps "$(TORCHREC_SPEC)"
 	touch $@
 
 $(STAMP_BUILD): $(STAMP_DEPS) $(EXT_SOURCES)
@@ -133,15 +141,8 @@ device-prep: build $(VENV_DEVICE)/.mprec-built
 	@du -sh $(DEVICE_DIR)
 	@echo "device-prep: $(DEVICE_DIR) is ready; copy it to the GPU machine with the working tree and run bash bench/gpu.sh there"
 
-# Peers for the benchmarks: FBGEMM's CPU build, and TorchRec without its declared CUDA fbgemm dependency.
-bench-deps: $(VENV)/.bench-deps-installed
-$(VENV)/.bench-deps-installed: $(STAMP_DEPS)
-	$(PIP) install -q fbgemm-gpu-cpu==1.8.0
-	$(PIP) install -q --no-deps torchrec==1.8.0
-	# What torchrec imports, without their own dependency trees (no CUDA wheels).
-	$(PIP) install -q --no-deps tensordict==0.15.3 pyvers==0.2.3 cloudpickle==3.1.3 pyre-extensions==0.0.32 \
-		typing-inspect==0.9.0 mypy-extensions==1.2.0
-	touch $@
+# Peers for the benchmarks: FBGEMM's CPU build and TorchRec, which every environment has (see TORCHREC_SPEC).
+bench-deps: $(STAMP_DEPS)
 
 bench: build bench-deps
 	$(PY) bench/run.py

@@ -123,7 +123,7 @@ def dlrm_setup():
         top = models["mprec"].top.state_dict()  # mprec's first top layer has zero columns for its padding
         top["0.weight"] = top["0.weight"][:, :eager.top[0].in_features]
         eager.top.load_state_dict(top)
-        for bag, w in zip(eager.embeddings, models["mprec"].embeddings.weights):
+        for bag, w in zip(eager.embeddings, models["mprec"].embeddings.table_parameters()):
             bag.weight.copy_(w)
     models["eager"] = eager
     optimizers = {"mprec": torch.optim.SGD(models["mprec"].dense_parameters(), lr=LR),

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from .data import KAGGLE_TABLE_SIZES, NUM_SPARSE, Batch, CriteoReader, SyntheticCriteo, Vocabulary
 from .models.dlrm import DLRM, PRESETS
-from .nn.embedding_bag import REPRESENTATIONS, FusedOptimizer
+from .nn import REPRESENTATIONS, FusedOptimizer
 
 __all__ = ["RunConfig", "build_model", "make_batches", "train", "evaluate", "roc_auc", "load_checkpoint",
            "save_checkpoint"]
@@ -190,6 +190,7 @@ def model_from_checkpoint(state: dict) -> tuple[DLRM, RunConfig, Optional[Vocabu
     vocabulary = Vocabulary.from_state_dict(state["vocabulary"]) if state.get("vocabulary") else None
     model = build_model(config, state["table_sizes"])
     model.load_state_dict(state["model"])
+    model.embeddings.load_optimizer_state_dict(state.get("table_optimizer", {}))
     return model, config, vocabulary
 
 
@@ -251,7 +252,7 @@ def train(config: RunConfig, resume: bool = True, progress: bool = True, log=sys
         if config.checkpoint:
             save_checkpoint(config.checkpoint, dict(
                 config=dataclasses.asdict(config), table_sizes=table_sizes, model=model.state_dict(),
-                optimizer=optimizer.state_dict(), epoch=epoch, step=step, batch_in_epoch=batch_in_epoch,
+                table_optimizer=model.embeddings.optimizer_state_dict(), optimizer=optimizer.state_dict(), epoch=epoch, step=step, batch_in_epoch=batch_in_epoch,
                 rng=torch.get_rng_state(), vocabulary=vocabulary.state_dict() if vocabulary else None))
 
     bar = Progress(log, enabled=progress)

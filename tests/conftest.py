@@ -86,11 +86,8 @@ def small_dlrm(representation, mode="sum", interaction="dot", seed=0, dtype=torc
 
     torch.manual_seed(seed)
     reps = representation if isinstance(representation, list) else [representation] * len(LOWERING_SIZES)
-    model = DLRM.preset("kaggle", LOWERING_SIZES, representations=reps, interaction=interaction,
+    model = DLRM.preset("kaggle", LOWERING_SIZES, representations=reps, interaction=interaction, mode=mode,
                         dhe=dict(k=64, m=1009, decoder=(32,), **dhe)).to(dtype)
-    model.embeddings.mode = mode
-    for d in model.embeddings.dhe.values():
-        d.mode = mode
     return model.eval()
 
 

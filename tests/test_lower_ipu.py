@@ -285,7 +285,7 @@ def test_lower_checks_the_hash_parameters():
                                          "which does not fit int32"):
         ipu.lower(too_wide)
     model = model_for("hybrid")
-    dhe = model.embeddings.dhe["2"]
+    dhe = model.embeddings.features()[2].dhe
     dhe.hash_b[5] = dhe.p
     with pytest.raises(ValueError, match=f"feature 2's hash_b\\[5\\] = {dhe.p} is outside \\[0, p - 1\\]"):
         ipu.lower(model)

@@ -17,7 +17,7 @@ SIZES = [30, 7, 100, 1, 55]
 def reference_forward(model, dense, sparse):
     """The DLRM computation spelled out: torch EmbeddingBags, a double loop of dot products."""
     x = model.bottom(dense)
-    embeddings = [nn.functional.embedding(sparse[:, t], w) for t, w in enumerate(model.embeddings.weights)]
+    embeddings = [nn.functional.embedding(sparse[:, t], w) for t, w in enumerate(model.embeddings.table_parameters())]
     if model.interaction == "cat":
         z = torch.cat([x] + embeddings, dim=1)
     else:
@@ -63,7 +63,7 @@ def test_mixed_representations_train_and_keep_widths():
     out = model(b.dense, b.indices, b.offsets)
     loss = F.binary_cross_entropy_with_logits(out, b.labels)
     loss.backward()
-    assert model.embeddings.dhe["1"].layers[0].weight.grad is not None
+    assert model.embeddings.features()[1].dhe.layers[0].weight.grad is not None
     assert model.representations == reps
     probs = model.predict(b.dense, b.indices, b.offsets)
     assert ((probs > 0) & (probs < 1)).all()
@@ -94,14 +94,14 @@ def test_fused_table_optimizer_equals_autograd_then_step(optimizer):
     assert len(fused.dense_parameters()) == len(list(fused.parameters())) - len(SIZES)
     dense_opt = torch.optim.SGD(fused.dense_parameters(), lr=0.2)
     plain_opt = torch.optim.SGD(plain.dense_parameters(), lr=0.2)  # every parameter, tables included
-    tables = [w for w in plain.embeddings.weights]
+    tables = plain.embeddings.table_parameters()
     plain_tables_opt_state = [torch.zeros(w.shape[0], dtype=torch.float64) for w in tables]
     for step in range(3):
         b = batch(seed=step)
         for model, opt in ((fused, dense_opt), (plain, plain_opt)):
             opt.zero_grad()
             F.binary_cross_entropy_with_logits(model(b.dense.double(), b.indices, b.offsets), b.labels.double()).backward()
-        assert all(w.grad is None for w in fused.embeddings.weights)  # no table gradient was built
+        assert all(w.grad is None for w in fused.embeddings.table_parameters())  # no table gradient was built
         if optimizer == "rowwise_adagrad":
             with torch.no_grad():  # the formula, on the dense gradient; SGD must not touch the tables
                 for w, s in zip(tables, plain_tables_opt_state):
@@ -110,21 +110,24 @@ def test_fused_table_optimizer_equals_autograd_then_step(optimizer):
                     w.grad = None
         dense_opt.step()
         plain_opt.step()
-    for (name, a), b in zip(fused.state_dict().items(), [plain.state_dict().get(k) for k in fused.state_dict()]):
-        if b is None:  # the fused optimizer's accumulators
-            continue
+    assert list(fused.state_dict()) == list(plain.state_dict())
+    for (name, a), b in zip(fused.state_dict().items(), plain.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+    state = fused.embeddings.optimizer_state_dict()
     if optimizer == "rowwise_adagrad":
-        for i, s in enumerate(plain_tables_opt_state):
-            torch.testing.assert_close(getattr(fused.embeddings, f"optimizer_state_{i}"), s, rtol=1e-10, atol=1e-14)
+        assert list(state) == [f"cat_{t}.momentum1" for t in range(len(SIZES))]
+        for s, want in zip(state.values(), plain_tables_opt_state):
+            torch.testing.assert_close(s, want, rtol=1e-10, atol=1e-14)
+    else:
+        assert state == {}
 
 
 def test_fused_optimizer_not_applied_in_eval_or_no_grad():
     fused, _ = _pair("sgd")
-    before = [w.clone() for w in fused.embeddings.weights]
+    before = [w.clone() for w in fused.embeddings.table_parameters()]
     b = batch()
     with torch.no_grad():
         fused(b.dense.double(), b.indices, b.offsets)
-    assert all(torch.equal(a, w) for a, w in zip(before, fused.embeddings.weights))
+    assert all(torch.equal(a, w) for a, w in zip(before, fused.embeddings.table_parameters()))
     with pytest.raises(ValueError, match="name must be one of"):
         FusedOptimizer("adam")

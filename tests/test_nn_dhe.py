@@ -184,17 +184,17 @@ def test_collection_representations(reps):
     indices, offsets = _tbe(num, B)
     psw = torch.randn(indices.numel())
     out = ecb(indices, offsets, psw)
-    col, table = 0, 0
-    for t, r in enumerate(reps):
+    col = 0
+    for t, (r, feature) in enumerate(zip(reps, ecb.features())):
+        assert feature.kind == r
         s, e = int(offsets[t * B]), int(offsets[(t + 1) * B])
         idx, off, w = indices[s:e], offsets[t * B:(t + 1) * B] - s, psw[s:e]
         parts = []
         if r != "dhe":
-            parts.append(torch.nn.functional.embedding_bag(idx, ecb.weights[table], off, mode="sum",
+            parts.append(torch.nn.functional.embedding_bag(idx, feature.weight, off, mode="sum",
                                                            per_sample_weights=w))
-            table += 1
         if r != "table":
-            parts.append(ecb.dhe[str(t)](idx, off, w))
+            parts.append(feature.dhe(idx, off, w))
         want = torch.cat(parts, dim=1)
         torch.testing.assert_close(out[:, col:col + want.shape[1]], want, rtol=1e-5, atol=1e-5)
         col += want.shape[1]
@@ -203,11 +203,11 @@ def test_collection_representations(reps):
 
 
 def test_collection_representation_errors():
-    with pytest.raises(ValueError, match="representation of feature 1"):
+    with pytest.raises(ValueError, match="representation of table 't1'"):
         EmbeddingBagCollection([10, 10], 4, representations=["table", "tables"])
-    with pytest.raises(ValueError, match="2 representations for 3 features"):
+    with pytest.raises(ValueError, match="2 representations for 3 tables"):
         EmbeddingBagCollection([10, 10, 10], 4, representations=["table", "dhe"])
-    with pytest.raises(ValueError, match="padding_idx is for table features"):
+    with pytest.raises(ValueError, match="padding_idx is for table features; table 't1' is 'dhe'"):
         EmbeddingBagCollection([10, 10], 4, representations=["table", "dhe"], padding_idx=[None, 1])
 
 

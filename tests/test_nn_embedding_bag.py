@@ -164,16 +164,17 @@ def test_collection_matches_one_torch_bag_per_table(mode):
     out = ebc(indices, offsets)
     assert out.shape == (bags, sum(dims))
     cols = 0
-    for t, w in enumerate(ebc.weights):
+    weights = ebc.table_parameters()
+    for t, w in enumerate(weights):
         start, stop = int(offsets[t * bags]), int(offsets[(t + 1) * bags])
         ref = torch.nn.functional.embedding_bag(indices[start:stop], w, offsets[t * bags : (t + 1) * bags] - start,
-                                                mode=mode, padding_idx=ebc.padding_idx[t])
+                                                mode=mode, padding_idx=[None, 3, None][t])
         torch.testing.assert_close(out[:, cols : cols + dims[t]], ref)
         cols += dims[t]
     out.sum().backward()
-    assert all(w.grad is not None and w.grad.shape == w.shape for w in ebc.weights)
-    assert list(ebc.state_dict()) == ["weights.0", "weights.1", "weights.2"]
-    assert torch.count_nonzero(ebc.weights[1].grad[3]) == 0
+    assert all(w.grad is not None and w.grad.shape == w.shape for w in weights)
+    assert list(ebc.state_dict()) == ["embedding_bags.t0.weight", "embedding_bags.t1.weight", "embedding_bags.t2.weight"]
+    assert torch.count_nonzero(weights[1].grad[3]) == 0
 
 
 def test_collection_compiles_fullgraph_and_sparse_gradients():
@@ -187,7 +188,7 @@ def test_collection_compiles_fullgraph_and_sparse_gradients():
     sparse.load_state_dict(ebc.state_dict())
     sparse(indices, offsets).sum().backward()
     ebc(indices, offsets).sum().backward()
-    for s, d in zip(sparse.weights, ebc.weights):
+    for s, d in zip(sparse.table_parameters(), ebc.table_parameters()):
         assert s.grad.is_sparse
         torch.testing.assert_close(s.grad.to_dense(), d.grad)
 

@@ -167,8 +167,8 @@ def test_collection_tables_use_huge_page_memory():
 
     c = EmbeddingBagCollection([1 << 18, 10], 16)  # 16 MiB and a tiny table
     if memory.huge_pages_available():
-        assert c.weights[0].data_ptr() % memory.HUGE_PAGE_BYTES == 0
+        assert c.table_parameters()[0].data_ptr() % memory.HUGE_PAGE_BYTES == 0
     state = {k: v.clone() for k, v in c.state_dict().items()}
     d = EmbeddingBagCollection([1 << 18, 10], 16)
     d.load_state_dict(state)
-    assert all(torch.equal(a, b) for a, b in zip(c.weights, d.weights))
+    assert all(torch.equal(a, b) for a, b in zip(c.table_parameters(), d.table_parameters()))

@@ -54,18 +54,23 @@ def test_training_learns_on_synthetic_data(tmp_path, representation):
     assert metrics["parameters"] > 0 and metrics["bytes"] == 4 * metrics["parameters"]
 
 
-def test_deterministic_and_resumes_to_the_same_weights(tmp_path):
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+def test_deterministic_and_resumes_to_the_same_weights(tmp_path, optimizer):
     a, b = str(tmp_path / "a.pt"), str(tmp_path / "b.pt")
-    training.train(small_config(checkpoint=a, epochs=2), progress=False)
+    training.train(small_config(checkpoint=a, epochs=2, optimizer=optimizer), progress=False)
     # The same run in two parts: 1 epoch, then continued to 2 from the checkpoint.
-    training.train(small_config(checkpoint=b, epochs=1), progress=False)
-    training.train(small_config(checkpoint=b, epochs=2), progress=False)
+    training.train(small_config(checkpoint=b, epochs=1, optimizer=optimizer), progress=False)
+    training.train(small_config(checkpoint=b, epochs=2, optimizer=optimizer), progress=False)
     sa, sb = training.load_checkpoint(a), training.load_checkpoint(b)
     assert sa["step"] == sb["step"] == 60
     for k, v in sa["model"].items():
         assert torch.equal(v, sb["model"][k]), k
+    # Row-wise Adagrad's accumulators travel with the checkpoint (outside the model's state dict).
+    assert len(sa["table_optimizer"]) == (26 if optimizer == "adagrad" else 0)
+    for k, v in sa["table_optimizer"].items():
+        assert torch.equal(v, sb["table_optimizer"][k]), k
     with pytest.raises(ValueError, match="different run configuration"):
-        training.train(small_config(checkpoint=b, epochs=3, lr=0.5), progress=False)
+        training.train(small_config(checkpoint=b, epochs=3, lr=0.5, optimizer=optimizer), progress=False)
 
 
 KILL_SCRIPT = """

@@ -113,33 +113,29 @@ def _activation(x: Tensor, activation: str) -> Tensor:
 
 
 class _TableFeature(nn.Module):
-    """Holds the table through its collection, not as a parameter of its own: a parameter registered in two
-    modules stops being shared when ``.to(device)`` replaces it (as it does for an XLA device)."""
+    """The table part of a feature (its module from the collection: the parameter stays shared)."""
 
-    def __init__(self, tables: nn.ParameterList, index: int, padding_idx: Optional[int], one_hot: bool):
+    def __init__(self, feature: nn.Module, one_hot: bool):
         super().__init__()
-        self._tables = [tables]  # a list: not a submodule, so not visited twice by .to() / parameters()
-        self.index, self.padding_idx, self.one_hot = index, padding_idx, one_hot
+        self.feature, self.one_hot = feature, one_hot
 
-    @property
-    def weight(self) -> Tensor:
-        return self._tables[0][self.index]
-
-    def forward(self, ids: Tensor, mask: Tensor, mode: str, weighted: bool) -> Tensor:
-        if self.padding_idx is not None:
-            mask = mask * (ids != self.padding_idx).to(mask.dtype)
+    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        weight, mode = self.feature.weight, self.feature.mode
+        weighted = mode == "sum"
+        if self.feature.padding_idx is not None:
+            mask = mask * (ids != self.feature.padding_idx).to(mask.dtype)
         if self.one_hot and mode != "max":
             # [B, rows] counts (or weight sums) of each row in the bag, times the table: a matmul.
             scale = mask if weighted else (mask != 0).to(mask.dtype)
             # A comparison, not F.one_hot: one_hot reads the ids to validate them, a host round trip.
-            rows = torch.arange(self.weight.shape[0], device=ids.device)
-            one_hot = (ids.unsqueeze(2) == rows).to(self.weight.dtype)
-            counts = (one_hot * scale.unsqueeze(2).to(self.weight.dtype)).sum(1)
-            pooled = counts @ self.weight
+            rows = torch.arange(weight.shape[0], device=ids.device)
+            one_hot = (ids.unsqueeze(2) == rows).to(weight.dtype)
+            counts = (one_hot * scale.unsqueeze(2).to(weight.dtype)).sum(1)
+            pooled = counts @ weight
             if mode == "mean":
                 pooled = pooled / (mask != 0).sum(1, keepdim=True).clamp(min=1).to(pooled.dtype)
             return pooled
-        rows = self.weight.index_select(0, ids.reshape(-1)).view(*ids.shape, self.weight.shape[1])
+        rows = weight.index_select(0, ids.reshape(-1)).view(*ids.shape, weight.shape[1])
         return _pool(rows, mask, mode, weighted)
 
 
@@ -161,7 +157,7 @@ class _DHEFeature(nn.Module):
         angle = (2.0 * torch.pi) * u[:, 1::2]
         return torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], dim=2).flatten(1).to(dtype)
 
-    def forward(self, ids: Tensor, mask: Tensor, mode: str, weighted: bool) -> Tensor:
+    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
         dhe = self.dhe
         x = self.encode(ids.reshape(-1))
         last = len(dhe.layers) - 1
@@ -171,7 +167,7 @@ class _DHEFeature(nn.Module):
                 if dhe.norms is not None:
                     x = dhe.norms[i](x)
                 x = _activation(x, dhe.activation)
-        return _pool(x.view(*ids.shape, x.shape[1]), mask, mode, weighted)
+        return _pool(x.view(*ids.shape, x.shape[1]), mask, dhe.mode, dhe.mode == "sum")
 
 
 def _mlp(x: Tensor, mlp: nn.Sequential) -> Tensor:
@@ -206,20 +202,15 @@ class LoweredDLRM(nn.Module):
                              "inference only (call model.eval(), or train with autograd gradients)")
         self.model = model
         self.bag_size, self.id_dtype, self.buckets = bag_size, id_dtype, tuple(sorted(buckets))
-        self.mode = embeddings.mode
-        pads = embeddings.padding_idx
-        table_of = {t: i for i, t in enumerate(embeddings.table_features)}
         self.features = nn.ModuleList()
-        for t, rep in enumerate(embeddings.representations):
+        for feature in embeddings.features():
             parts = nn.ModuleList()
-            if rep != "dhe":
-                i = table_of[t]
-                parts.append(_TableFeature(embeddings.weights, i, None if pads is None else pads[t],
-                                           embeddings.weights[i].shape[0] <= one_hot_max_rows))
-            if rep != "table":
-                parts.append(_DHEFeature(embeddings.dhe[str(t)], hash_fn))
+            if feature.table_dim:
+                parts.append(_TableFeature(feature, feature.weight.shape[0] <= one_hot_max_rows))
+            if feature.dhe is not None:
+                parts.append(_DHEFeature(feature.dhe, hash_fn))
             self.features.append(parts)
-        features = len(embeddings.representations) + 1
+        features = embeddings.num_tables + 1
         rows, cols = torch.tril_indices(features, features, offset=-1)
         self.register_buffer("pair_rows", rows, persistent=False)
         self.register_buffer("pair_cols", cols, persistent=False)
@@ -230,11 +221,9 @@ class LoweredDLRM(nn.Module):
 
     def forward(self, dense: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
         model = self.model
-        weighted = bool(self.mode == "sum")
         x = _mlp(dense, model.bottom)
-        pooled = [torch.cat([part(ids[t], mask[t], self.mode, weighted) for part in parts], dim=1)
-                  if len(parts) > 1 else parts[0](ids[t], mask[t], self.mode, weighted)
-                  for t, parts in enumerate(self.features)]
+        pooled = [torch.cat([part(ids[t], mask[t]) for part in parts], dim=1) if len(parts) > 1
+                  else parts[0](ids[t], mask[t]) for t, parts in enumerate(self.features)]
         if model.interaction == "cat":
             z = torch.cat([x] + [e.to(x.dtype) for e in pooled], dim=1)
         else:

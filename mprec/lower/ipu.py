@@ -193,12 +193,11 @@ class IPULoweredDLRM(LoweredDLRM):
 def _check_hash_parameters(model: nn.Module) -> dict[int, int]:
     """Feature -> p of every DHE part, after checking that ``hash_int32`` computes its hash exactly."""
     op = "mprec.lower.ipu.lower"
-    embeddings = model.embeddings
     primes = {}
-    for t, rep in enumerate(embeddings.representations):
-        if rep == "table":
+    for t, feature in enumerate(model.embeddings.features()):
+        dhe = feature.dhe
+        if dhe is None:
             continue
-        dhe = embeddings.dhe[str(t)]
         p, m = int(dhe.p), int(dhe.m)
         if p > INT32_MAX:
             raise ValueError(f"{op}: feature {t} hashes into m = {m}, so p = {p}, which does not fit int32; the IPU "

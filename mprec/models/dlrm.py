@@ -1,16 +1,19 @@
 """DLRM (Naumov et al., 2019) with a representation per sparse feature: table, DHE or hybrid (MP-Rec).
 
     dense [B, 13] -> bottom MLP -> x [B, D]
-    indices, offsets (TBE layout) -> EmbeddingBagCollection -> e_1..e_T [B, D] each
+    indices, offsets (TBE layout) or a KeyedJaggedTensor -> EmbeddingBagCollection -> e_1..e_T [B, D] each
     interaction: "dot" (x and the pairwise dot products of x, e_1..e_T, strictly lower triangle, by
                  ``mprec::dlrm_interaction``) or
                  "cat" (x, e_1..e_T concatenated)
     -> top MLP -> logit [B]
 
-``forward`` returns logits (train with ``BCEWithLogitsLoss``; ``predict`` gives probabilities). The
-presets are the MP-Rec artifact's: ``kaggle`` (sparse dim 16, bottom 13-512-256-64-16, top 512-256-1)
-and ``terabyte`` (dim 64, bottom 13-512-256-64, top 512-512-256-1). MLP weights are initialised as the
-DLRM reference does (normal, std sqrt(2 / (fan_in + fan_out)); bias std sqrt(1 / fan_out)).
+The sparse features are named ``cat_0 .. cat_{T-1}`` (TorchRec's DLRM names), each with a table of the same
+name. The collection's output is read by key, so a collection that returns its keys in another order (sharded
+by TorchRec's DistributedModelParallel) gives the same model. ``forward`` returns logits (train with
+``BCEWithLogitsLoss``; ``predict`` gives probabilities). The presets are the MP-Rec artifact's: ``kaggle``
+(sparse dim 16, bottom 13-512-256-64-16, top 512-256-1) and ``terabyte`` (dim 64, bottom 13-512-256-64, top
+512-512-256-1). MLP weights are initialised as the DLRM reference does (normal, std sqrt(2 / (fan_in +
+fan_out)); bias std sqrt(1 / fan_out)).
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ import torch
 from torch import Tensor, nn
 
 from ..data.criteo import NUM_DENSE
-from ..nn.embedding_bag import EmbeddingBagCollection, FusedOptimizer
+from ..nn.collection import EmbeddingBagCollection
+from ..nn.pooling import FusedOptimizer
 from ..nn.mlp import MLP
 from ..ops.interaction import dlrm_interaction, dlrm_interaction_width
 
-__all__ = ["DLRM", "PRESETS", "INTERACTIONS"]
+__all__ = ["DLRM", "PRESETS", "INTERACTIONS", "feature_names", "keyed_values"]
 
 PRESETS = {
     "kaggle": dict(embedding_dim=16, bottom=(512, 256, 64, 16), top=(512, 256, 1)),
@@ -33,6 +37,19 @@ PRESETS = {
 }
 INTERACTIONS = ("dot", "cat")
 INTERACTION_PAD = 8
+
+
+def feature_names(num_features: int) -> list[str]:
+    """The sparse features' names, as TorchRec's DLRM names Criteo's categorical columns."""
+    return [f"cat_{t}" for t in range(num_features)]
+
+
+def keyed_values(keyed, keys: Sequence[str]) -> Tensor:
+    """The columns of a ``torchrec.KeyedTensor`` (or an awaitable of one) in the order of ``keys``."""
+    if list(keyed.keys()) == list(keys):
+        return keyed.values()
+    by_key = keyed.to_dict()
+    return torch.cat([by_key[k] for k in keys], dim=1)
 
 
 class DLRM(nn.Module):
@@ -47,13 +64,14 @@ class DLRM(nn.Module):
             share of a hybrid feature's width.
         optimizer: a :class:`mprec.nn.FusedOptimizer` for the tables (None: plain autograd gradients).
         sparse: sparse COO table gradients (when no fused optimizer), as ``EmbeddingBag(sparse=True)``.
+        mode: the tables' pooling (``"sum"`` as in DLRM; ``"mean"`` and ``"max"`` too).
     """
 
     def __init__(self, table_sizes: Sequence[int], embedding_dim: int = 16, bottom: Sequence[int] = (512, 256, 64, 16),
                  top: Sequence[int] = (512, 256, 1), representations: Optional[Sequence[str]] = None,
                  interaction: str = "dot", dhe: Optional[dict] = None, hybrid_dhe_dim: Optional[int] = None,
                  optimizer: Optional[FusedOptimizer] = None, sparse: bool = False,
-                 num_dense: int = NUM_DENSE) -> None:
+                 num_dense: int = NUM_DENSE, mode: str = "sum") -> None:
         super().__init__()
         if interaction not in INTERACTIONS:
             raise ValueError(f"DLRM: interaction must be one of {INTERACTIONS}, got {interaction!r}")
@@ -68,9 +86,11 @@ class DLRM(nn.Module):
         self.interaction = interaction
         self.num_dense = num_dense
         self.bottom = MLP([num_dense, *bottom], last_activation=True, init="dlrm")
-        self.embeddings = EmbeddingBagCollection(table_sizes, embedding_dim, mode="sum", representations=representations,
+        self.embeddings = EmbeddingBagCollection(table_sizes, embedding_dim, mode=mode, representations=representations,
                                                  dhe=dhe, hybrid_dhe_dim=hybrid_dhe_dim, optimizer=optimizer,
-                                                 sparse=sparse)
+                                                 sparse=sparse, names=feature_names(T))
+        self.feature_names = self.embeddings.embedding_names
+        self._representations = self.embeddings.representations
         features = T + 1
         width = (bottom[-1] + features * (features - 1) // 2) if interaction == "dot" else bottom[-1] + T * embedding_dim
         self.top = MLP([width, *top], last_activation=False, init="dlrm")
@@ -94,7 +114,7 @@ class DLRM(nn.Module):
 
     @property
     def representations(self) -> list[str]:
-        return self.embeddings.representations
+        return list(self._representations)
 
     def dense_parameters(self) -> list[nn.Parameter]:
         """Everything ``torch.optim`` trains: the MLPs, the DHE decoders, and the tables unless a fused
@@ -102,9 +122,14 @@ class DLRM(nn.Module):
         tables = {id(p) for p in self.embeddings.table_parameters()} if self.embeddings.optimizer else set()
         return [p for p in self.parameters() if id(p) not in tables]
 
-    def forward(self, dense: Tensor, indices: Tensor, offsets: Tensor) -> Tensor:
+    def forward(self, dense: Tensor, indices, offsets: Optional[Tensor] = None) -> Tensor:
+        """Logits ``[B]`` of ``dense [B, 13]`` and the sparse features: ``indices`` and ``offsets`` in the TBE
+        layout, or a ``KeyedJaggedTensor`` (keys: :attr:`feature_names`) as ``indices``."""
         x = self.bottom(dense)
-        e = self.embeddings(indices, offsets)  # [B, T * D]
+        if offsets is not None:
+            e = self.embeddings(indices, offsets)  # [B, T * D]
+        else:
+            e = keyed_values(self.embeddings(indices), self.feature_names)
         if self.interaction == "cat":
             z = torch.cat([x, e.to(x.dtype)], dim=1)
         else:
@@ -112,7 +137,7 @@ class DLRM(nn.Module):
         return self.top(z).squeeze(1)
 
     @torch.no_grad()
-    def predict(self, dense: Tensor, indices: Tensor, offsets: Tensor) -> Tensor:
+    def predict(self, dense: Tensor, indices, offsets: Optional[Tensor] = None) -> Tensor:
         return torch.sigmoid(self.forward(dense, indices, offsets).float())
 
     def extra_repr(self) -> str:

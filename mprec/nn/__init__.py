@@ -2,9 +2,12 @@
 
 from . import cache, functional
 from .cache import EmbeddingCache
+from .collection import REPRESENTATIONS, EmbeddingBagCollection
 from .dhe import DHEEmbeddingBag, HybridEmbeddingBag
-from .embedding_bag import EmbeddingBag, EmbeddingBagCollection, FusedOptimizer
+from .embedding_bag import EmbeddingBag
+from .features import DHEFeature, HybridFeature, TableFeature
 from .mlp import MLP
+from .pooling import FusedOptimizer
 
 __all__ = ["cache", "functional", "EmbeddingBag", "EmbeddingBagCollection", "DHEEmbeddingBag", "HybridEmbeddingBag",
-           "EmbeddingCache", "FusedOptimizer", "MLP"]
+           "TableFeature", "DHEFeature", "HybridFeature", "EmbeddingCache", "FusedOptimizer", "MLP", "REPRESENTATIONS"]

@@ -75,14 +75,27 @@ class DHEEmbeddingBag(nn.Module):
         self.activation, self.batch_norm, self.transform = activation, batch_norm, transform
         self.mode, self.seed, self.include_last_offset = mode, seed, include_last_offset
         hash_a, hash_b, _ = dhe_hash_parameters(k, m, seed)
-        self.register_buffer("hash_a", hash_a.to(device))
-        self.register_buffer("hash_b", hash_b.to(device))
+        # The hash parameters follow from the seed: on the meta device they are kept on the CPU, so a model
+        # materialised later (torch's to_empty, TorchRec's DistributedModelParallel) still hashes correctly.
+        hash_device = None if device is not None and torch.device(device).type == "meta" else device
+        self.register_buffer("hash_a", hash_a.to(hash_device))
+        self.register_buffer("hash_b", hash_b.to(hash_device))
         widths = (k, *self.decoder_dims, embedding_dim)
         self.layers = nn.ModuleList(nn.Linear(i, o, device=device, dtype=dtype) for i, o in zip(widths, widths[1:]))
         self.norms = nn.ModuleList(nn.BatchNorm1d(h, device=device, dtype=dtype) for h in self.decoder_dims) \
             if batch_norm else None
         self.decoder_cache: Optional[EmbeddingCache] = None
         self.encoder_cache: Optional[EmbeddingCache] = None
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Re-draws the decoder (torch's default initialisation) and restores the hash parameters from the
+        seed."""
+        hash_a, hash_b, _ = dhe_hash_parameters(self.k, self.m, self.seed)
+        self.hash_a.copy_(hash_a)
+        self.hash_b.copy_(hash_b)
+        for module in [*self.layers, *(self.norms or [])]:
+            module.reset_parameters()
 
     # --- decoding -----------------------------------------------------------------------------------
     def _layer(self, i: int) -> tuple[Tensor, Optional[Tensor], str, bool]:

@@ -1,0 +1,449 @@
+"""mprec's collection sharded by TorchRec's DistributedModelParallel over 2 processes (gloo on loopback).
+
+Per sharding type and compute kernel: the forward equals TorchRec's own unsharded EmbeddingBagCollection
+with the same weights, key by key; one training step (fused SGD, fused row-wise Adagrad, or a dense kernel's
+gradient) equals the single-process step, shard by shard, and TorchRec's own sharded collection (FBGEMM's
+kernels) under the same plan; the profiler sees mprec's kernels, not FBGEMM's. DHE and hybrid features are
+replicated. Bad plans and inputs are refused with errors that name them. The TorchRec internals mprec
+relies on are checked to be where it expects them.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+pytest.importorskip("torchrec", reason="TorchRec is installed by make test")
+
+from workers import Workers  # noqa: E402
+
+WORLD = 2
+BATCH = 3  # per rank
+SHARDINGS = ["table_wise", "row_wise", "column_wise", "table_column_wise", "data_parallel"]
+# (name, rows, width, features, pooling): t1 serves two features; t2 pools by mean.
+TABLES = [("t0", 100, 8, ["f0"], "SUM"), ("t1", 37, 16, ["f1", "f2"], "SUM"), ("t2", 64, 8, ["f3"], "MEAN"),
+          ("t3", 50, 8, ["f4"], "SUM")]
+FEATURES = [f for t in TABLES for f in t[3]]
+
+
+@pytest.fixture(scope="module")
+def workers():
+    group = Workers(WORLD)
+    yield group
+    group.close()
+
+
+# --- run on every rank ----------------------------------------------------------------------------------------
+
+def configs(tables=TABLES):
+    from torchrec import EmbeddingBagConfig, PoolingType
+
+    return [EmbeddingBagConfig(name=n, num_embeddings=rows, embedding_dim=d, feature_names=list(fs),
+                               pooling=PoolingType[p]) for n, rows, d, fs, p in tables]
+
+
+def global_batch(seed: int, batch: int = BATCH * WORLD, weighted: bool = False, keys=FEATURES, max_id: int = 37):
+    """A KJT of ``batch`` examples: bags of 0-4 ids below ``max_id`` (every table has that many rows)."""
+    from torchrec import KeyedJaggedTensor
+
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, 5, (len(keys) * batch,), generator=g)
+    values = torch.randint(0, max_id, (int(lengths.sum()),), generator=g)
+    weights = torch.rand(values.numel(), generator=g) if weighted else None
+    return KeyedJaggedTensor(keys=list(keys), values=values, lengths=lengths, weights=weights)
+
+
+def rank_slice(kjt, rank: int, batch: int = BATCH):
+    """Rank ``rank``'s examples of a global batch."""
+    from torchrec import KeyedJaggedTensor
+
+    by_key = kjt.to_dict()
+    values, lengths, weights = [], [], []
+    for key in kjt.keys():
+        jt = by_key[key]
+        offsets = jt.offsets()
+        lo, hi = int(offsets[rank * batch]), int(offsets[(rank + 1) * batch])
+        values.append(jt.values()[lo:hi])
+        lengths.append(jt.lengths()[rank * batch:(rank + 1) * batch])
+        if kjt.weights_or_none() is not None:
+            weights.append(jt.weights()[lo:hi])
+    return KeyedJaggedTensor(keys=kjt.keys(), values=torch.cat(values), lengths=torch.cat(lengths),
+                             weights=torch.cat(weights) if weights else None)
+
+
+def plan_for(module, sharding: str, kernel: str, sharder, tables=None):
+    """A plan written with TorchRec's helpers: every table of ``module`` sharded one way. Table-column-wise
+    (which the helpers do not write) is a table's column shards all on one rank, as the planner makes it."""
+    import dataclasses
+
+    from torchrec.distributed import sharding_plan as sp
+    from torchrec.distributed.types import ShardingPlan
+
+    names = tables or [n for n, f in module.embedding_bags.items() if getattr(f, "table_dim", 1)]
+    make = {"table_wise": lambda i: sp.table_wise(rank=i % WORLD, compute_kernel=kernel),
+            "row_wise": lambda i: sp.row_wise(compute_kernel=kernel),
+            "column_wise": lambda i: sp.column_wise(ranks=list(range(WORLD)), compute_kernel=kernel),
+            "table_column_wise": lambda i: sp.column_wise(ranks=[i % WORLD] * 2, compute_kernel=kernel),
+            "data_parallel": lambda i: sp.data_parallel()}[sharding]
+    plan = sp.construct_module_sharding_plan(module, {n: make(i) for i, n in enumerate(names)}, local_size=WORLD,
+                                             world_size=WORLD, device_type="cpu", sharder=sharder)
+    if sharding == "table_column_wise":
+        plan = {n: dataclasses.replace(p, sharding_type=sharding) for n, p in plan.items()}
+    return ShardingPlan({"": plan})
+
+
+def shard(module, plan, sharder):
+    import torch.distributed as dist
+    from torchrec.distributed import DistributedModelParallel
+    from torchrec.distributed.types import ShardingEnv
+
+    return DistributedModelParallel(module, env=ShardingEnv.from_process_group(dist.group.WORLD),
+                                    device=torch.device("cpu"), plan=plan, sharders=[sharder])
+
+
+def local_shards(state_dict: dict) -> dict:
+    """``{key: [(offsets, tensor)]}``: this rank's shards of every sharded tensor (plain tensors whole)."""
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    out = {}
+    for key, value in state_dict.items():
+        if isinstance(value, ShardedTensor):
+            out[key] = [(list(s.metadata.shard_offsets), s.tensor.detach().clone()) for s in value.local_shards()]
+        elif isinstance(value, torch.Tensor):
+            out[key] = [([0] * value.dim(), value.detach().clone())]
+    return out
+
+
+def case_forward(sharding: str, kernel: str, weighted: bool):
+    """The sharded forward and TorchRec's unsharded collection's on this rank's batch."""
+    import torch.distributed as dist
+    import torchrec
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder as TorchRecSharder
+
+    from mprec.distributed import EmbeddingBagCollectionSharder
+    from mprec.nn import EmbeddingBagCollection
+
+    rank = dist.get_rank()
+    tables = [t[:4] + ("SUM",) for t in TABLES] if weighted else TABLES
+    torch.manual_seed(0)
+    reference = torchrec.EmbeddingBagCollection(tables=configs(tables), is_weighted=weighted)
+    mine = EmbeddingBagCollection(tables=configs(tables), is_weighted=weighted, device="meta")
+    sharder = EmbeddingBagCollectionSharder()
+    model = shard(mine, plan_for(mine, sharding, kernel, sharder), sharder)
+    model.load_state_dict(reference.state_dict())
+    kjt = rank_slice(global_batch(1, weighted=weighted), rank)
+    got = model(kjt).wait()
+    want = reference(kjt)
+    # TorchRec's own sharded collection returns its keys in its own order; the reference needs no sharding.
+    stock = torchrec.EmbeddingBagCollection(tables=configs(tables), is_weighted=weighted, device=torch.device("meta"))
+    stock_sharder = TorchRecSharder()
+    stock_model = shard(stock, plan_for(stock, sharding, kernel, stock_sharder, [t[0] for t in tables]), stock_sharder)
+    return dict(keys=got.keys(), got=got.to_dict(), want=want.to_dict(), stock_keys=stock_model(kjt).wait().keys(),
+                type=type(model.module).__name__)
+
+
+def train_step(model, kjt, names, lr: float, scale: float, first: int = 0):
+    """Forward, a loss that weighs every output value differently (the rows of a fixed global weighting from
+    example ``first`` on, times ``scale``), backward, and an SGD step of the parameters no fused optimizer
+    trains (a dense kernel's tables)."""
+    from torchrec.optim.keyed import KeyedOptimizerWrapper
+    from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+    from mprec.models.dlrm import keyed_values
+
+    out = keyed_values(model(kjt), names)
+    weighting = torch.randn(BATCH * WORLD, out.shape[1], generator=torch.Generator().manual_seed(7))
+    loss = (out * weighting[first:first + out.shape[0]]).sum() * scale
+    dense = dict(in_backward_optimizer_filter(model.named_parameters()))
+    opt = KeyedOptimizerWrapper(dense, lambda params: torch.optim.SGD(params, lr=lr)) if dense else None
+    if opt:
+        opt.zero_grad()
+    loss.backward()
+    if opt:
+        opt.step()
+
+
+def case_step(sharding: str, kernel: str, optimizer: str):
+    """One training step three ways: sharded on mprec's kernels, sharded on TorchRec's (FBGEMM's), and in one
+    process on the global batch; returns this rank's shards of each, with the optimizer states."""
+    import torch.distributed as dist
+    import torchrec
+    from fbgemm_gpu.split_embedding_configs import EmbOptimType
+    from torch.profiler import ProfilerActivity, profile
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder as TorchRecSharder
+
+    from mprec.distributed import EmbeddingBagCollectionSharder
+    from mprec.nn import EmbeddingBagCollection, FusedOptimizer
+
+    rank = dist.get_rank()
+    kind = {"sgd": EmbOptimType.EXACT_SGD, "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD}[optimizer]
+    fused = dict(optimizer=kind, learning_rate=0.5, eps=1e-3)
+    torch.manual_seed(0)
+    start = torchrec.EmbeddingBagCollection(tables=configs()).state_dict()
+    batch = global_batch(2)
+    names = list(FEATURES)
+
+    def sharded(module, sharder, tables):
+        model = shard(module, plan_for(module, sharding, kernel, sharder, tables), sharder)
+        model.load_state_dict(start)
+        return model
+
+    mine = sharded(EmbeddingBagCollection(tables=configs(), device="meta"), EmbeddingBagCollectionSharder(fused), None)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_step(mine, rank_slice(batch, rank), names, 0.5, 1.0, rank * BATCH)
+    ops = sorted({e.key for e in prof.key_averages() if "::" in e.key})
+    stock = sharded(torchrec.EmbeddingBagCollection(tables=configs(), device=torch.device("meta")),
+                    TorchRecSharder(fused_params=fused), [t[0] for t in TABLES])
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_step(stock, rank_slice(batch, rank), names, 0.5, 1.0, rank * BATCH)
+    stock_ops = sorted({e.key for e in prof.key_averages() if "::" in e.key})
+
+    # One process, the global batch; TorchRec averages table gradients over ranks (DDP does for
+    # data-parallel tables), so the same step's loss is the ranks' losses over the world size.
+    single = EmbeddingBagCollection(tables=configs(), optimizer=FusedOptimizer(optimizer, lr=0.5, eps=1e-3)
+                                    if kernel == "fused" else None)
+    single.load_state_dict(start)
+    train_step(single, batch, names, 0.5, 1.0 / WORLD)
+
+    return dict(mine=local_shards(mine.state_dict()), stock=local_shards(stock.state_dict()),
+                single={k: v.detach().clone() for k, v in single.state_dict().items()},
+                mine_optimizer=local_shards(_optimizer_state(mine)),
+                stock_optimizer=local_shards(_optimizer_state(stock)),
+                single_optimizer=single.optimizer_state_dict(), ops=ops, stock_ops=stock_ops)
+
+
+def _optimizer_state(model) -> dict:
+    """The fused optimizer's state tensors by ``<param key>/<state key>``."""
+    state = model.fused_optimizer.state_dict()["state"]
+    return {f"{param}/{key}": value for param, values in state.items() for key, value in values.items()}
+
+
+def case_dhe_and_hybrid(sharding: str):
+    """A collection with table, DHE and hybrid features: sharded forward against the unsharded one, and
+    where each kind's parameters went (DHE parts replicated, outside the sharded names)."""
+    import torch.distributed as dist
+
+    from mprec.distributed import EmbeddingBagCollectionSharder
+    from mprec.nn import EmbeddingBagCollection
+
+    rank = dist.get_rank()
+    reps = {"t1": "dhe", "t2": "hybrid"}
+    dhe = dict(k=16, m=97, decoder=(8,))
+    torch.manual_seed(0)
+    reference = EmbeddingBagCollection(tables=configs(), representations=reps, dhe=dhe)
+    sharder = EmbeddingBagCollectionSharder()
+    model = shard(EmbeddingBagCollection(tables=configs(), representations=reps, dhe=dhe, device="meta"),
+                  plan_for(reference, sharding, "fused", sharder), sharder)
+    model.load_state_dict(reference.state_dict())
+    kjt = rank_slice(global_batch(3), rank)
+    got, want = model(kjt).wait(), reference(kjt)
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+    sharded_names = sorted(DistributedModelParallel._sharded_parameter_names(model.module))
+    return dict(keys=got.keys(), want_keys=want.keys(), got=got.to_dict(), want=want.to_dict(),
+                sharded_names=sharded_names, state_keys=sorted(model.state_dict()),
+                want_state_keys=sorted(reference.state_dict()))
+
+
+def case_errors():
+    """Bad plans, inputs and fused parameters, each caught with its message."""
+    import torch.distributed as dist
+    from fbgemm_gpu.split_embedding_configs import EmbOptimType
+
+    from mprec.distributed import EmbeddingBagCollectionSharder
+    from mprec.nn import EmbeddingBagCollection
+
+    messages = {}
+    sharder = EmbeddingBagCollectionSharder()
+
+    def attempt(name, fn):
+        try:
+            fn()
+        except (ValueError, RuntimeError) as error:
+            messages[name] = str(error)
+        else:
+            messages[name] = None
+
+    def module():
+        return EmbeddingBagCollection(tables=configs(), representations={"t3": "dhe"},
+                                      dhe=dict(k=8, m=97, decoder=(4,)), device="meta")
+
+    def missing_table():
+        m = module()
+        plan = plan_for(m, "table_wise", "fused", sharder)
+        del plan.plan[""]["t2"]
+        shard(m, plan, sharder)
+
+    def unknown_table():
+        m = module()
+        plan = plan_for(m, "table_wise", "fused", sharder)
+        plan.plan[""]["t9"] = plan.plan[""]["t0"]
+        shard(m, plan, sharder)
+
+    def dhe_in_plan():
+        m = module()
+        plan = plan_for(m, "table_wise", "fused", sharder)
+        plan.plan[""]["t3"] = plan.plan[""]["t0"]
+        shard(m, plan, sharder)
+
+    def bad_optimizer():
+        m = module()
+        s = EmbeddingBagCollectionSharder({"optimizer": EmbOptimType.ADAM})
+        shard(m, plan_for(m, "table_wise", "fused", s), s)
+
+    attempt("missing_table", missing_table)
+    attempt("unknown_table", unknown_table)
+    attempt("dhe_in_plan", dhe_in_plan)
+    attempt("bad_optimizer", bad_optimizer)
+    m = module()
+    model = shard(m, plan_for(m, "table_wise", "fused", sharder), sharder)
+    rank = dist.get_rank()
+    good = rank_slice(global_batch(4), rank)
+    from torchrec import KeyedJaggedTensor
+
+    attempt("unknown_key", lambda: model(KeyedJaggedTensor(keys=FEATURES + ["f9"], values=good.values(),
+                                                           lengths=torch.cat([good.lengths(),
+                                                                              torch.zeros(BATCH, dtype=torch.int64)]))))
+    attempt("missing_key", lambda: model(KeyedJaggedTensor(keys=FEATURES[:-1], values=good.values()[:0],
+                                                           lengths=torch.zeros(BATCH * (len(FEATURES) - 1),
+                                                                               dtype=torch.int64))))
+    return messages
+
+
+def case_internals():
+    """Which of TorchRec's private attributes that mprec reads are on live instances, per sharding type."""
+    from mprec.distributed import EmbeddingBagCollectionSharder
+    from mprec.distributed._torchrec import TORCHREC_ATTRIBUTES
+    from mprec.nn import EmbeddingBagCollection
+
+    found, kernel_types = {}, {}
+    for sharding in ("table_wise", "row_wise", "data_parallel"):
+        sharder = EmbeddingBagCollectionSharder()
+        m = EmbeddingBagCollection(tables=configs(), device="meta")
+        sharded = shard(m, plan_for(m, sharding, "fused", sharder), sharder).module
+        lookups = [getattr(lookup, "module", lookup) for lookup in sharded._lookups]  # data-parallel: in DDP
+        kernels = [k for lookup in lookups for k in lookup._emb_modules]
+        kernel_types[sharding] = sorted({type(k).__name__ for k in kernels})
+        objects = [sharded, *sharded._embedding_shardings, *lookups, *kernels]
+        for owner, attr in TORCHREC_ATTRIBUTES:
+            instances = [o for o in objects if isinstance(o, owner)]
+            if instances:
+                key = f"{owner.__name__}.{attr}"
+                found[key] = found.get(key, True) and all(hasattr(o, attr) for o in instances)
+    return found, kernel_types
+
+
+# --- the tests --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sharding", SHARDINGS)
+def test_forward_equals_torchrec_unsharded(workers, sharding):
+    kernels = ["dense"] if sharding == "data_parallel" else ["fused", "dense"]
+    for kernel in kernels:
+        for weighted in (False, True):
+            for rank, result in enumerate(workers.run(case_forward, sharding, kernel, weighted)):
+                assert result["type"] == "ShardedEmbeddingBagCollection"
+                # The unsharded collection's keys in its order (TorchRec's own sharded collection returns them
+                # in the order of the ranks that pooled them).
+                assert result["keys"] == FEATURES
+                assert sorted(result["stock_keys"]) == sorted(FEATURES)
+                for key, want in result["want"].items():
+                    torch.testing.assert_close(result["got"][key], want, rtol=1e-6, atol=1e-6,
+                                               msg=f"{sharding}/{kernel}/weighted={weighted} rank {rank} {key}")
+
+
+def _check_shards(got: dict, want: dict, what: str, tol: float = 1e-5) -> None:
+    """Each of ``got``'s shards equals the same block of ``want``'s (whole tensors, or shards)."""
+    for key, pieces in got.items():
+        for offsets, tensor in pieces:
+            reference = want[key]
+            if isinstance(reference, list):  # shards of the same layout
+                matches = [t for o, t in reference if o == offsets]
+                assert matches, f"{what}: no shard at {offsets} of {key}"
+                reference = matches[0]
+            else:
+                block = tuple(slice(o, o + n) for o, n in zip(offsets, tensor.shape))
+                reference = reference[block]
+            torch.testing.assert_close(tensor, reference, rtol=tol, atol=tol, msg=f"{what}: {key} at {offsets}")
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "rowwise_adagrad"])
+@pytest.mark.parametrize("sharding", ["table_wise", "row_wise", "column_wise", "table_column_wise"])
+def test_fused_step_equals_single_process_and_torchrec(workers, sharding, optimizer):
+    for rank, r in enumerate(workers.run(case_step, sharding, "fused", optimizer)):
+        # mprec's kernels ran the step; TorchRec's run of the same plan ran FBGEMM's (which shows that the
+        # check can tell them apart).
+        assert "mprec::batched_embedding_bag" in r["ops"] and "mprec::batched_embedding_bag_update" in r["ops"]
+        assert not [op for op in r["ops"] if op.startswith("fbgemm::") and "embedding" in op], r["ops"]
+        assert [op for op in r["stock_ops"] if op.startswith("fbgemm::") and "embedding" in op]
+        _check_shards(r["mine"], r["stock"], f"rank {rank} {sharding} {optimizer}: mprec vs FBGEMM")
+        _check_shards(r["mine_optimizer"], r["stock_optimizer"], f"rank {rank} {sharding}: optimizer state")
+        if optimizer == "rowwise_adagrad":
+            assert r["mine_optimizer"] and all(k.endswith(".momentum1") for k in r["mine_optimizer"])
+        # Row-wise Adagrad keeps one accumulator per row of each column shard (as FBGEMM does): column-wise
+        # sharded tables then differ from one process by design, so they are compared with TorchRec above.
+        if optimizer == "sgd" or sharding in ("table_wise", "row_wise"):
+            _check_shards(r["mine"], r["single"], f"rank {rank} {sharding} {optimizer}: sharded vs one process")
+        if optimizer == "rowwise_adagrad" and sharding in ("table_wise", "row_wise"):
+            single = {f"embedding_bags.{k.split('.')[0]}.weight/{k.split('.')[0]}.momentum1": v
+                      for k, v in r["single_optimizer"].items()}
+            _check_shards(r["mine_optimizer"], single, f"rank {rank} {sharding}: accumulators vs one process")
+
+
+@pytest.mark.parametrize("sharding", SHARDINGS)
+def test_dense_kernel_gradient_step_equals_single_process(workers, sharding):
+    for rank, r in enumerate(workers.run(case_step, sharding, "dense", "sgd")):
+        assert "mprec::batched_embedding_bag" in r["ops"], r["ops"]
+        assert not [op for op in r["ops"] if op.startswith("fbgemm::") and "embedding" in op], r["ops"]
+        _check_shards(r["mine"], r["single"], f"rank {rank} {sharding} dense: sharded vs one process")
+        _check_shards(r["mine"], r["stock"], f"rank {rank} {sharding} dense: mprec vs FBGEMM")
+
+
+@pytest.mark.parametrize("sharding", ["table_wise", "row_wise", "column_wise", "data_parallel"])
+def test_dhe_and_hybrid_features_are_replicated(workers, sharding):
+    for rank, r in enumerate(workers.run(case_dhe_and_hybrid, sharding)):
+        assert r["keys"] == r["want_keys"]
+        for key, want in r["want"].items():
+            torch.testing.assert_close(r["got"][key], want, rtol=1e-5, atol=1e-6, msg=f"{sharding} rank {rank} {key}")
+        # Only table parts are sharded (t2 is the hybrid's table); DHE parameters are left to DDP.
+        assert r["sharded_names"] == ["embedding_bags.t0.weight", "embedding_bags.t2.weight",
+                                      "embedding_bags.t3.weight"]
+        assert r["state_keys"] == r["want_state_keys"]
+
+
+def test_bad_plans_and_inputs_are_refused(workers):
+    messages = workers.run(case_errors)[0]
+    assert "no sharding for ['t2']" in messages["missing_table"]
+    assert "names tables the collection does not have: ['t9']" in messages["unknown_table"]
+    assert "['t3'], which are DHE features" in messages["dhe_in_plan"]
+    assert ("fused optimizer ADAM is not supported; use EmbOptimType.EXACT_SGD or EmbOptimType.EXACT_ROWWISE_ADAGRAD"
+            in messages["bad_optimizer"])
+    assert "unknown ['f9']" in messages["unknown_key"]
+    assert "missing ['f4']" in messages["missing_key"]
+
+
+def test_torchrec_internals_are_where_mprec_expects_them(workers):
+    import torchrec
+    from torchrec.distributed.batched_embedding_kernel import EmbeddingFusedOptimizer
+    from torchrec.distributed.embedding_lookup import GroupedPooledEmbeddingsLookup
+
+    from mprec.distributed import _torchrec
+
+    assert torchrec.__version__.split("+")[0] == _torchrec.TORCHREC_VERSION
+    for owner, name in _torchrec.TORCHREC_METHODS:
+        assert callable(getattr(owner, name, None)), f"torchrec {torchrec.__version__}: {owner.__name__}.{name} is gone"
+    # The call shapes mprec uses.
+    assert list(inspect.signature(GroupedPooledEmbeddingsLookup.__init__).parameters)[1:8] == [
+        "grouped_configs", "device", "pg", "feature_processor", "scale_weight_gradients", "sharding_type", "env"]
+    assert list(inspect.signature(GroupedPooledEmbeddingsLookup._create_embedding_kernel).parameters)[1:] == [
+        "config", "device", "pg", "sharding_type", "env"]
+    assert list(inspect.signature(EmbeddingFusedOptimizer.__init__).parameters)[1:8] == [
+        "config", "emb_module", "pg", "create_for_table", "param_weight_for_table", "embedding_weights_by_table",
+        "all_optimizer_states"]
+    found, kernel_types = workers.run(case_internals)[0]
+    wanted = {f"{owner.__name__}.{attr}" for owner, attr in _torchrec.TORCHREC_ATTRIBUTES}
+    assert set(found) == wanted, f"no live instance to check: {sorted(wanted - set(found))}"
+    moved = sorted(k for k, ok in found.items() if not ok)
+    assert not moved, f"torchrec {torchrec.__version__}: these internals moved: {moved}"
+    assert kernel_types == {"table_wise": ["MprecFusedEmbeddingBag"], "row_wise": ["MprecFusedEmbeddingBag"],
+                            "data_parallel": ["MprecDenseEmbeddingBag"]}
