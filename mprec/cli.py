@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 import torch
@@ -106,6 +107,13 @@ def add_train_parser(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: at the end)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--eval", default=None, help="evaluate on this file (or 'synthetic') after training")
+    p.add_argument("--sharding", default=None,
+                   choices=["auto", "table-wise", "row-wise", "column-wise", "data-parallel"],
+                   help="train across processes (under torchrun) with the tables sharded by TorchRec: its planner "
+                        "(auto) or every table one way; --batch-size is then the global batch and --checkpoint a "
+                        "folder")
+    p.add_argument("--timeout-s", type=float, default=300.0,
+                   help="with --sharding: how long a process waits for the others before failing")
 
 
 def add_eval_parser(sub) -> None:
@@ -128,16 +136,42 @@ def run_train(args) -> int:
         dhe=dict(k=args.dhe_k, m=args.dhe_m, decoder=[int(w) for w in args.dhe_decoder.split(",") if w]),
         checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
     try:
+        if args.eval and not args.checkpoint:
+            raise ValueError("--eval needs --checkpoint (the model is evaluated from it)")
+        if args.sharding or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return _train_distributed(args, config)
         result = training.train(config, progress=not args.no_progress)
         if args.eval:
-            if not args.checkpoint:
-                raise ValueError("--eval needs --checkpoint (the model is evaluated from it)")
             result["eval"] = training.evaluate_checkpoint(args.checkpoint, args.eval)
     except (ValueError, FileNotFoundError) as error:
         print(f"mprec train: {error}", file=sys.stderr)
         return 2
     print(training.dumps(result))
     return 0
+
+
+def _train_distributed(args, config) -> int:
+    from mprec import training
+    from mprec.distributed import require_torchrec
+
+    require_torchrec()
+    import torch.distributed as dist
+
+    from mprec.distributed import training as distributed
+
+    sharding = args.sharding or "auto"
+    try:
+        result = distributed.train(config, sharding, progress=not args.no_progress, timeout_s=args.timeout_s)
+        if args.eval:
+            metrics = distributed.evaluate_run(config, sharding, args.eval, timeout_s=args.timeout_s)
+            if result is not None:
+                result["eval"] = metrics
+        if result is not None:
+            print(training.dumps(result))
+        return 0
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def run_eval(args) -> int:

@@ -87,27 +87,33 @@ def table_sizes_for(config: RunConfig, vocabulary: Optional[Vocabulary]) -> list
 
 
 def make_batches(config: RunConfig, path: Optional[str] = None, vocabulary: Optional[Vocabulary] = None,
-                 seed_offset: int = 0) -> Iterable[Batch]:
-    """The batches of one pass over ``path`` (default ``config.data``)."""
+                 seed_offset: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = True) -> Iterable[Batch]:
+    """The batches of one pass over ``path`` (default ``config.data``); with ``world_size`` processes, rank
+    ``rank``'s share: ``batch_size / world_size`` examples a batch from its stripe of each file, or from its own
+    stream of the synthetic generator (a stream per rank and pass)."""
     path = path or config.data
+    batch_size = config.batch_size // world_size
     if path == SYNTHETIC:
         batches = config.synthetic_batches if config.limit is None else max(1, config.limit // config.batch_size)
-        return SyntheticCriteo(batches, config.batch_size, config.table_sizes or KAGGLE_TABLE_SIZES,
-                               seed=config.seed + seed_offset)
+        return SyntheticCriteo(batches, batch_size, config.table_sizes or KAGGLE_TABLE_SIZES,
+                               seed=(config.seed + seed_offset) * world_size + rank)
     raw = [t for t, r in enumerate(config.representations) if r == "dhe"]  # DHE hashes raw ids
-    return CriteoReader(path, config.batch_size, max_ind_range=config.max_ind_range, vocabulary=vocabulary,
-                        limit=config.limit, raw_features=raw)
+    # Across processes every step needs a whole batch on every rank (TorchRec's collectives exchange equal
+    # shares), so a stripe's last, short batch is dropped (evaluation pads it instead: see mprec.distributed).
+    return CriteoReader(path, batch_size, max_ind_range=config.max_ind_range, vocabulary=vocabulary,
+                        limit=None if config.limit is None else config.limit // world_size, raw_features=raw,
+                        stripe=(rank, world_size) if world_size > 1 else None, drop_last=world_size > 1 and drop_last)
 
 
 # --- model --------------------------------------------------------------------------------------------------
-def build_model(config: RunConfig, table_sizes: list) -> DLRM:
+def build_model(config: RunConfig, table_sizes: list, embedding_device=None) -> DLRM:
     torch.manual_seed(config.seed)
     fused = FusedOptimizer("sgd" if config.optimizer == "sgd" else "rowwise_adagrad", lr=config.lr)
     dhe = dict(config.dhe)
     if "decoder" in dhe:
         dhe["decoder"] = tuple(dhe["decoder"])
     return DLRM.preset(config.preset, table_sizes, representations=config.representations, dhe=dhe,
-                       optimizer=fused)
+                       optimizer=fused, embedding_device=embedding_device)
 
 
 def dense_optimizer(config: RunConfig, model: DLRM) -> torch.optim.Optimizer:
@@ -155,7 +161,14 @@ def evaluate(model: DLRM, batches: Iterable[Batch], precision: str = "fp32") -> 
     model.train(was_training)
     if not labels:
         raise ValueError("evaluate: no examples")
-    y, p = torch.cat(labels).double(), torch.cat(probs).double()
+    return metrics(torch.cat(labels), torch.cat(probs))
+
+
+def metrics(labels: Tensor, probs: Tensor) -> dict:
+    """``{examples, accuracy, auc, log_loss, click_rate}`` of predicted click probabilities."""
+    if not labels.numel():
+        raise ValueError("evaluate: no examples")
+    y, p = labels.double(), probs.double()
     eps = 1e-7
     pc = p.clamp(eps, 1 - eps)
     return dict(examples=int(y.numel()), accuracy=float(((p > 0.5).double() == y).double().mean()),
@@ -182,6 +195,13 @@ def save_checkpoint(path: str, state: dict) -> None:
 
 
 def load_checkpoint(path: str) -> dict:
+    """A checkpoint file, or a sharded checkpoint folder (``mprec train --sharding``; its tensors are read by
+    :func:`model_from_checkpoint`, at this process's world size)."""
+    from .distributed import checkpoint as sharded
+
+    if sharded.is_checkpoint(path):
+        meta, extra = sharded.read_meta(path)
+        return dict(meta, vocabulary=(extra or {}).get("vocabulary"), sharded=path)
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
@@ -189,8 +209,15 @@ def model_from_checkpoint(state: dict) -> tuple[DLRM, RunConfig, Optional[Vocabu
     config = RunConfig(**state["config"])
     vocabulary = Vocabulary.from_state_dict(state["vocabulary"]) if state.get("vocabulary") else None
     model = build_model(config, state["table_sizes"])
-    model.load_state_dict(state["model"])
-    model.embeddings.load_optimizer_state_dict(state.get("table_optimizer", {}))
+    if "sharded" in state:
+        from .distributed import checkpoint as sharded
+
+        weights = {"model": model.state_dict()}
+        sharded.load(state["sharded"], weights)
+        model.load_state_dict(weights["model"])
+    else:
+        model.load_state_dict(state["model"])
+        model.embeddings.load_optimizer_state_dict(state.get("table_optimizer", {}))
     return model, config, vocabulary
 
 
@@ -230,8 +257,8 @@ def train(config: RunConfig, resume: bool = True, progress: bool = True, log=sys
                                                    os.path.exists(config.checkpoint)) else None
     if state is not None:
         model, saved, vocabulary = model_from_checkpoint(state)
-        if _fixed_settings(saved) != _fixed_settings(config):
-            raise ValueError(f"train: {config.checkpoint} was written by a different run configuration; "
+        if fixed_settings(saved) != fixed_settings(config):
+            raise ValueError(f"{config.checkpoint} was written by a different run configuration; "
                              "remove it or use the same settings")
         table_sizes = state["table_sizes"]
         print(f"resuming from {config.checkpoint} at epoch {state['epoch']} step {state['step']}", file=log)
@@ -252,8 +279,8 @@ def train(config: RunConfig, resume: bool = True, progress: bool = True, log=sys
         if config.checkpoint:
             save_checkpoint(config.checkpoint, dict(
                 config=dataclasses.asdict(config), table_sizes=table_sizes, model=model.state_dict(),
-                table_optimizer=model.embeddings.optimizer_state_dict(), optimizer=optimizer.state_dict(), epoch=epoch, step=step, batch_in_epoch=batch_in_epoch,
-                rng=torch.get_rng_state(), vocabulary=vocabulary.state_dict() if vocabulary else None))
+                table_optimizer=model.embeddings.optimizer_state_dict(), optimizer=optimizer.state_dict(),
+                epoch=epoch, step=step, batch_in_epoch=batch_in_epoch, rng=torch.get_rng_state(), vocabulary=vocabulary.state_dict() if vocabulary else None))
 
     bar = Progress(log, enabled=progress)
     model.train()
@@ -283,7 +310,7 @@ def train(config: RunConfig, resume: bool = True, progress: bool = True, log=sys
                 examples_per_second=examples / seconds if seconds > 0 else math.nan, **model_size(model))
 
 
-def _fixed_settings(config: RunConfig) -> dict:
+def fixed_settings(config: RunConfig) -> dict:
     """What a resumed run must share with the run that wrote the checkpoint (it may train more epochs)."""
     changeable = ("epochs", "checkpoint", "checkpoint_every", "threads")
     return {k: v for k, v in dataclasses.asdict(config).items() if k not in changeable}

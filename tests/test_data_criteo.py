@@ -112,6 +112,30 @@ def test_malformed_lines_are_skipped_and_counted_or_raised(tmp_path, kind):
     assert torch.equal(got.sparse(), torch.tensor([w[2] for w in want]))
 
 
+@pytest.mark.parametrize("world", [1, 2, 3, 5, 200])
+@pytest.mark.parametrize("chunk_bytes", [64, 1 << 20])
+@pytest.mark.parametrize("final_newline", [True, False])
+def test_stripes_split_every_file_exactly(tmp_path, world, chunk_bytes, final_newline):
+    """The ranks' stripes of a file, taken in rank order, are its lines in order, each once; shares are about
+    equal; with several files a rank reads its stripe of each."""
+    rng = random.Random(4)
+    a = [random_line(rng) for _ in range(101)]
+    b = [random_line(rng) for _ in range(7)]
+    paths = [write_lines(tmp_path / "a.tsv", a), write_lines(tmp_path / "b.tsv", b, final_newline=final_newline)]
+    for path, lines in zip(paths, (a, b)):
+        stripes = [list(CriteoReader(path, batch_size=16, chunk_bytes=chunk_bytes, stripe=(r, world)))
+                   for r in range(world)]
+        rows = torch.cat([x.sparse() for s in stripes for x in s])
+        assert torch.equal(rows, torch.tensor([reference_parse(line)[2] for line in lines]))
+        counts = [sum(len(x) for x in s) for s in stripes]
+        if len(lines) >= 10 * world:
+            assert max(counts) - min(counts) <= len(lines) // world // 3 + 1, counts
+    both = [sum(len(x) for x in CriteoReader(paths, batch_size=16, stripe=(r, world))) for r in range(world)]
+    assert sum(both) == 108
+    with pytest.raises(ValueError, match=r"stripe must be \(rank, world_size\)"):
+        CriteoReader(paths, stripe=(2, 2))
+
+
 @pytest.mark.parametrize("batch_size", [1, 7, 64, 1000])
 @pytest.mark.parametrize("chunk_bytes", [64, 997, 1 << 20])
 def test_reader_batches_across_chunks_and_files(tmp_path, batch_size, chunk_bytes):

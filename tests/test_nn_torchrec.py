@@ -234,8 +234,9 @@ from mprec.models import DLRM
 from mprec.nn import EmbeddingBagCollection
 c = EmbeddingBagCollection([10, 20], 4, representations=['table', 'dhe'], dhe=dict(k=8, m=97, decoder=(4,)))
 print(tuple(c(torch.tensor([1, 2, 3]), torch.tensor([0, 1, 2, 3, 3])).shape))
+import mprec.distributed.checkpoint  # needs only torch
 try:
-    import mprec.distributed
+    from mprec.distributed import EmbeddingBagCollectionSharder
 except ImportError as e:
     print('distributed:', e)
 """

@@ -95,16 +95,23 @@ def describe_bad_line(reason: int, field: int, num_dense: int = NUM_DENSE, num_s
     return _REASONS.get(reason, "malformed").format(fields=1 + num_dense + num_sparse, field=field)
 
 
-def _chunks(path: PathLike, chunk_bytes: int) -> Iterator[bytes]:
-    """Whole lines of the file, about ``chunk_bytes`` at a time."""
+def _chunks(path: PathLike, chunk_bytes: int, start: int = 0, end: Optional[int] = None) -> Iterator[bytes]:
+    """Whole lines of the file, about ``chunk_bytes`` at a time: the lines that begin in bytes ``[start,
+    end)`` (a line belongs to the range its first byte is in, so ranges that tile the file split its lines
+    between them exactly)."""
     with open(path, "rb") as f:
+        pos = 0
+        if start > 0:
+            f.seek(start - 1)
+            if f.read(1) != b"\n":
+                f.readline()  # the end of a line that began before the range
+            pos = f.tell()
         rest = b""
-        while True:
-            block = f.read(chunk_bytes)
+        while end is None or pos < end:
+            block = f.read(chunk_bytes if end is None else min(chunk_bytes, end - pos))
             if not block:
-                if rest:
-                    yield rest
-                return
+                break
+            pos += len(block)
             block = rest + block
             cut = block.rfind(b"\n")
             if cut < 0:
@@ -112,6 +119,10 @@ def _chunks(path: PathLike, chunk_bytes: int) -> Iterator[bytes]:
                 continue
             rest = block[cut + 1:]
             yield block[: cut + 1]
+        if rest:
+            if end is not None and pos >= end:
+                rest += f.readline()  # a line that began in the range runs past its end
+            yield rest
 
 
 class Vocabulary:
@@ -173,6 +184,8 @@ class CriteoReader:
         strict: raise :class:`MalformedLineError` at the first malformed line; otherwise skip and count it
             (``skipped``; the first few in ``bad_lines`` as ``(path, line, reason)``).
         limit: stop after this many examples.
+        stripe: ``(rank, world_size)``: read only this rank's stripe of each file, its ``1 / world_size`` of
+            the bytes (whole lines), so that the ranks of a distributed run read the data once between them.
         chunk_bytes, prefetch: bytes parsed at a time, and parsed chunks queued ahead by the worker thread.
 
     Counters after (or during) iteration: ``examples``, ``lines``, ``skipped``.
@@ -182,7 +195,7 @@ class CriteoReader:
                  max_ind_range: Optional[int] = None, vocabulary: Optional[Vocabulary] = None, strict: bool = False,
                  drop_last: bool = False, limit: Optional[int] = None, chunk_bytes: int = 4 << 20, prefetch: int = 2,
                  num_dense: int = NUM_DENSE, num_sparse: int = NUM_SPARSE, missing_id: int = 0,
-                 raw_features: Sequence[int] = ()) -> None:
+                 raw_features: Sequence[int] = (), stripe: Optional[tuple[int, int]] = None) -> None:
         self.paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         for path in self.paths:
             if not os.path.isfile(path):
@@ -202,6 +215,10 @@ class CriteoReader:
         self.chunk_bytes = chunk_bytes
         self.prefetch = max(1, prefetch)
         self.num_dense, self.num_sparse, self.missing_id = num_dense, num_sparse, missing_id
+        if stripe is not None and not (len(stripe) == 2 and 0 <= stripe[0] < stripe[1]):
+            raise ValueError(f"CriteoReader: stripe must be (rank, world_size) with 0 <= rank < world_size, got "
+                             f"{stripe}")
+        self.stripe = None if stripe is None else (int(stripe[0]), int(stripe[1]))
         self.raw_features = sorted(set(raw_features))
         if any(not 0 <= t < num_sparse for t in self.raw_features):
             raise ValueError(f"CriteoReader: raw_features must be in [0, {num_sparse}), got {self.raw_features}")
@@ -212,19 +229,24 @@ class CriteoReader:
     def _parsed(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """(labels, dense, ids) per chunk, ids mapped; malformed lines skipped, counted or raised."""
         for path in self.paths:
-            line = 0
-            for data in _chunks(path, self.chunk_bytes):
+            line, start, end, where = 0, 0, None, str(path)
+            if self.stripe is not None:
+                rank, world = self.stripe
+                size = os.path.getsize(path)
+                start, end = size * rank // world, size * (rank + 1) // world
+                where = f"{path} (stripe {rank} of {world}, lines from byte {start})"
+            for data in _chunks(path, self.chunk_bytes, start, end):
                 labels, dense, sparse, bad = parse_criteo(data, self.num_dense, self.num_sparse, self.missing_id)
                 n_lines = labels.numel() + bad.shape[0]
                 if bad.numel():
                     first = bad[0].tolist()
                     if self.strict:
                         raise MalformedLineError(
-                            f"{path}:{line + first[0] + 1}: "
+                            f"{where}:{line + first[0] + 1}: "
                             f"{describe_bad_line(first[1], first[2], self.num_dense, self.num_sparse)}")
                     self.skipped += bad.shape[0]
                     for row in bad[: max(0, 10 - len(self.bad_lines))].tolist():
-                        self.bad_lines.append((str(path), line + row[0] + 1,
+                        self.bad_lines.append((where, line + row[0] + 1,
                                                describe_bad_line(row[1], row[2], self.num_dense, self.num_sparse)))
                 line += n_lines
                 self.lines += n_lines

@@ -50,6 +50,11 @@ __all__ = ["TORCHREC_VERSION", "TORCHREC_METHODS", "TORCHREC_ATTRIBUTES", "Table
 
 #: The TorchRec release this module is written against.
 TORCHREC_VERSION = "1.8.0"
+if torchrec.__version__.split("+")[0] != TORCHREC_VERSION:
+    import warnings
+
+    warnings.warn(f"mprec.distributed is written against torchrec {TORCHREC_VERSION}; this is torchrec "
+                  f"{torchrec.__version__}: tests/test_distributed.py checks the internals it relies on", stacklevel=2)
 
 #: TorchRec's private methods this module overrides or calls, by class.
 TORCHREC_METHODS = [

@@ -65,13 +65,15 @@ class DLRM(nn.Module):
         optimizer: a :class:`mprec.nn.FusedOptimizer` for the tables (None: plain autograd gradients).
         sparse: sparse COO table gradients (when no fused optimizer), as ``EmbeddingBag(sparse=True)``.
         mode: the tables' pooling (``"sum"`` as in DLRM; ``"mean"`` and ``"max"`` too).
+        embedding_device: where the collection's parameters are made (``"meta"``: allocated later, shard by
+            shard, by TorchRec's DistributedModelParallel; the MLPs are made on the CPU either way).
     """
 
     def __init__(self, table_sizes: Sequence[int], embedding_dim: int = 16, bottom: Sequence[int] = (512, 256, 64, 16),
                  top: Sequence[int] = (512, 256, 1), representations: Optional[Sequence[str]] = None,
                  interaction: str = "dot", dhe: Optional[dict] = None, hybrid_dhe_dim: Optional[int] = None,
                  optimizer: Optional[FusedOptimizer] = None, sparse: bool = False,
-                 num_dense: int = NUM_DENSE, mode: str = "sum") -> None:
+                 num_dense: int = NUM_DENSE, mode: str = "sum", embedding_device=None) -> None:
         super().__init__()
         if interaction not in INTERACTIONS:
             raise ValueError(f"DLRM: interaction must be one of {INTERACTIONS}, got {interaction!r}")
@@ -88,7 +90,7 @@ class DLRM(nn.Module):
         self.bottom = MLP([num_dense, *bottom], last_activation=True, init="dlrm")
         self.embeddings = EmbeddingBagCollection(table_sizes, embedding_dim, mode=mode, representations=representations,
                                                  dhe=dhe, hybrid_dhe_dim=hybrid_dhe_dim, optimizer=optimizer,
-                                                 sparse=sparse, names=feature_names(T))
+                                                 sparse=sparse, names=feature_names(T), device=embedding_device)
         self.feature_names = self.embeddings.embedding_names
         self._representations = self.embeddings.representations
         features = T + 1
