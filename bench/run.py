@@ -1,12 +1,16 @@
 """`make bench`: runs every bench_<family>.py with pytest-benchmark, saves the JSON under bench/results/
-named for this machine, and prints the summary next to it. `python bench/run.py dhe ...` runs only the
-named families."""
+named for this machine, and prints the summary next to it; bench_distributed.py, which starts processes of its
+own, runs as a script (it writes its own results). `python bench/run.py dhe ...` runs only the named families."""
 
 import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# Families that are scripts, not pytest-benchmark suites: run here as scripts, or elsewhere (bench/gpu.sh on a
+# GPU machine, make bench-xla in the XLA environment).
+SCRIPTS = {"distributed"}
+ELSEWHERE = {"gpu", "xla"}
 
 
 def main() -> int:
@@ -22,7 +26,10 @@ def main() -> int:
     only = set(sys.argv[1:])
     for bench in sorted(HERE.glob("bench_*.py")):
         family = bench.stem.removeprefix("bench_")
-        if only and family not in only:
+        if (only and family not in only) or family in ELSEWHERE:
+            continue
+        if family in SCRIPTS:
+            status = status or subprocess.call([sys.executable, str(bench)])
             continue
         out = results / f"{name}-{family}.json"
         rc = subprocess.call([sys.executable, "-m", "pytest", str(bench), "-q", "-p", "no:cacheprovider",

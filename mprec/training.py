@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch import Tensor
@@ -280,34 +280,57 @@ def train(config: RunConfig, resume: bool = True, progress: bool = True, log=sys
             save_checkpoint(config.checkpoint, dict(
                 config=dataclasses.asdict(config), table_sizes=table_sizes, model=model.state_dict(),
                 table_optimizer=model.embeddings.optimizer_state_dict(), optimizer=optimizer.state_dict(),
-                epoch=epoch, step=step, batch_in_epoch=batch_in_epoch, rng=torch.get_rng_state(), vocabulary=vocabulary.state_dict() if vocabulary else None))
+                epoch=epoch, step=step, batch_in_epoch=batch_in_epoch, rng=torch.get_rng_state(),
+                vocabulary=vocabulary.state_dict() if vocabulary else None))
 
-    bar = Progress(log, enabled=progress)
+    def train_step(b):
+        with _autocast(config):
+            logits = model(b.dense, b.indices, b.offsets)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), b.labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # also steps the tables (fused optimizer)
+        optimizer.step()
+        return loss.item(), len(b)
+
     model.train()
     started = time.perf_counter()
-    examples = 0
-    while epoch < config.epochs:
-        for i, b in enumerate(make_batches(config, vocabulary=vocabulary, seed_offset=epoch)):
-            if i < batch_in_epoch:  # already trained before the checkpoint
-                continue
-            with _autocast(config):
-                logits = model(b.dense, b.indices, b.offsets)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), b.labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # also steps the tables (fused optimizer)
-            optimizer.step()
-            step += 1
-            batch_in_epoch = i + 1
-            examples += len(b)
-            bar.update(epoch, step, len(b), loss.item())
-            if config.checkpoint_every and step % config.checkpoint_every == 0:
-                checkpoint(epoch, step, batch_in_epoch)
-        epoch, batch_in_epoch = epoch + 1, 0
-    bar.close()
-    checkpoint(epoch, step, 0)
+    step, examples = run_epochs(config, lambda epoch: make_batches(config, vocabulary=vocabulary, seed_offset=epoch),
+                                train_step, checkpoint, (epoch, step, batch_in_epoch), Progress(log, enabled=progress))
     seconds = time.perf_counter() - started
     return dict(steps=step, examples_trained=examples, seconds=seconds,
                 examples_per_second=examples / seconds if seconds > 0 else math.nan, **model_size(model))
+
+
+def run_epochs(config: RunConfig, batches_of: Callable[[int], Iterable[Batch]], step: Callable[[Batch], tuple],
+               save: Callable[[int, int, int], None], position: tuple = (0, 0, 0), progress: Optional[Progress] = None,
+               go_on: Callable[[bool], bool] = bool) -> tuple[int, int]:
+    """The loop of a training run, in one process or across several: ``config.epochs`` passes over
+    ``batches_of(epoch)``, from ``position`` (epoch, step, batches of that epoch already trained: a resumed run
+    skips those), ``save(epoch, step, batches of the epoch trained)`` every ``config.checkpoint_every`` steps
+    and at the end. ``step(batch) -> (loss, examples)``. ``go_on(has_batch)`` decides whether a step runs
+    (across processes: only while every rank has a batch). Returns (steps, examples trained)."""
+    epoch, steps, done = position
+    examples = 0
+    progress = progress or Progress(enabled=False)
+    while epoch < config.epochs:
+        batches = iter(batches_of(epoch))
+        i = 0
+        while True:
+            batch = next(batches, None)
+            if not go_on(batch is not None):
+                break
+            i += 1
+            if i <= done:  # trained before the checkpoint
+                continue
+            loss, n = step(batch)
+            steps, done, examples = steps + 1, i, examples + n
+            progress.update(epoch, steps, n, loss)
+            if config.checkpoint_every and steps % config.checkpoint_every == 0:
+                save(epoch, steps, done)
+        epoch, done = epoch + 1, 0
+    progress.close()
+    save(epoch, steps, 0)
+    return steps, examples
 
 
 def fixed_settings(config: RunConfig) -> dict:

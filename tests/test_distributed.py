@@ -19,7 +19,14 @@ pytest.importorskip("torchrec", reason="TorchRec is installed by make test")
 
 from workers import Workers  # noqa: E402
 
-WORLD = 2
+WORLD = 2  # the default group; the slow tests use 4
+
+
+def world() -> int:
+    """The group's size, inside a worker."""
+    import torch.distributed as dist
+
+    return dist.get_world_size()
 BATCH = 3  # per rank
 SHARDINGS = ["table_wise", "row_wise", "column_wise", "table_column_wise", "data_parallel"]
 # (name, rows, width, features, pooling): t1 serves two features; t2 pools by mean.
@@ -44,10 +51,12 @@ def configs(tables=TABLES):
                                pooling=PoolingType[p]) for n, rows, d, fs, p in tables]
 
 
-def global_batch(seed: int, batch: int = BATCH * WORLD, weighted: bool = False, keys=FEATURES, max_id: int = 37):
-    """A KJT of ``batch`` examples: bags of 0-4 ids below ``max_id`` (every table has that many rows)."""
+def global_batch(seed: int, batch: int = None, weighted: bool = False, keys=FEATURES, max_id: int = 37):
+    """A KJT of ``batch`` examples (default ``BATCH`` per rank): bags of 0-4 ids below ``max_id`` (every table
+    has that many rows)."""
     from torchrec import KeyedJaggedTensor
 
+    batch = BATCH * world() if batch is None else batch
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(0, 5, (len(keys) * batch,), generator=g)
     values = torch.randint(0, max_id, (int(lengths.sum()),), generator=g)
@@ -82,13 +91,15 @@ def plan_for(module, sharding: str, kernel: str, sharder, tables=None):
     from torchrec.distributed.types import ShardingPlan
 
     names = tables or [n for n, f in module.embedding_bags.items() if getattr(f, "table_dim", 1)]
-    make = {"table_wise": lambda i: sp.table_wise(rank=i % WORLD, compute_kernel=kernel),
+    size = world()
+    make = {"table_wise": lambda i: sp.table_wise(rank=i % size, compute_kernel=kernel),
             "row_wise": lambda i: sp.row_wise(compute_kernel=kernel),
-            "column_wise": lambda i: sp.column_wise(ranks=list(range(WORLD)), compute_kernel=kernel),
-            "table_column_wise": lambda i: sp.column_wise(ranks=[i % WORLD] * 2, compute_kernel=kernel),
+            # Two column shards (FBGEMM's kernels, the reference, need shards of at least 4 columns).
+            "column_wise": lambda i: sp.column_wise(ranks=[i % size, (i + 1) % size], compute_kernel=kernel),
+            "table_column_wise": lambda i: sp.column_wise(ranks=[i % size] * 2, compute_kernel=kernel),
             "data_parallel": lambda i: sp.data_parallel()}[sharding]
-    plan = sp.construct_module_sharding_plan(module, {n: make(i) for i, n in enumerate(names)}, local_size=WORLD,
-                                             world_size=WORLD, device_type="cpu", sharder=sharder)
+    plan = sp.construct_module_sharding_plan(module, {n: make(i) for i, n in enumerate(names)}, local_size=size,
+                                             world_size=size, device_type="cpu", sharder=sharder)
     if sharding == "table_column_wise":
         plan = {n: dataclasses.replace(p, sharding_type=sharding) for n, p in plan.items()}
     return ShardingPlan({"": plan})
@@ -154,7 +165,7 @@ def train_step(model, kjt, names, lr: float, scale: float, first: int = 0):
     from mprec.models.dlrm import keyed_values
 
     out = keyed_values(model(kjt), names)
-    weighting = torch.randn(BATCH * WORLD, out.shape[1], generator=torch.Generator().manual_seed(7))
+    weighting = torch.randn(BATCH * 8, out.shape[1], generator=torch.Generator().manual_seed(7))
     loss = (out * weighting[first:first + out.shape[0]]).sum() * scale
     dense = dict(in_backward_optimizer_filter(model.named_parameters()))
     opt = KeyedOptimizerWrapper(dense, lambda params: torch.optim.SGD(params, lr=lr)) if dense else None
@@ -205,7 +216,7 @@ def case_step(sharding: str, kernel: str, optimizer: str):
     single = EmbeddingBagCollection(tables=configs(), optimizer=FusedOptimizer(optimizer, lr=0.5, eps=1e-3)
                                     if kernel == "fused" else None)
     single.load_state_dict(start)
-    train_step(single, batch, names, 0.5, 1.0 / WORLD)
+    train_step(single, batch, names, 0.5, 1.0 / world())
 
     return dict(mine=local_shards(mine.state_dict()), stock=local_shards(stock.state_dict()),
                 single={k: v.detach().clone() for k, v in single.state_dict().items()},
@@ -343,10 +354,9 @@ def test_forward_equals_torchrec_unsharded(workers, sharding):
         for weighted in (False, True):
             for rank, result in enumerate(workers.run(case_forward, sharding, kernel, weighted)):
                 assert result["type"] == "ShardedEmbeddingBagCollection"
-                # The unsharded collection's keys in its order (TorchRec's own sharded collection returns them
-                # in the order of the ranks that pooled them).
-                assert result["keys"] == FEATURES
-                assert sorted(result["stock_keys"]) == sorted(FEATURES)
+                # The keys of TorchRec's own sharded collection, in its order (that of the ranks that pooled them).
+                assert result["keys"] == result["stock_keys"]
+                assert sorted(result["keys"]) == sorted(FEATURES)
                 for key, want in result["want"].items():
                     torch.testing.assert_close(result["got"][key], want, rtol=1e-6, atol=1e-6,
                                                msg=f"{sharding}/{kernel}/weighted={weighted} rank {rank} {key}")
@@ -402,7 +412,7 @@ def test_dense_kernel_gradient_step_equals_single_process(workers, sharding):
 @pytest.mark.parametrize("sharding", ["table_wise", "row_wise", "column_wise", "data_parallel"])
 def test_dhe_and_hybrid_features_are_replicated(workers, sharding):
     for rank, r in enumerate(workers.run(case_dhe_and_hybrid, sharding)):
-        assert r["keys"] == r["want_keys"]
+        assert sorted(r["keys"]) == sorted(r["want_keys"])
         for key, want in r["want"].items():
             torch.testing.assert_close(r["got"][key], want, rtol=1e-5, atol=1e-6, msg=f"{sharding} rank {rank} {key}")
         # Only table parts are sharded (t2 is the hybrid's table); DHE parameters are left to DDP.
@@ -514,3 +524,31 @@ def test_dlrm_training_over_two_processes_equals_one_process(workers, sharding, 
         torch.testing.assert_close(torch.tensor(r["losses"]), torch.tensor(r["single_losses"]), rtol=1e-5, atol=1e-6)
         assert set(r["mine"]) == set(r["single"])
         _check_shards(r["mine"], r["single"], f"rank {rank} {sharding} {optimizer}", tol=1e-5)
+
+
+# --- four processes -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def workers4():
+    group = Workers(4)
+    yield group
+    group.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sharding", ["table_wise", "row_wise", "column_wise", "data_parallel"])
+def test_four_processes(workers4, sharding):
+    """The forward and one training step over 4 ranks, as over 2 (against TorchRec's unsharded collection, one
+    process and FBGEMM's kernels), and a DLRM trained 20 steps as in one process."""
+    for rank, result in enumerate(workers4.run(case_forward, sharding, "dense", False, timeout=300)):
+        for key, want in result["want"].items():
+            torch.testing.assert_close(result["got"][key], want, rtol=1e-6, atol=1e-6, msg=f"rank {rank} {key}")
+    kernel = "dense" if sharding == "data_parallel" else "fused"
+    for rank, r in enumerate(workers4.run(case_step, sharding, kernel, "sgd", timeout=300)):
+        _check_shards(r["mine"], r["single"], f"rank {rank} {sharding}: sharded vs one process")
+        _check_shards(r["mine"], r["stock"], f"rank {rank} {sharding}: mprec vs FBGEMM")
+    cli = {"table_wise": "table-wise", "row_wise": "row-wise", "column_wise": "column-wise",
+           "data_parallel": "data-parallel"}[sharding]
+    for rank, r in enumerate(workers4.run(case_dlrm_training, cli, "sgd", 20, timeout=300)):
+        torch.testing.assert_close(torch.tensor(r["losses"]), torch.tensor(r["single_losses"]), rtol=1e-5, atol=1e-6)
+        _check_shards(r["mine"], r["single"], f"rank {rank} {sharding} DLRM", tol=1e-5)

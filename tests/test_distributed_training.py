@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -143,3 +144,32 @@ def test_planner_with_dhe_and_hybrid_features_and_a_batch_that_does_not_divide(d
     odd = torchrun(train_args(train, str(tmp_path / "odd"), "--sharding", "auto", "--batch-size", "127"))
     assert odd.returncode != 0
     assert "--batch-size 127 (the global batch) must be a multiple of the 2 processes" in odd.stderr
+
+
+def _network_namespaces() -> bool:
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        return False
+    name = f"mprec-probe-{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", name], capture_output=True).returncode == 0
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    return made
+
+
+@pytest.mark.skipif(not _network_namespaces(), reason="network namespaces need root and iproute2 (ip netns)")
+def test_two_hosts_in_network_namespaces_train_as_one_host_does(data, tmp_path):
+    """scripts/two-hosts.sh: the ranks of two hosts (namespaces with their own addresses, joined by a veth pair)
+    train the same weights as two processes on one host."""
+    train, _ = data
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "two-hosts.sh")
+    hosts, one = str(tmp_path / "hosts"), str(tmp_path / "one")
+    args = train_args(train, hosts, "--sharding", "table-wise", "--epochs", "1")[2:]  # after -m mprec.cli
+    done = subprocess.run(["bash", script, "--python", sys.executable, "--", *args], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout[done.stdout.index("{"):])
+    assert result["processes"] == 2
+    same = torchrun(train_args(train, one, "--sharding", "table-wise", "--epochs", "1"))
+    assert same.returncode == 0, same.stderr[-3000:]
+    a, b = weights(hosts), weights(one)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)

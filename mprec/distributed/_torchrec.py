@@ -387,7 +387,7 @@ class ShardedEmbeddingBagCollection(_TorchRecShardedEBC):
     parts (all-to-alls, reduce-scatters) and mprec's kernels pool each rank's shards; DHE parts are
     replicated (their parameters train data-parallel, under DistributedModelParallel's DDP) and decode each
     rank's own batch. Takes a KeyedJaggedTensor; returns an awaitable ``KeyedTensor`` with the unsharded
-    collection's keys (in the collection's order) and state dict keys."""
+    collection's keys (in another order: read it by key) and its state dict keys."""
 
     def __init__(self, module: EmbeddingBagCollection, table_name_to_parameter_sharding, env, fused_params=None,
                  device: Optional[torch.device] = None, qcomm_codecs_registry=None,
@@ -455,11 +455,15 @@ class ShardedEmbeddingBagCollection(_TorchRecShardedEBC):
         return awaitable
 
     def _complete(self, ctx: ShardedCollectionContext, keyed: KeyedTensor) -> KeyedTensor:
-        """The collection's output from the table parts TorchRec returned and this rank's DHE parts."""
+        """The collection's output from the table parts TorchRec returned and this rank's DHE parts. With tables
+        only it is TorchRec's, keys in TorchRec's order (that of the ranks that pooled them): readers read by key,
+        and reordering would cost a copy each way."""
+        if not self._needs_local_batch:
+            return keyed
         collection = self._collection
         by_key = keyed.to_dict()
         tables = {e: by_key[key] for e, key in self._table_keys.items()}
-        parts = collection.complete(tables, *(ctx.local_batch or ()))
+        parts = collection.complete(tables, *ctx.local_batch)
         return KeyedTensor(keys=collection.embedding_names, length_per_key=collection.embedding_dims,
                            values=torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
 

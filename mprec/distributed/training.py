@@ -42,7 +42,7 @@ from ..nn.collection import EmbeddingBagCollection
 from . import checkpoint
 from .sharder import EmbeddingBagCollectionSharder
 
-__all__ = ["SHARDINGS", "Cluster", "init", "plan", "shard", "DistributedDLRM", "train", "evaluate"]
+__all__ = ["SHARDINGS", "Cluster", "init", "balanced_ranks", "plan", "shard", "DistributedDLRM", "train", "evaluate"]
 
 #: ``--sharding`` values: TorchRec's planner, or every table sharded one way.
 SHARDINGS = ("auto", "table-wise", "row-wise", "column-wise", "data-parallel")
@@ -88,6 +88,17 @@ def _collections(model: nn.Module) -> dict:
     return {path: m for path, m in model.named_modules() if isinstance(m, EmbeddingBagCollection)}
 
 
+def balanced_ranks(table_bytes: dict, world_size: int) -> dict:
+    """``{table: rank}``: each table, largest first, on the rank holding the fewest bytes so far."""
+    load = [0] * world_size
+    ranks = {}
+    for name in sorted(table_bytes, key=lambda n: -table_bytes[n]):
+        rank = min(range(world_size), key=lambda r: load[r])
+        load[rank] += table_bytes[name]
+        ranks[name] = rank
+    return ranks
+
+
 def plan(model: nn.Module, sharding: str, sharder: EmbeddingBagCollectionSharder, cluster: Cluster) -> ShardingPlan:
     """The plan for every mprec collection in ``model``: TorchRec's planner (``auto``: table-wise, row-wise,
     column-wise or table-column-wise per table, fused kernels), or every table ``sharding``. Table-wise puts
@@ -109,12 +120,8 @@ def plan(model: nn.Module, sharding: str, sharder: EmbeddingBagCollectionSharder
     for path, collection in _collections(model).items():
         tables = sharder.shardable_parameters(collection)
         if sharding == "table-wise":
-            load = [0] * world
-            chosen = {}
-            for name in sorted(tables, key=lambda n: -tables[n].numel() * tables[n].element_size()):
-                rank = min(range(world), key=lambda r: load[r])
-                load[rank] += tables[name].numel() * tables[name].element_size()
-                chosen[name] = plans.table_wise(rank=rank, compute_kernel="fused")
+            ranks = balanced_ranks({n: t.numel() * t.element_size() for n, t in tables.items()}, world)
+            chosen = {name: plans.table_wise(rank=rank, compute_kernel="fused") for name, rank in ranks.items()}
         elif sharding == "row-wise":
             chosen = {name: plans.row_wise(compute_kernel="fused") for name in tables}
         elif sharding == "column-wise":
@@ -297,31 +304,18 @@ def train(config: local.RunConfig, sharding: str = "auto", progress: bool = True
                                  batch_in_epoch=batch_in_epoch, world_size=cluster.world_size, sharding=sharding),
                             dict(vocabulary=vocabulary.state_dict() if vocabulary else None))
 
-    bar = local.Progress(log, enabled=progress and cluster.is_main)
+    def train_step(batch: Batch) -> tuple:
+        loss = run.step(batch)
+        total, count = _sum(loss.item() * len(batch), len(batch))
+        return total / count, int(count)
+
     run.model.train()
-    started, examples = time.perf_counter(), 0
-    while epoch < config.epochs:
-        batches = iter(local.make_batches(config, vocabulary=vocabulary, seed_offset=epoch, rank=cluster.rank,
-                                          world_size=cluster.world_size))
-        i = 0
-        while True:
-            batch = next(batches, None)
-            if not _all_have(batch is not None):
-                break
-            i += 1
-            if i <= batch_in_epoch:  # trained before the checkpoint
-                continue
-            loss = run.step(batch)
-            total, count = _sum(loss.item() * len(batch), len(batch))
-            step += 1
-            batch_in_epoch = i
-            examples += int(count)
-            bar.update(epoch, step, int(count), total / count)
-            if config.checkpoint_every and step % config.checkpoint_every == 0:
-                save(epoch, step, batch_in_epoch)
-        epoch, batch_in_epoch = epoch + 1, 0
-    bar.close()
-    save(epoch, step, 0)
+    started = time.perf_counter()
+    step, examples = local.run_epochs(
+        config, lambda epoch: local.make_batches(config, vocabulary=vocabulary, seed_offset=epoch, rank=cluster.rank,
+                                                 world_size=cluster.world_size),
+        train_step, save, (epoch, step, batch_in_epoch), local.Progress(log, enabled=progress and cluster.is_main),
+        go_on=_all_have)
     seconds = time.perf_counter() - started
     if not cluster.is_main:
         return None
