@@ -80,7 +80,9 @@ def test_train_resume_after_a_killed_rank_and_evaluate_in_one_process(data, tmp_
     train, valid = data
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
     epoch = steps_per_epoch(train)
-    done = torchrun(train_args(train, straight, "--sharding", "row-wise", "--epochs", "4", "--eval", valid))
+    # Row-wise Adagrad tables and Adagrad for the rest: resuming must restore both optimizers' state.
+    run = ("--sharding", "row-wise", "--epochs", "4", "--optimizer", "adagrad", "--lr", "0.02")
+    done = torchrun(train_args(train, straight, *run, "--eval", valid))
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout[done.stdout.index("{"):])
     assert result["processes"] == 2 and result["steps"] == 4 * epoch
@@ -89,7 +91,7 @@ def test_train_resume_after_a_killed_rank_and_evaluate_in_one_process(data, tmp_
 
     # The same run, with one rank killed once a checkpoint exists: the job stops (no hang), and the same
     # command resumes it from that checkpoint to the same weights.
-    process = subprocess.Popen(TORCHRUN + train_args(train, killed, "--sharding", "row-wise", "--epochs", "4"),
+    process = subprocess.Popen(TORCHRUN + train_args(train, killed, *run),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env=dict(os.environ, OMP_NUM_THREADS="1"))
     deadline = time.monotonic() + 180
@@ -104,7 +106,7 @@ def test_train_resume_after_a_killed_rank_and_evaluate_in_one_process(data, tmp_
     assert time.monotonic() - killed_at < 60, "the other rank hung after its peer died"
     stopped_at = latest_step(killed)
     assert 8 <= stopped_at < result["steps"]
-    resumed = torchrun(train_args(train, killed, "--sharding", "row-wise", "--epochs", "4"))
+    resumed = torchrun(train_args(train, killed, *run))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"at epoch {(stopped_at - 1) // epoch} step {stopped_at} (2 processes then, 2 now)" in resumed.stderr
     a, b = weights(straight), weights(killed)
@@ -128,7 +130,7 @@ def test_train_resume_after_a_killed_rank_and_evaluate_in_one_process(data, tmp_
     assert loaded.accuracy == pytest.approx(result["eval"]["accuracy"], abs=1e-12)
 
     # Resuming with other settings is refused, naming the checkpoint (each rank exits with 2; torchrun with 1).
-    other = torchrun(train_args(train, killed, "--sharding", "row-wise", "--epochs", "4", "--lr", "0.5"))
+    other = torchrun(train_args(train, killed, *run, "--lr", "0.5"))
     assert other.returncode != 0
     assert f"mprec train: {killed} was written by a different run configuration" in other.stderr
 

@@ -150,9 +150,18 @@ def test_construction_and_input_errors():
         EmbeddingBagCollection(tables=tables(), representations={"t9": "dhe"})
     with pytest.raises(ValueError, match="give either tables"):
         EmbeddingBagCollection([10], 4, tables=tables())
+    with pytest.raises(ValueError, match="table 't0' pools by max, which TorchRec's configs cannot express"):
+        EmbeddingBagCollection([10], 4, mode="max").embedding_bag_configs()
     with pytest.raises(ValueError, match="weighted features are pooled by sum"):
         EmbeddingBagCollection(tables=tables(), is_weighted=True)
     mine = EmbeddingBagCollection(tables=tables())
+    # A state dict of other tables: torch names the keys and shapes.
+    other = torchrec.EmbeddingBagCollection(tables=[EmbeddingBagConfig(name="t0", num_embeddings=51, embedding_dim=8,
+                                                                       feature_names=["f0"])])
+    with pytest.raises(RuntimeError, match=r"size mismatch for embedding_bags\.t0\.weight.*\[51, 8\].*\[50, 8\]"):
+        mine.load_state_dict(other.state_dict(), strict=False)
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\) in state_dict: .*embedding_bags\.t1\.weight"):
+        mine.load_state_dict(other.state_dict())
     with pytest.raises(ValueError, match=r"missing \['f5'\]; unknown \['g'\]"):
         mine(kjt(["f0", "f1", "f2", "f3", "g"]))
     weighted = [EmbeddingBagConfig(name="t0", num_embeddings=50, embedding_dim=8, feature_names=["f0"])]

@@ -43,7 +43,7 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_common import PoolingMode
 
 from .. import memory
 from ..nn.collection import EmbeddingBagCollection
-from ..nn.pooling import FusedOptimizer, fused_update
+from ..nn.pooling import FusedOptimizer, pool_tables
 
 __all__ = ["TORCHREC_VERSION", "TORCHREC_METHODS", "TORCHREC_ATTRIBUTES", "TableBatchedEmbeddingBags",
            "ShardedEmbeddingBagCollection", "fused_optimizer_of", "SUPPORTED_OPTIMIZERS"]
@@ -141,22 +141,23 @@ class TableBatchedEmbeddingBags(nn.Module):
         self._states = [optimizer.new_state(w) for w in self.split_embedding_weights()] \
             if optimizer is not None and optimizer.name == "rowwise_adagrad" else []
 
-    def split_embedding_weights(self) -> List[Tensor]:
+    def split_embedding_weights(self, detach: bool = True) -> List[Tensor]:
         """Each table as a ``[rows, cols]`` view of the flat buffer."""
-        return [self.weights.detach()[o:o + r * c].view(r, c)
-                for o, (r, c) in zip(self.weights_physical_offsets, self.embedding_specs)]
+        flat = self.weights.detach() if detach else self.weights
+        return [flat[o:o + r * c].view(r, c) for o, (r, c) in zip(self.weights_physical_offsets, self.embedding_specs)]
 
     def forward(self, indices: Tensor, offsets: Tensor, per_sample_weights: Optional[Tensor] = None) -> Tensor:
         offsets = offsets.to(indices.dtype)
-        if self.optimizer is not None and torch.is_grad_enabled():
-            if per_sample_weights is not None and per_sample_weights.requires_grad:
-                raise ValueError("mprec sharded kernels: per_sample_weights cannot require grad with a fused "
-                                 "optimizer")
-            return _FusedPooling.apply(self, indices, offsets, per_sample_weights, self.weights)
+        if self.optimizer is not None:
+            # The views carry autograd to the fused update, which writes the tables in place (mprec.nn.pooling).
+            tables = self.tables_by_feature(detach=False)
+            states = [self._states[t] for t in self.feature_table_map] if self._states else []
+            return pool_tables(tables, indices, offsets, self.mode, per_sample_weights, (), self.optimizer, states)
         return _DensePooling.apply(self, indices, offsets, per_sample_weights, self.weights)
 
-    def tables_by_feature(self) -> List[Tensor]:
-        tables = self.split_embedding_weights()
+    def tables_by_feature(self, detach: bool = True) -> List[Tensor]:
+        """The table of each input feature (a table that serves several features, the same view each time)."""
+        tables = self.split_embedding_weights(detach)
         return [tables[t] for t in self.feature_table_map]
 
     # FBGEMM's optimizer interface, which TorchRec's EmbeddingFusedOptimizer drives.
@@ -189,27 +190,6 @@ class TableBatchedEmbeddingBags(nn.Module):
 
     def reset_cache_states(self) -> None:
         pass
-
-
-class _FusedPooling(torch.autograd.Function):
-    """Pools; the backward applies the fused optimizer to the tables in place and returns no gradient. The
-    flat buffer is an input only so that autograd records the call."""
-
-    @staticmethod
-    def forward(ctx, tbe, indices, offsets, per_sample_weights, _weights):
-        tables = tbe.tables_by_feature()
-        out, _ = torch.ops.mprec.batched_embedding_bag(tables, indices, offsets, tbe.mode, per_sample_weights, [],
-                                                       None, False)
-        ctx.args = (tbe, tables, indices, offsets, per_sample_weights)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        tbe, tables, indices, offsets, psw = ctx.args
-        states = [tbe._states[t] for t in tbe.feature_table_map] if tbe._states else []
-        with torch.no_grad():
-            fused_update(tables, states, grad.contiguous(), indices, offsets, tbe.mode, psw, [], tbe.optimizer)
-        return None, None, None, None, None
 
 
 class _DensePooling(torch.autograd.Function):

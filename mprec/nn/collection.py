@@ -246,6 +246,9 @@ class EmbeddingBagCollection(nn.Module):
         from torchrec.types import DataType
 
         data_type = {v: k for k, v in _DATA_TYPES.items()}.get(next(feature.parameters()).dtype, "FP32")
+        if feature.mode.upper() not in _POOLINGS:
+            raise ValueError(f"EmbeddingBagCollection: table {name!r} pools by {feature.mode}, which TorchRec's "
+                             f"configs cannot express ({' or '.join(_POOLINGS)})")
         return EmbeddingBagConfig(num_embeddings=feature.num_embeddings or 1, embedding_dim=width, name=name,
                                   feature_names=list(self._feature_names_by_table[name]),
                                   pooling=PoolingType[feature.mode.upper()], data_type=DataType[data_type],
