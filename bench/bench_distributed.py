@@ -18,7 +18,7 @@ Per model and layout: examples/s (global batch / median step), the embedding col
 backward, ms), the embedding kernels' time per step (profiler: mprec's pooling and fused update, or FBGEMM's
 lookup, backward and bounds check), the time per step in collectives (profiler: the all-to-alls of the sparse
 features and of the pooled embeddings, the all-reduce of the replicated gradients), and the table bytes each rank
-holds against total / N. Writes ``results/<cpu>-<threads>t-distributed.json`` and ``.txt``.
+holds against total / N. Writes ``results/<cpu>-<threads>t-<isa>-distributed.json`` and ``.txt``.
 
     python bench/bench_distributed.py [--steps 30] [--rounds 2] [--batch 2048] [--small]
 """
@@ -279,7 +279,7 @@ def main(argv=None) -> int:
                     processes_vs_threads=f"{spread:.2f}x" + (" met" if spread >= 0.8 else " NOT met")))
     text = summarize(data)
     print(text)
-    out = Path(args.out) if args.out else HERE / "results" / f"{machine_name()}-distributed.json"
+    out = Path(args.out) if args.out else HERE / "results" / f"{machine_name()}-{mprec.cpu_isa()}-distributed.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(data, indent=1))
     out.with_suffix(".txt").write_text(text + "\n")

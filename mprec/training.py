@@ -205,9 +205,14 @@ def load_checkpoint(path: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def vocabulary_of(state: dict) -> Optional[Vocabulary]:
+    """The data's vocabulary a checkpoint holds (None where ids are reduced by modulo, or raw)."""
+    return Vocabulary.from_state_dict(state["vocabulary"]) if state.get("vocabulary") else None
+
+
 def model_from_checkpoint(state: dict) -> tuple[DLRM, RunConfig, Optional[Vocabulary]]:
     config = RunConfig(**state["config"])
-    vocabulary = Vocabulary.from_state_dict(state["vocabulary"]) if state.get("vocabulary") else None
+    vocabulary = vocabulary_of(state)
     model = build_model(config, state["table_sizes"])
     if "sharded" in state:
         from .distributed import checkpoint as sharded

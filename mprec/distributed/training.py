@@ -181,6 +181,12 @@ class DistributedDLRM:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
 
+    def load(self, path: str) -> None:
+        """Model and optimizers from the sharded checkpoint at ``path``, resharded to this run."""
+        state = self.state_dict()
+        checkpoint.load(path, state)
+        self.load_state_dict(state)
+
 
 def build(config: local.RunConfig, table_sizes: list, sharding: str, cluster: Cluster) -> DistributedDLRM:
     """The run's model (tables made shard by shard on their ranks) and optimizers, as :func:`train` uses them."""
@@ -273,14 +279,12 @@ def train(config: local.RunConfig, sharding: str = "auto", progress: bool = True
     if config.precision != "fp32":
         raise ValueError("distributed training runs in fp32 (--precision fp32)")
     found = checkpoint.latest(config.checkpoint) if config.checkpoint else None
-    meta, extra = checkpoint.read_meta(found) if found else (None, None)
+    meta = local.load_checkpoint(found) if found else None
     if meta is not None:
-        saved = local.RunConfig(**meta["config"])
-        if local.fixed_settings(saved) != local.fixed_settings(config):
+        if local.fixed_settings(local.RunConfig(**meta["config"])) != local.fixed_settings(config):
             raise ValueError(f"{config.checkpoint} was written by a different run configuration; remove it "
                              "or use the same settings")
-        table_sizes, vocabulary = meta["table_sizes"], extra.get("vocabulary") if extra else None
-        vocabulary = Vocabulary.from_state_dict(vocabulary) if vocabulary else None
+        table_sizes, vocabulary = meta["table_sizes"], local.vocabulary_of(meta)
     else:
         vocabulary = None
         if config.data != local.SYNTHETIC and config.max_ind_range is None:
@@ -289,9 +293,7 @@ def train(config: local.RunConfig, sharding: str = "auto", progress: bool = True
     run = build(config, table_sizes, sharding, cluster)
     epoch, step, batch_in_epoch = 0, 0, 0
     if found:
-        state = run.state_dict()
-        checkpoint.load(found, state)
-        run.load_state_dict(state)
+        run.load(found)
         epoch, step, batch_in_epoch = meta["epoch"], meta["step"], meta["batch_in_epoch"]
         if cluster.is_main:
             print(f"resuming from {found} at epoch {epoch} step {step} ({meta['world_size']} processes then, "
@@ -327,13 +329,10 @@ def evaluate_run(config: local.RunConfig, sharding: str, data: Optional[str] = N
                  ) -> Optional[dict]:
     """The checkpoint of ``config`` evaluated over the process group on ``data`` (default its training data)."""
     cluster = init(timeout_s)
-    meta, extra = checkpoint.read_meta(config.checkpoint)
-    vocabulary = Vocabulary.from_state_dict(extra["vocabulary"]) if extra and extra.get("vocabulary") else None
-    saved = local.RunConfig(**meta["config"])
+    meta = local.load_checkpoint(config.checkpoint)
+    saved, vocabulary = local.RunConfig(**meta["config"]), local.vocabulary_of(meta)
     run = build(saved, meta["table_sizes"], sharding, cluster)
-    state = run.state_dict()
-    checkpoint.load(config.checkpoint, state)
-    run.load_state_dict(state)
+    run.load(config.checkpoint)
     source = data or saved.data
     saved.limit = config.limit
     batches = local.make_batches(saved, source, vocabulary, seed_offset=10_000, rank=cluster.rank,

@@ -105,7 +105,6 @@ class EmbeddingBagCollection(nn.Module):
                 raise ValueError(f"{op}: needs tables (TorchRec configs) or num_embeddings and embedding_dim")
             specs = self._specs_from_sizes(list(num_embeddings), embedding_dim, mode, padding_idx, names, dtype)
             self._configs = None
-        T = len(specs)
         table_names = [s["name"] for s in specs]
         reps = self._per_table(op, "representations", representations, table_names, "table")
         for name, r in zip(table_names, reps):
@@ -144,7 +143,6 @@ class EmbeddingBagCollection(nn.Module):
             self.embedding_bags[name] = feature
 
         # The TBE layout: one entry per (table, feature), table by table.
-        self._feature_names_by_table = {s["name"]: list(s["feature_names"]) for s in specs}
         self._entry_tables = [s["name"] for s in specs for _ in s["feature_names"]]
         self._entry_features = [f for s in specs for f in s["feature_names"]]
         shared = {f for f in self._entry_features if self._entry_features.count(f) > 1}
@@ -250,7 +248,8 @@ class EmbeddingBagCollection(nn.Module):
             raise ValueError(f"EmbeddingBagCollection: table {name!r} pools by {feature.mode}, which TorchRec's "
                              f"configs cannot express ({' or '.join(_POOLINGS)})")
         return EmbeddingBagConfig(num_embeddings=feature.num_embeddings or 1, embedding_dim=width, name=name,
-                                  feature_names=list(self._feature_names_by_table[name]),
+                                  feature_names=[f for t, f in zip(self._entry_tables, self._entry_features)
+                                                 if t == name],
                                   pooling=PoolingType[feature.mode.upper()], data_type=DataType[data_type],
                                   init_fn=getattr(feature, "init_fn", None))
 
