@@ -76,7 +76,8 @@ from mprec.ops.reference import dlrm_interaction_reference  # noqa: E402
 
 
 @pytest.mark.parametrize("B,T,D,pad_to", [(0, 3, 4, 1), (1, 1, 1, 1), (37, 26, 16, 8), (19, 13, 64, 8),
-                                          (21, 4, 129, 16), (5, 2, 3, 7), (18, 30, 32, 1)])
+                                          (21, 4, 129, 16), (5, 2, 3, 7), (18, 30, 32, 1), (9, 6, 128, 8),
+                                          (11, 3, 8, 1)])
 @pytest.mark.parametrize("three_d", [False, True])
 def test_dlrm_values_and_gradients_float64(isa, B, T, D, pad_to, three_d):
     dense = torch.randn(B, D, dtype=torch.float64, requires_grad=True)
@@ -92,6 +93,23 @@ def test_dlrm_values_and_gradients_float64(isa, B, T, D, pad_to, three_d):
     for a, b in zip(got_grads, want_grads):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("D", [1, 4, 8, 16, 24, 32, 64, 128, 129])
+def test_dlrm_float32_every_width(isa, D):
+    # float32 runs the vector kernels (float64 has its own): each width the kernels specialise on (whole
+    # registers of 4, 8 or 16 lanes, one to several per row) and odd ones, against the float64 reference.
+    dense = torch.randn(23, D, requires_grad=True)
+    sparse = torch.randn(23, 11 * D, requires_grad=True)
+    got = dlrm_interaction(dense, sparse, 8)
+    want = dlrm_interaction_reference(dense.double(), sparse.double(), 8)
+    scale = max(1.0, D ** 0.5)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * scale)
+    g = torch.randn(want.shape)
+    got_grads = torch.autograd.grad(got, (dense, sparse), g)
+    want_grads = torch.autograd.grad(want, (dense, sparse), g.double())
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a.double(), b.double(), rtol=1e-5, atol=1e-4 * scale)
 
 
 def test_dlrm_padding_is_zero_and_its_gradient_ignored():

@@ -9,6 +9,7 @@ namespace mprec {
 namespace cpu {
 namespace avx2 {
 namespace {
+constexpr int64_t kVectorBytes = 32;  // a ymm register
 #include "interaction_impl.h"
 }  // namespace
 

@@ -9,6 +9,7 @@ namespace mprec {
 namespace cpu {
 namespace avx512 {
 namespace {
+constexpr int64_t kVectorBytes = 64;  // a zmm register
 #include "interaction_impl.h"
 }  // namespace
 

@@ -1,9 +1,10 @@
 // The dot interaction's loops, written once and compiled per ISA (included inside each variant's
-// namespace, after <cstdint> and <cstring>).
+// namespace, after <cstdint> and <cstring>, with kVectorBytes: the width of one vector register of the
+// variant's ISA).
 //
 // Forward, one example at a time: its F feature rows are loaded transposed into scratch, [D][padded]
 // (converted to the compute type); rows i of the pair triangle are then, four at a time and for each
-// block of L columns j, D broadcast multiply-adds of x[i][d] by the transposed row d (full-width vector
+// block of one register's columns j, D broadcast multiply-adds of x[i][d] by the transposed row d (full-width vector
 // FMAs, no horizontal sums) into a [F][padded] scratch, whose strict lower triangle is copied (and
 // converted) to the output row by row.
 // Backward, one example at a time: the pair gradients are unfolded into the symmetric F x F matrix G
@@ -11,7 +12,12 @@
 // rows at a time when D is narrow.
 // Every sum runs in a fixed order per example, so results do not depend on the batch or the thread count.
 
-constexpr int64_t L = kInteractionLanes;
+// Lanes of T in one register. Vectors wider than the ISA's registers are legal GCC but compile to spills
+// and lane shuffles through the stack (16-float vectors under AVX2 ran the forward 2x slower than the
+// scalar build), so every vector here is exactly one register.
+template <typename T>
+constexpr int64_t kLanes = kVectorBytes / int64_t(sizeof(T));
+static_assert(kLanes<float> <= kInteractionLanes, "interaction_padded_columns pads to whole vectors");
 
 inline float bf16_to_float(uint16_t v) {
   const uint32_t u = uint32_t(v) << 16;
@@ -52,11 +58,10 @@ inline void load_example(const InteractionArgs& a, int64_t b, int64_t dim, T* xs
 constexpr int64_t kRowGroup = kInteractionRowGroup;
 static_assert(kRowGroup == 4, "forward_fixed's accumulators a0..a3 are one row group");
 
-// L lanes of T as a GCC vector: one zmm (float) or two (double) under AVX-512, several ymm under AVX2,
-// scalars in the scalar build. Arithmetic with a scalar operand broadcasts it.
+// One register of T as a GCC vector (zmm, ymm or xmm). Arithmetic with a scalar operand broadcasts it.
 template <typename T>
 struct Lanes {
-  typedef T type __attribute__((vector_size(sizeof(T) * L)));
+  typedef T type __attribute__((vector_size(kVectorBytes)));
 };
 template <typename T>
 inline typename Lanes<T>::type load_lanes(const T* p) {
@@ -106,7 +111,7 @@ void forward_fixed(const InteractionArgs& a, int64_t b0, int64_t b1, T* scratch)
       // Rows i0..i0+3 against the columns they need (the longest, i0 + 3, needs 0..i0+2). Rows past F in a
       // short last group multiply zero columns and are never stored.
       const int64_t need = i0 + kRowGroup - 1 < features ? i0 + kRowGroup - 1 : features - 1;
-      for (int64_t jb = 0; jb < need; jb += L) {
+      for (int64_t jb = 0; jb < need; jb += kLanes<T>) {
         VT a0 = {}, a1 = {}, a2 = {}, a3 = {};
         for (int64_t d = 0; d < dim; ++d) {
           const T* col = xt + d * padded;
@@ -132,17 +137,18 @@ void forward_fixed(const InteractionArgs& a, int64_t b0, int64_t b1, T* scratch)
   }
 }
 
-// Gradient rows computed together for a feature width: narrow rows are one or two vectors, too few
+// Gradient rows computed together for a row of V vectors: narrow rows are one or two vectors, too few
 // independent FMA chains alone; wide rows are several vectors each already, and grouping them would run
-// out of registers. At most kInteractionRowGroup, which the scratch size allows for.
-constexpr int64_t gradient_row_group(int64_t dim) { return dim == L ? 4 : (dim == 2 * L ? 2 : 1); }
-static_assert(gradient_row_group(L) <= kInteractionRowGroup, "interaction_scratch leaves room for the group");
+// out of registers (R * V accumulators, at most 8). At most kInteractionRowGroup, which the scratch size
+// allows for.
+constexpr int64_t gradient_row_group(int64_t vectors) { return vectors <= 2 ? 4 : (vectors <= 4 ? 2 : 1); }
+static_assert(gradient_row_group(1) <= kInteractionRowGroup, "interaction_scratch leaves room for the group");
 
-// grad row i = sum over j of G[i][j] x[j]; R rows at a time, each row kDim / L vectors held in registers.
+// grad row i = sum over j of G[i][j] x[j]; R rows at a time, each row kDim / kLanes vectors held in registers.
 template <typename T, int64_t kDim>
 inline void gradient_rows(const T* g, const T* xs, int64_t features, int64_t i0, T* rows_out) {
   using VT = typename Lanes<T>::type;
-  constexpr int64_t V = kDim / L, R = gradient_row_group(kDim);
+  constexpr int64_t L = kLanes<T>, V = kDim / L, R = gradient_row_group(V);
   VT acc[R][V] = {};
   for (int64_t j = 0; j < features; ++j) {
     VT x[V];
@@ -160,7 +166,7 @@ template <typename T, typename S0, typename S1, typename O, int64_t kDim>
 void backward_fixed(const InteractionGradArgs& ga, int64_t b0, int64_t b1, T* scratch) {
   const InteractionArgs& a = ga.fwd;
   const int64_t dim = kDim > 0 ? kDim : a.dim, features = a.features;
-  constexpr int64_t R = gradient_row_group(kDim);
+  constexpr int64_t R = kDim > 0 && kDim % kLanes<T> == 0 ? gradient_row_group(kDim / kLanes<T>) : 1;
   // [F][D] features, then [F + R][F] pair gradients (symmetric, zero diagonal, rows past F zero), then the
   // gradient rows [F + R][D].
   T* xs = scratch;
@@ -181,7 +187,7 @@ void backward_fixed(const InteractionGradArgs& ga, int64_t b0, int64_t b1, T* sc
         g[j * features + i] = v;
       }
     }
-    if constexpr (kDim > 0 && kDim % L == 0) {
+    if constexpr (kDim > 0 && kDim % kLanes<T> == 0) {
       for (int64_t i0 = 0; i0 < features; i0 += R) gradient_rows<T, kDim>(g, xs, features, i0, rows + i0 * dim);
     } else {
       for (int64_t i = 0; i < features; ++i) {

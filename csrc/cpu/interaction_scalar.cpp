@@ -9,6 +9,7 @@ namespace mprec {
 namespace cpu {
 namespace scalar {
 namespace {
+constexpr int64_t kVectorBytes = 16;  // an SSE register (the x86-64 baseline)
 #include "interaction_impl.h"
 }  // namespace
 

@@ -34,8 +34,8 @@ struct InteractionGradArgs {
   void* grad_rest;
 };
 
-// Lanes of one vector block of pair columns, and rows of the pair triangle (or of the gradient) computed
-// together; the scratch below leaves room for a short last group to run past F.
+// The most float lanes of one vector register of any variant (a zmm), and rows of the pair triangle (or of
+// the gradient) computed together; the scratch below leaves room for a short last group to run past F.
 constexpr int64_t kInteractionLanes = 16;
 constexpr int64_t kInteractionRowGroup = 4;
 
