@@ -119,6 +119,18 @@ def test_errors_leave_tables_unchanged():
     assert all(torch.equal(a, b) for a, b in zip(weights, snapshot))
 
 
+def test_errors_in_several_tables_report_the_first(num_threads):
+    # The tables are validated in parallel; the error is the first table's, as a serial pass finds it.
+    weights = [torch.randn(10, 4), torch.randn(20, 4)]
+    indices, offsets = torch.tensor([1, 17, 3, 4, 5, 33]), torch.arange(7)
+    snapshot = [w.clone() for w in weights]
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        with pytest.raises(RuntimeError, match=r"index 17 at position 1 is out of range for table 0 with 10 rows"):
+            batched_embedding_bag_update(weights, [], torch.randn(3, 8), indices, offsets, lr=1.0)
+    assert all(torch.equal(a, b) for a, b in zip(weights, snapshot))
+
+
 def test_opcheck_update():
     weights, state, grad, indices, offsets, _ = case((4, 3), (10, 20), 3, torch.float32, torch.int64, False)
     torch.library.opcheck(torch.ops.mprec.batched_embedding_bag_update.default,

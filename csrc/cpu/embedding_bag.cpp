@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
 #include <limits>
 #include <mutex>
 #include <vector>
@@ -650,6 +651,67 @@ FusedOptimizer checked_optimizer(const char* op, const std::string& name) {
   TORCH_CHECK_VALUE(false, op, ": optimizer must be 'sgd' or 'rowwise_adagrad', got '", name, "'");
 }
 
+// One table's lookups grouped by row: lookups order[first[k]..first[k + 1]) (in lookup order) are row
+// rows[k]'s, groups numbered by first appearance.
+template <typename acc_t>
+struct RowGroups {
+  std::vector<int64_t> rows, first, order, bags;
+  std::vector<acc_t> scales;
+};
+
+// Lookups of table t (row, bag, scale), validated, and grouped by row: hashing, then a stable counting sort.
+template <typename IT, typename acc_t>
+RowGroups<acc_t> group_lookups(const BagReader<IT>& reader, const Layout& layout, PoolMode mode, const acc_t* psw,
+                               int64_t t) {
+  RowGroups<acc_t> out;
+  std::vector<int64_t> lookup_rows;
+  const int64_t base = t * layout.bags;
+  for (int64_t b = 0; b < layout.bags; ++b) {
+    const auto [start, end] = reader.bounds(base + b);
+    const int64_t count = mode == PoolMode::kMean ? reader.count(base + b, t) : 0;
+    for (int64_t i = start; i < end; ++i) {
+      const int64_t r = reader.row(i, t);
+      if (r < 0) continue;
+      lookup_rows.push_back(r);
+      out.bags.push_back(b);
+      out.scales.push_back(lookup_scale(mode, psw, i, count));
+    }
+  }
+  const int64_t n = static_cast<int64_t>(lookup_rows.size());
+  if (n == 0) {
+    out.first.assign(1, 0);
+    return out;
+  }
+  int64_t capacity = 2;
+  while (capacity < 2 * n) capacity *= 2;
+  int shift = 64;
+  for (int64_t c = capacity; c > 1; c >>= 1) --shift;
+  std::vector<int64_t> slot_group(capacity, -1), group_of(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t r = lookup_rows[i];
+    int64_t s = static_cast<int64_t>((static_cast<uint64_t>(r) * 0x9E3779B97F4A7C15ULL) >> shift);
+    while (slot_group[s] >= 0 && out.rows[slot_group[s]] != r) s = (s + 1) & (capacity - 1);
+    if (slot_group[s] < 0) {
+      slot_group[s] = static_cast<int64_t>(out.rows.size());
+      out.rows.push_back(r);
+    }
+    group_of[i] = slot_group[s];
+  }
+  const int64_t groups = static_cast<int64_t>(out.rows.size());
+  out.first.assign(groups + 1, 0);
+  out.order.resize(n);
+  for (int64_t i = 0; i < n; ++i) ++out.first[group_of[i] + 1];
+  for (int64_t k = 0; k < groups; ++k) out.first[k + 1] += out.first[k];
+  std::vector<int64_t> fill(out.first.begin(), out.first.end() - 1);
+  for (int64_t i = 0; i < n; ++i) out.order[fill[group_of[i]]++] = i;
+  return out;
+}
+
+// Groups ahead whose weight rows are prefetched while a group is summed: the rows are random lines of
+// tables far larger than the caches, and without it every update waits on a miss.
+constexpr int64_t kUpdatePrefetchGroups = 8;
+constexpr int64_t kUpdatePrefetchBytes = 256;
+
 template <typename IT, typename acc_t>
 void fused_update(const char* op, const Tensor& grad, const std::vector<Table>& tables, const Layout& layout,
                   PoolMode mode, const Tensor& psw, FusedOptimizer optimizer, at::TensorList state, double lr,
@@ -659,79 +721,59 @@ void fused_update(const char* op, const Tensor& grad, const std::vector<Table>& 
   const int64_t total_dim = g.size(1);
   const acc_t* psw_ptr = psw.defined() ? psw.data_ptr<acc_t>() : nullptr;
   BagReader<IT> reader(op, layout, tables);
-  // Every table's lookups (row, bag, scale), gathered and validated before any row changes, so a bad
-  // index or offset leaves every table as it was.
   const int64_t num_tables = static_cast<int64_t>(tables.size());
-  std::vector<std::vector<int64_t>> table_rows(num_tables), table_bags(num_tables);
-  std::vector<std::vector<acc_t>> table_scales(num_tables);
-  for (int64_t t = 0; t < num_tables; ++t) {
-    const int64_t base = t * layout.bags;
-    for (int64_t b = 0; b < layout.bags; ++b) {
-      const auto [start, end] = reader.bounds(base + b);
-      const int64_t count = mode == PoolMode::kMean ? reader.count(base + b, t) : 0;
-      for (int64_t i = start; i < end; ++i) {
-        const int64_t r = reader.row(i, t);
-        if (r < 0) continue;
-        table_rows[t].push_back(r);
-        table_bags[t].push_back(b);
-        table_scales[t].push_back(lookup_scale(mode, psw_ptr, i, count));
+  // Every table's lookups, validated and grouped (tables in parallel) before any row changes, so a bad
+  // index or offset leaves every table as it was. The error reported is the first table's with one, as
+  // a serial pass would find.
+  std::vector<RowGroups<acc_t>> grouped(num_tables);
+  std::vector<std::exception_ptr> errors(num_tables);
+  at::parallel_for(0, num_tables, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      try {
+        grouped[t] = group_lookups<IT, acc_t>(reader, layout, mode, psw_ptr, t);
+      } catch (...) {
+        errors[t] = std::current_exception();
       }
     }
-  }
-  // With many tables (DLRM's 26) each thread takes whole tables, grouping included; with few, the rows
-  // of one table are split over threads. Either way a row is updated by one thread, in lookup order.
+  });
+  for (const auto& e : errors)
+    if (e) std::rethrow_exception(e);
+  // With many tables (DLRM's 26) each thread takes whole tables; with few, the rows of one table are split
+  // over threads. Either way a row is updated by one thread, summing its lookups in lookup order, so the
+  // result does not depend on the thread count.
   const bool split_tables = num_tables >= 2 * at::get_num_threads();
   auto update_table = [&](int64_t t) {
     const Table& table = tables[t];
-    const std::vector<int64_t>& rows = table_rows[t];
-    const std::vector<int64_t>& bags = table_bags[t];
-    const std::vector<acc_t>& scales = table_scales[t];
-    const int64_t n = static_cast<int64_t>(rows.size());
-    if (n == 0) return;
-    // Group by row: group ids by first appearance, then lookups ordered by group (stable).
-    int64_t capacity = 2;
-    while (capacity < 2 * n) capacity *= 2;
-    int shift = 64;
-    for (int64_t c = capacity; c > 1; c >>= 1) --shift;
-    std::vector<int64_t> slot_group(capacity, -1), group_rows, group_of(n);
-    for (int64_t i = 0; i < n; ++i) {
-      int64_t s = static_cast<int64_t>((static_cast<uint64_t>(rows[i]) * 0x9E3779B97F4A7C15ULL) >> shift);
-      while (slot_group[s] >= 0 && group_rows[slot_group[s]] != rows[i]) s = (s + 1) & (capacity - 1);
-      if (slot_group[s] < 0) {
-        slot_group[s] = static_cast<int64_t>(group_rows.size());
-        group_rows.push_back(rows[i]);
-      }
-      group_of[i] = slot_group[s];
-    }
-    const int64_t groups = static_cast<int64_t>(group_rows.size());
-    std::vector<int64_t> first(groups + 1, 0), order(n);
-    for (int64_t i = 0; i < n; ++i) ++first[group_of[i] + 1];
-    for (int64_t k = 0; k < groups; ++k) first[k + 1] += first[k];
-    {
-      std::vector<int64_t> fill(first.begin(), first.end() - 1);
-      for (int64_t i = 0; i < n; ++i) order[fill[group_of[i]]++] = i;
-    }
+    const RowGroups<acc_t>& rg = grouped[t];
+    const int64_t groups = static_cast<int64_t>(rg.rows.size());
+    if (groups == 0) return;
     const int64_t dim = table.dim;
     Tensor weight = table.weight;  // contiguous: the caller's tensor itself (checked)
     acc_t* momentum = optimizer == FusedOptimizer::kRowwiseAdagrad ? state[t].data_ptr<acc_t>() : nullptr;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, weight.scalar_type(), "fused_update", [&] {
       scalar_t* w = weight.data_ptr<scalar_t>();
+      const int64_t row_bytes = std::min<int64_t>(dim * static_cast<int64_t>(sizeof(scalar_t)), kUpdatePrefetchBytes);
       auto update_rows = [&](int64_t k0, int64_t k1) {
         std::vector<acc_t> sum(dim);
         for (int64_t k = k0; k < k1; ++k) {
+          if (k + kUpdatePrefetchGroups < k1) {
+            const char* ahead = reinterpret_cast<const char*>(w + rg.rows[k + kUpdatePrefetchGroups] * dim);
+            for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(ahead + b, 1, 3);
+            if (momentum) __builtin_prefetch(momentum + rg.rows[k + kUpdatePrefetchGroups], 1, 3);
+          }
           std::fill(sum.begin(), sum.end(), acc_t(0));
-          for (int64_t j = first[k]; j < first[k + 1]; ++j) {
-            const int64_t i = order[j];
-            const acc_t* grow = gp + bags[i] * total_dim + table.col;
-            const acc_t s = scales[i];
+          for (int64_t j = rg.first[k]; j < rg.first[k + 1]; ++j) {
+            const int64_t i = rg.order[j];
+            const acc_t* grow = gp + rg.bags[i] * total_dim + table.col;
+            const acc_t s = rg.scales[i];
             for (int64_t d = 0; d < dim; ++d) sum[d] += s * grow[d];
           }
-          scalar_t* row = w + group_rows[k] * dim;
+          scalar_t* row = w + rg.rows[k] * dim;
           acc_t step = static_cast<acc_t>(lr);
           if (momentum) {
             acc_t squares = 0;
             for (int64_t d = 0; d < dim; ++d) squares += sum[d] * sum[d];
-            acc_t& m = momentum[group_rows[k]];
+            acc_t& m = momentum[rg.rows[k]];
             m += squares / static_cast<acc_t>(dim);
             step = static_cast<acc_t>(lr) / (std::sqrt(m) + static_cast<acc_t>(eps));
           }
