@@ -1,5 +1,5 @@
-"""mprec.ops.mlp.linear (oneDNN GEMM + activation for inference and training, F.linear + activation elsewhere) and
-mprec.nn.MLP against plain torch; mprec.memory.empty (tables on 2 MiB pages)."""
+"""mprec.ops.mlp.linear (each product on oneDNN or BLAS, measured or fixed, + activation for inference and training;
+F.linear + activation elsewhere) and mprec.nn.MLP against plain torch; mprec.memory.empty (tables on 2 MiB pages)."""
 
 import pytest
 import torch
@@ -8,12 +8,20 @@ from torch.nn import functional as F
 
 from mprec import memory
 from mprec.nn import MLP
-from mprec.ops.mlp import linear
+from mprec.ops import mlp
+from mprec.ops.mlp import linear, use_gemm_library
+
+
+@pytest.fixture(params=["measured", "onednn", "blas"])
+def gemm(request):
+    """Every product on each library, and on the one measured fastest per product."""
+    with use_gemm_library(None if request.param == "measured" else request.param):
+        yield request.param
 
 
 @pytest.mark.parametrize("activation", ["none", "relu"])
 @pytest.mark.parametrize("shape", [(64, 13, 512), (1, 1, 1), (33, 367, 17)])
-def test_linear_inference_matches_torch(activation, shape):
+def test_linear_inference_matches_torch(gemm, activation, shape):
     B, K, N = shape
     x, w, b = torch.randn(B, K), torch.randn(N, K), torch.randn(N)
     with torch.no_grad():
@@ -63,15 +71,16 @@ def _reference_grads(x, w, b, activation, g):
 # Wide layers (weight gradient by oneDNN), thin ones (by mm), odd widths, one example, one output.
 @pytest.mark.parametrize("shape", [(256, 368, 512), (96, 512, 256), (64, 13, 512), (64, 64, 16), (33, 129, 17),
                                    (1, 7, 5), (40, 256, 1), (17, 1, 1)])
-def test_linear_training_path_matches_float64(activation, bias, shape):
-    """fp32 training runs forward, input gradient and weight gradient on oneDNN; all three against float64."""
+def test_linear_training_path_matches_float64(gemm, activation, bias, shape):
+    """fp32 training runs forward, input gradient and weight gradient on the GEMM libraries; all three against
+    float64."""
     torch.manual_seed(sum(shape))
     B, K, N = shape
     x = torch.randn(B, K, requires_grad=True)
     w = (torch.randn(N, K) / K ** 0.5).requires_grad_()
     b = torch.randn(N, requires_grad=True) if bias else None
     y = linear(x, w, b, activation)
-    assert type(y.grad_fn).__name__ == "_OneDNNLinearBackward"
+    assert type(y.grad_fn).__name__ == "_LinearBackward"
     g = torch.randn(B, N)
     got = torch.autograd.grad(y, [t for t in (x, w, b) if t is not None], g)
     want_y, want = _reference_grads(x, w, b, activation, g)
@@ -81,7 +90,7 @@ def test_linear_training_path_matches_float64(activation, bias, shape):
         torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=1e-4 * (1 + e.abs().max().item()))
 
 
-def test_linear_training_path_takes_strided_inputs_and_gradients():
+def test_linear_training_path_takes_strided_inputs_and_gradients(gemm):
     """A transposed input, a broadcast (stride-0) upstream gradient, and a frozen input (no input gradient)."""
     torch.manual_seed(1)
     base = torch.randn(48, 30)
@@ -96,7 +105,7 @@ def test_linear_training_path_takes_strided_inputs_and_gradients():
     torch.testing.assert_close(b.grad.double(), gb, rtol=1e-4, atol=1e-4)
 
 
-def test_linear_training_relu_gradient_is_zero_where_the_output_is_zero():
+def test_linear_training_relu_gradient_is_zero_where_the_output_is_zero(gemm):
     x = torch.tensor([[1.0, -1.0], [0.5, 0.0]], requires_grad=True)
     w = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 0.0]], requires_grad=True)
     y = linear(x, w, None, "relu")  # pre-activations [[0, 2, -1], [0.5, 0.5, -0.5]]
@@ -107,7 +116,7 @@ def test_linear_training_relu_gradient_is_zero_where_the_output_is_zero():
     torch.testing.assert_close(w.grad, torch.tensor([[1.5, 0.0], [4.5, -3.0], [0.0, 0.0]]))
 
 
-def test_linear_training_under_autocast_matches_autocast_f_linear():
+def test_linear_training_under_autocast_matches_autocast_f_linear(gemm):
     """Under bf16 autocast the products run in bf16 and the fp32 parameters get fp32 gradients, as with
     autocast's F.linear."""
     torch.manual_seed(2)
@@ -124,6 +133,42 @@ def test_linear_training_under_autocast_matches_autocast_f_linear():
     for a, e in zip(got_grads, want_grads):
         assert a.dtype == torch.float32
         torch.testing.assert_close(a.double(), e.double(), rtol=3e-2, atol=3e-2 * e.abs().max().item())
+
+
+def test_products_are_measured_once_per_shape_and_remembered(monkeypatch):
+    """With no library fixed, each product of a new shape is timed on both libraries once, and later calls of
+    the same shape (and of any row count with the same power of two) reuse the choice."""
+    calls = []
+    monkeypatch.setattr(mlp, "_choices", {})
+    measure = mlp._measure
+
+    def counting(*args):
+        calls.append(args[0].shape)
+        return measure(*args)
+
+    monkeypatch.setattr(mlp, "_measure", counting)
+    with use_gemm_library(None):
+        x = torch.randn(70, 24, requires_grad=True)
+        w = torch.randn(40, 24, requires_grad=True)
+        b = torch.randn(40, requires_grad=True)
+        for rows in (70, 100, 70):  # 70 and 100 share the power of two 64..127
+            linear(x[:rows] if rows <= 70 else torch.randn(rows, 24), w, b, "relu").sum().backward()
+    assert len(calls) == 3  # forward, input gradient, weight gradient of the first call
+    choices = mlp.gemm_choices()
+    assert {k[0] for k in choices} == set(mlp.PRODUCTS)
+    assert set(choices.values()) <= set(mlp.GEMM_LIBRARIES)
+
+
+def test_gemm_library_errors(monkeypatch):
+    with pytest.raises(ValueError, match=r"mprec.ops.use_gemm_library: library must be one of \('onednn', 'blas'\) "
+                                         r"or None, got 'mkl'"):
+        with use_gemm_library("mkl"):
+            pass
+    monkeypatch.setenv("MPREC_GEMM", "cublas")
+    with pytest.raises(ValueError, match=r"MPREC_GEMM must be one of \('auto', 'onednn', 'blas'\), got 'cublas'"):
+        mlp._library_from_env()
+    monkeypatch.setenv("MPREC_GEMM", " BLAS ")
+    assert mlp._library_from_env() == "blas"
 
 
 def test_linear_rejects_unknown_activation():

@@ -8,6 +8,7 @@ references that tests, benchmarks and the XLA/IPU lowerings share are in :mod:`m
 
 from . import cache, reference
 from .interaction import dlrm_interaction, dot_interaction
+from .mlp import gemm_choices, linear, use_gemm_library
 from .dhe import (
     dhe_encode,
     dhe_encode_linear,
@@ -30,6 +31,9 @@ __all__ = [
     "cache",
     "dot_interaction",
     "dlrm_interaction",
+    "linear",
+    "use_gemm_library",
+    "gemm_choices",
     "MODES",
     "embedding_bag",
     "batched_embedding_bag",

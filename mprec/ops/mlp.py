@@ -1,39 +1,54 @@
-"""Linear layers with a fused activation, for the MLPs of DLRM and the DHE decoders.
+"""Linear layers with a fused activation, for DLRM's MLPs (:class:`mprec.nn.MLP`).
 
 :func:`linear` is ``activation(x @ weight.T + bias)``. On a CPU build of torch with oneDNN, for 2-D float32
-or bfloat16 inputs, every product runs through oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``,
-the kernel inductor emits for the same pattern):
+or bfloat16 inputs, each of a layer's three products runs on the GEMM library measured fastest for it on
+this machine (:func:`gemm_library`):
 
-- the forward is one call with the activation applied to the GEMM's output tile while it is still in
-  cache; under CPU autocast it computes in the autocast dtype, as ``F.linear`` would;
-- with autograd (training), :class:`_OneDNNLinear` computes the input gradient as ``grad @ weight`` and
-  the weight gradient as ``grad.T @ x`` through the same matmul, reading the transposes as strided views
-  (no copies).
+- ``"onednn"``: oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``, the kernel inductor emits for the
+  same pattern), with the activation applied to the GEMM's output tile while it is still in cache;
+- ``"blas"``: torch's ``addmm``/``mm`` (MKL in torch's x86 wheels), then the activation in place.
 
-Why not ``F.linear``: torch sends float32 ``mm``/``addmm`` to MKL, and MKL on AMD CPUs runs its AVX2
-kernels; oneDNN dispatches on the ISA alone and runs AVX-512 there. On a 2-core Zen 5 the DLRM shapes
-(B=2048, 368x512, 512x256) go at 200-220 GFLOP/s through MKL and 380-500 through oneDNN (forward and
-input gradient), 300-330 for the weight gradient. The products are float32 throughout (no bf16/tf32
-shortcut); only the summation order differs. bfloat16 goes to oneDNN only where the CPU computes it
-(AVX-512 or AMX). Weight gradients of thin layers (a side under 64) stay on
-``mm``, where oneDNN is slower. Everything else (other devices and dtypes, N-d inputs) is ``F.linear``
-followed by the activation, in place.
+The forward is one product; with autograd (training), :class:`_Linear` computes the input gradient as
+``grad @ weight`` and the weight gradient as ``grad.T @ x``, reading the transposes as strided views. Under
+CPU autocast the products run in the autocast dtype, as ``F.linear``'s would.
+
+Why measure: neither library wins everywhere. MKL runs its AVX2 kernels on AMD CPUs, so on AVX-512 EPYCs
+oneDNN (which dispatches on the ISA alone) is up to twice as fast; on AVX2-only CPUs both run AVX2 and
+MKL's is as fast or faster, and oneDNN copies a transposed operand before the weight-gradient product.
+Thin products (a side under 64) differ again. So each product (forward, input gradient, weight gradient)
+of each shape is timed once per process on both libraries, on its real operands, and the faster one is
+kept (keyed by the product, the layer's widths, the batch's power of two, dtype and thread count). The
+products are float32 throughout (no bf16/tf32 shortcut); only the summation order differs.
+``MPREC_GEMM=onednn|blas`` (or :func:`use_gemm_library`) fixes the library instead, e.g. for runs that
+must repeat bit for bit across processes. bfloat16 goes to oneDNN only where the CPU computes it (AVX-512
+or AMX). Everything else (other devices and dtypes, N-d inputs) is ``F.linear`` followed by the
+activation, in place.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+import os
+import threading
+import time
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-__all__ = ["linear", "ACTIVATIONS"]
+from ..precision import bf16_native
+
+__all__ = ["linear", "ACTIVATIONS", "GEMM_LIBRARIES", "gemm_library", "gemm_choices", "use_gemm_library"]
 
 ACTIVATIONS = ("none", "relu")
+GEMM_LIBRARIES = ("onednn", "blas")
+PRODUCTS = ("forward", "input_grad", "weight_grad")
 _FUSED = {"none": ("none", []), "relu": ("relu", [None])}
-# Below this width on either side of the weight, oneDNN's weight-gradient product is slower than mm's.
-_ONEDNN_WEIGHT_GRAD_MIN = 64
+# Timed calls per library when a product's library is measured (after one untimed call, which pays for
+# oneDNN's kernel generation and first-touch of the output); the fastest call of each is compared, the
+# statistic least moved by other work on a shared machine.
+_MEASURE_CALLS = 3
 
 
 def _fused_available() -> bool:
@@ -41,24 +56,109 @@ def _fused_available() -> bool:
 
 
 _HAS_FUSED = _fused_available()
-# oneDNN computes bfloat16 products only on CPUs with AVX-512 (or AMX); elsewhere it refuses to build the
-# primitive, and bfloat16 goes through F.linear like every other case.
-_ONEDNN_DTYPES = (torch.float32, torch.bfloat16) if _HAS_FUSED and torch.ops.mkldnn._is_mkldnn_bf16_supported() \
-    else (torch.float32,)
+# oneDNN computes bfloat16 products only on CPUs with native bfloat16 (AVX-512 or AMX); elsewhere it refuses
+# to build the primitive, and bfloat16 goes through F.linear like every other case.
+_ONEDNN_DTYPES = (torch.float32, torch.bfloat16) if _HAS_FUSED and bf16_native() else (torch.float32,)
 
 
-def _matmul_t(a: Tensor, b: Tensor, activation: str = "none", bias: Optional[Tensor] = None) -> Tensor:
-    """``activation(a @ b.T + bias)`` by oneDNN; ``a`` and ``b`` may be strided views."""
+def _library_from_env() -> Optional[str]:
+    value = os.environ.get("MPREC_GEMM", "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value not in GEMM_LIBRARIES:
+        raise ValueError(f"MPREC_GEMM must be one of {('auto',) + GEMM_LIBRARIES}, got {value!r}")
+    return value
+
+
+_fixed_library: Optional[str] = _library_from_env()
+_choices: dict[tuple, str] = {}
+_choices_lock = threading.Lock()
+
+
+# The three products on each library. ``b`` operands may be strided views (transposes): oneDNN and mm read them.
+def _onednn(a: Tensor, b: Tensor, activation: str = "none", bias: Optional[Tensor] = None) -> Tensor:
+    """``activation(a @ b.T + bias)`` by oneDNN."""
     name, scalars = _FUSED[activation]
     return torch.ops.mkldnn._linear_pointwise(a, b, bias, name, scalars, "")
 
 
-class _OneDNNLinear(torch.autograd.Function):
-    """``activation(x @ weight.T + bias)`` with all three products on oneDNN (2-D, one dtype)."""
+def _blas(a: Tensor, b: Tensor, activation: str = "none", bias: Optional[Tensor] = None) -> Tensor:
+    """``activation(a @ b.T + bias)`` by torch's addmm / mm."""
+    y = a.mm(b.t()) if bias is None else torch.addmm(bias, a, b.t())
+    return y.relu_() if activation == "relu" else y
+
+
+_LIBRARIES: dict[str, Callable[..., Tensor]] = {"onednn": _onednn, "blas": _blas}
+
+
+def gemm_library(product: str, a: Tensor, b: Tensor, activation: str = "none", bias: Optional[Tensor] = None) -> str:
+    """The library that runs ``activation(a @ b.T + bias)`` for ``product`` (one of :data:`PRODUCTS`): the
+    one fixed by ``MPREC_GEMM`` / :func:`use_gemm_library`, else the one measured fastest for this product,
+    layer widths, power of two of the batch, dtype and thread count (measured on these operands the first
+    time, then remembered for the process)."""
+    if _fixed_library is not None:
+        return _fixed_library
+    if torch.compiler.is_compiling():
+        return "onednn"
+    # The batch is a's rows in the forward and input gradient, its columns in the weight gradient.
+    m, k = a.shape
+    batch, m, k = (k, m, None) if product == "weight_grad" else (m, None, k)
+    key = (product, batch.bit_length(), m, k, b.shape[0], activation, bias is not None, a.dtype,
+           torch.get_num_threads())
+    library = _choices.get(key)
+    if library is None:
+        library = _measure(a, b, activation, bias)
+        with _choices_lock:
+            library = _choices.setdefault(key, library)
+    return library
+
+
+def _measure(a: Tensor, b: Tensor, activation: str, bias: Optional[Tensor]) -> str:
+    with torch.no_grad(), torch.autograd.profiler.record_function("mprec::measure_gemm_libraries"):
+        best = {}
+        for name, fn in _LIBRARIES.items():
+            fn(a, b, activation, bias)
+            best[name] = float("inf")
+        for _ in range(_MEASURE_CALLS):
+            for name, fn in _LIBRARIES.items():
+                start = time.perf_counter()
+                fn(a, b, activation, bias)
+                best[name] = min(best[name], time.perf_counter() - start)
+    return min(GEMM_LIBRARIES, key=lambda name: best[name])
+
+
+def _product(product: str, a: Tensor, b: Tensor, activation: str = "none", bias: Optional[Tensor] = None) -> Tensor:
+    return _LIBRARIES[gemm_library(product, a, b, activation, bias)](a, b, activation, bias)
+
+
+def gemm_choices() -> dict[tuple, str]:
+    """The libraries measured so far: ``(product, bit length of the batch, a's other side, a's and b's
+    shared side (None where it is the batch), b's other side, activation, bias, dtype, threads) -> library``."""
+    with _choices_lock:
+        return dict(_choices)
+
+
+@contextlib.contextmanager
+def use_gemm_library(library: Optional[str]) -> Iterator[None]:
+    """Runs every product on ``library`` (``"onednn"`` or ``"blas"``; None: measured per product) inside the
+    block, as ``MPREC_GEMM`` does for a process."""
+    global _fixed_library
+    if library is not None and library not in GEMM_LIBRARIES:
+        raise ValueError(f"mprec.ops.use_gemm_library: library must be one of {GEMM_LIBRARIES} or None, "
+                         f"got {library!r}")
+    previous, _fixed_library = _fixed_library, library
+    try:
+        yield
+    finally:
+        _fixed_library = previous
+
+
+class _Linear(torch.autograd.Function):
+    """``activation(x @ weight.T + bias)`` with each of the three products on its library (2-D, one dtype)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str) -> Tensor:
-        y = _matmul_t(x, weight, activation, bias)
+        y = _product("forward", x, weight, activation, bias)
         relu = activation == "relu"
         # ReLU's backward needs only its output (y > 0), so x is the one activation kept per layer.
         ctx.save_for_backward(x, weight, y if relu else None)
@@ -75,12 +175,9 @@ class _OneDNNLinear(torch.autograd.Function):
             grad = torch.ops.aten.threshold_backward(grad, y, 0)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = _matmul_t(grad, weight.t())
+            grad_x = _product("input_grad", grad, weight.t())
         if ctx.needs_input_grad[1]:
-            if min(weight.shape) >= _ONEDNN_WEIGHT_GRAD_MIN:
-                grad_w = _matmul_t(grad.t(), x.t())
-            else:
-                grad_w = grad.t().mm(x)
+            grad_w = _product("weight_grad", grad.t(), x.t())
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum(0)
         return grad_x, grad_w, grad_b, None
@@ -97,9 +194,9 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, activation:
             bias = None if bias is None else bias.to(dtype)
             needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                                       or (bias is not None and bias.requires_grad))
-            if not needs_grad:
-                return _matmul_t(x, weight, activation, bias)
             with torch.autocast("cpu", enabled=False):
-                return _OneDNNLinear.apply(x.contiguous(), weight.contiguous(), bias, activation)
+                if not needs_grad:
+                    return _product("forward", x, weight, activation, bias)
+                return _Linear.apply(x.contiguous(), weight.contiguous(), bias, activation)
     y = F.linear(x, weight, bias)
     return torch.relu_(y) if activation == "relu" else y
