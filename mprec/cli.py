@@ -23,6 +23,8 @@ import torch
 
 import mprec
 from mprec.benchmark import EMBEDDING_BAG_CASES, median_ms, read_bandwidth
+from mprec.precision import PRECISIONS, bf16_native
+from mprec.precision import resolve as resolve_precision
 
 # The cases of the main job's table: the headline ones of the embedding-bag benchmark (bench/ has all).
 MAIN_CASES = ["standard f32 sum", "mean", "max", "padding_idx", "weighted", "bf16", "int8", "8 tables batched"]
@@ -70,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("profile", "serve", "run"):
         return run_sched(args)
     if args.command == "info":
-        print(json.dumps(dict(cpu_isa=mprec.cpu_isa(), supported=mprec.supported_cpu_isas(), **mprec.build_info()),
-                         indent=2))
+        print(json.dumps(dict(cpu_isa=mprec.cpu_isa(), supported=mprec.supported_cpu_isas(),
+                              bf16_native=bf16_native(), precision_auto=resolve_precision("auto"),
+                              **mprec.build_info()), indent=2))
         return 0
     rows = bench_table(quick=getattr(args, "quick", False))
     if getattr(args, "json", None):
@@ -92,7 +95,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adagrad"],
                    help="sgd: fused SGD tables + SGD; adagrad: fused row-wise Adagrad tables + Adagrad")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: MLPs under bf16 autocast")
+    p.add_argument("--precision", default="auto", choices=list(PRECISIONS),
+                   help="bf16: MLPs under bf16 autocast; auto: bf16 where the CPU computes it natively, else fp32")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="examples per epoch")

@@ -27,13 +27,13 @@ from torch.nn import functional as F
 from .data import KAGGLE_TABLE_SIZES, NUM_SPARSE, Batch, CriteoReader, SyntheticCriteo, Vocabulary
 from .models.dlrm import DLRM, PRESETS
 from .nn import REPRESENTATIONS, FusedOptimizer
+from .precision import PRECISIONS, autocast as precision_autocast
 
 __all__ = ["RunConfig", "build_model", "make_batches", "train", "evaluate", "roc_auc", "load_checkpoint",
            "save_checkpoint"]
 
 SYNTHETIC = "synthetic"
 OPTIMIZERS = ("sgd", "adagrad")
-PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -45,7 +45,8 @@ class RunConfig:
     batch_size: int = 2048
     lr: float = 0.1
     optimizer: str = "sgd"                # sgd: fused SGD tables + SGD; adagrad: row-wise Adagrad + Adagrad
-    precision: str = "fp32"               # bf16: MLPs under bf16 autocast (tables and DHE stay fp32)
+    precision: str = "auto"               # bf16: MLPs under bf16 autocast (tables and DHE stay fp32); auto:
+                                          # bf16 where the CPU computes it natively (mprec.precision)
     threads: Optional[int] = None
     seed: int = 0
     limit: Optional[int] = None           # examples per epoch (None: the whole file)
@@ -123,7 +124,7 @@ def dense_optimizer(config: RunConfig, model: DLRM) -> torch.optim.Optimizer:
 
 
 def _autocast(config: RunConfig):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    return precision_autocast(config.precision, what="mprec train")
 
 
 # --- metrics ------------------------------------------------------------------------------------------------
@@ -149,12 +150,12 @@ def roc_auc(labels: Tensor, scores: Tensor) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: DLRM, batches: Iterable[Batch], precision: str = "fp32") -> dict:
+def evaluate(model: DLRM, batches: Iterable[Batch], precision: str = "auto") -> dict:
     """``{examples, accuracy, auc, log_loss, click_rate}`` of the model on the batches."""
     was_training = model.training
     model.eval()
     labels, probs = [], []
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with precision_autocast(precision, what="mprec evaluate"):
         for b in batches:
             probs.append(torch.sigmoid(model(b.dense, b.indices, b.offsets).float()))
             labels.append(b.labels)

@@ -10,6 +10,7 @@ def test_info(capsys):
     assert mprec.cli.main(["info"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["cpu_isa"] in info["supported"]
+    assert info["precision_auto"] == ("bf16" if info["bf16_native"] else "fp32")
 
 
 def test_quick_bench_table_lists_mprec_and_peers():

@@ -276,8 +276,9 @@ def train(config: local.RunConfig, sharding: str = "auto", progress: bool = True
     if config.batch_size % cluster.world_size:
         raise ValueError(f"--batch-size {config.batch_size} (the global batch) must be a multiple of the "
                          f"{cluster.world_size} processes")
-    if config.precision != "fp32":
-        raise ValueError("distributed training runs in fp32 (--precision fp32)")
+    if config.precision == "bf16":
+        raise ValueError("distributed training runs in fp32 (--precision fp32, or auto)")
+    config = dataclasses.replace(config, precision="fp32")
     found = checkpoint.latest(config.checkpoint) if config.checkpoint else None
     meta = local.load_checkpoint(found) if found else None
     if meta is not None:

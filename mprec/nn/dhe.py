@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ..ops.cache import unique_ids
 from ..ops.dhe import ACTIVATIONS, TRANSFORMS, dhe_encode_linear, dhe_hash_parameters, next_prime, rowwise_linear
 from ..ops.embedding_bag import MODES
+from ..precision import warn_if_bf16_emulated
 from . import functional as F
 from .cache import EmbeddingCache
 from .embedding_bag import EmbeddingBag
@@ -121,6 +122,8 @@ class DHEEmbeddingBag(nn.Module):
 
     def _first_layer(self, ids: Tensor) -> Tensor:
         weight, bias, activation, norm_follows = self._layer(0)
+        if weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and not torch.compiler.is_compiling():
+            warn_if_bf16_emulated("DHEEmbeddingBag")  # once per process, where the CPU has no native bf16
         x = dhe_encode_linear(ids, self.hash_a, self.hash_b, self.p, self.m, self.transform, weight, bias, activation)
         return _activation(self.norms[0](x), self.activation) if norm_follows else x
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.criteo import Batch
+from ..precision import autocast as precision_autocast
 
 __all__ = ["Path", "RowPool", "LoadedModel", "register_path_provider", "path_providers", "discover_paths"]
 
@@ -63,7 +64,7 @@ class LoadedModel:
     model: nn.Module
     pool: RowPool
     accuracy: float
-    precision: str = "fp32"
+    precision: str = "auto"
     evaluation: dict = field(default_factory=dict)
 
 
@@ -71,7 +72,7 @@ class Path:
     """``representation`` on ``device``: ``serve(start, n)`` -> probabilities ``[n]`` on the CPU."""
 
     def __init__(self, name: str, representation: str, device: str, model: nn.Module, pool: RowPool,
-                 accuracy: float, precision: str = "fp32", synchronize: Optional[Callable[[], None]] = None) -> None:
+                 accuracy: float, precision: str = "auto", synchronize: Optional[Callable[[], None]] = None) -> None:
         self.name, self.representation, self.device = name, representation, device
         self.model, self.pool, self.accuracy, self.precision = model.eval(), pool, accuracy, precision
         self._synchronize = synchronize
@@ -84,7 +85,7 @@ class Path:
     @torch.no_grad()
     def predict(self, dense: Tensor, indices: Tensor, offsets: Tensor) -> Tensor:
         device_type = torch.device(self.device).type
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        with precision_autocast(self.precision, device_type, what=f"Path {self.name}"):
             logits = self.model(dense, indices, offsets)
         return torch.sigmoid(logits.float()).cpu()  # .cpu() waits for an asynchronous device
 
