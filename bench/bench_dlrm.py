@@ -11,6 +11,15 @@ Every implementation has the same MLP and table initialisation. The timed steps 
 the implementations of a case (eager, mprec, eager, mprec, ...), so they share the moments of this
 shared machine; examples/s = 2,048 / the median step. After the models are built the machine is given
 time to settle: filling GBs of tables leaves the next seconds several times slower.
+
+The bf16 cases run where the CPU computes bfloat16 natively (mprec.precision's rule, the one precision
+"auto" follows); elsewhere they are skipped, and the summary's fastest mode is fp32.
+
+The MLPs' GEMM floor, measured in the same run: each product of a step (the forward of every layer; in
+training also the input gradient of every layer but the first and the weight gradient of every layer) timed
+alone on its real shape, on MKL (torch's addmm / mm) and on oneDNN, the faster median of each summed. It is
+the time a step would take if it did nothing but its MLPs' matrix products at their best rate on this
+machine; the summary reports it as a fraction of each step.
 """
 
 import statistics
@@ -25,6 +34,7 @@ import mprec
 from mprec.data import KAGGLE_TABLE_SIZES, SyntheticCriteo
 from mprec.models import DLRM
 from mprec.nn import FusedOptimizer
+from mprec.precision import bf16_native
 
 BATCH = 2048
 LR = 0.1
@@ -32,6 +42,36 @@ ROUNDS = 20
 TORCHREC_ROUNDS = 4
 SETTLE_SECONDS = 3.0
 CASES = [("train", "fp32"), ("train", "bf16"), ("infer", "fp32"), ("infer", "bf16")]
+MEASURED_CASES = [c for c in CASES if c[1] == "fp32" or bf16_native()]
+FLOOR_RUNS = 7
+
+
+def _median_ms(fn, runs=FLOOR_RUNS):
+    fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def gemm_floor_ms(model, batch=BATCH):
+    """{"train": ms, "infer": ms}: the MLPs' matrix products alone, each on the faster of MKL and oneDNN."""
+    onednn = torch.ops.mkldnn._linear_pointwise
+    floor = {"train": 0.0, "infer": 0.0}
+    layers = [m for mlp in (model.bottom, model.top) for m in mlp if isinstance(m, nn.Linear)]
+    for i, layer in enumerate(layers):
+        n, k = layer.weight.shape
+        x, w, b, g = torch.randn(batch, k), torch.randn(n, k), torch.randn(n), torch.randn(batch, n)
+        forward = min(_median_ms(lambda: torch.addmm(b, x, w.t())),
+                      _median_ms(lambda: onednn(x, w, b, "none", [], "")))
+        weight_grad = min(_median_ms(lambda: g.t().mm(x)), _median_ms(lambda: onednn(g.t(), x.t(), None, "none", [], "")))
+        input_grad = 0.0 if i == 0 else min(_median_ms(lambda: g.mm(w)),
+                                            _median_ms(lambda: onednn(g, w.t(), None, "none", [], "")))
+        floor["infer"] += forward
+        floor["train"] += forward + weight_grad + input_grad
+    return floor
 
 
 def eager_mlp(widths, last_activation):
@@ -137,8 +177,9 @@ def dlrm_setup():
             b.kjt = torchrec_input(b)
     except ImportError:
         pass
+    floor = gemm_floor_ms(models["mprec"])
     times = {}
-    for phase, precision in CASES:
+    for phase, precision in MEASURED_CASES:
         impls = [i for i in ("eager", "mprec", "torchrec") if i in models and not (i == "torchrec" and precision != "fp32")]
         steps = {i: make_step(models[i], optimizers[i], phase, precision, forwards[i]) for i in impls}
         settle_until = time.perf_counter() + SETTLE_SECONDS
@@ -158,7 +199,7 @@ def dlrm_setup():
                 steps[i](b)
                 case_times[i].append(time.perf_counter() - start)
         times[(phase, precision)] = case_times
-    return dict(models=models, optimizers=optimizers, forwards=forwards, batches=batches, times=times)
+    return dict(models=models, optimizers=optimizers, forwards=forwards, batches=batches, times=times, floor=floor)
 
 
 @pytest.mark.parametrize("impl", ["eager", "mprec", "torchrec"])
@@ -169,6 +210,8 @@ def test_dlrm(benchmark, dlrm_setup, phase, precision, impl):
         pytest.skip("torchrec is not installed (make bench-deps)")
     if impl == "torchrec" and precision != "fp32":
         pytest.skip("TorchRec is measured in fp32 only")
+    if (phase, precision) not in MEASURED_CASES:
+        pytest.skip("this CPU has no native bfloat16: precision auto runs fp32 (mprec.precision)")
     times = setup["times"][(phase, precision)][impl]
     step = make_step(setup["models"][impl], setup["optimizers"][impl], phase, precision, setup["forwards"][impl])
     batches = setup["batches"]
@@ -184,4 +227,5 @@ def test_dlrm(benchmark, dlrm_setup, phase, precision, impl):
     median = statistics.median(times)
     benchmark.extra_info.update(case=case, impl=impl, phase=phase, precision=precision, batch=BATCH,
                                 interleaved_median_ms=median * 1e3, interleaved_rounds=len(times),
-                                examples_per_second=BATCH / median)
+                                examples_per_second=BATCH / median, cpu_isa=mprec.cpu_isa(),
+                                bf16_native=bf16_native(), gemm_floor_ms=setup["floor"][phase])

@@ -1,5 +1,5 @@
 """`make bench`: runs every bench_<family>.py with pytest-benchmark, saves the JSON under bench/results/
-named for this machine, and prints the summary next to it; bench_distributed.py, which starts processes of its
+named for this machine and the kernels' ISA (<cpu>-<threads>t-<isa>-<family>.json), and prints the summary next to it; bench_distributed.py, which starts processes of its
 own, runs as a script (it writes its own results). `python bench/run.py dhe ...` runs only the named families."""
 
 import subprocess
@@ -17,11 +17,13 @@ def main() -> int:
     sys.path.insert(0, str(HERE))
     import importlib
 
+    import mprec
     from mprec.sched.profile import machine_name
 
     results = HERE / "results"
     results.mkdir(exist_ok=True)
-    name = machine_name()
+    # <cpu>-<threads>t-<isa>: the kernels' ISA (MPREC_CPU_ISA=avx2 on an AVX-512 machine writes its own files).
+    name = f"{machine_name()}-{mprec.cpu_isa()}"
     status = 0
     only = set(sys.argv[1:])
     for bench in sorted(HERE.glob("bench_*.py")):

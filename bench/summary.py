@@ -1,7 +1,7 @@
 """Reads a pytest-benchmark JSON of bench_embedding_bag.py and prints, per case, each implementation's
 median, GB/s, fraction of the measured read bandwidth and ratio to torch and FBGEMM; then the targets.
 
-    python bench/summary.py bench/results/<machine>-embedding_bag.json
+    python bench/summary.py bench/results/<machine>-<isa>-embedding_bag.json
 """
 
 import json

@@ -2,7 +2,7 @@
 hashes/s, decoder GFLOP/s and its fraction of the matmul rate measured in the same run, the ratio to the
 eager baseline, the cache hit rates; then the targets.
 
-    python bench/summary_dhe.py bench/results/<machine>-dhe.json
+    python bench/summary_dhe.py bench/results/<machine>-<isa>-dhe.json
 """
 
 import json
@@ -22,11 +22,11 @@ HIT_RATE_TARGET = 0.60
 
 def summarize(path):
     data = json.load(open(path))
-    medians, info, rates = defaultdict(dict), defaultdict(dict), {}
+    medians, info, rates, machine = defaultdict(dict), defaultdict(dict), {}, {}
     for b in data["benchmarks"]:
         extra = b.get("extra_info", {})
         if extra.get("kind") == "matmul_rate":
-            rates = extra["gflops"]
+            rates, machine = extra["gflops"], extra
             continue
         # The cache case is timed round-robin (uncached, static, LFU on the same batches in turn): those
         # medians are the same-run comparison; pytest-benchmark's own rounds time each impl alone.
@@ -34,7 +34,9 @@ def summarize(path):
         info[extra["case"]][extra["impl"]] = extra
     cpu = data.get("machine_info", {}).get("cpu", {}).get("brand_raw", "?")
     rate_text = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items())
-    lines = [f"machine: {cpu}; matmul (2048^3, measured in this run): {rate_text}", ""]
+    kind = f" ({machine['cpu_isa']}, {'native bf16' if machine['bf16_native'] else 'no native bf16: bf16 not measured'})" \
+        if "cpu_isa" in machine else ""
+    lines = [f"machine: {cpu}{kind}; matmul (2048^3, measured in this run): {rate_text}", ""]
     header = (f"{'case':<30} {'impl':<15} {'median ms':>10} {'Ghash/s':>8} {'GFLOP/s':>8} {'of mm':>6} "
               f"{'vs eager':>9} {'hit rate':>9}")
     lines += [header, "-" * len(header)]

@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from .data import KAGGLE_TABLE_SIZES, NUM_SPARSE, Batch, CriteoReader, SyntheticCriteo, Vocabulary
 from .models.dlrm import DLRM, PRESETS
 from .nn import REPRESENTATIONS, FusedOptimizer
+from .ops.mlp import gemm_choices, restore_gemm_choices
 from .precision import PRECISIONS, autocast as precision_autocast
 
 __all__ = ["RunConfig", "build_model", "make_batches", "train", "evaluate", "roc_auc", "load_checkpoint",
@@ -267,6 +268,7 @@ def train(config: RunConfig, resume: bool = True, progress: bool = True, log=sys
             raise ValueError(f"{config.checkpoint} was written by a different run configuration; "
                              "remove it or use the same settings")
         table_sizes = state["table_sizes"]
+        restore_gemm_choices(state.get("gemm_choices", []))  # computes as the run it continues did
         print(f"resuming from {config.checkpoint} at epoch {state['epoch']} step {state['step']}", file=log)
     else:
         vocabulary = None
@@ -287,7 +289,7 @@ def train(config: RunConfig, resume: bool = True, progress: bool = True, log=sys
                 config=dataclasses.asdict(config), table_sizes=table_sizes, model=model.state_dict(),
                 table_optimizer=model.embeddings.optimizer_state_dict(), optimizer=optimizer.state_dict(),
                 epoch=epoch, step=step, batch_in_epoch=batch_in_epoch, rng=torch.get_rng_state(),
-                vocabulary=vocabulary.state_dict() if vocabulary else None))
+                vocabulary=vocabulary.state_dict() if vocabulary else None, gemm_choices=gemm_choices()))
 
     def train_step(b):
         with _autocast(config):

@@ -34,9 +34,13 @@ def train_args(train: str, checkpoint: str, *extra: str) -> list:
             "--timeout-s", "60", *extra]
 
 
+# Runs compared bit for bit are separate processes: each would measure its own GEMM library per MLP product
+# (mprec.ops.mlp) and could pick differently where both are about as fast, so the library is fixed.
+ENV = dict(os.environ, OMP_NUM_THREADS="1", MPREC_GEMM="blas")
+
+
 def torchrun(args: list, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(TORCHRUN + args, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    return subprocess.run(TORCHRUN + args, capture_output=True, text=True, timeout=timeout, env=ENV)
 
 
 def weights(checkpoint: str) -> dict:
@@ -92,8 +96,7 @@ def test_train_resume_after_a_killed_rank_and_evaluate_in_one_process(data, tmp_
     # The same run, with one rank killed once a checkpoint exists: the job stops (no hang), and the same
     # command resumes it from that checkpoint to the same weights.
     process = subprocess.Popen(TORCHRUN + train_args(train, killed, *run),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=dict(os.environ, OMP_NUM_THREADS="1"))
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.monotonic() + 180
     while latest_step(killed) < 8 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -166,7 +169,7 @@ def test_two_hosts_in_network_namespaces_train_as_one_host_does(data, tmp_path):
     hosts, one = str(tmp_path / "hosts"), str(tmp_path / "one")
     args = train_args(train, hosts, "--sharding", "table-wise", "--epochs", "1")[2:]  # after -m mprec.cli
     done = subprocess.run(["bash", script, "--python", sys.executable, "--", *args], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=ENV)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout[done.stdout.index("{"):])
     assert result["processes"] == 2

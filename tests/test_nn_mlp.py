@@ -155,8 +155,28 @@ def test_products_are_measured_once_per_shape_and_remembered(monkeypatch):
             linear(x[:rows] if rows <= 70 else torch.randn(rows, 24), w, b, "relu").sum().backward()
     assert len(calls) == 3  # forward, input gradient, weight gradient of the first call
     choices = mlp.gemm_choices()
-    assert {k[0] for k in choices} == set(mlp.PRODUCTS)
-    assert set(choices.values()) <= set(mlp.GEMM_LIBRARIES)
+    assert {row[0] for row in choices} == set(mlp.PRODUCTS)
+    assert {row[-1] for row in choices} <= set(mlp.GEMM_LIBRARIES)
+
+
+def test_restored_choices_are_used_without_measuring(monkeypatch):
+    """A checkpoint's choices (JSON rows) restored in another process decide the same products there."""
+    import json
+
+    monkeypatch.setattr(mlp, "_choices", {})
+    with use_gemm_library(None):
+        x, w = torch.randn(50, 24), torch.randn(40, 24)
+        with torch.no_grad():
+            linear(x, w, None, "relu")
+        rows = json.loads(json.dumps(mlp.gemm_choices()))
+        assert len(rows) == 1
+        flipped = [[*rows[0][:-1], "blas" if rows[0][-1] == "onednn" else "onednn"]]
+        monkeypatch.setattr(mlp, "_choices", {})
+        mlp.restore_gemm_choices(flipped + [["forward", 6, None, 3, 4, "none", False, "float33", 2, "blas"]])
+        monkeypatch.setattr(mlp, "_measure", lambda *args: pytest.fail("a restored product was measured again"))
+        with torch.no_grad():
+            linear(x, w, None, "relu")
+        assert mlp.gemm_choices() == flipped
 
 
 def test_gemm_library_errors(monkeypatch):

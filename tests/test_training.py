@@ -82,9 +82,32 @@ training.train(cfg, progress=False)
 """
 
 
+def test_resumed_run_uses_the_checkpoints_gemm_libraries(tmp_path, monkeypatch):
+    """The MLP products' libraries (measured per process, mprec.ops.mlp) travel with the checkpoint, so a resumed
+    run computes as the run it continues did."""
+    from mprec.ops import mlp
+
+    monkeypatch.setattr(mlp, "_fixed_library", None)
+    monkeypatch.setattr(mlp, "_choices", {})
+    path = str(tmp_path / "ck.pt")
+    training.train(small_config(checkpoint=path, epochs=1), progress=False)
+    state = training.load_checkpoint(path)
+    assert {row[0] for row in state["gemm_choices"]} == set(mlp.PRODUCTS)
+    flipped = [[*row[:-1], "blas" if row[-1] == "onednn" else "onednn"] for row in state["gemm_choices"]]
+    training.save_checkpoint(path, dict(state, gemm_choices=flipped))
+    monkeypatch.setattr(mlp, "_choices", {})  # a new process
+    monkeypatch.setattr(mlp, "_measure", lambda *args: pytest.fail("a product of the checkpoint was measured again"))
+    training.train(small_config(checkpoint=path, epochs=2), progress=False)
+    assert sorted(mlp.gemm_choices(), key=str) == sorted(flipped, key=str)
+
+
+# Runs compared bit for bit are separate processes, which would each measure their GEMM libraries.
+FIXED_GEMM = dict(os.environ, MPREC_GEMM="blas")
+
+
 def test_killed_run_resumes_with_nothing_lost(tmp_path):
     killed, straight = str(tmp_path / "killed.pt"), str(tmp_path / "straight.pt")
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, killed])
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, killed], env=FIXED_GEMM)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if os.path.exists(killed) and training.load_checkpoint(killed)["step"] >= 6:
@@ -95,8 +118,8 @@ def test_killed_run_resumes_with_nothing_lost(tmp_path):
     proc.wait()
     stopped_at = training.load_checkpoint(killed)["step"]
     assert 6 <= stopped_at < 200
-    subprocess.run([sys.executable, "-c", KILL_SCRIPT, killed], check=True)  # resumes from the checkpoint
-    subprocess.run([sys.executable, "-c", KILL_SCRIPT, straight], check=True)
+    subprocess.run([sys.executable, "-c", KILL_SCRIPT, killed], check=True, env=FIXED_GEMM)  # resumes
+    subprocess.run([sys.executable, "-c", KILL_SCRIPT, straight], check=True, env=FIXED_GEMM)
     a, b = training.load_checkpoint(killed), training.load_checkpoint(straight)
     assert a["step"] == b["step"] == 200
     for k, v in a["model"].items():

@@ -39,6 +39,7 @@ from .. import training as local
 from ..data import NUM_DENSE, Batch, Vocabulary
 from ..models.dlrm import DLRM
 from ..nn.collection import EmbeddingBagCollection
+from ..ops.mlp import gemm_choices, restore_gemm_choices
 from . import checkpoint
 from .sharder import EmbeddingBagCollectionSharder
 
@@ -296,15 +297,21 @@ def train(config: local.RunConfig, sharding: str = "auto", progress: bool = True
     if found:
         run.load(found)
         epoch, step, batch_in_epoch = meta["epoch"], meta["step"], meta["batch_in_epoch"]
+        # Each rank computes as its predecessor did (at another world size, as rank 0 did).
+        choices = meta.get("gemm_choices") or [[]]
+        restore_gemm_choices(choices[cluster.rank] if len(choices) == cluster.world_size else choices[0])
         if cluster.is_main:
             print(f"resuming from {found} at epoch {epoch} step {step} ({meta['world_size']} processes then, "
                   f"{cluster.world_size} now)", file=log)
 
     def save(epoch: int, step: int, batch_in_epoch: int) -> None:
         if config.checkpoint:
+            choices = [None] * cluster.world_size  # every rank's GEMM libraries, so a resumed rank uses its own
+            dist.all_gather_object(choices, gemm_choices())
             checkpoint.save(config.checkpoint, step, run.state_dict(),
                             dict(config=dataclasses.asdict(config), table_sizes=table_sizes, epoch=epoch,
-                                 batch_in_epoch=batch_in_epoch, world_size=cluster.world_size, sharding=sharding),
+                                 batch_in_epoch=batch_in_epoch, world_size=cluster.world_size, sharding=sharding,
+                                 gemm_choices=choices),
                             dict(vocabulary=vocabulary.state_dict() if vocabulary else None))
 
     def train_step(batch: Batch) -> tuple:

@@ -19,8 +19,9 @@ Thin products (a side under 64) differ again. So each product (forward, input gr
 of each shape is timed once per process on both libraries, on its real operands, and the faster one is
 kept (keyed by the product, the layer's widths, the batch's power of two, dtype and thread count). The
 products are float32 throughout (no bf16/tf32 shortcut); only the summation order differs.
-``MPREC_GEMM=onednn|blas`` (or :func:`use_gemm_library`) fixes the library instead, e.g. for runs that
-must repeat bit for bit across processes. bfloat16 goes to oneDNN only where the CPU computes it (AVX-512
+The choices travel with training checkpoints (:func:`gemm_choices`, :func:`restore_gemm_choices`), so a
+resumed run computes as the run it continues did, bit for bit; ``MPREC_GEMM=onednn|blas`` (or
+:func:`use_gemm_library`) fixes the library instead. bfloat16 goes to oneDNN only where the CPU computes it (AVX-512
 or AMX). Everything else (other devices and dtypes, N-d inputs) is ``F.linear`` followed by the
 activation, in place.
 """
@@ -39,7 +40,8 @@ from torch.nn import functional as F
 
 from ..precision import bf16_native
 
-__all__ = ["linear", "ACTIVATIONS", "GEMM_LIBRARIES", "gemm_library", "gemm_choices", "use_gemm_library"]
+__all__ = ["linear", "ACTIVATIONS", "GEMM_LIBRARIES", "gemm_library", "gemm_choices", "restore_gemm_choices",
+           "use_gemm_library"]
 
 ACTIVATIONS = ("none", "relu")
 GEMM_LIBRARIES = ("onednn", "blas")
@@ -131,11 +133,24 @@ def _product(product: str, a: Tensor, b: Tensor, activation: str = "none", bias:
     return _LIBRARIES[gemm_library(product, a, b, activation, bias)](a, b, activation, bias)
 
 
-def gemm_choices() -> dict[tuple, str]:
-    """The libraries measured so far: ``(product, bit length of the batch, a's other side, a's and b's
-    shared side (None where it is the batch), b's other side, activation, bias, dtype, threads) -> library``."""
+def gemm_choices() -> list[list]:
+    """The libraries measured so far, as JSON-able rows: ``[product, bit length of the batch, a's other side,
+    a's and b's shared side (None where it is the batch), b's other side, activation, bias, dtype, threads,
+    library]``."""
     with _choices_lock:
-        return dict(_choices)
+        return [[*key[:7], str(key[7]).removeprefix("torch."), *key[8:], library] for key, library in _choices.items()]
+
+
+def restore_gemm_choices(rows: list) -> None:
+    """Makes the choices of :func:`gemm_choices` (another process's, e.g. from a checkpoint) this process's, so
+    the same products run on the same libraries. Rows of unknown libraries or dtypes are ignored."""
+    restored = {}
+    for *key, library in rows:
+        dtype = getattr(torch, str(key[7]), None)
+        if library in GEMM_LIBRARIES and isinstance(dtype, torch.dtype):
+            restored[(*key[:7], dtype, *key[8:])] = library
+    with _choices_lock:
+        _choices.update(restored)
 
 
 @contextlib.contextmanager
