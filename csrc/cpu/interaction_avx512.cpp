@@ -2,6 +2,9 @@
 // from this file's compile flags). Chosen at run time by csrc/cpu/isa.cpp.
 #include <cstdint>
 #include <cstring>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #include "mprec/interaction_kernel.h"
 

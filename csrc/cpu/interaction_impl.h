@@ -74,18 +74,57 @@ inline void store_lanes(T* p, typename Lanes<T>::type v) {
   std::memcpy(p, &v, sizeof v);
 }
 
+#if defined(__AVX2__)
+// xt[d * padded + c] = rows[k][d] for an 8 x 8 block: rows k = 0..7 (row k at src + k * stride, columns d0..d0+7)
+// become columns c..c+7 of xt's rows d0..d0+7. Eight loads, 24 shuffles and eight stores instead of 64 scalar
+// moves, a third of the forward's time when done element by element.
+inline void transpose_8x8(const float* src, int64_t stride, float* dst, int64_t padded) {
+  const __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + stride);
+  const __m256 r2 = _mm256_loadu_ps(src + 2 * stride), r3 = _mm256_loadu_ps(src + 3 * stride);
+  const __m256 r4 = _mm256_loadu_ps(src + 4 * stride), r5 = _mm256_loadu_ps(src + 5 * stride);
+  const __m256 r6 = _mm256_loadu_ps(src + 6 * stride), r7 = _mm256_loadu_ps(src + 7 * stride);
+  const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+  const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+  const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+  const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  _mm256_storeu_ps(dst, _mm256_permute2f128_ps(s0, s4, 0x20));
+  _mm256_storeu_ps(dst + padded, _mm256_permute2f128_ps(s1, s5, 0x20));
+  _mm256_storeu_ps(dst + 2 * padded, _mm256_permute2f128_ps(s2, s6, 0x20));
+  _mm256_storeu_ps(dst + 3 * padded, _mm256_permute2f128_ps(s3, s7, 0x20));
+  _mm256_storeu_ps(dst + 4 * padded, _mm256_permute2f128_ps(s0, s4, 0x31));
+  _mm256_storeu_ps(dst + 5 * padded, _mm256_permute2f128_ps(s1, s5, 0x31));
+  _mm256_storeu_ps(dst + 6 * padded, _mm256_permute2f128_ps(s2, s6, 0x31));
+  _mm256_storeu_ps(dst + 7 * padded, _mm256_permute2f128_ps(s3, s7, 0x31));
+}
+#endif
+
 // Example b's F rows transposed into xt [D][padded] in the compute type T (columns F.. stay zero).
 template <typename T, typename S0, typename S1>
 inline void load_transposed(const InteractionArgs& a, int64_t b, int64_t dim, int64_t padded, T* xt) {
   const S0* first = static_cast<const S0*>(a.first) + b * a.first_stride;
   const S1* rest = static_cast<const S1*>(a.rest) + b * a.rest_stride;
   const int64_t others = a.features - 1;
+  for (int64_t d = 0; d < dim; ++d) xt[d * padded] = load_value(first[d]);
+  int64_t j0 = 0;
+#if defined(__AVX2__)
+  if constexpr (sizeof(T) == 4 && sizeof(S1) == 4) {  // float32 features: 8 x 8 blocks
+    if (dim % 8 == 0) {
+      for (; j0 + 8 <= others; j0 += 8)
+        for (int64_t d0 = 0; d0 < dim; d0 += 8)
+          transpose_8x8(reinterpret_cast<const float*>(rest) + j0 * dim + d0, dim,
+                        reinterpret_cast<float*>(xt) + d0 * padded + 1 + j0, padded);
+    }
+  }
+#endif
   for (int64_t d = 0; d < dim; ++d) {
     T* dst = xt + d * padded;
-    dst[0] = load_value(first[d]);
     const S1* src = rest + d;
 #pragma omp simd
-    for (int64_t j = 0; j < others; ++j) dst[1 + j] = load_value(src[j * dim]);
+    for (int64_t j = j0; j < others; ++j) dst[1 + j] = load_value(src[j * dim]);
   }
 }
 
