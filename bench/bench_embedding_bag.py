@@ -5,13 +5,17 @@ FBGEMM's CPU TBE, in the same run, one pytest-benchmark group per case.
     pytest bench/bench_embedding_bag.py --benchmark-json=out.json
 
 The cases are mprec.benchmark.EMBEDDING_BAG_CASES; every implementation of a case reads the same table
-memory. The group "machine" measures the read bandwidth the summary divides by.
+memory. The group "machine" measures the read bandwidth the summary divides by; each case's "gather limit"
+(mprec.benchmark.gather_limit) reads the case's own rows with a plain prefetching loop, the rate no table
+kernel doing arithmetic on those rows can beat by much.
 """
 
 import gc
 
 import pytest
 import torch
+
+import mprec
 
 from mprec.benchmark import EMBEDDING_BAG_CASES, read_bandwidth
 
@@ -43,6 +47,6 @@ PARAMS = [(case, impl) for case in EMBEDDING_BAG_CASES for impl in case.implemen
 def test_embedding_bag(benchmark, case, impl):
     impls = implementations(case)
     benchmark.group = case.name
-    benchmark.extra_info.update(case=case.name, impl=impl, bytes=case.row_bytes, dtype=case.dtype,
+    benchmark.extra_info.update(case=case.name, impl=impl, bytes=case.row_bytes, dtype=case.dtype, cpu_isa=mprec.cpu_isa(),
                                 mode=case.mode, tables=case.tables, dim=case.dim)
     benchmark.pedantic(impls[impl], rounds=case.rounds, iterations=1, warmup_rounds=2)

@@ -8,16 +8,26 @@ import json
 import sys
 from collections import defaultdict
 
-# (description, case, reference case or peer, minimum ratio); ratio = reference median / mprec median.
+# (description, case, reference case or peer, minimum ratio); ratio = reference median / mprec median ("gather"
+# is the gather limit's median: mprec's rate as a fraction of the machine's random-row gather limit). On every
+# kind of machine; "every case >= 1.0x torch" is checked below.
 TARGETS = [
-    ("standard case >= 1.5x torch", "standard f32 sum", ("torch", None), 1.5),
-    ("standard case >= 70% of read bandwidth", "standard f32 sum", ("bandwidth", None), 0.70),
+    ("standard case >= 1.2x torch", "standard f32 sum", ("torch", None), 1.2),
+    ("D=16 >= 1.2x torch", "D=16", ("torch", None), 1.2),
+    ("standard case >= 85% of the gather limit", "standard f32 sum", ("gather limit", None), 0.85),
+    ("8 tables >= 1.2x 8 torch calls", "8 tables batched", ("torch x8", None), 1.2),
     ("max within 1.3x of mprec's sum", "max", ("mprec", "standard f32 sum"), 1 / 1.3),
     ("padding_idx within 1.3x of mprec's sum", "padding_idx", ("mprec", "standard f32 sum"), 1 / 1.3),
+]
+# The AVX-512 machines' earlier targets, where mprec was tuned first.
+AVX512_TARGETS = [
+    ("standard case >= 1.5x torch", "standard f32 sum", ("torch", None), 1.5),
+    ("standard case >= 70% of read bandwidth", "standard f32 sum", ("bandwidth", None), 0.70),
     ("bf16 >= 1.5x torch", "bf16", ("torch", None), 1.5),
     ("8 tables >= 2x FBGEMM TBE", "8 tables batched", ("fbgemm", None), 2.0),
     ("8 tables >= 1.3x 8 torch calls", "8 tables batched", ("torch x8", None), 1.3),
 ]
+GATHER = "gather limit"
 
 
 def load(path):
@@ -31,7 +41,7 @@ def load(path):
             bandwidth = extra["gbps"]
             continue
         medians[extra["case"]][extra["impl"]] = b["stats"]["median"] * 1e3
-        info[extra["case"]] = extra
+        info[extra["case"]] = {**info.get(extra["case"], {}), **extra}
     return data, medians, info, bandwidth
 
 
@@ -40,9 +50,14 @@ def summarize(path):
     if bandwidth is None:
         raise SystemExit(f"{path}: no read-bandwidth measurement (test_read_bandwidth) in this run")
     cpu = data.get("machine_info", {}).get("cpu", {}).get("brand_raw", "?")
-    lines = [f"machine: {cpu}, read bandwidth {bandwidth:.1f} GB/s (measured in this run)", ""]
-    header = f"{'case':<18} {'impl':<9} {'median ms':>10} {'GB/s':>7} {'of bw':>6} {'vs torch':>9} {'vs fbgemm':>10}"
+    isa = data.get("machine_info", {}).get("mprec_cpu_isa") or next(
+        (e.get("cpu_isa") for e in info.values() if e.get("cpu_isa")), "?")
+    lines = [f"machine: {cpu} ({isa}), read bandwidth {bandwidth:.1f} GB/s (measured in this run); gather limit: "
+             "the case's own rows read by a plain prefetching loop, the best of its settings, in this run", ""]
+    header = (f"{'case':<18} {'impl':<12} {'median ms':>10} {'GB/s':>7} {'of bw':>6} {'of gather':>10} {'vs torch':>9} "
+              f"{'vs fbgemm':>10}")
     lines += [header, "-" * len(header)]
+    below_torch = []
     for case, impls in medians.items():
         gigabytes = info[case]["bytes"] / 1e9
         torch_ms = impls.get("torch", impls.get(f"torch x{info[case]['tables']}"))
@@ -50,9 +65,15 @@ def summarize(path):
             gbps = gigabytes / (ms * 1e-3)
             vs_torch = f"{torch_ms / ms:8.2f}x" if torch_ms else ""
             vs_fbgemm = f"{impls['fbgemm'] / ms:9.2f}x" if "fbgemm" in impls else ""
-            lines.append(f"{case:<18} {impl:<9} {ms:10.2f} {gbps:7.1f} {gbps / bandwidth:6.0%} {vs_torch:>9} {vs_fbgemm:>10}")
-    lines += ["", "targets (ratio = baseline median / mprec median):"]
-    for text, case, (peer, other_case), minimum in TARGETS:
+            of_gather = f"{impls[GATHER] / ms:10.0%}" if GATHER in impls and impl != GATHER else ""
+            lines.append(f"{case:<18} {impl:<12} {ms:10.2f} {gbps:7.1f} {gbps / bandwidth:6.0%} {of_gather:>10} "
+                         f"{vs_torch:>9} {vs_fbgemm:>10}")
+        if torch_ms and "mprec" in impls and torch_ms / impls["mprec"] < 1.0:
+            below_torch.append(f"{case} {torch_ms / impls['mprec']:.2f}")
+    lines += ["", f"targets ({isa} machine; ratio = baseline median / mprec median):"]
+    lines.append(f"  [{'met' if not below_torch else 'MISS':>4}] every case >= 1.0x torch"
+                 + (f": below in {', '.join(below_torch)}" if below_torch else ""))
+    for text, case, (peer, other_case), minimum in TARGETS + (AVX512_TARGETS if isa == "avx512" else []):
         if case not in medians or "mprec" not in medians[case]:
             lines.append(f"  [ n/a] {text}: not measured")
             continue

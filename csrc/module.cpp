@@ -5,6 +5,7 @@
 
 #include <ATen/Parallel.h>
 
+#include "mprec/gather_probe.h"
 #include "mprec/isa.h"
 
 #ifndef MPREC_TORCH_VERSION
@@ -33,4 +34,12 @@ PYBIND11_MODULE(_C, m) {
     info["parallel"] = at::get_parallel_info();
     return info;
   });
+  // Raw pointers: this module does not link torch's Python bindings. mprec.benchmark.gather_limit checks the
+  // tensors and keeps them alive.
+  m.def("gather_probe", [](uintptr_t table, int64_t row_bytes, uintptr_t indices, int64_t count, int64_t distance,
+                           int64_t prefetch_lines) {
+    py::gil_scoped_release release;
+    return mprec::cpu::gather_probe(reinterpret_cast<const void*>(table), row_bytes,
+                                    reinterpret_cast<const int64_t*>(indices), count, distance, prefetch_lines);
+  }, "The random-row gather probe of mprec.benchmark.gather_limit.");
 }

@@ -3,7 +3,8 @@
 A case builds its inputs once and offers one callable per implementation (mprec and its peers: torch's
 ``embedding_bag``, torch's quantized int8 op, FBGEMM's CPU TBE when ``fbgemm-gpu-cpu`` is installed), all
 over the same table memory, so that every implementation is timed on the same data in the same run.
-Speed is reported against the machine's measured read bandwidth, which :func:`read_bandwidth` measures.
+Speed is reported against the machine's measured read bandwidth (:func:`read_bandwidth`) and against its
+random-row gather limit on the case's own rows (the ``"gather limit"`` implementation, :func:`gather_limit`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ import torch
 
 import mprec
 
-__all__ = ["EmbeddingBagCase", "EMBEDDING_BAG_CASES", "read_bandwidth", "median_ms", "fbgemm_available"]
+__all__ = ["EmbeddingBagCase", "EMBEDDING_BAG_CASES", "read_bandwidth", "gather_limit", "median_ms",
+           "fbgemm_available", "GATHER_LIMIT"]
+
+GATHER_LIMIT = "gather limit"
+# The gather probe's settings, all tried; the fastest is the limit: prefetch distances (lookups ahead) and lines
+# prefetched per row (the first n 64-byte lines; the CPU's own prefetchers may fetch the rest sooner).
+GATHER_DISTANCES = (4, 8, 16, 32, 64)
+GATHER_LINES = (1, 2, 4, 1 << 20)
 
 
 def fbgemm_available() -> bool:
@@ -57,7 +65,7 @@ class EmbeddingBagCase:
 
     def implementation_names(self) -> list[str]:
         names = ["mprec", "torch" if self.tables == 1 else f"torch x{self.tables}"]
-        return names + (["fbgemm"] if self.fbgemm_supported() else [])
+        return names + (["fbgemm"] if self.fbgemm_supported() else []) + [GATHER_LIMIT]
 
     def build(self, seed: int = 0) -> dict[str, Callable[[], torch.Tensor]]:
         """The implementations to time, by name, each a no-argument callable."""
@@ -79,12 +87,14 @@ class EmbeddingBagCase:
                 q, sb = mprec.ops.quantize_rowwise_int8(w)
                 impls["mprec"] = lambda: mprec.ops.embedding_bag(q, idx, offsets, self.mode, psw, padding_idx,
                                                                  scale_bias=sb)
+                impls[GATHER_LIMIT] = gather_limit([q], [idx])
                 packed = torch.ops.quantized.embedding_bag_byte_prepack(w)
                 mode_number = mprec.ops.MODES[self.mode]
                 impls["torch"] = lambda: torch.ops.quantized.embedding_bag_byte_rowwise_offsets(
                     packed, idx, offsets, False, mode_number, False, psw, None, False)
             else:
                 impls["mprec"] = lambda: mprec.ops.embedding_bag(w, idx, offsets, self.mode, psw, padding_idx)
+                impls[GATHER_LIMIT] = gather_limit([w], [idx])
                 impls["torch"] = lambda: torch.nn.functional.embedding_bag(
                     idx, w, offsets, mode=self.mode, per_sample_weights=psw, padding_idx=padding_idx)
             if tbe is not None:
@@ -101,6 +111,7 @@ class EmbeddingBagCase:
                 for i, w in zip(indices, weights)], dim=1)
             if tbe is not None:
                 impls["fbgemm"] = lambda: tbe(all_indices, offsets)
+            impls[GATHER_LIMIT] = gather_limit(weights, indices)
         return impls
 
     def _fbgemm_tables(self, g):
@@ -154,6 +165,29 @@ EMBEDDING_BAG_CASES = [
     EmbeddingBagCase("D=256", dim=256),
     EmbeddingBagCase("8 tables batched", tables=8, rounds=9),
 ]
+
+
+def gather_limit(tables: list[torch.Tensor], indices: list[torch.Tensor], rounds: int = 3) -> Callable[[], int]:
+    """The machine's random-row gather limit on these rows, as a callable to time beside the kernels: it reads
+    rows ``indices[t]`` of ``tables[t]`` (one word of every 64-byte line, over torch's threads) with software
+    prefetch at the distance and lines per row that were fastest here among :data:`GATHER_DISTANCES` x
+    :data:`GATHER_LINES` (chosen now, by median time). A table kernel reading the same rows and doing no
+    arithmetic would run at about this rate; the benchmark reports each kernel as a fraction of it."""
+    for t, (table, idx) in enumerate(zip(tables, indices)):
+        if table.dim() != 2 or not table.is_contiguous() or table.device.type != "cpu":
+            raise ValueError(f"gather_limit: tables[{t}] must be a contiguous 2-D CPU tensor")
+        if idx.dtype != torch.int64 or idx.dim() != 1 or not idx.is_contiguous():
+            raise ValueError(f"gather_limit: indices[{t}] must be a contiguous 1-D int64 tensor")
+        if idx.numel() and not (0 <= int(idx.min()) and int(idx.max()) < table.shape[0]):
+            raise ValueError(f"gather_limit: indices[{t}] reach outside its {table.shape[0]} rows")
+
+    def probe(distance: int, lines: int) -> int:
+        return sum(mprec._C.gather_probe(table.data_ptr(), table.shape[1] * table.element_size(), idx.data_ptr(),
+                                         idx.numel(), distance, lines) for table, idx in zip(tables, indices))
+
+    settings = [(d, lines) for d in GATHER_DISTANCES for lines in GATHER_LINES]
+    best = min(settings, key=lambda s: median_ms(lambda: probe(*s), rounds, warmup=1))
+    return lambda: probe(*best)
 
 
 def median_ms(fn: Callable[[], object], rounds: int = 15, warmup: int = 2) -> float:

@@ -23,3 +23,24 @@ def test_quick_bench_table_lists_mprec_and_peers():
         assert "mprec" in impls and len(impls) >= 2
     assert all(r["median_ms"] > 0 for r in rows)
     assert "standard f32 sum" in out.getvalue()
+
+
+def test_gather_limit_reads_the_rows_it_is_given():
+    """The gather probe behind the benchmarks' gather limit reads word 0 of every line of each row asked for."""
+    import pytest
+    import torch
+
+    from mprec.benchmark import gather_limit
+
+    table = torch.zeros(1000, 16, dtype=torch.int64)  # 128-byte rows: two lines, words 0 and 8
+    table[:, 0] = torch.arange(1000)
+    table[:, 8] = 1
+    indices = torch.randint(0, 1000, (5000,))
+    probe = gather_limit([table, table], [indices, indices[:7]], rounds=1)
+    assert probe() == int(indices.sum()) + 5000 + int(indices[:7].sum()) + 7
+    with pytest.raises(ValueError, match=r"gather_limit: indices\[0\] reach outside its 1000 rows"):
+        gather_limit([table], [torch.tensor([0, 1000])])
+    with pytest.raises(ValueError, match=r"gather_limit: indices\[0\] must be a contiguous 1-D int64 tensor"):
+        gather_limit([table], [indices.int()])
+    with pytest.raises(ValueError, match=r"gather_limit: tables\[0\] must be a contiguous 2-D CPU tensor"):
+        gather_limit([table.t()], [indices])
