@@ -33,7 +33,7 @@ TOLERANCE = {
 
 WEIGHT_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.uint8]
 INDEX_DTYPES = [torch.int32, torch.int64]
-DIMS = [1, 3, 16, 64, 129, 256]
+DIMS = [1, 3, 16, 64, 100, 129, 256]
 ISAS = mprec.supported_cpu_isas()
 
 

@@ -44,6 +44,10 @@ struct V {
   static F load(const uint8_t* p, M n) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(load_128(p, n))); }
   template <typename T>
   static F loadu(const T* p) { return load(p, 8); }
+  // float32 sum/mean passes keep 16 accumulators: all 16 ymm registers, the rows' loads folded into the adds
+  // (a D=128 row in one pass over the bag, as FBGEMM's generated kernels do, instead of two).
+  static constexpr int kSumVectors = 16;
+  static F add(F a, F b) { return _mm256_add_ps(a, b); }
   static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
   static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
   static void max_update(F& acc, I& arg, F x, int64_t row) {

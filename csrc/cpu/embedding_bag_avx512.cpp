@@ -40,6 +40,8 @@ struct V {
   static F loadu(const uint8_t* p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
   }
+  static constexpr int kSumVectors = 8;  // 128 floats a pass already
+  static F add(F a, F b) { return _mm512_add_ps(a, b); }
   static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
   static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
   static void max_update(F& acc, I& arg, F x, int64_t row) {

@@ -6,7 +6,8 @@
 // V provides: W (lanes), F (float vector), I (row-index vector), M (lane mask) and
 //   mask(n), zero(), set1(x), neg_inf(), load(const T*, M) and loadu(const T*) (all W lanes) for
 //   float/f16_t/bf16_t/uint8_t,
-//   fmadd(a, b, c), mul(a, b), max_update(acc, arg, x, row), arg_init(),
+//   add(a, b), fmadd(a, b, c), mul(a, b), max_update(acc, arg, x, row), arg_init(), kSumVectors (accumulators
+//   of a float32 sum/mean pass),
 //   store(float*/f16_t*/bf16_t*, F, M), store_arg(int64_t*, I, M), prefetch(const void*).
 
 // How many lookups ahead the loop prefetches rows. The rows of a bag are random reads from a table much
@@ -14,8 +15,12 @@
 // Measured on a 2-core EPYC (E=1e6, D=128, L=40): 16 and 24 are equally good, 8 is a few percent slower,
 // no prefetch is 3x slower.
 constexpr int64_t kPrefetchDistance = 16;
-// Vectors of accumulators kept in registers per pass over a bag's rows; wider rows take several passes.
+// Vectors of accumulators kept in registers per pass over a bag's rows; wider rows take several passes. Max
+// mode keeps an argmax vector beside each, and converted types need registers for the conversion, so they keep
+// 8; float32 sum and mean load rows straight into the adds and keep V::kSumVectors.
 constexpr int kMaxVectors = 8;
+template <typename WT, bool kMax>
+constexpr int block_vectors() { return sizeof(WT) == 4 && !kMax ? V::kSumVectors : kMaxVectors; }
 
 // The accumulators must live in registers: without full unrolling of the per-vector loops, gcc keeps
 // acc[] on the stack and every row costs a load and a store per vector.
@@ -94,10 +99,12 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
       if (kMax) {
         MPREC_UNROLL for (int v = 0; v < NV; ++v)
           V::max_update(acc[v], arg[v], load_vector<NV>(row, v, tail), idx);
-      } else {
+      } else if (a.per_sample_weights) {
         const F wv = V::set1(w);
         MPREC_UNROLL for (int v = 0; v < NV; ++v)
           acc[v] = V::fmadd(load_vector<NV>(row, v, tail), wv, acc[v]);
+      } else {  // no weight to broadcast: one register more for accumulators
+        MPREC_UNROLL for (int v = 0; v < NV; ++v) acc[v] = V::add(acc[v], load_vector<NV>(row, v, tail));
       }
     }
     ++count;
@@ -129,7 +136,8 @@ static bool pool_typed(const PoolArgs& a, int64_t bag_begin, int64_t bag_end, in
   const WT* weight = static_cast<const WT*>(a.weight);
   const IT* indices = static_cast<const IT*>(a.indices);
   const IT* offsets = static_cast<const IT*>(a.offsets);
-  constexpr int64_t kBlock = static_cast<int64_t>(kMaxVectors) * V::W;
+  constexpr int kVectors = block_vectors<WT, kMax>();
+  constexpr int64_t kBlock = static_cast<int64_t>(kVectors) * V::W;
   for (int64_t bag = bag_begin; bag < bag_end; ++bag) {
     const int64_t start = static_cast<int64_t>(offsets[bag]);
     const int64_t end = bag + 1 < a.num_offsets ? static_cast<int64_t>(offsets[bag + 1]) : a.num_indices;
@@ -155,10 +163,15 @@ static bool pool_typed(const PoolArgs& a, int64_t bag_begin, int64_t bag_end, in
       OT* o = out + col;
       int64_t* ao = kMax ? arg_out + col : nullptr;
       switch (nv) {
-#define MPREC_POOL_CASE(N) \
-  case N: ok = pool_block<WT, IT, kMax, N>(a, weight, indices, col, bag, start, end, o, ao, error); break;
+#define MPREC_POOL_CASE(N)                                                                                \
+  case N:                                                                                                 \
+    if constexpr (N <= kVectors) ok = pool_block<WT, IT, kMax, N>(a, weight, indices, col, bag, start, end, o, ao, error); \
+    else ok = false; /* unreachable: nv <= kVectors */                                                   \
+    break;
         MPREC_POOL_CASE(1) MPREC_POOL_CASE(2) MPREC_POOL_CASE(3) MPREC_POOL_CASE(4)
         MPREC_POOL_CASE(5) MPREC_POOL_CASE(6) MPREC_POOL_CASE(7) MPREC_POOL_CASE(8)
+        MPREC_POOL_CASE(9) MPREC_POOL_CASE(10) MPREC_POOL_CASE(11) MPREC_POOL_CASE(12)
+        MPREC_POOL_CASE(13) MPREC_POOL_CASE(14) MPREC_POOL_CASE(15) MPREC_POOL_CASE(16)
 #undef MPREC_POOL_CASE
         default: ok = false; break;
       }

@@ -78,6 +78,8 @@ struct V {
   static F load(const uint8_t* p, M) { return static_cast<float>(*p); }
   template <typename T>
   static F loadu(const T* p) { return load(p, 1); }
+  static constexpr int kSumVectors = 8;
+  static F add(F a, F b) { return a + b; }
   static F fmadd(F a, F b, F c) { return a * b + c; }
   static F mul(F a, F b) { return a * b; }
   static void max_update(F& acc, I& arg, F x, int64_t row) {
