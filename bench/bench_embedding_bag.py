@@ -11,6 +11,8 @@ kernel doing arithmetic on those rows can beat by much.
 """
 
 import gc
+import statistics
+import time
 
 import pytest
 import torch
@@ -20,6 +22,7 @@ import mprec
 from mprec.benchmark import EMBEDDING_BAG_CASES, read_bandwidth
 
 _built = {}
+_interleaved = {}
 
 
 def implementations(case):
@@ -28,7 +31,23 @@ def implementations(case):
         _built.clear()
         gc.collect()
         _built[case.name] = case.build()
+        _interleaved[case.name] = interleaved_medians(_built[case.name], case.rounds)
     return _built[case.name]
+
+
+def interleaved_medians(impls, rounds):
+    """Median ms per implementation over rounds that call every implementation in turn, so all see the same
+    moments of a shared machine and the same cache state (each runs after the others read the same rows);
+    the summary's ratios come from these. pytest-benchmark's own rounds time each implementation alone."""
+    for fn in impls.values():
+        fn()
+    times = {name: [] for name in impls}
+    for _ in range(rounds):
+        for name, fn in impls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
 def test_read_bandwidth(benchmark):
@@ -48,5 +67,6 @@ def test_embedding_bag(benchmark, case, impl):
     impls = implementations(case)
     benchmark.group = case.name
     benchmark.extra_info.update(case=case.name, impl=impl, bytes=case.row_bytes, dtype=case.dtype, cpu_isa=mprec.cpu_isa(),
-                                mode=case.mode, tables=case.tables, dim=case.dim)
+                                mode=case.mode, tables=case.tables, dim=case.dim,
+                                interleaved_median_ms=_interleaved[case.name][impl])
     benchmark.pedantic(impls[impl], rounds=case.rounds, iterations=1, warmup_rounds=2)

@@ -1,5 +1,5 @@
 """Reads a pytest-benchmark JSON of bench_embedding_bag.py and prints, per case, each implementation's
-median, GB/s, fraction of the measured read bandwidth and ratio to torch and FBGEMM; then the targets.
+median (of rounds timed round-robin over the implementations, where the run has them), GB/s, fraction of the measured read bandwidth and ratio to torch and FBGEMM; then the targets.
 
     python bench/summary.py bench/results/<machine>-<isa>-embedding_bag.json
 """
@@ -40,7 +40,8 @@ def load(path):
         if extra.get("kind") == "read_bandwidth":
             bandwidth = extra["gbps"]
             continue
-        medians[extra["case"]][extra["impl"]] = b["stats"]["median"] * 1e3
+        # Round-robin medians where the run has them (every implementation in turn: same moments, same caches).
+        medians[extra["case"]][extra["impl"]] = extra.get("interleaved_median_ms", b["stats"]["median"] * 1e3)
         info[extra["case"]] = {**info.get(extra["case"], {}), **extra}
     return data, medians, info, bandwidth
 
