@@ -114,9 +114,11 @@ def _worker(rank, world, port, threads, args, results):
     from torchrec import KeyedJaggedTensor
 
     from mprec.data import KAGGLE_TABLE_SIZES, SyntheticCriteo
+    from mprec.memory import retain_freed_memory
     from mprec.models.dlrm import keyed_values
 
     torch.set_num_threads(threads)
+    retain_freed_memory()  # for every model of the run: they share this process
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=600))
     sizes = [min(n, 100_000) for n in KAGGLE_TABLE_SIZES] if args.small else list(KAGGLE_TABLE_SIZES)

@@ -31,6 +31,8 @@ from torch import nn
 from torch.nn import functional as F
 
 import mprec
+from mprec.benchmark import median_ms
+from mprec.memory import retain_freed_memory
 from mprec.data import KAGGLE_TABLE_SIZES, SyntheticCriteo
 from mprec.models import DLRM
 from mprec.nn import FusedOptimizer
@@ -46,14 +48,8 @@ MEASURED_CASES = [c for c in CASES if c[1] == "fp32" or bf16_native()]
 FLOOR_RUNS = 7
 
 
-def _median_ms(fn, runs=FLOOR_RUNS):
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+def _median_ms(fn):
+    return median_ms(fn, FLOOR_RUNS, warmup=1)
 
 
 def gemm_floor_ms(model, batch=BATCH):
@@ -153,6 +149,7 @@ def _torchrec(model, b):
 
 @pytest.fixture(scope="module")
 def dlrm_setup():
+    retain_freed_memory()  # for every implementation: they share this process
     torch.manual_seed(0)
     batches = [SyntheticCriteo(1, BATCH, seed=100 + i).batch(0) for i in range(16)]
     models = {}

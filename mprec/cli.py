@@ -23,6 +23,7 @@ import torch
 
 import mprec
 from mprec.benchmark import EMBEDDING_BAG_CASES, median_ms, read_bandwidth
+from mprec.memory import retain_freed_memory
 from mprec.precision import PRECISIONS, bf16_native
 from mprec.precision import resolve as resolve_precision
 
@@ -132,6 +133,7 @@ def add_eval_parser(sub) -> None:
 def run_train(args) -> int:
     from mprec import training
 
+    retain_freed_memory()
     config = training.RunConfig(
         data=args.data, preset=args.preset, representations=training.parse_representations(args.representation),
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
@@ -181,6 +183,7 @@ def _train_distributed(args, config) -> int:
 def run_eval(args) -> int:
     from mprec import training
 
+    retain_freed_memory()
     try:
         result = training.evaluate_checkpoint(args.checkpoint, args.data, args.batch_size, args.limit, args.threads)
     except (ValueError, FileNotFoundError) as error:
@@ -259,6 +262,7 @@ def run_sched(args) -> int:
                              read_trace, save_profile)
     from mprec.sched.report import by_rate, knee_line
 
+    retain_freed_memory()
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
