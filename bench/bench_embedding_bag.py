@@ -35,15 +35,24 @@ def implementations(case):
     return _built[case.name]
 
 
+# Read before every round-robin call: larger than the last-level caches of the machines this runs on, so each
+# call starts with none of the case's rows cached. Without it a call finds the rows the previous call (its own
+# or another implementation's: the same indices) left in L3; a D=16 case's 10 MB of rows fit in a 32 MB L3, and
+# which implementation ran before decided the ratios. Real batches do not repeat their ids.
+FLUSH_BYTES = 256 << 20
+
+
 def interleaved_medians(impls, rounds):
-    """Median ms per implementation over rounds that call every implementation in turn, so all see the same
-    moments of a shared machine and the same cache state (each runs after the others read the same rows);
-    the summary's ratios come from these. pytest-benchmark's own rounds time each implementation alone."""
+    """Median ms per implementation over rounds that call every implementation in turn, each after the caches
+    are flushed, so all see the same moments of a shared machine and start from the same cache state; the
+    summary's ratios come from these. pytest-benchmark's own rounds time each implementation alone, warm."""
+    flush = torch.ones(FLUSH_BYTES // 4)
     for fn in impls.values():
         fn()
     times = {name: [] for name in impls}
     for _ in range(rounds):
         for name, fn in impls.items():
+            flush.sum()
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
