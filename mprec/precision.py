@@ -91,4 +91,4 @@ def warn_if_bf16_emulated(what: str) -> None:
     _warned.add(what)
     warnings.warn(f"{what}: bfloat16 was asked for, but this CPU has no native bfloat16 (oneDNN reports none); "
                   f"a bfloat16 linear layer runs {bf16_slowdown():.1f}x slower than float32 here (measured). "
-                  f"precision 'auto' uses float32 on this CPU.", RuntimeWarning, stacklevel=3)
+                  f"precision 'auto' uses float32 on this CPU.", RuntimeWarning, stacklevel=2)
