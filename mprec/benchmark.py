@@ -9,14 +9,13 @@ random-row gather limit on the case's own rows (the ``"gather limit"`` implement
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 import mprec
+from mprec.timing import fastest, median_ms
 
 __all__ = ["EmbeddingBagCase", "EMBEDDING_BAG_CASES", "read_bandwidth", "gather_limit", "median_ms",
            "fbgemm_available", "GATHER_LIMIT"]
@@ -171,8 +170,9 @@ def gather_limit(tables: list[torch.Tensor], indices: list[torch.Tensor], rounds
     """The machine's random-row gather limit on these rows, as a callable to time beside the kernels: it reads
     rows ``indices[t]`` of ``tables[t]`` (one word of every 64-byte line, over torch's threads) with software
     prefetch at the distance and lines per row that were fastest here among :data:`GATHER_DISTANCES` x
-    :data:`GATHER_LINES` (chosen now: the settings in turn, the fastest call of each). A table kernel reading the same rows and doing no
-    arithmetic would run at about this rate; the benchmark reports each kernel as a fraction of it."""
+    :data:`GATHER_LINES` (chosen now, by :func:`mprec.timing.fastest`). It is the rate of a plain gather loop,
+    a reference for the kernels rather than a bound: a kernel that schedules its reads better can exceed it,
+    and the benchmark reports each kernel as a fraction of it."""
     for t, (table, idx) in enumerate(zip(tables, indices)):
         if table.dim() != 2 or not table.is_contiguous() or table.device.type != "cpu":
             raise ValueError(f"gather_limit: tables[{t}] must be a contiguous 2-D CPU tensor")
@@ -186,27 +186,8 @@ def gather_limit(tables: list[torch.Tensor], indices: list[torch.Tensor], rounds
                                          idx.numel(), distance, lines) for table, idx in zip(tables, indices))
 
     settings = [(d, lines) for d in GATHER_DISTANCES for lines in GATHER_LINES]
-    for s in settings:  # first touches (page faults, TLB) before any timing
-        probe(*s)
-    fastest = {s: float("inf") for s in settings}
-    for _ in range(rounds):  # settings in turn, the fastest call of each: robust to a noisy moment
-        for s in settings:
-            start = time.perf_counter()
-            probe(*s)
-            fastest[s] = min(fastest[s], time.perf_counter() - start)
-    best = min(settings, key=fastest.get)
+    best = fastest({s: (lambda s=s: probe(*s)) for s in settings}, rounds)
     return lambda: probe(*best)
-
-
-def median_ms(fn: Callable[[], object], rounds: int = 15, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def read_bandwidth(gib: float = 1.0, rounds: int = 9) -> float:

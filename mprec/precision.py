@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import statistics
-import time
 import warnings
 
 import torch
 from torch.nn import functional as F
+
+from .timing import median_ms
 
 __all__ = ["PRECISIONS", "bf16_native", "resolve", "autocast", "bf16_slowdown", "warn_if_bf16_emulated"]
 
@@ -71,13 +71,7 @@ def bf16_slowdown() -> float:
     times = {}
     for dtype in (torch.float32, torch.bfloat16):
         x, w, b = (torch.randn(*shape).to(dtype) for shape in ((rows, fan_in), (fan_out, fan_in), (fan_out,)))
-        F.linear(x, w, b)
-        runs = []
-        for _ in range(3):
-            start = time.perf_counter()
-            F.linear(x, w, b)
-            runs.append(time.perf_counter() - start)
-        times[dtype] = statistics.median(runs)
+        times[dtype] = median_ms(lambda: F.linear(x, w, b), rounds=3, warmup=1)
     return times[torch.bfloat16] / times[torch.float32]
 
 

@@ -4,9 +4,9 @@
 //
 // Forward, one example at a time: its F feature rows are loaded transposed into scratch, [D][padded]
 // (converted to the compute type); rows i of the pair triangle are then, four at a time and for each
-// block of one register's columns j, D broadcast multiply-adds of x[i][d] by the transposed row d (full-width vector
-// FMAs, no horizontal sums) into a [F][padded] scratch, whose strict lower triangle is copied (and
-// converted) to the output row by row.
+// block of one register's columns j, D broadcast multiply-adds of x[i][d] by the transposed row d
+// (full-width vector FMAs, no horizontal sums) into a [F][padded] scratch, whose strict lower triangle is
+// copied (and converted) to the output row by row.
 // Backward, one example at a time: the pair gradients are unfolded into the symmetric F x F matrix G
 // (zero diagonal), and grad row i = sum over j of G[i][j] x[j], accumulated over D in registers, several
 // rows at a time when D is narrow.

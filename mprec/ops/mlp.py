@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import time
 from typing import Callable, Iterator, Optional
 
 import torch
@@ -39,6 +38,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ..precision import bf16_native
+from ..timing import fastest
 
 __all__ = ["linear", "ACTIVATIONS", "GEMM_LIBRARIES", "gemm_library", "gemm_choices", "restore_gemm_choices",
            "use_gemm_library"]
@@ -47,9 +47,8 @@ ACTIVATIONS = ("none", "relu")
 GEMM_LIBRARIES = ("onednn", "blas")
 PRODUCTS = ("forward", "input_grad", "weight_grad")
 _FUSED = {"none": ("none", []), "relu": ("relu", [None])}
-# Timed calls per library when a product's library is measured (after one untimed call, which pays for
-# oneDNN's kernel generation and first-touch of the output); the fastest call of each is compared, the
-# statistic least moved by other work on a shared machine.
+# Timed calls per library when a product's library is measured (mprec.timing.fastest: after one untimed call,
+# which pays for oneDNN's kernel generation and first-touch of the output, the fastest call of each).
 _MEASURE_CALLS = 3
 
 
@@ -117,16 +116,8 @@ def gemm_library(product: str, a: Tensor, b: Tensor, activation: str = "none", b
 
 def _measure(a: Tensor, b: Tensor, activation: str, bias: Optional[Tensor]) -> str:
     with torch.no_grad(), torch.autograd.profiler.record_function("mprec::measure_gemm_libraries"):
-        best = {}
-        for name, fn in _LIBRARIES.items():
-            fn(a, b, activation, bias)
-            best[name] = float("inf")
-        for _ in range(_MEASURE_CALLS):
-            for name, fn in _LIBRARIES.items():
-                start = time.perf_counter()
-                fn(a, b, activation, bias)
-                best[name] = min(best[name], time.perf_counter() - start)
-    return min(GEMM_LIBRARIES, key=lambda name: best[name])
+        return fastest({name: (lambda fn=fn: fn(a, b, activation, bias)) for name, fn in _LIBRARIES.items()},
+                       _MEASURE_CALLS)
 
 
 def _product(product: str, a: Tensor, b: Tensor, activation: str = "none", bias: Optional[Tensor] = None) -> Tensor:
