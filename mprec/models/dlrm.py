@@ -127,11 +127,12 @@ class DLRM(nn.Module):
     def forward(self, dense: Tensor, indices, offsets: Optional[Tensor] = None) -> Tensor:
         """Logits ``[B]`` of ``dense [B, 13]`` and the sparse features: ``indices`` and ``offsets`` in the TBE
         layout, or a ``KeyedJaggedTensor`` (keys: :attr:`feature_names`) as ``indices``."""
+        # The collection first: sharded, it returns an awaitable whose output all-to-all runs while the bottom MLP
+        # computes, and its backward all-to-all, created earlier, runs after the bottom MLP's backward starts.
+        e = self.embeddings(indices, offsets) if offsets is not None else self.embeddings(indices)  # [B, T * D]
         x = self.bottom(dense)
-        if offsets is not None:
-            e = self.embeddings(indices, offsets)  # [B, T * D]
-        else:
-            e = keyed_values(self.embeddings(indices), self.feature_names)
+        if offsets is None:
+            e = keyed_values(e, self.feature_names)
         if self.interaction == "cat":
             z = torch.cat([x, e.to(x.dtype)], dim=1)
         else:
