@@ -1,5 +1,5 @@
 """The two ways mprec times a callable on a shared, noisy machine: the median of several calls (how fast
-something is), and the fastest call of each candidate timed in turn (which of several is fastest)."""
+something is), and candidates timed side by side in rounds (which of several is fastest)."""
 
 from __future__ import annotations
 
@@ -23,15 +23,23 @@ def median_ms(fn: Callable[[], object], rounds: int = 15, warmup: int = 2) -> fl
 
 
 def fastest(candidates: Mapping[Hashable, Callable[[], object]], rounds: int) -> Hashable:
-    """The key of the fastest candidate: each is called once untimed (first touches, kernel generation), then
-    ``rounds`` times, the candidates in turn so all see the same moments, and each keeps its fastest call, the
-    statistic least moved by other work on the machine. Ties go to the first in ``candidates``' order."""
-    for fn in candidates.values():
-        fn()
-    best = {key: float("inf") for key in candidates}
-    for _ in range(rounds):
-        for key, fn in candidates.items():
+    """The key of the fastest candidate. Each is called once untimed (first touches, kernel generation); then,
+    ``rounds`` times, every candidate is timed once, back to back, the order rotating from round to round. A
+    candidate's score is the median over rounds of its time over the round's fastest time: the comparison is
+    made within a round, so a slow spell of a shared machine that spans a round moves every candidate alike,
+    and one that hits a minority of rounds moves no median. Ties go to the first in ``candidates``' order."""
+    keys = list(candidates)
+    for key in keys:
+        candidates[key]()
+    relative = {key: [] for key in keys}
+    for round_ in range(rounds):
+        times = {}
+        for i in range(len(keys)):
+            key = keys[(round_ + i) % len(keys)]
             start = time.perf_counter()
-            fn()
-            best[key] = min(best[key], time.perf_counter() - start)
-    return min(candidates, key=best.get)
+            candidates[key]()
+            times[key] = time.perf_counter() - start
+        floor = max(min(times.values()), 1e-9)
+        for key in keys:
+            relative[key].append(times[key] / floor)
+    return min(keys, key=lambda key: statistics.median(relative[key]))

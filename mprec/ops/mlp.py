@@ -47,9 +47,10 @@ ACTIVATIONS = ("none", "relu")
 GEMM_LIBRARIES = ("onednn", "blas")
 PRODUCTS = ("forward", "input_grad", "weight_grad")
 _FUSED = {"none": ("none", []), "relu": ("relu", [None])}
-# Timed calls per library when a product's library is measured (mprec.timing.fastest: after one untimed call,
-# which pays for oneDNN's kernel generation and first-touch of the output, the fastest call of each).
-_MEASURE_CALLS = 3
+# Rounds when a product's library is measured (mprec.timing.fastest: after one untimed call of each, which pays
+# for oneDNN's kernel generation and first-touch of the output, the libraries timed side by side per round). The
+# two are often within 10% of each other, and a shared machine's speed moves more than that between calls.
+_MEASURE_ROUNDS = 7
 
 
 def _fused_available() -> bool:
@@ -117,7 +118,7 @@ def gemm_library(product: str, a: Tensor, b: Tensor, activation: str = "none", b
 def _measure(a: Tensor, b: Tensor, activation: str, bias: Optional[Tensor]) -> str:
     with torch.no_grad(), torch.autograd.profiler.record_function("mprec::measure_gemm_libraries"):
         return fastest({name: (lambda fn=fn: fn(a, b, activation, bias)) for name, fn in _LIBRARIES.items()},
-                       _MEASURE_CALLS)
+                       _MEASURE_ROUNDS)
 
 
 def _product(product: str, a: Tensor, b: Tensor, activation: str = "none", bias: Optional[Tensor] = None) -> Tensor:
