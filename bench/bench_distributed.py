@@ -2,8 +2,9 @@
 
 The Kaggle preset (26 tables, 33.8M rows, dim 16, batch 2,048 global, Zipf(1.05) ids, fused exact SGD for the
 tables, SGD for the rest) with gloo, in two layouts of this machine's cores: 1 process x N threads and N
-processes x 1 thread. Three models, every collection sharded by the same balanced table-wise plan (each table,
-largest first, on the rank holding the fewest bytes):
+processes x 1 thread. Three models, every collection sharded by the same table-wise plan, mprec's
+(``mprec.distributed.training.balanced_ranks``: each rank holds about 1/N of the table bytes and does about 1/N
+of the lookups):
 
 - ``mprec``: mprec's DLRM and its collection (mprec's kernels);
 - ``torchrec-ebc``: mprec's DLRM with TorchRec's ``EmbeddingBagCollection`` (FBGEMM's CPU kernels): the

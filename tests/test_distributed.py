@@ -552,3 +552,33 @@ def test_four_processes(workers4, sharding):
     for rank, r in enumerate(workers4.run(case_dlrm_training, cli, "sgd", 20, timeout=300)):
         torch.testing.assert_close(torch.tensor(r["losses"]), torch.tensor(r["single_losses"]), rtol=1e-5, atol=1e-6)
         _check_shards(r["mine"], r["single"], f"rank {rank} {sharding} DLRM", tol=1e-5)
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_table_wise_plan_balances_bytes_and_lookups(world_size):
+    """The Kaggle tables: each rank reads 26/N tables, give or take one, and holds close to 1/N of the bytes
+    (within 10% on 2 ranks, the benchmark's target; on 3 the largest table alone is 30% of them)."""
+    from mprec.data import KAGGLE_TABLE_SIZES
+    from mprec.distributed.training import balanced_ranks
+
+    rows = {f"t{t}": n for t, n in enumerate(KAGGLE_TABLE_SIZES)}
+    ranks = balanced_ranks({name: n * 64 for name, n in rows.items()}, world_size)
+    assert set(ranks) == set(rows) and set(ranks.values()) == set(range(world_size))
+    held = [sum(n for name, n in rows.items() if ranks[name] == r) for r in range(world_size)]
+    tables = [sum(1 for name in rows if ranks[name] == r) for r in range(world_size)]
+    fair = sum(rows.values()) / world_size
+    assert max(abs(h - fair) for h in held) <= (0.10 if world_size == 2 else 0.20) * fair, held
+    assert max(tables) - min(tables) <= 1, tables
+
+
+def test_table_wise_plan_weighs_tables_by_their_lookups():
+    """A table read by 30 features (of 55 reads per example) shares its rank with few others."""
+    from mprec.data import KAGGLE_TABLE_SIZES
+    from mprec.distributed.training import balanced_ranks
+
+    rows = {f"t{t}": n * 64 for t, n in enumerate(KAGGLE_TABLE_SIZES)}
+    lookups = {name: 1 for name in rows} | {"t25": 30}
+    ranks = balanced_ranks(rows, 2, lookups)
+    work = [sum(lookups[name] for name in rows if ranks[name] == r) for r in range(2)]
+    assert max(work) <= 0.62 * sum(work), work
+    assert ranks == balanced_ranks(rows, 2, lookups)  # deterministic: every rank computes the same plan
