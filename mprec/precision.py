@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 import warnings
 
 import torch
@@ -76,13 +77,17 @@ def bf16_slowdown() -> float:
 
 
 _warned: set[str] = set()
+_warned_lock = threading.Lock()
 
 
 def warn_if_bf16_emulated(what: str) -> None:
     """Warns once per ``what`` and process when bfloat16 is asked for on a CPU without native bfloat16."""
     if bf16_native() or what in _warned:
         return
-    _warned.add(what)
+    with _warned_lock:  # layers may be called from several threads at once
+        if what in _warned:
+            return
+        _warned.add(what)
     warnings.warn(f"{what}: bfloat16 was asked for, but this CPU has no native bfloat16 (oneDNN reports none); "
                   f"a bfloat16 linear layer runs {bf16_slowdown():.1f}x slower than float32 here (measured). "
                   f"precision 'auto' uses float32 on this CPU.", RuntimeWarning, stacklevel=2)

@@ -21,6 +21,14 @@ victims are the least-used entries of a window of the cache, so no step costs O(
 once are never admitted into a full cache (TinyLFU's doorkeeper): in a skewed stream most misses are
 one-off tail ids, and admitting them would only churn the cache.
 
+Concurrency: a cache may be served from several threads at once (a server's workers, a user's thread
+pool). One lock guards its state (index, entries, sketch, counters); a call holds it to look up and count,
+releases it while the misses are decoded, so threads decode concurrently, and takes it again to admit
+what it decoded, skipping the ids another thread admitted meanwhile and everything when the cache was
+cleared or refilled meanwhile. A reader therefore never sees half an update, the counters count every
+lookup exactly once, and each answer is the vector the layer computes, bit for bit, whatever the
+interleaving (which entries are cached may depend on it).
+
 Index: an open-addressing hash table (``mprec::cache_lookup`` and friends, :mod:`mprec.ops.cache`) maps
 ids to entries of dense ``keys``/``values``/``counts`` arrays, so a lookup, the gather of the hit vectors
 and the use counting are one pass in C++, and admission costs O(admitted ids).
@@ -29,6 +37,7 @@ and the use counting are one pass in C++, and admission costs O(admitted ids).
 from __future__ import annotations
 
 import random
+import threading
 from typing import Callable, Optional
 
 import torch
@@ -57,7 +66,8 @@ class EmbeddingCache:
     Owned by a DHE layer (``DHEEmbeddingBag.enable_cache``), which calls :meth:`serve`. ``max_bytes``
     bounds everything the cache allocates (vectors, ids, counts and the hash table); storage grows with
     the entries, up to the bound. Counters: ``hits``/``misses`` count lookups (each occurrence of an id
-    in a batch), ``unique_hits``/``unique_misses`` count distinct ids per batch.
+    in a batch), ``unique_hits``/``unique_misses`` count distinct ids per batch, ``evictions`` the entries
+    replaced by online admission.
     """
 
     def __init__(self, width: int, dtype: torch.dtype = torch.float32, max_bytes: Optional[int] = None,
@@ -84,16 +94,32 @@ class EmbeddingCache:
         self.min_admission_count = 2
         self._sketch = torch.zeros(_SKETCH_ROWS, _SKETCH_BUCKETS, dtype=torch.int64)
         self._rng = random.Random(seed)
+        self._lock = threading.RLock()
+        # Counts clears and refills: an admission whose vectors were decoded before one is dropped.
+        self._generation = 0
         self.version: Optional[tuple] = None
         self.invalidations = 0
         self.reset_stats()
         self.clear()
 
+    def __getstate__(self) -> dict:
+        # A lock cannot be pickled or deep-copied; a copy gets its own.
+        with self._lock:
+            state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
     # --- state ------------------------------------------------------------------------------------
     def clear(self) -> None:
         """Drops every entry (frequency estimates are kept: they describe the ids, not the model)."""
-        self._size = 0
-        self._allocate(min(self.max_entries, _INITIAL_ENTRIES))
+        with self._lock:
+            self._size = 0
+            self._generation += 1
+            self._allocate(min(self.max_entries, _INITIAL_ENTRIES))
 
     def _allocate(self, capacity: int) -> None:
         size = self._size
@@ -110,22 +136,33 @@ class EmbeddingCache:
         if entries > self._keys.numel():
             self._allocate(min(self.max_entries, max(entries, 2 * self._keys.numel())))
 
+    # keys, values and counts are copies, consistent with each other even while other threads serve.
     @property
     def keys(self) -> Tensor:
         """Cached ids, in entry order (not sorted)."""
-        return self._keys[: self._size]
+        with self._lock:
+            return self._keys[: self._size].clone()
 
     @property
     def values(self) -> Tensor:
-        return self._values[: self._size]
+        with self._lock:
+            return self._values[: self._size].clone()
 
     @property
     def counts(self) -> Tensor:
         """Use count of each entry: its id's estimated count when admitted, plus its hits since."""
-        return self._counts[: self._size]
+        with self._lock:
+            return self._counts[: self._size].clone()
+
+    def entries(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(keys, values, counts)`` of the same moment (copies)."""
+        with self._lock:
+            n = self._size
+            return self._keys[:n].clone(), self._values[:n].clone(), self._counts[:n].clone()
 
     def reset_stats(self) -> None:
-        self.hits = self.misses = self.unique_hits = self.unique_misses = 0
+        with self._lock:
+            self.hits = self.misses = self.unique_hits = self.unique_misses = self.evictions = 0
 
     def __len__(self) -> int:
         return self._size
@@ -141,53 +178,72 @@ class EmbeddingCache:
         return self.hits / total if total else 0.0
 
     def stats(self) -> dict:
-        return dict(hits=self.hits, misses=self.misses, hit_rate=self.hit_rate, unique_hits=self.unique_hits,
-                    unique_misses=self.unique_misses, entries=len(self), bytes=self.nbytes,
-                    max_entries=self.max_entries, invalidations=self.invalidations, policy=self.policy)
+        with self._lock:
+            return dict(hits=self.hits, misses=self.misses, hit_rate=self.hit_rate, unique_hits=self.unique_hits,
+                        unique_misses=self.unique_misses, entries=len(self), bytes=self.nbytes,
+                        max_entries=self.max_entries, evictions=self.evictions, invalidations=self.invalidations,
+                        policy=self.policy)
 
     def validate(self, version: tuple) -> None:
         """Clears the cache when the owner's parameters changed since its entries were computed."""
-        if self.version != version:
-            if len(self):
-                self.invalidations += 1
-            self.clear()
-            self.version = version
+        with self._lock:
+            if self.version != version:
+                if self._size:
+                    self.invalidations += 1
+                self.clear()
+                self.version = version
 
     # --- frequencies ------------------------------------------------------------------------------
     def count(self, ids: Tensor, occurrences: Tensor) -> Tensor:
         """Adds ``occurrences`` uses of each of ``ids`` (distinct) to the frequency sketch; returns the
         ids' estimated counts (never below the true ones)."""
-        return count_min_add(self._sketch, ids, occurrences)
+        with self._lock:
+            return count_min_add(self._sketch, ids, occurrences)
 
     # --- lookups -----------------------------------------------------------------------------------
     def lookup(self, ids: Tensor, occurrences: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(vectors [U, width], miss positions, their occurrences)`` for distinct ``ids``; the rows of
         missed ids are zero. Counts the uses of hit entries and the counters."""
-        out, miss = cache_lookup(self._table, self._values, self._counts, ids, occurrences)
-        miss_occurrences = occurrences[miss]
-        missed_uses = int(miss_occurrences.sum())
-        self.unique_hits += ids.numel() - miss.numel()
-        self.unique_misses += miss.numel()
-        self.hits += int(occurrences.sum()) - missed_uses
-        self.misses += missed_uses
-        return out, miss, miss_occurrences
+        with self._lock:
+            out, miss = cache_lookup(self._table, self._values, self._counts, ids, occurrences)
+            miss_occurrences = occurrences[miss]
+            missed_uses = int(miss_occurrences.sum())
+            self.unique_hits += ids.numel() - miss.numel()
+            self.unique_misses += miss.numel()
+            self.hits += int(occurrences.sum()) - missed_uses
+            self.misses += missed_uses
+            return out, miss, miss_occurrences
 
     def serve(self, ids: Tensor, occurrences: Tensor, version: tuple,
               compute: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
         """Vectors of distinct ``ids``: hits from the cache, misses from ``compute(missed ids, their
-        occurrences)``, which are then offered for admission. ``version`` is the owner's parameter stamp."""
-        self.validate(version)
-        out, miss, miss_occurrences = self.lookup(ids.to(torch.int64), occurrences)
-        if miss.numel() == 0:
-            return out
-        miss_ids = ids[miss].to(torch.int64)
+        occurrences)``, which are then offered for admission. ``version`` is the owner's parameter stamp.
+        Safe to call from several threads at once (``compute`` runs outside the lock)."""
+        ids = ids.to(torch.int64)
+        with self._lock:
+            self.validate(version)
+            out, miss, miss_occurrences = self.lookup(ids, occurrences)
+            if miss.numel() == 0:
+                return out
+            miss_ids = ids[miss]
+            # The sketch counts uses while not cached (a cached entry counts its own hits), so only misses
+            # touch it: an evicted id returns with the count it had.
+            score = count_min_add(self._sketch, miss_ids, miss_occurrences) if self.policy == "lfu" else None
+            generation = self._generation
         computed = compute(miss_ids, miss_occurrences)
         out = out.to(computed.dtype).index_copy_(0, miss, computed)
-        if self.policy == "lfu":
-            # The sketch counts uses while not cached (a cached entry counts its own hits), so only
-            # misses touch it: an evicted id returns with the count it had.
-            self.admit(miss_ids, computed, self.count(miss_ids, miss_occurrences))
+        if score is not None:
+            with self._lock:
+                if self._generation == generation:
+                    # Other threads may have admitted some of these ids while this one decoded them.
+                    absent = self._absent(miss_ids)
+                    self.admit(miss_ids[absent], computed[absent], score[absent])
         return out
+
+    def _absent(self, ids: Tensor) -> Tensor:
+        """Positions of the ``ids`` not cached (a lookup of no columns that counts no uses)."""
+        _, absent = cache_lookup(self._table, self._values[:, :0], self._counts, ids, torch.zeros_like(ids))
+        return absent
 
     def admit(self, ids: Tensor, values: Tensor, score: Tensor) -> None:
         """Online (LFU) admission of missed ``ids`` (distinct, not cached) with their ``values`` and
@@ -196,18 +252,20 @@ class EmbeddingCache:
         higher than that entry's count."""
         if self.policy != "lfu" or ids.numel() == 0:
             return
-        free = self.max_entries - self._size
-        if ids.numel() <= free:
-            self._append(ids, values, score)
-            return
-        if free:
-            order = torch.argsort(score, descending=True, stable=True)
-            ids, values, score = ids[order], values[order], score[order]
-            self._append(ids[:free], values[:free], score[:free])
-            ids, values, score = ids[free:], values[free:], score[free:]
-        # Full: ids seen at least min_admission_count times replace little-used entries, in one op.
-        cache_replace(self._table, self._keys, self._values, self._counts, self._size, ids, values.to(self.dtype),
-                      score, self.min_admission_count, self._rng.randrange(self._size), _VICTIM_SAMPLE_PER_CANDIDATE)
+        with self._lock:
+            free = self.max_entries - self._size
+            if ids.numel() <= free:
+                self._append(ids, values, score)
+                return
+            if free:
+                order = torch.argsort(score, descending=True, stable=True)
+                ids, values, score = ids[order], values[order], score[order]
+                self._append(ids[:free], values[:free], score[:free])
+                ids, values, score = ids[free:], values[free:], score[free:]
+            # Full: ids seen at least min_admission_count times replace little-used entries, in one op.
+            self.evictions += cache_replace(self._table, self._keys, self._values, self._counts, self._size, ids,
+                                            values.to(self.dtype), score, self.min_admission_count,
+                                            self._rng.randrange(self._size), _VICTIM_SAMPLE_PER_CANDIDATE)
 
     def _append(self, ids: Tensor, values: Tensor, counts: Tensor) -> None:
         n = ids.numel()
@@ -223,10 +281,13 @@ class EmbeddingCache:
         """Replaces the entries by ``ids`` (distinct) and their ``values``, keeping the first ``max_entries``."""
         ids, values = ids[: self.max_entries].to(torch.int64), values[: self.max_entries]
         counts = torch.zeros(ids.shape, dtype=torch.int64) if counts is None else counts[: self.max_entries]
-        self._size = 0
-        self._allocate(max(ids.numel(), min(self.max_entries, _INITIAL_ENTRIES)))
-        self._append(ids, values, counts.to(torch.int64))
+        with self._lock:
+            self._size = 0
+            self._generation += 1
+            self._allocate(max(ids.numel(), min(self.max_entries, _INITIAL_ENTRIES)))
+            self._append(ids, values, counts.to(torch.int64))
 
     def __repr__(self) -> str:
-        return (f"EmbeddingCache(width={self.width}, dtype={self.dtype}, policy={self.policy!r}, "
-                f"entries={len(self)}/{self.max_entries}, hit_rate={self.hit_rate:.3f})")
+        with self._lock:
+            return (f"EmbeddingCache(width={self.width}, dtype={self.dtype}, policy={self.policy!r}, "
+                    f"entries={len(self)}/{self.max_entries}, hit_rate={self.hit_rate:.3f})")

@@ -140,23 +140,25 @@ class DHEEmbeddingBag(nn.Module):
 
         ``occurrences`` (how often each id occurs in the batch) only feeds the caches' counters.
         """
-        if not self._caches_apply():
+        # Read once: another thread may enable or disable a cache meanwhile.
+        decoder_cache, encoder_cache = self.decoder_cache, self.encoder_cache
+        if not self._caches_apply(decoder_cache, encoder_cache):
             return self._later_layers(self._first_layer(ids))
         if occurrences is None:
             occurrences = torch.ones(ids.shape, dtype=torch.int64)
         version = self._version()
 
         def first_layer(ids, occurrences):
-            if self.encoder_cache is None:
+            if encoder_cache is None:
                 return self._first_layer(ids)
-            return self.encoder_cache.serve(ids, occurrences, version, lambda miss, _: self._first_layer(miss))
+            return encoder_cache.serve(ids, occurrences, version, lambda miss, _: self._first_layer(miss))
 
         def decode(ids, occurrences):
             return self._later_layers(first_layer(ids, occurrences))
 
-        if self.decoder_cache is None:
+        if decoder_cache is None:
             return decode(ids, occurrences)
-        return self.decoder_cache.serve(ids, occurrences, version, decode)
+        return decoder_cache.serve(ids, occurrences, version, decode)
 
     # --- bags -------------------------------------------------------------------------------------
     def forward(self, input: Tensor, offsets: Optional[Tensor] = None,
@@ -208,10 +210,10 @@ class DHEEmbeddingBag(nn.Module):
         cache.fill(ids, values, counts)
         return len(cache)
 
-    def _caches_apply(self) -> bool:
+    def _caches_apply(self, decoder_cache, encoder_cache) -> bool:
         # Caches serve inference only: in training the parameters change every step and hits would carry
         # no gradient. Under torch.compile the layer is traced without them.
-        return ((self.decoder_cache is not None or self.encoder_cache is not None) and not self.training
+        return ((decoder_cache is not None or encoder_cache is not None) and not self.training
                 and not torch.is_grad_enabled() and not torch.compiler.is_compiling())
 
     def _version(self) -> tuple:

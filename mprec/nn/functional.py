@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Optional
 
 import torch
@@ -10,6 +11,12 @@ from torch import Tensor
 from ..ops.embedding_bag import MODES, _normalize_padding_idx
 
 __all__ = ["embedding_bag"]
+
+# max_norm renormalises rows of the weight in place, as torch does. Two threads renormalising one row at once
+# could scale it twice, and a thread pooling it meanwhile could read it half scaled; calls with max_norm
+# therefore renormalise and pool under one lock. Renormalising is idempotent (a renormalised row's norm is
+# below max_norm), so the result does not depend on the order of the calls.
+_renorm_lock = threading.Lock()
 
 
 def embedding_bag(
@@ -67,11 +74,17 @@ def embedding_bag(
             f"mode='sum' (got mode='{mode}').")
     if input.dtype != offsets.dtype:
         input, offsets = input.to(torch.int64), offsets.to(torch.int64)
-    if max_norm is not None:
+    padding_idx = _normalize_padding_idx("embedding_bag", padding_idx, weight.shape[0])
+    if max_norm is None:
+        return _pool(input, weight, offsets, mode, per_sample_weights, include_last_offset, padding_idx, sparse)
+    with _renorm_lock:
         # Renormalise, in place and outside autograd, the rows this call reads: what torch does.
         with torch.no_grad():
             torch.embedding_renorm_(weight, input, max_norm, norm_type)
-    out, _ = torch.ops.mprec.embedding_bag(
-        weight, input, offsets, MODES[mode], per_sample_weights,
-        _normalize_padding_idx("embedding_bag", padding_idx, weight.shape[0]), include_last_offset, None, sparse)
+        return _pool(input, weight, offsets, mode, per_sample_weights, include_last_offset, padding_idx, sparse)
+
+
+def _pool(input, weight, offsets, mode, per_sample_weights, include_last_offset, padding_idx, sparse) -> Tensor:
+    out, _ = torch.ops.mprec.embedding_bag(weight, input, offsets, MODES[mode], per_sample_weights, padding_idx,
+                                           include_last_offset, None, sparse)
     return out
