@@ -14,11 +14,12 @@ TORCH_LIBRARY(mprec, m) {
   // -- embedding bag: one table ------------------------------------------------------------------------
   // Returns (output [B, D], max_indices [B, D] in max mode, else [0, 0]). Output dtype: the weight's,
   // float32 for uint8 (row-wise quantized) weights, which take their scale_bias [rows, 2].
-  // `sparse` only selects the gradient layout for autograd.
+  // `sparse` (the gradient's layout) and `scale_grad_by_freq` (divide each row's gradient by how often its
+  // index occurs in the bags; not in max mode) only change what autograd computes.
   m.def(
       "embedding_bag(Tensor weight, Tensor indices, Tensor offsets, int mode=0, Tensor? per_sample_weights=None, "
-      "int padding_idx=-1, bool include_last_offset=False, Tensor? scale_bias=None, bool sparse=False) "
-      "-> (Tensor, Tensor)");
+      "int padding_idx=-1, bool include_last_offset=False, Tensor? scale_bias=None, bool sparse=False, "
+      "bool scale_grad_by_freq=False) -> (Tensor, Tensor)");
   m.def(
       "embedding_bag_backward(Tensor grad, Tensor weight, Tensor indices, Tensor offsets, Tensor max_indices, "
       "int mode, Tensor? per_sample_weights, int padding_idx, bool include_last_offset) -> Tensor");

@@ -84,6 +84,8 @@ def test_functional_mirrors_torch_signature_and_errors():
          NotImplementedError, "per_sample_weights is only supported for mode='sum'"),
         ((torch.tensor([1, 2]), w, torch.tensor([0])), dict(per_sample_weights=torch.ones(3)), ValueError, "same shape as the input"),
         ((torch.tensor([1, 2]), w, torch.tensor([0])), dict(mode="median"), ValueError, "mode has to be one of sum, mean or max"),
+        ((torch.tensor([1, 2]), w, torch.tensor([0])), dict(mode="max", scale_grad_by_freq=True), ValueError,
+         "max mode does not support scaling the gradient by the frequency"),
     ]:
         with pytest.raises(exc, match=msg):
             mprec.nn.functional.embedding_bag(*args, **kwargs)
@@ -91,12 +93,27 @@ def test_functional_mirrors_torch_signature_and_errors():
             torch.nn.functional.embedding_bag(*args, **kwargs)
 
 
-def test_scale_grad_by_freq_is_not_supported_yet():
-    with pytest.raises(NotImplementedError, match="scale_grad_by_freq"):
-        EmbeddingBag(10, 3, scale_grad_by_freq=True)
-    with pytest.raises(NotImplementedError, match="scale_grad_by_freq"):
-        mprec.nn.functional.embedding_bag(torch.tensor([1]), torch.randn(10, 3), torch.tensor([0]),
-                                          scale_grad_by_freq=True)
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+def test_scale_grad_by_freq_layer(mode, sparse):
+    """The layer's gradient with scale_grad_by_freq is torch's dense one where torch's CPU kernel is right: every
+    index of the batch occurs the same number of times (torch divides by another index's count otherwise)."""
+    torch.manual_seed(0)
+    ours = EmbeddingBag(40, 6, mode=mode, sparse=sparse, scale_grad_by_freq=True)
+    theirs = torch.nn.EmbeddingBag(40, 6, mode=mode, scale_grad_by_freq=True)
+    theirs.load_state_dict(ours.state_dict())
+    assert "scale_grad_by_freq=True" in repr(ours) and "scale_grad_by_freq=True" in repr(theirs)
+    indices = torch.tensor([3, 7, 3, 9, 7, 9, 3, 7, 9])  # each of 3, 7, 9 three times
+    offsets = torch.tensor([0, 2, 5])
+    grad = torch.randn(3, 6)
+    ours(indices, offsets).backward(grad)
+    theirs(indices, offsets).backward(grad)
+    assert ours.weight.grad.layout == (torch.sparse_coo if sparse else torch.strided)
+    torch.testing.assert_close(ours.weight.grad.to_dense(), theirs.weight.grad)
+    unscaled = torch.nn.EmbeddingBag(40, 6, mode=mode)
+    unscaled.load_state_dict(ours.state_dict())
+    unscaled(indices, offsets).backward(grad)
+    torch.testing.assert_close(ours.weight.grad.to_dense() * 3, unscaled.weight.grad)
 
 
 def test_from_pretrained_reset_parameters_and_state_dict():

@@ -12,12 +12,12 @@ batched = torch.ops.mprec.batched_embedding_bag.default
 
 
 def single_args(dtype=torch.float32, index_dtype=torch.int64, requires_grad=False, mode=0, weighted=False,
-                padding_idx=-1, include_last_offset=False, sparse=False):
+                padding_idx=-1, include_last_offset=False, sparse=False, scale_grad_by_freq=False):
     weight = torch.randn(30, 5).to(dtype).requires_grad_(requires_grad)
     indices, offsets = make_bags(8, 5, 30, index_dtype, padding_idx=padding_idx if padding_idx >= 0 else None)
     offsets = offsets if include_last_offset else offsets[:-1]
     psw = torch.randn(indices.numel(), dtype=dtype, requires_grad=requires_grad) if weighted else None
-    return (weight, indices, offsets, mode, psw, padding_idx, include_last_offset, None, sparse)
+    return (weight, indices, offsets, mode, psw, padding_idx, include_last_offset, None, sparse, scale_grad_by_freq)
 
 
 SINGLE_CASES = {
@@ -29,6 +29,7 @@ SINGLE_CASES = {
     "last-offset": dict(include_last_offset=True),
     "bf16": dict(dtype=torch.bfloat16),
     "f64": dict(dtype=torch.float64),
+    "scale-grad": dict(mode=1, padding_idx=2, scale_grad_by_freq=True),
 }
 
 
@@ -40,8 +41,10 @@ def test_opcheck_embedding_bag(case, requires_grad):
 
 def test_opcheck_embedding_bag_sparse_gradient():
     # The sparse backward has a data-dependent size; autograd and fake tensors still have to agree.
-    torch.library.opcheck(embedding_bag, single_args(requires_grad=True, sparse=True),
-                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    for scale_grad_by_freq in (False, True):
+        torch.library.opcheck(embedding_bag, single_args(requires_grad=True, sparse=True,
+                                                         scale_grad_by_freq=scale_grad_by_freq),
+                              test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
 def test_opcheck_embedding_bag_uint8():
@@ -53,7 +56,7 @@ def test_opcheck_embedding_bag_uint8():
 
 @pytest.mark.parametrize("mode", [0, 2])
 def test_opcheck_backward_ops(mode):
-    weight, indices, offsets, _, _, pad, ilo, _, _ = single_args(padding_idx=1)
+    weight, indices, offsets, _, _, pad, ilo, *_ = single_args(padding_idx=1)
     out, max_indices = embedding_bag(weight, indices, offsets, mode, None, pad, ilo)
     grad = torch.randn_like(out)
     torch.library.opcheck(torch.ops.mprec.embedding_bag_backward.default,

@@ -183,3 +183,95 @@ def test_batched_gradcheck_float64(mode):
         return mprec.ops.batched_embedding_bag([w0, w1], indices, offsets, mode, p)
 
     assert torch.autograd.gradcheck(f, inputs)
+
+
+# --- scale_grad_by_freq ----------------------------------------------------------------------------------
+
+def scaled_reference_grad(weight, indices, offsets, mode, psw, padding_idx, include_last_offset, grad):
+    w = weight.detach().double().requires_grad_()
+    p = None if psw is None else psw.detach().double()
+    out = embedding_bag_reference(w, indices, offsets, mode, p, padding_idx, include_last_offset,
+                                  scale_grad_by_freq=True)
+    out.backward(grad.double())
+    return w.grad
+
+
+@pytest.mark.parametrize("trailing", [False, True], ids=["all", "trailing"])
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize("padding", [False, True], ids=["nopad", "pad"])
+@pytest.mark.parametrize("mode,weighted", MODE_CASES[:3], ids=["sum", "weighted", "mean"])
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES, ids=["i32", "i64"])
+@pytest.mark.parametrize("dtype,dim", [(torch.float64, 1), (torch.float64, 129), (torch.float32, 16),
+                                       (torch.bfloat16, 16)], ids=["f64-D1", "f64-D129", "f32", "bf16"])
+def test_scale_grad_by_freq_matches_reference(dtype, dim, index_dtype, mode, weighted, padding, sparse, trailing):
+    g = torch.Generator().manual_seed(11)
+    # Few rows for many lookups: most rows occur several times, in the same bag and across bags.
+    indices, offsets = make_bags(23, 9, 12, index_dtype, padding_idx=3 if padding else None, generator=g)
+    # trailing: the last bag ends before the last index (include_last_offset with B + 1 offsets that stop
+    # short); those lookups belong to no bag and count towards no frequency.
+    offs, include_last_offset = (offsets[:-1], True) if trailing else (offsets[:-1], False)
+    weight = torch.randn(12, dim, generator=g).to(dtype).requires_grad_()
+    psw = torch.randn(indices.numel(), generator=g).to(dtype) if weighted else None
+    out = mprec.ops.embedding_bag(weight, indices, offs, mode, psw, 3 if padding else None, include_last_offset,
+                                  sparse=sparse, scale_grad_by_freq=True)
+    grad = torch.randn(out.shape, generator=g).to(dtype)
+    out.backward(grad)
+    want = scaled_reference_grad(weight, indices, offs, mode, psw, 3 if padding else -1, include_last_offset, grad)
+    got = weight.grad
+    assert got.layout == (torch.sparse_coo if sparse else torch.strided) and got.dtype == dtype
+    torch.testing.assert_close(got.to_dense().double(), want, **GRAD_TOLERANCE[dtype])
+    unscaled = weight.detach().clone().requires_grad_()
+    mprec.ops.embedding_bag(unscaled, indices, offs, mode, psw, 3 if padding else None,
+                            include_last_offset).backward(grad)
+    assert not torch.allclose(unscaled.grad.double(), want)  # the scaling changed something
+
+
+def test_scale_grad_by_freq_divides_by_the_rows_own_count():
+    # torch 2.13's CPU kernel gives row 3 0.5 here (the count of row 1); CUDA and the docs say 1.
+    for sparse in (False, True):
+        weight = torch.ones(4, 3, requires_grad=True)
+        mprec.ops.embedding_bag(weight, torch.tensor([1, 1, 3]), torch.tensor([0]), "sum", sparse=sparse,
+                                scale_grad_by_freq=True).sum().backward()
+        assert weight.grad.to_dense()[:, 0].tolist() == [0.0, 1.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("padding_idx", [None, 2])
+def test_scale_grad_by_freq_reference_agrees_with_torch_embedding(padding_idx):
+    """The reference against torch's non-bag embedding, whose CPU scaling is right: one lookup per bag."""
+    g = torch.Generator().manual_seed(3)
+    indices = torch.randint(0, 8, (40,), generator=g)
+    weight = torch.randn(8, 5, dtype=torch.float64, generator=g)
+    grad = torch.randn(40, 5, dtype=torch.float64, generator=g)
+    w1 = weight.clone().requires_grad_()
+    torch.nn.functional.embedding(indices, w1, padding_idx=padding_idx, scale_grad_by_freq=True).backward(grad)
+    w2 = weight.clone().requires_grad_()
+    embedding_bag_reference(w2, indices, torch.arange(40), "sum", None, -1 if padding_idx is None else padding_idx,
+                            scale_grad_by_freq=True).backward(grad)
+    torch.testing.assert_close(w2.grad, w1.grad, rtol=1e-12, atol=1e-12)
+    w3 = weight.clone().requires_grad_()
+    mprec.ops.embedding_bag(w3, indices, torch.arange(40), "sum", padding_idx=padding_idx,
+                            scale_grad_by_freq=True).backward(grad)
+    torch.testing.assert_close(w3.grad, w1.grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("batch", [0, 1])
+def test_scale_grad_by_freq_empty(batch):
+    weight = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    indices = torch.tensor([], dtype=torch.int64)
+    out = mprec.ops.embedding_bag(weight, indices, torch.zeros(batch, dtype=torch.int64), "mean",
+                                  scale_grad_by_freq=True)
+    out.sum().backward()
+    assert out.shape == (batch, 4) and torch.count_nonzero(weight.grad) == 0
+
+
+def test_scale_grad_by_freq_refused_in_max_mode():
+    weight, indices, offsets = torch.randn(5, 4), torch.tensor([1, 2]), torch.tensor([0, 1])
+    message = r"mprec::embedding_bag: scale_grad_by_freq is not supported in max mode \(mode 2\)"
+    with pytest.raises(ValueError, match=message):
+        torch.ops.mprec.embedding_bag(weight, indices, offsets, 2, None, -1, False, None, False, True)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode() as mode, pytest.raises(ValueError, match=message):
+        torch.ops.mprec.embedding_bag(mode.from_tensor(weight), mode.from_tensor(indices), mode.from_tensor(offsets),
+                                      2, None, -1, False, None, False, True)
+    with pytest.raises(ValueError, match="max mode does not support scaling the gradient by the frequency"):
+        mprec.nn.functional.embedding_bag(indices, weight, offsets, mode="max", scale_grad_by_freq=True)

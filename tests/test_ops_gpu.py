@@ -331,6 +331,7 @@ ARGUMENT_ERRORS = {
     "psw_mode": lambda w, i: ("embedding_bag", (w, i, torch.tensor([0]), 1, torch.ones(2), -1, False)),
     "padding": lambda w, i: ("embedding_bag", (w, i, torch.tensor([0]), 0, None, 7, False)),
     "mode": lambda w, i: ("embedding_bag", (w, i, torch.tensor([0]), 3, None, -1, False)),
+    "scale_grad_max": lambda w, i: ("embedding_bag", (w, i, torch.tensor([0]), 2, None, -1, False, None, False, True)),
     "weight_dim": lambda w, i: ("embedding_bag", (w[0], i, torch.tensor([0]), 0, None, -1, False)),
     "weight_dtype": lambda w, i: ("embedding_bag", (w.int(), i, torch.tensor([0]), 0, None, -1, False)),
     "indices_2d": lambda w, i: ("embedding_bag", (w, i.view(1, 2), torch.tensor([0]), 0, None, -1, False)),

@@ -261,9 +261,11 @@ std::tuple<Tensor, Tensor> pool_tables(const char* op, const std::vector<Table>&
 std::tuple<Tensor, Tensor> embedding_bag_cpu(const Tensor& weight, const Tensor& indices, const Tensor& offsets,
                                              int64_t mode, const c10::optional<Tensor>& per_sample_weights,
                                              int64_t padding_idx, bool include_last_offset,
-                                             const c10::optional<Tensor>& scale_bias, bool /*sparse*/) {
+                                             const c10::optional<Tensor>& scale_bias, bool /*sparse*/,
+                                             bool scale_grad_by_freq) {
   const char* op = kSingleOp;
   const PoolMode pool_mode = checked_mode(op, mode);
+  check_scale_grad_by_freq(op, scale_grad_by_freq, pool_mode);
   const Tensor sb = scale_bias.has_value() ? *scale_bias : Tensor();
   const WeightType type = checked_weight(op, weight, &sb, "weight", kCpu);
   check_indices_offsets(op, indices, offsets, kCpu);

@@ -18,6 +18,12 @@ PoolMode checked_mode(const char* op, int64_t mode) {
   return static_cast<PoolMode>(mode);
 }
 
+void check_scale_grad_by_freq(const char* op, bool scale_grad_by_freq, PoolMode mode) {
+  // A max bag's gradient goes to one row per column, whatever the frequencies: torch refuses the pair too.
+  TORCH_CHECK_VALUE(!(scale_grad_by_freq && mode == PoolMode::kMax), op,
+                    ": scale_grad_by_freq is not supported in max mode (mode 2)");
+}
+
 WeightType float_weight_type(at::ScalarType dtype) {
   switch (dtype) {
     case at::kDouble: return WeightType::kDouble;

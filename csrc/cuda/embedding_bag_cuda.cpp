@@ -159,10 +159,12 @@ std::vector<Tensor> dense_backward(const char* op, const Tensor& grad, at::Tenso
 std::tuple<Tensor, Tensor> embedding_bag_cuda(const Tensor& weight, const Tensor& indices, const Tensor& offsets,
                                               int64_t mode, const c10::optional<Tensor>& per_sample_weights,
                                               int64_t padding_idx, bool include_last_offset,
-                                              const c10::optional<Tensor>& scale_bias, bool /*sparse*/) {
+                                              const c10::optional<Tensor>& scale_bias, bool /*sparse*/,
+                                              bool scale_grad_by_freq) {
   const char* op = "mprec::embedding_bag";
   const c10::Device device = kernel_device_of(weight);
   const PoolMode pool_mode = checked_mode(op, mode);
+  check_scale_grad_by_freq(op, scale_grad_by_freq, pool_mode);
   const Tensor sb = scale_bias.has_value() ? *scale_bias : Tensor();
   checked_weight(op, weight, &sb, "weight", device, /*allow_quantized=*/false);
   check_indices_offsets(op, indices, offsets, device);

@@ -18,8 +18,8 @@ class EmbeddingBag(nn.Module):
 
     Same constructor, ``forward(input, offsets=None, per_sample_weights=None)`` (1-D input with offsets,
     or 2-D input of fixed-size bags), ``from_pretrained``, ``reset_parameters`` and ``state_dict`` (key
-    ``weight``), so a model switches by changing the import. ``scale_grad_by_freq=True`` raises
-    ``NotImplementedError``.
+    ``weight``), so a model switches by changing the import. ``scale_grad_by_freq`` works with dense and
+    sparse gradients (:func:`mprec.nn.functional.embedding_bag`).
     """
 
     __constants__ = ["num_embeddings", "embedding_dim", "max_norm", "norm_type", "scale_grad_by_freq", "mode",
@@ -41,8 +41,6 @@ class EmbeddingBag(nn.Module):
         dtype=None,
     ) -> None:
         super().__init__()
-        if scale_grad_by_freq:
-            raise NotImplementedError("mprec.nn.EmbeddingBag: scale_grad_by_freq=True is not supported yet")
         if mode not in MODES:
             raise ValueError("mode has to be one of sum, mean or max")
         self.num_embeddings = num_embeddings
@@ -88,6 +86,8 @@ class EmbeddingBag(nn.Module):
             s += ", max_norm={max_norm}"
         if self.norm_type != 2:
             s += ", norm_type={norm_type}"
+        if self.scale_grad_by_freq is not False:
+            s += ", scale_grad_by_freq={scale_grad_by_freq}"
         s += ", mode={mode!r}"
         if self.padding_idx is not None:
             s += ", padding_idx={padding_idx}"

@@ -35,12 +35,12 @@ def embedding_bag(
     """Drop-in for :func:`torch.nn.functional.embedding_bag`, computed by ``mprec::embedding_bag``.
 
     Same arguments, defaults, input forms (1-D ``input`` with ``offsets``, or 2-D ``input`` of fixed-size
-    bags) and errors. ``scale_grad_by_freq`` is not supported yet and raises ``NotImplementedError``.
+    bags) and errors. ``scale_grad_by_freq`` divides each row's gradient by the number of times its index
+    occurs in the bags, for dense and sparse gradients (torch's CPU kernel divides some rows by another
+    index's count, and refuses sparse gradients).
     Beyond torch: uint8 row-wise quantized weights through :func:`mprec.ops.embedding_bag`, and int32
     and int64 indices mixed with offsets of the other dtype (both are widened to int64, as torch does).
     """
-    if scale_grad_by_freq:
-        raise NotImplementedError("mprec.nn.functional.embedding_bag: scale_grad_by_freq=True is not supported yet")
     if per_sample_weights is not None and input.size() != per_sample_weights.size():
         raise ValueError(
             f"embedding_bag: If per_sample_weights ({per_sample_weights.shape}) is not None, "
@@ -66,6 +66,8 @@ def embedding_bag(
         raise ValueError(f"input has to be 1D or 2D Tensor, but got Tensor of dimension {input.dim()}")
     if mode not in MODES:
         raise ValueError("mode has to be one of sum, mean or max")
+    if mode == "max" and scale_grad_by_freq:
+        raise ValueError("max mode does not support scaling the gradient by the frequency")
     if mode == "max" and sparse:
         raise ValueError("max mode does not support sparse weights")
     if per_sample_weights is not None and mode != "sum":
@@ -76,15 +78,18 @@ def embedding_bag(
         input, offsets = input.to(torch.int64), offsets.to(torch.int64)
     padding_idx = _normalize_padding_idx("embedding_bag", padding_idx, weight.shape[0])
     if max_norm is None:
-        return _pool(input, weight, offsets, mode, per_sample_weights, include_last_offset, padding_idx, sparse)
+        return _pool(input, weight, offsets, mode, per_sample_weights, include_last_offset, padding_idx, sparse,
+                     scale_grad_by_freq)
     with _renorm_lock:
         # Renormalise, in place and outside autograd, the rows this call reads: what torch does.
         with torch.no_grad():
             torch.embedding_renorm_(weight, input, max_norm, norm_type)
-        return _pool(input, weight, offsets, mode, per_sample_weights, include_last_offset, padding_idx, sparse)
+        return _pool(input, weight, offsets, mode, per_sample_weights, include_last_offset, padding_idx, sparse,
+                     scale_grad_by_freq)
 
 
-def _pool(input, weight, offsets, mode, per_sample_weights, include_last_offset, padding_idx, sparse) -> Tensor:
+def _pool(input, weight, offsets, mode, per_sample_weights, include_last_offset, padding_idx, sparse,
+          scale_grad_by_freq) -> Tensor:
     out, _ = torch.ops.mprec.embedding_bag(weight, input, offsets, MODES[mode], per_sample_weights, padding_idx,
-                                           include_last_offset, None, sparse)
+                                           include_last_offset, None, sparse, scale_grad_by_freq)
     return out

@@ -125,6 +125,12 @@ def _check_indices(op: str, indices: Tensor, offsets: Tensor, device: Optional[t
 _MODE_NAMES = {0: "sum (0)", 1: "mean (1)", 2: "max (2)"}
 
 
+def _check_scale_grad_by_freq(op: str, scale_grad_by_freq: bool, mode: int) -> None:
+    """csrc/cpu/embedding_bag_checks.cpp check_scale_grad_by_freq."""
+    if scale_grad_by_freq and mode == 2:
+        raise ValueError(f"{op}: scale_grad_by_freq is not supported in max mode (mode 2)")
+
+
 def _check_per_sample_weights(op: str, psw: Optional[Tensor], mode: int, num_indices) -> None:
     """csrc/cpu/embedding_bag_checks.cpp checked_per_sample_weights, less the device and the conversion."""
     if psw is None:
@@ -155,9 +161,10 @@ def _batched_bags(op: str, offsets: Tensor, num_tables: int):
 
 @torch.library.register_fake("mprec::embedding_bag")
 def _embedding_bag_fake(weight, indices, offsets, mode=0, per_sample_weights=None, padding_idx=-1,
-                        include_last_offset=False, scale_bias=None, sparse=False):
+                        include_last_offset=False, scale_bias=None, sparse=False, scale_grad_by_freq=False):
     op = "mprec::embedding_bag"
     mode = mode_number(op, mode)
+    _check_scale_grad_by_freq(op, scale_grad_by_freq, mode)
     _check_weight(op, weight, scale_bias)
     _check_indices(op, indices, offsets)
     bags = _single_bags(op, offsets, include_last_offset)
@@ -194,11 +201,22 @@ def _sparse_rows(rows: Tensor, values: Tensor, shape) -> Tensor:
 
 
 def _embedding_bag_setup_context(ctx, inputs, output):
-    weight, indices, offsets, mode, psw, padding_idx, include_last_offset, scale_bias, sparse = inputs
+    weight, indices, offsets, mode, psw, padding_idx, include_last_offset, scale_bias, sparse, scale_grad_by_freq = inputs
     _, max_indices = output
     ctx.save_for_backward(weight, indices, offsets, psw, max_indices)
     ctx.mode, ctx.padding_idx, ctx.include_last_offset, ctx.sparse = mode, padding_idx, include_last_offset, sparse
+    ctx.scale_grad_by_freq = scale_grad_by_freq
     ctx.mark_non_differentiable(max_indices)
+
+
+def _bag_lookups(indices: Tensor, offsets: Tensor, include_last_offset: bool) -> Tensor:
+    """1 for each index that belongs to a bag, 0 for those past the last offset (``include_last_offset``)."""
+    positions = torch.arange(indices.shape[0], device=indices.device)
+    if include_last_offset:
+        end = offsets[-1:] if offsets.shape[0] else offsets.new_zeros(1)
+    else:
+        end = positions.new_full((1,), indices.shape[0] if offsets.shape[0] else 0)
+    return (positions < end).to(torch.int64)
 
 
 def _embedding_bag_backward(ctx, grad, _grad_max_indices):
@@ -208,14 +226,23 @@ def _embedding_bag_backward(ctx, grad, _grad_max_indices):
         if ctx.sparse:
             rows, values = torch.ops.mprec.embedding_bag_sparse_backward(
                 grad, weight, indices, offsets, ctx.mode, psw, ctx.padding_idx, ctx.include_last_offset)
+            if ctx.scale_grad_by_freq:
+                # One row per lookup of a bag (padding left out, which changes no other row's count).
+                _, inverse, counts = torch.unique(rows, return_inverse=True, return_counts=True)
+                values = values / counts[inverse].unsqueeze(1).to(values.dtype)
             grad_weight = _sparse_rows(rows, values, weight.shape)
         else:
             grad_weight = torch.ops.mprec.embedding_bag_backward(
                 grad, weight, indices, offsets, max_indices, ctx.mode, psw, ctx.padding_idx, ctx.include_last_offset)
+            if ctx.scale_grad_by_freq:
+                # Every contribution to a row is divided by the same count, so the row's sum is divided once.
+                counts = torch.zeros(weight.shape[0], dtype=torch.int64, device=grad_weight.device).index_add_(
+                    0, indices.to(torch.int64), _bag_lookups(indices, offsets, ctx.include_last_offset))
+                grad_weight = grad_weight / counts.clamp(min=1).unsqueeze(1).to(grad_weight.dtype)
     if psw is not None and ctx.needs_input_grad[4]:
         grad_psw = torch.ops.mprec.embedding_bag_per_sample_weights_backward(
             grad, weight, indices, offsets, ctx.mode, ctx.padding_idx, ctx.include_last_offset).to(psw.dtype)
-    return grad_weight, None, None, None, grad_psw, None, None, None, None
+    return grad_weight, None, None, None, grad_psw, None, None, None, None, None
 
 
 torch.library.register_autograd("mprec::embedding_bag", _embedding_bag_backward,
@@ -241,6 +268,7 @@ def embedding_bag(
     include_last_offset: bool = False,
     scale_bias: Optional[Tensor] = None,
     sparse: bool = False,
+    scale_grad_by_freq: bool = False,
 ) -> Tensor:
     """Pools rows of one table per bag: ``out[b] = reduce(weight[indices[offsets[b]:offsets[b+1]]])``.
 
@@ -254,6 +282,8 @@ def embedding_bag(
         per_sample_weights: one weight per index, ``"sum"`` mode only.
         padding_idx: a row that is skipped (it does not count towards ``"mean"``); negative counts from the end.
         sparse: make the weight gradient a sparse COO tensor, as ``torch.nn.EmbeddingBag(sparse=True)``.
+        scale_grad_by_freq: divide each row's gradient by the number of times its index occurs in the bags
+            (sum and mean modes; dense and sparse gradients).
 
     Returns:
         ``[B, D]`` in the weight's dtype (float32 for uint8 weights). Empty bags give zeros in every mode.
@@ -261,7 +291,8 @@ def embedding_bag(
     op = "mprec::embedding_bag"
     out, _ = torch.ops.mprec.embedding_bag(
         weight, indices, offsets, mode_number(op, mode), per_sample_weights,
-        _normalize_padding_idx(op, padding_idx, weight.shape[0]), include_last_offset, scale_bias, sparse)
+        _normalize_padding_idx(op, padding_idx, weight.shape[0]), include_last_offset, scale_bias, sparse,
+        scale_grad_by_freq)
     return out
 
 

@@ -38,6 +38,7 @@ from .embedding_bag import (
     _check_device,
     _check_indices,
     _check_padding_idx,
+    _check_scale_grad_by_freq,
     _check_tables,
     _check_weight,
     _single_bags,
@@ -123,8 +124,10 @@ def _single_setup(op, weight, scale_bias, indices, offsets, mode, per_sample_wei
 
 def embedding_bag(weight: Tensor, indices: Tensor, offsets: Tensor, mode: int = 0,
                   per_sample_weights: Optional[Tensor] = None, padding_idx: int = -1,
-                  include_last_offset: bool = False, scale_bias: Optional[Tensor] = None, sparse: bool = False):
+                  include_last_offset: bool = False, scale_bias: Optional[Tensor] = None, sparse: bool = False,
+                  scale_grad_by_freq: bool = False):
     op = _SINGLE
+    _check_scale_grad_by_freq(op, scale_grad_by_freq, mode_number(op, mode))
     mode, bags, psw, tables, indices, offsets = _single_setup(
         op, weight, scale_bias, indices, offsets, mode, per_sample_weights, padding_idx, include_last_offset)
     error = _new_error_flag(weight.device)

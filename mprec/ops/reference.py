@@ -68,8 +68,11 @@ def embedding_bag_reference(
     padding_idx: int = -1,
     include_last_offset: bool = False,
     scale_bias: Optional[Tensor] = None,
+    scale_grad_by_freq: bool = False,
 ) -> Tensor:
-    """``embedding_bag`` from its definition; computes in ``weight``'s dtype (float32 for uint8 weights)."""
+    """``embedding_bag`` from its definition; computes in ``weight``'s dtype (float32 for uint8 weights).
+    ``scale_grad_by_freq`` divides the gradient each lookup sends to its row by the number of lookups of that
+    row in the bags."""
     mode = mode_number("embedding_bag_reference", mode)
     if weight.dtype == torch.uint8:
         weight = dequantize_rowwise_int8_reference(weight, scale_bias)
@@ -79,6 +82,11 @@ def embedding_bag_reference(
     keep = rows != padding_idx
     rows, bag = rows[keep], bag[keep]
     values = weight.index_select(0, rows)
+    if scale_grad_by_freq:
+        _, inverse, uses = torch.unique(rows, return_inverse=True, return_counts=True)
+        scale = (1.0 / uses[inverse].to(weight.dtype)).unsqueeze(1)
+        # The same values (v - v is exactly 0), with the gradient to the rows scaled.
+        values = values.detach() + (values - values.detach()) * scale
     if per_sample_weights is not None:
         values = values * per_sample_weights[first:last][keep].to(weight.dtype).unsqueeze(1)
     dim = weight.shape[1]

@@ -16,6 +16,7 @@
 namespace mprec {
 
 PoolMode checked_mode(const char* op, int64_t mode);
+void check_scale_grad_by_freq(const char* op, bool scale_grad_by_freq, PoolMode mode);
 
 // The WeightType of a float or uint8 dtype (float32 for anything else; checked_weight rejects those).
 WeightType float_weight_type(at::ScalarType dtype);
