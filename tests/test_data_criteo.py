@@ -2,6 +2,7 @@
 counted, or raised with file and line), the streaming reader's batching across chunk and file
 boundaries, vocabularies, flat memory on a large file, the bundled sample, and the synthetic generator."""
 
+import gzip
 import math
 import os
 import random
@@ -16,6 +17,7 @@ import torch
 from mprec.data import (
     KAGGLE_TABLE_SIZES,
     Batch,
+    CorruptFileError,
     CriteoReader,
     MalformedLineError,
     SyntheticCriteo,
@@ -219,25 +221,102 @@ print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 """
 
 
-def test_memory_stays_flat_on_a_large_file(tmp_path):
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+def test_memory_stays_flat_on_a_large_file(tmp_path, compressed):
     rng = random.Random(7)
     block = ("\n".join(random_line(rng) for _ in range(20_000)) + "\n").encode()  # ~4 MB
-    big, small = tmp_path / "big.tsv", tmp_path / "small.tsv"
-    copies = 50  # ~200 MB
-    with open(big, "wb") as f:
+    suffix = ".tsv.gz" if compressed else ".tsv"
+    big, small = tmp_path / f"big{suffix}", tmp_path / f"small{suffix}"
+    copies = 50  # ~200 MB of text
+    opener = (lambda path: gzip.open(path, "wb", compresslevel=1)) if compressed else (lambda path: open(path, "wb"))
+    with opener(big) as f:
         for _ in range(copies):
             f.write(block)
-    small.write_bytes(block)
+    with opener(small) as f:
+        f.write(block)
     runs = {}
     for name, path in (("small", small), ("big", big)):
         out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(path)], capture_output=True, text=True, check=True)
         examples, peak_mb = map(int, out.stdout.split())
         runs[name] = (examples, peak_mb)
     assert runs["big"][0] == 20_000 * copies and runs["small"][0] == 20_000
-    size_mb = os.path.getsize(big) / 2**20
+    size_mb = len(block) * copies / 2**20
     growth = runs["big"][1] - runs["small"][1]
-    print(f"file {size_mb:.0f} MB: peak RSS {runs['big'][1]} MB, vs {runs['small'][1]} MB for a 4 MB file")
-    assert growth < 64, f"peak RSS grew by {growth} MB reading a {size_mb:.0f} MB file"
+    print(f"{size_mb:.0f} MB of text ({os.path.getsize(big) / 2**20:.0f} MB on disk): peak RSS {runs['big'][1]} MB, "
+          f"vs {runs['small'][1]} MB for 4 MB")
+    assert growth < 64, f"peak RSS grew by {growth} MB reading {size_mb:.0f} MB of text"
+
+
+def gzip_bytes(text: bytes, members: int = 1) -> bytes:
+    """``text`` gzip-compressed, as one stream or as several concatenated (what ``cat a.gz b.gz`` makes)."""
+    cuts = [len(text) * i // members for i in range(members + 1)]
+    return b"".join(gzip.compress(text[a:b], compresslevel=6, mtime=0) for a, b in zip(cuts, cuts[1:]))
+
+
+@pytest.mark.parametrize("members", [1, 3])
+@pytest.mark.parametrize("chunk_bytes", [64, 997, 1 << 20])
+def test_gzip_files_read_as_their_text(tmp_path, chunk_bytes, members):
+    rng = random.Random(8)
+    lines = [random_line(rng) for _ in range(300)]
+    text = ("\n".join(lines)).encode()  # no final newline
+    plain = tmp_path / "day_0"
+    plain.write_bytes(text)
+    packed = tmp_path / "day_0.gz"
+    packed.write_bytes(gzip_bytes(text, members))
+    renamed = tmp_path / "day_0.txt"  # recognised by its first bytes, not its name
+    renamed.write_bytes(packed.read_bytes())
+    want = read_all(CriteoReader(plain, batch_size=64, chunk_bytes=chunk_bytes))
+    for path in (packed, renamed):
+        reader = CriteoReader(path, batch_size=64, chunk_bytes=chunk_bytes)
+        got = read_all(reader)
+        assert reader.lines == 300 and reader.examples == 300
+        for field in ("labels", "dense", "indices", "offsets"):
+            assert torch.equal(getattr(got, field), getattr(want, field))
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_gzip_stripes_take_every_line_once(tmp_path, world):
+    rng = random.Random(9)
+    lines = [random_line(rng) for _ in range(400)]
+    path = tmp_path / "day.gz"
+    path.write_bytes(gzip_bytes(("\n".join(lines) + "\n").encode()))
+    stripes = [read_all(CriteoReader(path, batch_size=32, chunk_bytes=2048, stripe=(r, world))) for r in range(world)]
+    assert all(len(s) > 0 for s in stripes)
+    got = sorted(tuple(row) for s in stripes for row in s.sparse().tolist())
+    assert got == sorted(tuple(reference_parse(line)[2]) for line in lines)
+
+
+def test_gzip_malformed_line_names_the_line(tmp_path):
+    rng = random.Random(10)
+    lines = [random_line(rng) for _ in range(100)]
+    lines[60] = "2" + lines[60][1:]
+    path = tmp_path / "day_1.gz"
+    path.write_bytes(gzip_bytes(("\n".join(lines) + "\n").encode()))
+    with pytest.raises(MalformedLineError, match=r"day_1.gz:61: the label must be 0 or 1"):
+        list(CriteoReader(path, strict=True, chunk_bytes=512))
+
+
+def test_truncated_or_corrupt_gzip_is_an_error_naming_file_and_position(tmp_path):
+    rng = random.Random(11)
+    text = ("\n".join(random_line(rng) for _ in range(2000)) + "\n").encode()
+    whole = gzip_bytes(text)
+    cases = {
+        "truncated-half": (whole[: len(whole) // 2], r"truncated gzip file: its \d+ bytes end before the stream's "
+                                                      r"end marker, after \d+ decompressed bytes \(after line \d+\)"),
+        "no-trailer": (whole[:-8], r"truncated gzip file"),
+        "header-only": (whole[:12], r"truncated gzip file"),
+        "flipped": (whole[:3000] + bytes([whole[3000] ^ 0xFF]) + whole[3001:],
+                    r"corrupt gzip data near compressed byte \d+, after \d+ decompressed bytes: .+ \(after line \d+\)"),
+        "bad-crc": (whole[:-8] + bytes([whole[-8] ^ 1]) + whole[-7:], r"corrupt gzip data .*CRC check failed"),
+    }
+    for name, (data, message) in cases.items():
+        path = tmp_path / f"{name}.gz"
+        path.write_bytes(data)
+        reader = CriteoReader(path, batch_size=100, chunk_bytes=4096)
+        with pytest.raises(CorruptFileError, match=rf"{name}.gz: {message}"):
+            for _ in reader:
+                pass
+        assert reader.examples <= 2000
 
 
 @pytest.mark.skipif(not SAMPLE.is_dir(), reason="the bundled Criteo sample (../shared/data) is not present")

@@ -10,13 +10,20 @@ take raw ids.
 Parsing is one C++ op over a chunk of whole lines (``mprec::parse_criteo``); a worker thread reads and
 parses chunks ahead of the training loop into a bounded queue, so memory stays flat whatever the file
 size: a chunk or two of bytes and ``prefetch`` parsed chunks.
+
+gzip files (the Terabyte set comes as ``day_0.gz`` ...) are recognised by their first bytes, whatever their
+name, and decompressed as they are read, a chunk at a time; a truncated or corrupt one raises
+:class:`CorruptFileError` naming the file, the byte where decompression stopped and the last whole line.
 """
 
 from __future__ import annotations
 
+import gzip
+import itertools
 import os
 import queue
 import threading
+import zlib
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional, Sequence, Union
 
@@ -29,6 +36,7 @@ __all__ = [
     "KAGGLE_TABLE_SIZES",
     "Batch",
     "MalformedLineError",
+    "CorruptFileError",
     "parse_criteo",
     "CriteoReader",
     "Vocabulary",
@@ -74,6 +82,46 @@ class MalformedLineError(ValueError):
     """A malformed line under ``strict=True``: names the file and the 1-based line."""
 
 
+class CorruptFileError(ValueError):
+    """A compressed file that ends early or does not decompress: names the file and where it stopped."""
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def is_gzip(path: PathLike) -> bool:
+    """Whether the file starts as a gzip stream does (its name does not matter)."""
+    with open(path, "rb") as f:
+        return f.read(2) == _GZIP_MAGIC
+
+
+class _GzipFile:
+    """Reads a gzip file's decompressed bytes; errors name the file and the compressed and decompressed
+    bytes where decompression stopped."""
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = path
+        self.raw = open(path, "rb")
+        self.stream = gzip.GzipFile(fileobj=self.raw, mode="rb")
+        self.out = 0
+
+    def read(self, n: int) -> bytes:
+        try:
+            block = self.stream.read(n)
+        except EOFError:
+            raise CorruptFileError(f"{self.path}: truncated gzip file: its {self.raw.tell()} bytes end before the "
+                                   f"stream's end marker, after {self.out} decompressed bytes") from None
+        except (gzip.BadGzipFile, zlib.error, OSError) as error:
+            raise CorruptFileError(f"{self.path}: corrupt gzip data near compressed byte {self.raw.tell()}, after "
+                                   f"{self.out} decompressed bytes: {error}") from None
+        self.out += len(block)
+        return block
+
+    def close(self) -> None:
+        self.stream.close()
+        self.raw.close()
+
+
 def parse_criteo(data: Union[bytes, Tensor], num_dense: int = NUM_DENSE, num_sparse: int = NUM_SPARSE,
                  missing_id: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(labels [N], dense [N, num_dense], sparse [N, num_sparse], bad [M, 3])`` for the lines of ``data``;
@@ -95,10 +143,9 @@ def describe_bad_line(reason: int, field: int, num_dense: int = NUM_DENSE, num_s
     return _REASONS.get(reason, "malformed").format(fields=1 + num_dense + num_sparse, field=field)
 
 
-def _chunks(path: PathLike, chunk_bytes: int, start: int = 0, end: Optional[int] = None) -> Iterator[bytes]:
-    """Whole lines of the file, about ``chunk_bytes`` at a time: the lines that begin in bytes ``[start,
-    end)`` (a line belongs to the range its first byte is in, so ranges that tile the file split its lines
-    between them exactly)."""
+def _file_blocks(path: PathLike, block_bytes: int, start: int = 0, end: Optional[int] = None) -> Iterator[bytes]:
+    """The bytes of the lines that begin in bytes ``[start, end)`` of a plain file, in blocks (a line belongs to
+    the range its first byte is in, so ranges that tile the file split its lines between them exactly)."""
     with open(path, "rb") as f:
         pos = 0
         if start > 0:
@@ -106,23 +153,51 @@ def _chunks(path: PathLike, chunk_bytes: int, start: int = 0, end: Optional[int]
             if f.read(1) != b"\n":
                 f.readline()  # the end of a line that began before the range
             pos = f.tell()
-        rest = b""
+        last = b"\n"
         while end is None or pos < end:
-            block = f.read(chunk_bytes if end is None else min(chunk_bytes, end - pos))
+            block = f.read(block_bytes if end is None else min(block_bytes, end - pos))
             if not block:
-                break
+                return
             pos += len(block)
-            block = rest + block
-            cut = block.rfind(b"\n")
-            if cut < 0:
-                rest = block
-                continue
-            rest = block[cut + 1:]
-            yield block[: cut + 1]
-        if rest:
-            if end is not None and pos >= end:
-                rest += f.readline()  # a line that began in the range runs past its end
-            yield rest
+            last = block[-1:]
+            yield block
+        if last != b"\n":
+            yield f.readline()  # a line that began in the range runs past its end
+
+
+def _gzip_blocks(path: PathLike, block_bytes: int) -> Iterator[bytes]:
+    """A gzip file's decompressed bytes, in blocks."""
+    f = _GzipFile(path)
+    try:
+        while block := f.read(block_bytes):
+            yield block
+    finally:
+        f.close()
+
+
+def _whole_lines(blocks: Iterable[bytes]) -> Iterator[bytes]:
+    """The blocks' bytes regrouped into runs of whole lines (the last may lack its newline)."""
+    rest = b""
+    for block in blocks:
+        block = rest + block
+        cut = block.rfind(b"\n")
+        if cut < 0:
+            rest = block
+            continue
+        rest = block[cut + 1:]
+        yield block[: cut + 1]
+    if rest:
+        yield rest
+
+
+def _chunks(path: PathLike, chunk_bytes: int, start: int = 0, end: Optional[int] = None) -> Iterator[bytes]:
+    """Whole lines of the file, about ``chunk_bytes`` at a time; of a plain file, the lines that begin in bytes
+    ``[start, end)``; of a gzip file, all of them (it cannot be entered in the middle)."""
+    if is_gzip(path):
+        if start != 0 or end is not None:
+            raise ValueError(f"{path}: a gzip file is read from its start to its end, not by byte range")
+        return _whole_lines(_gzip_blocks(path, chunk_bytes))
+    return _whole_lines(_file_blocks(path, chunk_bytes, start, end))
 
 
 class Vocabulary:
@@ -176,7 +251,7 @@ class CriteoReader:
     """Streams :class:`Batch` es from Criteo TSV files (Kaggle's ``train.txt``, Terabyte's ``day_*``).
 
     Args:
-        paths: one file or several, read in order.
+        paths: one file or several, read in order; plain text or gzip (``day_0.gz``), streamed either way.
         batch_size: examples per batch; the last batch may be short unless ``drop_last``.
         max_ind_range: ids modulo this (as the DLRM reference), or
         vocabulary: a :class:`Vocabulary` mapping ids to table rows (neither: raw ids, for DHE).
@@ -186,6 +261,8 @@ class CriteoReader:
         limit: stop after this many examples.
         stripe: ``(rank, world_size)``: read only this rank's stripe of each file, its ``1 / world_size`` of
             the bytes (whole lines), so that the ranks of a distributed run read the data once between them.
+            A gzip file cannot be entered in the middle: each rank decompresses all of it and keeps every
+            ``world_size``-th chunk of lines.
         chunk_bytes, prefetch: bytes parsed at a time, and parsed chunks queued ahead by the worker thread.
 
     Counters after (or during) iteration: ``examples``, ``lines``, ``skipped``.
@@ -230,12 +307,25 @@ class CriteoReader:
         """(labels, dense, ids) per chunk, ids mapped; malformed lines skipped, counted or raised."""
         for path in self.paths:
             line, start, end, where = 0, 0, None, str(path)
-            if self.stripe is not None:
-                rank, world = self.stripe
+            compressed = is_gzip(path)
+            rank, world = self.stripe or (0, 1)
+            if world > 1 and not compressed:
                 size = os.path.getsize(path)
                 start, end = size * rank // world, size * (rank + 1) // world
                 where = f"{path} (stripe {rank} of {world}, lines from byte {start})"
-            for data in _chunks(path, self.chunk_bytes, start, end):
+            chunks = _chunks(path, self.chunk_bytes, start, end)
+            for k in itertools.count():
+                try:
+                    data = next(chunks)
+                except StopIteration:
+                    break
+                except CorruptFileError as error:
+                    raise CorruptFileError(f"{error} (after line {line})") from None
+                if compressed and k % world != rank:
+                    # A gzip file cannot be entered in the middle: every rank decompresses it and keeps
+                    # every world-th chunk (the chunks are the same on every rank: same chunk_bytes).
+                    line += data.count(b"\n") + (not data.endswith(b"\n"))
+                    continue
                 labels, dense, sparse, bad = parse_criteo(data, self.num_dense, self.num_sparse, self.missing_id)
                 n_lines = labels.numel() + bad.shape[0]
                 if bad.numel():
