@@ -31,7 +31,7 @@ from .ops.mlp import gemm_choices, restore_gemm_choices
 from .precision import PRECISIONS, autocast as precision_autocast
 
 __all__ = ["RunConfig", "build_model", "make_batches", "train", "evaluate", "roc_auc", "load_checkpoint",
-           "save_checkpoint"]
+           "save_checkpoint", "CheckpointError"]
 
 SYNTHETIC = "synthetic"
 OPTIMIZERS = ("sgd", "adagrad")
@@ -184,27 +184,71 @@ def model_size(model: DLRM) -> dict:
 
 
 # --- checkpoints ----------------------------------------------------------------------------------------------
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used (truncated, corrupt, or another model's); names the file and says
+    whether the previous checkpoint is there to fall back on."""
+
+
+_REQUIRED = ("config", "table_sizes", "model")
+
+
+def previous_checkpoint(path: str) -> str:
+    """Where :func:`save_checkpoint` keeps the checkpoint that ``path`` replaced."""
+    return f"{path}.prev"
+
+
 def save_checkpoint(path: str, state: dict) -> None:
-    """Writes atomically: a temporary file in the same directory, flushed, then renamed over ``path``."""
+    """Writes atomically: a temporary file in the same directory, flushed, then renamed over ``path``. The
+    checkpoint it replaces stays as :func:`previous_checkpoint`, so a checkpoint damaged later (a disk error,
+    a truncated copy) still leaves one to resume from. A failed write leaves both as they were."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if os.path.isfile(path):
+            # A second name for the current checkpoint, swapped in atomically: path always names a whole one.
+            link = f"{tmp}.prev"
+            os.link(path, link)
+            os.replace(link, previous_checkpoint(path))
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, f"{tmp}.prev"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+
+
+def _fallback_hint(path: str) -> str:
+    prev = previous_checkpoint(path)
+    if os.path.isfile(prev):
+        return f"; the previous checkpoint {prev} is intact: resume from it with --checkpoint {prev}"
+    return ""
 
 
 def load_checkpoint(path: str) -> dict:
     """A checkpoint file, or a sharded checkpoint folder (``mprec train --sharding``; its tensors are read by
-    :func:`model_from_checkpoint`, at this process's world size)."""
+    :func:`model_from_checkpoint`, at this process's world size). A file that cannot be read raises
+    :class:`CheckpointError`."""
     from .distributed import checkpoint as sharded
 
     if sharded.is_checkpoint(path):
         meta, extra = sharded.read_meta(path)
         return dict(meta, vocabulary=(extra or {}).get("vocabulary"), sharded=path)
-    return torch.load(path, map_location="cpu", weights_only=False)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch.load raises many kinds for a damaged file
+        size = os.path.getsize(path)
+        raise CheckpointError(f"{path} ({size} bytes) cannot be read as a checkpoint: it is truncated or corrupt "
+                              f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+                              f"{_fallback_hint(path)}") from error
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not an mprec checkpoint{_fallback_hint(path)}")
+    return state
 
 
 def vocabulary_of(state: dict) -> Optional[Vocabulary]:
@@ -212,8 +256,18 @@ def vocabulary_of(state: dict) -> Optional[Vocabulary]:
     return Vocabulary.from_state_dict(state["vocabulary"]) if state.get("vocabulary") else None
 
 
-def model_from_checkpoint(state: dict) -> tuple[DLRM, RunConfig, Optional[Vocabulary]]:
-    config = RunConfig(**state["config"])
+def model_from_checkpoint(state: dict, source: str = "the checkpoint") -> tuple[DLRM, RunConfig, Optional[Vocabulary]]:
+    """The model, run configuration and vocabulary of a checkpoint (:func:`load_checkpoint`; ``source`` names it
+    in errors); one that is not a training checkpoint, or whose weights do not fit the model its
+    configuration describes, raises :class:`CheckpointError`."""
+    missing = [key for key in _REQUIRED if key not in state]
+    if missing:
+        raise CheckpointError(f"{source} is not an mprec training checkpoint: it lacks {missing}"
+                              f"{_fallback_hint(source)}")
+    try:
+        config = RunConfig(**state["config"])
+    except TypeError as error:
+        raise CheckpointError(f"{source} has a run configuration this version does not know: {error}") from error
     vocabulary = vocabulary_of(state)
     model = build_model(config, state["table_sizes"])
     if "sharded" in state:
@@ -223,9 +277,30 @@ def model_from_checkpoint(state: dict) -> tuple[DLRM, RunConfig, Optional[Vocabu
         sharded.load(state["sharded"], weights)
         model.load_state_dict(weights["model"])
     else:
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as error:  # missing, unexpected or differently shaped weights
+            raise CheckpointError(f"{source} holds the weights of another model than its configuration "
+                                  f"describes: {_first_lines(error)}{_fallback_hint(source)}") from error
         model.embeddings.load_optimizer_state_dict(state.get("table_optimizer", {}))
     return model, config, vocabulary
+
+
+def _first_lines(error: Exception, lines: int = 4) -> str:
+    return " ".join(line.strip() for line in str(error).splitlines()[:lines])
+
+
+def check_resumable(state: dict, config: "RunConfig", source: str) -> None:
+    """Raises :class:`CheckpointError` when the checkpoint was written by a run with other fixed settings
+    (another model, other data), naming them."""
+    saved = fixed_settings(RunConfig(**state["config"]))
+    wanted = fixed_settings(config)
+    differ = [f"{k}: checkpoint {saved.get(k)!r}, now {wanted.get(k)!r}" for k in sorted(set(saved) | set(wanted))
+              if saved.get(k) != wanted.get(k)]
+    if differ:
+        shown = "; ".join(differ[:5]) + (" ..." if len(differ) > 5 else "")
+        raise CheckpointError(f"{source} was written by a different run ({shown}); "
+                              "it is left as it is: use the same settings, or another --checkpoint")
 
 
 # --- training ---------------------------------------------------------------------------------------------------
@@ -263,10 +338,8 @@ def train(config: RunConfig, resume: bool = True, progress: bool = True, log=sys
     state = load_checkpoint(config.checkpoint) if (resume and config.checkpoint and
                                                    os.path.exists(config.checkpoint)) else None
     if state is not None:
-        model, saved, vocabulary = model_from_checkpoint(state)
-        if fixed_settings(saved) != fixed_settings(config):
-            raise ValueError(f"{config.checkpoint} was written by a different run configuration; "
-                             "remove it or use the same settings")
+        model, saved, vocabulary = model_from_checkpoint(state, config.checkpoint)
+        check_resumable(state, config, config.checkpoint)
         table_sizes = state["table_sizes"]
         restore_gemm_choices(state.get("gemm_choices", []))  # computes as the run it continues did
         print(f"resuming from {config.checkpoint} at epoch {state['epoch']} step {state['step']}", file=log)
@@ -352,7 +425,7 @@ def evaluate_checkpoint(path: str, data: Optional[str] = None, batch_size: Optio
     """``mprec eval``: the checkpoint's model on ``data`` (default: its training data)."""
     if threads:
         torch.set_num_threads(threads)
-    model, config, vocabulary = model_from_checkpoint(load_checkpoint(path))
+    model, config, vocabulary = model_from_checkpoint(load_checkpoint(path), path)
     if batch_size:
         config.batch_size = batch_size
     config.limit = limit

@@ -61,3 +61,31 @@ def test_a_checkpoint_of_another_model_is_refused_by_name(tmp_path):
     bigger = DLRM.preset("kaggle", [20, 30, 40, 50])
     with pytest.raises(ValueError, match=r"does not hold \['model\.embeddings\.embedding_bags\.cat_1\.weight'"):
         checkpoint.load(folder, {"model": bigger.state_dict()})
+
+
+@pytest.mark.parametrize("damage", ["truncated-shard", "empty-metadata", "bad-meta-json"])
+def test_a_damaged_step_says_so_and_names_the_previous_one(tmp_path, damage):
+    from mprec.training import CheckpointError
+
+    folder = str(tmp_path / "run")
+    for step in (1, 2):
+        checkpoint.save(folder, step, {"model": model(seed=step).state_dict()}, {})
+    newest = checkpoint.latest(folder)
+    if damage == "truncated-shard":
+        shard = next(os.path.join(newest, f) for f in os.listdir(newest) if f.endswith(".distcp"))
+        with open(shard, "r+b") as f:
+            f.truncate(os.path.getsize(shard) // 2)
+    elif damage == "empty-metadata":
+        open(os.path.join(newest, ".metadata"), "wb").close()
+    else:
+        with open(os.path.join(newest, "meta.json"), "w") as f:
+            f.write('{"step": ')
+    state = {"model": model().state_dict()}
+    with pytest.raises(CheckpointError, match=rf"checkpoint {newest} cannot be read: it is truncated or corrupt .*"
+                                              rf"the previous step {os.path.join(folder, 'step-000000001')} is intact"):
+        checkpoint.load(folder, state)
+    with open(os.path.join(folder, "latest"), "w") as f:  # what the message says to do
+        f.write("step-000000001")
+    checkpoint.load(folder, state)
+    for key, value in model(seed=1).state_dict().items():
+        assert torch.equal(state["model"][key], value), key

@@ -2,6 +2,7 @@
 learning on synthetic data, determinism, resuming a killed run with nothing lost, atomic checkpoints,
 TSV data end to end, errors."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -69,7 +70,7 @@ def test_deterministic_and_resumes_to_the_same_weights(tmp_path, optimizer):
     assert len(sa["table_optimizer"]) == (26 if optimizer == "adagrad" else 0)
     for k, v in sa["table_optimizer"].items():
         assert torch.equal(v, sb["table_optimizer"][k]), k
-    with pytest.raises(ValueError, match="different run configuration"):
+    with pytest.raises(training.CheckpointError, match=r"was written by a different run \(lr: checkpoint .*, now 0.5\)"):
         training.train(small_config(checkpoint=b, epochs=3, lr=0.5, optimizer=optimizer), progress=False)
 
 
@@ -140,6 +141,71 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         training.save_checkpoint(path, {"step": 2})
     monkeypatch.setattr(torch, "save", real_save)
     assert training.load_checkpoint(path) == {"step": 1}  # the old checkpoint is intact
+
+
+def test_previous_checkpoint_is_kept(tmp_path):
+    path = str(tmp_path / "ck.pt")
+    training.save_checkpoint(path, {"step": 1})
+    assert not os.path.exists(training.previous_checkpoint(path))
+    training.save_checkpoint(path, {"step": 2})
+    training.save_checkpoint(path, {"step": 3})
+    assert training.load_checkpoint(path)["step"] == 3
+    assert training.load_checkpoint(training.previous_checkpoint(path))["step"] == 2
+    assert sorted(os.listdir(tmp_path)) == ["ck.pt", "ck.pt.prev"]  # no temporary file left
+
+
+def damaged_copies(data: bytes) -> dict:
+    return {"truncated": data[: len(data) // 2], "cut-short": data[:-20], "empty": b"",
+            "garbage": bytes(range(256)) * 8, "flipped": data[:200] + bytes(b ^ 0xFF for b in data[200:400]) + data[400:]}
+
+
+@pytest.mark.parametrize("damage", ["truncated", "cut-short", "empty", "garbage", "flipped"])
+def test_damaged_checkpoint_says_so_and_nothing_is_overwritten(tmp_path, damage):
+    path = str(tmp_path / "run.pt")
+    config = small_config(checkpoint=path, epochs=1, synthetic_batches=4)
+    training.train(config, progress=False)
+    training.train(dataclasses.replace(config, epochs=2), progress=False)  # the second save keeps the first
+    good = open(path, "rb").read()
+    prev = training.previous_checkpoint(path)
+    prev_bytes = open(prev, "rb").read()
+    with open(path, "wb") as f:
+        f.write(damaged_copies(good)[damage])
+    damaged = open(path, "rb").read()
+    with pytest.raises(training.CheckpointError) as info:
+        training.train(dataclasses.replace(config, epochs=3), progress=False)
+    message = str(info.value)
+    assert message.startswith(f"{path} ") and f"the previous checkpoint {prev} is intact" in message
+    assert open(path, "rb").read() == damaged and open(prev, "rb").read() == prev_bytes  # both left as they were
+    with pytest.raises(training.CheckpointError, match="cannot be read|not an mprec"):
+        training.evaluate_checkpoint(path)
+    # The previous one still resumes.
+    resumed = training.train(dataclasses.replace(config, epochs=3, checkpoint=prev), progress=False)
+    assert resumed["steps"] == 12
+
+
+def test_checkpoint_of_another_model_says_so(tmp_path):
+    path = str(tmp_path / "run.pt")
+    training.train(small_config(checkpoint=path, epochs=1, synthetic_batches=2), progress=False)
+    state = training.load_checkpoint(path)
+    # Weights that are not the model its configuration describes.
+    other = dict(state, model={k: (v[:, :1] if v.dim() == 2 else v) for k, v in state["model"].items()})
+    training.save_checkpoint(path, other)
+    with pytest.raises(training.CheckpointError, match=r"holds the weights of another model .*size mismatch"):
+        training.model_from_checkpoint(training.load_checkpoint(path))
+    training.save_checkpoint(path, {"step": 1, "weights": torch.zeros(2)})
+    with pytest.raises(training.CheckpointError, match=r"is not an mprec training checkpoint: it lacks \['config'"):
+        training.evaluate_checkpoint(path)
+    torch.save(torch.zeros(3), path)
+    with pytest.raises(training.CheckpointError, match="holds a Tensor, not an mprec checkpoint"):
+        training.load_checkpoint(path)
+
+
+def test_cli_reports_a_damaged_checkpoint(tmp_path, capsys):
+    path = str(tmp_path / "run.pt")
+    with open(path, "wb") as f:
+        f.write(b"not a checkpoint")
+    assert main(["eval", "--checkpoint", path]) == 2
+    assert f"{path} (16 bytes) cannot be read as a checkpoint: it is truncated or corrupt" in capsys.readouterr().err
 
 
 def test_cli_train_and_eval_on_tsv(tmp_path, capsys):

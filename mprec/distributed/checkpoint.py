@@ -25,6 +25,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 
 __all__ = ["save", "load", "latest", "is_checkpoint", "read_meta"]
 
@@ -134,23 +135,50 @@ def read_meta(path: str) -> tuple[dict, Any]:
     return meta, extra
 
 
+def _previous_step(step: str) -> Optional[str]:
+    folder, name = os.path.split(os.path.normpath(step))
+    older = sorted(d for d in os.listdir(folder) if d.startswith("step-") and d < name
+                   and os.path.isfile(os.path.join(folder, d, META)))
+    return os.path.join(folder, older[-1]) if older else None
+
+
+@contextlib.contextmanager
+def _damage_reported(step: str):
+    """Turns the many errors a damaged step folder raises into one that names it and the step before it."""
+    from ..training import CheckpointError
+
+    try:
+        yield
+    except (Exception, CheckpointException) as error:  # DCP's own derives from BaseException
+        previous = _previous_step(step)
+        hint = (f"; the previous step {previous} is intact: write '{os.path.basename(previous)}' into "
+                f"{os.path.join(os.path.dirname(step), LATEST)} to resume from it" if previous else "")
+        first = str(error).splitlines()[0] if str(error) else ""
+        raise CheckpointError(f"checkpoint {step} cannot be read: it is truncated or corrupt "
+                              f"({type(error).__name__}: {first}){hint}") from error
+
+
 def load(path: str, state: dict) -> tuple[dict, Any]:
     """Loads the checkpoint at ``path`` into ``state`` in place (its tensors, sharded or not, at this run's
     world size and sharding: DCP reshards) and returns (meta, extra). Keys of ``state`` that the checkpoint
-    lacks, or whose shapes differ, raise an error naming them."""
+    lacks, or whose shapes differ, raise an error naming them; damaged files raise
+    :class:`mprec.training.CheckpointError` naming the step and the previous one."""
     step = _step_folder(path)
-    meta, extra = read_meta(step)
-    saved = dcp.FileSystemReader(step).read_metadata().state_dict_metadata
+    with _damage_reported(step):
+        meta, extra = read_meta(step)
+        saved = dcp.FileSystemReader(step).read_metadata().state_dict_metadata
+    from ..training import CheckpointError
+
     wanted = {k: shape for k, shape in _flatten_keys(state).items() if shape is not None}
     missing = sorted(k for k in wanted if k not in saved)
     if missing:
-        raise ValueError(f"checkpoint {step} does not hold {missing[:5]}{' ...' if len(missing) > 5 else ''}: it was "
+        raise CheckpointError(f"checkpoint {step} does not hold {missing[:5]}{' ...' if len(missing) > 5 else ''}: it was "
                          "written by another model")
     mismatched = [f"{k}: saved {list(saved[k].size)}, model {list(s)}" for k, s in wanted.items()
                   if hasattr(saved[k], "size") and list(saved[k].size) != list(s)]
     if mismatched:
-        raise ValueError(f"checkpoint {step} was written by another model: {'; '.join(mismatched[:5])}")
-    with _alone():
+        raise CheckpointError(f"checkpoint {step} was written by another model: {'; '.join(mismatched[:5])}")
+    with _alone(), _damage_reported(step):
         dcp.load(state, checkpoint_id=step, no_dist=not dist.is_initialized())
     return meta, extra
 

@@ -302,9 +302,7 @@ def train(config: local.RunConfig, sharding: str = "auto", progress: bool = True
     found = checkpoint.latest(config.checkpoint) if config.checkpoint else None
     meta = local.load_checkpoint(found) if found else None
     if meta is not None:
-        if local.fixed_settings(local.RunConfig(**meta["config"])) != local.fixed_settings(config):
-            raise ValueError(f"{config.checkpoint} was written by a different run configuration; remove it "
-                             "or use the same settings")
+        local.check_resumable(meta, config, found)
         table_sizes, vocabulary = meta["table_sizes"], local.vocabulary_of(meta)
     else:
         vocabulary = None

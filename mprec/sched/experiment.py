@@ -55,7 +55,7 @@ def load_model(checkpoint: str, data: str, accuracy: Optional[str] = None, repre
                pool_rows: Optional[int] = None) -> LoadedModel:
     """A trained checkpoint as a servable model: its rows of ``data`` in its own id space and its accuracy
     (from ``accuracy``, a number or an ``mprec eval`` JSON, or else evaluated on ``data`` now)."""
-    model, config, vocabulary = training.model_from_checkpoint(training.load_checkpoint(checkpoint))
+    model, config, vocabulary = training.model_from_checkpoint(training.load_checkpoint(checkpoint), checkpoint)
     config.limit = pool_rows
     batches = list(training.make_batches(config, data, vocabulary, seed_offset=10_000))
     evaluation = {}
