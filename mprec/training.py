@@ -189,7 +189,7 @@ class CheckpointError(ValueError):
     whether the previous checkpoint is there to fall back on."""
 
 
-_REQUIRED = ("config", "table_sizes", "model")
+_REQUIRED = ("config", "table_sizes", "model")  # "model": a sharded checkpoint's weights are in its folder
 
 
 def previous_checkpoint(path: str) -> str:
@@ -260,7 +260,7 @@ def model_from_checkpoint(state: dict, source: str = "the checkpoint") -> tuple[
     """The model, run configuration and vocabulary of a checkpoint (:func:`load_checkpoint`; ``source`` names it
     in errors); one that is not a training checkpoint, or whose weights do not fit the model its
     configuration describes, raises :class:`CheckpointError`."""
-    missing = [key for key in _REQUIRED if key not in state]
+    missing = [key for key in _REQUIRED if key not in state and not (key == "model" and "sharded" in state)]
     if missing:
         raise CheckpointError(f"{source} is not an mprec training checkpoint: it lacks {missing}"
                               f"{_fallback_hint(source)}")
