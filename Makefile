@@ -22,7 +22,7 @@ CUDA_OBJECTS := $(patsubst csrc/cuda/%.cu,build/cuda-objects/%.o,$(CUDA_SOURCES)
 CUDA_HEADERS := $(shell find csrc/include -type f)
 HAVE_NVCC := $(shell command -v $(NVCC) 2>/dev/null)
 
-.PHONY: build run test test-xla bench-xla bench bench-deps clean cuda-objects device-prep
+.PHONY: build run test test-sanitize fuzz test-xla bench-xla bench bench-deps clean cuda-objects device-prep
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,44 @@ run: build
 
 test: build cuda-objects
 	$(PY) -m pytest tests -q $(PYTEST_ARGS)
+
+# The CPU op, layer and data tests against an mprec._C built with AddressSanitizer and UndefinedBehaviorSanitizer
+# (MPREC_SANITIZE in CMakeLists.txt), in its own folder: the package is staged there with that module, and
+# python -P keeps the source tree, whose mprec._C is the regular build, off the import path. Python is not
+# instrumented, so the ASan runtime is preloaded; leak checking is off (the interpreter's allocations alive at
+# exit are not leaks). Any finding aborts the process, and pytest reports the test that ran into it.
+SANITIZE_DIR := build/sanitize
+SANITIZE_TESTS ?= tests/test_ops_embedding_bag.py tests/test_ops_embedding_bag_backward.py \
+	tests/test_ops_embedding_bag_errors.py tests/test_ops_embedding_bag_update.py tests/test_ops_cache.py \
+	tests/test_ops_composite.py tests/test_ops_dhe.py tests/test_ops_dhe_errors.py tests/test_ops_interaction.py \
+	tests/test_opcheck.py tests/test_isa.py tests/test_nn_embedding_bag.py tests/test_nn_dhe.py tests/test_nn_cache.py \
+	tests/test_nn_mlp.py tests/test_nn_functional_opinfo.py tests/test_concurrency.py tests/test_models_dlrm.py \
+	tests/test_data_criteo.py tests/test_fuzz.py
+# libstdc++ is preloaded too: ASan intercepts C++ throws only if it is loaded when ASan starts, and Python does
+# not link it.
+SANITIZE_ENV := LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	PYTHONPATH=$(abspath $(SANITIZE_DIR))/pkg
+
+test-sanitize: build
+	cmake -S . -B $(SANITIZE_DIR) -G Ninja -DMPREC_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+		-DCMAKE_PREFIX_PATH=$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)') \
+		-DPython_EXECUTABLE=$(abspath $(PY)) -DCMAKE_LIBRARY_OUTPUT_DIRECTORY=$(abspath $(SANITIZE_DIR))/lib
+	cmake --build $(SANITIZE_DIR) --parallel
+	rm -rf $(SANITIZE_DIR)/pkg && mkdir -p $(SANITIZE_DIR)/pkg
+	cp -r mprec $(SANITIZE_DIR)/pkg/ && rm -f $(SANITIZE_DIR)/pkg/mprec/_C*.so
+	cp -r kernels $(SANITIZE_DIR)/pkg/mprec/kernels
+	cp $(SANITIZE_DIR)/lib/_C*.so $(SANITIZE_DIR)/pkg/mprec/
+	$(SANITIZE_ENV) $(PY) -P -c "import mprec; assert '$(SANITIZE_DIR)/pkg' in mprec._C.__file__, mprec._C.__file__"
+	# --capture=sys: a sanitizer's report, written to the process's stderr, reaches the terminal.
+	$(SANITIZE_ENV) $(PY) -P -m pytest $(SANITIZE_TESTS) -q -p no:cacheprovider --capture=sys $(PYTEST_ARGS)
+
+# The op fuzzer at length (tests/fuzz_ops.py; the suite runs it briefly under hypothesis): random, mostly invalid
+# arguments for every op through the CPU and fake kernels; exits non-zero on a finding.
+FUZZ_CALLS ?= 1000000
+FUZZ_SEED ?= 0
+fuzz: build
+	$(PY) tests/fuzz_ops.py --calls $(FUZZ_CALLS) --seed $(FUZZ_SEED)
 
 ifneq ($(HAVE_NVCC),)
 cuda-objects: $(CUDA_OBJECTS)

@@ -9,6 +9,7 @@ import torch  # noqa: F401  (loads libtorch before the extension that links agai
 from . import _C
 from . import ops
 from . import nn
+from . import data  # noqa: F401  (parse_criteo's fake kernel)
 
 __version__ = "0.1.0"
 

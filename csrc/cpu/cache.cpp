@@ -17,6 +17,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "mprec/checks.h"
+
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -155,6 +157,8 @@ void check_occurrences(const char* op, const Tensor& occurrences, const Tensor& 
 std::tuple<Tensor, Tensor> cache_lookup_cpu(const Tensor& table, const Tensor& values, Tensor& counts,
                                             const Tensor& ids_in, const Tensor& occurrences_in) {
   constexpr const char* op = "mprec::cache_lookup";
+  check_defined(op, {{"table", &table}, {"values", &values}, {"counts", &counts}, {"ids", &ids_in},
+                     {"occurrences", &occurrences_in}});
   const Table t = check_table(op, table);
   TORCH_CHECK(values.dim() == 2 && values.device().is_cpu(), op, ": values must be a 2-D CPU tensor, got ",
               values.sizes());
@@ -217,6 +221,7 @@ std::tuple<Tensor, Tensor> cache_lookup_cpu(const Tensor& table, const Tensor& v
 // Maps each of `ids` (absent from the table, distinct) to the entry of the same position.
 void cache_insert_cpu(Tensor& table, const Tensor& ids_in, const Tensor& entries_in) {
   constexpr const char* op = "mprec::cache_insert";
+  check_defined(op, {{"table", &table}, {"ids", &ids_in}, {"entries", &entries_in}});
   const Table t = check_table(op, table);
   check_ids(op, ids_in);
   check_ids(op, entries_in, "entries");
@@ -236,6 +241,7 @@ void cache_insert_cpu(Tensor& table, const Tensor& ids_in, const Tensor& entries
 // Removes `ids` from the table and returns the entries they mapped to (-1 for an id that was absent).
 Tensor cache_erase_cpu(Tensor& table, const Tensor& ids_in) {
   constexpr const char* op = "mprec::cache_erase";
+  check_defined(op, {{"table", &table}, {"ids", &ids_in}});
   const Table t = check_table(op, table);
   check_ids(op, ids_in);
   const Tensor ids = ids_in.contiguous();
@@ -259,6 +265,8 @@ int64_t cache_replace_cpu(Tensor& table, Tensor& keys, Tensor& values, Tensor& c
                           const Tensor& ids_in, const Tensor& new_values_in, const Tensor& scores_in,
                           int64_t min_count, int64_t window_start, int64_t window_per_candidate) {
   constexpr const char* op = "mprec::cache_replace";
+  check_defined(op, {{"table", &table}, {"keys", &keys}, {"values", &values}, {"counts", &counts}, {"ids", &ids_in},
+                     {"new_values", &new_values_in}, {"scores", &scores_in}});
   const Table t = check_table(op, table);
   check_ids(op, ids_in);
   check_ids(op, keys, "keys");
@@ -326,6 +334,7 @@ int64_t cache_replace_cpu(Tensor& table, Tensor& keys, Tensor& values, Tensor& c
 // Adds occurrences[i] uses of ids[i] to the sketch; returns each id's estimate (row minimum) afterwards.
 Tensor count_min_add_cpu(Tensor& sketch, const Tensor& ids_in, const Tensor& occurrences_in) {
   constexpr const char* op = "mprec::count_min_add";
+  check_defined(op, {{"sketch", &sketch}, {"ids", &ids_in}, {"occurrences", &occurrences_in}});
   TORCH_CHECK(sketch.device().is_cpu() && sketch.scalar_type() == at::kLong && sketch.dim() == 2 &&
                   sketch.is_contiguous(),
               op, ": sketch must be a contiguous int64 [rows, buckets] CPU tensor, got ", sketch.scalar_type(), " ",
@@ -361,6 +370,7 @@ Tensor count_min_add_cpu(Tensor& sketch, const Tensor& ids_in, const Tensor& occ
 // O(n), where torch.unique sorts. Any int64 or int32 values (no reserved value).
 std::tuple<Tensor, Tensor, Tensor> unique_ids_cpu(const Tensor& ids_in) {
   constexpr const char* op = "mprec::unique_ids";
+  check_defined(op, {{"ids", &ids_in}});
   TORCH_CHECK(ids_in.device().is_cpu(), op, ": ids must be a CPU tensor, got ", ids_in.device());
   TORCH_CHECK(ids_in.scalar_type() == at::kLong || ids_in.scalar_type() == at::kInt, op,
               ": ids must be int32 or int64, got ", ids_in.scalar_type());

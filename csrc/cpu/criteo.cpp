@@ -13,6 +13,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "mprec/checks.h"
+
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -95,13 +97,19 @@ LineResult parse_line(const char* begin, const char* end, int64_t num_dense, int
 
 // (labels float32 [N], dense float32 [N, num_dense], sparse int64 [N, num_sparse], bad int64 [M, 3] of
 // (line, reason, field)) for the N well-formed and M malformed lines of `data`.
+constexpr int64_t kMaxFields = 4096;
+
 std::tuple<Tensor, Tensor, Tensor, Tensor> parse_criteo_cpu(const Tensor& data, int64_t num_dense, int64_t num_sparse,
                                                             int64_t missing_id) {
   constexpr const char* op = "mprec::parse_criteo";
+  check_defined(op, {{"data", &data}});
   TORCH_CHECK(data.device().is_cpu() && data.scalar_type() == at::kByte && data.dim() == 1, op,
               ": data must be a 1-D uint8 CPU tensor, got ", data.scalar_type(), " ", data.sizes());
   TORCH_CHECK(num_dense >= 0 && num_sparse >= 0, op, ": num_dense and num_sparse must be >= 0, got ", num_dense,
               " and ", num_sparse);
+  // The outputs hold num_dense and num_sparse columns per line; a Criteo line has 13 and 26.
+  TORCH_CHECK(num_sparse <= kMaxFields && num_dense <= kMaxFields - num_sparse, op,
+              ": num_dense + num_sparse must be at most ", kMaxFields, ", got ", num_dense, " + ", num_sparse);
   const Tensor bytes = data.contiguous();
   const char* text = reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>());
   const int64_t size = bytes.numel();

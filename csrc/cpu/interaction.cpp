@@ -19,6 +19,7 @@
 #include <tuple>
 #include <vector>
 
+#include "mprec/checks.h"
 #include "mprec/interaction_kernel.h"
 #include "mprec/isa.h"
 
@@ -31,6 +32,7 @@ using at::Tensor;
 constexpr int64_t kExamplesPerTask = 64;
 
 void check_float(const char* op, const char* name, const Tensor& t) {
+  check_defined(op, {{name, &t}});
   TORCH_CHECK_VALUE(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ", t.device());
   const auto dt = t.scalar_type();
   TORCH_CHECK_VALUE(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16 || dt == at::kHalf, op, ": ",

@@ -30,6 +30,8 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from ..ops.arguments import register_fake
+
 __all__ = [
     "NUM_DENSE",
     "NUM_SPARSE",
@@ -52,6 +54,8 @@ _REASONS = {1: "expected {fields} tab-separated fields, got {field}", 2: "the la
             3: "field {field} is not an integer", 4: "field {field} is not a hex id of at most 15 digits"}
 
 PathLike = Union[str, os.PathLike]
+# csrc/cpu/criteo.cpp kMaxFields: the most dense and categorical fields a line may declare.
+_MAX_FIELDS = 4096
 
 
 @dataclass
@@ -131,8 +135,15 @@ def parse_criteo(data: Union[bytes, Tensor], num_dense: int = NUM_DENSE, num_spa
     return torch.ops.mprec.parse_criteo(data, num_dense, num_sparse, missing_id)
 
 
-@torch.library.register_fake("mprec::parse_criteo")
+@register_fake("mprec::parse_criteo")
 def _parse_criteo_fake(data, num_dense=NUM_DENSE, num_sparse=NUM_SPARSE, missing_id=0):
+    op = "mprec::parse_criteo"
+    if data.dtype != torch.uint8 or data.dim() != 1:
+        raise RuntimeError(f"{op}: data must be a 1-D uint8 CPU tensor, got {str(data.dtype)[6:]} {list(data.shape)}")
+    if num_dense < 0 or num_sparse < 0:
+        raise RuntimeError(f"{op}: num_dense and num_sparse must be >= 0, got {num_dense} and {num_sparse}")
+    if num_dense + num_sparse > _MAX_FIELDS:
+        raise RuntimeError(f"{op}: num_dense + num_sparse must be at most {_MAX_FIELDS}, got {num_dense} + {num_sparse}")
     ctx = torch.library.get_ctx()
     n, m = ctx.new_dynamic_size(), ctx.new_dynamic_size()
     return (data.new_empty((n,), dtype=torch.float32), data.new_empty((n, num_dense), dtype=torch.float32),

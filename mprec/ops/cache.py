@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .arguments import register_fake
+
 __all__ = [
     "TABLE_MULTIPLIER",
     "SKETCH_MULTIPLIERS",
@@ -103,7 +105,7 @@ def _check(op: str, name: str, t: Tensor, dim: int) -> None:
         raise RuntimeError(f"{op}: {name} must be a {dim}-D int64 tensor, got {t.dtype} {tuple(t.shape)}")
 
 
-@torch.library.register_fake("mprec::cache_lookup")
+@register_fake("mprec::cache_lookup")
 def _cache_lookup_fake(table, values, counts, ids, occurrences):
     op = "mprec::cache_lookup"
     _check(op, "table", table, 2)
@@ -115,27 +117,27 @@ def _cache_lookup_fake(table, values, counts, ids, occurrences):
     return values.new_empty((ids.shape[0], values.shape[1])), ids.new_empty((misses,))
 
 
-@torch.library.register_fake("mprec::cache_insert")
+@register_fake("mprec::cache_insert")
 def _cache_insert_fake(table, ids, entries):
     _check("mprec::cache_insert", "table", table, 2)
     _check("mprec::cache_insert", "ids", ids, 1)
 
 
-@torch.library.register_fake("mprec::cache_erase")
+@register_fake("mprec::cache_erase")
 def _cache_erase_fake(table, ids):
     _check("mprec::cache_erase", "table", table, 2)
     _check("mprec::cache_erase", "ids", ids, 1)
     return ids.new_empty(ids.shape)
 
 
-@torch.library.register_fake("mprec::count_min_add")
+@register_fake("mprec::count_min_add")
 def _count_min_add_fake(sketch, ids, occurrences):
     _check("mprec::count_min_add", "sketch", sketch, 2)
     _check("mprec::count_min_add", "ids", ids, 1)
     return ids.new_empty(ids.shape)
 
 
-@torch.library.register_fake("mprec::unique_ids")
+@register_fake("mprec::unique_ids")
 def _unique_ids_fake(ids):
     if ids.dtype not in (torch.int32, torch.int64):
         raise RuntimeError(f"mprec::unique_ids: ids must be int32 or int64, got {ids.dtype}")
@@ -144,9 +146,12 @@ def _unique_ids_fake(ids):
         ids.new_empty((distinct,), dtype=torch.int64)
 
 
-@torch.library.register_fake("mprec::cache_replace")
+@register_fake("mprec::cache_replace")
 def _cache_replace_fake(table, keys, values, counts, size, ids, new_values, scores, min_count, window_start,
                         window_per_candidate):
     _check("mprec::cache_replace", "table", table, 2)
     _check("mprec::cache_replace", "ids", ids, 1)
-    return torch.library.get_ctx().new_dynamic_size()
+    # The schema returns an int, which the dispatcher needs concrete: how many entries were replaced is known
+    # only from the data, so the op cannot run on fake tensors (caches serve eager inference only).
+    raise NotImplementedError("mprec::cache_replace: the number of entries replaced depends on the data; the op "
+                              "does not run on fake tensors (torch.compile traces the DHE layers without caches)")

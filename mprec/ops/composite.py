@@ -37,8 +37,8 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from .dhe import _check_activation, _check_hash, _check_linear, _check_rowwise_linear
-from .embedding_bag import (FUSED_OPTIMIZERS, _accumulation_dtype, _batched_bags, _check_indices, _check_padding_idx,
-                            _check_per_sample_weights, _single_bags, mode_number, raise_bag_error)
+from .embedding_bag import (FUSED_OPTIMIZERS, _accumulation_dtype, _batched_bags, _check_grad, _check_indices,
+                            _check_padding_idx, _check_per_sample_weights, _single_bags, mode_number, raise_bag_error)
 from .interaction import dlrm_interaction_width
 from .reference import dhe_encode_reference, quantize_rowwise_int8_reference, rowwise_linear_reference
 from .spelling import dtype_name, sizes
@@ -91,11 +91,6 @@ def _check_first_offset(op: str, tables: list[_Table], indices: Tensor, offsets:
     """offsets[0] == 0, checked with the arguments (as the CPU kernels do), before the other data."""
     if offsets.numel() > 0 and int(offsets[0]) != 0:
         _raise_bag_error(op, tables, indices, offsets, bags)
-
-
-def _check_grad(op: str, grad: Tensor, bags: int, total_dim: int) -> None:
-    if grad.dim() != 2 or grad.shape[0] != bags or grad.shape[1] != total_dim:
-        raise ValueError(f"{op}: grad must have shape [{bags}, {total_dim}], got {sizes(grad)}")
 
 
 def _checked_per_sample_weights(op: str, psw: Optional[Tensor], mode: int, num_indices: int,

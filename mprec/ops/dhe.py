@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .arguments import register_fake
 from .spelling import dtype_name, sizes
 
 __all__ = [
@@ -142,13 +143,13 @@ def _check_activation(op: str, activation: str) -> None:
         raise ValueError(f"{op}: activation must be 'none', 'relu' or 'mish', got '{activation}'")
 
 
-@torch.library.register_fake("mprec::dhe_encode")
+@register_fake("mprec::dhe_encode")
 def _dhe_encode_fake(ids, hash_a, hash_b, p, m, transform="uniform"):
     k = _check_hash("mprec::dhe_encode", ids, hash_a, hash_b, p, m, transform)
     return ids.new_empty((*ids.shape, k), dtype=torch.float32)
 
 
-@torch.library.register_fake("mprec::dhe_encode_linear")
+@register_fake("mprec::dhe_encode_linear")
 def _dhe_encode_linear_fake(ids, hash_a, hash_b, p, m, transform, weight, bias=None, activation="none"):
     op = "mprec::dhe_encode_linear"
     k = _check_hash(op, ids, hash_a, hash_b, p, m, transform)
@@ -157,7 +158,7 @@ def _dhe_encode_linear_fake(ids, hash_a, hash_b, p, m, transform, weight, bias=N
     return weight.new_empty((*ids.shape, weight.shape[0]))
 
 
-@torch.library.register_fake("mprec::dhe_encode_linear_backward")
+@register_fake("mprec::dhe_encode_linear_backward")
 def _dhe_encode_linear_backward_fake(grad, output, ids, hash_a, hash_b, p, m, transform, weight, bias, activation):
     grad_bias = bias.new_empty(bias.shape) if bias is not None else weight.new_empty((0,))
     return weight.new_empty(weight.shape), grad_bias
@@ -174,7 +175,7 @@ def _check_rowwise_linear(input: Tensor, weight: Tensor, bias: Optional[Tensor],
     _check_activation(op, activation)
 
 
-@torch.library.register_fake("mprec::rowwise_linear")
+@register_fake("mprec::rowwise_linear")
 def _rowwise_linear_fake(input, weight, bias=None, activation="none"):
     _check_rowwise_linear(input, weight, bias, activation)
     return input.new_empty((*input.shape[:-1], weight.shape[0]))

@@ -11,6 +11,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from .arguments import register_fake
 from .spelling import dtype_name, sizes
 
 __all__ = [
@@ -125,6 +126,11 @@ def _check_indices(op: str, indices: Tensor, offsets: Tensor, device: Optional[t
 _MODE_NAMES = {0: "sum (0)", 1: "mean (1)", 2: "max (2)"}
 
 
+def _check_grad(op: str, grad: Tensor, bags: int, total_dim: int) -> None:
+    if grad.dim() != 2 or grad.shape[0] != bags or grad.shape[1] != total_dim:
+        raise ValueError(f"{op}: grad must have shape [{bags}, {total_dim}], got {sizes(grad)}")
+
+
 def _check_scale_grad_by_freq(op: str, scale_grad_by_freq: bool, mode: int) -> None:
     """csrc/cpu/embedding_bag_checks.cpp check_scale_grad_by_freq."""
     if scale_grad_by_freq and mode == 2:
@@ -159,7 +165,7 @@ def _batched_bags(op: str, offsets: Tensor, num_tables: int):
 
 # --- mprec::embedding_bag ------------------------------------------------------------------------------
 
-@torch.library.register_fake("mprec::embedding_bag")
+@register_fake("mprec::embedding_bag")
 def _embedding_bag_fake(weight, indices, offsets, mode=0, per_sample_weights=None, padding_idx=-1,
                         include_last_offset=False, scale_bias=None, sparse=False, scale_grad_by_freq=False):
     op = "mprec::embedding_bag"
@@ -175,22 +181,40 @@ def _embedding_bag_fake(weight, indices, offsets, mode=0, per_sample_weights=Non
     return out, weight.new_empty(max_shape, dtype=torch.int64)
 
 
-@torch.library.register_fake("mprec::embedding_bag_backward")
+def _single_backward_checks(op, grad, weight, indices, offsets, mode, psw, padding_idx, include_last_offset) -> int:
+    """The arguments' structure, as the backward kernels check it (values need the data)."""
+    mode = mode_number(op, mode)
+    _check_weight(op, weight, None, allow_quantized=False)
+    _check_indices(op, indices, offsets)
+    bags = _single_bags(op, offsets, include_last_offset)
+    _check_padding_idx(op, padding_idx, weight.shape[0])
+    _check_per_sample_weights(op, psw, mode, indices.shape[0])
+    _check_grad(op, grad, bags, weight.shape[1])
+    return mode
+
+
+@register_fake("mprec::embedding_bag_backward")
 def _embedding_bag_backward_fake(grad, weight, indices, offsets, max_indices, mode, per_sample_weights, padding_idx,
                                  include_last_offset):
+    _single_backward_checks("mprec::embedding_bag_backward", grad, weight, indices, offsets, mode, per_sample_weights,
+                            padding_idx, include_last_offset)
     return grad.new_empty(weight.shape, dtype=weight.dtype)
 
 
-@torch.library.register_fake("mprec::embedding_bag_sparse_backward")
+@register_fake("mprec::embedding_bag_sparse_backward")
 def _embedding_bag_sparse_backward_fake(grad, weight, indices, offsets, mode, per_sample_weights, padding_idx,
                                         include_last_offset):
+    _single_backward_checks("mprec::embedding_bag_sparse_backward", grad, weight, indices, offsets, mode,
+                            per_sample_weights, padding_idx, include_last_offset)
     # As many rows as non-padding lookups: known only from the data.
     rows = torch.library.get_ctx().new_dynamic_size()
     return indices.new_empty((rows,), dtype=torch.int64), grad.new_empty((rows, weight.shape[1]), dtype=weight.dtype)
 
 
-@torch.library.register_fake("mprec::embedding_bag_per_sample_weights_backward")
+@register_fake("mprec::embedding_bag_per_sample_weights_backward")
 def _embedding_bag_psw_backward_fake(grad, weight, indices, offsets, mode, padding_idx, include_last_offset):
+    _single_backward_checks("mprec::embedding_bag_per_sample_weights_backward", grad, weight, indices, offsets, mode,
+                            None, padding_idx, include_last_offset)
     return grad.new_empty((indices.shape[0],), dtype=_accumulation_dtype(weight))
 
 
@@ -298,7 +322,7 @@ def embedding_bag(
 
 # --- mprec::batched_embedding_bag ----------------------------------------------------------------------
 
-@torch.library.register_fake("mprec::batched_embedding_bag")
+@register_fake("mprec::batched_embedding_bag")
 def _batched_embedding_bag_fake(weights, indices, offsets, mode=0, per_sample_weights=None, padding_idx=(),
                                 scale_bias=None, sparse=False):
     op = "mprec::batched_embedding_bag"
@@ -313,15 +337,30 @@ def _batched_embedding_bag_fake(weights, indices, offsets, mode=0, per_sample_we
     return out, weights[0].new_empty(max_shape, dtype=torch.int64)
 
 
-@torch.library.register_fake("mprec::batched_embedding_bag_backward")
+def _batched_backward_checks(op, grad, weights, indices, offsets, mode, psw, padding_idx) -> int:
+    """The arguments' structure, as the batched backward kernels check it (values need the data)."""
+    mode = mode_number(op, mode)
+    _check_tables(op, weights, None, padding_idx, allow_quantized=False)
+    _check_indices(op, indices, offsets)
+    _check_per_sample_weights(op, psw, mode, indices.shape[0])
+    bags = _batched_bags(op, offsets, len(weights))
+    _check_grad(op, grad, bags, sum(w.shape[1] for w in weights))
+    return mode
+
+
+@register_fake("mprec::batched_embedding_bag_backward")
 def _batched_embedding_bag_backward_fake(grad, weights, indices, offsets, max_indices, mode, per_sample_weights,
                                          padding_idx):
+    _batched_backward_checks("mprec::batched_embedding_bag_backward", grad, weights, indices, offsets, mode,
+                             per_sample_weights, padding_idx)
     return [grad.new_empty(w.shape, dtype=w.dtype) for w in weights]
 
 
-@torch.library.register_fake("mprec::batched_embedding_bag_sparse_backward")
+@register_fake("mprec::batched_embedding_bag_sparse_backward")
 def _batched_embedding_bag_sparse_backward_fake(grad, weights, indices, offsets, mode, per_sample_weights,
                                                 padding_idx):
+    _batched_backward_checks("mprec::batched_embedding_bag_sparse_backward", grad, weights, indices, offsets, mode,
+                             per_sample_weights, padding_idx)
     ctx = torch.library.get_ctx()
     rows, values = [], []
     for w in weights:
@@ -331,8 +370,10 @@ def _batched_embedding_bag_sparse_backward_fake(grad, weights, indices, offsets,
     return rows, values
 
 
-@torch.library.register_fake("mprec::batched_embedding_bag_per_sample_weights_backward")
+@register_fake("mprec::batched_embedding_bag_per_sample_weights_backward")
 def _batched_embedding_bag_psw_backward_fake(grad, weights, indices, offsets, mode, padding_idx):
+    _batched_backward_checks("mprec::batched_embedding_bag_per_sample_weights_backward", grad, weights, indices,
+                             offsets, mode, None, padding_idx)
     return grad.new_empty((indices.shape[0],), dtype=_accumulation_dtype(weights[0]))
 
 
@@ -409,7 +450,7 @@ def batched_embedding_bag(
 FUSED_OPTIMIZERS = ("sgd", "rowwise_adagrad")
 
 
-@torch.library.register_fake("mprec::batched_embedding_bag_update")
+@register_fake("mprec::batched_embedding_bag_update")
 def _batched_embedding_bag_update_fake(weights, state, grad, indices, offsets, mode=0, per_sample_weights=None,
                                        padding_idx=(), optimizer="sgd", lr=0.01, eps=1e-8):
     if optimizer not in FUSED_OPTIMIZERS:
@@ -447,7 +488,7 @@ def batched_embedding_bag_update(
 
 # --- row-wise int8 -------------------------------------------------------------------------------------
 
-@torch.library.register_fake("mprec::quantize_rowwise_int8")
+@register_fake("mprec::quantize_rowwise_int8")
 def _quantize_rowwise_int8_fake(weight):
     if weight.dim() != 2:
         raise ValueError(f"mprec::quantize_rowwise_int8: weight must be 2-D, got shape {tuple(weight.shape)}")
@@ -455,7 +496,7 @@ def _quantize_rowwise_int8_fake(weight):
             weight.new_empty((weight.shape[0], 2), dtype=torch.float32))
 
 
-@torch.library.register_fake("mprec::dequantize_rowwise_int8")
+@register_fake("mprec::dequantize_rowwise_int8")
 def _dequantize_rowwise_int8_fake(qweight, scale_bias):
     return qweight.new_empty(qweight.shape, dtype=torch.float32)
 

@@ -30,11 +30,13 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from .composite import _check_grad, _check_hashes, _checked_per_sample_weights, check_hash_values
+from .arguments import refusing_none
+from .composite import _check_hashes, _checked_per_sample_weights, check_hash_values
 from .dhe import _check_activation, _check_linear
 from .embedding_bag import (
     _accumulation_dtype,
     _batched_bags,
+    _check_grad,
     _check_device,
     _check_indices,
     _check_padding_idx,
@@ -311,7 +313,7 @@ def set_backend(name: str) -> None:
             # the point here (dropping the library brings them back).
             warnings.filterwarnings("ignore", message="(?s).*Overriding a previously registered kernel")
             for op_name, fn in _TRITON_KERNELS.items():
-                _triton_library.impl(op_name, fn, "CUDA")
+                _triton_library.impl(op_name, refusing_none(f"mprec::{op_name}", fn), "CUDA")
     _backend = name
 
 
@@ -322,10 +324,10 @@ def _register() -> None:
     _base_library = torch.library.Library("mprec", "IMPL")
     for op_name, fn in composite_kernels.items():
         if not _has_cpp_cuda_kernel(op_name):
-            _base_library.impl(op_name, fn, "CUDA")
+            _base_library.impl(op_name, refusing_none(f"mprec::{op_name}", fn), "CUDA")
     if triton_available():
         for op_name, fn in _TRITON_DHE_KERNELS.items():
-            _base_library.impl(op_name, fn, "CUDA")
+            _base_library.impl(op_name, refusing_none(f"mprec::{op_name}", fn), "CUDA")
     requested = os.environ.get("MPREC_GPU_BACKEND", "").strip().lower()
     if requested:
         set_backend(requested)

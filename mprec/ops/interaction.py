@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .arguments import register_fake
+
 __all__ = ["dot_interaction", "dlrm_interaction", "dlrm_interaction_width"]
 
 
@@ -44,14 +46,14 @@ def _check(op: str, x: Tensor) -> None:
         raise ValueError(f"{op}: x needs at least 2 features to interact, got {x.shape[1]}")
 
 
-@torch.library.register_fake("mprec::dot_interaction")
+@register_fake("mprec::dot_interaction")
 def _dot_interaction_fake(x):
     _check("mprec::dot_interaction", x)
     f = x.shape[1]
     return x.new_empty((x.shape[0], f * (f - 1) // 2))
 
 
-@torch.library.register_fake("mprec::dot_interaction_backward")
+@register_fake("mprec::dot_interaction_backward")
 def _dot_interaction_backward_fake(grad, x):
     _check("mprec::dot_interaction_backward", x)
     return x.new_empty(x.shape)
@@ -80,7 +82,7 @@ def _dlrm_shape(op: str, dense: Tensor, sparse: Tensor) -> tuple[int, int, int]:
     return B, T, D
 
 
-@torch.library.register_fake("mprec::dlrm_interaction")
+@register_fake("mprec::dlrm_interaction")
 def _dlrm_interaction_fake(dense, sparse, pad_to=1):
     B, T, D = _dlrm_shape("mprec::dlrm_interaction", dense, sparse)
     if pad_to < 1:
@@ -88,7 +90,7 @@ def _dlrm_interaction_fake(dense, sparse, pad_to=1):
     return dense.new_empty((B, dlrm_interaction_width(D, T, pad_to)))
 
 
-@torch.library.register_fake("mprec::dlrm_interaction_backward")
+@register_fake("mprec::dlrm_interaction_backward")
 def _dlrm_interaction_backward_fake(grad, dense, sparse, pad_to=1):
     _dlrm_shape("mprec::dlrm_interaction_backward", dense, sparse)
     return dense.new_empty(dense.shape), sparse.new_empty(sparse.shape)

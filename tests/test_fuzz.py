@@ -1,0 +1,49 @@
+"""The op fuzzer (tests/fuzz_ops.py) in the suite: hypothesis draws the random source, so a failure shrinks and
+replays; every op gets the same share. ``make fuzz`` runs the harness for a million calls."""
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fuzz_ops
+
+OPS = fuzz_ops.op_names()
+
+
+def test_every_op_has_argument_generators():
+    registered = {n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("mprec::")}
+    assert set(OPS) == registered and len(OPS) >= 26
+    import random
+
+    for op in OPS:
+        fuzz_ops.arguments(op, random.Random(0))  # raises KeyError for an argument without a generator
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rng=st.randoms(use_true_random=False), op=st.sampled_from(OPS))
+def test_ops_refuse_bad_arguments_by_name(rng, op):
+    """CPU kernel and fake kernel: return, or raise an error naming the op."""
+    fuzz_ops.fuzz_once(rng, op, fake_every=1)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_each_op_many_times(op):
+    import random
+
+    rng = random.Random(hash(op) & 0xFFFF)
+    outcomes = [fuzz_ops.fuzz_once(rng, op, fake_every=1) for _ in range(40)]
+    assert any("error" in o for o in outcomes), "no call was refused: the arguments are not invalid enough"
+
+
+def test_a_finding_is_reported():
+    def unnamed(*args):
+        raise IndexError("tuple index out of range")
+
+    def named(*args):
+        raise ValueError("mprec::unique_ids: ids must be int32 or int64")
+
+    with pytest.raises(fuzz_ops.Finding, match="does not name it: IndexError"):
+        fuzz_ops.call("unique_ids", [torch.zeros(2)], fake=False, fn=unnamed)
+    assert fuzz_ops.call("unique_ids", [torch.zeros(2)], fake=False, fn=named) == "error"
+    assert fuzz_ops.call("unique_ids", [torch.zeros(2, dtype=torch.int64)], fake=False) == "ok"
