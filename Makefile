@@ -72,10 +72,11 @@ SANITIZE_ENV := LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-fi
 	PYTHONPATH=$(abspath $(SANITIZE_DIR))/pkg
 
 test-sanitize: build
-	cmake -S . -B $(SANITIZE_DIR) -G Ninja -DMPREC_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	$(VENV)/bin/cmake -S . -B $(SANITIZE_DIR) -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV))/bin/ninja \
+		-DMPREC_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 		-DCMAKE_PREFIX_PATH=$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)') \
 		-DPython_EXECUTABLE=$(abspath $(PY)) -DCMAKE_LIBRARY_OUTPUT_DIRECTORY=$(abspath $(SANITIZE_DIR))/lib
-	cmake --build $(SANITIZE_DIR) --parallel
+	$(VENV)/bin/cmake --build $(SANITIZE_DIR) --parallel
 	rm -rf $(SANITIZE_DIR)/pkg && mkdir -p $(SANITIZE_DIR)/pkg
 	cp -r mprec $(SANITIZE_DIR)/pkg/ && rm -f $(SANITIZE_DIR)/pkg/mprec/_C*.so
 	cp -r kernels $(SANITIZE_DIR)/pkg/mprec/kernels

@@ -27,7 +27,6 @@ holds against total / N. Writes ``results/<cpu>-<threads>t-<isa>-distributed.jso
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import statistics
@@ -236,7 +235,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     sys.path.insert(0, str(HERE.parent))
     import mprec
-    from mprec.sched.profile import machine_info, machine_name
+    from mprec.benchmark import write_results
+    from mprec.sched.profile import machine_info
 
     cores = os.cpu_count() or 1
     layouts = {f"1 process x {cores} threads": (1, cores), f"{cores} processes x 1 thread": (cores, 1)}
@@ -282,10 +282,7 @@ def main(argv=None) -> int:
                     processes_vs_threads=f"{spread:.2f}x" + (" met" if spread >= 0.8 else " NOT met")))
     text = summarize(data)
     print(text)
-    out = Path(args.out) if args.out else HERE / "results" / f"{machine_name()}-{mprec.cpu_isa()}-distributed.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(data, indent=1))
-    out.with_suffix(".txt").write_text(text + "\n")
+    write_results("distributed", data, text, args.out)
     return 0
 
 

@@ -201,3 +201,18 @@ def read_bandwidth(gib: float = 1.0, rounds: int = 9) -> float:
     return best
 
 
+def write_results(family: str, data: dict, text: str, out=None) -> "Path":
+    """Writes a script benchmark's ``data`` (JSON) and ``text`` (its summary) as
+    ``bench/results/<cpu>-<threads>t-<isa>-<family>.json`` and ``.txt``, or at ``out`` (the JSON's path)."""
+    import json
+    from pathlib import Path
+
+    from . import cpu_isa
+    from .sched.profile import machine_name
+
+    path = Path(out) if out else Path(__file__).resolve().parents[1] / "bench" / "results" / \
+        f"{machine_name()}-{cpu_isa()}-{family}.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(data, indent=1))
+    path.with_suffix(".txt").write_text(text + "\n")
+    return path

@@ -252,3 +252,15 @@ def test_opcheck_cache_ops():
                           test_utils=("test_schema", "test_faketensor"))
     torch.library.opcheck(torch.ops.mprec.cache_insert.default, (table.clone(), torch.tensor([6]), torch.tensor([3])),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+def test_lookup_of_no_columns_only_finds_misses():
+    """What a cache asks to learn which ids it holds (mprec.nn.cache): rows of width 0, no use counted."""
+    table = empty_table(8)
+    cache_insert(table, torch.tensor([4, 9, 17]), torch.tensor([0, 1, 2]))
+    values, counts = torch.randn(3, 5), torch.zeros(3, dtype=torch.int64)
+    out, miss = cache_lookup(table, values[:, :0], counts, torch.tensor([9, 5, 17, 30]), torch.zeros(4, dtype=torch.int64))
+    assert out.shape == (4, 0) and miss.tolist() == [1, 3] and counts.tolist() == [0, 0, 0]
+    empty = torch.empty(3, 0)
+    out, miss = cache_lookup(table, empty, counts, torch.tensor([4]), torch.ones(1, dtype=torch.int64))
+    assert out.shape == (1, 0) and miss.tolist() == [] and counts.tolist() == [1, 0, 0]

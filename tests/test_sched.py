@@ -674,3 +674,24 @@ def test_cli_train_only_then_profile(tmp_path, capsys):
         assert mprec.cli.main(["profile", *args, "--data", valid, "--backends", "cuda", "--out", str(empty)]) == 2
         assert "no paths to profile: backends cuda found a device on this machine" in capsys.readouterr().err
         assert not empty.exists()
+
+
+def test_soak_overload_and_shutdown_under_load(tiny_models):
+    """The soak (mprec.sched.soak) at twice the server's measured capacity, briefly: every query answered once,
+    explicit rejections, a shutdown under load that cancels and refuses, flat memory, no thread left."""
+    from mprec.sched.soak import capacity, soak
+
+    paths, latency = serving_setup(tiny_models)
+
+    def make():
+        return Server(paths, latency, MPRecPolicy(), capacity=16)
+
+    knee = capacity(make, seconds=1.0)
+    assert knee > 0
+    report = soak(make, rate=2 * knee, seconds=6.0, warmup=0.5, sample_every=0.2)
+    assert report.submitted > 0 and report.lost == 0 and report.duplicated == 0, report.to_dict()
+    assert report.counts_agree and not report.thread_errors and not report.threads_left, report.to_dict()
+    assert report.answers.get("rejected", 0) > 0 and report.answers.get("ok", 0) > 0
+    assert report.refused_after_close > 0
+    assert report.rss_growth < 0.05, report.rss_mb
+    assert report.ok

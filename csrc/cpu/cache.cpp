@@ -192,7 +192,9 @@ std::tuple<Tensor, Tensor> cache_lookup_cpu(const Tensor& table, const Tensor& v
   const int64_t row_bytes = width * static_cast<int64_t>(vals.element_size());
   const char* src = static_cast<const char*>(vals.data_ptr());
   char* dst = static_cast<char*>(out.data_ptr());
-  at::parallel_for(0, n, 512, [&](int64_t begin, int64_t end) {
+  // Rows of no columns (a lookup that only asks which ids are cached) copy nothing: an empty tensor's data
+  // pointer may be null, which memcpy must not be given even for 0 bytes.
+  if (row_bytes > 0) at::parallel_for(0, n, 512, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       if (entry[i] >= 0) {
         std::memcpy(dst + i * row_bytes, src + entry[i] * row_bytes, row_bytes);
@@ -326,7 +328,7 @@ int64_t cache_replace_cpu(Tensor& table, Tensor& keys, Tensor& values, Tensor& c
     insert_or_throw(op, t, id[j], e);
     key[e] = id[j];
     cnt[e] = score[j];
-    std::memcpy(dst + e * row_bytes, src + j * row_bytes, row_bytes);
+    if (row_bytes > 0) std::memcpy(dst + e * row_bytes, src + j * row_bytes, row_bytes);
   }
   return replaced;
 }
