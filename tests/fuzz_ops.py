@@ -127,6 +127,8 @@ def argument(name: str, op: str, s: Sizes, rng: random.Random):
         if batched:
             return [] if rng.random() < 0.5 else [rng.randint(-2, s.R + 1) for _ in range(s.T)]
         return rng.randint(-2, s.R + 1)
+    if name == "sparse" and op.startswith("dlrm_interaction"):
+        return _floats(rng, (s.B, s.T * s.D), s.float)
     if name in ("include_last_offset", "sparse", "scale_grad_by_freq"):
         return rng.random() < 0.5
     if name == "grad":
@@ -187,8 +189,6 @@ def argument(name: str, op: str, s: Sizes, rng: random.Random):
         return _floats(rng, (s.B, s.F, s.D), s.float)
     if name == "dense":
         return _floats(rng, (s.B, s.D), s.float)
-    if name == "sparse":
-        return _floats(rng, (s.B, s.T * s.D), s.float)
     if name == "pad_to":
         return rng.choice((1, 2, 8, 0, -1))
     if name == "data":
@@ -215,11 +215,11 @@ def _criteo_bytes(rng: random.Random) -> torch.Tensor:
     return torch.tensor(list(data), dtype=torch.uint8)
 
 
-def arguments(op: str, rng: random.Random) -> list:
+def arguments(op: str, rng: random.Random, junk_allowed: bool = True) -> list:
     schema = getattr(torch.ops.mprec, op).default._schema
     s = Sizes(rng)
     args = [argument(a.name, op, s, rng) for a in schema.arguments]
-    if rng.random() < 0.5:
+    if junk_allowed and rng.random() < 0.5:
         for i in rng.sample(range(len(args)), min(len(args), rng.randint(1, 2))):
             args[i] = junk(rng)
     return args

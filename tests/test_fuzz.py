@@ -36,6 +36,22 @@ def test_each_op_many_times(op):
     assert any("error" in o for o in outcomes), "no call was refused: the arguments are not invalid enough"
 
 
+@pytest.mark.parametrize("op", OPS)
+def test_none_for_each_tensor_argument_is_refused_by_name(op):
+    """torch hands None given for a Tensor to the kernel as an undefined tensor: every argument of every op, on the
+    CPU kernel and the fake kernel."""
+    import random
+
+    schema = getattr(torch.ops.mprec, op).default._schema
+    tensors = [i for i, a in enumerate(schema.arguments) if isinstance(a.type, torch._C.TensorType)]
+    rng = random.Random(1)
+    for i in tensors:
+        args = fuzz_ops.arguments(op, rng, junk_allowed=False)
+        args[i] = None
+        for fake in (False, True):
+            assert fuzz_ops.call(op, args, fake) == "error", (op, schema.arguments[i].name, fake)
+
+
 def test_a_finding_is_reported():
     def unnamed(*args):
         raise IndexError("tuple index out of range")

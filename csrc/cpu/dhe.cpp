@@ -20,6 +20,7 @@
 #include <limits>
 #include <string>
 
+#include "mprec/checks.h"
 #include "mprec/dhe_kernel.h"
 #include "mprec/isa.h"
 
@@ -255,6 +256,7 @@ std::vector<int64_t> with_last(at::IntArrayRef sizes, int64_t last) {
 Tensor dhe_encode_cpu(const Tensor& ids, const Tensor& hash_a, const Tensor& hash_b, int64_t p, int64_t m,
                       c10::string_view transform) {
   constexpr const char* op = "mprec::dhe_encode";
+  check_defined(op, {{"ids", &ids}, {"hash_a", &hash_a}, {"hash_b", &hash_b}});
   // The kernels call ATen ops (GEMMs) on tensors that may require grad; autograd is this op's business
   // (mprec/ops/dhe.py), so those calls must not be recorded, whatever the caller's grad mode.
   at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -278,6 +280,7 @@ Tensor dhe_encode_linear_cpu(const Tensor& ids, const Tensor& hash_a, const Tens
                              c10::string_view transform, const Tensor& weight, const c10::optional<Tensor>& bias,
                              c10::string_view activation) {
   constexpr const char* op = "mprec::dhe_encode_linear";
+  check_defined(op, {{"ids", &ids}, {"hash_a", &hash_a}, {"hash_b", &hash_b}, {"weight", &weight}});
   // The kernels call ATen ops (GEMMs) on tensors that may require grad; autograd is this op's business
   // (mprec/ops/dhe.py), so those calls must not be recorded, whatever the caller's grad mode.
   at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -295,6 +298,8 @@ std::tuple<Tensor, Tensor> dhe_encode_linear_backward_cpu(
     int64_t p, int64_t m, c10::string_view transform, const Tensor& weight, const c10::optional<Tensor>& bias,
     c10::string_view activation) {
   constexpr const char* op = "mprec::dhe_encode_linear_backward";
+  check_defined(op, {{"grad", &grad}, {"output", &output}, {"ids", &ids}, {"hash_a", &hash_a}, {"hash_b", &hash_b},
+                     {"weight", &weight}});
   // The kernels call ATen ops (GEMMs) on tensors that may require grad; autograd is this op's business
   // (mprec/ops/dhe.py), so those calls must not be recorded, whatever the caller's grad mode.
   at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -375,6 +380,7 @@ std::tuple<Tensor, Tensor> dhe_encode_linear_backward_cpu(
 Tensor rowwise_linear_cpu(const Tensor& input, const Tensor& weight, const c10::optional<Tensor>& bias,
                           c10::string_view activation) {
   constexpr const char* op = "mprec::rowwise_linear";
+  check_defined(op, {{"input", &input}, {"weight", &weight}});
   // The kernels call ATen ops (GEMMs) on tensors that may require grad; autograd is this op's business
   // (mprec/ops/dhe.py), so those calls must not be recorded, whatever the caller's grad mode.
   at::AutoDispatchBelowADInplaceOrView below_autograd;

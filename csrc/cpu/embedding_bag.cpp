@@ -19,6 +19,7 @@
 #include <mutex>
 #include <vector>
 
+#include "mprec/checks.h"
 #include "mprec/embedding_bag_checks.h"
 #include "mprec/embedding_bag_kernel.h"
 #include "mprec/isa.h"
@@ -264,6 +265,7 @@ std::tuple<Tensor, Tensor> embedding_bag_cpu(const Tensor& weight, const Tensor&
                                              const c10::optional<Tensor>& scale_bias, bool /*sparse*/,
                                              bool scale_grad_by_freq) {
   const char* op = kSingleOp;
+  check_defined(op, {{"weight", &weight}, {"indices", &indices}, {"offsets", &offsets}});
   const PoolMode pool_mode = checked_mode(op, mode);
   check_scale_grad_by_freq(op, scale_grad_by_freq, pool_mode);
   const Tensor sb = scale_bias.has_value() ? *scale_bias : Tensor();
@@ -301,6 +303,7 @@ std::tuple<Tensor, Tensor> batched_embedding_bag_cpu(at::TensorList weights, con
                                                      const c10::optional<at::TensorList>& scale_bias,
                                                      bool /*sparse*/) {
   const char* op = kBatchedOp;
+  check_defined(op, {{"indices", &indices}, {"offsets", &offsets}});
   const PoolMode pool_mode = checked_mode(op, mode);
   const std::vector<Table> tables = batched_tables(op, weights, padding_idx, scale_bias);
   check_indices_offsets(op, indices, offsets, kCpu);
@@ -496,6 +499,8 @@ Tensor embedding_bag_backward_cpu(const Tensor& grad, const Tensor& weight, cons
                                   const c10::optional<Tensor>& per_sample_weights, int64_t padding_idx,
                                   bool include_last_offset) {
   const char* op = "mprec::embedding_bag_backward";
+  check_defined(op, {{"grad", &grad}, {"weight", &weight}, {"indices", &indices}, {"offsets", &offsets},
+                     {"max_indices", &max_indices}});
   SingleCall c = single_call(op, weight, indices, offsets, mode, padding_idx, include_last_offset);
   check_grad(op, grad, c.layout.bags, weight.size(1), kCpu);
   check_max_indices(op, max_indices, grad, c.mode, kCpu);
@@ -511,6 +516,7 @@ std::tuple<Tensor, Tensor> embedding_bag_sparse_backward_cpu(const Tensor& grad,
                                                              const c10::optional<Tensor>& per_sample_weights,
                                                              int64_t padding_idx, bool include_last_offset) {
   const char* op = "mprec::embedding_bag_sparse_backward";
+  check_defined(op, {{"grad", &grad}, {"weight", &weight}, {"indices", &indices}, {"offsets", &offsets}});
   SingleCall c = single_call(op, weight, indices, offsets, mode, padding_idx, include_last_offset);
   check_grad(op, grad, c.layout.bags, weight.size(1), kCpu);
   const Tensor psw = checked_per_sample_weights(op, per_sample_weights, c.mode, indices.numel(),
@@ -523,6 +529,7 @@ Tensor embedding_bag_per_sample_weights_backward_cpu(const Tensor& grad, const T
                                                      const Tensor& indices, const Tensor& offsets, int64_t mode,
                                                      int64_t padding_idx, bool include_last_offset) {
   const char* op = "mprec::embedding_bag_per_sample_weights_backward";
+  check_defined(op, {{"grad", &grad}, {"weight", &weight}, {"indices", &indices}, {"offsets", &offsets}});
   SingleCall c = single_call(op, weight, indices, offsets, mode, padding_idx, include_last_offset);
   check_grad(op, grad, c.layout.bags, weight.size(1), kCpu);
   return MPREC_DISPATCH_INDEX_ACC(c.layout, weight_is_double(c), per_sample_weights_backward, op, grad, c.tables, c.layout, c.mode);
@@ -557,6 +564,7 @@ std::vector<Tensor> batched_embedding_bag_backward_cpu(const Tensor& grad, at::T
                                                        const c10::optional<Tensor>& per_sample_weights,
                                                        at::IntArrayRef padding_idx) {
   const char* op = "mprec::batched_embedding_bag_backward";
+  check_defined(op, {{"grad", &grad}, {"indices", &indices}, {"offsets", &offsets}, {"max_indices", &max_indices}});
   BatchedCall c = batched_call(op, weights, indices, offsets, mode, padding_idx);
   check_grad(op, grad, c.layout.bags, c.total_dim, kCpu);
   check_max_indices(op, max_indices, grad, c.mode, kCpu);
@@ -570,6 +578,7 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>> batched_embedding_bag_spars
     const Tensor& grad, at::TensorList weights, const Tensor& indices, const Tensor& offsets, int64_t mode,
     const c10::optional<Tensor>& per_sample_weights, at::IntArrayRef padding_idx) {
   const char* op = "mprec::batched_embedding_bag_sparse_backward";
+  check_defined(op, {{"grad", &grad}, {"indices", &indices}, {"offsets", &offsets}});
   BatchedCall c = batched_call(op, weights, indices, offsets, mode, padding_idx);
   check_grad(op, grad, c.layout.bags, c.total_dim, kCpu);
   const Tensor psw = checked_per_sample_weights(op, per_sample_weights, c.mode, indices.numel(),
@@ -582,6 +591,7 @@ Tensor batched_embedding_bag_per_sample_weights_backward_cpu(const Tensor& grad,
                                                              const Tensor& indices, const Tensor& offsets,
                                                              int64_t mode, at::IntArrayRef padding_idx) {
   const char* op = "mprec::batched_embedding_bag_per_sample_weights_backward";
+  check_defined(op, {{"grad", &grad}, {"indices", &indices}, {"offsets", &offsets}});
   BatchedCall c = batched_call(op, weights, indices, offsets, mode, padding_idx);
   check_grad(op, grad, c.layout.bags, c.total_dim, kCpu);
   return MPREC_DISPATCH_INDEX_ACC(c.layout, weight_is_double(c), per_sample_weights_backward, op, grad, c.tables, c.layout, c.mode);
@@ -593,6 +603,7 @@ Tensor batched_embedding_bag_per_sample_weights_backward_cpu(const Tensor& grad,
 
 std::tuple<Tensor, Tensor> quantize_rowwise_int8_cpu(const Tensor& weight) {
   const char* op = "mprec::quantize_rowwise_int8";
+  check_defined(op, {{"weight", &weight}});
   TORCH_CHECK_VALUE(weight.dim() == 2, op, ": weight must be 2-D, got shape ", weight.sizes());
   TORCH_CHECK_VALUE(at::isFloatingType(weight.scalar_type()), op, ": weight must be floating point, got ",
                     weight.scalar_type());
@@ -626,6 +637,7 @@ std::tuple<Tensor, Tensor> quantize_rowwise_int8_cpu(const Tensor& weight) {
 
 Tensor dequantize_rowwise_int8_cpu(const Tensor& qweight, const Tensor& scale_bias) {
   const char* op = "mprec::dequantize_rowwise_int8";
+  check_defined(op, {{"qweight", &qweight}, {"scale_bias", &scale_bias}});
   TORCH_CHECK_VALUE(qweight.dim() == 2 && qweight.scalar_type() == at::kByte, op,
                     ": qweight must be a 2-D uint8 tensor, got ", qweight.scalar_type(), " ", qweight.sizes());
   TORCH_CHECK_VALUE(scale_bias.scalar_type() == at::kFloat && scale_bias.dim() == 2 &&
@@ -805,6 +817,7 @@ void batched_embedding_bag_update_cpu(at::TensorList weights, at::TensorList sta
                                       const c10::optional<Tensor>& per_sample_weights, at::IntArrayRef padding_idx,
                                       c10::string_view optimizer_name, double lr, double eps) {
   const char* op = "mprec::batched_embedding_bag_update";
+  check_defined(op, {{"grad", &grad}, {"indices", &indices}, {"offsets", &offsets}});
   const FusedOptimizer optimizer = checked_optimizer(op, std::string(optimizer_name));
   BatchedCall c = batched_call(op, weights, indices, offsets, mode, padding_idx);
   TORCH_CHECK_VALUE(c.mode != PoolMode::kMax, op, ": fused optimizers support mode sum (0) and mean (1), got max (2)");
