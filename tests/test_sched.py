@@ -677,18 +677,22 @@ def test_cli_train_only_then_profile(tmp_path, capsys):
 
 
 def test_soak_overload_and_shutdown_under_load(tiny_models):
-    """The soak (mprec.sched.soak) at twice the server's measured capacity, briefly: every query answered once,
-    explicit rejections, a shutdown under load that cancels and refuses, flat memory, no thread left."""
+    """The soak (mprec.sched.soak) above the server's measured capacity, briefly: every query answered once,
+    explicit rejections, a shutdown under load that cancels and refuses, flat memory, no thread left. Three times
+    the knee: a knee measured in 1.5 s on a shared machine may be low by half (bench/bench_soak.py holds twice a
+    knee measured over 5 s, for a minute)."""
     from mprec.sched.soak import capacity, soak
 
     paths, latency = serving_setup(tiny_models)
+    for p in paths:
+        p.warmup(256)
 
     def make():
         return Server(paths, latency, MPRecPolicy(), capacity=16)
 
-    knee = capacity(make, seconds=1.0)
+    knee = capacity(make, seconds=1.5, warmup=0.5)
     assert knee > 0
-    report = soak(make, rate=2 * knee, seconds=6.0, warmup=0.5, sample_every=0.2)
+    report = soak(make, rate=3 * knee, seconds=6.0, warmup=0.5, sample_every=0.2)
     assert report.submitted > 0 and report.lost == 0 and report.duplicated == 0, report.to_dict()
     assert report.counts_agree and not report.thread_errors and not report.threads_left, report.to_dict()
     assert report.answers.get("rejected", 0) > 0 and report.answers.get("ok", 0) > 0

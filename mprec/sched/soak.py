@@ -70,9 +70,10 @@ def _sizes(rng: np.random.Generator, n: int, median: float, sigma: float, max_si
 
 
 def capacity(make_server: Callable[[], Server], seconds: float = 3.0, median_size: float = 64.0, sigma: float = 0.5,
-             max_size: int = 256, sla: float = 1.0, outstanding: int = 8, seed: int = 0) -> float:
-    """Answers a second with the queues never empty: ``outstanding`` queries are kept in the server for
-    ``seconds`` (a new one as each is answered), and the ``ok`` answers are counted."""
+             max_size: int = 256, sla: float = 1.0, outstanding: int = 8, warmup: float = 1.0, seed: int = 0) -> float:
+    """Answers a second with the queues never empty: ``outstanding`` queries are kept in the server (a new one
+    as each is answered) for ``warmup`` seconds, not counted (the first queries of each size build their GEMM
+    kernels), then for ``seconds``, whose ``ok`` answers are counted."""
     rng = np.random.default_rng(seed)
     sizes = _sizes(rng, 1 << 16, median_size, sigma, max_size)
     server = make_server()
@@ -82,12 +83,12 @@ def capacity(make_server: Callable[[], Server], seconds: float = 3.0, median_siz
 
     def count(future) -> None:
         nonlocal done
-        if future.result().status == "ok":
+        if future.result().status == "ok" and time.perf_counter() >= start:
             with lock:
                 done += 1
         slots.release()
 
-    start = time.perf_counter()
+    start = time.perf_counter() + warmup
     i = 0
     while time.perf_counter() - start < seconds:
         if not slots.acquire(timeout=0.1):
