@@ -173,8 +173,10 @@ def test_dlrm_errors():
         op(torch.randn(3, 4), torch.randn(3, 2, 5))
     with pytest.raises(ValueError, match="sparse needs at least one table"):
         op(torch.randn(3, 4), torch.randn(3, 0))
-    with pytest.raises(ValueError, match="pad_to must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"pad_to must be in \[1, 1024\], got 0"):
         op(torch.randn(3, 4), torch.randn(3, 8), 0)
+    with pytest.raises(ValueError, match=r"pad_to must be in \[1, 1024\], got 4611686018427387904"):
+        op(torch.randn(3, 4), torch.randn(3, 8), 2**62)  # would allocate a width of 2^62 zeros
     with pytest.raises(ValueError, match="sparse must be float32, float64, bfloat16 or float16, got Long"):
         op(torch.randn(3, 4), torch.ones(3, 8, dtype=torch.int64))
     with pytest.raises(ValueError, match=r"mprec::dlrm_interaction_backward: grad must have shape \[3, 8\], got \[3, 7\]"):

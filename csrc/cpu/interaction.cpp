@@ -160,8 +160,12 @@ std::tuple<int64_t, int64_t, int64_t> check_dlrm(const char* op, const Tensor& d
   return {batch, tables, dim};
 }
 
+// Padding is for GEMM alignment (DLRM pads to 8); a multiple past this would only allocate zeros.
+constexpr int64_t kMaxPadTo = 1024;
+
 int64_t padded_width(const char* op, int64_t width, int64_t pad_to) {
-  TORCH_CHECK_VALUE(pad_to >= 1, op, ": pad_to must be >= 1, got ", pad_to);
+  TORCH_CHECK_VALUE(pad_to >= 1 && pad_to <= kMaxPadTo, op, ": pad_to must be in [1, ", kMaxPadTo, "], got ",
+                    pad_to);
   return (width + pad_to - 1) / pad_to * pad_to;
 }
 

@@ -39,7 +39,7 @@ from torch.nn import functional as F
 from .dhe import _check_activation, _check_hash, _check_linear, _check_rowwise_linear
 from .embedding_bag import (FUSED_OPTIMIZERS, _accumulation_dtype, _batched_bags, _check_grad, _check_indices,
                             _check_padding_idx, _check_per_sample_weights, _single_bags, mode_number, raise_bag_error)
-from .interaction import dlrm_interaction_width
+from .interaction import _check_pad_to, dlrm_interaction_width
 from .reference import dhe_encode_reference, quantize_rowwise_int8_reference, rowwise_linear_reference
 from .spelling import dtype_name, sizes
 
@@ -520,8 +520,7 @@ def _check_dlrm(op: str, dense: Tensor, sparse: Tensor) -> tuple[int, int, int]:
 
 
 def _checked_pad_to(op: str, pad_to: int) -> int:
-    if pad_to < 1:
-        raise ValueError(f"{op}: pad_to must be >= 1, got {pad_to}")
+    _check_pad_to(op, pad_to)
     return pad_to
 
 

@@ -82,17 +82,26 @@ def _dlrm_shape(op: str, dense: Tensor, sparse: Tensor) -> tuple[int, int, int]:
     return B, T, D
 
 
+# csrc/cpu/interaction.cpp kMaxPadTo: padding is for GEMM alignment; past this it would only allocate zeros.
+_MAX_PAD_TO = 1024
+
+
+def _check_pad_to(op: str, pad_to: int) -> None:
+    if not 1 <= pad_to <= _MAX_PAD_TO:
+        raise ValueError(f"{op}: pad_to must be in [1, {_MAX_PAD_TO}], got {pad_to}")
+
+
 @register_fake("mprec::dlrm_interaction")
 def _dlrm_interaction_fake(dense, sparse, pad_to=1):
     B, T, D = _dlrm_shape("mprec::dlrm_interaction", dense, sparse)
-    if pad_to < 1:
-        raise ValueError(f"mprec::dlrm_interaction: pad_to must be >= 1, got {pad_to}")
+    _check_pad_to("mprec::dlrm_interaction", pad_to)
     return dense.new_empty((B, dlrm_interaction_width(D, T, pad_to)))
 
 
 @register_fake("mprec::dlrm_interaction_backward")
 def _dlrm_interaction_backward_fake(grad, dense, sparse, pad_to=1):
     _dlrm_shape("mprec::dlrm_interaction_backward", dense, sparse)
+    _check_pad_to("mprec::dlrm_interaction_backward", pad_to)
     return dense.new_empty(dense.shape), sparse.new_empty(sparse.shape)
 
 
