@@ -39,7 +39,7 @@ from torch.nn import functional as F
 from .dhe import _check_activation, _check_hash, _check_linear, _check_rowwise_linear
 from .embedding_bag import (FUSED_OPTIMIZERS, _accumulation_dtype, _batched_bags, _check_grad, _check_indices,
                             _check_padding_idx, _check_per_sample_weights, _single_bags, mode_number, raise_bag_error)
-from .interaction import _check_pad_to, dlrm_interaction_width
+from .interaction import _check_dlrm, _check_float, _check_pad_to, _check_x, dlrm_interaction_width
 from .reference import dhe_encode_reference, quantize_rowwise_int8_reference, rowwise_linear_reference
 from .spelling import dtype_name, sizes
 
@@ -441,11 +441,6 @@ def rowwise_linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
 # operand is float64, results rounded once to the output's dtype. Here the pairs come out of a batched Gram
 # matrix (bmm), which computes each pair twice but is one GEMM.
 
-def _check_float(op: str, name: str, t: Tensor) -> None:
-    if t.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
-        raise ValueError(f"{op}: {name} must be float32, float64, bfloat16 or float16, got {dtype_name(t.dtype)}")
-
-
 def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
@@ -470,12 +465,6 @@ def _pairs_backward(grad: Tensor, x: Tensor) -> Tensor:
     return torch.bmm(g + g.transpose(1, 2), x)
 
 
-def _check_x(op: str, x: Tensor) -> None:
-    _check_float(op, "x", x)
-    if x.dim() != 3:
-        raise ValueError(f"{op}: x must be [B, F, D], got shape {sizes(x)}")
-    if x.shape[1] < 2:
-        raise ValueError(f"{op}: x needs at least 2 features to interact, got {x.shape[1]}")
 
 
 def dot_interaction(x: Tensor) -> Tensor:
@@ -495,28 +484,6 @@ def dot_interaction_backward(grad: Tensor, x: Tensor) -> Tensor:
     return _pairs_backward(grad.to(acc), x.to(acc)).to(x.dtype)
 
 
-def _check_dlrm(op: str, dense: Tensor, sparse: Tensor) -> tuple[int, int, int]:
-    """(batch, tables, dim), after csrc/cpu/interaction.cpp check_dlrm."""
-    _check_float(op, "dense", dense)
-    _check_float(op, "sparse", sparse)
-    if dense.dim() != 2:
-        raise ValueError(f"{op}: dense must be [B, D], got shape {sizes(dense)}")
-    batch, dim = dense.shape
-    if dim < 1:
-        raise ValueError(f"{op}: dense must have at least one column, got shape {sizes(dense)}")
-    if sparse.dim() not in (2, 3):
-        raise ValueError(f"{op}: sparse must be [B, T * D] or [B, T, D], got shape {sizes(sparse)}")
-    if sparse.shape[0] != batch:
-        raise ValueError(f"{op}: sparse has {sparse.shape[0]} rows but dense has {batch}")
-    if sparse.dim() == 3:
-        if sparse.shape[2] != dim:
-            raise ValueError(f"{op}: sparse's feature width {sparse.shape[2]} differs from dense's {dim}")
-    elif sparse.shape[1] % dim:
-        raise ValueError(f"{op}: sparse's width {sparse.shape[1]} is not a multiple of dense's width {dim}")
-    tables = sparse.shape[1] if sparse.dim() == 3 else sparse.shape[1] // dim
-    if tables < 1:
-        raise ValueError(f"{op}: sparse needs at least one table, got shape {sizes(sparse)}")
-    return batch, tables, dim
 
 
 def _checked_pad_to(op: str, pad_to: int) -> int:

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from .arguments import register_fake
+from .spelling import dtype_name, sizes
 
 __all__ = ["dot_interaction", "dlrm_interaction", "dlrm_interaction_width"]
 
@@ -39,23 +40,54 @@ def dlrm_interaction_width(dim: int, tables: int, pad_to: int = 1) -> int:
     return (width + pad_to - 1) // pad_to * pad_to
 
 
-def _check(op: str, x: Tensor) -> None:
+def _check_float(op: str, name: str, t: Tensor) -> None:
+    if t.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        raise ValueError(f"{op}: {name} must be float32, float64, bfloat16 or float16, got {dtype_name(t.dtype)}")
+
+
+def _check_x(op: str, x: Tensor) -> None:
+    _check_float(op, "x", x)
     if x.dim() != 3:
-        raise ValueError(f"{op}: x must be [B, F, D], got shape {tuple(x.shape)}")
+        raise ValueError(f"{op}: x must be [B, F, D], got shape {sizes(x)}")
     if x.shape[1] < 2:
         raise ValueError(f"{op}: x needs at least 2 features to interact, got {x.shape[1]}")
 
 
+def _check_dlrm(op: str, dense: Tensor, sparse: Tensor) -> tuple[int, int, int]:
+    """(batch, tables, dim), after csrc/cpu/interaction.cpp check_dlrm."""
+    _check_float(op, "dense", dense)
+    _check_float(op, "sparse", sparse)
+    if dense.dim() != 2:
+        raise ValueError(f"{op}: dense must be [B, D], got shape {sizes(dense)}")
+    batch, dim = dense.shape
+    if dim < 1:
+        raise ValueError(f"{op}: dense must have at least one column, got shape {sizes(dense)}")
+    if sparse.dim() not in (2, 3):
+        raise ValueError(f"{op}: sparse must be [B, T * D] or [B, T, D], got shape {sizes(sparse)}")
+    if sparse.shape[0] != batch:
+        raise ValueError(f"{op}: sparse has {sparse.shape[0]} rows but dense has {batch}")
+    if sparse.dim() == 3:
+        if sparse.shape[2] != dim:
+            raise ValueError(f"{op}: sparse's feature width {sparse.shape[2]} differs from dense's {dim}")
+    elif sparse.shape[1] % dim:
+        raise ValueError(f"{op}: sparse's width {sparse.shape[1]} is not a multiple of dense's width {dim}")
+    tables = sparse.shape[1] if sparse.dim() == 3 else sparse.shape[1] // dim
+    if tables < 1:
+        raise ValueError(f"{op}: sparse needs at least one table, got shape {sizes(sparse)}")
+    return batch, tables, dim
+
+
 @register_fake("mprec::dot_interaction")
 def _dot_interaction_fake(x):
-    _check("mprec::dot_interaction", x)
+    _check_x("mprec::dot_interaction", x)
     f = x.shape[1]
     return x.new_empty((x.shape[0], f * (f - 1) // 2))
 
 
 @register_fake("mprec::dot_interaction_backward")
 def _dot_interaction_backward_fake(grad, x):
-    _check("mprec::dot_interaction_backward", x)
+    _check_x("mprec::dot_interaction_backward", x)
+    _check_float("mprec::dot_interaction_backward", "grad", grad)
     return x.new_empty(x.shape)
 
 
@@ -72,16 +104,6 @@ def _backward(ctx, grad):
 torch.library.register_autograd("mprec::dot_interaction", _backward, setup_context=_setup_context)
 
 
-def _dlrm_shape(op: str, dense: Tensor, sparse: Tensor) -> tuple[int, int, int]:
-    if dense.dim() != 2:
-        raise ValueError(f"{op}: dense must be [B, D], got shape {tuple(dense.shape)}")
-    B, D = dense.shape
-    if sparse.dim() not in (2, 3) or sparse.shape[0] != B:
-        raise ValueError(f"{op}: sparse must be [B, T * D] or [B, T, D] with B = {B}, got shape {tuple(sparse.shape)}")
-    T = sparse.shape[1] if sparse.dim() == 3 else sparse.shape[1] // D
-    return B, T, D
-
-
 # csrc/cpu/interaction.cpp kMaxPadTo: padding is for GEMM alignment; past this it would only allocate zeros.
 _MAX_PAD_TO = 1024
 
@@ -93,14 +115,15 @@ def _check_pad_to(op: str, pad_to: int) -> None:
 
 @register_fake("mprec::dlrm_interaction")
 def _dlrm_interaction_fake(dense, sparse, pad_to=1):
-    B, T, D = _dlrm_shape("mprec::dlrm_interaction", dense, sparse)
+    B, T, D = _check_dlrm("mprec::dlrm_interaction", dense, sparse)
     _check_pad_to("mprec::dlrm_interaction", pad_to)
     return dense.new_empty((B, dlrm_interaction_width(D, T, pad_to)))
 
 
 @register_fake("mprec::dlrm_interaction_backward")
 def _dlrm_interaction_backward_fake(grad, dense, sparse, pad_to=1):
-    _dlrm_shape("mprec::dlrm_interaction_backward", dense, sparse)
+    _check_dlrm("mprec::dlrm_interaction_backward", dense, sparse)
+    _check_float("mprec::dlrm_interaction_backward", "grad", grad)
     _check_pad_to("mprec::dlrm_interaction_backward", pad_to)
     return dense.new_empty(dense.shape), sparse.new_empty(sparse.shape)
 
