@@ -131,6 +131,15 @@ def test_backward_ops_check_their_inputs():
     with pytest.raises(RuntimeError, match=r"mprec::embedding_bag_per_sample_weights_backward: offsets\[1\] = 7"):
         torch.ops.mprec.embedding_bag_per_sample_weights_backward(grad, weight, torch.tensor([1, 2]),
                                                                   torch.tensor([0, 7]), 0, -1, False)
+    # An integer table has no gradient: refused by name, not by the dtype dispatch inside the kernel.
+    with pytest.raises(ValueError, match=r"mprec::embedding_bag_per_sample_weights_backward: weight has dtype Int; "
+                                         r"expected float32"):
+        torch.ops.mprec.embedding_bag_per_sample_weights_backward(grad, weight.int(), torch.tensor([1, 2]),
+                                                                  torch.tensor([0, 1]), 0, -1, False)
+    with pytest.raises(ValueError, match=r"mprec::batched_embedding_bag_backward: weights\[1\] has dtype Long"):
+        torch.ops.mprec.batched_embedding_bag_backward(torch.randn(2, 8), [weight, weight.long()],
+                                                       torch.tensor([1, 2]), torch.tensor([0, 1, 2]),
+                                                       torch.empty(0, 0, dtype=torch.int64), 0, None, [])
 
 
 # --- batched -----------------------------------------------------------------------------------------

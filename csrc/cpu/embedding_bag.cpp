@@ -17,6 +17,7 @@
 #include <exception>
 #include <limits>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "mprec/checks.h"
@@ -481,11 +482,20 @@ struct SingleCall {
   PoolMode mode;
 };
 
+// The backward ops read the tables' values: float ones, or uint8 ones, which they then refuse as inference only.
+void check_backward_weight(const char* op, const std::string& name, const Tensor& weight) {
+  const auto dt = weight.scalar_type();
+  TORCH_CHECK_VALUE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16 || dt == at::kByte,
+                    op, ": ", name, " has dtype ", dt,
+                    "; expected float32, float64, float16, bfloat16 or uint8 (row-wise quantized)");
+}
+
 SingleCall single_call(const char* op, const Tensor& weight, const Tensor& indices, const Tensor& offsets,
                        int64_t mode, int64_t padding_idx, bool include_last_offset) {
   const PoolMode pool_mode = checked_mode(op, mode);
   check_indices_offsets(op, indices, offsets, kCpu);
   TORCH_CHECK_VALUE(weight.dim() == 2, op, ": weight must be 2-D, got shape ", weight.sizes());
+  check_backward_weight(op, "weight", weight);
   const int64_t bags = single_bags(op, offsets, include_last_offset);
   check_padding_idx(op, padding_idx, weight.size(0), "");
   const WeightType type = float_weight_type(weight.scalar_type());
@@ -545,8 +555,10 @@ struct BatchedCall {
 BatchedCall batched_call(const char* op, at::TensorList weights, const Tensor& indices, const Tensor& offsets,
                          int64_t mode, at::IntArrayRef padding_idx) {
   const PoolMode pool_mode = checked_mode(op, mode);
-  for (const auto t : c10::irange(weights.size()))
+  for (const auto t : c10::irange(weights.size())) {
     TORCH_CHECK_VALUE(weights[t].dim() == 2, op, ": weights[", t, "] must be 2-D, got shape ", weights[t].sizes());
+    check_backward_weight(op, "weights[" + std::to_string(t) + "]", weights[t]);
+  }
   std::vector<Table> tables = batched_tables(op, weights, padding_idx, c10::nullopt, false);
   check_indices_offsets(op, indices, offsets, kCpu);
   Layout layout = make_layout(op, indices, offsets, batched_bags(op, offsets, tables.size()));
