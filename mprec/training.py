@@ -244,7 +244,7 @@ def load_checkpoint(path: str) -> dict:
     except Exception as error:  # torch.load raises many kinds for a damaged file
         size = os.path.getsize(path)
         raise CheckpointError(f"{path} ({size} bytes) cannot be read as a checkpoint: it is truncated or corrupt "
-                              f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+                              f"({type(error).__name__}: {_first_lines(error, 1)})"
                               f"{_fallback_hint(path)}") from error
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not an mprec checkpoint{_fallback_hint(path)}")

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from ..ops.arguments import register_fake
+from ..ops.spelling import dtype_name
 
 __all__ = [
     "NUM_DENSE",
@@ -139,7 +140,7 @@ def parse_criteo(data: Union[bytes, Tensor], num_dense: int = NUM_DENSE, num_spa
 def _parse_criteo_fake(data, num_dense=NUM_DENSE, num_sparse=NUM_SPARSE, missing_id=0):
     op = "mprec::parse_criteo"
     if data.dtype != torch.uint8 or data.dim() != 1:
-        raise RuntimeError(f"{op}: data must be a 1-D uint8 CPU tensor, got {str(data.dtype)[6:]} {list(data.shape)}")
+        raise RuntimeError(f"{op}: data must be a 1-D uint8 CPU tensor, got {dtype_name(data.dtype)} {list(data.shape)}")
     if num_dense < 0 or num_sparse < 0:
         raise RuntimeError(f"{op}: num_dense and num_sparse must be >= 0, got {num_dense} and {num_sparse}")
     if num_dense + num_sparse > _MAX_FIELDS:
@@ -201,10 +202,12 @@ def _whole_lines(blocks: Iterable[bytes]) -> Iterator[bytes]:
         yield rest
 
 
-def _chunks(path: PathLike, chunk_bytes: int, start: int = 0, end: Optional[int] = None) -> Iterator[bytes]:
+def _chunks(path: PathLike, chunk_bytes: int, start: int = 0, end: Optional[int] = None,
+            compressed: bool = False) -> Iterator[bytes]:
     """Whole lines of the file, about ``chunk_bytes`` at a time; of a plain file, the lines that begin in bytes
-    ``[start, end)``; of a gzip file, all of them (it cannot be entered in the middle)."""
-    if is_gzip(path):
+    ``[start, end)``; of a gzip file (``compressed``, :func:`is_gzip`), all of them (it cannot be entered in
+    the middle)."""
+    if compressed:
         if start != 0 or end is not None:
             raise ValueError(f"{path}: a gzip file is read from its start to its end, not by byte range")
         return _whole_lines(_gzip_blocks(path, chunk_bytes))
@@ -324,7 +327,7 @@ class CriteoReader:
                 size = os.path.getsize(path)
                 start, end = size * rank // world, size * (rank + 1) // world
                 where = f"{path} (stripe {rank} of {world}, lines from byte {start})"
-            chunks = _chunks(path, self.chunk_bytes, start, end)
+            chunks = _chunks(path, self.chunk_bytes, start, end, compressed)
             for k in itertools.count():
                 try:
                     data = next(chunks)

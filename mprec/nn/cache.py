@@ -127,7 +127,7 @@ class EmbeddingCache:
         values = torch.empty((capacity, self.width), dtype=self.dtype)
         counts = torch.empty(capacity, dtype=torch.int64)
         if size:
-            keys[:size], values[:size], counts[:size] = self.keys, self.values, self.counts
+            keys[:size], values[:size], counts[:size] = self._keys[:size], self._values[:size], self._counts[:size]
         self._keys, self._values, self._counts = keys, values, counts
         self._table = empty_table(capacity)
         cache_insert(self._table, keys[:size], torch.arange(size))
@@ -228,7 +228,7 @@ class EmbeddingCache:
             miss_ids = ids[miss]
             # The sketch counts uses while not cached (a cached entry counts its own hits), so only misses
             # touch it: an evicted id returns with the count it had.
-            score = count_min_add(self._sketch, miss_ids, miss_occurrences) if self.policy == "lfu" else None
+            score = self.count(miss_ids, miss_occurrences) if self.policy == "lfu" else None
             generation = self._generation
         computed = compute(miss_ids, miss_occurrences)
         out = out.to(computed.dtype).index_copy_(0, miss, computed)
