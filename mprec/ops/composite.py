@@ -37,8 +37,9 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from .dhe import _check_activation, _check_hash, _check_linear, _check_rowwise_linear
-from .embedding_bag import (FUSED_OPTIMIZERS, _accumulation_dtype, _batched_bags, _check_grad, _check_indices,
-                            _check_padding_idx, _check_per_sample_weights, _single_bags, mode_number, raise_bag_error)
+from .embedding_bag import (FUSED_OPTIMIZERS, _accumulation_dtype, _batched_bags, _check_backward_weight, _check_grad,
+                            _check_indices, _check_padding_idx, _check_per_sample_weights, _single_bags, mode_number,
+                            raise_bag_error)
 from .interaction import _check_dlrm, _check_float, _check_pad_to, _check_x, dlrm_interaction_width
 from .reference import dhe_encode_reference, quantize_rowwise_int8_reference, rowwise_linear_reference
 from .spelling import dtype_name, sizes
@@ -47,7 +48,6 @@ __all__ = ["KERNELS"]
 
 _SUM, _MEAN, _MAX = 0, 1, 2
 _MODE_NAMES = {_SUM: "sum (0)", _MEAN: "mean (1)", _MAX: "max (2)"}
-_FLOAT_TABLE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _INDEX_DTYPES = (torch.int32, torch.int64)
 # Ids whose DHE encodings exist at once in dhe_encode_linear_backward: 4096 x k (16 MB at k = 1024 in
 # float32), so [N, k] never does, and each chunk's GEMM is still large enough to run at full speed.
@@ -106,6 +106,7 @@ def _single_call(op: str, weight: Tensor, indices: Tensor, offsets: Tensor, mode
     _check_indices(op, indices, offsets)
     if weight.dim() != 2:
         raise ValueError(f"{op}: weight must be 2-D, got shape {sizes(weight)}")
+    _check_backward_weight(op, "weight", weight)
     bags = _single_bags(op, offsets, include_last_offset)
     _check_padding_idx(op, padding_idx, weight.shape[0])
     tables = [_Table(weight, padding_idx, 0)]
@@ -120,6 +121,7 @@ def _batched_call(op: str, weights: Sequence[Tensor], indices: Tensor, offsets: 
     for t, w in enumerate(weights):
         if w.dim() != 2:
             raise ValueError(f"{op}: weights[{t}] must be 2-D, got shape {sizes(w)}")
+        _check_backward_weight(op, f"weights[{t}]", w)
     if len(weights) == 0:
         raise ValueError(f"{op}: needs at least one table")
     if len(padding_idx) not in (0, len(weights)):
@@ -251,8 +253,6 @@ def _per_sample_weights_backward(op: str, grad: Tensor, tables: list[_Table], ba
     dtype = tables[0].weight.dtype  # every table's (checked)
     if dtype == torch.uint8:
         raise ValueError(f"{op}: uint8 (row-wise quantized) tables are inference only")
-    if dtype not in _FLOAT_TABLE_DTYPES:  # the CPU kernel's AT_DISPATCH has no case for it
-        raise NotImplementedError(f"\"psw_backward\" not implemented for '{dtype_name(dtype)}'")
     lookups = _lookups(op, tables, indices, offsets, bags)
     acc = _accumulation_dtype(tables[0].weight)
     g = grad.to(acc)

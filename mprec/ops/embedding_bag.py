@@ -83,6 +83,14 @@ def _check_weight(op: str, weight: Tensor, scale_bias: Optional[Tensor], name: s
                          "bfloat16 or uint8 (row-wise quantized)")
 
 
+def _check_backward_weight(op: str, name: str, weight: Tensor) -> None:
+    """csrc/cpu/embedding_bag.cpp check_backward_weight: the backward ops read float tables (uint8 ones they
+    refuse later, as inference only)."""
+    if weight.dtype not in _FLOAT_WEIGHTS and weight.dtype != torch.uint8:
+        raise ValueError(f"{op}: {name} has dtype {dtype_name(weight.dtype)}; expected float32, float64, float16, "
+                         "bfloat16 or uint8 (row-wise quantized)")
+
+
 def _check_tables(op: str, weights: Sequence[Tensor], scale_bias: Optional[Sequence[Tensor]],
                   padding_idx: Sequence[int], device: Optional[torch.device] = None,
                   allow_quantized: bool = True) -> None:
