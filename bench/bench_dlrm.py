@@ -36,6 +36,7 @@ from mprec.memory import retain_freed_memory
 from mprec.data import KAGGLE_TABLE_SIZES, SyntheticCriteo
 from mprec.models import DLRM
 from mprec.nn import FusedOptimizer
+from mprec.ops.mlp import product_ways, run_product
 from mprec.precision import bf16_native
 
 BATCH = 2048
@@ -53,18 +54,20 @@ def _median_ms(fn):
 
 
 def gemm_floor_ms(model, batch=BATCH):
-    """{"train": ms, "infer": ms}: the MLPs' matrix products alone, each on the faster of MKL and oneDNN."""
-    onednn = torch.ops.mkldnn._linear_pointwise
+    """{"train": ms, "infer": ms}: the MLPs' matrix products alone, each the fastest of the ways mprec chooses
+    among (mprec.ops.mlp.product_ways: MKL or oneDNN, and the weight gradient's transposed form)."""
     floor = {"train": 0.0, "infer": 0.0}
     layers = [m for mlp in (model.bottom, model.top) for m in mlp if isinstance(m, nn.Linear)]
+
+    def best(product, a, b, bias=None):
+        return min(_median_ms(lambda: run_product(way, a, b, "none", bias)) for way in product_ways(product))
+
     for i, layer in enumerate(layers):
         n, k = layer.weight.shape
         x, w, b, g = torch.randn(batch, k), torch.randn(n, k), torch.randn(n), torch.randn(batch, n)
-        forward = min(_median_ms(lambda: torch.addmm(b, x, w.t())),
-                      _median_ms(lambda: onednn(x, w, b, "none", [], "")))
-        weight_grad = min(_median_ms(lambda: g.t().mm(x)), _median_ms(lambda: onednn(g.t(), x.t(), None, "none", [], "")))
-        input_grad = 0.0 if i == 0 else min(_median_ms(lambda: g.mm(w)),
-                                            _median_ms(lambda: onednn(g, w.t(), None, "none", [], "")))
+        forward = best("forward", x, w, b)
+        weight_grad = best("weight_grad", g.t(), x.t())
+        input_grad = 0.0 if i == 0 else best("input_grad", g, w.t())
         floor["infer"] += forward
         floor["train"] += forward + weight_grad + input_grad
     return floor

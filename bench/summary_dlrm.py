@@ -36,7 +36,8 @@ def summarize(path):
     lines = [f"machine: {cpu} ({isa}, {bf16}); DLRM kaggle (26 tables, 33.8M rows, dim 16), batch 2048, "
              "Zipf(1.05) ids", ""]
     if floor:
-        lines += ["MLP GEMM floor (each product alone on the faster of MKL and oneDNN, this run): "
+        lines += ["MLP GEMM floor (each product alone, the fastest of mprec's ways: MKL or oneDNN, either form of the "
+                  "weight gradient; this run): "
                   + ", ".join(f"{phase} {v:.2f} ms" for phase, v in floor.items()), ""]
     lines.append(f"{'phase':<6} {'precision':<9} {'impl':<9} {'median ms':>10} {'examples/s':>11} {'vs eager':>9} "
                  f"{'vs eager fp32':>14} {'floor/step':>11}")

@@ -143,7 +143,7 @@ def test_products_are_measured_once_per_shape_and_remembered(monkeypatch):
     measure = mlp._measure
 
     def counting(*args):
-        calls.append(args[0].shape)
+        calls.append(args[1].shape)
         return measure(*args)
 
     monkeypatch.setattr(mlp, "_measure", counting)
@@ -156,7 +156,30 @@ def test_products_are_measured_once_per_shape_and_remembered(monkeypatch):
     assert len(calls) == 3  # forward, input gradient, weight gradient of the first call
     choices = mlp.gemm_choices()
     assert {row[0] for row in choices} == set(mlp.PRODUCTS)
-    assert {row[-1] for row in choices} <= set(mlp.GEMM_LIBRARIES)
+    assert {row[-1] for row in choices if row[0] != "weight_grad"} <= set(mlp.GEMM_LIBRARIES)
+    assert {row[-1] for row in choices} <= set(mlp.WEIGHT_GRAD_WAYS)
+
+
+@pytest.mark.parametrize("way", mlp.WEIGHT_GRAD_WAYS)
+@pytest.mark.parametrize("shape", [(2048, 13, 64), (5, 1, 3), (33, 17, 130)])
+def test_every_weight_gradient_way_is_the_gradient(monkeypatch, way, shape):
+    """Each form of the weight gradient (direct or transposed, on either library), chosen as a measurement or a
+    checkpoint would choose it, gives torch's gradient in a contiguous tensor."""
+    B, K, N = shape
+    monkeypatch.setattr(mlp, "_choices", {})
+    monkeypatch.setattr(mlp, "_measure", lambda product, *args: way if product == "weight_grad" else "blas")
+    x = torch.randn(B, K, requires_grad=True)
+    layer = nn.Linear(K, N)
+    g = torch.randn(B, N)
+    with use_gemm_library(None):
+        got = torch.autograd.grad(linear(x, layer.weight, layer.bias, "relu"), (x, layer.weight, layer.bias), g)
+    assert [row[-1] for row in mlp.gemm_choices() if row[0] == "weight_grad"] == [way]
+    x64, layer64 = x.detach().double().requires_grad_(), nn.Linear(K, N).double()
+    layer64.load_state_dict(layer.state_dict())
+    want = torch.autograd.grad(torch.relu(layer64(x64)), (x64, layer64.weight, layer64.bias), g.double())
+    assert got[1].is_contiguous() and got[1].shape == layer.weight.shape
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=1e-4 * max(1.0, e.abs().max().item()))
 
 
 def test_restored_choices_are_used_without_measuring(monkeypatch):

@@ -17,7 +17,8 @@ oneDNN (which dispatches on the ISA alone) is up to twice as fast; on AVX2-only 
 MKL's is as fast or faster, and oneDNN copies a transposed operand before the weight-gradient product.
 Thin products (a side under 64) differ again. So each product (forward, input gradient, weight gradient)
 of each shape is timed once per process on both libraries, on its real operands, and the faster one is
-kept (keyed by the product, the layer's widths, the batch's power of two, dtype and thread count). The
+kept (keyed by the product, the layer's widths, the batch's power of two, dtype and thread count); the weight
+gradient is also timed in its transposed form, ``(x.T @ grad).T``, which wins where x is thin. The
 products are float32 throughout (no bf16/tf32 shortcut); only the summation order differs.
 The choices travel with training checkpoints (:func:`gemm_choices`, :func:`restore_gemm_choices`), so a
 resumed run computes as the run it continues did, bit for bit; ``MPREC_GEMM=onednn|blas`` (or
@@ -40,8 +41,8 @@ from torch.nn import functional as F
 from ..precision import bf16_native
 from ..timing import fastest
 
-__all__ = ["linear", "ACTIVATIONS", "GEMM_LIBRARIES", "gemm_library", "gemm_choices", "restore_gemm_choices",
-           "use_gemm_library"]
+__all__ = ["linear", "ACTIVATIONS", "GEMM_LIBRARIES", "WEIGHT_GRAD_WAYS", "gemm_library", "gemm_choices",
+           "product_ways", "restore_gemm_choices", "run_product", "use_gemm_library"]
 
 ACTIVATIONS = ("none", "relu")
 GEMM_LIBRARIES = ("onednn", "blas")
@@ -91,13 +92,32 @@ def _blas(a: Tensor, b: Tensor, activation: str = "none", bias: Optional[Tensor]
 
 
 _LIBRARIES: dict[str, Callable[..., Tensor]] = {"onednn": _onednn, "blas": _blas}
+# The weight gradient ``grad.T @ x`` is also ``(x.T @ grad).T``. When x is thin (DLRM's first layer reads 13 dense
+# features) the libraries run the second form several times faster: its output is the thin side's rows, and
+# each is a long dot product over the batch. So that product measures both forms on both libraries.
+_TRANSPOSED = "-transposed"
+WEIGHT_GRAD_WAYS = GEMM_LIBRARIES + tuple(library + _TRANSPOSED for library in GEMM_LIBRARIES)
+
+
+def product_ways(product: str) -> tuple[str, ...]:
+    """The ways :func:`gemm_library` chooses among for ``product``: libraries, and for the weight gradient
+    each library's transposed form too."""
+    return WEIGHT_GRAD_WAYS if product == "weight_grad" else GEMM_LIBRARIES
+
+
+def run_product(way: str, a: Tensor, b: Tensor, activation: str = "none", bias: Optional[Tensor] = None) -> Tensor:
+    """``activation(a @ b.T + bias)`` the way named (one of :func:`product_ways`)."""
+    if way.endswith(_TRANSPOSED):  # weight gradients only: no activation, no bias
+        return _LIBRARIES[way.removesuffix(_TRANSPOSED)](b, a).t().contiguous()
+    return _LIBRARIES[way](a, b, activation, bias)
 
 
 def gemm_library(product: str, a: Tensor, b: Tensor, activation: str = "none", bias: Optional[Tensor] = None) -> str:
     """The library that runs ``activation(a @ b.T + bias)`` for ``product`` (one of :data:`PRODUCTS`): the
     one fixed by ``MPREC_GEMM`` / :func:`use_gemm_library`, else the one measured fastest for this product,
     layer widths, power of two of the batch, dtype and thread count (measured on these operands the first
-    time, then remembered for the process)."""
+    time, then remembered for the process). A measured weight gradient may also name the transposed form
+    (``"blas-transposed"``, one of :data:`WEIGHT_GRAD_WAYS`)."""
     if _fixed_library is not None:
         return _fixed_library
     if torch.compiler.is_compiling():
@@ -109,20 +129,20 @@ def gemm_library(product: str, a: Tensor, b: Tensor, activation: str = "none", b
            torch.get_num_threads())
     library = _choices.get(key)
     if library is None:
-        library = _measure(a, b, activation, bias)
+        library = _measure(product, a, b, activation, bias)
         with _choices_lock:
             library = _choices.setdefault(key, library)
     return library
 
 
-def _measure(a: Tensor, b: Tensor, activation: str, bias: Optional[Tensor]) -> str:
+def _measure(product: str, a: Tensor, b: Tensor, activation: str, bias: Optional[Tensor]) -> str:
     with torch.no_grad(), torch.autograd.profiler.record_function("mprec::measure_gemm_libraries"):
-        return fastest({name: (lambda fn=fn: fn(a, b, activation, bias)) for name, fn in _LIBRARIES.items()},
-                       _MEASURE_ROUNDS)
+        candidates = {way: (lambda way=way: run_product(way, a, b, activation, bias)) for way in product_ways(product)}
+        return fastest(candidates, _MEASURE_ROUNDS)
 
 
 def _product(product: str, a: Tensor, b: Tensor, activation: str = "none", bias: Optional[Tensor] = None) -> Tensor:
-    return _LIBRARIES[gemm_library(product, a, b, activation, bias)](a, b, activation, bias)
+    return run_product(gemm_library(product, a, b, activation, bias), a, b, activation, bias)
 
 
 def gemm_choices() -> list[list]:
@@ -139,7 +159,7 @@ def restore_gemm_choices(rows: list) -> None:
     restored = {}
     for *key, library in rows:
         dtype = getattr(torch, str(key[7]), None)
-        if library in GEMM_LIBRARIES and isinstance(dtype, torch.dtype):
+        if isinstance(dtype, torch.dtype) and key[0] in PRODUCTS and library in product_ways(key[0]):
             restored[(*key[:7], dtype, *key[8:])] = library
     with _choices_lock:
         _choices.update(restored)
