@@ -447,8 +447,6 @@ Tensor per_sample_weights_backward(const char* op, const Tensor& grad, const std
   BagReader<IT> reader(op, layout, tables);
   for (const auto t : c10::irange(tables.size())) {
     const Table& table = tables[t];
-    TORCH_CHECK_VALUE(table.type != WeightType::kUInt8RowwiseQuantized, op,
-                      ": uint8 (row-wise quantized) tables are inference only");
     const int64_t base = static_cast<int64_t>(t) * layout.bags;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, table.weight.scalar_type(), "psw_backward", [&] {
       const scalar_t* w = table.weight.data_ptr<scalar_t>();
@@ -482,12 +480,13 @@ struct SingleCall {
   PoolMode mode;
 };
 
-// The backward ops read the tables' values: float ones, or uint8 ones, which they then refuse as inference only.
+// The backward ops (and the fused update) take float tables only: a quantized table has no gradient.
 void check_backward_weight(const char* op, const std::string& name, const Tensor& weight) {
   const auto dt = weight.scalar_type();
-  TORCH_CHECK_VALUE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16 || dt == at::kByte,
-                    op, ": ", name, " has dtype ", dt,
-                    "; expected float32, float64, float16, bfloat16 or uint8 (row-wise quantized)");
+  TORCH_CHECK_VALUE(dt != at::kByte, op, ": ", name,
+                    " is uint8 (row-wise quantized): quantized tables are inference only");
+  TORCH_CHECK_VALUE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
+                    op, ": ", name, " has dtype ", dt, "; expected float32, float64, float16 or bfloat16");
 }
 
 SingleCall single_call(const char* op, const Tensor& weight, const Tensor& indices, const Tensor& offsets,

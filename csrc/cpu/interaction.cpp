@@ -114,6 +114,7 @@ Tensor dot_interaction_cpu(const Tensor& x_in) {
 
 Tensor dot_interaction_backward_cpu(const Tensor& grad_in, const Tensor& x_in) {
   constexpr const char* op = "mprec::dot_interaction_backward";
+  check_defined(op, {{"grad", &grad_in}, {"x", &x_in}});  // every None first, in argument order, as the wrappers do
   check_x(op, x_in);
   check_float(op, "grad", grad_in);
   const int64_t batch = x_in.size(0), features = x_in.size(1), dim = x_in.size(2);
@@ -171,6 +172,7 @@ int64_t padded_width(const char* op, int64_t width, int64_t pad_to) {
 
 Tensor dlrm_interaction_cpu(const Tensor& dense_in, const Tensor& sparse_in, int64_t pad_to) {
   constexpr const char* op = "mprec::dlrm_interaction";
+  check_defined(op, {{"dense", &dense_in}, {"sparse", &sparse_in}});
   const auto [batch, tables, dim] = check_dlrm(op, dense_in, sparse_in);
   const int64_t features = tables + 1, width = dim + features * (features - 1) / 2;
   const int64_t padded = padded_width(op, width, pad_to);
@@ -183,6 +185,7 @@ Tensor dlrm_interaction_cpu(const Tensor& dense_in, const Tensor& sparse_in, int
 std::tuple<Tensor, Tensor> dlrm_interaction_backward_cpu(const Tensor& grad_in, const Tensor& dense_in,
                                                          const Tensor& sparse_in, int64_t pad_to) {
   constexpr const char* op = "mprec::dlrm_interaction_backward";
+  check_defined(op, {{"grad", &grad_in}, {"dense", &dense_in}, {"sparse", &sparse_in}});
   const auto [batch, tables, dim] = check_dlrm(op, dense_in, sparse_in);
   check_float(op, "grad", grad_in);
   const int64_t features = tables + 1;

@@ -37,9 +37,10 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from .dhe import _check_activation, _check_hash, _check_linear, _check_rowwise_linear
-from .embedding_bag import (FUSED_OPTIMIZERS, _accumulation_dtype, _batched_bags, _check_backward_weight, _check_grad,
-                            _check_indices, _check_padding_idx, _check_per_sample_weights, _single_bags, mode_number,
-                            raise_bag_error)
+from .cache import _check_unique_ids
+from .embedding_bag import (FUSED_OPTIMIZERS, _accumulation_dtype, _check_grad, _check_per_sample_weights,
+                            _check_dequantize_input, _check_quantize_input,
+                            batched_backward_bags, check_backward, raise_bag_error, single_backward_bags)
 from .interaction import _check_dlrm, _check_float, _check_pad_to, _check_x, dlrm_interaction_width
 from .reference import dhe_encode_reference, quantize_rowwise_int8_reference, rowwise_linear_reference
 from .spelling import dtype_name, sizes
@@ -102,13 +103,7 @@ def _checked_per_sample_weights(op: str, psw: Optional[Tensor], mode: int, num_i
 def _single_call(op: str, weight: Tensor, indices: Tensor, offsets: Tensor, mode: int, padding_idx: int,
                  include_last_offset: bool) -> tuple[list[_Table], int]:
     """The single-table backward ops' argument checks (csrc/cpu single_call): (tables, bags)."""
-    mode_number(op, mode)
-    _check_indices(op, indices, offsets)
-    if weight.dim() != 2:
-        raise ValueError(f"{op}: weight must be 2-D, got shape {sizes(weight)}")
-    _check_backward_weight(op, "weight", weight)
-    bags = _single_bags(op, offsets, include_last_offset)
-    _check_padding_idx(op, padding_idx, weight.shape[0])
+    bags = single_backward_bags(op, weight, indices, offsets, mode, padding_idx, include_last_offset)
     tables = [_Table(weight, padding_idx, 0)]
     _check_first_offset(op, tables, indices, offsets, bags)
     return tables, bags
@@ -117,27 +112,11 @@ def _single_call(op: str, weight: Tensor, indices: Tensor, offsets: Tensor, mode
 def _batched_call(op: str, weights: Sequence[Tensor], indices: Tensor, offsets: Tensor, mode: int,
                   padding_idx: Sequence[int]) -> tuple[list[_Table], int]:
     """The batched ops' argument checks (csrc/cpu batched_call): (tables, bags per table)."""
-    mode_number(op, mode)
-    for t, w in enumerate(weights):
-        if w.dim() != 2:
-            raise ValueError(f"{op}: weights[{t}] must be 2-D, got shape {sizes(w)}")
-        _check_backward_weight(op, f"weights[{t}]", w)
-    if len(weights) == 0:
-        raise ValueError(f"{op}: needs at least one table")
-    if len(padding_idx) not in (0, len(weights)):
-        raise ValueError(f"{op}: padding_idx has {len(padding_idx)} entries for {len(weights)} tables "
-                         "(give one per table, or none)")
+    bags = batched_backward_bags(op, weights, indices, offsets, mode, padding_idx)
     tables, col = [], 0
     for t, w in enumerate(weights):
-        if w.dtype != weights[0].dtype:
-            raise ValueError(f"{op}: every table must have the same dtype; weights[0] is "
-                             f"{dtype_name(weights[0].dtype)} but weights[{t}] is {dtype_name(w.dtype)}")
-        pad = padding_idx[t] if len(padding_idx) else -1
-        _check_padding_idx(op, pad, w.shape[0], f" of table {t}")
-        tables.append(_Table(w, pad, col))
+        tables.append(_Table(w, padding_idx[t] if len(padding_idx) else -1, col))
         col += w.shape[1]
-    _check_indices(op, indices, offsets)
-    bags = _batched_bags(op, offsets, len(weights))
     _check_first_offset(op, tables, indices, offsets, bags)
     return tables, bags
 
@@ -211,12 +190,9 @@ def _contributions(grad: Tensor, table: _Table, t: int, bags: int, lookups: _Loo
 
 def _sparse_backward(op: str, grad: Tensor, tables: list[_Table], bags: int, indices: Tensor, offsets: Tensor,
                      mode: int, per_sample_weights: Optional[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-    total_dim = sum(t.weight.shape[1] for t in tables)
-    _check_grad(op, grad, bags, total_dim)
+    check_backward(op, "sparse", grad, [t.weight for t in tables], indices, mode, bags, per_sample_weights)
     acc = _accumulation_dtype(tables[0].weight)
-    psw = _checked_per_sample_weights(op, per_sample_weights, mode, indices.numel(), acc)
-    if mode == _MAX:
-        raise ValueError(f"{op}: sparse gradients are not supported with mode max (as in torch)")
+    psw = None if per_sample_weights is None else per_sample_weights.to(acc)
     lookups = _lookups(op, tables, indices, offsets, bags)
     g = grad.to(acc)
     scales = _scales(lookups, mode, psw, acc)
@@ -247,12 +223,7 @@ def batched_embedding_bag_sparse_backward(grad: Tensor, weights: list[Tensor], i
 
 def _per_sample_weights_backward(op: str, grad: Tensor, tables: list[_Table], bags: int, indices: Tensor,
                                  offsets: Tensor, mode: int) -> Tensor:
-    _check_grad(op, grad, bags, sum(t.weight.shape[1] for t in tables))
-    if mode != _SUM:
-        raise ValueError(f"{op}: per_sample_weights are only supported with mode sum (0)")
-    dtype = tables[0].weight.dtype  # every table's (checked)
-    if dtype == torch.uint8:
-        raise ValueError(f"{op}: uint8 (row-wise quantized) tables are inference only")
+    check_backward(op, "per_sample_weights", grad, [t.weight for t in tables], indices, mode, bags)
     lookups = _lookups(op, tables, indices, offsets, bags)
     acc = _accumulation_dtype(tables[0].weight)
     g = grad.to(acc)
@@ -339,10 +310,7 @@ def batched_embedding_bag_update(weights: list[Tensor], state: list[Tensor], gra
 
 def quantize_rowwise_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
     op = "mprec::quantize_rowwise_int8"
-    if weight.dim() != 2:
-        raise ValueError(f"{op}: weight must be 2-D, got shape {sizes(weight)}")
-    if not weight.dtype.is_floating_point:
-        raise ValueError(f"{op}: weight must be floating point, got {dtype_name(weight.dtype)}")
+    _check_quantize_input(op, weight)
     w = weight.float()  # as the CPU kernel: float64 weights are rounded first, so 1e300 is not finite
     first = int(_first_true(~w.isfinite().flatten()))
     if first < w.numel():
@@ -352,14 +320,7 @@ def quantize_rowwise_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def dequantize_rowwise_int8(qweight: Tensor, scale_bias: Tensor) -> Tensor:
-    op = "mprec::dequantize_rowwise_int8"
-    if qweight.dim() != 2 or qweight.dtype != torch.uint8:
-        raise ValueError(f"{op}: qweight must be a 2-D uint8 tensor, got {dtype_name(qweight.dtype)} "
-                         f"{sizes(qweight)}")
-    if not (scale_bias.dtype == torch.float32 and scale_bias.dim() == 2 and scale_bias.shape[0] == qweight.shape[0]
-            and scale_bias.shape[1] == 2):
-        raise ValueError(f"{op}: scale_bias must be float32 [{qweight.shape[0]}, 2], got "
-                         f"{dtype_name(scale_bias.dtype)} {sizes(scale_bias)}")
+    _check_dequantize_input("mprec::dequantize_rowwise_int8", qweight, scale_bias)
     # The CPU kernel's formula, one aten op: bias + q * scale.
     return torch.addcmul(scale_bias[:, 1:], qweight.float(), scale_bias[:, :1])
 
@@ -521,8 +482,7 @@ def dlrm_interaction_backward(grad: Tensor, dense: Tensor, sparse: Tensor, pad_t
 def unique_ids(ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """torch.unique's answer reordered by first occurrence, as the CPU kernel's hash table produces it."""
     op = "mprec::unique_ids"
-    if ids.dtype not in _INDEX_DTYPES:
-        raise RuntimeError(f"{op}: ids must be int32 or int64, got {dtype_name(ids.dtype)}")
+    _check_unique_ids(op, ids)
     values, inverse, counts = torch.unique(ids.reshape(-1), sorted=True, return_inverse=True, return_counts=True)
     positions = torch.arange(ids.numel(), device=ids.device)
     first = positions.new_full(values.shape, ids.numel()).scatter_reduce_(0, inverse, positions, "amin")

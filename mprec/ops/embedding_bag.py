@@ -84,11 +84,12 @@ def _check_weight(op: str, weight: Tensor, scale_bias: Optional[Tensor], name: s
 
 
 def _check_backward_weight(op: str, name: str, weight: Tensor) -> None:
-    """csrc/cpu/embedding_bag.cpp check_backward_weight: the backward ops read float tables (uint8 ones they
-    refuse later, as inference only)."""
-    if weight.dtype not in _FLOAT_WEIGHTS and weight.dtype != torch.uint8:
-        raise ValueError(f"{op}: {name} has dtype {dtype_name(weight.dtype)}; expected float32, float64, float16, "
-                         "bfloat16 or uint8 (row-wise quantized)")
+    """csrc/cpu/embedding_bag.cpp check_backward_weight: the backward ops take float tables only."""
+    if weight.dtype == torch.uint8:
+        raise ValueError(f"{op}: {name} is uint8 (row-wise quantized): quantized tables are inference only")
+    if weight.dtype not in _FLOAT_WEIGHTS:
+        raise ValueError(f"{op}: {name} has dtype {dtype_name(weight.dtype)}; expected float32, float64, float16 "
+                         "or bfloat16")
 
 
 def _check_tables(op: str, weights: Sequence[Tensor], scale_bias: Optional[Sequence[Tensor]],
@@ -189,30 +190,82 @@ def _embedding_bag_fake(weight, indices, offsets, mode=0, per_sample_weights=Non
     return out, weight.new_empty(max_shape, dtype=torch.int64)
 
 
-def _single_backward_checks(op, grad, weight, indices, offsets, mode, psw, padding_idx, include_last_offset) -> int:
-    """The arguments' structure, as the backward kernels check it (values need the data)."""
-    mode = mode_number(op, mode)
-    _check_weight(op, weight, None, allow_quantized=False)
-    _check_indices(op, indices, offsets)
+def single_backward_bags(op: str, weight: Tensor, indices: Tensor, offsets: Tensor, mode: int, padding_idx: int,
+                         include_last_offset: bool, device: Optional[torch.device] = None) -> int:
+    """csrc/cpu/embedding_bag.cpp single_call, the single-table backward ops' arguments: the bags."""
+    mode_number(op, mode)
+    _check_indices(op, indices, offsets, device)
+    if weight.dim() != 2:
+        raise ValueError(f"{op}: weight must be 2-D, got shape {sizes(weight)}")
+    _check_backward_weight(op, "weight", weight)
     bags = _single_bags(op, offsets, include_last_offset)
     _check_padding_idx(op, padding_idx, weight.shape[0])
-    _check_per_sample_weights(op, psw, mode, indices.shape[0])
-    _check_grad(op, grad, bags, weight.shape[1])
-    return mode
+    return bags
+
+
+def batched_backward_bags(op: str, weights: Sequence[Tensor], indices: Tensor, offsets: Tensor, mode: int,
+                          padding_idx: Sequence[int], device: Optional[torch.device] = None) -> int:
+    """csrc/cpu/embedding_bag.cpp batched_call, the batched backward ops' arguments: the bags per table."""
+    mode_number(op, mode)
+    for t, w in enumerate(weights):
+        if w.dim() != 2:
+            raise ValueError(f"{op}: weights[{t}] must be 2-D, got shape {sizes(w)}")
+        _check_backward_weight(op, f"weights[{t}]", w)
+    _check_tables(op, weights, None, padding_idx)
+    _check_indices(op, indices, offsets, device)
+    return _batched_bags(op, offsets, len(weights))
+
+
+BACKWARDS = ("dense", "sparse", "per_sample_weights")
+
+
+def check_backward(op: str, kind: str, grad: Tensor, weights: Sequence[Tensor], indices: Tensor, mode: int,
+                   bags: int, per_sample_weights: Optional[Tensor] = None,
+                   max_indices: Optional[Tensor] = None) -> None:
+    """What a backward op (``kind``, one of :data:`BACKWARDS`) checks after its call's arguments, in the CPU
+    kernel's order: the gradient, max_indices (dense), per_sample_weights (dense and sparse), the mode."""
+    mode = mode_number(op, mode)
+    _check_grad(op, grad, bags, sum(w.shape[1] for w in weights))
+    if kind == "dense":
+        _check_max_indices(op, mode, max_indices, grad)
+    if kind in ("dense", "sparse"):
+        _check_per_sample_weights(op, per_sample_weights, mode, indices.shape[0])
+    if kind == "sparse" and mode == 2:
+        raise ValueError(f"{op}: sparse gradients are not supported with mode max (as in torch)")
+    if kind == "per_sample_weights" and mode != 0:
+        raise ValueError(f"{op}: per_sample_weights are only supported with mode sum (0)")
+
+
+def _check_max_indices(op: str, mode: int, max_indices: Tensor, grad: Tensor) -> None:
+    """csrc/cpu/embedding_bag_checks.cpp check_max_indices; the device is grad's."""
+    if mode != 2:
+        return
+    if max_indices.shape != grad.shape:
+        raise ValueError(f"{op}: max_indices must have the shape of grad {sizes(grad)}, got {sizes(max_indices)}")
+    if max_indices.dtype != torch.int64:
+        raise ValueError(f"{op}: max_indices must be int64, got {dtype_name(max_indices.dtype)}")
+    _check_device(op, grad.device, max_indices=max_indices)
+
+
+def _single_backward_checks(op, kind, grad, weight, indices, offsets, mode, psw, padding_idx, include_last_offset,
+                            max_indices=None) -> int:
+    bags = single_backward_bags(op, weight, indices, offsets, mode, padding_idx, include_last_offset)
+    check_backward(op, kind, grad, [weight], indices, mode, bags, psw, max_indices)
+    return mode_number(op, mode)
 
 
 @register_fake("mprec::embedding_bag_backward")
 def _embedding_bag_backward_fake(grad, weight, indices, offsets, max_indices, mode, per_sample_weights, padding_idx,
                                  include_last_offset):
-    _single_backward_checks("mprec::embedding_bag_backward", grad, weight, indices, offsets, mode, per_sample_weights,
-                            padding_idx, include_last_offset)
+    _single_backward_checks("mprec::embedding_bag_backward", "dense", grad, weight, indices, offsets, mode,
+                            per_sample_weights, padding_idx, include_last_offset, max_indices)
     return grad.new_empty(weight.shape, dtype=weight.dtype)
 
 
 @register_fake("mprec::embedding_bag_sparse_backward")
 def _embedding_bag_sparse_backward_fake(grad, weight, indices, offsets, mode, per_sample_weights, padding_idx,
                                         include_last_offset):
-    _single_backward_checks("mprec::embedding_bag_sparse_backward", grad, weight, indices, offsets, mode,
+    _single_backward_checks("mprec::embedding_bag_sparse_backward", "sparse", grad, weight, indices, offsets, mode,
                             per_sample_weights, padding_idx, include_last_offset)
     # As many rows as non-padding lookups: known only from the data.
     rows = torch.library.get_ctx().new_dynamic_size()
@@ -221,8 +274,8 @@ def _embedding_bag_sparse_backward_fake(grad, weight, indices, offsets, mode, pe
 
 @register_fake("mprec::embedding_bag_per_sample_weights_backward")
 def _embedding_bag_psw_backward_fake(grad, weight, indices, offsets, mode, padding_idx, include_last_offset):
-    _single_backward_checks("mprec::embedding_bag_per_sample_weights_backward", grad, weight, indices, offsets, mode,
-                            None, padding_idx, include_last_offset)
+    _single_backward_checks("mprec::embedding_bag_per_sample_weights_backward", "per_sample_weights", grad, weight,
+                            indices, offsets, mode, None, padding_idx, include_last_offset)
     return grad.new_empty((indices.shape[0],), dtype=_accumulation_dtype(weight))
 
 
@@ -345,30 +398,26 @@ def _batched_embedding_bag_fake(weights, indices, offsets, mode=0, per_sample_we
     return out, weights[0].new_empty(max_shape, dtype=torch.int64)
 
 
-def _batched_backward_checks(op, grad, weights, indices, offsets, mode, psw, padding_idx) -> int:
-    """The arguments' structure, as the batched backward kernels check it (values need the data)."""
-    mode = mode_number(op, mode)
-    _check_tables(op, weights, None, padding_idx, allow_quantized=False)
-    _check_indices(op, indices, offsets)
-    _check_per_sample_weights(op, psw, mode, indices.shape[0])
-    bags = _batched_bags(op, offsets, len(weights))
-    _check_grad(op, grad, bags, sum(w.shape[1] for w in weights))
-    return mode
+def _batched_backward_checks(op, kind, grad, weights, indices, offsets, mode, psw, padding_idx,
+                             max_indices=None) -> int:
+    bags = batched_backward_bags(op, weights, indices, offsets, mode, padding_idx)
+    check_backward(op, kind, grad, weights, indices, mode, bags, psw, max_indices)
+    return mode_number(op, mode)
 
 
 @register_fake("mprec::batched_embedding_bag_backward")
 def _batched_embedding_bag_backward_fake(grad, weights, indices, offsets, max_indices, mode, per_sample_weights,
                                          padding_idx):
-    _batched_backward_checks("mprec::batched_embedding_bag_backward", grad, weights, indices, offsets, mode,
-                             per_sample_weights, padding_idx)
+    _batched_backward_checks("mprec::batched_embedding_bag_backward", "dense", grad, weights, indices, offsets, mode,
+                             per_sample_weights, padding_idx, max_indices)
     return [grad.new_empty(w.shape, dtype=w.dtype) for w in weights]
 
 
 @register_fake("mprec::batched_embedding_bag_sparse_backward")
 def _batched_embedding_bag_sparse_backward_fake(grad, weights, indices, offsets, mode, per_sample_weights,
                                                 padding_idx):
-    _batched_backward_checks("mprec::batched_embedding_bag_sparse_backward", grad, weights, indices, offsets, mode,
-                             per_sample_weights, padding_idx)
+    _batched_backward_checks("mprec::batched_embedding_bag_sparse_backward", "sparse", grad, weights, indices,
+                             offsets, mode, per_sample_weights, padding_idx)
     ctx = torch.library.get_ctx()
     rows, values = [], []
     for w in weights:
@@ -380,8 +429,8 @@ def _batched_embedding_bag_sparse_backward_fake(grad, weights, indices, offsets,
 
 @register_fake("mprec::batched_embedding_bag_per_sample_weights_backward")
 def _batched_embedding_bag_psw_backward_fake(grad, weights, indices, offsets, mode, padding_idx):
-    _batched_backward_checks("mprec::batched_embedding_bag_per_sample_weights_backward", grad, weights, indices,
-                             offsets, mode, None, padding_idx)
+    _batched_backward_checks("mprec::batched_embedding_bag_per_sample_weights_backward", "per_sample_weights", grad,
+                             weights, indices, offsets, mode, None, padding_idx)
     return grad.new_empty((indices.shape[0],), dtype=_accumulation_dtype(weights[0]))
 
 
@@ -496,16 +545,35 @@ def batched_embedding_bag_update(
 
 # --- row-wise int8 -------------------------------------------------------------------------------------
 
+def _check_quantize_input(op: str, weight: Tensor) -> None:
+    """csrc/cpu/embedding_bag.cpp quantize_rowwise_int8_cpu's argument checks (finiteness needs the data)."""
+    if weight.dim() != 2:
+        raise ValueError(f"{op}: weight must be 2-D, got shape {sizes(weight)}")
+    if not weight.dtype.is_floating_point:
+        raise ValueError(f"{op}: weight must be floating point, got {dtype_name(weight.dtype)}")
+
+
 @register_fake("mprec::quantize_rowwise_int8")
 def _quantize_rowwise_int8_fake(weight):
-    if weight.dim() != 2:
-        raise ValueError(f"mprec::quantize_rowwise_int8: weight must be 2-D, got shape {tuple(weight.shape)}")
+    _check_quantize_input("mprec::quantize_rowwise_int8", weight)
     return (weight.new_empty(weight.shape, dtype=torch.uint8),
             weight.new_empty((weight.shape[0], 2), dtype=torch.float32))
 
 
+def _check_dequantize_input(op: str, qweight: Tensor, scale_bias: Tensor) -> None:
+    """csrc/cpu/embedding_bag.cpp dequantize_rowwise_int8_cpu's argument checks."""
+    if qweight.dim() != 2 or qweight.dtype != torch.uint8:
+        raise ValueError(f"{op}: qweight must be a 2-D uint8 tensor, got {dtype_name(qweight.dtype)} "
+                         f"{sizes(qweight)}")
+    if not (scale_bias.dtype == torch.float32 and scale_bias.dim() == 2 and scale_bias.shape[0] == qweight.shape[0]
+            and scale_bias.shape[1] == 2):
+        raise ValueError(f"{op}: scale_bias must be float32 [{qweight.shape[0]}, 2], got "
+                         f"{dtype_name(scale_bias.dtype)} {sizes(scale_bias)}")
+
+
 @register_fake("mprec::dequantize_rowwise_int8")
 def _dequantize_rowwise_int8_fake(qweight, scale_bias):
+    _check_dequantize_input("mprec::dequantize_rowwise_int8", qweight, scale_bias)
     return qweight.new_empty(qweight.shape, dtype=torch.float32)
 
 

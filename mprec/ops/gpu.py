@@ -36,7 +36,6 @@ from .dhe import _check_activation, _check_linear
 from .embedding_bag import (
     _accumulation_dtype,
     _batched_bags,
-    _check_grad,
     _check_device,
     _check_indices,
     _check_padding_idx,
@@ -44,12 +43,14 @@ from .embedding_bag import (
     _check_tables,
     _check_weight,
     _single_bags,
+    batched_backward_bags,
+    check_backward,
     mode_number,
     raise_bag_error,
     raise_max_indices_error,
+    single_backward_bags,
 )
 from .reference import dhe_encode_linear_reference
-from .spelling import dtype_name, sizes
 
 __all__ = ["BACKENDS", "DEFAULT_BACKEND", "backend", "set_backend", "triton_available", "cuda_kernels_built",
            "embedding_bag", "embedding_bag_backward", "batched_embedding_bag", "batched_embedding_bag_backward",
@@ -86,16 +87,6 @@ _triton_dhe = _Lazy("mprec.kernels.dhe")
 
 
 # --- the CPU kernels' checks, in their words (c10's spelling: Float, [2, 3]), with the device in place of cpu ---
-
-def _check_max_indices(op: str, mode: int, max_indices: Tensor, grad: Tensor) -> None:
-    if mode != 2:
-        return
-    if max_indices.shape != grad.shape:
-        raise ValueError(f"{op}: max_indices must have the shape of grad {sizes(grad)}, got {sizes(max_indices)}")
-    if max_indices.dtype != torch.int64:
-        raise ValueError(f"{op}: max_indices must be int64, got {dtype_name(max_indices.dtype)}")
-    _check_device(op, grad.device, max_indices=max_indices)
-
 
 def _new_error_flag(device: torch.device) -> Tensor:
     return torch.zeros(1, dtype=torch.int32, device=device)
@@ -143,11 +134,11 @@ def embedding_bag_backward(grad: Tensor, weight: Tensor, indices: Tensor, offset
                            mode: int, per_sample_weights: Optional[Tensor], padding_idx: int,
                            include_last_offset: bool) -> Tensor:
     op = "mprec::embedding_bag_backward"
+    bags = single_backward_bags(op, weight, indices, offsets, mode, padding_idx, include_last_offset, weight.device)
+    check_backward(op, "dense", grad, [weight], indices, mode, bags, per_sample_weights, max_indices)
+    _check_device(op, weight.device, grad=grad)
     mode, bags, psw, tables, indices, offsets = _single_setup(
         op, weight, None, indices, offsets, mode, per_sample_weights, padding_idx, include_last_offset)
-    _check_grad(op, grad, bags, weight.shape[1])
-    _check_device(op, weight.device, grad=grad)
-    _check_max_indices(op, mode, max_indices, grad)
     grad = grad.contiguous()
     error = _new_error_flag(weight.device)
     (grad_weight,) = _triton_eb.pool_backward(tables, grad, indices, offsets, bags, mode, psw,
@@ -191,11 +182,12 @@ def batched_embedding_bag_backward(grad: Tensor, weights: Sequence[Tensor], indi
                                    max_indices: Tensor, mode: int, per_sample_weights: Optional[Tensor],
                                    padding_idx: Sequence[int]) -> list[Tensor]:
     op = "mprec::batched_embedding_bag_backward"
+    device = weights[0].device if len(weights) else None
+    bags = batched_backward_bags(op, weights, indices, offsets, mode, padding_idx, device)
+    check_backward(op, "dense", grad, weights, indices, mode, bags, per_sample_weights, max_indices)
+    _check_device(op, device, grad=grad)
     mode, bags, psw, tables, indices, offsets, weights = _batched_setup(
         op, weights, None, indices, offsets, mode, per_sample_weights, padding_idx)
-    _check_grad(op, grad, bags, sum(w.shape[1] for w in weights))
-    _check_device(op, weights[0].device, grad=grad)
-    _check_max_indices(op, mode, max_indices, grad)
     grad = grad.contiguous()
     error = _new_error_flag(weights[0].device)
     grads = _triton_eb.pool_backward(tables, grad, indices, offsets, bags, mode, psw, max_indices.contiguous(), error)
