@@ -22,12 +22,13 @@ from mprec import training
 
 HERE = Path(__file__).resolve().parent
 SAMPLE = HERE.parent.parent / "shared" / "data" / "criteo_kaggle_sample"
-RUNS = [  # (name, representation, precision)
-    ("table", "table", "fp32"),
-    ("table bf16", "table", "bf16"),
-    ("dhe", "dhe", "fp32"),
-    ("dhe bf16", "dhe", "bf16"),
-    ("hybrid", "hybrid", "fp32"),
+RUNS = [  # (name, representation, precision, hybrid form)
+    ("table", "table", "fp32", "two"),
+    ("table bf16", "table", "bf16", "two"),
+    ("dhe", "dhe", "fp32", "two"),
+    ("dhe bf16", "dhe", "bf16", "two"),
+    ("hybrid", "hybrid", "fp32", "two"),         # the MP-Rec artifact's: table and DHE vectors, each full width
+    ("hybrid split", "hybrid", "fp32", "split"),  # one vector, half table and half DHE columns
 ]
 
 
@@ -44,13 +45,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, representation, precision in RUNS:
+        for name, representation, precision, hybrid in RUNS:
             for seed in range(args.seeds):
                 ckpt = os.path.join(tmp, f"{name.replace(' ', '-')}-{seed}.pt")
                 config = training.RunConfig(
                     data=args.train, representations=[representation] * 26, epochs=args.epochs,
                     batch_size=args.batch_size, lr=args.lr, precision=precision, seed=seed, threads=args.threads,
-                    dhe=dict(k=1024, m=1_000_000, decoder=[128]), checkpoint=ckpt)
+                    dhe=dict(k=1024, m=1_000_000, decoder=[128]), hybrid=hybrid, checkpoint=ckpt)
                 trained = training.train(config, progress=False)
                 valid = training.evaluate_checkpoint(ckpt, args.valid)
                 fit = training.evaluate_checkpoint(ckpt, args.train)

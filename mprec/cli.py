@@ -108,6 +108,9 @@ def add_train_parser(sub) -> None:
     p.add_argument("--dhe-k", type=int, default=1024)
     p.add_argument("--dhe-m", type=int, default=1_000_000)
     p.add_argument("--dhe-decoder", default="128", help="hidden widths of the DHE decoder, comma-separated")
+    p.add_argument("--hybrid", default="two", choices=["two", "split"],
+                   help="a hybrid feature's vectors: two (its table and DHE vectors, each of the full width, as in "
+                        "the MP-Rec artifact) or split (one vector, half its columns from each)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (resumed when it exists)")
     p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: at the end)")
     p.add_argument("--no-progress", action="store_true")
@@ -140,7 +143,7 @@ def run_train(args) -> int:
         precision=args.precision, threads=args.threads, seed=args.seed, limit=args.limit,
         max_ind_range=args.max_ind_range, min_count=args.min_count, synthetic_batches=args.synthetic_batches,
         dhe=dict(k=args.dhe_k, m=args.dhe_m, decoder=[int(w) for w in args.dhe_decoder.split(",") if w]),
-        checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
+        hybrid=args.hybrid, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
     try:
         if args.eval and not args.checkpoint:
             raise ValueError("--eval needs --checkpoint (the model is evaluated from it)")

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from .data import KAGGLE_TABLE_SIZES, NUM_SPARSE, Batch, CriteoReader, SyntheticCriteo, Vocabulary
 from .models.dlrm import DLRM, PRESETS
-from .nn import REPRESENTATIONS, FusedOptimizer
+from .nn import HYBRID_FORMS, REPRESENTATIONS, FusedOptimizer
 from .ops.mlp import gemm_choices, restore_gemm_choices
 from .precision import PRECISIONS, autocast as precision_autocast
 
@@ -56,6 +56,7 @@ class RunConfig:
     synthetic_batches: int = 100          # synthetic data: batches per epoch
     table_sizes: Optional[list] = None    # synthetic data: rows per table (default the Kaggle sizes)
     dhe: dict = field(default_factory=lambda: dict(k=1024, m=1_000_000, decoder=[128]))
+    hybrid: str = "two"                   # a hybrid feature's vectors (mprec.nn.HYBRID_FORMS): "two" or "split"
     checkpoint: Optional[str] = None
     checkpoint_every: int = 0             # steps (0: only at the end)
 
@@ -68,6 +69,8 @@ class RunConfig:
         bad = [r for r in self.representations if r not in REPRESENTATIONS]
         if bad:
             raise ValueError(f"representations must be among {REPRESENTATIONS}, got {bad[0]!r}")
+        if self.hybrid not in HYBRID_FORMS:
+            raise ValueError(f"hybrid must be one of {HYBRID_FORMS}, got {self.hybrid!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.precision not in PRECISIONS:
@@ -115,7 +118,7 @@ def build_model(config: RunConfig, table_sizes: list, embedding_device=None) -> 
     if "decoder" in dhe:
         dhe["decoder"] = tuple(dhe["decoder"])
     return DLRM.preset(config.preset, table_sizes, representations=config.representations, dhe=dhe,
-                       optimizer=fused, embedding_device=embedding_device)
+                       hybrid_form=config.hybrid, optimizer=fused, embedding_device=embedding_device)
 
 
 def dense_optimizer(config: RunConfig, model: DLRM) -> torch.optim.Optimizer:
@@ -265,7 +268,7 @@ def model_from_checkpoint(state: dict, source: str = "the checkpoint") -> tuple[
         raise CheckpointError(f"{source} is not an mprec training checkpoint: it lacks {missing}"
                               f"{_fallback_hint(source)}")
     try:
-        config = RunConfig(**state["config"])
+        config = saved_config(state["config"])
     except TypeError as error:
         raise CheckpointError(f"{source} has a run configuration this version does not know: {error}") from error
     vocabulary = vocabulary_of(state)
@@ -293,7 +296,7 @@ def _first_lines(error: Exception, lines: int = 4) -> str:
 def check_resumable(state: dict, config: "RunConfig", source: str) -> None:
     """Raises :class:`CheckpointError` when the checkpoint was written by a run with other fixed settings
     (another model, other data), naming them."""
-    saved = fixed_settings(RunConfig(**state["config"]))
+    saved = fixed_settings(saved_config(state["config"]))
     wanted = fixed_settings(config)
     differ = [f"{k}: checkpoint {saved.get(k)!r}, now {wanted.get(k)!r}" for k in sorted(set(saved) | set(wanted))
               if saved.get(k) != wanted.get(k)]
@@ -412,6 +415,12 @@ def run_epochs(config: RunConfig, batches_of: Callable[[int], Iterable[Batch]], 
     progress.close()
     save(epoch, steps, 0)
     return steps, examples
+
+
+def saved_config(fields: dict) -> RunConfig:
+    """The :class:`RunConfig` a checkpoint saved. Checkpoints written before hybrid features had two forms hold
+    split hybrids."""
+    return RunConfig(**{"hybrid": "split", **fields})
 
 
 def fixed_settings(config: RunConfig) -> dict:

@@ -69,6 +69,42 @@ def test_mixed_representations_train_and_keep_widths():
     assert ((probs > 0) & (probs < 1)).all()
 
 
+@pytest.mark.parametrize("interaction", ["dot", "cat"])
+@pytest.mark.parametrize("form", ["two", "split"])
+def test_hybrid_features_give_the_interaction_their_vectors(interaction, form):
+    """A hybrid feature's table vector and DHE vector are two features of the interaction (the MP-Rec artifact's
+    hybrid, the default), or one vector of half table and half DHE columns (the split form)."""
+    torch.manual_seed(2)
+    reps = ["table", "hybrid", "dhe", "hybrid", "table"]
+    model = DLRM.preset("kaggle", SIZES, representations=reps, dhe=dict(k=32, m=1009, decoder=(16,)),
+                        interaction=interaction, hybrid_form=form).double()
+    dim = model.embedding_dim
+    b = batch()
+    dense, sparse = b.dense.double(), b.sparse()
+    x = model.bottom(dense)
+    vectors = []
+    for t, feature in enumerate(model.embeddings.features()):
+        ids, offsets = sparse[:, t], torch.arange(sparse.shape[0])
+        table = nn.functional.embedding(ids, feature.weight) if feature.table_dim else None
+        dhe = feature.dhe(ids, offsets) if feature.dhe is not None else None
+        if table is not None and dhe is not None:
+            assert (table.shape[1], dhe.shape[1]) == ((dim, dim) if form == "two" else (dim // 2, dim // 2))
+            vectors += [table, dhe] if form == "two" else [torch.cat([table, dhe], 1)]
+        else:
+            vectors.append(table if table is not None else dhe)
+    assert model.num_vectors == len(vectors) == (7 if form == "two" else 5)
+    features = [x] + vectors
+    if interaction == "cat":
+        z = torch.cat(features, dim=1)
+    else:
+        pairs = [(features[i] * features[j]).sum(1, keepdim=True) for i in range(len(features)) for j in range(i)]
+        z = torch.cat([x] + pairs, dim=1)
+    want = model.top(F.pad(z, (0, model.top[0].in_features - z.shape[1]))).squeeze(1)
+    torch.testing.assert_close(model(dense, b.indices, b.offsets), want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="hybrid_dhe_dim divides a hybrid's width in hybrid_form='split'"):
+        DLRM.preset("kaggle", SIZES, representations=reps, hybrid_dhe_dim=4)
+
+
 def test_argument_errors():
     with pytest.raises(ValueError, match="interaction must be one of"):
         DLRM(SIZES, interaction="mlp")

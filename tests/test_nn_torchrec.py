@@ -124,7 +124,7 @@ def test_meta_device_allocates_nothing_and_materialises():
 
 def test_representations_by_table_name():
     mine = EmbeddingBagCollection(tables=tables(), representations={"t0": "dhe", "t2": "hybrid"},
-                                  dhe=dict(k=16, m=97, decoder=(8,)), hybrid_dhe_dim={"t2": 5})
+                                  dhe=dict(k=16, m=97, decoder=(8,)), hybrid_dhe_dim={"t2": 5}, hybrid_form="split")
     assert mine.representations == ["dhe", "table", "table", "hybrid", "table", "table"]
     assert mine.embedding_bags["t2"].table_dim == 7
     assert [c.embedding_dim for c in mine.table_configs()] == [4, 7, 4, 8]  # what TorchRec would shard
@@ -135,6 +135,27 @@ def test_representations_by_table_name():
     jt = by_key["f0"]
     torch.testing.assert_close(out["f0"], mine.embedding_bags["t0"].dhe(jt.values(), jt.offsets()[:-1]))
     assert any(k.startswith("embedding_bags.t0.dhe.") for k in mine.state_dict())
+
+
+def test_hybrid_in_two_vectors():
+    """The MP-Rec artifact's hybrid (the default): the table part and the DHE part each have the table's width,
+    and the feature's vector is both side by side; TorchRec shards the table part at the table's width."""
+    mine = EmbeddingBagCollection(tables=tables(), representations={"t2": "hybrid"}, dhe=dict(k=16, m=97, decoder=(8,)))
+    t2 = mine.embedding_bags["t2"]
+    assert (t2.table_dim, t2.dhe.embedding_dim, t2.embedding_dim) == (12, 12, 24)
+    assert [c.embedding_dim for c in mine.table_configs()] == [8, 4, 12, 4, 8]
+    assert [c.embedding_dim for c in mine.embedding_bag_configs()] == [8, 4, 12, 4, 8]  # as declared
+    features = kjt()
+    out = mine(features)
+    assert out.length_per_key() == [8, 4, 4, 24, 4, 8]
+    jt = features.to_dict()["f3"]
+    ids, offsets = jt.values(), jt.offsets()[:-1]
+    want = torch.cat([torch.nn.functional.embedding_bag(ids, t2.weight, offsets, mode="mean"), t2.dhe(ids, offsets)], 1)
+    torch.testing.assert_close(out["f3"], want)
+    with pytest.raises(ValueError, match="hybrid_dhe_dim divides a hybrid's width in hybrid_form='split'"):
+        EmbeddingBagCollection(tables=tables(), representations={"t2": "hybrid"}, hybrid_dhe_dim=4)
+    with pytest.raises(ValueError, match=r"hybrid_form must be one of \('two', 'split'\), got 'three'"):
+        EmbeddingBagCollection(tables=tables(), hybrid_form="three")
 
 
 def test_construction_and_input_errors():

@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+from mprec import precision
 from mprec.data import SyntheticCriteo
 from mprec.models import DLRM
 from mprec.nn.mlp import bucket_rows
@@ -383,8 +384,9 @@ def test_path_serves_the_model_on_pool_rows(tiny_models):
     path = Path("cpu/table", "table", "cpu", m.model, m.pool, m.accuracy)
     got = path.serve(100, 37)  # wraps around the 128-row pool
     b = m.pool.batch(100, 37)
-    with torch.no_grad():
-        want = torch.sigmoid(m.model(b.dense, b.indices, b.offsets))
+    # Under the path's precision: "auto" computes in bfloat16 on a CPU with native bfloat16.
+    with torch.no_grad(), precision.autocast(path.precision, "cpu"):
+        want = torch.sigmoid(m.model(b.dense, b.indices, b.offsets).float())
     torch.testing.assert_close(got, want)
     assert torch.equal(m.pool.rows(100, 37)[:28], torch.arange(100, 128))
     with pytest.raises(ValueError, match="at least 1 sample, got 0"):

@@ -200,6 +200,26 @@ def test_checkpoint_of_another_model_says_so(tmp_path):
         training.load_checkpoint(path)
 
 
+@pytest.mark.parametrize("hybrid", ["two", "split"])
+def test_hybrid_form_travels_with_the_checkpoint(tmp_path, hybrid):
+    """The hybrid form is part of the run's configuration; a checkpoint written before there were two forms
+    (its configuration names none) holds split hybrids and loads as such."""
+    path = str(tmp_path / "run.pt")
+    training.train(small_config(checkpoint=path, epochs=1, synthetic_batches=2, representations=["hybrid"] * 26,
+                                hybrid=hybrid), progress=False)
+    state = training.load_checkpoint(path)
+    model, config, _ = training.model_from_checkpoint(state)
+    assert config.hybrid == hybrid and model.num_vectors == (52 if hybrid == "two" else 26)
+    older = dict(state, config={k: v for k, v in state["config"].items() if k != "hybrid"})
+    if hybrid == "split":
+        assert training.model_from_checkpoint(older)[1].hybrid == "split"
+    else:  # two-form weights under a configuration that says split: refused, naming the mismatch
+        with pytest.raises(training.CheckpointError, match="holds the weights of another model"):
+            training.model_from_checkpoint(older)
+    with pytest.raises(ValueError, match=r"hybrid must be one of \('two', 'split'\), got 'three'"):
+        training.train(small_config(hybrid="three"), progress=False)
+
+
 def test_cli_reports_a_damaged_checkpoint(tmp_path, capsys):
     path = str(tmp_path / "run.pt")
     with open(path, "wb") as f:

@@ -355,7 +355,7 @@ def evaluate_run(config: local.RunConfig, sharding: str, data: Optional[str] = N
     """The checkpoint of ``config`` evaluated over the process group on ``data`` (default its training data)."""
     cluster = init(timeout_s)
     meta = local.load_checkpoint(config.checkpoint)
-    saved, vocabulary = local.RunConfig(**meta["config"]), local.vocabulary_of(meta)
+    saved, vocabulary = local.saved_config(meta["config"]), local.vocabulary_of(meta)
     run = build(saved, meta["table_sizes"], sharding, cluster)
     run.load(config.checkpoint)
     source = data or saved.data

@@ -5,10 +5,11 @@ form computes the same function from ops every tensor compiler lowers:
 
 * bags are padded to a fixed number of slots (``bag_size``) and batches to a bucket of sizes, so a
   compiler sees one shape per bucket: :func:`pad_bags` does this on the host, with a mask of real lookups;
-* a table feature gathers its rows (``index_select``) and reduces over the slots with the mask, or, for a
-  table of at most ``one_hot_max_rows`` rows, multiplies a one-hot count matrix by the table (a matmul);
-* a DHE feature hashes every slot's id with integer ops (``hash_fn``: int64 by default; the IPU form
-  passes exact 32-bit arithmetic) and decodes it with ``linear`` layers;
+* each feature computes its vector in its own static-shape form (``padded``, :mod:`mprec.nn.padded`): a table
+  gathers its rows (``index_select``) and reduces over the slots with the mask, or, for a table of at most
+  ``one_hot_max_rows`` rows, multiplies a one-hot count matrix by the table (a matmul); a DHE hashes every
+  slot's id with integer ops (``hash_fn``: int64 by default; the IPU form passes exact 32-bit arithmetic) and
+  decodes it with ``linear`` layers; a hybrid joins the two as its module does;
 * the MLPs are ``linear`` + ReLU, the dot interaction a ``bmm`` and the strict lower triangle's indices.
 
 The lowered module shares the source model's parameters (no copy): ``LoweredDLRM(model)`` computes what
@@ -87,87 +88,8 @@ def pad_bags(indices: Tensor, offsets: Tensor, num_features: int, bag_size: int,
 # --- pieces -------------------------------------------------------------------------------------------------
 
 def hash_int64(ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: int) -> Tensor:
-    """DESIGN.md's hash in int64 integer ops: ``[N] -> [N, k]``."""
+    """The DHE hash in int64 integer ops: ``[N] -> [N, k]``."""
     return dhe_hash_reference(ids, hash_a, hash_b, p, m)
-
-
-def _pool(rows: Tensor, mask: Tensor, mode: str, weighted: bool) -> Tensor:
-    """Pools ``rows [B, L, D]`` over the slots whose ``mask [B, L]`` is non-zero."""
-    present = mask != 0
-    count = present.sum(1, keepdim=True).to(rows.dtype)
-    if mode == "max":
-        pooled = rows.masked_fill(~present.unsqueeze(2), float("-inf")).amax(1)
-        return torch.where(count > 0, pooled, torch.zeros_like(pooled))
-    scale = mask.to(rows.dtype) if weighted else present.to(rows.dtype)
-    pooled = (rows * scale.unsqueeze(2)).sum(1)
-    return pooled / count.clamp(min=1) if mode == "mean" else pooled
-
-
-def _activation(x: Tensor, activation: str) -> Tensor:
-    if activation == "relu":
-        return torch.relu(x)
-    if activation == "mish":
-        # Composed rather than aten.mish, which PopTorch's op list does not name; the same function.
-        return x * torch.tanh(F.softplus(x))
-    return x
-
-
-class _TableFeature(nn.Module):
-    """The table part of a feature (its module from the collection: the parameter stays shared)."""
-
-    def __init__(self, feature: nn.Module, one_hot: bool):
-        super().__init__()
-        self.feature, self.one_hot = feature, one_hot
-
-    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
-        weight, mode = self.feature.weight, self.feature.mode
-        weighted = mode == "sum"
-        if self.feature.padding_idx is not None:
-            mask = mask * (ids != self.feature.padding_idx).to(mask.dtype)
-        if self.one_hot and mode != "max":
-            # [B, rows] counts (or weight sums) of each row in the bag, times the table: a matmul.
-            scale = mask if weighted else (mask != 0).to(mask.dtype)
-            # A comparison, not F.one_hot: one_hot reads the ids to validate them, a host round trip.
-            rows = torch.arange(weight.shape[0], device=ids.device)
-            one_hot = (ids.unsqueeze(2) == rows).to(weight.dtype)
-            counts = (one_hot * scale.unsqueeze(2).to(weight.dtype)).sum(1)
-            pooled = counts @ weight
-            if mode == "mean":
-                pooled = pooled / (mask != 0).sum(1, keepdim=True).clamp(min=1).to(pooled.dtype)
-            return pooled
-        rows = weight.index_select(0, ids.reshape(-1)).view(*ids.shape, weight.shape[1])
-        return _pool(rows, mask, mode, weighted)
-
-
-class _DHEFeature(nn.Module):
-    def __init__(self, dhe: nn.Module, hash_fn: Callable):
-        super().__init__()
-        self.dhe, self.hash_fn = dhe, hash_fn
-
-    def encode(self, ids: Tensor) -> Tensor:
-        dhe = self.dhe
-        dtype = dhe.layers[0].weight.dtype
-        h = self.hash_fn(ids, dhe.hash_a, dhe.hash_b, dhe.p, dhe.m)
-        # float32 encodings (float64 for float64 layers), as the kernels compute them.
-        compute = torch.float64 if dtype == torch.float64 else torch.float32
-        if dhe.transform == "uniform":
-            return (h.to(compute) / (dhe.m - 1) * 2.0 - 1.0).to(dtype)
-        u = (h.to(compute) + 1.0) / dhe.m
-        radius = torch.sqrt(-2.0 * torch.log(u[:, 0::2]))
-        angle = (2.0 * torch.pi) * u[:, 1::2]
-        return torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], dim=2).flatten(1).to(dtype)
-
-    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
-        dhe = self.dhe
-        x = self.encode(ids.reshape(-1))
-        last = len(dhe.layers) - 1
-        for i, layer in enumerate(dhe.layers):
-            x = F.linear(x, layer.weight, layer.bias)
-            if i < last:
-                if dhe.norms is not None:
-                    x = dhe.norms[i](x)
-                x = _activation(x, dhe.activation)
-        return _pool(x.view(*ids.shape, x.shape[1]), mask, dhe.mode, dhe.mode == "sum")
 
 
 def _mlp(x: Tensor, mlp: nn.Sequential) -> Tensor:
@@ -202,32 +124,27 @@ class LoweredDLRM(nn.Module):
                              "inference only (call model.eval(), or train with autograd gradients)")
         self.model = model
         self.bag_size, self.id_dtype, self.buckets = bag_size, id_dtype, tuple(sorted(buckets))
-        self.features = nn.ModuleList()
-        for feature in embeddings.features():
-            parts = nn.ModuleList()
-            if feature.table_dim:
-                parts.append(_TableFeature(feature, feature.weight.shape[0] <= one_hot_max_rows))
-            if feature.dhe is not None:
-                parts.append(_DHEFeature(feature.dhe, hash_fn))
-            self.features.append(parts)
-        features = embeddings.num_tables + 1
+        self.hash_fn = hash_fn
+        # Each feature computes its own static-shape form (mprec.nn.padded); small tables pool by a one-hot matmul.
+        self._one_hot = [bool(f.table_dim) and f.weight.shape[0] <= one_hot_max_rows for f in embeddings.features()]
+        features = model.num_vectors + 1
         rows, cols = torch.tril_indices(features, features, offset=-1)
         self.register_buffer("pair_rows", rows, persistent=False)
         self.register_buffer("pair_cols", cols, persistent=False)
 
     @property
     def num_features(self) -> int:
-        return len(self.features)
+        return len(self._one_hot)
 
     def forward(self, dense: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
         model = self.model
         x = _mlp(dense, model.bottom)
-        pooled = [torch.cat([part(ids[t], mask[t]) for part in parts], dim=1) if len(parts) > 1
-                  else parts[0](ids[t], mask[t]) for t, parts in enumerate(self.features)]
-        if model.interaction == "cat":
-            z = torch.cat([x] + [e.to(x.dtype) for e in pooled], dim=1)
-        else:
-            stacked = torch.stack([x] + [e.to(x.dtype) for e in pooled], dim=1)  # [B, T + 1, D]
+        pooled = [feature.padded(ids[t], mask[t], self.hash_fn, one_hot)
+                  for t, (feature, one_hot) in enumerate(zip(model.embeddings.features(), self._one_hot))]
+        z = torch.cat([x] + [e.to(x.dtype) for e in pooled], dim=1)
+        if model.interaction == "dot":
+            # Every embedding_dim-wide block is one vector (a hybrid in the "two" form is two): [B, V + 1, D].
+            stacked = z.view(z.shape[0], -1, x.shape[1])
             pairs = torch.bmm(stacked, stacked.transpose(1, 2))[:, self.pair_rows, self.pair_cols]
             z = torch.cat([x, pairs], dim=1)
             pad = -z.shape[1] % _interaction_pad()

@@ -10,7 +10,7 @@ The model runs as :class:`mprec.lower.forms.LoweredDLRM` (plain aten ops on bags
 slots and batches padded to buckets: one compiled graph per bucket) with two IPU-specific choices:
 
 * ids are int32 and the DHE hash is computed exactly in 32-bit integer arithmetic (:func:`hash_int32`):
-  the IPU has no 64-bit integers, and DESIGN.md's int64 formula ``a * x`` needs up to 62 bits;
+  the IPU has no 64-bit integers, and the hash's int64 formula ``a * x`` needs up to 62 bits;
 * every op of the forward pass is on PopTorch's list of supported operations (``tests/test_lower_ipu.py``
   keeps that list and checks the dispatched ops against it).
 
@@ -66,7 +66,7 @@ def _poptorch(caller: str):
 # --- the hash in 32-bit integers ----------------------------------------------------------------------------
 
 def hash_int32(ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: int) -> Tensor:
-    """DESIGN.md's DHE hash ``((a_j * (x mod p) + b_j) mod p) mod m``, exactly, in int32 tensors only.
+    """The DHE hash ``((a_j * (x mod p) + b_j) mod p) mod m``, exactly, in int32 tensors only.
 
     Args:
         ids: int32 ids ``>= 0`` (any shape).
@@ -208,7 +208,7 @@ def _check_hash_parameters(model: nn.Module) -> dict[int, int]:
             if bool(bad.any()):
                 j = int(torch.argmax(bad.to(torch.int8)))
                 raise ValueError(f"{op}: feature {t}'s {name}[{j}] = {int(values[j])} is outside [{low}, p - 1] "
-                                 f"(p = {p}); the 32-bit hash needs DESIGN.md's ranges")
+                                 f"(p = {p}); the 32-bit hash needs the ranges of docs/architecture.md")
         primes[t] = p
     return primes
 
@@ -218,7 +218,7 @@ def lower(model: nn.Module, bag_size: int = 1, one_hot_max_rows: int = ONE_HOT_M
     """``model`` (a :class:`mprec.models.DLRM`) as PopTorch compiles it; shares its parameters.
 
     Raises ``ValueError`` if a DHE feature's ``p`` (the prime after ``m``) does not fit int32 or its hash
-    parameters are outside DESIGN.md's ranges.
+    parameters are outside the hash's ranges (docs/architecture.md).
     """
     return IPULoweredDLRM(model, bag_size=bag_size, one_hot_max_rows=one_hot_max_rows, buckets=buckets)
 

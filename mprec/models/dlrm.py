@@ -1,11 +1,14 @@
 """DLRM (Naumov et al., 2019) with a representation per sparse feature: table, DHE or hybrid (MP-Rec).
 
     dense [B, 13] -> bottom MLP -> x [B, D]
-    indices, offsets (TBE layout) or a KeyedJaggedTensor -> EmbeddingBagCollection -> e_1..e_T [B, D] each
-    interaction: "dot" (x and the pairwise dot products of x, e_1..e_T, strictly lower triangle, by
+    indices, offsets (TBE layout) or a KeyedJaggedTensor -> EmbeddingBagCollection -> e_1..e_V [B, D] each
+    interaction: "dot" (x and the pairwise dot products of x, e_1..e_V, strictly lower triangle, by
                  ``mprec::dlrm_interaction``) or
-                 "cat" (x, e_1..e_T concatenated)
+                 "cat" (x, e_1..e_V concatenated)
     -> top MLP -> logit [B]
+
+A table or DHE feature is one vector; a hybrid feature is two (its table vector and its DHE vector, as in the
+MP-Rec artifact: 26 hybrid features give V = 52), or one in the ``"split"`` form.
 
 The sparse features are named ``cat_0 .. cat_{T-1}`` (TorchRec's DLRM names), each with a table of the same
 name. The collection's output is read by key, so a collection that returns its keys in another order (sharded
@@ -60,8 +63,10 @@ class DLRM(nn.Module):
         top: the top MLP's widths after the interaction (its last must be 1).
         representations: ``"table" | "dhe" | "hybrid"`` per feature (default all tables).
         interaction: ``"dot"`` or ``"cat"``.
-        dhe: keyword arguments for the DHE features (``k``, ``m``, ``decoder``, ...); hybrid_dhe_dim: the DHE
-            share of a hybrid feature's width.
+        dhe: keyword arguments for the DHE features (``k``, ``m``, ``decoder``, ...).
+        hybrid_form: ``"two"`` (default, the MP-Rec artifact's): a hybrid feature gives the interaction two
+            vectors, its table vector and its DHE vector, each ``embedding_dim`` wide; ``"split"``: one vector,
+            ``hybrid_dhe_dim`` of its columns from the DHE (default half).
         optimizer: a :class:`mprec.nn.FusedOptimizer` for the tables (None: plain autograd gradients).
         sparse: sparse COO table gradients (when no fused optimizer), as ``EmbeddingBag(sparse=True)``.
         mode: the tables' pooling (``"sum"`` as in DLRM; ``"mean"`` and ``"max"`` too).
@@ -73,7 +78,8 @@ class DLRM(nn.Module):
                  top: Sequence[int] = (512, 256, 1), representations: Optional[Sequence[str]] = None,
                  interaction: str = "dot", dhe: Optional[dict] = None, hybrid_dhe_dim: Optional[int] = None,
                  optimizer: Optional[FusedOptimizer] = None, sparse: bool = False,
-                 num_dense: int = NUM_DENSE, mode: str = "sum", embedding_device=None) -> None:
+                 num_dense: int = NUM_DENSE, mode: str = "sum", embedding_device=None,
+                 hybrid_form: str = "two") -> None:
         super().__init__()
         if interaction not in INTERACTIONS:
             raise ValueError(f"DLRM: interaction must be one of {INTERACTIONS}, got {interaction!r}")
@@ -90,18 +96,23 @@ class DLRM(nn.Module):
         self.bottom = MLP([num_dense, *bottom], last_activation=True, init="dlrm")
         self.embeddings = EmbeddingBagCollection(table_sizes, embedding_dim, mode=mode, representations=representations,
                                                  dhe=dhe, hybrid_dhe_dim=hybrid_dhe_dim, optimizer=optimizer,
-                                                 sparse=sparse, names=feature_names(T), device=embedding_device)
+                                                 sparse=sparse, names=feature_names(T), device=embedding_device,
+                                                 hybrid_form=hybrid_form)
         self.feature_names = self.embeddings.embedding_names
         self._representations = self.embeddings.representations
-        features = T + 1
-        width = (bottom[-1] + features * (features - 1) // 2) if interaction == "dot" else bottom[-1] + T * embedding_dim
+        # The vectors the interaction sees: every embedding_dim-wide block of the collection's output (two for a
+        # hybrid feature in the "two" form), and the bottom MLP's output.
+        self.num_vectors = sum(self.embeddings.embedding_dims) // embedding_dim
+        features = self.num_vectors + 1
+        width = (bottom[-1] + features * (features - 1) // 2) if interaction == "dot" \
+            else bottom[-1] + self.num_vectors * embedding_dim
         self.top = MLP([width, *top], last_activation=False, init="dlrm")
         if interaction == "dot":
             # The interaction's output is zero-padded to a multiple of INTERACTION_PAD columns and the top
             # MLP's first layer gets matching zero weight columns: the same function (those columns' inputs
             # are always 0, so their weights' gradients are too), with GEMMs on an aligned width (367 -> 368
             # for Kaggle: 10-25% less time in that layer's three products).
-            padded = dlrm_interaction_width(bottom[-1], T, INTERACTION_PAD)
+            padded = dlrm_interaction_width(bottom[-1], self.num_vectors, INTERACTION_PAD)
             first = self.top[0]
             with torch.no_grad():
                 first.weight = nn.Parameter(torch.cat([first.weight, first.weight.new_zeros(first.out_features,
@@ -129,14 +140,14 @@ class DLRM(nn.Module):
         layout, or a ``KeyedJaggedTensor`` (keys: :attr:`feature_names`) as ``indices``."""
         # The collection first: sharded, it returns an awaitable whose output all-to-all runs while the bottom MLP
         # computes, and its backward all-to-all, created earlier, runs after the bottom MLP's backward starts.
-        e = self.embeddings(indices, offsets) if offsets is not None else self.embeddings(indices)  # [B, T * D]
+        e = self.embeddings(indices, offsets) if offsets is not None else self.embeddings(indices)  # [B, V * D]
         x = self.bottom(dense)
         if offsets is None:
             e = keyed_values(e, self.feature_names)
         if self.interaction == "cat":
             z = torch.cat([x, e.to(x.dtype)], dim=1)
         else:
-            z = dlrm_interaction(x, e, INTERACTION_PAD)  # cat([x, pairs of (x, e_1..e_T), 0]) in one pass
+            z = dlrm_interaction(x, e, INTERACTION_PAD)  # cat([x, pairs of (x, e_1..e_V), 0]) in one pass
         return self.top(z).squeeze(1)
 
     @torch.no_grad()

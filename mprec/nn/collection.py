@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops.embedding_bag import MODES
-from .features import FEATURE_KINDS
+from .features import FEATURE_KINDS, HYBRID_FORMS
 from .pooling import FusedOptimizer, pool_tables
 
 __all__ = ["EmbeddingBagCollection", "REPRESENTATIONS"]
@@ -59,8 +59,11 @@ class EmbeddingBagCollection(nn.Module):
             (tables not named stay tables). Default all tables.
         dhe: keyword arguments for every DHE part (:class:`mprec.nn.DHEEmbeddingBag`: ``k``, ``m``,
             ``decoder``, ...); table ``i`` uses seed ``dhe.get("seed", 0) + i`` so tables hash differently.
-        hybrid_dhe_dim: the DHE share of a hybrid table's width (default half, rounded down; an int, a list
-            per table or a dict by name); the table part takes the rest.
+        hybrid_form: ``"two"`` (default, the MP-Rec artifact's): a hybrid table's feature is two vectors of the
+            table's width, its table vector and its DHE vector, side by side (``[B, 2 * width]``); ``"split"``:
+            one vector of the table's width, ``hybrid_dhe_dim`` of its columns from the DHE.
+        hybrid_dhe_dim: the split form's DHE share of a hybrid table's width (default half, rounded down; an int,
+            a list per table or a dict by name); the table part takes the rest.
         sparse: sparse COO table gradients, as ``EmbeddingBag(sparse=True)``.
         optimizer: a :class:`FusedOptimizer` to train the tables inside the backward pass (no table gradient
             is built; ``table_parameters()`` are then left out of ``torch.optim``). Its state (row-wise
@@ -90,6 +93,7 @@ class EmbeddingBagCollection(nn.Module):
         tables: Optional[Sequence] = None,
         is_weighted: bool = False,
         names: Optional[Sequence[str]] = None,
+        hybrid_form: str = "two",
     ) -> None:
         super().__init__()
         op = "EmbeddingBagCollection"
@@ -111,6 +115,13 @@ class EmbeddingBagCollection(nn.Module):
             if r not in REPRESENTATIONS:
                 raise ValueError(f"{op}: representation of table {name!r} must be one of {REPRESENTATIONS}, "
                                  f"got {r!r}")
+        if hybrid_form not in HYBRID_FORMS:
+            raise ValueError(f"{op}: hybrid_form must be one of {HYBRID_FORMS}, got {hybrid_form!r}")
+        if hybrid_form == "two" and hybrid_dhe_dim is not None:
+            raise ValueError(f"{op}: hybrid_dhe_dim divides a hybrid's width in hybrid_form='split'; in the "
+                             "'two' form each part has the table's width")
+        self.hybrid_form = hybrid_form
+        self._widths = {s["name"]: s["embedding_dim"] for s in specs}  # as declared (a "two" hybrid returns twice)
         hybrid = self._per_table(op, "hybrid_dhe_dim", hybrid_dhe_dim, table_names, None)
         if optimizer is not None:
             if any(s["mode"] == "max" for s, r in zip(specs, reps) if r != "dhe"):
@@ -134,11 +145,12 @@ class EmbeddingBagCollection(nn.Module):
             elif rep == "dhe":
                 feature = FEATURE_KINDS["dhe"](width, num_embeddings=spec["num_embeddings"], **dhe_args)
             else:
-                h = width // 2 if hybrid[i] is None else int(hybrid[i])
-                if not 0 < h < width:
+                h = width if hybrid_form == "two" else width // 2 if hybrid[i] is None else int(hybrid[i])
+                if hybrid_form == "split" and not 0 < h < width:
                     raise ValueError(f"{op}: hybrid table {name!r} of width {width} cannot give {h} columns to "
                                      "its DHE")
-                feature = FEATURE_KINDS["hybrid"](spec["num_embeddings"], width - h, h, init_fn=spec["init_fn"],
+                table_dim = width if hybrid_form == "two" else width - h
+                feature = FEATURE_KINDS["hybrid"](spec["num_embeddings"], table_dim, h, init_fn=spec["init_fn"],
                                                   **dhe_args)
             self.embedding_bags[name] = feature
 
@@ -235,7 +247,7 @@ class EmbeddingBagCollection(nn.Module):
     def embedding_bag_configs(self) -> list:
         """The tables as ``torchrec.EmbeddingBagConfig`` s (as given, or made from mprec's form)."""
         if self._configs is None:
-            self._configs = [self._config_of(name, feature, feature.embedding_dim)
+            self._configs = [self._config_of(name, feature, self._widths[name])
                              for name, feature in self.embedding_bags.items()]
         return self._configs
 

@@ -9,7 +9,7 @@ an MLP (``k -> decoder... -> embedding_dim``). The first layer is fused with the
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -17,12 +17,15 @@ from torch import Tensor, nn
 from ..ops.cache import unique_ids
 from ..ops.dhe import ACTIVATIONS, TRANSFORMS, dhe_encode_linear, dhe_hash_parameters, next_prime, rowwise_linear
 from ..ops.embedding_bag import MODES
+from ..ops.reference import dhe_hash_reference
 from ..precision import warn_if_bf16_emulated
 from . import functional as F
 from .cache import EmbeddingCache
 from .embedding_bag import EmbeddingBag
+from .padded import activation as padded_activation
+from .padded import pool_slots
 
-__all__ = ["DHEEmbeddingBag", "HybridEmbeddingBag"]
+__all__ = ["DHEEmbeddingBag", "HybridEmbeddingBag", "hybrid_vectors"]
 
 _CACHES = ("decoder", "encoder")
 
@@ -169,6 +172,32 @@ class DHEEmbeddingBag(nn.Module):
                                include_last_offset=self.include_last_offset)
 
     # --- caches -----------------------------------------------------------------------------------
+    def padded(self, ids: Tensor, mask: Tensor, hash_fn: Optional[Callable] = None) -> Tensor:
+        """The static-shape form (:mod:`mprec.nn.padded`): every slot's id hashed with integer ops (``hash_fn(ids,
+        hash_a, hash_b, p, m) -> [N, k]``; default int64 arithmetic), transformed and decoded by the layers, then
+        pooled over the slots. The same function as :meth:`forward`, up to rounding."""
+        x = self._encode_padded(ids.reshape(-1), hash_fn or dhe_hash_reference)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = nn.functional.linear(x, layer.weight, layer.bias)
+            if i < last:
+                if self.norms is not None:
+                    x = self.norms[i](x)
+                x = padded_activation(x, self.activation)
+        return pool_slots(x.view(*ids.shape, x.shape[1]), mask, self.mode, self.mode == "sum")
+
+    def _encode_padded(self, ids: Tensor, hash_fn: Callable) -> Tensor:
+        dtype = self.layers[0].weight.dtype
+        h = hash_fn(ids, self.hash_a, self.hash_b, self.p, self.m)
+        # float32 encodings (float64 for float64 layers), as the kernels compute them.
+        compute = torch.float64 if dtype == torch.float64 else torch.float32
+        if self.transform == "uniform":
+            return (h.to(compute) / (self.m - 1) * 2.0 - 1.0).to(dtype)
+        u = (h.to(compute) + 1.0) / self.m
+        radius = torch.sqrt(-2.0 * torch.log(u[:, 0::2]))
+        angle = (2.0 * torch.pi) * u[:, 1::2]
+        return torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], dim=2).flatten(1).to(dtype)
+
     def enable_cache(self, kind: str = "decoder", max_bytes: Optional[int] = None, max_entries: Optional[int] = None,
                      policy: str = "lfu") -> EmbeddingCache:
         """Attaches an MP-Cache: ``"decoder"`` (id -> final vector) or ``"encoder"`` (id -> first-layer
@@ -227,6 +256,13 @@ class DHEEmbeddingBag(nn.Module):
                 f"batch_norm={self.batch_norm}, mode={self.mode!r}")
 
 
+def hybrid_vectors(table: Tensor, dhe: Tensor) -> Tensor:
+    """A hybrid's output from its parts' vectors: ``[table | DHE]``, in the table's dtype. Every hybrid (the
+    collection's features in either form, :class:`HybridEmbeddingBag`, the static-shape forms) joins its parts
+    here."""
+    return torch.cat([table, dhe.to(table.dtype)], dim=1)
+
+
 class HybridEmbeddingBag(nn.Module):
     """Table and DHE side by side: ``forward`` returns ``[table(input) | dhe(input)]``, ``[B, table_dim +
     dhe_dim]``. The table part is a :class:`mprec.nn.EmbeddingBag` (``table``), the DHE part a
@@ -246,8 +282,8 @@ class HybridEmbeddingBag(nn.Module):
 
     def forward(self, input: Tensor, offsets: Optional[Tensor] = None,
                 per_sample_weights: Optional[Tensor] = None) -> Tensor:
-        return torch.cat([self.table(input, offsets, per_sample_weights), self.dhe(input, offsets, per_sample_weights)],
-                         dim=1)
+        return hybrid_vectors(self.table(input, offsets, per_sample_weights),
+                              self.dhe(input, offsets, per_sample_weights))
 
     def enable_cache(self, *args, **kwargs) -> EmbeddingCache:
         return self.dhe.enable_cache(*args, **kwargs)

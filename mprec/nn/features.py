@@ -10,6 +10,8 @@ Each is a module with one interface, so the collection composes them without kno
   embedding_dim]`` from its pooled table columns (``table``, None without a table) and the feature's own
   bags (``ids``, ``offsets`` of ``B`` entries), which a DHE decodes.
 - ``dhe``: the :class:`mprec.nn.DHEEmbeddingBag` of a DHE or hybrid feature (caches are enabled on it).
+- ``padded(ids, mask, hash_fn, one_hot)``: the same vector from bags padded to fixed slots, in plain aten ops
+  with static shapes (:mod:`mprec.nn.padded`): the form the lowerings (:mod:`mprec.lower`) compose.
 
 State dict keys (the module sits at ``embedding_bags.<table name>``): ``weight`` for a table, ``dhe.*`` for a
 DHE, both for a hybrid, so a collection of tables has TorchRec's keys.
@@ -25,9 +27,15 @@ from torch import Tensor, nn
 
 from .. import memory
 from ..ops.embedding_bag import MODES, _normalize_padding_idx
-from .dhe import DHEEmbeddingBag
+from .dhe import DHEEmbeddingBag, hybrid_vectors
+from .padded import pool_slots
 
-__all__ = ["TableFeature", "DHEFeature", "HybridFeature", "FEATURE_KINDS"]
+__all__ = ["TableFeature", "DHEFeature", "HybridFeature", "FEATURE_KINDS", "HYBRID_FORMS"]
+
+#: How a hybrid feature divides its vectors. ``"two"`` (the MP-Rec artifact's): a table vector and a DHE vector,
+#: each of the feature's width, side by side; a model interacts them as two features. ``"split"``: one vector
+#: of the feature's width, ``table_dim`` columns from the table and the rest from the DHE.
+HYBRID_FORMS = ("two", "split")
 
 
 class _Table(nn.Module):
@@ -66,6 +74,26 @@ class _Table(nn.Module):
         """The padding row as the ops take it (-1: none)."""
         return -1 if self.padding_idx is None else self.padding_idx
 
+    def pool_padded(self, ids: Tensor, mask: Tensor, one_hot: bool = False) -> Tensor:
+        """The table part's static-shape form (:mod:`mprec.nn.padded`): a gather, or, with ``one_hot``, a one-hot
+        count matrix times the table (a matmul, for small tables)."""
+        weight, mode = self.weight, self.mode
+        weighted = mode == "sum"
+        if self.padding_idx is not None:
+            mask = mask * (ids != self.padding_idx).to(mask.dtype)
+        if one_hot and mode != "max":
+            # [B, rows] counts (or weight sums) of each row in the bag, times the table: a matmul.
+            scale = mask if weighted else (mask != 0).to(mask.dtype)
+            # A comparison, not F.one_hot: one_hot reads the ids to validate them, a host round trip.
+            rows = torch.arange(weight.shape[0], device=ids.device)
+            counts = ((ids.unsqueeze(2) == rows).to(weight.dtype) * scale.unsqueeze(2).to(weight.dtype)).sum(1)
+            pooled = counts @ weight
+            if mode == "mean":
+                pooled = pooled / (mask != 0).sum(1, keepdim=True).clamp(min=1).to(pooled.dtype)
+            return pooled
+        rows = weight.index_select(0, ids.reshape(-1)).view(*ids.shape, weight.shape[1])
+        return pool_slots(rows, mask, mode, weighted)
+
 
 class TableFeature(_Table):
     """A feature pooled from its table: ``weight [num_embeddings, embedding_dim]``."""
@@ -85,6 +113,9 @@ class TableFeature(_Table):
     def forward(self, table: Optional[Tensor], ids: Tensor, offsets: Tensor,
                 per_sample_weights: Optional[Tensor] = None) -> Tensor:
         return table
+
+    def padded(self, ids: Tensor, mask: Tensor, hash_fn: Optional[Callable] = None, one_hot: bool = False) -> Tensor:
+        return self.pool_padded(ids, mask, one_hot)
 
     def extra_repr(self) -> str:
         pad = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
@@ -117,10 +148,14 @@ class DHEFeature(nn.Module):
                 per_sample_weights: Optional[Tensor] = None) -> Tensor:
         return self.dhe(ids, offsets, per_sample_weights)
 
+    def padded(self, ids: Tensor, mask: Tensor, hash_fn: Optional[Callable] = None, one_hot: bool = False) -> Tensor:
+        return self.dhe.padded(ids, mask, hash_fn)
+
 
 class HybridFeature(_Table):
     """Table and DHE side by side: ``[table (table_dim columns) | DHE (dhe_dim columns)]``. The table part is
-    ``weight`` (pooled, and sharded, as a table feature's), the DHE part ``dhe``."""
+    ``weight`` (pooled, and sharded, as a table feature's), the DHE part ``dhe``. In the ``"two"`` form
+    (:data:`HYBRID_FORMS`) both parts have the feature's width; in the ``"split"`` form they share it."""
 
     kind = "hybrid"
 
@@ -141,7 +176,10 @@ class HybridFeature(_Table):
 
     def forward(self, table: Optional[Tensor], ids: Tensor, offsets: Tensor,
                 per_sample_weights: Optional[Tensor] = None) -> Tensor:
-        return torch.cat([table, self.dhe(ids, offsets, per_sample_weights).to(table.dtype)], dim=1)
+        return hybrid_vectors(table, self.dhe(ids, offsets, per_sample_weights))
+
+    def padded(self, ids: Tensor, mask: Tensor, hash_fn: Optional[Callable] = None, one_hot: bool = False) -> Tensor:
+        return hybrid_vectors(self.pool_padded(ids, mask, one_hot), self.dhe.padded(ids, mask, hash_fn))
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, table_dim={self.table_dim}, mode={self.mode!r}"

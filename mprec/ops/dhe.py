@@ -3,7 +3,7 @@
 Schemas: ``csrc/registration.cpp``. CPU kernels: ``csrc/cpu/dhe*.cpp``. References:
 :func:`mprec.ops.reference.dhe_encode_reference` and friends.
 
-The hash, exactly (``DESIGN.md``): for hash function ``j`` with ``a_j`` in ``[1, p-1]``, ``b_j`` in
+The hash, exactly (``docs/architecture.md``): for hash function ``j`` with ``a_j`` in ``[1, p-1]``, ``b_j`` in
 ``[0, p-1]`` and ``p`` a prime above ``m``, ``h_j(x) = ((a_j * (x mod p) + b_j) mod p) mod m`` for ids
 ``x >= 0``. The uniform transform maps ``h`` to ``h / (m - 1) * 2 - 1``; the gaussian one applies
 Box-Muller to the pairs ``(2i, 2i+1)`` of ``U = (h + 1) / m``: ``z_2i = R cos(2 pi U_2i+1)``,
@@ -66,7 +66,7 @@ def is_prime(n: int) -> bool:
 
 
 def next_prime(m: int) -> int:
-    """The smallest prime greater than ``m`` (DESIGN.md's ``p``)."""
+    """The smallest prime greater than ``m`` (the hash's ``p``)."""
     n = m + 1
     while not is_prime(n):
         n += 1
