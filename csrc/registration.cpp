@@ -61,7 +61,7 @@ TORCH_LIBRARY(mprec, m) {
   m.def("dequantize_rowwise_int8(Tensor qweight, Tensor scale_bias) -> Tensor");
 
   // -- DHE: deep hash embedding ---------------------------------------------------------------------------
-  // h_j(x) = ((hash_a[j] * (x mod p) + hash_b[j]) mod p) mod m for ids x >= 0 (../shared/DESIGN.md); p a
+  // h_j(x) = ((hash_a[j] * (x mod p) + hash_b[j]) mod p) mod m for ids x >= 0 (docs/architecture.md); p a
   // prime, m < p <= 3037000499. transform: 'uniform' (h / (m - 1) * 2 - 1) or 'gaussian' (Box-Muller on
   // pairs (2i, 2i+1) of U = (h + 1) / m; k even). activation: 'none', 'relu' or 'mish'.
   m.set_python_module("mprec.ops.dhe");

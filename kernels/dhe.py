@@ -3,7 +3,7 @@
 ``dhe_encode_linear`` computes ``act(encode(ids) @ W^T + b)`` one ``[BLOCK_N, BLOCK_H]`` output tile per
 program: the hashes of a ``[BLOCK_N, BLOCK_K]`` slice are computed in registers, transformed, and fed
 straight to ``tl.dot`` with the matching slice of ``W``, so the ``[N, k]`` encodings never reach memory.
-The hash is exact in int64 (``DESIGN.md``: ``p^2 + p < 2^63``). The gaussian transform pairs hash
+The hash is exact in int64 (``p^2 + p < 2^63``; docs/architecture.md). The gaussian transform pairs hash
 ``2i`` with ``2i+1`` (Box-Muller); the kernel walks pairs and multiplies the two halves with the even and
 odd columns of ``W``, so no shuffle is needed.
 

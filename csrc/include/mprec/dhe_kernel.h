@@ -4,7 +4,7 @@
 // As for embedding_bag_kernel.h, this header is shared by files compiled with different -m flags, so it
 // holds plain structs and function pointers only (no ATen, c10 or standard-library templates).
 //
-// The hash (../shared/DESIGN.md, "DHE hash, exactly"): h_j(x) = ((a_j * (x mod p) + b_j) mod p) mod m.
+// The hash (docs/architecture.md, "What mprec computes"): h_j(x) = ((a_j * (x mod p) + b_j) mod p) mod m.
 // The variants compute it in double precision with an error-free product (fma), which is exact for
 // every p < 2^32: a_j and x mod p are below 2^32, so a_j * x splits exactly into a rounded product and
 // its fma remainder, and every other intermediate is an integer below 2^53.
