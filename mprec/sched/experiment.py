@@ -16,12 +16,13 @@ import torch
 
 from .. import training
 from .paths import LoadedModel, RowPool, discover_paths
-from .policy import MPRecPolicy, PathInfo, StaticPolicy
+from .policy import MPRecPolicy, StaticPolicy
 from .profile import BATCH_SIZES, load_profiles, profile_paths, save_profile
 from .report import format_table, knee_line, knee_rate, plot_sweep, ratio_to_best_static, summarize
 from .server import Server, replay
 from .simulate import simulate
 from .stream import poisson_stream
+from .types import PathInfo
 
 __all__ = ["load_model", "parse_assignments", "path_infos", "policies", "default_rates", "sweep", "run_stream",
            "serve_real", "split_rounds", "in_sequence", "train_and_evaluate", "main_job", "BATCH_SIZES",

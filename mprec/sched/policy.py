@@ -25,39 +25,11 @@ one query, and each part pays its path's fixed cost, while rescuing late queries
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional, Protocol
 
-from .profile import LatencyModel
-from .stream import Query
+from .types import Decision, PathInfo, Query, split_label
 
-__all__ = ["PathInfo", "Decision", "SystemView", "Policy", "StaticPolicy", "MPRecPolicy", "split_label"]
-
-
-@dataclass(frozen=True)
-class PathInfo:
-    name: str
-    device: str
-    accuracy: float
-    latency: LatencyModel
-
-
-@dataclass(frozen=True)
-class Decision:
-    """``path`` serves the query; for a split, ``parts`` holds ``(path, samples)`` in row order and ``path``
-    their names joined by ``" + "``."""
-
-    path: str
-    predicted_finish: float
-    parts: tuple = ()
-
-    def pieces(self, size: int) -> tuple:
-        """``((path, samples), ...)``: the parts, or the one path with all ``size`` samples."""
-        return self.parts or ((self.path, size),)
-
-
-def split_label(parts) -> str:
-    return " + ".join(name for name, _ in parts)
+__all__ = ["SystemView", "Policy", "StaticPolicy", "MPRecPolicy"]
 
 
 def _accuracy(parts, paths: dict) -> float:

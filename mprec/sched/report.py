@@ -27,7 +27,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def summarize(outcomes: Sequence, accuracy: dict) -> dict:
-    """``outcomes``: :class:`~mprec.sched.simulate.Outcome` s (simulated or measured); ``accuracy``: path ->
+    """``outcomes``: :class:`~mprec.sched.types.Outcome` s (simulated or measured); ``accuracy``: path ->
     accuracy."""
     if not outcomes:
         raise ValueError("summarize: no outcomes")

@@ -8,7 +8,7 @@ model and data, timing real latencies.
   finish (or now, once it is late) plus the predicted latencies of the queued ones; on an idle device,
   now plus the path's idle cost for how long the device has idled (the same latency models as the
   simulator).
-- A split query (:class:`~mprec.sched.policy.Decision` with parts) goes to each part's device queue, its
+- A split query (:class:`~mprec.sched.types.Decision` with parts) goes to each part's device queue, its
   rows divided in order; it is answered once, when its last part is done, with the parts' predictions
   concatenated (``error`` if a part failed, ``cancelled`` if a part was cancelled).
 - ``close`` stops accepting, lets the workers finish what is queued (or, with ``drain=False``, answers the
@@ -20,7 +20,7 @@ model and data, timing real latencies.
   the latency of a small DLRM query (0.46 ms -> 1.0 ms for 64 samples on 2 cores).
 
 :func:`replay` plays a stream against a server in real time (each query submitted at its arrival) and
-returns :class:`~mprec.sched.simulate.Outcome` s, comparable with the simulator's.
+returns :class:`~mprec.sched.types.Outcome` s, comparable with the simulator's.
 """
 
 from __future__ import annotations
@@ -34,26 +34,11 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
-from torch import Tensor
 
-from .policy import PathInfo, Policy
-from .simulate import Outcome
-from .stream import Query
+from .policy import Policy
+from .types import Answer, DeviceTimeline, PathInfo, Query
 
 __all__ = ["Answer", "Server", "replay"]
-
-
-@dataclass
-class Answer:
-    query: Query
-    status: str                   # "ok" | "rejected" | "cancelled" | "error"
-    path: Optional[str] = None    # a split's label for a split query
-    predictions: Optional[Tensor] = None
-    submitted: float = float("nan")
-    start: float = float("nan")
-    finish: float = float("nan")
-    error: Optional[BaseException] = None
-    parts: tuple = ()             # a split query's ((path, samples), ...)
 
 
 class _Join:
@@ -100,14 +85,15 @@ class _Item:
     predicted: float
 
 
-class _Device:
+class _Device(DeviceTimeline):
+    """A device's timeline (moved at the real start and finish of each query), its queue and its worker."""
+
+    __slots__ = ("queue", "ready", "thread")
+
     def __init__(self, lock: threading.Lock) -> None:
+        super().__init__()
         self.queue: deque = deque()
         self.ready = threading.Condition(lock)
-        self.in_service = False
-        # In service: the running query's predicted finish. Idle: when the last query finished (its idle gap).
-        self.busy_until = float("-inf")
-        self.pending = 0.0  # predicted seconds of the queued queries
         self.thread: Optional[threading.Thread] = None
 
 
@@ -146,17 +132,10 @@ class Server:
         return self._clock() - self._epoch
 
     def ready_at(self, path: PathInfo, now: float) -> float:
-        d = self.devices[path.device]
-        return (max(now, d.busy_until) if d.in_service else now) + d.pending + self._idle_cost(path, now)
-
-    def _idle_cost(self, path: PathInfo, now: float) -> float:
-        """``path``'s idle cost for a query submitted at ``now``: none while its device has work."""
-        d = self.devices[path.device]
-        return 0.0 if d.in_service or d.queue else path.latency.idle(now - d.busy_until)
+        return self.devices[path.device].ready_at(path, now)
 
     def has_room(self, device: str) -> bool:
-        d = self.devices[device]
-        return len(d.queue) + d.in_service < self.capacity
+        return self.devices[device].load < self.capacity
 
     # --- serving ---------------------------------------------------------------------------------------------
     def submit(self, query: Query, start_row: int = 0) -> Future:
@@ -178,9 +157,9 @@ class Server:
             for part, (name, n) in enumerate(pieces):
                 info = self.paths[name]
                 d = self.devices[info.device]
-                predicted = info.latency(n) + self._idle_cost(info, now)
+                predicted = info.latency(n) + d.idle_cost(info, now)
                 d.queue.append(_Item(join, part, name, row, n, predicted))
-                d.pending += predicted
+                d.enqueue(predicted)
                 d.ready.notify()
                 row += n
         return future
@@ -205,9 +184,8 @@ class Server:
                 if not d.queue:
                     return
                 item = d.queue.popleft()
-                d.pending = max(0.0, d.pending - item.predicted) if d.queue else 0.0
                 start = self.now()
-                d.in_service, d.busy_until = True, start + item.predicted
+                d.start(start, item.predicted)
             status, predictions, error = "ok", None, None
             try:
                 predictions = self.runners[item.path].serve(item.start_row, item.size)
@@ -215,7 +193,7 @@ class Server:
                 status, error = "error", failure
             finish = self.now()
             with self._lock:
-                d.in_service, d.busy_until = False, finish
+                d.finish(finish)
                 done = self._report(item, status, predictions=predictions, start=start, finish=finish, error=error)
             if done is not None:
                 done[0].set_result(done[1])
@@ -228,7 +206,7 @@ class Server:
                 for d in self.devices.values():
                     answered += [self._report(item, "cancelled") for item in d.queue]
                     d.queue.clear()
-                    d.pending = 0.0
+                    d.waiting, d.pending = 0, 0.0
             for d in self.devices.values():
                 d.ready.notify_all()
         for future, answer in filter(None, answered):
@@ -279,6 +257,4 @@ def replay(server: Server, queries: list, sleep=time.sleep) -> tuple:
     if failure:
         raise failure[0]
     answers = [f.result() for f in futures]
-    outcomes = [Outcome(a.query, a.path, a.start, a.finish, a.parts) if a.status == "ok" else Outcome(a.query, None)
-                for a in answers]
-    return outcomes, answers
+    return [a.outcome() for a in answers], answers

@@ -6,58 +6,36 @@ query when it is free and finishes it after the path's latency for that size, pl
 when the device had been idle (for as long as it had; since the start of the run for its first query).
 A query whose device has no room is rejected (counted, never served). The events are ordered by time:
 arrivals in order, and each device's completions, which are retired before the next arrival looks at the
-queues. A split query (:class:`~mprec.sched.policy.Decision` with parts) enters each part's device queue
+queues. A split query (:class:`~mprec.sched.types.Decision` with parts) enters each part's device queue
 and is done when its last part is.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable
 
-from .policy import PathInfo, Policy
-from .stream import Query
+from .policy import Policy
+from .types import DeviceTimeline, Outcome, PathInfo, Query
 
-__all__ = ["Outcome", "Simulator", "simulate"]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What happened to a query: ``path`` None means rejected. A split query has ``parts`` (``(path,
-    samples)`` in row order), ``path`` their label, ``start`` its first part's start and ``finish`` its last
-    part's finish."""
-
-    query: Query
-    path: Optional[str]
-    start: float = float("nan")
-    finish: float = float("nan")
-    parts: tuple = ()
-
-    def pieces(self) -> tuple:
-        """``((path, samples), ...)`` of a served query."""
-        return self.parts or ((self.path, self.query.size),)
-
-    @property
-    def rejected(self) -> bool:
-        return self.path is None
-
-    @property
-    def latency(self) -> float:
-        return self.finish - self.query.arrival
-
-    @property
-    def met_sla(self) -> bool:
-        # A microsecond of slack: a completion predicted exactly at the deadline is on time.
-        return self.path is not None and self.finish <= self.query.arrival + self.query.sla + 1e-6
+__all__ = ["Simulator", "simulate"]
 
 
-class _Device:
-    __slots__ = ("free", "finishes")
+class _Device(DeviceTimeline):
+    """A device's timeline and the predicted durations of its waiting queries, in order."""
+
+    __slots__ = ("durations",)
 
     def __init__(self) -> None:
-        self.free = float("-inf")  # when the last query queued finishes
-        self.finishes: deque = deque()
+        super().__init__()
+        self.durations: deque = deque()
+
+    def advance(self, now: float) -> None:
+        """Retires the queries predicted to finish by ``now``, each starting the next where it finishes."""
+        while self.in_service and self.busy_until <= now:
+            self.finish(self.busy_until)
+            if self.durations:
+                self.start(self.busy_until, self.durations.popleft())
 
 
 class Simulator:
@@ -73,15 +51,13 @@ class Simulator:
         self.devices = {p.device: _Device() for p in self.paths.values()}
 
     def ready_at(self, path: PathInfo, now: float) -> float:
-        d = self.devices[path.device]
-        return d.free if d.free >= now else now + path.latency.idle(now - d.free)
+        return self.devices[path.device].ready_at(path, now)
 
     def has_room(self, device: str) -> bool:
-        return len(self.devices[device].finishes) < self.capacity
+        return self.devices[device].load < self.capacity
 
     def run(self, queries: Iterable[Query], policy: Policy) -> list:
-        for d in self.devices.values():
-            d.free, d.finishes = float("-inf"), deque()
+        self.devices = {name: _Device() for name in self.devices}
         outcomes = []
         last = float("-inf")
         for q in queries:
@@ -89,9 +65,8 @@ class Simulator:
                 raise ValueError(f"Simulator.run: queries must come in arrival order (query {q.id} at {q.arrival} "
                                  f"after {last})")
             last = now = q.arrival
-            for d in self.devices.values():  # retire the completions up to now
-                while d.finishes and d.finishes[0] <= now:
-                    d.finishes.popleft()
+            for d in self.devices.values():
+                d.advance(now)
             decision = policy.choose(q, now, self)
             if decision is None:
                 outcomes.append(Outcome(q, None))
@@ -100,12 +75,17 @@ class Simulator:
             for name, n in decision.pieces(q.size):
                 info = self.paths[name]
                 d = self.devices[info.device]
-                if len(d.finishes) >= self.capacity:
+                if d.load >= self.capacity:
                     raise RuntimeError(f"Simulator.run: policy {policy.name} chose {info.name} on a full device")
-                starts.append(max(now, d.free))
-                d.free = self.ready_at(info, now) + info.latency(n)
-                d.finishes.append(d.free)
-                finishes.append(d.free)
+                begins = d.ready_at(info, now) - d.idle_cost(info, now)  # when the device turns to this query
+                predicted = info.latency(n) + d.idle_cost(info, now)
+                finishes.append(begins + d.idle_cost(info, now) + info.latency(n))
+                starts.append(begins)
+                d.enqueue(predicted)
+                if d.in_service:
+                    d.durations.append(predicted)
+                else:
+                    d.start(now, predicted)
             outcomes.append(Outcome(q, decision.path, min(starts), max(finishes), decision.parts))
         return outcomes
 

@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from .server import Server
-from .stream import Query
+from .types import Query
 
 __all__ = ["SoakReport", "capacity", "soak", "resident_mb"]
 

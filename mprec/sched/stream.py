@@ -10,20 +10,13 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
-__all__ = ["Query", "poisson_stream", "read_trace", "write_trace"]
+from .types import Query
 
-
-@dataclass(frozen=True)
-class Query:
-    id: int
-    arrival: float  # seconds
-    size: int
-    sla: float      # seconds
+__all__ = ["poisson_stream", "read_trace", "write_trace"]
 
 
 def poisson_stream(rate: float, count: int, sla: float, median_size: float = 128.0, sigma: float = 1.0,
