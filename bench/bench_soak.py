@@ -32,15 +32,16 @@ from mprec.sched.profile import machine_info
 from mprec.sched.soak import capacity, soak
 
 
-def paths_for(rows: int) -> list:
+def paths_for(rows: int) -> tuple:
+    """The table, DHE and cached-DHE paths of the Kaggle preset, and the rows their requests are drawn from."""
     torch.manual_seed(0)
     sizes = [min(s, rows) for s in KAGGLE_TABLE_SIZES]
-    data = SyntheticCriteo(4, 256, sizes, seed=7)
+    pool = RowPool.from_batches(SyntheticCriteo(4, 256, sizes, seed=7))
     models = []
     for rep, accuracy in (("table", 0.787), ("dhe", 0.789)):
         model = DLRM.preset("kaggle", sizes, representations=[rep] * 26, dhe=dict(k=128, m=1_000_000, decoder=(64,)))
-        models.append(LoadedModel(rep, model.eval(), RowPool.from_batches(data), accuracy))
-    return discover_paths(models, ["cpu"])
+        models.append(LoadedModel(rep, model.eval(), pool, accuracy))
+    return discover_paths(models, ["cpu"]), pool
 
 
 def summarize(data: dict) -> str:
@@ -73,17 +74,17 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     retain_freed_memory()  # as the server command runs
-    paths = paths_for(args.rows)
-    infos = {i.name: i for i in path_infos(profile_paths(paths, repetitions=5, budget_s=0.5))}
+    paths, pool = paths_for(args.rows)
+    infos = {i.name: i for i in path_infos(profile_paths(paths, pool, repetitions=5, budget_s=0.5))}
     latency = {p.name: infos[p.name].latency for p in paths}
     for p in paths:
-        p.warmup(256)
+        p.warmup(pool, 256)
 
     def make() -> Server:
         return Server(paths, latency, MPRecPolicy(), capacity=64)
 
-    knee = capacity(make, seconds=5.0, sla=args.sla_ms / 1e3)
-    report = soak(make, rate=2 * knee, seconds=args.seconds, sla=args.sla_ms / 1e3)
+    knee = capacity(make, pool, seconds=5.0, sla=args.sla_ms / 1e3)
+    report = soak(make, pool, rate=2 * knee, seconds=args.seconds, sla=args.sla_ms / 1e3)
     r = report.to_dict()
     after = [mb for t, mb in report.rss_mb if t >= report.warmup_s]
     info = machine_info()

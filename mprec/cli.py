@@ -286,8 +286,8 @@ def run_sched(args) -> int:
                 # An empty profile would compose into a system without the device, silently.
                 raise ValueError(f"no paths to profile: {'backends ' + args.backends if backends else 'no backend'} "
                                  f"found a device on this machine")
-            profiles = profile_paths(paths, sizes, args.repetitions, budget_s=args.budget_s, log=sys.stderr,
-                                     idle_repetitions=args.idle_repetitions, **idle)
+            profiles = profile_paths(paths, models[0].pool, sizes, args.repetitions, budget_s=args.budget_s,
+                                     log=sys.stderr, idle_repetitions=args.idle_repetitions, **idle)
             save_profile(args.out, profiles)
             print(json.dumps(dict(out=args.out, paths=[p.name for p in profiles]), indent=2))
             return 0
@@ -306,9 +306,11 @@ def run_sched(args) -> int:
         else:
             if not args.model or not args.data:
                 raise ValueError("real serving needs --model REP=CHECKPOINT and --data (or pass --simulate)")
-            paths = discover_paths(_load_models(ex, args))
+            models = _load_models(ex, args)
+            paths = discover_paths(models)
             rows = [row for rate, stream in plan
-                    for row in ex.serve_real(paths, infos, stream, args.capacity, rate, rounds=args.rounds)]
+                    for row in ex.serve_real(paths, infos, stream, models[0].pool, args.capacity, rate,
+                                             rounds=args.rounds)]
         print(format_table(rows))
         if len(by_rate(rows)) > 1:  # a sweep
             print(knee_line(rows))

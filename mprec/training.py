@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .data import KAGGLE_TABLE_SIZES, NUM_SPARSE, Batch, CriteoReader, SyntheticCriteo, Vocabulary
+from .data import KAGGLE_TABLE_SIZES, NUM_SPARSE, Batch, CriteoReader, IdMap, SyntheticCriteo, Vocabulary
 from .models.dlrm import DLRM, PRESETS
 from .nn import HYBRID_FORMS, REPRESENTATIONS, FusedOptimizer
 from .ops.mlp import gemm_choices, restore_gemm_choices
@@ -102,12 +102,32 @@ def make_batches(config: RunConfig, path: Optional[str] = None, vocabulary: Opti
         batches = config.synthetic_batches if config.limit is None else max(1, config.limit // config.batch_size)
         return SyntheticCriteo(batches, batch_size, config.table_sizes or KAGGLE_TABLE_SIZES,
                                seed=(config.seed + seed_offset) * world_size + rank)
-    raw = [t for t, r in enumerate(config.representations) if r == "dhe"]  # DHE hashes raw ids
+    raw = _raw_features(config)
     # Across processes every step needs a whole batch on every rank (TorchRec's collectives exchange equal
     # shares), so a stripe's last, short batch is dropped (evaluation pads it instead: see mprec.distributed).
     return CriteoReader(path, batch_size, max_ind_range=config.max_ind_range, vocabulary=vocabulary,
                         limit=None if config.limit is None else config.limit // world_size, raw_features=raw,
                         stripe=(rank, world_size) if world_size > 1 else None, drop_last=world_size > 1 and drop_last)
+
+
+def _raw_features(config: RunConfig) -> list:
+    return [t for t, r in enumerate(config.representations) if r == "dhe"]  # DHE hashes raw ids
+
+
+def id_map(config: RunConfig, vocabulary: Optional[Vocabulary], path: Optional[str] = None) -> IdMap:
+    """How the run's model takes the raw ids of ``path`` (default ``config.data``), as :func:`make_batches` maps
+    them: by its vocabulary or modulo, its DHE features raw; synthetic data's ids are the model's already."""
+    if (path or config.data) == SYNTHETIC:
+        return IdMap()
+    return IdMap(config.max_ind_range, vocabulary, _raw_features(config))
+
+
+def raw_batches(config: RunConfig, path: Optional[str] = None, seed_offset: int = 0) -> Iterable[Batch]:
+    """The batches :func:`make_batches` gives, with the ids as the data has them (:func:`id_map` maps them)."""
+    path = path or config.data
+    if path == SYNTHETIC:
+        return make_batches(config, path, seed_offset=seed_offset)
+    return CriteoReader(path, config.batch_size, limit=config.limit)
 
 
 # --- model --------------------------------------------------------------------------------------------------

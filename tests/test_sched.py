@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from mprec import precision
-from mprec.data import SyntheticCriteo
+from mprec.data import IdMap, SyntheticCriteo, Vocabulary
 from mprec.models import DLRM
 from mprec.nn.mlp import bucket_rows
-from mprec.sched import (LatencyModel, LoadedModel, MPRecPolicy, Outcome, Path, PathInfo, Query, RowPool, Server,
-                         Simulator, StaticPolicy, discover_paths, format_table, knee_rate, load_profiles, plot_sweep,
-                         poisson_stream, profile_paths, read_trace, register_path_provider, replay, save_profile,
-                         simulate, summarize, write_trace)
+from mprec.sched import (LatencyModel, LoadedModel, MPRecPolicy, Outcome, Path, PathInfo, Query, Request, RowPool,
+                         Server, Simulator, StaticPolicy, discover_paths, format_table, knee_rate, load_profiles,
+                         plot_sweep, poisson_stream, profile_paths, read_trace, register_path_provider, replay,
+                         save_profile, simulate, summarize, write_trace)
 from mprec.sched import paths as paths_module
 from mprec.sched.experiment import default_rates, in_sequence, run_stream, serve_real, split_rounds, sweep
 from mprec.sched.report import ratio_to_best_static
@@ -64,6 +64,16 @@ def test_latency_model_rejects_bad_idle_costs(gaps, cost):
         LatencyModel([1], [0.001], gaps, cost)
 
 
+class SizesOnly:
+    """A pool whose requests are their sizes, for fake paths that read nothing else."""
+
+    def __len__(self):
+        return 1000
+
+    def request(self, start, n):
+        return n
+
+
 class ColdPath:
     """A fake path on a fake clock: 1 ms a query plus 0.1 us a sample, and 2 ms more after its device idled
     1.5 ms or longer."""
@@ -71,9 +81,9 @@ class ColdPath:
     name, representation, device, accuracy = "cpu/cold", "table", "cpu", 0.7
 
     def __init__(self):
-        self.now, self.last, self.pool = 0.0, -math.inf, range(1000)
+        self.now, self.last = 0.0, -math.inf
 
-    def warmup(self, n):
+    def warmup(self, pool, n):
         pass
 
     def clock(self):
@@ -82,22 +92,22 @@ class ColdPath:
     def sleep(self, seconds):
         self.now += seconds
 
-    def serve(self, start, n):
+    def run(self, n):
         self.now += 0.001 + 1e-7 * n + (0.002 if self.now - self.last >= 0.0015 else 0.0)
         self.last = self.now
 
 
 def test_profile_measures_the_idle_cost_on_a_fake_clock():
     path = ColdPath()
-    (p,) = profile_paths([path], [1, 100, 1000], repetitions=4, idle_gaps=[0.003, 0.001, 0.0003], idle_sizes=[1, 64],
-                         idle_repetitions=3, clock=path.clock, sleep=path.sleep)
+    (p,) = profile_paths([path], SizesOnly(), [1, 100, 1000], repetitions=4, idle_gaps=[0.003, 0.001, 0.0003],
+                         idle_sizes=[1, 64], idle_repetitions=3, clock=path.clock, sleep=path.sleep)
     assert p.median_ms == pytest.approx([1.0001, 1.01, 1.1])  # the sizes back to back: no idle cost
     assert p.idle_gaps_ms == pytest.approx([0.3, 1.0, 3.0]) and p.idle_cost_ms == pytest.approx([0.0, 0.0, 2.0])
     assert p.latency_model().idle(0.002) == pytest.approx(0.001)
     with pytest.raises(ValueError, match="idle gaps must be distinct and > 0"):
-        profile_paths([path], [1], idle_gaps=[0.0])
+        profile_paths([path], SizesOnly(), [1], idle_gaps=[0.0])
     with pytest.raises(ValueError, match="idle gaps must be distinct and > 0"):
-        profile_paths([path], [1], idle_sizes=[])
+        profile_paths([path], SizesOnly(), [1], idle_sizes=[])
 
 
 def test_idle_costs_are_made_non_decreasing():
@@ -370,7 +380,7 @@ def tiny_models():
 def test_discover_paths_cpu_and_registration(tiny_models):
     paths = discover_paths(tiny_models, ["cpu"])
     assert [p.name for p in paths] == ["cpu/table", "cpu/dhe", "cpu/dhe+cache"]
-    register_path_provider("test", lambda models: [Path("test/x", "table", "cpu", models[0].model, models[0].pool, 0.5)])
+    register_path_provider("test", lambda models: [Path("test/x", "table", "cpu", models[0].model, 0.5)])
     try:
         assert "test/x" in [p.name for p in discover_paths(tiny_models)]
     finally:
@@ -379,18 +389,37 @@ def test_discover_paths_cpu_and_registration(tiny_models):
         discover_paths(tiny_models, ["tpu9"])
 
 
-def test_path_serves_the_model_on_pool_rows(tiny_models):
+def test_path_runs_the_model_on_the_request(tiny_models):
     m = tiny_models[0]
-    path = Path("cpu/table", "table", "cpu", m.model, m.pool, m.accuracy)
-    got = path.serve(100, 37)  # wraps around the 128-row pool
+    path = Path("cpu/table", "table", "cpu", m.model, m.accuracy)
+    got = path.run(m.pool.request(100, 37))  # wraps around the 128-row pool
     b = m.pool.batch(100, 37)
     # Under the path's precision: "auto" computes in bfloat16 on a CPU with native bfloat16.
     with torch.no_grad(), precision.autocast(path.precision, "cpu"):
         want = torch.sigmoid(m.model(b.dense, b.indices, b.offsets).float())
     torch.testing.assert_close(got, want)
     assert torch.equal(m.pool.rows(100, 37)[:28], torch.arange(100, 128))
-    with pytest.raises(ValueError, match="at least 1 sample, got 0"):
-        path.serve(0, 0)
+    with pytest.raises(ValueError, match=r"Request: needs dense \[n >= 1, D\]"):
+        path.run(m.pool.request(0, 0))
+
+
+def test_path_maps_raw_ids_into_its_models_id_space(tiny_models):
+    """Requests carry ids as the data has them; a path maps them as its model's training data was mapped (here a
+    vocabulary of the ids seen), and a request part (a split's) keeps its rows' ids."""
+    m = tiny_models[0]
+    raw = m.pool.sparse * 1000 + 7  # ids as a data set might have them: sparse and large
+    vocabulary = Vocabulary([raw[:, t].unique() for t in range(raw.shape[1])])
+    path = Path("cpu/table", "table", "cpu", m.model, m.accuracy, precision="fp32", ids=IdMap(vocabulary=vocabulary))
+    pool = RowPool(m.pool.dense, raw, m.pool.labels)
+    request = pool.request(5, 20)
+    mapped = vocabulary.map(raw[5:25])
+    with torch.no_grad():
+        want = torch.sigmoid(m.model(m.pool.dense[5:25], mapped.t().reshape(-1), torch.arange(20 * 26 + 1)))
+    torch.testing.assert_close(path.run(request), want)
+    part = request.rows(4, 9)
+    assert part.size == 9 and torch.equal(part.dense, request.dense[4:13])
+    assert torch.equal(part.indices.view(26, 9), request.indices.view(26, 20)[:, 4:13])
+    torch.testing.assert_close(path.run(part), want[4:13])
 
 
 def test_mlp_bucketing_keeps_inference_results():
@@ -407,7 +436,8 @@ def test_mlp_bucketing_keeps_inference_results():
 
 def test_profile_save_load_and_compose(tiny_models, tmp_path):
     paths = discover_paths(tiny_models, ["cpu"])[:2]
-    profiles = profile_paths(paths, [1, 4, 16], repetitions=3, budget_s=0.01, idle_gaps=[0.001, 0.004],
+    profiles = profile_paths(paths, tiny_models[0].pool, [1, 4, 16], repetitions=3, budget_s=0.01,
+                             idle_gaps=[0.001, 0.004],
                              idle_sizes=[1, 4], idle_repetitions=2)
     assert [p.name for p in profiles] == ["cpu/table", "cpu/dhe"]
     for p in profiles:
@@ -448,14 +478,15 @@ def serving_setup(tiny_models, latency=0.001):
 def test_server_answers_equal_direct_model_calls(tiny_models, inline):
     paths, latency = serving_setup(tiny_models)
     stream = [Query(i, 0.002 * i, 1 + (7 * i) % 40, 1.0) for i in range(25)]
+    pool = tiny_models[0].pool
     with Server(paths, latency, MPRecPolicy(), inline_device=inline) as server:
-        outcomes, answers = replay(server, stream)
+        outcomes, answers = replay(server, stream, pool)
     assert [a.status for a in answers] == ["ok"] * 25
     by_name = {p.name: p for p in paths}
     row = 0
     for q, a in zip(stream, answers):
         assert a.path == "cpu/dhe"  # the more accurate path, with a generous SLA
-        torch.testing.assert_close(a.predictions, by_name[a.path].serve(row, q.size), rtol=0, atol=0)
+        torch.testing.assert_close(a.predictions, by_name[a.path].run(pool.request(row, q.size)), rtol=0, atol=0)
         row += q.size
     assert all(o.finish >= o.start >= o.query.arrival - 1e-3 for o in outcomes)
 
@@ -464,7 +495,7 @@ def test_server_under_overload_rejects_explicitly_and_loses_nothing(tiny_models)
     paths, latency = serving_setup(tiny_models, latency=0.05)
     stream = [Query(i, 0.0, 64, 10.0) for i in range(200)]  # all at once, far more than the queue holds
     with Server(paths, latency, StaticPolicy("cpu/table"), capacity=4, inline_device="cpu") as server:
-        outcomes, answers = replay(server, stream)
+        outcomes, answers = replay(server, stream, tiny_models[0].pool)
     statuses = [a.status for a in answers]
     assert len(answers) == 200 and {a.query.id for a in answers} == set(range(200))
     assert statuses.count("rejected") >= 150 and statuses.count("ok") >= 4
@@ -475,17 +506,18 @@ def test_server_under_overload_rejects_explicitly_and_loses_nothing(tiny_models)
 
 def test_server_each_future_resolves_once_and_shutdown_cancels_or_drains(tiny_models):
     paths, latency = serving_setup(tiny_models)
+    pool = tiny_models[0].pool
     gate = threading.Event()
-    real_serve = paths[0].serve
+    real_run = paths[0].run
 
-    def slow_serve(start, n):
+    def slow_run(request):
         gate.wait(5)
-        return real_serve(start, n)
+        return real_run(request)
 
-    paths[0].serve = slow_serve
+    paths[0].run = slow_run
     try:
         server = Server(paths[:1], latency, StaticPolicy("cpu/table"), capacity=10)
-        futures = [server.submit(Query(i, 0.0, 3, 1.0)) for i in range(6)]
+        futures = [server.submit_query(Query(i, 0.0, 3, 1.0), pool.request(i, 3)) for i in range(6)]
         time.sleep(0.05)
         closer = threading.Thread(target=server.close, kwargs=dict(drain=False))
         closer.start()
@@ -496,40 +528,63 @@ def test_server_each_future_resolves_once_and_shutdown_cancels_or_drains(tiny_mo
         assert statuses[0] == "ok" and statuses.count("cancelled") == 5
         assert server.counts["ok"] == 1 and server.counts["cancelled"] == 5
         with pytest.raises(RuntimeError, match="the server is closed"):
-            server.submit(Query(9, 0.0, 1, 1.0))
+            server.submit_query(Query(9, 0.0, 1, 1.0), pool.request(0, 1))
         for f in futures:  # a second answer would raise InvalidStateError inside the server
             assert f.done()
     finally:
-        paths[0].serve = real_serve
+        paths[0].run = real_run
     with Server(paths[:1], latency, StaticPolicy("cpu/table")) as server:
-        futures = [server.submit(Query(i, 0.0, 2, 1.0)) for i in range(5)]
+        futures = [server.submit_query(Query(i, 0.0, 2, 1.0), pool.request(i, 2)) for i in range(5)]
     assert [f.result(5).status for f in futures] == ["ok"] * 5  # close() drains by default
 
 
-class OnDevice:
-    """A real path under another device name: a second device to split queries across."""
+def test_server_serves_requests_that_carry_their_data(tiny_models):
+    """Server.submit takes a request's data (dense features, raw ids in the TBE layout) and an SLA, and answers
+    with the path's predictions for exactly those rows; bad requests are refused at the door."""
+    paths, latency = serving_setup(tiny_models)
+    b = SyntheticCriteo(1, 11, [50] * 26, seed=99).batch(0)  # rows that are in no pool
+    with Server(paths, latency, MPRecPolicy()) as server:
+        answer = server.submit(b.dense, b.indices, b.offsets, sla_ms=1000.0).result(10)
+        again = server.submit(b.dense, b.indices, b.offsets, sla_ms=1000.0).result(10)
+        with pytest.raises(ValueError, match="Server.submit: sla_ms must be > 0, got 0"):
+            server.submit(b.dense, b.indices, b.offsets, sla_ms=0)
+        with pytest.raises(ValueError, match=r"Request: needs dense \[n >= 1, D\], 1-D indices and offsets of T \* n \+ 1"):
+            server.submit(b.dense, b.indices, b.offsets[:-1], sla_ms=10.0)
+    assert answer.status == "ok" and answer.path == "cpu/dhe" and answer.query.size == 11
+    assert (answer.query.id, again.query.id) == (0, 1) and answer.query.sla == pytest.approx(1.0)
+    by_name = {p.name: p for p in paths}
+    want = by_name["cpu/dhe"].run(Request(b.dense, b.indices, b.offsets))
+    torch.testing.assert_close(answer.predictions, want, rtol=0, atol=0)
 
-    def __init__(self, path, device, fail_rows=None):
+
+class OnDevice:
+    """A real path under another device name: a second device to split queries across. It fails a request that
+    holds the pool row ``fail_row`` (recognised by its dense features)."""
+
+    def __init__(self, path, device, pool=None, fail_row=None):
         self.path, self.device, self.accuracy = path, device, path.accuracy
         self.name = f"{device}/{path.representation}"
-        self.fail_rows = fail_rows
+        self.pool, self.fail_row = pool, fail_row
 
-    def serve(self, start, n):
-        if self.fail_rows is not None and start <= self.fail_rows < start + n:
-            raise RuntimeError(f"{self.name}: failing on row {self.fail_rows}")
-        return self.path.serve(start, n)
+    def run(self, request):
+        if self.fail_row is not None:
+            marker = self.pool.dense[self.fail_row % len(self.pool)]
+            if (request.dense == marker).all(1).any():
+                raise RuntimeError(f"{self.name}: failing on row {self.fail_row}")
+        return self.path.run(request)
 
 
 def test_server_split_answers_equal_the_parts_direct_model_calls(tiny_models):
     table, dhe = discover_paths(tiny_models, ["cpu"])[:2]
-    paths = [OnDevice(dhe, "d1"), OnDevice(table, "d2", fail_rows=10_000)]
+    pool = tiny_models[0].pool
+    paths = [OnDevice(dhe, "d1"), OnDevice(table, "d2", pool)]
     latency = {"d1/dhe": linear(0.01), "d2/table": linear(0.01)}
     # 10 ms a row (predicted) on either device and a 165 ms SLA: queries of 17 to 29 rows are split (at most 16
     # rows on dhe, the more accurate), 33 rows are late either way (one path), smaller ones go to dhe alone. The
     # predictions leave 15 ms for the submission's own delay; the devices are idle when each query arrives.
     stream = [Query(i, 0.3 * i, 5 + 4 * i, 0.165) for i in range(8)]
     with Server(paths, latency, MPRecPolicy()) as server:
-        outcomes, answers = replay(server, stream)
+        outcomes, answers = replay(server, stream, pool)
     assert [a.status for a in answers] == ["ok"] * 8 and server.counts["ok"] == 8
     row = 0
     for q, a in zip(stream, answers):
@@ -537,7 +592,7 @@ def test_server_split_answers_equal_the_parts_direct_model_calls(tiny_models):
         assert sum(n for _, n in parts) == q.size and len(a.predictions) == q.size
         expected = []
         for name, n in parts:
-            expected.append((dhe if name == "d1/dhe" else table).serve(row, n))
+            expected.append((dhe if name == "d1/dhe" else table).run(pool.request(row, n)))
             row += n
         torch.testing.assert_close(a.predictions, torch.cat(expected), rtol=0, atol=0)
     assert [bool(a.parts) for a in answers] == [False] * 3 + [True] * 4 + [False]
@@ -545,9 +600,9 @@ def test_server_split_answers_equal_the_parts_direct_model_calls(tiny_models):
     assert [o.parts for o in outcomes] == [a.parts for a in answers]
 
     # a failing part fails its query, answered once; the other queries are served
-    paths[1].fail_rows = sum(q.size for q in stream[:6]) + 25  # in query 6 (29 rows), past dhe's <= 16
+    paths[1].fail_row = sum(q.size for q in stream[:6]) + 25  # in query 6 (29 rows), past dhe's <= 16
     with Server(paths, latency, MPRecPolicy()) as server:
-        _, answers = replay(server, stream)
+        _, answers = replay(server, stream, pool)
     assert [a.status for a in answers] == ["ok"] * 6 + ["error", "ok"]
     assert "failing on row" in str(answers[6].error) and answers[6].predictions is None
     assert server.counts["ok"] == 7 and server.counts["error"] == 1
@@ -555,14 +610,15 @@ def test_server_split_answers_equal_the_parts_direct_model_calls(tiny_models):
 
 def test_server_counts_the_idle_cost_of_an_idle_device(tiny_models):
     table, dhe = discover_paths(tiny_models, ["cpu"])[:2]
+    pool = tiny_models[0].pool
     paths = [OnDevice(dhe, "d1"), OnDevice(table, "d2")]
     slow_to_wake = LatencyModel([1, 1000], [0.001, 0.001], [0.001], [1.0])  # 1 s more after idling 1 ms
     with Server(paths, {"d1/dhe": slow_to_wake, "d2/table": const(0.001)}, MPRecPolicy()) as server:
         now = server.now()
         d1, d2 = server.paths["d1/dhe"], server.paths["d2/table"]
         assert server.ready_at(d1, now) == pytest.approx(now + 1.0) and server.ready_at(d2, now) == now
-        first = server.submit(Query(0, now, 4, 0.5)).result(5)  # d1 would finish 1 s late
-        second = server.submit(Query(1, server.now(), 4, 5.0)).result(5)  # d1 meets a 5 s SLA
+        first = server.submit_query(Query(0, now, 4, 0.5), pool.request(0, 4)).result(5)  # d1 would finish 1 s late
+        second = server.submit_query(Query(1, server.now(), 4, 5.0), pool.request(4, 4)).result(5)  # meets 5 s
         last = server.devices["d1"].busy_until  # idle: when its last query finished
         assert server.ready_at(d1, last + 0.0005) == pytest.approx(last + 0.0005 + 0.5)  # idle half of 1 ms
     assert (first.path, second.path) == ("d2/table", "d1/dhe")
@@ -578,14 +634,15 @@ def test_server_checks_its_inputs(tiny_models):
 
 def test_real_and_simulated_serving_agree_on_path_choice(tiny_models):
     paths, _ = serving_setup(tiny_models)
-    profiles = profile_paths(paths, [1, 8, 64], repetitions=5, budget_s=0.05, idle_gaps=())
+    pool = tiny_models[0].pool
+    profiles = profile_paths(paths, pool, [1, 8, 64], repetitions=5, budget_s=0.05, idle_gaps=())
     infos = [PathInfo(p.name, p.device, p.accuracy, p.latency_model()) for p in profiles]
     # An SLA loose enough to hold even on a machine busy with other work (2 cores shared with a parallel build
     # can make this tiny DHE model take hundreds of milliseconds per query).
     stream = poisson_stream(20.0, 60, 60.0, median_size=8, sigma=0.5, max_size=64, seed=4)
     sim = run_stream(infos, stream)
     with Server(paths, {i.name: i.latency for i in infos}, MPRecPolicy(), inline_device="cpu") as server:
-        outcomes, _ = replay(server, stream)
+        outcomes, _ = replay(server, stream, pool)
     real = summarize(outcomes, {i.name: i.accuracy for i in infos})
     sim_mp = next(r for r in sim if r["policy"] == "mp-rec")
     # light load and a loose SLA: every query meets it on the most accurate path, in both
@@ -596,10 +653,11 @@ def test_real_and_simulated_serving_agree_on_path_choice(tiny_models):
 
 def test_serve_real_in_rounds_serves_every_query_under_every_policy(tiny_models):
     paths, _ = serving_setup(tiny_models)
-    profiles = profile_paths(paths, [1, 8, 64], repetitions=3, budget_s=0.01, idle_gaps=())
+    pool = tiny_models[0].pool
+    profiles = profile_paths(paths, pool, [1, 8, 64], repetitions=3, budget_s=0.01, idle_gaps=())
     infos = [PathInfo(p.name, p.device, p.accuracy, p.latency_model()) for p in profiles]
     stream = poisson_stream(50.0, 12, 60.0, median_size=8, sigma=0.5, max_size=64, seed=2)
-    rows = serve_real(paths, infos, stream, rounds=3, policy_names=["mp-rec", "static cpu/table"])
+    rows = serve_real(paths, infos, stream, pool, rounds=3, policy_names=["mp-rec", "static cpu/table"])
     assert [r["policy"] for r in rows] == ["mp-rec", "static cpu/table"]
     for r in rows:  # a 60 s SLA: every query of every round answered in time
         assert (r["queries"], r["samples"], r["violation_rate"]) == (12, sum(q.size for q in stream), 0.0)
@@ -609,7 +667,8 @@ def test_serve_real_in_rounds_serves_every_query_under_every_policy(tiny_models)
 def test_cli_serve_simulate_and_errors(tiny_models, tmp_path, capsys):
     import mprec.cli
 
-    profiles = profile_paths(discover_paths(tiny_models, ["cpu"])[:2], [1, 8, 64], repetitions=3, budget_s=0.01,
+    profiles = profile_paths(discover_paths(tiny_models, ["cpu"])[:2], tiny_models[0].pool, [1, 8, 64], repetitions=3,
+                             budget_s=0.01,
                              idle_gaps=())
     f = tmp_path / "p.json"
     save_profile(str(f), profiles)
@@ -686,15 +745,16 @@ def test_soak_overload_and_shutdown_under_load(tiny_models):
     from mprec.sched.soak import capacity, soak
 
     paths, latency = serving_setup(tiny_models)
+    pool = tiny_models[0].pool
     for p in paths:
-        p.warmup(256)
+        p.warmup(pool, 256)
 
     def make():
         return Server(paths, latency, MPRecPolicy(), capacity=16)
 
-    knee = capacity(make, seconds=1.5, warmup=0.5)
+    knee = capacity(make, pool, seconds=1.5, warmup=0.5)
     assert knee > 0
-    report = soak(make, rate=3 * knee, seconds=6.0, warmup=0.5, sample_every=0.2)
+    report = soak(make, pool, rate=3 * knee, seconds=6.0, warmup=0.5, sample_every=0.2)
     assert report.submitted > 0 and report.lost == 0 and report.duplicated == 0, report.to_dict()
     assert report.counts_agree and not report.thread_errors and not report.threads_left, report.to_dict()
     assert report.answers.get("rejected", 0) > 0 and report.answers.get("ok", 0) > 0

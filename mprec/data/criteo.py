@@ -42,6 +42,7 @@ __all__ = [
     "CorruptFileError",
     "parse_criteo",
     "CriteoReader",
+    "IdMap",
     "Vocabulary",
 ]
 
@@ -228,15 +229,18 @@ class Vocabulary:
     def map(self, sparse: Tensor) -> Tensor:
         """``[N, T]`` raw ids -> ``[N, T]`` indices."""
         out = torch.empty_like(sparse)
-        for t, known in enumerate(self.ids):
-            x = sparse[:, t].contiguous()
-            if known.numel() == 0:
-                out[:, t] = 0
-                continue
-            pos = torch.searchsorted(known, x)
-            found = known[pos.clamp(max=known.numel() - 1)] == x
-            out[:, t] = torch.where(found, pos + 1, 0)
+        for t in range(len(self.ids)):
+            out[:, t] = self.map_feature(t, sparse[:, t].contiguous())
         return out
+
+    def map_feature(self, t: int, ids: Tensor) -> Tensor:
+        """Feature ``t``'s raw ids (any shape) -> indices."""
+        known = self.ids[t]
+        if known.numel() == 0:
+            return torch.zeros_like(ids)
+        pos = torch.searchsorted(known, ids)
+        found = known[pos.clamp(max=known.numel() - 1)] == ids
+        return torch.where(found, pos + 1, 0)
 
     @classmethod
     def build(cls, paths: Union[PathLike, Sequence[PathLike]], min_count: int = 1, **reader_kwargs) -> "Vocabulary":
@@ -259,6 +263,53 @@ class Vocabulary:
     @classmethod
     def from_state_dict(cls, state: dict) -> "Vocabulary":
         return cls([state[f"ids.{t}"] for t in range(len(state))])
+
+
+class IdMap:
+    """How a model's features turn raw ids into the ids the model takes: modulo ``max_ind_range`` (the DLRM
+    reference's ``--max-ind-range``), or through a :class:`Vocabulary`, or not at all; ``raw_features`` (a mixed
+    model's DHE features, whose hash spreads any id) keep their raw ids either way. The reader applies it to the
+    data as it parses it; a served model applies it to each request's raw ids."""
+
+    def __init__(self, max_ind_range: Optional[int] = None, vocabulary: Optional[Vocabulary] = None,
+                 raw_features: Sequence[int] = ()) -> None:
+        if max_ind_range is not None and vocabulary is not None:
+            raise ValueError("IdMap: give max_ind_range or vocabulary, not both")
+        if max_ind_range is not None and max_ind_range < 1:
+            raise ValueError(f"IdMap: max_ind_range must be >= 1, got {max_ind_range}")
+        self.max_ind_range, self.vocabulary = max_ind_range, vocabulary
+        self.raw_features = frozenset(raw_features)
+
+    @property
+    def identity(self) -> bool:
+        return self.max_ind_range is None and self.vocabulary is None
+
+    def feature(self, t: int, ids: Tensor) -> Tensor:
+        """Feature ``t``'s raw ids -> the model's ids (a new tensor, or ``ids`` itself where nothing maps)."""
+        if t in self.raw_features or self.identity:
+            return ids
+        if self.max_ind_range is not None:
+            return ids.remainder(self.max_ind_range)
+        return self.vocabulary.map_feature(t, ids)
+
+    def rows(self, sparse: Tensor) -> Tensor:
+        """``[N, T]`` raw ids, one column per feature -> the model's ids (in place where it can)."""
+        if self.identity:
+            return sparse
+        raw = sparse[:, sorted(self.raw_features)].clone() if self.raw_features else None
+        sparse = sparse.remainder_(self.max_ind_range) if self.max_ind_range is not None else self.vocabulary.map(sparse)
+        if raw is not None:
+            sparse[:, sorted(self.raw_features)] = raw
+        return sparse
+
+    def tbe(self, indices: Tensor, offsets: Tensor, num_features: int) -> Tensor:
+        """Raw ids in FBGEMM's TBE layout (``offsets`` of ``num_features * B + 1`` entries) -> the model's."""
+        if self.identity:
+            return indices
+        batch = (offsets.numel() - 1) // num_features
+        ends = offsets[::batch].tolist() if batch else [0] * (num_features + 1)
+        return torch.cat([self.feature(t, indices[ends[t]:ends[t + 1]]) for t in range(num_features)]
+                         + [indices[ends[-1]:]])
 
 
 class CriteoReader:
@@ -300,6 +351,7 @@ class CriteoReader:
         self.batch_size = batch_size
         self.max_ind_range = max_ind_range
         self.vocabulary = vocabulary
+        self.ids = IdMap(max_ind_range, vocabulary, raw_features)
         self.strict = strict
         self.drop_last = drop_last
         self.limit = limit
@@ -354,14 +406,7 @@ class CriteoReader:
                                                describe_bad_line(row[1], row[2], self.num_dense, self.num_sparse)))
                 line += n_lines
                 self.lines += n_lines
-                raw = sparse[:, self.raw_features].clone() if self.raw_features else None
-                if self.max_ind_range is not None:
-                    sparse = sparse.remainder_(self.max_ind_range)
-                elif self.vocabulary is not None:
-                    sparse = self.vocabulary.map(sparse)
-                if raw is not None:
-                    sparse[:, self.raw_features] = raw
-                yield labels, dense, sparse
+                yield labels, dense, self.ids.rows(sparse)
 
     def chunks(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """Parsed chunks, read ahead by a worker thread into a bounded queue. Closing the iterator early

@@ -9,10 +9,10 @@ from .report import format_table, knee_rate, plot_sweep, summarize
 from .server import Server, replay
 from .simulate import Simulator, simulate
 from .stream import poisson_stream, read_trace, write_trace
-from .types import Answer, Decision, DeviceTimeline, Outcome, PathInfo, Query
+from .types import Answer, Decision, DeviceTimeline, Outcome, PathInfo, Query, Request
 
 __all__ = ["LoadedModel", "Path", "RowPool", "discover_paths", "path_providers", "register_path_provider",
            "Decision", "MPRecPolicy", "PathInfo", "Policy", "StaticPolicy", "BATCH_SIZES", "LatencyModel",
            "PathProfile", "load_profiles", "profile_paths", "save_profile", "format_table", "knee_rate",
            "plot_sweep", "summarize", "Answer", "Server", "replay", "Outcome", "Simulator", "simulate", "Query",
-           "poisson_stream", "read_trace", "write_trace", "DeviceTimeline"]
+           "poisson_stream", "read_trace", "write_trace", "DeviceTimeline", "Request"]

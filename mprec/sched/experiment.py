@@ -54,19 +54,21 @@ def _accuracy_from(value: str) -> float:
 
 def load_model(checkpoint: str, data: str, accuracy: Optional[str] = None, representation: Optional[str] = None,
                pool_rows: Optional[int] = None) -> LoadedModel:
-    """A trained checkpoint as a servable model: its rows of ``data`` in its own id space and its accuracy
-    (from ``accuracy``, a number or an ``mprec eval`` JSON, or else evaluated on ``data`` now)."""
+    """A trained checkpoint as a servable model: how it maps raw ids (its vocabulary), its accuracy (from
+    ``accuracy``, a number or an ``mprec eval`` JSON, or else evaluated on ``data`` now), and ``data``'s rows as
+    the data has them, to generate load from."""
     model, config, vocabulary = training.model_from_checkpoint(training.load_checkpoint(checkpoint), checkpoint)
     config.limit = pool_rows
-    batches = list(training.make_batches(config, data, vocabulary, seed_offset=10_000))
     evaluation = {}
     if accuracy is None:
-        evaluation = training.evaluate(model, batches, config.precision)
+        evaluation = training.evaluate(model, training.make_batches(config, data, vocabulary, seed_offset=10_000),
+                                       config.precision)
         acc = evaluation["accuracy"]
     else:
         acc = _accuracy_from(accuracy)
     rep = representation or training._summary(config.representations)
-    return LoadedModel(rep, model.eval(), RowPool.from_batches(batches), acc, config.precision, evaluation)
+    ids, raw = training.id_map(config, vocabulary, data), training.raw_batches(config, data, seed_offset=10_000)
+    return LoadedModel(rep, model.eval(), RowPool.from_batches(raw), acc, config.precision, evaluation, ids)
 
 
 def path_infos(profiles: list, statistic: str = "median") -> list:
@@ -152,12 +154,12 @@ def run_stream(infos: list, stream: list, capacity: int = 64, rate: Optional[flo
     return rows
 
 
-def serve_real(paths: list, infos: list, stream: list, capacity: int = 64, rate: Optional[float] = None,
-               policy_names: Optional[Sequence[str]] = None, rounds: int = 1) -> list:
-    """Every policy (or those named) serves ``stream`` for real; rows as :func:`run_stream` gives, from
-    measured latencies. With ``rounds``, the stream is cut into that many pieces and the policies take
-    turns piece by piece, in an order that rotates each round, so that a slow spell of a shared machine
-    falls on all of them rather than on one."""
+def serve_real(paths: list, infos: list, stream: list, pool: RowPool, capacity: int = 64,
+               rate: Optional[float] = None, policy_names: Optional[Sequence[str]] = None, rounds: int = 1) -> list:
+    """Every policy (or those named) serves ``stream`` for real, each query carrying rows of ``pool``; rows as
+    :func:`run_stream` gives, from measured latencies. With ``rounds``, the stream is cut into that many pieces
+    and the policies take turns piece by piece, in an order that rotates each round, so that a slow spell of a
+    shared machine falls on all of them rather than on one."""
     rate = _label_rate(stream, rate)
     by_name = {i.name: i for i in infos}
     missing = [p.name for p in paths if p.name not in by_name]
@@ -167,14 +169,14 @@ def serve_real(paths: list, infos: list, stream: list, capacity: int = 64, rate:
     accuracy = {p.name: p.accuracy for p in paths}
     inline = "cpu" if any(p.device == "cpu" for p in paths) else None
     for p in paths:  # every GEMM shape the stream brings is built before the clock runs
-        p.warmup(max(q.size for q in stream))
+        p.warmup(pool, max(q.size for q in stream))
     chosen = [policy for policy in policies([by_name[p.name] for p in paths])
               if not policy_names or policy.name in policy_names]
     runs: dict = {policy.name: [] for policy in chosen}
     for r, piece in enumerate(split_rounds(stream, rounds)):
         for policy in chosen[r % len(chosen):] + chosen[:r % len(chosen)]:
             with Server(paths, latency, policy, capacity, inline_device=inline) as server:
-                outcomes, _ = replay(server, piece)
+                outcomes, _ = replay(server, piece, pool)
             runs[policy.name].append(outcomes)
     return [dict(rate=rate, policy=policy.name, sla_ms=stream[0].sla * 1e3,
                  **summarize(in_sequence(runs[policy.name]), accuracy)) for policy in chosen]
@@ -232,7 +234,8 @@ def main_job(out: str = "mprec-run", data_dir: Optional[str] = None, epochs: int
 
     print("== 2. profile the local paths (batch 1 .. 16,384)", file=log)
     paths = discover_paths(models)
-    profiles = profile_paths(paths, BATCH_SIZES, repetitions=10, budget_s=0.4, log=log)
+    pool = models[0].pool  # every model's: the validation rows as the data has them
+    profiles = profile_paths(paths, pool, BATCH_SIZES, repetitions=10, budget_s=0.4, log=log)
     profile_file = os.path.join(out, "profile.json")
     save_profile(profile_file, profiles)
     if extra_profiles:
@@ -260,7 +263,7 @@ def main_job(out: str = "mprec-run", data_dir: Optional[str] = None, epochs: int
     real, sim, comparison = [], [], []
     for rate in real_rates:
         stream = poisson_stream(rate, real_load[rate], sla, median_size, sigma)
-        real += serve_real(local, local_infos, stream, rate=rate, rounds=rounds)
+        real += serve_real(local, local_infos, stream, pool, rate=rate, rounds=rounds)
         sim += run_stream(local_infos, stream, rate=rate, rounds=rounds)
     print(format_table(real), file=log)
     for rate in real_rates:

@@ -1,9 +1,11 @@
 """Paths: a trained representation model on a device.
 
-A :class:`Path` serves a query of ``n`` samples: it builds the model's inputs for rows of its
-:class:`RowPool` (the evaluation data in the model's own id space) and returns click probabilities.
-Profiling and the real server time the same :meth:`Path.serve`, so a profile predicts what the server
-sees.
+A :class:`Path` runs the request it is given (:class:`~mprec.sched.types.Request`: dense features and raw ids
+in the TBE layout): it maps the ids into its model's id space (:class:`mprec.data.IdMap`: the model's
+vocabulary, or none for its DHE features), moves them to its device and returns click probabilities.
+Profiling and the real server time the same :meth:`Path.run`, so a profile predicts what the server sees.
+A :class:`RowPool` holds evaluation rows as the data has them: the load generators (profiles, replayed
+streams, the soak) build their requests from it; the paths never see it.
 
 Backends add paths by registration (:func:`register_path_provider`), not by changing the scheduler: a
 provider receives the loaded models and returns the paths it can run on this machine (none when its
@@ -21,15 +23,16 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from ..data.criteo import Batch
+from ..data.criteo import Batch, IdMap
 from ..precision import autocast as precision_autocast
+from .types import Request
 
 __all__ = ["Path", "RowPool", "LoadedModel", "register_path_provider", "path_providers", "discover_paths"]
 
 
 class RowPool:
-    """Evaluation rows in one model's id space: ``dense [P, 13]``, ``sparse [P, T]`` ids, ``labels [P]``.
-    A query of ``n`` samples starting at row ``start`` takes rows ``start, start + 1, ...`` (cyclically)."""
+    """Evaluation rows as the data has them: ``dense [P, 13]``, ``sparse [P, T]`` raw ids, ``labels [P]``. A
+    request of ``n`` samples starting at row ``start`` takes rows ``start, start + 1, ...`` (cyclically)."""
 
     def __init__(self, dense: Tensor, sparse: Tensor, labels: Tensor) -> None:
         if dense.shape[0] == 0 or dense.shape[0] != sparse.shape[0] or labels.shape[0] != dense.shape[0]:
@@ -55,10 +58,15 @@ class RowPool:
         rows = self.rows(start, n)
         return Batch.from_rows(self.labels[rows], self.dense[rows], self.sparse[rows])
 
+    def request(self, start: int, n: int) -> Request:
+        b = self.batch(start, n)
+        return Request(b.dense, b.indices, b.offsets)
+
 
 @dataclass
 class LoadedModel:
-    """A trained model of one representation, its evaluation rows and its measured accuracy."""
+    """A trained model of one representation, how it maps raw ids (``ids``), its measured accuracy, and
+    evaluation rows (``pool``, raw) to generate load from."""
 
     representation: str
     model: nn.Module
@@ -66,21 +74,29 @@ class LoadedModel:
     accuracy: float
     precision: str = "auto"
     evaluation: dict = field(default_factory=dict)
+    ids: IdMap = field(default_factory=IdMap)
 
 
 class Path:
-    """``representation`` on ``device``: ``serve(start, n)`` -> probabilities ``[n]`` on the CPU."""
+    """``representation`` on ``device``: ``run(request)`` -> probabilities ``[n]`` on the CPU. ``ids`` maps the
+    requests' raw ids into the model's id space (default: they are the model's ids already)."""
 
-    def __init__(self, name: str, representation: str, device: str, model: nn.Module, pool: RowPool,
-                 accuracy: float, precision: str = "auto", synchronize: Optional[Callable[[], None]] = None) -> None:
+    def __init__(self, name: str, representation: str, device: str, model: nn.Module, accuracy: float,
+                 precision: str = "auto", synchronize: Optional[Callable[[], None]] = None,
+                 ids: Optional[IdMap] = None) -> None:
         self.name, self.representation, self.device = name, representation, device
-        self.model, self.pool, self.accuracy, self.precision = model.eval(), pool, accuracy, precision
+        self.model, self.accuracy, self.precision = model.eval(), accuracy, precision
+        self.ids = ids or IdMap()
         self._synchronize = synchronize
-        self._warm_to = 0  # warmup() has served every row bucket up to this size
+        self._warm_to = 0  # warmup() has run every row bucket up to this size
 
-    def inputs(self, start: int, n: int) -> tuple[Tensor, Tensor, Tensor]:
-        b = self.pool.batch(start, n)
-        return tuple(t.to(self.device, non_blocking=True) for t in (b.dense, b.indices, b.offsets))
+    def model_ids(self, request: Request) -> Tensor:
+        """The request's ids in the model's id space."""
+        return self.ids.tbe(request.indices, request.offsets, request.num_features)
+
+    def inputs(self, request: Request) -> tuple[Tensor, Tensor, Tensor]:
+        return tuple(t.to(self.device, non_blocking=True)
+                     for t in (request.dense, self.model_ids(request), request.offsets))
 
     @torch.no_grad()
     def predict(self, dense: Tensor, indices: Tensor, offsets: Tensor) -> Tensor:
@@ -89,24 +105,22 @@ class Path:
             logits = self.model(dense, indices, offsets)
         return torch.sigmoid(logits.float()).cpu()  # .cpu() waits for an asynchronous device
 
-    def serve(self, start: int, n: int) -> Tensor:
-        if n < 1:
-            raise ValueError(f"Path {self.name}: a query needs at least 1 sample, got {n}")
-        out = self.predict(*self.inputs(start, n))
+    def run(self, request: Request) -> Tensor:
+        out = self.predict(*self.inputs(request))
         if self._synchronize is not None:
             self._synchronize()
         return out
 
-    def warmup(self, max_size: int = 16384) -> None:
-        """Serves one query of every GEMM row bucket up to ``max_size`` (:func:`mprec.nn.mlp.bucket_rows`), so
-        that the kernels of every shape a stream can bring are built before anything is timed. Sizes
-        already warmed are not served again."""
+    def warmup(self, pool: RowPool, max_size: int = 16384) -> None:
+        """Runs one request of every GEMM row bucket up to ``max_size`` (:func:`mprec.nn.mlp.bucket_rows`, rows
+        of ``pool``), so that the kernels of every shape a stream can bring are built before anything is
+        timed. Sizes already warmed are not run again."""
         from ..nn.mlp import bucket_rows
 
         if max_size <= self._warm_to:
             return
         for n in sorted({bucket_rows(n) for n in range(self._warm_to + 1, max_size + 1)}):
-            self.serve(0, n)
+            self.run(pool.request(0, n))
         self._warm_to = max_size
 
     def __repr__(self) -> str:
@@ -154,32 +168,31 @@ def _dhe_layers(model: nn.Module) -> list:
 def _cpu_paths(models: list) -> list:
     paths = []
     for m in models:
-        paths.append(Path(f"cpu/{m.representation}", m.representation, "cpu", m.model, m.pool, m.accuracy,
-                          m.precision))
+        paths.append(Path(f"cpu/{m.representation}", m.representation, "cpu", m.model, m.accuracy, m.precision,
+                          ids=m.ids))
         if _dhe_layers(m.model):
             # MP-Cache: the same weights, with an online (LFU) cache of final DHE vectors per DHE layer.
             cached = copy.deepcopy(m.model).eval()
             for layer in _dhe_layers(cached):
                 layer.enable_cache("decoder", max_bytes=CACHE_BYTES, policy="lfu")
-            paths.append(Path(f"cpu/{m.representation}+cache", m.representation, "cpu", cached, m.pool,
-                              m.accuracy, m.precision))
+            paths.append(Path(f"cpu/{m.representation}+cache", m.representation, "cpu", cached, m.accuracy,
+                              m.precision, ids=m.ids))
     return paths
 
 
 def _cuda_paths(models: list) -> list:
     if not torch.cuda.is_available():
         return []
-    return [Path(f"cuda/{m.representation}", m.representation, "cuda", copy.deepcopy(m.model).to("cuda"), m.pool,
-                 m.accuracy, m.precision, synchronize=torch.cuda.synchronize) for m in models]
+    return [Path(f"cuda/{m.representation}", m.representation, "cuda", copy.deepcopy(m.model).to("cuda"),
+                 m.accuracy, m.precision, synchronize=torch.cuda.synchronize, ids=m.ids) for m in models]
 
 
 class LoweredPath(Path):
     """A path whose model is a :class:`mprec.lower.LoweredDLRM`: queries are padded on the host (to the
     model's bag size and batch buckets) and computed on the device."""
 
-    def inputs(self, start: int, n: int) -> tuple[Tensor, Tensor, Tensor]:
-        b = self.pool.batch(start, n)
-        return b.dense, b.indices, b.offsets
+    def inputs(self, request: Request) -> tuple[Tensor, Tensor, Tensor]:
+        return request.dense, self.model_ids(request), request.offsets
 
     @torch.no_grad()
     def predict(self, dense: Tensor, indices: Tensor, offsets: Tensor) -> Tensor:
@@ -198,8 +211,8 @@ def _xla_paths(models: list) -> list:
     kind = xm.xla_device_hw(device).lower()
     # Criteo's features hold one id per example: one slot per bag.
     return [LoweredPath(f"xla/{kind}/{m.representation}", m.representation, str(device),
-                        xla.lower(copy.deepcopy(m.model).eval(), bag_size=1).to(device), m.pool, m.accuracy,
-                        m.precision, synchronize=xm.wait_device_ops) for m in models]
+                        xla.lower(copy.deepcopy(m.model).eval(), bag_size=1).to(device), m.accuracy,
+                        m.precision, synchronize=xm.wait_device_ops, ids=m.ids) for m in models]
 
 
 register_path_provider("cpu", _cpu_paths)

@@ -1,6 +1,6 @@
 """Path profiles: each path's measured latency over batch sizes, and the latency model built from them.
 
-``profile_paths`` times :meth:`Path.serve` (inputs built from the evaluation rows, then the model) for
+``profile_paths`` times :meth:`Path.run` (on requests built from evaluation rows beforehand) for
 batch sizes 1 to 16,384 (powers of two): after :meth:`Path.warmup` (every GEMM shape built once) and
 warm-up calls, repetitions until ``repetitions`` or the per-size time budget is reached (at least
 ``min_repetitions``); it records the median and p99. The sizes take turns in a shuffled order, round
@@ -166,12 +166,12 @@ def versions() -> dict:
     return dict(mprec=mprec.__version__, torch=torch.__version__, python=sys.version.split()[0])
 
 
-def profile_paths(paths: Iterable, batch_sizes: Sequence[int] = BATCH_SIZES, repetitions: int = 20,
+def profile_paths(paths: Iterable, pool, batch_sizes: Sequence[int] = BATCH_SIZES, repetitions: int = 20,
                   min_repetitions: int = 3, budget_s: float = 1.0, warmup: int = 2, log=None, seed: int = 0,
                   idle_gaps: Sequence[float] = IDLE_GAPS, idle_sizes: Sequence[int] = IDLE_SIZES,
                   idle_repetitions: int = 10, clock=time.perf_counter, sleep=time.sleep) -> list:
-    """Times each path's ``serve`` per batch size, then its idle cost after each of ``idle_gaps`` (seconds;
-    none: no idle cost); returns :class:`PathProfile` s."""
+    """Times each path's ``run`` per batch size on requests from ``pool`` (a :class:`~mprec.sched.paths.RowPool`),
+    then its idle cost after each of ``idle_gaps`` (seconds; none: no idle cost); returns :class:`PathProfile` s."""
     if not batch_sizes or any(n < 1 for n in batch_sizes):
         raise ValueError(f"profile_paths: batch sizes must be >= 1, got {list(batch_sizes)}")
     if repetitions < 1 or min_repetitions < 1 or idle_repetitions < 1:
@@ -185,10 +185,10 @@ def profile_paths(paths: Iterable, batch_sizes: Sequence[int] = BATCH_SIZES, rep
     profiles = []
     order = random.Random(seed)
     for path in paths:
-        path.warmup(max(batch_sizes))
+        path.warmup(pool, max(batch_sizes))
         for n in batch_sizes:
             for _ in range(warmup):
-                path.serve(0, n)
+                path.run(pool.request(0, n))
         times: dict = {n: [] for n in batch_sizes}
         spent = dict.fromkeys(batch_sizes, 0.0)
         start_row = 0
@@ -199,14 +199,15 @@ def profile_paths(paths: Iterable, batch_sizes: Sequence[int] = BATCH_SIZES, rep
                 break
             order.shuffle(due)  # a server sees sizes in any order: so does the profile
             for n in due:
-                start_row = (start_row + n) % len(path.pool)  # different rows each repetition
+                start_row = (start_row + n) % len(pool)  # different rows each repetition
+                request = pool.request(start_row, n)
                 t0 = clock()
-                path.serve(start_row, n)
+                path.run(request)
                 elapsed = clock() - t0
                 times[n].append(elapsed)
                 spent[n] += elapsed
         medians = [statistics.median(times[n]) * 1e3 for n in batch_sizes]
-        gaps_ms, cost_ms = _idle_cost(path, idle_gaps, idle_sizes, idle_repetitions, order, clock, sleep)
+        gaps_ms, cost_ms = _idle_cost(path, pool, idle_gaps, idle_sizes, idle_repetitions, order, clock, sleep)
         profiles.append(PathProfile(path.name, path.representation, path.device, path.accuracy, list(batch_sizes),
                                     medians, [percentile(times[n], 0.99) * 1e3 for n in batch_sizes],
                                     [len(times[n]) for n in batch_sizes], gaps_ms, cost_ms, machine))
@@ -218,8 +219,8 @@ def profile_paths(paths: Iterable, batch_sizes: Sequence[int] = BATCH_SIZES, rep
     return profiles
 
 
-def _idle_cost(path, gaps: Sequence[float], sizes: Sequence[int], repetitions: int, order: random.Random, clock,
-               sleep) -> tuple:
+def _idle_cost(path, pool, gaps: Sequence[float], sizes: Sequence[int], repetitions: int, order: random.Random,
+               clock, sleep) -> tuple:
     """``(gaps_ms, cost_ms)``: the median gap measured for each of ``gaps`` and the idle cost after it. Each
     timed query follows a query of a random size of ``sizes``: right away (back to back), or once this
     thread, idle for the gap, is woken by another (as the server's intake wakes an idle device's worker,
@@ -238,15 +239,16 @@ def _idle_cost(path, gaps: Sequence[float], sizes: Sequence[int], repetitions: i
         for _ in range(repetitions):
             order.shuffle(cells)
             for g, n in cells:
-                row = (row + n) % len(path.pool)
-                path.serve(row, order.choice(sizes))
+                row = (row + n) % len(pool)
+                path.run(pool.request(row, order.choice(sizes)))
+                request = pool.request(row, n)
                 if g:
                     before = clock()
                     t0 = waker.idle(g)
                     slept[g].append(t0 - before)
                 else:
                     t0 = clock()
-                path.serve(row, n)
+                path.run(request)
                 times[(g, n)].append(clock() - t0)
     finally:
         waker.close()

@@ -1,9 +1,11 @@
 """A real threaded server: the policy picks a path per query and a worker per device runs it on the real
 model and data, timing real latencies.
 
-- ``submit`` decides at once (under one lock with the devices' state): a query the policy rejects, or
-  that finds its device's bounded queue full, is answered ``rejected`` immediately; any other goes to
-  its device's FIFO queue. Every submitted query gets exactly one :class:`Answer`, through its future.
+- ``submit(dense, indices, offsets, sla_ms)`` takes a request with its data (raw ids in the TBE layout) and
+  decides at once (under one lock with the devices' state): a query the policy rejects, or that finds its
+  device's bounded queue full, is answered ``rejected`` immediately; any other goes to its device's FIFO
+  queue, and the path runs the rows it is given. Every submitted query gets exactly one :class:`Answer`,
+  through its future, with its predictions.
 - The policy sees when each path could start a query: on a busy device, the running query's predicted
   finish (or now, once it is late) plus the predicted latencies of the queued ones; on an idle device,
   now plus the path's idle cost for how long the device has idled (the same latency models as the
@@ -19,7 +21,8 @@ model and data, timing real latencies.
   regions, while a team led by any other thread is woken through the kernel each time, which doubles
   the latency of a small DLRM query (0.46 ms -> 1.0 ms for 64 samples on 2 cores).
 
-:func:`replay` plays a stream against a server in real time (each query submitted at its arrival) and
+:func:`replay` plays a stream against a server in real time (each query submitted at its arrival, with
+rows of a :class:`~mprec.sched.paths.RowPool` as its data: the evaluation rows are the load generator's) and
 returns :class:`~mprec.sched.types.Outcome` s, comparable with the simulator's.
 """
 
@@ -34,9 +37,10 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
+from torch import Tensor
 
 from .policy import Policy
-from .types import Answer, DeviceTimeline, PathInfo, Query
+from .types import Answer, DeviceTimeline, PathInfo, Query, Request
 
 __all__ = ["Answer", "Server", "replay"]
 
@@ -80,8 +84,7 @@ class _Item:
     join: _Join
     part: int
     path: str
-    start_row: int
-    size: int
+    request: Request  # the part's rows
     predicted: float
 
 
@@ -116,6 +119,7 @@ class Server:
         self._epoch = clock()
         self._lock = threading.Lock()
         self._closing = False
+        self._next_id = 0
         self.counts = dict(submitted=0, ok=0, rejected=0, cancelled=0, error=0)
         self.devices = {info.device: _Device(self._lock) for info in self.paths.values()}
         if inline_device is not None and inline_device not in self.devices:
@@ -138,8 +142,24 @@ class Server:
         return self.devices[device].load < self.capacity
 
     # --- serving ---------------------------------------------------------------------------------------------
-    def submit(self, query: Query, start_row: int = 0) -> Future:
-        """Queues ``query`` (its samples are rows ``start_row, ...`` of each path's pool) or rejects it."""
+    def submit(self, dense: Tensor, indices: Tensor, offsets: Tensor, sla_ms: float) -> Future:
+        """Serves a request: ``dense [n, D]`` and the sparse ids in the TBE layout (raw ids, as the data has them;
+        each path maps them into its model's id space), to be answered within ``sla_ms``. Returns a future of
+        the :class:`~mprec.sched.types.Answer`: status ``ok`` with ``predictions [n]`` (click probabilities), or
+        ``rejected`` at once (no path can take it), ``cancelled`` (closed without draining) or ``error``."""
+        if not sla_ms > 0:
+            raise ValueError(f"Server.submit: sla_ms must be > 0, got {sla_ms}")
+        request = Request(dense, indices, offsets)
+        with self._lock:
+            query_id, self._next_id = self._next_id, self._next_id + 1
+        return self.submit_query(Query(query_id, self.now(), request.size, sla_ms / 1e3), request)
+
+    def submit_query(self, query: Query, request: Request) -> Future:
+        """Queues ``query`` with its data (``request``, ``query.size`` rows) or rejects it: what :meth:`submit`
+        does, for a caller that keeps its own query ids and arrival times (a replayed stream)."""
+        if request.size != query.size:
+            raise ValueError(f"Server.submit_query: query {query.id} has {query.size} samples but its request "
+                             f"{request.size} rows")
         future: Future = Future()
         with self._lock:
             if self._closing:
@@ -153,12 +173,12 @@ class Server:
                 future.set_result(Answer(query, "rejected", submitted=now))
                 return future
             join = _Join(query, decision.path, decision.parts, future, now)
-            row = start_row
+            row = 0
             for part, (name, n) in enumerate(pieces):
                 info = self.paths[name]
                 d = self.devices[info.device]
                 predicted = info.latency(n) + d.idle_cost(info, now)
-                d.queue.append(_Item(join, part, name, row, n, predicted))
+                d.queue.append(_Item(join, part, name, request.rows(row, n), predicted))
                 d.enqueue(predicted)
                 d.ready.notify()
                 row += n
@@ -188,7 +208,7 @@ class Server:
                 d.start(start, item.predicted)
             status, predictions, error = "ok", None, None
             try:
-                predictions = self.runners[item.path].serve(item.start_row, item.size)
+                predictions = self.runners[item.path].run(item.request)
             except Exception as failure:  # answered, counted, and the worker goes on
                 status, error = "error", failure
             finish = self.now()
@@ -222,11 +242,12 @@ class Server:
         self.close()
 
 
-def replay(server: Server, queries: list, sleep=time.sleep) -> tuple:
-    """Submits each query at its arrival (seconds after the replay starts), waits for every answer, closes
-    the server and returns ``(outcomes, answers)``. A query's samples are consecutive pool rows, the next
-    query's after them. Arrival times in the outcomes are on the server's clock. With an inline device,
-    the queries are submitted from a helper thread while this thread serves that device."""
+def replay(server: Server, queries: list, pool, sleep=time.sleep) -> tuple:
+    """Submits each query at its arrival (seconds after the replay starts) with its data, consecutive rows of
+    ``pool`` (a :class:`~mprec.sched.paths.RowPool`; the next query's after them), waits for every answer,
+    closes the server and returns ``(outcomes, answers)``. Arrival times in the outcomes are on the server's
+    clock. With an inline device, the queries are submitted from a helper thread while this thread serves
+    that device."""
     t0 = server.now()
     futures: list = []
     failure: list = []
@@ -235,11 +256,12 @@ def replay(server: Server, queries: list, sleep=time.sleep) -> tuple:
         try:
             row = 0
             for q in queries:
+                request = pool.request(row, q.size)  # built before the query arrives, as a client's would be
+                row += q.size
                 wait = t0 + q.arrival - server.now()
                 if wait > 0:
                     sleep(wait)
-                futures.append(server.submit(replace(q, arrival=t0 + q.arrival), row))
-                row += q.size
+                futures.append(server.submit_query(replace(q, arrival=t0 + q.arrival), request))
             for f in futures:
                 f.result()
         except BaseException as error:  # re-raised by the caller

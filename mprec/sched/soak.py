@@ -69,11 +69,13 @@ def _sizes(rng: np.random.Generator, n: int, median: float, sigma: float, max_si
     return np.clip(np.rint(rng.lognormal(math.log(median), sigma, n)), 1, max_size).astype(np.int64)
 
 
-def capacity(make_server: Callable[[], Server], seconds: float = 3.0, median_size: float = 64.0, sigma: float = 0.5,
-             max_size: int = 256, sla: float = 1.0, outstanding: int = 8, warmup: float = 1.0, seed: int = 0) -> float:
-    """Answers a second with the queues never empty: ``outstanding`` queries are kept in the server (a new one
-    as each is answered) for ``warmup`` seconds, not counted (the first queries of each size build their GEMM
-    kernels), then for ``seconds``, whose ``ok`` answers are counted."""
+def capacity(make_server: Callable[[], Server], pool, seconds: float = 3.0, median_size: float = 64.0,
+             sigma: float = 0.5, max_size: int = 256, sla: float = 1.0, outstanding: int = 8, warmup: float = 1.0,
+             seed: int = 0) -> float:
+    """Answers a second with the queues never empty: ``outstanding`` queries (rows of ``pool``, a
+    :class:`~mprec.sched.paths.RowPool`) are kept in the server (a new one as each is answered) for ``warmup``
+    seconds, not counted (the first queries of each size build their GEMM kernels), then for ``seconds``, whose
+    ``ok`` answers are counted."""
     rng = np.random.default_rng(seed)
     sizes = _sizes(rng, 1 << 16, median_size, sigma, max_size)
     server = make_server()
@@ -93,18 +95,20 @@ def capacity(make_server: Callable[[], Server], seconds: float = 3.0, median_siz
     while time.perf_counter() - start < seconds:
         if not slots.acquire(timeout=0.1):
             continue
-        server.submit(Query(i, 0.0, int(sizes[i % len(sizes)]), sla), start_row=i).add_done_callback(count)
+        n = int(sizes[i % len(sizes)])
+        server.submit_query(Query(i, 0.0, n, sla), pool.request(i, n)).add_done_callback(count)
         i += 1
     elapsed = time.perf_counter() - start
     server.close(drain=False)
     return done / elapsed
 
 
-def soak(make_server: Callable[[], Server], rate: float, seconds: float, median_size: float = 64.0,
+def soak(make_server: Callable[[], Server], pool, rate: float, seconds: float, median_size: float = 64.0,
          sigma: float = 0.5, max_size: int = 256, sla: float = 0.05, warmup: float = 0.25, sample_every: float = 0.5,
          close_timeout: float = 30.0, seed: int = 0) -> SoakReport:
-    """Offers ``rate`` queries a second for ``seconds``, then closes the server while queries still arrive
-    (see the module's description); ``warmup`` is the share of the run before memory is held to be flat."""
+    """Offers ``rate`` queries a second (rows of ``pool``) for ``seconds``, then closes the server while queries
+    still arrive (see the module's description); ``warmup`` is the share of the run before memory is held to
+    be flat."""
     report = SoakReport(offered_qps=rate, seconds=seconds, warmup_s=seconds * warmup)
     limit = int(rate * (seconds + close_timeout) * 1.5) + 1024
     seen = bytearray(limit)  # answers per query id, allocated before the clock starts
@@ -136,8 +140,10 @@ def soak(make_server: Callable[[], Server], rate: float, seconds: float, median_
             wait = next_at - time.perf_counter()
             if wait > 0:
                 time.sleep(wait)
+            n = int(sizes[i % len(sizes)])
+            request = pool.request(i, n)
             try:
-                future = server.submit(Query(i, 0.0, int(sizes[i % len(sizes)]), sla), start_row=i)
+                future = server.submit_query(Query(i, 0.0, n, sla), request)
             except RuntimeError:  # closed: refused, as a closed server must
                 report.refused_after_close += 1
                 if report.refused_after_close >= 100:

@@ -1,4 +1,4 @@
-"""The scheduler's shared types: a query, a path as the policies see it, a policy's decision, what happened to a
+"""The scheduler's shared types: a query and its data, a path as the policies see it, a policy's decision, what happened to a
 query (simulated or served), and one device's timeline, which the simulator and the server keep alike.
 
 Every other module of :mod:`mprec.sched` imports these from here: the simulator and the server produce the same
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from .profile import LatencyModel
 
-__all__ = ["Query", "PathInfo", "Decision", "Outcome", "Answer", "DeviceTimeline", "split_label"]
+__all__ = ["Query", "Request", "PathInfo", "Decision", "Outcome", "Answer", "DeviceTimeline", "split_label"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,49 @@ class Query:
     arrival: float  # seconds
     size: int
     sla: float      # seconds
+
+
+@dataclass(frozen=True)
+class Request:
+    """A query's data: ``dense [n, D]`` and the sparse features' ids in FBGEMM's TBE layout (``indices`` feature by
+    feature, ``offsets`` of ``T * n + 1`` entries), as the data has them (raw Criteo ids): each path maps them
+    into its own model's id space (:class:`mprec.data.IdMap`)."""
+
+    dense: "Tensor"
+    indices: "Tensor"
+    offsets: "Tensor"
+
+    def __post_init__(self) -> None:
+        n = self.dense.shape[0] if self.dense.dim() == 2 else -1
+        if n < 1 or self.indices.dim() != 1 or self.offsets.dim() != 1 or (self.offsets.numel() - 1) % n:
+            raise ValueError(f"Request: needs dense [n >= 1, D], 1-D indices and offsets of T * n + 1 entries (TBE "
+                             f"layout), got dense {list(self.dense.shape)}, indices {list(self.indices.shape)}, "
+                             f"offsets {list(self.offsets.shape)}")
+
+    @property
+    def size(self) -> int:
+        return self.dense.shape[0]
+
+    @property
+    def num_features(self) -> int:
+        return (self.offsets.numel() - 1) // self.size
+
+    def rows(self, start: int, n: int) -> "Request":
+        """Rows ``[start, start + n)``: a split query's part."""
+        if start == 0 and n == self.size:
+            return self
+        import torch
+
+        offsets, batch = self.offsets, self.size
+        indices, parts, base = [], [], 0
+        for t in range(self.num_features):
+            first, last = t * batch + start, t * batch + start + n
+            lo, hi = int(offsets[first]), int(offsets[last])
+            indices.append(self.indices[lo:hi])
+            parts.append(offsets[first:last] - lo + base)
+            base += hi - lo
+        parts.append(offsets.new_tensor([base]))
+        return Request(self.dense[start:start + n], torch.cat(indices), torch.cat(parts))
 
 
 @dataclass(frozen=True)

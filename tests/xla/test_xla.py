@@ -92,20 +92,20 @@ def test_scheduler_has_xla_paths_that_profile():
     from mprec.sched.profile import profile_paths
 
     sizes = [50] * 26
-    data = SyntheticCriteo(2, 32, sizes, seed=7)
+    pool = RowPool.from_batches(SyntheticCriteo(2, 32, sizes, seed=7))
     models = []
     for rep in ("table", "dhe"):
         torch.manual_seed(0)
         model = DLRM.preset("kaggle", sizes, representations=[rep] * 26, dhe=dict(k=32, m=10_000, decoder=(16,)))
-        models.append(LoadedModel(rep, model.eval(), RowPool.from_batches(data), 0.75))
+        models.append(LoadedModel(rep, model.eval(), pool, 0.75))
     paths = discover_paths(models, ["xla"])
     # XLA on this machine's CPU is labelled as such, not as a TPU.
     assert [p.name for p in paths] == ["xla/cpu/table", "xla/cpu/dhe"]
     for path, m in zip(paths, models):
-        batch = m.pool.batch(0, 5)
+        batch = pool.batch(0, 5)
         with torch.no_grad():
             expected = torch.sigmoid(m.model(batch.dense, batch.indices, batch.offsets))
-        torch.testing.assert_close(path.serve(0, 5), expected, rtol=1e-4, atol=1e-5)
-    profiles = profile_paths(paths, [1, 8], repetitions=3, budget_s=0.5, idle_gaps=())
+        torch.testing.assert_close(path.run(pool.request(0, 5)), expected, rtol=1e-4, atol=1e-5)
+    profiles = profile_paths(paths, pool, [1, 8], repetitions=3, budget_s=0.5, idle_gaps=())
     assert [p.name for p in profiles] == ["xla/cpu/table", "xla/cpu/dhe"]
     assert all(len(p.median_ms) == 2 and min(p.median_ms) > 0 for p in profiles)
