@@ -8,6 +8,8 @@ import random
 
 import pytest
 import torch
+
+import reference
 from torch.utils._python_dispatch import TorchDispatchMode
 
 # Without a GPU the Triton kernels run on CPU tensors in Triton's interpreter; it is chosen when a kernel
@@ -118,7 +120,7 @@ def make_weight(num_rows: int, dim: int, dtype: torch.dtype):
     w = torch.randn(num_rows, dim)
     if dtype == torch.uint8:
         q, scale_bias = mprec.ops.quantize_rowwise_int8(w)
-        return q, scale_bias, mprec.ops.reference.dequantize_rowwise_int8_reference(q, scale_bias, torch.float64)
+        return q, scale_bias, reference.dequantize_rowwise_int8_reference(q, scale_bias, torch.float64)
     w = w.to(dtype)
     return w, None, w.double()
 

@@ -18,7 +18,7 @@ from torch.utils._pytree import tree_map
 from mprec.lower import ipu
 from mprec.models import DLRM
 from mprec.ops.dhe import dhe_hash_parameters, next_prime
-from mprec.ops.reference import dhe_hash_reference
+from reference import dhe_hash_reference
 
 from conftest import LOWERING_SIZES, OpLog, dlrm_batch, small_dlrm
 

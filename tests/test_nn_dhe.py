@@ -1,12 +1,14 @@
 """mprec.nn.DHEEmbeddingBag, HybridEmbeddingBag and the per-feature representations of
-EmbeddingBagCollection, against float64 references built from mprec.ops.reference."""
+EmbeddingBagCollection, against float64 references built from reference."""
 
 import pytest
 import torch
 
+import reference
+
 import mprec
 from mprec.nn import DHEEmbeddingBag, EmbeddingBagCollection, HybridEmbeddingBag
-from mprec.ops.reference import dhe_encode_linear_reference, rowwise_linear_reference
+from reference import dhe_encode_linear_reference, rowwise_linear_reference
 
 from conftest import make_bags
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mprec
-from mprec.ops.reference import embedding_bag_reference
+from reference import embedding_bag_reference
 
 common = pytest.importorskip("torch.testing._internal.common_methods_invocations")
 OPINFO = next(op for op in common.op_db if op.name == "nn.functional.embedding_bag")

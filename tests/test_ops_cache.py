@@ -18,7 +18,7 @@ from mprec.ops.cache import (
     table_capacity,
     unique_ids,
 )
-from mprec.ops.reference import cache_table_reference, count_min_reference
+from reference import cache_table_reference, count_min_reference
 
 
 # --- unique_ids -----------------------------------------------------------------------------------------

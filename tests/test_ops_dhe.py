@@ -9,7 +9,7 @@ import torch
 
 import mprec
 from mprec.ops import dhe
-from mprec.ops.reference import (dhe_encode_linear_reference, dhe_encode_reference, dhe_hash_reference,
+from reference import (dhe_encode_linear_reference, dhe_encode_reference, dhe_hash_reference,
                                  rowwise_linear_reference)
 from conftest import INDEX_DTYPES, ISAS
 

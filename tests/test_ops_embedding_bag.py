@@ -2,11 +2,13 @@
 
 import pytest
 import torch
+
+import reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mprec
-from mprec.ops.reference import batched_embedding_bag_reference, embedding_bag_reference
+from reference import batched_embedding_bag_reference, embedding_bag_reference
 from conftest import DIMS, INDEX_DTYPES, TOLERANCE, WEIGHT_DTYPES, make_bags, make_weight, offsets_for
 
 # (mode, weighted): per_sample_weights exist only for sum.
@@ -201,7 +203,7 @@ def test_quantize_rowwise_int8_matches_reference(dim):
     weight = torch.randn(64, dim) * torch.rand(64, 1) * 10
     weight[3] = 1.5  # a constant row: scale 0, exact
     q, sb = mprec.ops.quantize_rowwise_int8(weight)
-    q_ref, sb_ref = mprec.ops.reference.quantize_rowwise_int8_reference(weight)
+    q_ref, sb_ref = reference.quantize_rowwise_int8_reference(weight)
     assert q.dtype == torch.uint8 and sb.dtype == torch.float32
     assert torch.equal(q, q_ref)
     assert torch.equal(sb, sb_ref)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import mprec
-from mprec.ops.reference import batched_embedding_bag_reference, embedding_bag_reference
+from reference import batched_embedding_bag_reference, embedding_bag_reference
 from conftest import DIMS, INDEX_DTYPES, make_bags, offsets_for
 
 MODE_CASES = [("sum", False), ("sum", True), ("mean", False), ("max", False)]

@@ -7,7 +7,7 @@ import torch
 
 from conftest import make_bags
 from mprec.ops import batched_embedding_bag_update
-from mprec.ops.reference import batched_embedding_bag_update_reference
+from reference import batched_embedding_bag_update_reference
 
 TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6),
        torch.bfloat16: dict(rtol=0, atol=2e-2)}

@@ -20,7 +20,7 @@ import torch
 import cuda_emulator
 import mprec
 from mprec.ops import gpu
-from mprec.ops import reference as R
+import reference as R
 
 pytestmark = pytest.mark.skipif(not gpu.triton_available(), reason="triton is not installed")
 

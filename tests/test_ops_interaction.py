@@ -7,7 +7,7 @@ import torch
 
 import mprec
 from mprec.ops import dot_interaction
-from mprec.ops.reference import dot_interaction_reference
+from reference import dot_interaction_reference
 
 
 @pytest.mark.parametrize("shape", [(0, 3, 4), (1, 2, 1), (17, 27, 16), (33, 5, 129), (64, 9, 3)])
@@ -72,7 +72,7 @@ def test_opcheck():
 
 # ---- dlrm_interaction: cat([dense, pairs of (dense, tables)], zero padding) ------------------------------
 from mprec.ops import dlrm_interaction  # noqa: E402
-from mprec.ops.reference import dlrm_interaction_reference  # noqa: E402
+from reference import dlrm_interaction_reference  # noqa: E402
 
 
 @pytest.mark.parametrize("B,T,D,pad_to", [(0, 3, 4, 1), (1, 1, 1, 1), (37, 26, 16, 8), (19, 13, 64, 8),

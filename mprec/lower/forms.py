@@ -24,9 +24,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..ops.reference import dhe_hash_reference
+from ..ops.dhe import dhe_hash_aten
 
-__all__ = ["PaddedBags", "pad_bags", "bucket", "DEFAULT_BUCKETS", "LoweredDLRM", "hash_int64"]
+__all__ = ["PaddedBags", "pad_bags", "bucket", "DEFAULT_BUCKETS", "LoweredDLRM"]
 
 #: Batch-size buckets: each is one compiled shape.
 DEFAULT_BUCKETS = tuple(2**i for i in range(15))  # 1 .. 16384
@@ -85,13 +85,6 @@ def pad_bags(indices: Tensor, offsets: Tensor, num_features: int, bag_size: int,
     return PaddedBags(ids.view(shape), mask.view(shape), batch)
 
 
-# --- pieces -------------------------------------------------------------------------------------------------
-
-def hash_int64(ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: int) -> Tensor:
-    """The DHE hash in int64 integer ops: ``[N] -> [N, k]``."""
-    return dhe_hash_reference(ids, hash_a, hash_b, p, m)
-
-
 def _mlp(x: Tensor, mlp: nn.Sequential) -> Tensor:
     for layer in mlp:
         x = F.linear(x, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else torch.relu(x)
@@ -113,7 +106,7 @@ class LoweredDLRM(nn.Module):
         buckets: the batch sizes that are compiled.
     """
 
-    def __init__(self, model: nn.Module, bag_size: int = 1, one_hot_max_rows: int = 0, hash_fn: Callable = hash_int64,
+    def __init__(self, model: nn.Module, bag_size: int = 1, one_hot_max_rows: int = 0, hash_fn: Callable = dhe_hash_aten,
                  id_dtype: torch.dtype = torch.int64, buckets: Sequence[int] = DEFAULT_BUCKETS):
         super().__init__()
         if bag_size < 1:

@@ -74,7 +74,7 @@ def hash_int32(ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: int) -> T
             :func:`mprec.ops.dhe.dhe_hash_parameters` draws them; :func:`lower` checks a model's).
         p, m: ``2 <= m < p < 2^31``.
 
-    Returns int32 ``[*ids.shape, k]``, equal to :func:`mprec.ops.reference.dhe_hash_reference`.
+    Returns int32 ``[*ids.shape, k]``, equal to :func:`mprec.ops.dhe.dhe_hash_aten`.
 
     The product ``a_j * x`` needs up to 62 bits, so it is never formed. With ``P_i = (x mod p) * 2^i mod p``,
     ``a_j * x mod p`` is the sum mod p of the ``P_i`` for the bits ``i`` set in ``a_j`` (double-and-add): the

@@ -15,27 +15,19 @@ import torch
 from torch import Tensor, nn
 
 from ..ops.cache import unique_ids
-from ..ops.dhe import ACTIVATIONS, TRANSFORMS, dhe_encode_linear, dhe_hash_parameters, next_prime, rowwise_linear
+from ..ops.dhe import ACTIVATIONS, TRANSFORMS, dhe_encode_aten, dhe_encode_linear, dhe_hash_aten, dhe_hash_parameters
+from ..ops.dhe import activation as apply_activation
+from ..ops.dhe import next_prime, rowwise_linear
 from ..ops.embedding_bag import MODES
-from ..ops.reference import dhe_hash_reference
 from ..precision import warn_if_bf16_emulated
 from . import functional as F
 from .cache import EmbeddingCache
 from .embedding_bag import EmbeddingBag
-from .padded import activation as padded_activation
 from .padded import pool_slots
 
 __all__ = ["DHEEmbeddingBag", "HybridEmbeddingBag", "hybrid_vectors"]
 
 _CACHES = ("decoder", "encoder")
-
-
-def _activation(x: Tensor, activation: str) -> Tensor:
-    if activation == "relu":
-        return torch.relu(x)
-    if activation == "mish":
-        return nn.functional.mish(x)
-    return x
 
 
 class DHEEmbeddingBag(nn.Module):
@@ -128,14 +120,14 @@ class DHEEmbeddingBag(nn.Module):
         if weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and not torch.compiler.is_compiling():
             warn_if_bf16_emulated("DHEEmbeddingBag")  # once per process, where the CPU has no native bf16
         x = dhe_encode_linear(ids, self.hash_a, self.hash_b, self.p, self.m, self.transform, weight, bias, activation)
-        return _activation(self.norms[0](x), self.activation) if norm_follows else x
+        return apply_activation(self.norms[0](x), self.activation) if norm_follows else x
 
     def _later_layers(self, x: Tensor) -> Tensor:
         for i in range(1, len(self.layers)):
             weight, bias, activation, norm_follows = self._layer(i)
             x = rowwise_linear(x, weight, bias, activation)
             if norm_follows:
-                x = _activation(self.norms[i](x), self.activation)
+                x = apply_activation(self.norms[i](x), self.activation)
         return x
 
     def embed(self, ids: Tensor, occurrences: Optional[Tensor] = None) -> Tensor:
@@ -176,27 +168,19 @@ class DHEEmbeddingBag(nn.Module):
         """The static-shape form (:mod:`mprec.nn.padded`): every slot's id hashed with integer ops (``hash_fn(ids,
         hash_a, hash_b, p, m) -> [N, k]``; default int64 arithmetic), transformed and decoded by the layers, then
         pooled over the slots. The same function as :meth:`forward`, up to rounding."""
-        x = self._encode_padded(ids.reshape(-1), hash_fn or dhe_hash_reference)
+        dtype = self.layers[0].weight.dtype
+        # float32 encodings (float64 for float64 layers), as the kernels compute them.
+        compute = torch.float64 if dtype == torch.float64 else torch.float32
+        x = dhe_encode_aten(ids.reshape(-1), self.hash_a, self.hash_b, self.p, self.m, self.transform, compute,
+                            hash_fn or dhe_hash_aten).to(dtype)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             x = nn.functional.linear(x, layer.weight, layer.bias)
             if i < last:
                 if self.norms is not None:
                     x = self.norms[i](x)
-                x = padded_activation(x, self.activation)
+                x = apply_activation(x, self.activation)
         return pool_slots(x.view(*ids.shape, x.shape[1]), mask, self.mode, self.mode == "sum")
-
-    def _encode_padded(self, ids: Tensor, hash_fn: Callable) -> Tensor:
-        dtype = self.layers[0].weight.dtype
-        h = hash_fn(ids, self.hash_a, self.hash_b, self.p, self.m)
-        # float32 encodings (float64 for float64 layers), as the kernels compute them.
-        compute = torch.float64 if dtype == torch.float64 else torch.float32
-        if self.transform == "uniform":
-            return (h.to(compute) / (self.m - 1) * 2.0 - 1.0).to(dtype)
-        u = (h.to(compute) + 1.0) / self.m
-        radius = torch.sqrt(-2.0 * torch.log(u[:, 0::2]))
-        angle = (2.0 * torch.pi) * u[:, 1::2]
-        return torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], dim=2).flatten(1).to(dtype)
 
     def enable_cache(self, kind: str = "decoder", max_bytes: Optional[int] = None, max_entries: Optional[int] = None,
                      policy: str = "lfu") -> EmbeddingCache:

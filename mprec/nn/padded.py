@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
-__all__ = ["pool_slots", "activation"]
+__all__ = ["pool_slots"]
 
 
 def pool_slots(rows: Tensor, mask: Tensor, mode: str, weighted: bool) -> Tensor:
@@ -25,12 +24,3 @@ def pool_slots(rows: Tensor, mask: Tensor, mode: str, weighted: bool) -> Tensor:
     scale = mask.to(rows.dtype) if weighted else present.to(rows.dtype)
     pooled = (rows * scale.unsqueeze(2)).sum(1)
     return pooled / count.clamp(min=1) if mode == "mean" else pooled
-
-
-def activation(x: Tensor, name: str) -> Tensor:
-    if name == "relu":
-        return torch.relu(x)
-    if name == "mish":
-        # Composed rather than aten.mish, which PopTorch's op list does not name; the same function.
-        return x * torch.tanh(F.softplus(x))
-    return x

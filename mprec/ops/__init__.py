@@ -2,11 +2,12 @@
 
 The schemas live in ``csrc/registration.cpp`` (``torch.ops.mprec.*``). Each module here holds, for one
 op family, the typed wrapper with its docstring, the fake kernel (``register_fake``: checks and
-allocates, never reads data) and the autograd formula (``register_autograd``). The pure-aten
-references that tests, benchmarks and the XLA/IPU lowerings share are in :mod:`mprec.ops.reference`.
+allocates, never reads data), the autograd formula (``register_autograd``) and the argument checks the fake
+kernel, the aten compositions (``composite.py``) and the GPU wrappers (``gpu.py``) share. The tests' oracles
+are in ``tests/reference.py``, outside the library.
 """
 
-from . import cache, reference
+from . import cache
 from .interaction import dlrm_interaction, dot_interaction
 from .mlp import gemm_choices, linear, use_gemm_library
 from .dhe import (
@@ -27,7 +28,6 @@ from .embedding_bag import (
 )
 
 __all__ = [
-    "reference",
     "cache",
     "dot_interaction",
     "dlrm_interaction",

@@ -1,7 +1,7 @@
 """The cache op family: the hash table and frequency sketch behind MP-Cache (:mod:`mprec.nn.cache`).
 
-Schemas: ``csrc/registration.cpp``. CPU kernels: ``csrc/cpu/cache.cpp``. References (the same hash
-functions over Python dicts and tensors): :mod:`mprec.ops.reference`.
+Schemas: ``csrc/registration.cpp``. CPU kernels: ``csrc/cpu/cache.cpp``. The tests' oracles (the same hash
+functions over Python dicts and tensors) are in ``tests/reference.py``.
 
 - A **table** is an int64 ``[C, 2]`` tensor of ``(key, entry)`` pairs, ``C`` a power of two, key ``-1`` for
   an empty slot; open addressing with linear probing from slot ``home(id) = (id * 0x9E3779B97F4A7C15 mod

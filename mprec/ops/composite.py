@@ -36,13 +36,13 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .dhe import _check_activation, _check_hash, _check_linear, _check_rowwise_linear
+from .dhe import _check_activation, _check_hash, _check_linear, _check_rowwise_linear, activation as apply_activation
+from .dhe import dhe_encode_aten
 from .cache import _check_unique_ids
 from .embedding_bag import (FUSED_OPTIMIZERS, _accumulation_dtype, _check_grad, _check_per_sample_weights,
                             _check_dequantize_input, _check_quantize_input,
                             batched_backward_bags, check_backward, raise_bag_error, single_backward_bags)
 from .interaction import _check_dlrm, _check_float, _check_pad_to, _check_x, dlrm_interaction_width
-from .reference import dhe_encode_reference, quantize_rowwise_int8_reference, rowwise_linear_reference
 from .spelling import dtype_name, sizes
 
 __all__ = ["KERNELS"]
@@ -316,7 +316,12 @@ def quantize_rowwise_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
     if first < w.numel():
         r, d = divmod(first, w.shape[1])
         raise RuntimeError(f"{op}: weight[{r}, {d}] = {_float_text(float(w[r, d]))} is not finite")
-    return quantize_rowwise_int8_reference(w)
+    # Per row: bias = min, scale = (max - min) / 255, q = round((x - bias) / scale), as the CPU kernel.
+    lo = w.amin(dim=1, keepdim=True) if w.shape[1] else w.new_zeros(w.shape[0], 1)
+    hi = w.amax(dim=1, keepdim=True) if w.shape[1] else w.new_zeros(w.shape[0], 1)
+    scale = (hi - lo) / 255.0
+    q = torch.where(scale > 0, torch.round((w - lo) / torch.where(scale > 0, scale, 1.0)), 0.0)
+    return q.clamp(0, 255).to(torch.uint8), torch.cat([scale, lo], dim=1)
 
 
 def dequantize_rowwise_int8(qweight: Tensor, scale_bias: Tensor) -> Tensor:
@@ -379,7 +384,7 @@ def dhe_encode_linear_backward(grad: Tensor, output: Tensor, ids: Tensor, hash_a
     for r0 in range(0, n, _ENCODE_ROWS):
         rows = min(_ENCODE_ROWS, n - r0)
         # Encoded in float64 and rounded once, as the CPU kernel's hashing loop does.
-        encoded = dhe_encode_reference(flat_ids.narrow(0, r0, rows), hash_a, hash_b, p, m, transform).to(acc)
+        encoded = dhe_encode_aten(flat_ids.narrow(0, r0, rows), hash_a, hash_b, p, m, transform, torch.float64).to(acc)
         g = pre_grad.narrow(0, r0, rows)
         if activation == "mish":
             # mish' needs the pre-activation, which the forward did not keep: recomputed per chunk.
@@ -394,7 +399,7 @@ def dhe_encode_linear_backward(grad: Tensor, output: Tensor, ids: Tensor, hash_a
 
 def rowwise_linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, activation: str = "none") -> Tensor:
     _check_rowwise_linear(input, weight, bias, activation)
-    return rowwise_linear_reference(input, weight, bias, activation)
+    return apply_activation(F.linear(input, weight, bias), activation)
 
 
 # --- DLRM's dot interaction -----------------------------------------------------------------------------------

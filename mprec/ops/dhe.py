@@ -1,7 +1,8 @@
 """The DHE (deep hash embedding) op family: typed wrappers, fake kernels and autograd.
 
-Schemas: ``csrc/registration.cpp``. CPU kernels: ``csrc/cpu/dhe*.cpp``. References:
-:func:`mprec.ops.reference.dhe_encode_reference` and friends.
+Schemas: ``csrc/registration.cpp``. CPU kernels: ``csrc/cpu/dhe*.cpp``. The ops in aten ops, which the
+compositions and the lowerings use: :func:`dhe_hash_aten`, :func:`dhe_encode_aten`, :func:`activation`. The tests'
+oracles: ``tests/reference.py``.
 
 The hash, exactly (``docs/architecture.md``): for hash function ``j`` with ``a_j`` in ``[1, p-1]``, ``b_j`` in
 ``[0, p-1]`` and ``p`` a prime above ``m``, ``h_j(x) = ((a_j * (x mod p) + b_j) mod p) mod m`` for ids
@@ -63,6 +64,37 @@ def is_prime(n: int) -> bool:
         else:
             return False
     return True
+
+
+# --- the ops in aten ops (the compositions' and the lowerings' form) -------------------------------------------
+
+def dhe_hash_aten(ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: int) -> Tensor:
+    """The hash in int64 integer ops, ``[*ids.shape, k]``: exact, as ``p^2 + p < 2^63``."""
+    x = ids.to(torch.int64).remainder(p)
+    return (x.unsqueeze(-1) * hash_a + hash_b).remainder(p).remainder(m)
+
+
+def dhe_encode_aten(ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: int, transform: str,
+                    dtype: torch.dtype, hash_fn=dhe_hash_aten) -> Tensor:
+    """The encodings in aten ops, computed in ``dtype`` from the integer hashes (``hash_fn``: the IPU lowering
+    passes its 32-bit one)."""
+    h = hash_fn(ids, hash_a, hash_b, p, m).to(dtype)
+    if transform == "uniform":
+        return h / (m - 1) * 2.0 - 1.0
+    u = (h + 1.0) / m
+    radius = torch.sqrt(-2.0 * torch.log(u[..., 0::2]))
+    angle = (2.0 * torch.pi) * u[..., 1::2]
+    return torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], dim=-1).flatten(-2)
+
+
+def activation(x: Tensor, name: str) -> Tensor:
+    """One of :data:`ACTIVATIONS` in aten ops. Mish is composed (``x tanh(softplus(x))``), which every tensor
+    compiler lowers (PopTorch's op list has no mish)."""
+    if name == "relu":
+        return torch.relu(x)
+    if name == "mish":
+        return x * torch.tanh(torch.nn.functional.softplus(x))
+    return x
 
 
 def next_prime(m: int) -> int:

@@ -1,7 +1,7 @@
 """The embedding-bag op family: typed wrappers, fake kernels and autograd.
 
-Schemas: ``csrc/registration.cpp``. CPU kernels: ``csrc/cpu/embedding_bag*.cpp``. Reference:
-:func:`mprec.ops.reference.embedding_bag_reference`.
+Schemas: ``csrc/registration.cpp``. CPU kernels: ``csrc/cpu/embedding_bag*.cpp``. The tests' oracle:
+``embedding_bag_reference`` in ``tests/reference.py``.
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ from torch import Tensor
 
 from .arguments import refusing_none
 from .composite import _check_hashes, _checked_per_sample_weights, check_hash_values
-from .dhe import _check_activation, _check_linear
+from .dhe import _check_activation, _check_linear, activation as apply_activation
+from .dhe import dhe_encode_aten
 from .embedding_bag import (
     _accumulation_dtype,
     _batched_bags,
@@ -50,7 +51,6 @@ from .embedding_bag import (
     raise_max_indices_error,
     single_backward_bags,
 )
-from .reference import dhe_encode_linear_reference
 
 __all__ = ["BACKENDS", "DEFAULT_BACKEND", "backend", "set_backend", "triton_available", "cuda_kernels_built",
            "embedding_bag", "embedding_bag_backward", "batched_embedding_bag", "batched_embedding_bag_backward",
@@ -233,12 +233,12 @@ def dhe_encode_linear(ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: in
     _check_linear(op, weight, bias, k, "k")
     _check_activation(op, activation)
     if weight.dtype == torch.float64:
-        # float64 is for checking gradients, not for speed: the reference computes it exactly.
+        # float64 is for checking gradients, not for speed: aten ops compute it exactly.
         check_hash_values(op, hash_a, hash_b, p)
         if bool((ids < 0).any()):
             _raise_dhe_error(op, ids, hash_a, hash_b, p)
-        return dhe_encode_linear_reference(ids, hash_a, hash_b, p, m, transform, weight, bias, activation,
-                                           dtype=torch.float64)
+        encoded = dhe_encode_aten(ids, hash_a, hash_b, p, m, transform, torch.float64)
+        return apply_activation(torch.nn.functional.linear(encoded, weight, bias), activation)
     error = _new_error_flag(ids.device)
     out = _triton_dhe.encode_linear(ids.reshape(-1).contiguous(), hash_a.contiguous(), hash_b.contiguous(), p, m,
                                     transform == "gaussian", weight, None if bias is None else bias.contiguous(),

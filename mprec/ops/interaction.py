@@ -1,7 +1,7 @@
 """DLRM's dot interaction as an op: typed wrapper, fake kernels, autograd.
 
-Schemas: ``csrc/registration.cpp``. CPU kernel: ``csrc/cpu/interaction*.cpp``. Reference:
-:func:`mprec.ops.reference.dot_interaction_reference`.
+Schemas: ``csrc/registration.cpp``. CPU kernel: ``csrc/cpu/interaction*.cpp``. The tests' oracle:
+``dot_interaction_reference`` in ``tests/reference.py``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""Pure-aten references for the mprec ops.
+"""The tests' oracles: pure-aten references for the mprec ops.
 
 Written from the definitions, not from the kernels, with only differentiable aten ops (index_select,
-index_add, scatter_reduce, searchsorted), so that tests can compare the kernels against them in float64
-and differentiate them with autograd, benchmarks can time them, and the XLA/IPU lowerings can reuse them.
+index_add, scatter_reduce, searchsorted), so that tests can compare the kernels, the compositions and the
+lowerings against them in float64 and differentiate them with autograd. No library code imports them: what the
+library computes in aten ops (the GPU compositions, the lowerings) it writes itself.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .embedding_bag import mode_number
+from mprec.ops.embedding_bag import mode_number
 
 __all__ = [
     "embedding_bag_reference",
@@ -219,7 +220,7 @@ def multiply_shift_reference(ids: Tensor, multiplier: int, buckets: int) -> Tens
 def cache_table_reference(table: Tensor) -> dict:
     """``{id: entry}`` held by a cache table, after checking the linear-probing invariant: every key sits
     at the end of an unbroken run of occupied slots from its home slot (so a probe finds it)."""
-    from .cache import TABLE_MULTIPLIER
+    from mprec.ops.cache import TABLE_MULTIPLIER
 
     capacity = table.shape[0]
     keys, entries = table[:, 0].tolist(), table[:, 1].tolist()
@@ -238,7 +239,7 @@ def cache_table_reference(table: Tensor) -> dict:
 
 def count_min_reference(updates: Sequence[tuple[Tensor, Tensor]], rows: int, buckets: int) -> tuple[Tensor, Tensor]:
     """The sketch after ``(ids, occurrences)`` updates applied in order, and the last update's estimates."""
-    from .cache import SKETCH_MULTIPLIERS
+    from mprec.ops.cache import SKETCH_MULTIPLIERS
 
     sketch = torch.zeros(rows, buckets, dtype=torch.int64)
     estimate = torch.zeros(0, dtype=torch.int64)
