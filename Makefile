@@ -79,7 +79,6 @@ test-sanitize: build
 	$(VENV)/bin/cmake --build $(SANITIZE_DIR) --parallel
 	rm -rf $(SANITIZE_DIR)/pkg && mkdir -p $(SANITIZE_DIR)/pkg
 	cp -r mprec $(SANITIZE_DIR)/pkg/ && rm -f $(SANITIZE_DIR)/pkg/mprec/_C*.so
-	cp -r kernels $(SANITIZE_DIR)/pkg/mprec/kernels
 	cp $(SANITIZE_DIR)/lib/_C*.so $(SANITIZE_DIR)/pkg/mprec/
 	$(SANITIZE_ENV) $(PY) -P -c "import mprec; assert '$(SANITIZE_DIR)/pkg' in mprec._C.__file__, mprec._C.__file__"
 	# --capture=sys: a sanitizer's report, written to the process's stderr, reaches the terminal.

@@ -118,8 +118,7 @@ class CMakeBuild(build_ext):
 
 
 setup(
-    packages=find_packages(include=["mprec", "mprec.*"]) + ["mprec.kernels"],
-    package_dir={"mprec.kernels": "kernels"},
+    packages=find_packages(include=["mprec", "mprec.*"]),
     ext_modules=[CMakeExtension("mprec._C")],
     cmdclass={"build_ext": CMakeBuild},
 )

@@ -1,4 +1,4 @@
-"""Triton kernels of the mprec ops, installed as ``mprec.kernels``.
+"""Triton kernels of the mprec ops.
 
 One module per op family (``embedding_bag``, ``dhe``), each holding its ``@triton.jit`` kernels
 (``_<op>_kernel``) and plain launchers that take tensors and return tensors. The launchers do no argument
