@@ -28,6 +28,7 @@ returns :class:`~mprec.sched.types.Outcome` s, comparable with the simulator's.
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -248,16 +249,17 @@ def replay(server: Server, queries: list, pool, sleep=time.sleep) -> tuple:
     closes the server and returns ``(outcomes, answers)``. Arrival times in the outcomes are on the server's
     clock. With an inline device, the queries are submitted from a helper thread while this thread serves
     that device."""
+    # Every query's data is built before the clock starts, as clients would have theirs: building it while the
+    # stream plays would take the CPU from the serving it measures.
+    starts = itertools.accumulate((q.size for q in queries), initial=0)
+    requests = [pool.request(row, q.size) for row, q in zip(starts, queries)]
     t0 = server.now()
     futures: list = []
     failure: list = []
 
     def submit_all() -> None:
         try:
-            row = 0
-            for q in queries:
-                request = pool.request(row, q.size)  # built before the query arrives, as a client's would be
-                row += q.size
+            for q, request in zip(queries, requests):
                 wait = t0 + q.arrival - server.now()
                 if wait > 0:
                     sleep(wait)

@@ -65,8 +65,12 @@ class SoakReport:
         return dict(asdict(self), ok=self.ok)
 
 
-def _sizes(rng: np.random.Generator, n: int, median: float, sigma: float, max_size: int) -> np.ndarray:
-    return np.clip(np.rint(rng.lognormal(math.log(median), sigma, n)), 1, max_size).astype(np.int64)
+def _requests(pool, rng: np.random.Generator, median: float, sigma: float, max_size: int, count: int = 1024) -> list:
+    """``count`` requests of log-normal sizes from ``pool``'s rows, built before any clock starts and then cycled:
+    building them as queries arrive would take the CPU from the server being measured."""
+    sizes = np.clip(np.rint(rng.lognormal(math.log(median), sigma, count)), 1, max_size).astype(np.int64)
+    start = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    return [pool.request(int(r), int(n)) for r, n in zip(start, sizes)]
 
 
 def capacity(make_server: Callable[[], Server], pool, seconds: float = 3.0, median_size: float = 64.0,
@@ -77,7 +81,7 @@ def capacity(make_server: Callable[[], Server], pool, seconds: float = 3.0, medi
     seconds, not counted (the first queries of each size build their GEMM kernels), then for ``seconds``, whose
     ``ok`` answers are counted."""
     rng = np.random.default_rng(seed)
-    sizes = _sizes(rng, 1 << 16, median_size, sigma, max_size)
+    requests = _requests(pool, rng, median_size, sigma, max_size)
     server = make_server()
     slots = threading.Semaphore(outstanding)
     done = 0
@@ -95,8 +99,8 @@ def capacity(make_server: Callable[[], Server], pool, seconds: float = 3.0, medi
     while time.perf_counter() - start < seconds:
         if not slots.acquire(timeout=0.1):
             continue
-        n = int(sizes[i % len(sizes)])
-        server.submit_query(Query(i, 0.0, n, sla), pool.request(i, n)).add_done_callback(count)
+        request = requests[i % len(requests)]
+        server.submit_query(Query(i, 0.0, request.size, sla), request).add_done_callback(count)
         i += 1
     elapsed = time.perf_counter() - start
     server.close(drain=False)
@@ -118,7 +122,7 @@ def soak(make_server: Callable[[], Server], pool, rate: float, seconds: float, m
     previous_hook = threading.excepthook
     threading.excepthook = lambda args: errors.append(f"{args.thread.name}: {args.exc_type.__name__}: {args.exc_value}")
     rng = np.random.default_rng(seed)
-    sizes = _sizes(rng, 1 << 16, median_size, sigma, max_size)
+    requests = _requests(pool, rng, median_size, sigma, max_size)
     gaps = rng.exponential(1.0 / rate, 1 << 16)
 
     def answered(future) -> None:
@@ -140,10 +144,9 @@ def soak(make_server: Callable[[], Server], pool, rate: float, seconds: float, m
             wait = next_at - time.perf_counter()
             if wait > 0:
                 time.sleep(wait)
-            n = int(sizes[i % len(sizes)])
-            request = pool.request(i, n)
+            request = requests[i % len(requests)]
             try:
-                future = server.submit_query(Query(i, 0.0, n, sla), request)
+                future = server.submit_query(Query(i, 0.0, request.size, sla), request)
             except RuntimeError:  # closed: refused, as a closed server must
                 report.refused_after_close += 1
                 if report.refused_after_close >= 100:
