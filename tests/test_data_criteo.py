@@ -19,6 +19,7 @@ from mprec.data import (
     Batch,
     CorruptFileError,
     CriteoReader,
+    IdMap,
     MalformedLineError,
     SyntheticCriteo,
     Vocabulary,
@@ -162,6 +163,31 @@ def test_reader_batches_across_chunks_and_files(tmp_path, batch_size, chunk_byte
     limited = list(CriteoReader(paths, batch_size=batch_size, chunk_bytes=chunk_bytes, limit=100))
     assert sum(len(x) for x in limited) == 100
     assert torch.equal(read_all(limited).sparse(), got.sparse()[:100])
+
+
+@pytest.mark.parametrize("kind", ["vocabulary", "modulo", "none"])
+def test_id_map_on_a_request_maps_as_the_reader_maps_rows(kind):
+    """IdMap.tbe (a served request's ids, all features in one lookup) gives what IdMap.rows (the reader's mapping,
+    one feature at a time) gives, for known, unknown, negative and huge ids, with raw (DHE) features kept."""
+    g = torch.Generator().manual_seed(3)
+    known = [torch.randint(0, 1 << 32, (int(n),), generator=g).unique() for n in torch.randint(0, 50, (26,), generator=g)]
+    vocabulary = Vocabulary(known) if kind == "vocabulary" else None
+    ids = IdMap(max_ind_range=97 if kind == "modulo" else None, vocabulary=vocabulary, raw_features=[3, 17])
+    rows = torch.randint(0, 1 << 32, (40, 26), generator=g)
+    for t, v in enumerate(known):  # most ids known
+        if v.numel():
+            rows[:30, t] = v[torch.randint(0, v.numel(), (30,), generator=g)]
+    rows[30, :] = -5
+    rows[31, :] = (1 << 62) + 11
+    want = ids.rows(rows.clone())
+    got = ids.tbe(rows.t().reshape(-1), torch.arange(rows.numel() + 1), 26)
+    assert torch.equal(got, want.t().reshape(-1))
+    many = rows.repeat(1400, 1)  # past the size where the lookup is made per feature
+    got = ids.tbe(many.t().reshape(-1), torch.arange(many.numel() + 1), 26)
+    assert torch.equal(got, want.repeat(1400, 1).t().reshape(-1))
+    if kind == "vocabulary":
+        assert (want[:30][:, [t for t in range(26) if known[t].numel() and t not in (3, 17)]] > 0).all()
+        assert torch.equal(want[:, 3], rows[:, 3])  # raw features keep their ids
 
 
 def test_max_ind_range_vocabulary_and_raw_features(tmp_path):
