@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import make_bags
-from mprec.ops import composite
+from mprec.ops.dhe import composite as dhe_composite
 from mprec.ops.composite import KERNELS
 
 OPS = [
@@ -203,7 +203,7 @@ def dhe_case(transform, dtype, index_dtype, ids_shape, k=6, out_features=5, m=10
 @pytest.mark.parametrize("transform", ["uniform", "gaussian"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 def test_dhe_encode_linear_backward(monkeypatch, dtype, transform, activation, with_bias):
-    monkeypatch.setattr(composite, "_ENCODE_ROWS", 5)  # 13 ids: chunks of 5, 5 and 3
+    monkeypatch.setattr(dhe_composite, "_ENCODE_ROWS", 5)  # 13 ids: chunks of 5, 5 and 3
     for ids_shape, index_dtype in [((13,), torch.int64), ((3, 4), torch.int32), ((0,), torch.int64)]:
         ids, a, b, p, m, transform, weight, bias = dhe_case(transform, dtype, index_dtype, ids_shape, bias=with_bias)
         output = cpu("dhe_encode_linear", ids, a, b, p, m, transform, weight, bias, activation)

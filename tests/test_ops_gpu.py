@@ -44,7 +44,7 @@ def call(name, *args):
         return with_backend(*args)
     if _backend["name"] == "cuda" and name in cuda_emulator.OPS:
         return getattr(cuda_emulator.load(), name)(*args)
-    return getattr(gpu, name)(*args)
+    return gpu.TRITON_KERNELS[name](*args)
 
 
 # Without a GPU the CUDA C++ kernels run in the emulator, so both backends are tested on every machine.

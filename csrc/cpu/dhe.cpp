@@ -258,7 +258,7 @@ Tensor dhe_encode_cpu(const Tensor& ids, const Tensor& hash_a, const Tensor& has
   constexpr const char* op = "mprec::dhe_encode";
   check_defined(op, {{"ids", &ids}, {"hash_a", &hash_a}, {"hash_b", &hash_b}});
   // The kernels call ATen ops (GEMMs) on tensors that may require grad; autograd is this op's business
-  // (mprec/ops/dhe.py), so those calls must not be recorded, whatever the caller's grad mode.
+  // (mprec/ops/dhe/__init__.py), so those calls must not be recorded, whatever the caller's grad mode.
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const Tensor ids_c = ids.contiguous();
   const Hashes h = checked_hashes(op, ids_c, hash_a, hash_b, p, m, std::string(transform));
@@ -282,7 +282,7 @@ Tensor dhe_encode_linear_cpu(const Tensor& ids, const Tensor& hash_a, const Tens
   constexpr const char* op = "mprec::dhe_encode_linear";
   check_defined(op, {{"ids", &ids}, {"hash_a", &hash_a}, {"hash_b", &hash_b}, {"weight", &weight}});
   // The kernels call ATen ops (GEMMs) on tensors that may require grad; autograd is this op's business
-  // (mprec/ops/dhe.py), so those calls must not be recorded, whatever the caller's grad mode.
+  // (mprec/ops/dhe/__init__.py), so those calls must not be recorded, whatever the caller's grad mode.
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const Tensor ids_c = ids.contiguous();
   const Hashes h = checked_hashes(op, ids_c, hash_a, hash_b, p, m, std::string(transform));
@@ -301,7 +301,7 @@ std::tuple<Tensor, Tensor> dhe_encode_linear_backward_cpu(
   check_defined(op, {{"grad", &grad}, {"output", &output}, {"ids", &ids}, {"hash_a", &hash_a}, {"hash_b", &hash_b},
                      {"weight", &weight}});
   // The kernels call ATen ops (GEMMs) on tensors that may require grad; autograd is this op's business
-  // (mprec/ops/dhe.py), so those calls must not be recorded, whatever the caller's grad mode.
+  // (mprec/ops/dhe/__init__.py), so those calls must not be recorded, whatever the caller's grad mode.
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const Tensor ids_c = ids.contiguous();
   const Hashes h = checked_hashes(op, ids_c, hash_a, hash_b, p, m, std::string(transform));
@@ -382,7 +382,7 @@ Tensor rowwise_linear_cpu(const Tensor& input, const Tensor& weight, const c10::
   constexpr const char* op = "mprec::rowwise_linear";
   check_defined(op, {{"input", &input}, {"weight", &weight}});
   // The kernels call ATen ops (GEMMs) on tensors that may require grad; autograd is this op's business
-  // (mprec/ops/dhe.py), so those calls must not be recorded, whatever the caller's grad mode.
+  // (mprec/ops/dhe/__init__.py), so those calls must not be recorded, whatever the caller's grad mode.
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   TORCH_CHECK_VALUE(input.dim() >= 1, op, ": input must have at least one dimension, got a scalar");
   check_float_weight(op, weight, bias, input.size(-1), "in_features");

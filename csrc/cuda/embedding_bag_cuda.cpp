@@ -154,7 +154,7 @@ std::vector<Tensor> dense_backward(const char* op, const Tensor& grad, at::Tenso
 // --- the ops, with the CPU kernels' checks in the CPU kernels' order -------------------------------------------
 // Differences: offsets[0] != 0 is found by the kernels (reading it on the host would cost a second wait), so an
 // input with that and another bad argument reports the other one first; uint8 tables are refused with the Triton
-// kernels' message (mprec/ops/gpu.py), and the backward ops also check the weights' dtype and device, as those do.
+// kernels' message (mprec/ops/embedding_bag/gpu.py), and the backward ops also check the weights' dtype and device, as those do.
 
 std::tuple<Tensor, Tensor> embedding_bag_cuda(const Tensor& weight, const Tensor& indices, const Tensor& offsets,
                                               int64_t mode, const c10::optional<Tensor>& per_sample_weights,

@@ -1,10 +1,11 @@
 """The mprec op surface, as typed Python functions.
 
-The schemas live in ``csrc/registration.cpp`` (``torch.ops.mprec.*``). Each module here holds, for one
-op family, the typed wrapper with its docstring, the fake kernel (``register_fake``: checks and
-allocates, never reads data), the autograd formula (``register_autograd``) and the argument checks the fake
-kernel, the aten compositions (``composite.py``) and the GPU wrappers (``gpu.py``) share. The tests' oracles
-are in ``tests/reference.py``, outside the library.
+The schemas live in ``csrc/registration.cpp`` (``torch.ops.mprec.*``). Each op family is a package here
+(``embedding_bag``, ``dhe``, ``interaction``, ``cache``): its ``__init__`` holds the typed wrappers with their
+docstrings, the argument checks, the fake kernels (``register_fake``: they check and allocate, never read data)
+and the autograd formulas (``register_autograd``); its ``composite.py`` the aten compositions, its ``gpu.py`` the
+Triton glue, both calling the same checks. :mod:`.gpu` registers the CUDA kernels of every family. The tests'
+oracles are in ``tests/reference.py``, outside the library.
 """
 
 from . import cache

@@ -1,4 +1,5 @@
-"""What every op's Python implementations (fake kernels, the GPU wrappers) check before their own checks.
+"""What every op's Python implementations (fake kernels, the GPU wrappers) check before their own checks, and
+the helpers their checks of values in the data share.
 
 torch hands None, given where a schema says ``Tensor``, straight to the implementation; the C++ kernels refuse
 it by name (``csrc/include/mprec/checks.h``), and so do these, with the same words, before anything reads an
@@ -11,8 +12,9 @@ import functools
 from typing import Callable
 
 import torch
+from torch import Tensor
 
-__all__ = ["check_tensor_arguments", "refusing_none", "register_fake"]
+__all__ = ["check_tensor_arguments", "refusing_none", "register_fake", "first_true", "value_at"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -62,3 +64,16 @@ def register_fake(qualname: str) -> Callable:
         torch.library.register_fake(qualname, _stacklevel=2)(refusing_none(qualname, fn))
         return fn
     return register
+
+
+# --- checks of values in the data, without a host synchronisation per element ----------------------------------
+
+def first_true(mask: Tensor) -> Tensor:
+    """Position of the first True of a 1-D mask, len(mask) when there is none, as a device scalar (no sync).
+    The appended True gives empty masks an answer; argmax returns the first of equal maxima."""
+    return torch.cat([mask, mask.new_ones(1)]).to(torch.uint8).argmax()
+
+
+def value_at(values: Tensor, position: Tensor) -> Tensor:
+    """values[position], or 0 when position is past the end (never reads outside ``values``)."""
+    return torch.cat([values, values.new_zeros(1)])[position]

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .arguments import register_fake
-from .spelling import dtype_name, sizes
+from ..arguments import register_fake
+from ..spelling import dtype_name, sizes
 
 __all__ = ["dot_interaction", "dlrm_interaction", "dlrm_interaction_width"]
 

@@ -11,8 +11,8 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .arguments import register_fake
-from .spelling import dtype_name, sizes
+from ..arguments import register_fake
+from ..spelling import dtype_name, sizes
 
 __all__ = [
     "MODES",
