@@ -1,10 +1,13 @@
 """Every op's backends refuse the same arguments with the same words: the fake kernel, the aten composition
-(where an op has one) and the CPU kernel, called on the op fuzzer's random, often invalid, arguments.
+(where an op has one), the GPU wrapper (where it has one) and the CPU kernel, called on the op fuzzer's random,
+often invalid, arguments.
 
 - Fake kernel: whatever it refuses, the CPU kernel refuses with the same exception type and message. A fake kernel
   sees shapes only, so the CPU kernel may refuse more (a bad value in the data), and may meet a bad value before
   the structural error the fake reports (DATA_ERRORS).
 - Composition: the same outcome as the CPU kernel, both ways: both accept, or both raise the same error.
+- GPU wrapper (the Triton kernels' glue, in Triton's interpreter where no GPU is present): the same, but for what
+  the GPU does not do.
 """
 
 import random
@@ -16,7 +19,7 @@ import torch
 from torch._subclasses.fake_tensor import DynamicOutputShapeException, FakeTensorMode
 
 import fuzz_ops
-from mprec.ops import cache
+from mprec.ops import cache, gpu
 from mprec.ops.arguments import refusing_none
 from mprec.ops.composite import KERNELS
 
@@ -97,6 +100,34 @@ def test_composition_agrees_with_the_cpu_kernel(op):
         got = _outcome(composition, _copy(args))
         assert got == cpu, f"args: {fuzz_ops.describe(args)}"
         compared += 1
+    assert compared > 0, "every call was refused by the dispatcher: nothing was compared"
+
+
+@pytest.mark.skipif(not gpu.triton_available() or torch.cuda.is_available(),
+                    reason="the Triton wrappers run on CPU tensors in Triton's interpreter, where no GPU is present")
+@pytest.mark.parametrize("op", sorted(gpu.TRITON_KERNELS))
+def test_gpu_wrapper_refuses_as_the_cpu_kernel(op):
+    """The Triton-backed implementation (each family's GPU glue), on CPU tensors in the interpreter: the CPU
+    kernel's outcome, both ways, but for what the GPU does not do (quantized tables are pooled on the CPU only)."""
+    rng = random.Random(zlib.crc32(op.encode()) + 1)
+    fn = getattr(torch.ops.mprec, op)
+    wrapper = refusing_none(f"mprec::{op}", gpu.TRITON_KERNELS[op])  # as gpu.py registers it
+    compared = 0
+    for _ in range(CALLS):
+        args = fuzz_ops.arguments(op, rng)
+        cpu = _outcome(fn, _copy(args))
+        if cpu == ("dispatcher",) or _tensor_for_a_scalar(op, args):
+            continue
+        got = _outcome(wrapper, _copy(args))
+        if len(got) == 2 and "on the CPU only" in got[1]:
+            continue  # a capability the GPU lacks, refused by name
+        if len(cpu) == 2 and DATA_ERRORS.search(cpu[1]) and got[0] != "ok" and got != cpu:
+            # As a fake kernel does, the wrapper checks the arguments before it reads the data (a read is a
+            # device synchronisation); it reads the data once, with its kernel's error flag.
+            assert got == _outcome(fn, _copy(args), fake=True), f"args: {fuzz_ops.describe(args)}"
+            continue
+        compared += 1
+        assert got == cpu, f"args: {fuzz_ops.describe(args)}"
     assert compared > 0, "every call was refused by the dispatcher: nothing was compared"
 
 

@@ -594,6 +594,13 @@ def dequantize_rowwise_int8(qweight: Tensor, scale_bias: Tensor) -> Tensor:
 
 # --- error messages for kernels that can only flag bad input ----------------------------------------------
 
+def check_first_offset(op: str, offsets: Tensor) -> None:
+    """``offsets[0] == 0``, which the CPU kernels check with the arguments, before any other value in the data
+    (csrc make_layout). Reads one value on the host."""
+    if offsets.numel() > 0 and int(offsets[0]) != 0:
+        raise RuntimeError(f"{op}: offsets[0] must be 0, got {int(offsets[0])}")
+
+
 def raise_bag_error(op: str, indices: Tensor, offsets: Tensor, bags: int, rows: Sequence[int],
                     padding_idx: Sequence[int]) -> None:
     """Raises the CPU kernel's message for the first invalid offset or index of a bag layout.

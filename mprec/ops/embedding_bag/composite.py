@@ -12,7 +12,7 @@ from ..arguments import first_true
 from ..spelling import dtype_name, float_text, sizes
 from . import (FUSED_OPTIMIZERS, _accumulation_dtype, _check_dequantize_input, _check_grad,
                _check_per_sample_weights, _check_quantize_input, batched_backward_bags, check_backward,
-               raise_bag_error, single_backward_bags)
+               check_first_offset, raise_bag_error, single_backward_bags)
 
 __all__ = ["KERNELS"]
 
@@ -30,12 +30,6 @@ def _raise_bag_error(op: str, tables: list[_Table], indices: Tensor, offsets: Te
     raise_bag_error(op, indices, offsets, bags, [t.weight.shape[0] for t in tables], [t.padding_idx for t in tables])
 
 
-def _check_first_offset(op: str, tables: list[_Table], indices: Tensor, offsets: Tensor, bags: int) -> None:
-    """offsets[0] == 0, checked with the arguments (as the CPU kernels do), before the other data."""
-    if offsets.numel() > 0 and int(offsets[0]) != 0:
-        _raise_bag_error(op, tables, indices, offsets, bags)
-
-
 def _checked_per_sample_weights(op: str, psw: Optional[Tensor], mode: int, num_indices: int,
                                 acc: torch.dtype) -> Optional[Tensor]:
     _check_per_sample_weights(op, psw, mode, num_indices)
@@ -47,7 +41,7 @@ def _single_call(op: str, weight: Tensor, indices: Tensor, offsets: Tensor, mode
     """The single-table backward ops' argument checks (csrc/cpu single_call): (tables, bags)."""
     bags = single_backward_bags(op, weight, indices, offsets, mode, padding_idx, include_last_offset)
     tables = [_Table(weight, padding_idx, 0)]
-    _check_first_offset(op, tables, indices, offsets, bags)
+    check_first_offset(op, offsets)
     return tables, bags
 
 
@@ -59,7 +53,7 @@ def _batched_call(op: str, weights: Sequence[Tensor], indices: Tensor, offsets: 
     for t, w in enumerate(weights):
         tables.append(_Table(w, padding_idx[t] if len(padding_idx) else -1, col))
         col += w.shape[1]
-    _check_first_offset(op, tables, indices, offsets, bags)
+    check_first_offset(op, offsets)
     return tables, bags
 
 

@@ -12,10 +12,21 @@ from ..launch import new_error_flag as _new_error_flag
 from ..launch import triton_eb as _triton_eb
 from . import (_accumulation_dtype, _batched_bags, _check_device, _check_indices, _check_padding_idx,
                _check_scale_grad_by_freq, _check_tables, _check_weight, _single_bags, batched_backward_bags,
-               check_backward, mode_number, raise_bag_error, raise_max_indices_error, single_backward_bags)
+               check_backward, check_first_offset, mode_number, raise_bag_error, raise_max_indices_error,
+               single_backward_bags)
 from .composite import _checked_per_sample_weights
 
 __all__ = ["TRITON_KERNELS", "OPS"]
+
+
+def _failed(error: Tensor, offsets: Tensor) -> bool:
+    """Whether the launch found bad input: its error flag, or ``offsets[0] != 0``, which the CPU kernels refuse
+    even where no bag reads it (no bags, or a backward that starts each bag at its own offset). One read-back
+    for both."""
+    bad = error[0] != 0
+    if offsets.numel():
+        bad = bad | (offsets[0] != 0)
+    return bool(bad)
 
 
 _SINGLE = "mprec::embedding_bag"
@@ -49,7 +60,7 @@ def embedding_bag(weight: Tensor, indices: Tensor, offsets: Tensor, mode: int = 
         op, weight, scale_bias, indices, offsets, mode, per_sample_weights, padding_idx, include_last_offset)
     error = _new_error_flag(weight.device)
     out, max_indices = _triton_eb.pool(tables, indices, offsets, bags, mode, psw, error)
-    if error.item():
+    if _failed(error, offsets):
         raise_bag_error(op, indices, offsets, bags, [weight.shape[0]], [padding_idx])
     return out, max_indices
 
@@ -67,7 +78,8 @@ def embedding_bag_backward(grad: Tensor, weight: Tensor, indices: Tensor, offset
     error = _new_error_flag(weight.device)
     (grad_weight,) = _triton_eb.pool_backward(tables, grad, indices, offsets, bags, mode, psw,
                                               max_indices.contiguous(), error)
-    if error.item():
+    if _failed(error, offsets):
+        check_first_offset(op, offsets)  # checked with the arguments, before max_indices' values
         if mode == 2:
             raise_max_indices_error(op, max_indices, [0], [weight.shape[0]])
         raise_bag_error(op, indices, offsets, bags, [weight.shape[0]], [padding_idx])
@@ -97,7 +109,7 @@ def batched_embedding_bag(weights: Sequence[Tensor], indices: Tensor, offsets: T
         op, weights, scale_bias, indices, offsets, mode, per_sample_weights, padding_idx)
     error = _new_error_flag(weights[0].device)
     out, max_indices = _triton_eb.pool(tables, indices, offsets, bags, mode, psw, error)
-    if error.item():
+    if _failed(error, offsets):
         raise_bag_error(op, indices, offsets, bags, [w.shape[0] for w in weights], list(padding_idx))
     return out, max_indices
 
@@ -115,8 +127,9 @@ def batched_embedding_bag_backward(grad: Tensor, weights: Sequence[Tensor], indi
     grad = grad.contiguous()
     error = _new_error_flag(weights[0].device)
     grads = _triton_eb.pool_backward(tables, grad, indices, offsets, bags, mode, psw, max_indices.contiguous(), error)
-    if error.item():
+    if _failed(error, offsets):
         rows = [w.shape[0] for w in weights]
+        check_first_offset(op, offsets)  # checked with the arguments, before max_indices' values
         if mode == 2:
             cols = [sum(w.shape[1] for w in weights[:t]) for t in range(len(weights))]
             raise_max_indices_error(op, max_indices, cols, rows)
