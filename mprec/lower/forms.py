@@ -10,7 +10,10 @@ form computes the same function from ops every tensor compiler lowers:
   ``one_hot_max_rows`` rows, multiplies a one-hot count matrix by the table (a matmul); a DHE hashes every
   slot's id with integer ops (``hash_fn``: int64 by default; the IPU form passes exact 32-bit arithmetic) and
   decodes it with ``linear`` layers; a hybrid joins the two as its module does;
-* the MLPs are ``linear`` + ReLU, the dot interaction a ``bmm`` and the strict lower triangle's indices.
+* the MLPs are ``linear`` + ReLU (:meth:`mprec.nn.MLP.plain`), the dot interaction a ``bmm`` and the strict
+  lower triangle's indices (:meth:`mprec.models.DLRM.interact_plain`).
+
+Each part is the model's own module in its plain form; this module pads the bags and composes them.
 
 The lowered module shares the source model's parameters (no copy): ``LoweredDLRM(model)`` computes what
 ``model`` computes, in train and eval mode, up to floating-point rounding.
@@ -22,7 +25,6 @@ from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from ..ops.dhe import dhe_hash_aten
 
@@ -85,12 +87,6 @@ def pad_bags(indices: Tensor, offsets: Tensor, num_features: int, bag_size: int,
     return PaddedBags(ids.view(shape), mask.view(shape), batch)
 
 
-def _mlp(x: Tensor, mlp: nn.Sequential) -> Tensor:
-    for layer in mlp:
-        x = F.linear(x, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else torch.relu(x)
-    return x
-
-
 class LoweredDLRM(nn.Module):
     """A :class:`mprec.models.DLRM` in plain aten ops on padded bags (see the module docstring).
 
@@ -130,20 +126,13 @@ class LoweredDLRM(nn.Module):
         return len(self._one_hot)
 
     def forward(self, dense: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
+        # The model's parts, each in its plain form: the MLPs, every feature's static form, the interaction.
         model = self.model
-        x = _mlp(dense, model.bottom)
-        pooled = [feature.padded(ids[t], mask[t], self.hash_fn, one_hot)
+        x = model.bottom.plain(dense)
+        pooled = [feature.padded(ids[t], mask[t], self.hash_fn, one_hot).to(x.dtype)
                   for t, (feature, one_hot) in enumerate(zip(model.embeddings.features(), self._one_hot))]
-        z = torch.cat([x] + [e.to(x.dtype) for e in pooled], dim=1)
-        if model.interaction == "dot":
-            # Every embedding_dim-wide block is one vector (a hybrid in the "two" form is two): [B, V + 1, D].
-            stacked = z.view(z.shape[0], -1, x.shape[1])
-            pairs = torch.bmm(stacked, stacked.transpose(1, 2))[:, self.pair_rows, self.pair_cols]
-            z = torch.cat([x, pairs], dim=1)
-            pad = -z.shape[1] % _interaction_pad()
-            if pad:
-                z = F.pad(z, (0, pad))
-        return _mlp(z, model.top).squeeze(1)
+        z = model.interact_plain(x, torch.cat(pooled, dim=1), self.pair_rows, self.pair_cols)
+        return model.top.plain(z).squeeze(1)
 
     def prepare(self, dense: Tensor, indices: Tensor, offsets: Tensor,
                 per_sample_weights: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, int]:
@@ -164,9 +153,3 @@ class LoweredDLRM(nn.Module):
         out = self(padded.to(device), ids.to(device), mask.to(device))
         # Sliced on the host: a slice on the device would be a graph of its own for every batch size.
         return out.cpu()[:batch]
-
-
-def _interaction_pad() -> int:
-    from ..models.dlrm import INTERACTION_PAD
-
-    return INTERACTION_PAD

@@ -150,6 +150,19 @@ class DLRM(nn.Module):
             z = dlrm_interaction(x, e, INTERACTION_PAD)  # cat([x, pairs of (x, e_1..e_V), 0]) in one pass
         return self.top(z).squeeze(1)
 
+    def interact_plain(self, x: Tensor, e: Tensor, pair_rows: Tensor, pair_cols: Tensor) -> Tensor:
+        """The interaction in plain aten ops, the form tensor compilers lower: ``x [B, D]`` and the features'
+        vectors ``e [B, V * D]`` to the top MLP's input, as ``forward`` computes it. ``pair_rows``, ``pair_cols``:
+        ``torch.tril_indices(V + 1, V + 1, -1)``, made once by the caller (a constant of its compiled graph)."""
+        z = torch.cat([x, e.to(x.dtype)], dim=1)
+        if self.interaction == "cat":
+            return z
+        stacked = z.view(z.shape[0], -1, x.shape[1])  # [B, V + 1, D]
+        pairs = torch.bmm(stacked, stacked.transpose(1, 2))[:, pair_rows, pair_cols]
+        z = torch.cat([x, pairs], dim=1)
+        pad = -z.shape[1] % INTERACTION_PAD
+        return nn.functional.pad(z, (0, pad)) if pad else z
+
     @torch.no_grad()
     def predict(self, dense: Tensor, indices, offsets: Optional[Tensor] = None) -> Tensor:
         return torch.sigmoid(self.forward(dense, indices, offsets).float())

@@ -69,6 +69,13 @@ class MLP(nn.Sequential):
             return self._forward(torch.cat([x, x.new_zeros(padded - rows, x.shape[1])])).narrow(0, 0, rows)
         return self._forward(x)
 
+    def plain(self, x: Tensor) -> Tensor:
+        """The same function in ``F.linear`` and ReLU only: the form tensor compilers lower (the lowerings'), with
+        no GEMM library chosen and no bucketing."""
+        for layer in self:
+            x = nn.functional.linear(x, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else torch.relu(x)
+        return x
+
     def _forward(self, x: Tensor) -> Tensor:
         layers = list(self)
         i = 0
