@@ -9,12 +9,12 @@ attribute of it.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
-__all__ = ["check_tensor_arguments", "refusing_none", "register_fake", "first_true", "value_at"]
+__all__ = ["check_tensor_arguments", "refusing_none", "register_fake", "first_true", "value_at", "check_device"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -77,3 +77,10 @@ def first_true(mask: Tensor) -> Tensor:
 def value_at(values: Tensor, position: Tensor) -> Tensor:
     """values[position], or 0 when position is past the end (never reads outside ``values``)."""
     return torch.cat([values, values.new_zeros(1)])[position]
+
+
+def check_device(op: str, device: torch.device, **tensors: Optional[Tensor]) -> None:
+    """csrc/cpu/embedding_bag_checks.cpp check_device, for each named tensor given (None: not given)."""
+    for name, t in tensors.items():
+        if t is not None and t.device != device:
+            raise ValueError(f"{op}: {name} is on {t.device}, expected {device}")

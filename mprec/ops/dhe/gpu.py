@@ -8,7 +8,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from ..embedding_bag import _check_device
+from ..arguments import check_device
 from ..launch import new_error_flag as _new_error_flag
 from ..launch import triton_dhe as _triton_dhe
 from . import _check_activation, _check_linear, dhe_encode_aten
@@ -31,7 +31,7 @@ def _raise_dhe_error(op: str, ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: in
 
 def dhe_encode(ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: int, transform: str = "uniform") -> Tensor:
     op = "mprec::dhe_encode"
-    _check_device(op, ids.device, hash_a=hash_a, hash_b=hash_b)
+    check_device(op, ids.device, hash_a=hash_a, hash_b=hash_b)
     k = _check_hashes(op, ids, hash_a, hash_b, p, m, transform, check_values=False)
     error = _new_error_flag(ids.device)
     out = _triton_dhe.encode(ids.reshape(-1).contiguous(), hash_a.contiguous(), hash_b.contiguous(), p, m,
@@ -44,7 +44,7 @@ def dhe_encode(ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: int, tran
 def dhe_encode_linear(ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: int, transform: str, weight: Tensor,
                       bias: Optional[Tensor] = None, activation: str = "none") -> Tensor:
     op = "mprec::dhe_encode_linear"
-    _check_device(op, ids.device, hash_a=hash_a, hash_b=hash_b, weight=weight, bias=bias)
+    check_device(op, ids.device, hash_a=hash_a, hash_b=hash_b, weight=weight, bias=bias)
     k = _check_hashes(op, ids, hash_a, hash_b, p, m, transform, check_values=False)
     _check_linear(op, weight, bias, k, "k")
     _check_activation(op, activation)

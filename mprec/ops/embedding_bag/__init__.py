@@ -11,7 +11,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ..arguments import register_fake
+from ..arguments import check_device, register_fake
 from ..spelling import dtype_name, sizes
 
 __all__ = [
@@ -49,20 +49,13 @@ def _accumulation_dtype(weight: Tensor) -> torch.dtype:
 
 # --- argument checks: the fake kernels', the compositions' and the GPU wrappers', in the C++ kernels' words ---
 
-def _check_device(op: str, device: torch.device, **tensors: Optional[Tensor]) -> None:
-    """csrc/cpu/embedding_bag_checks.cpp check_device, for each named tensor given."""
-    for name, t in tensors.items():
-        if t is not None and t.device != device:
-            raise ValueError(f"{op}: {name} is on {t.device}, expected {device}")
-
-
 def _check_weight(op: str, weight: Tensor, scale_bias: Optional[Tensor], name: str = "weight",
                   device: Optional[torch.device] = None, allow_quantized: bool = True) -> None:
     """csrc/cpu/embedding_bag_checks.cpp checked_weight; the device is checked when one is given."""
     if weight.dim() != 2:
         raise ValueError(f"{op}: {name} must be 2-D [num_embeddings, embedding_dim], got shape {sizes(weight)}")
     if device is not None:
-        _check_device(op, device, **{name: weight})
+        check_device(op, device, **{name: weight})
     if weight.dtype in _FLOAT_WEIGHTS:
         if scale_bias is not None:
             raise ValueError(f"{op}: scale_bias is only for uint8 (row-wise quantized) weights, but {name} is "
@@ -244,7 +237,7 @@ def _check_max_indices(op: str, mode: int, max_indices: Tensor, grad: Tensor) ->
         raise ValueError(f"{op}: max_indices must have the shape of grad {sizes(grad)}, got {sizes(max_indices)}")
     if max_indices.dtype != torch.int64:
         raise ValueError(f"{op}: max_indices must be int64, got {dtype_name(max_indices.dtype)}")
-    _check_device(op, grad.device, max_indices=max_indices)
+    check_device(op, grad.device, max_indices=max_indices)
 
 
 def _single_backward_checks(op, kind, grad, weight, indices, offsets, mode, psw, padding_idx, include_last_offset,

@@ -8,9 +8,10 @@ from typing import Callable, Optional, Sequence
 
 from torch import Tensor
 
+from ..arguments import check_device
 from ..launch import new_error_flag as _new_error_flag
 from ..launch import triton_eb as _triton_eb
-from . import (_accumulation_dtype, _batched_bags, _check_device, _check_indices, _check_padding_idx,
+from . import (_accumulation_dtype, _batched_bags, _check_indices, _check_padding_idx,
                _check_scale_grad_by_freq, _check_tables, _check_weight, _single_bags, batched_backward_bags,
                check_backward, check_first_offset, mode_number, raise_bag_error, raise_max_indices_error,
                single_backward_bags)
@@ -43,7 +44,7 @@ def _single_setup(op, weight, scale_bias, indices, offsets, mode, per_sample_wei
     bags = _single_bags(op, offsets, include_last_offset)
     _check_padding_idx(op, padding_idx, weight.shape[0])
     psw = _checked_per_sample_weights(op, per_sample_weights, mode, indices.shape[0], _accumulation_dtype(weight))
-    _check_device(op, device, per_sample_weights=psw)
+    check_device(op, device, per_sample_weights=psw)
     tables = _triton_eb.table_args([weight.contiguous()], [padding_idx])
     # Offsets beyond the bags are not read; B + 1 offsets with include_last_offset end the last bag.
     offsets = offsets[: bags + 1] if include_last_offset else offsets
@@ -71,7 +72,7 @@ def embedding_bag_backward(grad: Tensor, weight: Tensor, indices: Tensor, offset
     op = "mprec::embedding_bag_backward"
     bags = single_backward_bags(op, weight, indices, offsets, mode, padding_idx, include_last_offset, weight.device)
     check_backward(op, "dense", grad, [weight], indices, mode, bags, per_sample_weights, max_indices)
-    _check_device(op, weight.device, grad=grad)
+    check_device(op, weight.device, grad=grad)
     mode, bags, psw, tables, indices, offsets = _single_setup(
         op, weight, None, indices, offsets, mode, per_sample_weights, padding_idx, include_last_offset)
     grad = grad.contiguous()
@@ -95,7 +96,7 @@ def _batched_setup(op, weights, scale_bias, indices, offsets, mode, per_sample_w
     _check_indices(op, indices, offsets, device)
     bags = _batched_bags(op, offsets, len(weights))
     psw = _checked_per_sample_weights(op, per_sample_weights, mode, indices.shape[0], _accumulation_dtype(weights[0]))
-    _check_device(op, device, per_sample_weights=psw)
+    check_device(op, device, per_sample_weights=psw)
     tables = _triton_eb.table_args([w.contiguous() for w in weights], list(padding_idx))
     return (mode, bags, None if psw is None else psw.contiguous(), tables, indices.contiguous(), offsets.contiguous(),
             weights)
@@ -121,7 +122,7 @@ def batched_embedding_bag_backward(grad: Tensor, weights: Sequence[Tensor], indi
     device = weights[0].device if len(weights) else None
     bags = batched_backward_bags(op, weights, indices, offsets, mode, padding_idx, device)
     check_backward(op, "dense", grad, weights, indices, mode, bags, per_sample_weights, max_indices)
-    _check_device(op, device, grad=grad)
+    check_device(op, device, grad=grad)
     mode, bags, psw, tables, indices, offsets, weights = _batched_setup(
         op, weights, None, indices, offsets, mode, per_sample_weights, padding_idx)
     grad = grad.contiguous()
