@@ -86,21 +86,28 @@ def test_fake_kernel_refuses_as_the_cpu_kernel(op):
     assert compared > 0, "no call was refused by the fake kernel: the arguments are not invalid enough"
 
 
-@pytest.mark.parametrize("op", sorted(KERNELS))
-def test_composition_agrees_with_the_cpu_kernel(op):
-    rng = random.Random(zlib.crc32(op.encode()))
+def _compare_with_the_cpu_kernel(op: str, implementation, seed: int, judge) -> None:
+    """Calls ``implementation`` (as gpu.py registers it: behind the None check) and the CPU kernel on the fuzzer's
+    arguments; ``judge(args, cpu, got)`` asserts, or returns False to leave a pair uncompared."""
+    rng = random.Random(zlib.crc32(op.encode()) + seed)
     fn = getattr(torch.ops.mprec, op)
-    composition = refusing_none(f"mprec::{op}", KERNELS[op])  # as gpu.py registers it
+    wrapped = refusing_none(f"mprec::{op}", implementation)
     compared = 0
     for _ in range(CALLS):
         args = fuzz_ops.arguments(op, rng)
         cpu = _outcome(fn, _copy(args))
         if cpu == ("dispatcher",) or _tensor_for_a_scalar(op, args):
             continue
-        got = _outcome(composition, _copy(args))
-        assert got == cpu, f"args: {fuzz_ops.describe(args)}"
-        compared += 1
+        compared += judge(args, cpu, _outcome(wrapped, _copy(args))) is not False
     assert compared > 0, "every call was refused by the dispatcher: nothing was compared"
+
+
+@pytest.mark.parametrize("op", sorted(KERNELS))
+def test_composition_agrees_with_the_cpu_kernel(op):
+    def judge(args, cpu, got):
+        assert got == cpu, f"args: {fuzz_ops.describe(args)}"
+
+    _compare_with_the_cpu_kernel(op, KERNELS[op], 0, judge)
 
 
 @pytest.mark.skipif(not gpu.triton_available() or torch.cuda.is_available(),
@@ -109,26 +116,18 @@ def test_composition_agrees_with_the_cpu_kernel(op):
 def test_gpu_wrapper_refuses_as_the_cpu_kernel(op):
     """The Triton-backed implementation (each family's GPU glue), on CPU tensors in the interpreter: the CPU
     kernel's outcome, both ways, but for what the GPU does not do (quantized tables are pooled on the CPU only)."""
-    rng = random.Random(zlib.crc32(op.encode()) + 1)
-    fn = getattr(torch.ops.mprec, op)
-    wrapper = refusing_none(f"mprec::{op}", gpu.TRITON_KERNELS[op])  # as gpu.py registers it
-    compared = 0
-    for _ in range(CALLS):
-        args = fuzz_ops.arguments(op, rng)
-        cpu = _outcome(fn, _copy(args))
-        if cpu == ("dispatcher",) or _tensor_for_a_scalar(op, args):
-            continue
-        got = _outcome(wrapper, _copy(args))
+    def judge(args, cpu, got):
         if len(got) == 2 and "on the CPU only" in got[1]:
-            continue  # a capability the GPU lacks, refused by name
+            return False  # a capability the GPU lacks, refused by name
         if len(cpu) == 2 and DATA_ERRORS.search(cpu[1]) and got[0] != "ok" and got != cpu:
             # As a fake kernel does, the wrapper checks the arguments before it reads the data (a read is a
             # device synchronisation); it reads the data once, with its kernel's error flag.
-            assert got == _outcome(fn, _copy(args), fake=True), f"args: {fuzz_ops.describe(args)}"
-            continue
-        compared += 1
+            fake = _outcome(getattr(torch.ops.mprec, op), _copy(args), fake=True)
+            assert got == fake, f"args: {fuzz_ops.describe(args)}"
+            return False
         assert got == cpu, f"args: {fuzz_ops.describe(args)}"
-    assert compared > 0, "every call was refused by the dispatcher: nothing was compared"
+
+    _compare_with_the_cpu_kernel(op, gpu.TRITON_KERNELS[op], 1, judge)
 
 
 def test_sketch_rows_limit_is_the_kernels():
