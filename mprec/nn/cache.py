@@ -97,6 +97,8 @@ class EmbeddingCache:
         self._lock = threading.RLock()
         # Counts clears and refills: an admission whose vectors were decoded before one is dropped.
         self._generation = 0
+        # Counts admissions: a call whose misses nobody admitted meanwhile knows they are still absent.
+        self._admissions = 0
         self.version: Optional[tuple] = None
         self.invalidations = 0
         self.reset_stats()
@@ -229,13 +231,15 @@ class EmbeddingCache:
             # The sketch counts uses while not cached (a cached entry counts its own hits), so only misses
             # touch it: an evicted id returns with the count it had.
             score = self.count(miss_ids, miss_occurrences) if self.policy == "lfu" else None
-            generation = self._generation
+            generation, admissions = self._generation, self._admissions
         computed = compute(miss_ids, miss_occurrences)
         out = out.to(computed.dtype).index_copy_(0, miss, computed)
         if score is not None:
             with self._lock:
-                if self._generation == generation:
-                    # Other threads may have admitted some of these ids while this one decoded them.
+                if self._generation == generation and self._admissions == admissions:
+                    self.admit(miss_ids, computed, score)  # nothing admitted meanwhile: all still absent
+                elif self._generation == generation:
+                    # Other threads admitted entries while this one decoded: some of these ids may be among them.
                     absent = self._absent(miss_ids)
                     self.admit(miss_ids[absent], computed[absent], score[absent])
         return out
@@ -263,6 +267,7 @@ class EmbeddingCache:
                 self._append(ids[:free], values[:free], score[:free])
                 ids, values, score = ids[free:], values[free:], score[free:]
             # Full: ids seen at least min_admission_count times replace little-used entries, in one op.
+            self._admissions += 1
             self.evictions += cache_replace(self._table, self._keys, self._values, self._counts, self._size, ids,
                                             values.to(self.dtype), score, self.min_admission_count,
                                             self._rng.randrange(self._size), _VICTIM_SAMPLE_PER_CANDIDATE)
@@ -276,6 +281,7 @@ class EmbeddingCache:
         self._counts[entries] = counts
         cache_insert(self._table, ids, entries)
         self._size += n
+        self._admissions += 1
 
     def fill(self, ids: Tensor, values: Tensor, counts: Optional[Tensor] = None) -> None:
         """Replaces the entries by ``ids`` (distinct) and their ``values``, keeping the first ``max_entries``."""
