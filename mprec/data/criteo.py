@@ -221,6 +221,7 @@ class Vocabulary:
 
     def __init__(self, ids: Sequence[Tensor]) -> None:
         self.ids = [torch.as_tensor(v, dtype=torch.int64).sort().values for v in ids]
+        self._keys: Optional[Tensor] = None  # map_features' packed keys, made on first use
 
     @property
     def sizes(self) -> list[int]:
@@ -244,7 +245,7 @@ class Vocabulary:
         return torch.where(found, pos - starts[features] + 1, 0)
 
     def _packed(self) -> tuple[Tensor, Tensor, int]:
-        if getattr(self, "_keys", None) is None:
+        if self._keys is None:
             bits = max(1, (len(self.ids) - 1).bit_length())
             shift = 63 - bits
             if any(v.numel() and (int(v[0]) < 0 or int(v[-1]) >= (1 << shift)) for v in self.ids):

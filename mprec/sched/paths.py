@@ -17,6 +17,7 @@ device when one is present.
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -61,6 +62,12 @@ class RowPool:
     def request(self, start: int, n: int) -> Request:
         b = self.batch(start, n)
         return Request(b.dense, b.indices, b.offsets)
+
+    def requests(self, sizes) -> list:
+        """Requests of ``sizes`` rows on consecutive rows (the next one's after the last), from row 0: a load
+        generator's, built before its clock starts."""
+        starts = itertools.accumulate((int(n) for n in sizes), initial=0)
+        return [self.request(start, int(n)) for start, n in zip(starts, sizes)]
 
 
 @dataclass

@@ -28,7 +28,6 @@ returns :class:`~mprec.sched.types.Outcome` s, comparable with the simulator's.
 
 from __future__ import annotations
 
-import itertools
 import math
 import threading
 import time
@@ -227,7 +226,7 @@ class Server:
                 for d in self.devices.values():
                     answered += [self._report(item, "cancelled") for item in d.queue]
                     d.queue.clear()
-                    d.waiting, d.pending = 0, 0.0
+                    d.drop_waiting()
             for d in self.devices.values():
                 d.ready.notify_all()
         for future, answer in filter(None, answered):
@@ -251,8 +250,7 @@ def replay(server: Server, queries: list, pool, sleep=time.sleep) -> tuple:
     that device."""
     # Every query's data is built before the clock starts, as clients would have theirs: building it while the
     # stream plays would take the CPU from the serving it measures.
-    starts = itertools.accumulate((q.size for q in queries), initial=0)
-    requests = [pool.request(row, q.size) for row, q in zip(starts, queries)]
+    requests = pool.requests([q.size for q in queries])
     t0 = server.now()
     futures: list = []
     failure: list = []

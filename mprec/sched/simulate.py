@@ -77,9 +77,10 @@ class Simulator:
                 d = self.devices[info.device]
                 if d.load >= self.capacity:
                     raise RuntimeError(f"Simulator.run: policy {policy.name} chose {info.name} on a full device")
-                begins = d.ready_at(info, now) - d.idle_cost(info, now)  # when the device turns to this query
-                predicted = info.latency(n) + d.idle_cost(info, now)
-                finishes.append(begins + d.idle_cost(info, now) + info.latency(n))
+                idle = d.idle_cost(info, now)
+                begins = d.ready_at(info, now) - idle  # when the device turns to this query
+                predicted = info.latency(n) + idle
+                finishes.append(begins + predicted)
                 starts.append(begins)
                 d.enqueue(predicted)
                 if d.in_service:

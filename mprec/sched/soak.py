@@ -68,9 +68,7 @@ class SoakReport:
 def _requests(pool, rng: np.random.Generator, median: float, sigma: float, max_size: int, count: int = 1024) -> list:
     """``count`` requests of log-normal sizes from ``pool``'s rows, built before any clock starts and then cycled:
     building them as queries arrive would take the CPU from the server being measured."""
-    sizes = np.clip(np.rint(rng.lognormal(math.log(median), sigma, count)), 1, max_size).astype(np.int64)
-    start = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    return [pool.request(int(r), int(n)) for r, n in zip(start, sizes)]
+    return pool.requests(np.clip(np.rint(rng.lognormal(math.log(median), sigma, count)), 1, max_size))
 
 
 def capacity(make_server: Callable[[], Server], pool, seconds: float = 3.0, median_size: float = 64.0,

@@ -192,6 +192,10 @@ class DeviceTimeline:
         self.pending = max(0.0, self.pending - predicted) if self.waiting else 0.0
         self.in_service, self.busy_until = True, now + predicted
 
+    def drop_waiting(self) -> None:
+        """The waiting queries leave without being served (a shutdown that does not drain)."""
+        self.waiting, self.pending = 0, 0.0
+
     def finish(self, now: float) -> None:
         """The query in service finished at ``now``."""
         self.in_service, self.busy_until = False, now
