@@ -526,6 +526,82 @@ def test_dlrm_training_over_two_processes_equals_one_process(workers, sharding, 
         _check_shards(r["mine"], r["single"], f"rank {rank} {sharding} {optimizer}", tol=1e-5)
 
 
+def case_dlrm_pipelined(sharding: str, steps: int):
+    """The DLRM of ``case_dlrm_training`` wrapped in ``DLRMTrain``, sharded, and trained by TorchRec's
+    ``TrainPipelineSparseDist`` (each batch's input all-to-all started during the previous batch) on this rank's
+    slices of the same global batches as a single-process run: both loss curves, whether the pipeline took the
+    collection out of the forward, and this rank's shards beside the single-process weights."""
+    import torch.distributed as dist
+    from torch.nn import functional as F
+    from torchrec import KeyedJaggedTensor
+    from torchrec.datasets.utils import Batch as TorchRecBatch
+    from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+    from torchrec.distributed.types import ShardedModule
+    from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+    from torchrec.optim.optimizers import in_backward_optimizer_filter
+    from fbgemm_gpu.split_embedding_configs import EmbOptimType
+
+    from mprec.data import Batch, SyntheticCriteo
+    from mprec.distributed.training import Cluster, shard
+    from mprec.models import DLRM, DLRMTrain
+    from mprec.nn import FusedOptimizer
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    lr = 0.05
+    kwargs = dict(representations=DLRM_REPRESENTATIONS, dhe=dict(k=16, m=97, decoder=(8,)), bottom=(32, 16),
+                  top=(32, 1), embedding_dim=16)
+    torch.manual_seed(0)
+    single = DLRM(DLRM_SIZES, optimizer=FusedOptimizer("sgd", lr=lr), **kwargs)
+    start = {f"model.{k}": v.clone() for k, v in single.state_dict().items()}
+    single_opt = torch.optim.SGD(single.dense_parameters(), lr=lr)
+    model = DLRMTrain(DLRM(DLRM_SIZES, embedding_device="meta", **kwargs))
+    dmp = shard(model, sharding, Cluster(rank, world, world, torch.device("cpu")),
+                dict(optimizer=EmbOptimType.EXACT_SGD, learning_rate=lr))
+    dmp.load_state_dict(start)
+    dense = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(dmp.named_parameters())),
+                                  lambda p: torch.optim.SGD(p, lr=lr))
+    pipeline = TrainPipelineSparseDist(dmp, CombinedOptimizer([("", dmp.fused_optimizer), ("", dense)]),
+                                       torch.device("cpu"))
+    data = SyntheticCriteo(steps, 8 * world, DLRM_SIZES, seed=5)
+    names = single.feature_names
+    mine, single_losses = [], []
+    for i in range(steps):
+        batch = data.batch(i)
+        b = len(batch) // world
+        rows = slice(rank * b, (rank + 1) * b)
+        part = Batch.from_rows(batch.labels[rows], batch.dense[rows], batch.sparse()[rows])
+        mine.append(TorchRecBatch(dense_features=part.dense, labels=part.labels, sparse_features=KeyedJaggedTensor(
+            keys=names, values=part.indices, offsets=part.offsets)))
+        single_loss = F.binary_cross_entropy_with_logits(single(batch.dense, batch.indices, batch.offsets),
+                                                         batch.labels)
+        single_opt.zero_grad()
+        single_loss.backward()
+        single_opt.step()
+        single_losses.append(single_loss.item())
+    batches, losses = iter(mine), []
+    for _ in range(steps):
+        loss, _, _ = pipeline.progress(batches)
+        total = loss.detach().reshape(1).clone()
+        dist.all_reduce(total)
+        losses.append(total.item() / world)
+    pipelined = [getattr(m, "is_pipelined", False) for m in dmp.modules() if isinstance(m, ShardedModule)]
+    shards = {k.removeprefix("model."): v for k, v in local_shards(dmp.state_dict()).items()}
+    return dict(losses=losses, single_losses=single_losses, pipelined=pipelined, mine=shards,
+                single={k: v.detach().clone() for k, v in single.state_dict().items()})
+
+
+@pytest.mark.parametrize("sharding", ["table-wise", "row-wise"])
+def test_dlrm_trains_under_torchrec_train_pipeline(workers, sharding):
+    """TorchRec's TrainPipelineSparseDist finds the sharded collection in mprec's DLRM (it traces the model
+    symbolically) and pipelines its input all-to-all; 20 steps equal the single-process run."""
+    results = workers.run(case_dlrm_pipelined, sharding, 20, timeout=300)
+    for rank, r in enumerate(results):
+        assert r["pipelined"] == [True], f"rank {rank}: the pipeline left the collection in the forward"
+        torch.testing.assert_close(torch.tensor(r["losses"]), torch.tensor(r["single_losses"]), rtol=1e-5, atol=1e-6)
+        assert set(r["mine"]) == set(r["single"])
+        _check_shards(r["mine"], r["single"], f"rank {rank} {sharding} pipelined", tol=1e-5)
+
+
 # --- four processes -----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -167,3 +167,45 @@ def test_fused_optimizer_not_applied_in_eval_or_no_grad():
     assert all(torch.equal(a, w) for a, w in zip(before, fused.embeddings.table_parameters()))
     with pytest.raises(ValueError, match="name must be one of"):
         FusedOptimizer("adam")
+
+
+@pytest.mark.parametrize("interaction", ["dot", "cat"])
+def test_train_wrapper_traces_to_one_collection_call_on_the_batch(interaction):
+    """TorchRec's train pipelines find the collection's input by tracing the model with torch.fx, with the
+    modules free of sharded ones as leaves: the trace must succeed and call the collection on
+    ``batch.sparse_features`` itself (no transformation in between), once."""
+    from mprec.models import DLRMTrain
+
+    model = DLRMTrain(DLRM(SIZES, embedding_dim=8, bottom=(16, 8), top=(16, 1), interaction=interaction,
+                           representations=["table", "dhe", "hybrid", "table", "dhe"], dhe=dict(k=8, m=31, decoder=(8,))))
+    leaves = {"model.embeddings", "model.bottom", "model.top"}
+
+    class Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, module, name):
+            return name in leaves
+
+    graph = Tracer().trace(model)
+    calls = [n for n in graph.nodes if n.op == "call_module" and n.target == "model.embeddings"]
+    assert len(calls) == 1
+    (arg,) = calls[0].args
+    assert arg.op == "call_function" and arg.args[1] == "sparse_features" and arg.args[0].op == "placeholder"
+
+
+def test_train_wrapper_returns_the_models_loss():
+    """``DLRMTrain(model)(batch)`` is ``(loss, (loss, logits, labels))`` with the loss of the model's logits."""
+    torchrec = pytest.importorskip("torchrec")
+    from torchrec.datasets.utils import Batch
+
+    from mprec.models import DLRMTrain
+
+    torch.manual_seed(0)
+    model = DLRM(SIZES, embedding_dim=8, bottom=(16, 8), top=(16, 1))
+    b = SyntheticCriteo(1, 6, SIZES, seed=1).batch(0)
+    kjt = torchrec.KeyedJaggedTensor(keys=model.feature_names, values=b.indices, offsets=b.offsets)
+    loss, (detached, logits, labels) = DLRMTrain(model)(Batch(dense_features=b.dense, sparse_features=kjt,
+                                                              labels=b.labels))
+    want = F.binary_cross_entropy_with_logits(model(b.dense, b.indices, b.offsets), b.labels)
+    torch.testing.assert_close(loss, want)
+    assert loss.requires_grad and not detached.requires_grad and not logits.requires_grad
+    torch.testing.assert_close(logits, model(b.dense, b.indices, b.offsets).detach())
+    assert torch.equal(labels, b.labels)

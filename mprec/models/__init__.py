@@ -1,5 +1,5 @@
 """Models built from the mprec layers."""
 
-from .dlrm import DLRM, PRESETS
+from .dlrm import DLRM, DLRMTrain, PRESETS
 
-__all__ = ["DLRM", "PRESETS"]
+__all__ = ["DLRM", "DLRMTrain", "PRESETS"]

@@ -17,6 +17,10 @@ by TorchRec's DistributedModelParallel) gives the same model. ``forward`` return
 (sparse dim 16, bottom 13-512-256-64-16, top 512-256-1) and ``terabyte`` (dim 64, bottom 13-512-256-64, top
 512-512-256-1). MLP weights are initialised as the DLRM reference does (normal, std sqrt(2 / (fan_in +
 fan_out)); bias std sqrt(1 / fan_out)).
+
+:class:`DLRMTrain` adds the loss in the form TorchRec's train pipelines drive (``torchrec.models.dlrm.DLRMTrain``'s):
+sharded by DistributedModelParallel, ``torchrec.distributed.train_pipeline.TrainPipelineSparseDist`` trains it,
+starting each batch's input all-to-all while the previous batch computes.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from ..data.criteo import NUM_DENSE
 from ..nn.collection import EmbeddingBagCollection
@@ -32,7 +37,7 @@ from ..nn.pooling import FusedOptimizer
 from ..nn.mlp import MLP
 from ..ops.interaction import dlrm_interaction, dlrm_interaction_width
 
-__all__ = ["DLRM", "PRESETS", "INTERACTIONS", "feature_names", "keyed_values"]
+__all__ = ["DLRM", "DLRMTrain", "PRESETS", "INTERACTIONS", "feature_names", "keyed_values"]
 
 PRESETS = {
     "kaggle": dict(embedding_dim=16, bottom=(512, 256, 64, 16), top=(512, 256, 1)),
@@ -53,6 +58,11 @@ def keyed_values(keyed, keys: Sequence[str]) -> Tensor:
         return keyed.values()
     by_key = keyed.to_dict()
     return torch.cat([by_key[k] for k in keys], dim=1)
+
+
+# torch.fx records this call whole rather than tracing into it: TorchRec's train pipelines trace the model
+# symbolically to find each sharded collection's input, and it reads the keys of the collection's output.
+torch.fx.wrap("keyed_values")
 
 
 class DLRM(nn.Module):
@@ -170,3 +180,20 @@ class DLRM(nn.Module):
     def extra_repr(self) -> str:
         counts = {r: self.representations.count(r) for r in ("table", "dhe", "hybrid")}
         return f"interaction={self.interaction}, representations={counts}"
+
+
+class DLRMTrain(nn.Module):
+    """``model`` and its loss, as TorchRec's ``DLRMTrain``: ``forward(batch)`` takes a batch with
+    ``dense_features [B, 13]``, ``sparse_features`` (a ``KeyedJaggedTensor`` keyed by ``model.feature_names``) and
+    ``labels [B]`` (``torchrec.datasets.utils.Batch``) and returns ``(loss, (loss, logits, labels))``, all but the
+    first detached: the contract of TorchRec's train pipelines. The loss is the mean binary cross-entropy of the
+    logits."""
+
+    def __init__(self, model: DLRM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch):
+        logits = self.model(batch.dense_features, batch.sparse_features)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), batch.labels.float())
+        return loss, (loss.detach(), logits.detach(), batch.labels.detach())
