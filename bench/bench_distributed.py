@@ -12,8 +12,11 @@ of the lookups):
 - ``torchrec``: TorchRec's own DLRM (``torchrec.models.dlrm.DLRM``: nn.Linear MLPs, its interaction) and
   collection: TorchRec's sharded training as its users run it.
 
-The three live in the same processes and their steps alternate, so ratios compare the same moments of a shared
-machine; each layout runs ``--rounds`` times, alternating with the other.
+The three live in the same processes and take turns in blocks of ``--block`` consecutive steps, so ratios compare
+the same moments of a shared machine; each layout runs ``--rounds`` times, alternating with the other. The first
+step of a block is not timed: it finds the caches and the page-walk state full of the other two models' GBs of
+tables, which a training job, stepping one model, never sees (alternating single steps timed every step that
+way, and the table lookups, which that state slows most, dominated the ratios).
 
 Per model and layout: examples/s (global batch / median step), the embedding collection alone (forward and
 backward, ms), the embedding kernels' time per step (profiler: mprec's pooling and fused update, or FBGEMM's
@@ -21,7 +24,11 @@ lookup, backward and bounds check), the time per step in collectives (profiler: 
 features and of the pooled embeddings, the all-reduce of the replicated gradients), and the table bytes each rank
 holds against total / N. Writes ``results/<cpu>-<threads>t-<isa>-distributed.json`` and ``.txt``.
 
-    python bench/bench_distributed.py [--steps 30] [--rounds 2] [--batch 2048] [--small]
+    python bench/bench_distributed.py [--steps 30] [--block 6] [--rounds 2] [--batch 2048] [--small] [--pipeline]
+
+``--pipeline`` trains every model with TorchRec's ``TrainPipelineSparseDist`` (each with its loss: mprec's or
+TorchRec's ``DLRMTrain``), which starts each batch's input all-to-all during the previous step, and writes
+``results/<cpu>-<threads>t-<isa>-distributed-pipelined.{json,txt}``.
 """
 
 from __future__ import annotations
@@ -51,8 +58,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _models(sizes, world):
-    """The three models, each sharded by the same plan, with their optimizers."""
+def _models(sizes, world, pipeline: bool = False):
+    """The three models, each sharded by the same plan, with their optimizers; with ``pipeline``, each with its
+    loss (``DLRMTrain``, mprec's or TorchRec's) and trained by TorchRec's ``TrainPipelineSparseDist``."""
     import torch.distributed as dist
     import torchrec
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
@@ -60,13 +68,14 @@ def _models(sizes, world):
     from torchrec.distributed import sharding_plan as plans
     from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder as TorchRecSharder
     from torchrec.distributed.types import ShardingEnv, ShardingPlan
-    from torchrec.models.dlrm import DLRM as TorchRecDLRM
+    from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+    from torchrec.models.dlrm import DLRM as TorchRecDLRM, DLRMTrain as TorchRecDLRMTrain
     from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
     from torchrec.optim.optimizers import in_backward_optimizer_filter
 
     from mprec.distributed import EmbeddingBagCollectionSharder
     from mprec.distributed.training import balanced_ranks
-    from mprec.models import DLRM, PRESETS
+    from mprec.models import DLRM, DLRMTrain, PRESETS
 
     fused = dict(optimizer=EmbOptimType.EXACT_SGD, learning_rate=LR)
     env = ShardingEnv.from_process_group(dist.GroupMember.WORLD)
@@ -83,6 +92,8 @@ def _models(sizes, world):
             model = TorchRecDLRM(torchrec.EmbeddingBagCollection(tables=configs, device=torch.device("meta")),
                                  dense_in_features=13, dense_arch_layer_sizes=list(preset["bottom"]),
                                  over_arch_layer_sizes=list(preset["top"]))
+        if pipeline:
+            model = TorchRecDLRMTrain(model) if impl == "torchrec" else DLRMTrain(model)
         path, collection = next((n, m) for n, m in model.named_modules() if hasattr(m, "embedding_bag_configs"))
         sharder = EmbeddingBagCollectionSharder(fused) if impl == "mprec" else TorchRecSharder(fused_params=fused)
         module_plan = plans.construct_module_sharding_plan(
@@ -92,7 +103,9 @@ def _models(sizes, world):
                                        plan=ShardingPlan({path: module_plan}), sharders=[sharder])
         dense = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(dmp.named_parameters())),
                                       lambda p: torch.optim.SGD(p, lr=LR))
-        out[impl] = (dmp, CombinedOptimizer([("", dmp.fused_optimizer), ("", dense)]), path)
+        optimizer = CombinedOptimizer([("", dmp.fused_optimizer), ("", dense)])
+        out[impl] = (dmp, optimizer, path,
+                     TrainPipelineSparseDist(dmp, optimizer, torch.device("cpu")) if pipeline else None)
     return out
 
 
@@ -112,6 +125,7 @@ def _worker(rank, world, port, threads, args, results):
     from torch.nn import functional as F
     from torch.profiler import ProfilerActivity, profile
     from torchrec import KeyedJaggedTensor
+    from torchrec.datasets.utils import Batch as TorchRecBatch
 
     from mprec.data import KAGGLE_TABLE_SIZES, SyntheticCriteo
     from mprec.memory import retain_freed_memory
@@ -122,17 +136,27 @@ def _worker(rank, world, port, threads, args, results):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=600))
     sizes = [min(n, 100_000) for n in KAGGLE_TABLE_SIZES] if args.small else list(KAGGLE_TABLE_SIZES)
-    models = _models(sizes, world)
+    models = _models(sizes, world, args.pipeline)
     local = args.batch // world
-    data = SyntheticCriteo(args.steps + args.warmup, local, sizes, seed=rank)
+    timed_per_block = args.block - 1
+    count = args.warmup + args.steps + -(-args.steps // timed_per_block)  # the untimed first step of each block
+    count += 6 if args.pipeline else 0  # a pipeline reads its batches in order: the 5 profiled steps and one ahead
+    data = SyntheticCriteo(count, local, sizes, seed=rank)
     batches = []
-    for i in range(args.steps + args.warmup):
+    for i in range(count):
         b = data.batch(i)
         batches.append((b.dense, KeyedJaggedTensor(keys=[f"cat_{t}" for t in range(26)], values=b.indices,
                                                    offsets=b.offsets), b.labels))
 
+    # With --pipeline each model's pipeline reads the batches in order (one ahead of the step it finishes).
+    feeds = {impl: iter([TorchRecBatch(dense_features=d, sparse_features=k, labels=y) for d, k, y in batches])
+             for impl in IMPLS}
+
     def step(impl, i):
-        dmp, opt, _ = models[impl]
+        dmp, opt, _, pipe = models[impl]
+        if pipe is not None:
+            pipe.progress(feeds[impl])
+            return
         dense, kjt, labels = batches[i]
         loss = F.binary_cross_entropy_with_logits(dmp(dense, kjt).reshape(-1), labels)
         opt.zero_grad()
@@ -140,29 +164,34 @@ def _worker(rank, world, port, threads, args, results):
         opt.step()
 
     def embeddings_only(impl, i):
-        dmp, _, path = models[impl]
+        dmp, _, path, _ = models[impl]
         collection = dmp.module.get_submodule(path) if not hasattr(dmp.module, "module") \
             else dmp.module.module.get_submodule(path)
         out = keyed_values(collection(batches[i][1]), [f"cat_{t}" for t in range(26)])
         out.sum().backward()
 
+    def in_blocks(fn, steps: int) -> dict:
+        """Seconds of ``steps`` timed calls of ``fn(impl, batch)`` per model, the models taking turns in blocks;
+        every model sees the batches in the same order."""
+        times = {impl: [] for impl in IMPLS}
+        while len(times[IMPLS[0]]) < steps:
+            for impl in IMPLS:
+                i = args.warmup + len(times[impl]) + len(times[impl]) // timed_per_block
+                fn(impl, i)  # the block's first step: it meets the other models' traces in the caches
+                for _ in range(min(timed_per_block, steps - len(times[impl]))):
+                    i += 1
+                    dist.barrier()
+                    start = time.perf_counter()
+                    fn(impl, i)
+                    times[impl].append(time.perf_counter() - start)
+        return times
+
     for i in range(args.warmup):
         for impl in IMPLS:
             step(impl, i)
-    times = {impl: [] for impl in IMPLS}
-    for i in range(args.warmup, args.warmup + args.steps):
-        for impl in IMPLS:  # alternating: both see the same moments of the machine
-            dist.barrier()
-            start = time.perf_counter()
-            step(impl, i)
-            times[impl].append(time.perf_counter() - start)
-    embedding = {impl: [] for impl in IMPLS}
-    for i in range(args.warmup, args.warmup + min(args.steps, 10)):
-        for impl in IMPLS:
-            dist.barrier()
-            start = time.perf_counter()
-            embeddings_only(impl, i)
-            embedding[impl].append(time.perf_counter() - start)
+    times = in_blocks(step, args.steps)
+    # A pipelined collection runs only inside its pipeline's step: timed alone in plain loops only.
+    embedding = {impl: [] for impl in IMPLS} if args.pipeline else in_blocks(embeddings_only, min(args.steps, 10))
     comm, kernels = {}, {}
     for impl in IMPLS:
         dist.barrier()
@@ -196,10 +225,16 @@ def run_layout(processes: int, threads: int, args) -> list:
     return sorted(out, key=lambda r: r["rank"])
 
 
+def _ms(value: float) -> str:
+    return "-" if value != value else f"{value:.1f}"  # NaN: not measured (a pipelined collection)
+
+
 def summarize(data: dict) -> str:
     lines = [f"DLRM (Kaggle preset, batch {data['batch']}) training across processes, {data['cpu']} "
              f"({data['isa']}), {data['cores']} cores, gloo; every collection sharded by the same balanced "
-             "table-wise plan; medians over steps and rounds", "",
+             f"table-wise plan; trained by {'TrainPipelineSparseDist' if data.get('pipeline') else 'a plain loop'}; "
+             f"the models take turns in blocks of {data.get('block', 1)} steps, the first untimed; "
+             "medians over steps and rounds", "",
              f"{'layout':<23} {'model':<13} {'examples/s':>11} {'mprec/it':>9} {'collection ms':>14} "
              f"{'kernels ms':>11} {'comm ms':>8} {'tables/rank MB':>15} {'vs total/N':>11}"]
     for layout, row in data["layouts"].items():
@@ -208,7 +243,7 @@ def summarize(data: dict) -> str:
             ratio = row["mprec"]["examples_per_second"] / r["examples_per_second"]
             tables = "/".join(f"{b / 2**20:.0f}" for b in r["table_bytes"])
             lines.append(f"{layout:<23} {impl:<13} {r['examples_per_second']:>11,.0f} "
-                         f"{(f'{ratio:.2f}x' if impl != 'mprec' else ''):>9} {r['embedding_ms']:>14.1f} "
+                         f"{(f'{ratio:.2f}x' if impl != 'mprec' else ''):>9} {_ms(r['embedding_ms']):>14} "
                          f"{r['kernel_ms']:>11.1f} {r['comm_ms']:>8.1f} {tables:>15} {r['balance']:>11}")
     t = data["targets"]
     lines += ["", "mprec: mprec's DLRM and collection; torchrec-ebc: mprec's DLRM with TorchRec's collection (the "
@@ -228,11 +263,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--block", type=int, default=6,
+                        help="consecutive steps per model before the next takes its turn (the first not timed)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch", type=int, default=2048)
     parser.add_argument("--small", action="store_true", help="tables capped at 100k rows: a smoke run")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="train every model with TorchRec's TrainPipelineSparseDist (input all-to-all of the next "
+                             "batch overlapped with this one) instead of a plain loop")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    if args.block < 2:
+        parser.error("--block must be at least 2: the first step of each block is not timed")
     sys.path.insert(0, str(HERE.parent))
     import mprec
     from mprec.benchmark import write_results
@@ -253,7 +295,7 @@ def main(argv=None) -> int:
             steps = [max(ranks[r]["times"][impl][i] for r in range(processes))
                      for ranks in raw[name] for i in range(args.steps)]
             emb = [max(ranks[r]["embedding"][impl][i] for r in range(processes))
-                   for ranks in raw[name] for i in range(len(ranks[0]["embedding"][impl]))]
+                   for ranks in raw[name] for i in range(len(ranks[0]["embedding"][impl]))] or [float("nan")]
             table_bytes = raw[name][0] and [ranks["table_bytes"][impl] for ranks in raw[name][0]]
             total = sum(table_bytes)
             worst = max(abs(b - total / processes) / (total / processes) for b in table_bytes)
@@ -273,7 +315,7 @@ def main(argv=None) -> int:
     balance = max(float(summary[names[1]][impl]["balance"].rstrip("%")) for impl in IMPLS) / 100
     info = machine_info()
     data = dict(cpu=info["cpu"], isa=mprec.cpu_isa(), cores=cores, batch=args.batch, steps=args.steps,
-                rounds=args.rounds, small=args.small, versions=dict(torch=torch.__version__), layouts=summary,
+                rounds=args.rounds, block=args.block, pipeline=args.pipeline, small=args.small, versions=dict(torch=torch.__version__), layouts=summary,
                 raw=raw, targets=dict(
                     mprec_vs_torchrec=" / ".join(f"{r:.2f}x" for r in ratios("torchrec"))
                     + (" met" if min(ratios("torchrec")) >= 1.3 else " NOT met"),
@@ -282,7 +324,7 @@ def main(argv=None) -> int:
                     processes_vs_threads=f"{spread:.2f}x" + (" met" if spread >= 0.8 else " NOT met")))
     text = summarize(data)
     print(text)
-    write_results("distributed", data, text, args.out)
+    write_results("distributed-pipelined" if args.pipeline else "distributed", data, text, args.out)
     return 0
 
 
