@@ -465,13 +465,37 @@ DLRM_SIZES = [40, 25, 60, 30, 50]
 DLRM_REPRESENTATIONS = ["table", "dhe", "hybrid", "table", "table"]
 
 
+def dlrm_batches(steps: int):
+    """The DLRM tests' global batches, each with this rank's share of its rows."""
+    import torch.distributed as dist
+
+    from mprec.data import Batch, SyntheticCriteo
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    data = SyntheticCriteo(steps, 8 * world, DLRM_SIZES, seed=5)
+    for i in range(steps):
+        batch = data.batch(i)
+        b = len(batch) // world
+        rows = slice(rank * b, (rank + 1) * b)
+        yield batch, Batch.from_rows(batch.labels[rows], batch.dense[rows], batch.sparse()[rows])
+
+
+def single_step(model, optimizer, batch) -> float:
+    """One single-process training step on the whole global batch; its loss."""
+    from torch.nn import functional as F
+
+    loss = F.binary_cross_entropy_with_logits(model(batch.dense, batch.indices, batch.offsets), batch.labels)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 def case_dlrm_training(sharding: str, optimizer: str, steps: int):
     """The same DLRM trained ``steps`` steps on the same global batches in one process and over the group:
     returns both loss curves and this rank's shards of the final weights beside the single-process ones."""
     import torch.distributed as dist
-    from torch.nn import functional as F
 
-    from mprec.data import Batch, SyntheticCriteo
     from mprec.distributed.training import Cluster, DistributedDLRM
     from mprec.models import DLRM
     from mprec.nn import FusedOptimizer
@@ -493,23 +517,13 @@ def case_dlrm_training(sharding: str, optimizer: str, steps: int):
     model = DLRM(DLRM_SIZES, embedding_device="meta", **kwargs)
     run = DistributedDLRM(model, sharding, Cluster(rank, world, world, torch.device("cpu")), fused, dense_opt)
     run.model.load_state_dict(start)
-    data = SyntheticCriteo(steps, 8 * world, DLRM_SIZES, seed=5)
     single_losses, losses = [], []
-    for i in range(steps):
-        batch = data.batch(i)
-        b = len(batch) // world
-        rows = slice(rank * b, (rank + 1) * b)
-        mine = Batch.from_rows(batch.labels[rows], batch.dense[rows], batch.sparse()[rows])
+    for batch, mine in dlrm_batches(steps):
         loss = run.step(mine)
         total = torch.tensor([loss.item()])
         dist.all_reduce(total)
         losses.append(total.item() / world)
-        logits = single(batch.dense, batch.indices, batch.offsets)
-        single_loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
-        single_opt.zero_grad()
-        single_loss.backward()
-        single_opt.step()
-        single_losses.append(single_loss.item())
+        single_losses.append(single_step(single, single_opt, batch))
     return dict(losses=losses, single_losses=single_losses, mine=local_shards(run.model.state_dict()),
                 single={k: v.detach().clone() for k, v in single.state_dict().items()})
 
@@ -532,7 +546,6 @@ def case_dlrm_pipelined(sharding: str, steps: int):
     slices of the same global batches as a single-process run: both loss curves, whether the pipeline took the
     collection out of the forward, and this rank's shards beside the single-process weights."""
     import torch.distributed as dist
-    from torch.nn import functional as F
     from torchrec import KeyedJaggedTensor
     from torchrec.datasets.utils import Batch as TorchRecBatch
     from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
@@ -541,7 +554,6 @@ def case_dlrm_pipelined(sharding: str, steps: int):
     from torchrec.optim.optimizers import in_backward_optimizer_filter
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
 
-    from mprec.data import Batch, SyntheticCriteo
     from mprec.distributed.training import Cluster, shard
     from mprec.models import DLRM, DLRMTrain
     from mprec.nn import FusedOptimizer
@@ -562,22 +574,11 @@ def case_dlrm_pipelined(sharding: str, steps: int):
                                   lambda p: torch.optim.SGD(p, lr=lr))
     pipeline = TrainPipelineSparseDist(dmp, CombinedOptimizer([("", dmp.fused_optimizer), ("", dense)]),
                                        torch.device("cpu"))
-    data = SyntheticCriteo(steps, 8 * world, DLRM_SIZES, seed=5)
-    names = single.feature_names
     mine, single_losses = [], []
-    for i in range(steps):
-        batch = data.batch(i)
-        b = len(batch) // world
-        rows = slice(rank * b, (rank + 1) * b)
-        part = Batch.from_rows(batch.labels[rows], batch.dense[rows], batch.sparse()[rows])
+    for batch, part in dlrm_batches(steps):
         mine.append(TorchRecBatch(dense_features=part.dense, labels=part.labels, sparse_features=KeyedJaggedTensor(
-            keys=names, values=part.indices, offsets=part.offsets)))
-        single_loss = F.binary_cross_entropy_with_logits(single(batch.dense, batch.indices, batch.offsets),
-                                                         batch.labels)
-        single_opt.zero_grad()
-        single_loss.backward()
-        single_opt.step()
-        single_losses.append(single_loss.item())
+            keys=single.feature_names, values=part.indices, offsets=part.offsets)))
+        single_losses.append(single_step(single, single_opt, batch))
     batches, losses = iter(mine), []
     for _ in range(steps):
         loss, _, _ = pipeline.progress(batches)
