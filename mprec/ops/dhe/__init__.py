@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..arguments import register_fake
+from ..arguments import first_true, register_fake, value_at
 from ..spelling import dtype_name, sizes
 
 __all__ = [
@@ -151,6 +151,36 @@ def _check_hash(op: str, ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m:
     if transform == "gaussian" and k % 2:
         raise ValueError(f"{op}: the gaussian transform pairs hashes (Box-Muller), so k must be even, got k = {k}")
     return k
+
+
+def _check_hashes(op: str, ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: int, transform: str,
+                  check_values: bool = True) -> int:
+    """csrc/cpu/dhe.cpp checked_hashes: returns k. ``check_values=False`` leaves out the hash parameters' values
+    (for kernels that check them as they load them)."""
+    k = _check_hash(op, ids, hash_a, hash_b, p, m, transform)
+    if check_values:
+        check_hash_values(op, hash_a, hash_b, p)
+    return k
+
+
+def check_hash_values(op: str, hash_a: Tensor, hash_b: Tensor, p: int) -> None:
+    """a_j in [1, p - 1], b_j in [0, p - 1] (one read back to the host)."""
+    k = hash_a.shape[0]
+    # The CPU kernel checks hash j's a, then its b, for j = 0, 1, ...: the first bad one is reported.
+    first = first_true((hash_a < 1) | (hash_a >= p) | (hash_b < 0) | (hash_b >= p))
+    j, a, b = torch.stack([first, value_at(hash_a, first), value_at(hash_b, first)]).tolist()
+    if j < k:
+        if not 1 <= a < p:
+            raise ValueError(f"{op}: hash_a[{j}] = {a} is outside [1, p - 1] for p = {p}")
+        raise ValueError(f"{op}: hash_b[{j}] = {b} is outside [0, p - 1] for p = {p}")
+
+
+def check_nonnegative_ids(op: str, ids: Tensor) -> None:
+    """Every id >= 0, else the CPU kernels' message for the first negative one (reads the data on the host)."""
+    flat = ids.detach().reshape(-1)
+    first = int(first_true(flat < 0))
+    if first < flat.numel():
+        raise ValueError(f"{op}: ids[{first}] = {int(flat[first])} is negative; DHE ids must be >= 0")
 
 
 def _check_linear(op: str, weight: Tensor, bias: Optional[Tensor], in_features, in_name: str) -> None:

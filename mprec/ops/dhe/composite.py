@@ -9,38 +9,16 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from ..arguments import first_true, value_at
 from ..spelling import sizes
-from . import _check_activation, _check_hash, _check_linear, _check_rowwise_linear, dhe_encode_aten
+from . import (_check_activation, _check_hashes, _check_linear, _check_rowwise_linear, check_nonnegative_ids,
+               dhe_encode_aten)
 from . import activation as apply_activation
 
-__all__ = ["KERNELS", "check_hash_values"]
+__all__ = ["KERNELS"]
 
 # Ids whose DHE encodings exist at once in dhe_encode_linear_backward: 4096 x k (16 MB at k = 1024 in
 # float32), so [N, k] never does, and each chunk's GEMM is still large enough to run at full speed.
 _ENCODE_ROWS = 4096
-
-
-def _check_hashes(op: str, ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: int, transform: str,
-                  check_values: bool = True) -> int:
-    """csrc/cpu/dhe.cpp checked_hashes: returns k. ``check_values=False`` leaves out the hash parameters' values
-    (for kernels that check them as they load them)."""
-    k = _check_hash(op, ids, hash_a, hash_b, p, m, transform)
-    if check_values:
-        check_hash_values(op, hash_a, hash_b, p)
-    return k
-
-
-def check_hash_values(op: str, hash_a: Tensor, hash_b: Tensor, p: int) -> None:
-    """a_j in [1, p - 1], b_j in [0, p - 1] (one read back to the host)."""
-    k = hash_a.shape[0]
-    # The CPU kernel checks hash j's a, then its b, for j = 0, 1, ...: the first bad one is reported.
-    first = first_true((hash_a < 1) | (hash_a >= p) | (hash_b < 0) | (hash_b >= p))
-    j, a, b = torch.stack([first, value_at(hash_a, first), value_at(hash_b, first)]).tolist()
-    if j < k:
-        if not 1 <= a < p:
-            raise ValueError(f"{op}: hash_a[{j}] = {a} is outside [1, p - 1] for p = {p}")
-        raise ValueError(f"{op}: hash_b[{j}] = {b} is outside [0, p - 1] for p = {p}")
 
 
 def dhe_encode_linear_backward(grad: Tensor, output: Tensor, ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int,
@@ -57,11 +35,8 @@ def dhe_encode_linear_backward(grad: Tensor, output: Tensor, ids: Tensor, hash_a
     if grad.numel() != n * out_features or output.numel() != n * out_features:
         raise ValueError(f"{op}: grad and output must have shape [..., {out_features}] with {n} rows, got "
                          f"{sizes(grad)} and {sizes(output)}")
+    check_nonnegative_ids(op, ids)
     flat_ids = ids.reshape(-1)
-    first_negative = int(first_true(flat_ids < 0))
-    if first_negative < n:
-        raise ValueError(f"{op}: ids[{first_negative}] = {int(flat_ids[first_negative])} is negative; "
-                         "DHE ids must be >= 0")
     acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
     pre_grad = grad.reshape(n, out_features).to(acc)  # d loss / d pre-activation, once the activation is undone
     if activation == "relu":

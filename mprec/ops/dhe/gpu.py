@@ -11,9 +11,8 @@ from torch import Tensor
 from ..arguments import check_device
 from ..launch import new_error_flag as _new_error_flag
 from ..launch import triton_dhe as _triton_dhe
-from . import _check_activation, _check_linear, dhe_encode_aten
+from . import _check_activation, _check_hashes, _check_linear, check_hash_values, check_nonnegative_ids, dhe_encode_aten
 from . import activation as apply_activation
-from .composite import _check_hashes, check_hash_values
 
 __all__ = ["TRITON_KERNELS"]
 
@@ -21,11 +20,7 @@ __all__ = ["TRITON_KERNELS"]
 def _raise_dhe_error(op: str, ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int) -> None:
     """The CPU kernel's message for the first bad hash parameter, else the first negative id."""
     check_hash_values(op, hash_a, hash_b, p)
-    flat = ids.detach().reshape(-1).to("cpu")
-    negative = (flat < 0).nonzero()
-    if negative.shape[0]:
-        i = int(negative[0])
-        raise ValueError(f"{op}: ids[{i}] = {int(flat[i])} is negative; DHE ids must be >= 0")
+    check_nonnegative_ids(op, ids)
     raise RuntimeError(f"{op}: internal error: the kernel flagged input that the checks cannot find")
 
 
@@ -51,8 +46,7 @@ def dhe_encode_linear(ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: in
     if weight.dtype == torch.float64:
         # float64 is for checking gradients, not for speed: aten ops compute it exactly.
         check_hash_values(op, hash_a, hash_b, p)
-        if bool((ids < 0).any()):
-            _raise_dhe_error(op, ids, hash_a, hash_b, p)
+        check_nonnegative_ids(op, ids)
         encoded = dhe_encode_aten(ids, hash_a, hash_b, p, m, transform, torch.float64)
         return apply_activation(torch.nn.functional.linear(encoded, weight, bias), activation)
     error = _new_error_flag(ids.device)

@@ -152,6 +152,13 @@ def _check_per_sample_weights(op: str, psw: Optional[Tensor], mode: int, num_ind
         raise ValueError(f"{op}: per_sample_weights must be floating point, got {dtype_name(psw.dtype)}")
 
 
+def _checked_per_sample_weights(op: str, psw: Optional[Tensor], mode: int, num_indices: int,
+                                acc: torch.dtype) -> Optional[Tensor]:
+    """The per-sample weights checked and in the accumulation dtype (as checked_per_sample_weights gives them)."""
+    _check_per_sample_weights(op, psw, mode, num_indices)
+    return None if psw is None else psw.to(acc)
+
+
 def _single_bags(op: str, offsets: Tensor, include_last_offset: bool):
     if include_last_offset and offsets.shape[0] < 1:
         raise ValueError(f"{op}: include_last_offset=True needs at least one offset")

@@ -11,7 +11,7 @@ from torch import Tensor
 from ..arguments import first_true
 from ..spelling import dtype_name, float_text, sizes
 from . import (FUSED_OPTIMIZERS, _accumulation_dtype, _check_dequantize_input, _check_grad,
-               _check_per_sample_weights, _check_quantize_input, batched_backward_bags, check_backward,
+               _checked_per_sample_weights, _check_quantize_input, batched_backward_bags, check_backward,
                check_first_offset, raise_bag_error, single_backward_bags)
 
 __all__ = ["KERNELS"]
@@ -28,12 +28,6 @@ class _Table(NamedTuple):
 def _raise_bag_error(op: str, tables: list[_Table], indices: Tensor, offsets: Tensor, bags: int) -> None:
     """The CPU kernel's error for the first bad offset or index, in its order and its words."""
     raise_bag_error(op, indices, offsets, bags, [t.weight.shape[0] for t in tables], [t.padding_idx for t in tables])
-
-
-def _checked_per_sample_weights(op: str, psw: Optional[Tensor], mode: int, num_indices: int,
-                                acc: torch.dtype) -> Optional[Tensor]:
-    _check_per_sample_weights(op, psw, mode, num_indices)
-    return None if psw is None else psw.to(acc)
 
 
 def _single_call(op: str, weight: Tensor, indices: Tensor, offsets: Tensor, mode: int, padding_idx: int,

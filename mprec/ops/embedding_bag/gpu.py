@@ -11,11 +11,10 @@ from torch import Tensor
 from ..arguments import check_device
 from ..launch import new_error_flag as _new_error_flag
 from ..launch import triton_eb as _triton_eb
-from . import (_accumulation_dtype, _batched_bags, _check_indices, _check_padding_idx,
-               _check_scale_grad_by_freq, _check_tables, _check_weight, _single_bags, batched_backward_bags,
+from . import (_accumulation_dtype, _batched_bags, _check_indices, _check_padding_idx, _check_scale_grad_by_freq,
+               _check_tables, _check_weight, _checked_per_sample_weights, _single_bags, batched_backward_bags,
                check_backward, check_first_offset, mode_number, raise_bag_error, raise_max_indices_error,
                single_backward_bags)
-from .composite import _checked_per_sample_weights
 
 __all__ = ["TRITON_KERNELS", "OPS"]
 
