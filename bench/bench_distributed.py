@@ -49,6 +49,7 @@ HERE = Path(__file__).resolve().parent
 IMPLS = ("mprec", "torchrec-ebc", "torchrec")
 KERNEL_OPS = ("mprec::batched_embedding_bag", "fbgemm::split_embedding", "fbgemm::bounds_check_indices")
 LR = 0.1
+PROFILED = 5  # steps per model under the profiler (collectives' and kernels' time)
 COMM_OPS = ("all_to_all", "alltoall", "allreduce", "all_reduce", "reduce_scatter", "allgather", "all_gather")
 
 
@@ -140,7 +141,9 @@ def _worker(rank, world, port, threads, args, results):
     local = args.batch // world
     timed_per_block = args.block - 1
     count = args.warmup + args.steps + -(-args.steps // timed_per_block)  # the untimed first step of each block
-    count += 6 if args.pipeline else 0  # a pipeline reads its batches in order: the 5 profiled steps and one ahead
+    # The profiled steps: a plain loop steps the batches from the warm-up's end again; a pipeline reads its batches
+    # in order, so it needs PROFILED more, and one ahead.
+    count = count + PROFILED + 1 if args.pipeline else max(count, args.warmup + PROFILED)
     data = SyntheticCriteo(count, local, sizes, seed=rank)
     batches = []
     for i in range(count):
@@ -150,7 +153,7 @@ def _worker(rank, world, port, threads, args, results):
 
     # With --pipeline each model's pipeline reads the batches in order (one ahead of the step it finishes).
     feeds = {impl: iter([TorchRecBatch(dense_features=d, sparse_features=k, labels=y) for d, k, y in batches])
-             for impl in IMPLS}
+             for impl in IMPLS} if args.pipeline else {}
 
     def step(impl, i):
         dmp, opt, _, pipe = models[impl]
@@ -196,11 +199,12 @@ def _worker(rank, world, port, threads, args, results):
     for impl in IMPLS:
         dist.barrier()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for i in range(args.warmup, args.warmup + 5):
+            for i in range(args.warmup, args.warmup + PROFILED):
                 step(impl, i)
         events = prof.key_averages()
-        comm[impl] = sum(e.cpu_time_total for e in events if any(op in e.key.lower() for op in COMM_OPS)) / 5 / 1e3
-        kernels[impl] = sum(e.self_cpu_time_total for e in events if e.key.startswith(KERNEL_OPS)) / 5 / 1e3
+        comm[impl] = sum(e.cpu_time_total for e in events
+                         if any(op in e.key.lower() for op in COMM_OPS)) / PROFILED / 1e3
+        kernels[impl] = sum(e.self_cpu_time_total for e in events if e.key.startswith(KERNEL_OPS)) / PROFILED / 1e3
     import resource
 
     results.put(dict(rank=rank, times=times, embedding=embedding, comm_ms=comm, kernel_ms=kernels,
@@ -315,8 +319,8 @@ def main(argv=None) -> int:
     balance = max(float(summary[names[1]][impl]["balance"].rstrip("%")) for impl in IMPLS) / 100
     info = machine_info()
     data = dict(cpu=info["cpu"], isa=mprec.cpu_isa(), cores=cores, batch=args.batch, steps=args.steps,
-                rounds=args.rounds, block=args.block, pipeline=args.pipeline, small=args.small, versions=dict(torch=torch.__version__), layouts=summary,
-                raw=raw, targets=dict(
+                rounds=args.rounds, block=args.block, pipeline=args.pipeline, small=args.small,
+                versions=dict(torch=torch.__version__), layouts=summary, raw=raw, targets=dict(
                     mprec_vs_torchrec=" / ".join(f"{r:.2f}x" for r in ratios("torchrec"))
                     + (" met" if min(ratios("torchrec")) >= 1.3 else " NOT met"),
                     mprec_vs_torchrec_ebc=" / ".join(f"{r:.2f}x" for r in ratios("torchrec-ebc")),
