@@ -129,6 +129,7 @@ def _worker(rank, world, port, threads, args, results):
     from torchrec.datasets.utils import Batch as TorchRecBatch
 
     from mprec.data import KAGGLE_TABLE_SIZES, SyntheticCriteo
+    from mprec.distributed import shutdown
     from mprec.memory import retain_freed_memory
     from mprec.models.dlrm import keyed_values
 
@@ -211,7 +212,8 @@ def _worker(rank, world, port, threads, args, results):
                      table_bytes={impl: _table_bytes(models[impl][0]) for impl in IMPLS},
                      max_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
     dist.barrier()
-    dist.destroy_process_group()
+    del models  # they hold the process group, whose threads must end before this process does
+    shutdown()
 
 
 def run_layout(processes: int, threads: int, args) -> list:

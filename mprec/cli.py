@@ -161,7 +161,7 @@ def run_train(args) -> int:
 
 def _train_distributed(args, config) -> int:
     from mprec import training
-    from mprec.distributed import require_torchrec
+    from mprec.distributed import require_torchrec, shutdown
 
     require_torchrec()
     import torch.distributed as dist
@@ -175,12 +175,14 @@ def _train_distributed(args, config) -> int:
             metrics = distributed.evaluate_run(config, sharding, args.eval, timeout_s=args.timeout_s)
             if result is not None:
                 result["eval"] = metrics
-        if result is not None:
-            print(training.dumps(result))
-        return 0
-    finally:
-        if dist.is_initialized():
+    except BaseException:
+        if dist.is_initialized():  # the error's frames still hold the model: its group cannot end whole here
             dist.destroy_process_group()
+        raise
+    shutdown()
+    if result is not None:
+        print(training.dumps(result))
+    return 0
 
 
 def run_eval(args) -> int:

@@ -603,6 +603,57 @@ def test_dlrm_trains_under_torchrec_train_pipeline(workers, sharding):
         _check_shards(r["mine"], r["single"], f"rank {rank} {sharding} pipelined", tol=1e-5)
 
 
+def case_shutdown():
+    """A sharded DLRM trains a step on this rank, then the rank leaves its group twice: with the model still
+    held (the group's threads must outlive that, with a warning), then with it dropped. Returns gloo's worker
+    threads before, between and after, and each shutdown's warnings."""
+    import warnings
+
+    import torch.distributed as dist
+    from fbgemm_gpu.split_embedding_configs import EmbOptimType
+
+    import mprec.distributed as md
+    from mprec.distributed.training import Cluster, DistributedDLRM
+    from mprec.models import DLRM
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    model = DLRM(DLRM_SIZES, embedding_device="meta", representations=DLRM_REPRESENTATIONS,
+                 dhe=dict(k=16, m=97, decoder=(8,)), bottom=(32, 16), top=(32, 1), embedding_dim=16)
+    run = DistributedDLRM(model, "row-wise", Cluster(rank, world, world, torch.device("cpu")),
+                          dict(optimizer=EmbOptimType.EXACT_SGD, learning_rate=0.05),
+                          lambda p: torch.optim.SGD(p, lr=0.05))
+    del model
+    _, mine = next(dlrm_batches(1))
+    run.step(mine)
+    del mine
+    threads, said = [md._gloo_threads()], []
+    for _ in range(2):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            md.shutdown()
+        said.append([str(w.message) for w in caught])
+        threads.append(md._gloo_threads())
+        run = None
+    return dict(threads=threads, warnings=said, initialized=dist.is_initialized())
+
+
+def test_shutdown_ends_the_process_groups_threads():
+    """``mprec.distributed.shutdown`` joins gloo's worker threads, which would otherwise release a collective's
+    tensors as the interpreter finalizes and abort the process at exit; it warns where a model still holds the
+    group, so that cannot be done."""
+    group = Workers(WORLD)
+    try:
+        results = group.run(case_shutdown, timeout=300)
+    finally:
+        group.close()
+    for rank, r in enumerate(results):
+        before, held, dropped = r["threads"]
+        assert before > 0, f"rank {rank}: no gloo worker threads found: has torch renamed them?"
+        assert held == before and len(r["warnings"][0]) == 1 and "still holds the group" in r["warnings"][0][0], r
+        assert dropped == 0 and r["warnings"][1] == [], r
+        assert not r["initialized"]
+
+
 # --- four processes -----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -33,9 +33,15 @@ def _serve(rank: int, world_size: int, port: int, tasks, results, threads: int) 
 
     torch.set_num_threads(threads)
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    # Imported before the group is made: see mprec.distributed.shutdown.
+    import mprec  # noqa: F401  (the ops)
+    from mprec.distributed import shutdown
+    try:
+        import torchrec  # noqa: F401
+    except ImportError:
+        pass
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
                             timeout=timedelta(seconds=60))
-    import mprec  # noqa: F401  (the ops)
 
     while True:
         task = tasks.get()
@@ -48,7 +54,7 @@ def _serve(rank: int, world_size: int, port: int, tasks, results, threads: int) 
             results.put((rank, True, pickle.dumps(value)))
         except BaseException:  # noqa: BLE001 - reported to the test, which fails
             results.put((rank, False, traceback.format_exc()))
-    dist.destroy_process_group()
+    shutdown()
 
 
 class WorkerError(RuntimeError):
