@@ -128,6 +128,7 @@ def _worker(rank, world, port, threads, args, results):
     from torchrec import KeyedJaggedTensor
     from torchrec.datasets.utils import Batch as TorchRecBatch
 
+    from mprec import timing
     from mprec.data import KAGGLE_TABLE_SIZES, SyntheticCriteo
     from mprec.distributed import shutdown
     from mprec.memory import retain_freed_memory
@@ -175,20 +176,10 @@ def _worker(rank, world, port, threads, args, results):
         out.sum().backward()
 
     def in_blocks(fn, steps: int) -> dict:
-        """Seconds of ``steps`` timed calls of ``fn(impl, batch)`` per model, the models taking turns in blocks;
-        every model sees the batches in the same order."""
-        times = {impl: [] for impl in IMPLS}
-        while len(times[IMPLS[0]]) < steps:
-            for impl in IMPLS:
-                i = args.warmup + len(times[impl]) + len(times[impl]) // timed_per_block
-                fn(impl, i)  # the block's first step: it meets the other models' traces in the caches
-                for _ in range(min(timed_per_block, steps - len(times[impl]))):
-                    i += 1
-                    dist.barrier()
-                    start = time.perf_counter()
-                    fn(impl, i)
-                    times[impl].append(time.perf_counter() - start)
-        return times
+        """Seconds of ``steps`` timed calls of ``fn(impl, batch)`` per model, the models taking turns in blocks
+        (mprec.timing.in_blocks); every model sees the batches in the same order."""
+        return timing.in_blocks({impl: (lambda i, impl=impl: fn(impl, i)) for impl in IMPLS},
+                                dict.fromkeys(IMPLS, steps), args.block, start=args.warmup, before=dist.barrier)
 
     for i in range(args.warmup):
         for impl in IMPLS:

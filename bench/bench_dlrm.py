@@ -7,19 +7,21 @@ dim 16, batch 2,048, Zipf(1.05) ids), in one run:
   fp32 and under bf16 autocast;
 - torchrec: TorchRec's DLRM on CPU (unsharded EmbeddingBagCollection, dense table gradients, SGD), fp32.
 
-Every implementation has the same MLP and table initialisation. The timed steps run round-robin over
-the implementations of a case (eager, mprec, eager, mprec, ...), so they share the moments of this
-shared machine; examples/s = 2,048 / the median step. After the models are built the machine is given
-time to settle: filling GBs of tables leaves the next seconds several times slower.
+Every implementation has the same MLP and table initialisation. The implementations of a case take turns
+in blocks of consecutive steps (mprec.timing.in_blocks), the first step of a block untimed: it meets the
+caches full of the other implementations' GBs of tables, as no training job does. The turns share the
+moments of this shared machine; examples/s = 2,048 / the median step. After the models are built the
+machine is given time to settle: filling GBs of tables leaves the next seconds several times slower.
 
 The bf16 cases run where the CPU computes bfloat16 natively (mprec.precision's rule, the one precision
 "auto" follows); elsewhere they are skipped, and the summary's fastest mode is fp32.
 
-The MLPs' GEMM floor, measured in the same run: each product of a step (the forward of every layer; in
-training also the input gradient of every layer but the first and the weight gradient of every layer) timed
-alone on its real shape, on MKL (torch's addmm / mm) and on oneDNN, the faster median of each summed. It is
-the time a step would take if it did nothing but its MLPs' matrix products at their best rate on this
-machine; the summary reports it as a fraction of each step.
+The MLPs' GEMM floor, measured in the same run: the products of a step (the forward of every layer; in
+training also the input gradient of every layer but the first and the weight gradient of every layer) on
+their real shapes, each on the faster of MKL (torch's addmm / mm) and oneDNN, run back to back with nothing
+else. It takes its turns in the blocks of the fp32 cases like an implementation, so it is measured in the
+same moments as the steps. It is the time a step would take if it did nothing but its MLPs' matrix products
+at their best rate on this machine; the summary reports it as a fraction of each fp32 step.
 """
 
 import statistics
@@ -31,46 +33,52 @@ from torch import nn
 from torch.nn import functional as F
 
 import mprec
-from mprec.benchmark import median_ms
 from mprec.memory import retain_freed_memory
 from mprec.data import KAGGLE_TABLE_SIZES, SyntheticCriteo
 from mprec.models import DLRM
 from mprec.nn import FusedOptimizer
 from mprec.ops.mlp import product_ways, run_product
 from mprec.precision import bf16_native
+from mprec.timing import fastest, in_blocks
 
 BATCH = 2048
 LR = 0.1
 ROUNDS = 20
 TORCHREC_ROUNDS = 4
+BLOCK = 6  # consecutive steps of one implementation, the first untimed (mprec.timing.in_blocks)
+FLOOR = "gemm floor"
 SETTLE_SECONDS = 3.0
 CASES = [("train", "fp32"), ("train", "bf16"), ("infer", "fp32"), ("infer", "bf16")]
 MEASURED_CASES = [c for c in CASES if c[1] == "fp32" or bf16_native()]
-FLOOR_RUNS = 7
+FLOOR_RUNS = 7  # rounds of mprec.timing.fastest choosing each product's way
 
 
-def _median_ms(fn):
-    return median_ms(fn, FLOOR_RUNS, warmup=1)
-
-
-def gemm_floor_ms(model, batch=BATCH):
-    """{"train": ms, "infer": ms}: the MLPs' matrix products alone, each the fastest of the ways mprec chooses
-    among (mprec.ops.mlp.product_ways: MKL or oneDNN, and the weight gradient's transposed form)."""
-    floor = {"train": 0.0, "infer": 0.0}
+def gemm_floor(model, batch=BATCH):
+    """{"train": fn, "infer": fn}: callables that run the MLPs' matrix products of a step alone, each on the
+    fastest of the ways mprec chooses among (mprec.ops.mlp.product_ways: MKL or oneDNN, and the weight
+    gradient's transposed form; chosen here by mprec.timing.fastest). They are timed in turns with the steps,
+    so the floor and the steps it is compared with come from the same moments of the machine."""
+    products = {"train": [], "infer": []}
     layers = [m for mlp in (model.bottom, model.top) for m in mlp if isinstance(m, nn.Linear)]
 
     def best(product, a, b, bias=None):
-        return min(_median_ms(lambda: run_product(way, a, b, "none", bias)) for way in product_ways(product))
+        ways = {way: (lambda way=way: run_product(way, a, b, "none", bias)) for way in product_ways(product)}
+        return ways[fastest(ways, FLOOR_RUNS)]
 
     for i, layer in enumerate(layers):
         n, k = layer.weight.shape
         x, w, b, g = torch.randn(batch, k), torch.randn(n, k), torch.randn(n), torch.randn(batch, n)
         forward = best("forward", x, w, b)
-        weight_grad = best("weight_grad", g.t(), x.t())
-        input_grad = 0.0 if i == 0 else best("input_grad", g, w.t())
-        floor["infer"] += forward
-        floor["train"] += forward + weight_grad + input_grad
-    return floor
+        products["infer"].append(forward)
+        products["train"] += [forward, best("weight_grad", g.t(), x.t())] + \
+            ([best("input_grad", g, w.t())] if i else [])  # the first layer's input needs no gradient
+
+    def run_all(fns):
+        def run():
+            for fn in fns:
+                fn()
+        return run
+    return {phase: run_all(fns) for phase, fns in products.items()}
 
 
 def eager_mlp(widths, last_activation):
@@ -177,8 +185,8 @@ def dlrm_setup():
             b.kjt = torchrec_input(b)
     except ImportError:
         pass
-    floor = gemm_floor_ms(models["mprec"])
-    times = {}
+    floors = gemm_floor(models["mprec"])
+    times, floor = {}, {}
     for phase, precision in MEASURED_CASES:
         impls = [i for i in ("eager", "mprec", "torchrec") if i in models and not (i == "torchrec" and precision != "fp32")]
         steps = {i: make_step(models[i], optimizers[i], phase, precision, forwards[i]) for i in impls}
@@ -187,17 +195,13 @@ def dlrm_setup():
             for i in impls:
                 if i != "torchrec":
                     steps[i](batches[0])
-        for i in impls:
-            steps[i](batches[1])
-        case_times = {i: [] for i in impls}
-        for r in range(ROUNDS):
-            for i in impls:
-                if i == "torchrec" and r >= TORCHREC_ROUNDS:
-                    continue
-                b = batches[r % len(batches)]
-                start = time.perf_counter()
-                steps[i](b)
-                case_times[i].append(time.perf_counter() - start)
+        timed = {i: (lambda n, i=i: steps[i](batches[n % len(batches)])) for i in impls}
+        counts = {i: TORCHREC_ROUNDS if i == "torchrec" else ROUNDS for i in impls}
+        if precision == "fp32":  # the floor is of fp32 products: it takes its turns in the fp32 cases
+            timed[FLOOR], counts[FLOOR] = (lambda n: floors[phase]()), ROUNDS
+        case_times = in_blocks(timed, counts, BLOCK)
+        if FLOOR in case_times:
+            floor[phase] = statistics.median(case_times.pop(FLOOR)) * 1e3
         times[(phase, precision)] = case_times
     return dict(models=models, optimizers=optimizers, forwards=forwards, batches=batches, times=times, floor=floor)
 
@@ -226,6 +230,6 @@ def test_dlrm(benchmark, dlrm_setup, phase, precision, impl):
     benchmark.pedantic(run, rounds=2 if impl == "torchrec" else 5, iterations=1, warmup_rounds=0)
     median = statistics.median(times)
     benchmark.extra_info.update(case=case, impl=impl, phase=phase, precision=precision, batch=BATCH,
-                                interleaved_median_ms=median * 1e3, interleaved_rounds=len(times),
+                                interleaved_median_ms=median * 1e3, interleaved_rounds=len(times), block=BLOCK,
                                 examples_per_second=BATCH / median, cpu_isa=mprec.cpu_isa(),
                                 bf16_native=bf16_native(), gemm_floor_ms=setup["floor"][phase])

@@ -1,5 +1,5 @@
 """Reads a pytest-benchmark JSON of bench_dlrm.py and prints, per case (train / infer, fp32 / bf16), each
-implementation's median step (round-robin timing), examples/s, ratios to eager and the MLPs' GEMM floor as a
+implementation's median step (timed in turns of blocks, or round-robin in older files), examples/s, ratios to eager and the MLPs' GEMM floor as a
 fraction of the step; then the targets, which depend on the machine's kind (AVX-512 or AVX2).
 
     python bench/summary_dlrm.py bench/results/<machine>-<isa>-dlrm.json
@@ -21,7 +21,7 @@ def summarize(path):
     data = json.load(open(path))
     rate = defaultdict(dict)  # (phase, precision) -> impl -> examples/s
     ms = defaultdict(dict)
-    floor, isa, native = {}, "?", None
+    floor, isa, native, block = {}, "?", None, None
     for b in data["benchmarks"]:
         e = b.get("extra_info", {})
         if "phase" not in e:
@@ -31,13 +31,14 @@ def summarize(path):
         if "gemm_floor_ms" in e:
             floor[e["phase"]] = e["gemm_floor_ms"]
         isa, native = e.get("cpu_isa", isa), e.get("bf16_native", native)
+        block = e.get("block", block)
     cpu = data.get("machine_info", {}).get("cpu", {}).get("brand_raw", "?")
     bf16 = {True: "native bf16", False: "no native bf16", None: "bf16 ?"}[native]
     lines = [f"machine: {cpu} ({isa}, {bf16}); DLRM kaggle (26 tables, 33.8M rows, dim 16), batch 2048, "
              "Zipf(1.05) ids", ""]
     if floor:
-        lines += ["MLP GEMM floor (each product alone, the fastest of mprec's ways: MKL or oneDNN, either form of the "
-                  "weight gradient; this run): "
+        lines += ["MLP GEMM floor (a step's products alone, each on the fastest of mprec's ways: MKL or oneDNN, either "
+                  "form of the weight gradient; timed in the same blocks as the fp32 steps): "
                   + ", ".join(f"{phase} {v:.2f} ms" for phase, v in floor.items()), ""]
     lines.append(f"{'phase':<6} {'precision':<9} {'impl':<9} {'median ms':>10} {'examples/s':>11} {'vs eager':>9} "
                  f"{'vs eager fp32':>14} {'floor/step':>11}")
@@ -54,7 +55,8 @@ def summarize(path):
         lines += ["", "bf16: not measured; this CPU has no native bfloat16, so precision auto (mprec.precision) runs "
                       "fp32 and fp32 is the fastest mode."]
     target = SAME_PRECISION_TARGET.get(isa, 1.3)
-    lines += ["", f"targets ({isa} machine; ratios of examples/s, medians of steps timed round-robin in this run):"]
+    timing = f"timed in turns of blocks of {block} steps, the first untimed" if block else "timed round-robin"
+    lines += ["", f"targets ({isa} machine; ratios of examples/s, medians of steps {timing}, in this run):"]
 
     def check(ok, text):
         lines.append(f"  [{'met' if ok else 'MISS':>4}] {text}")

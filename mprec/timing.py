@@ -1,5 +1,6 @@
-"""The two ways mprec times a callable on a shared, noisy machine: the median of several calls (how fast
-something is), and candidates timed side by side in rounds (which of several is fastest)."""
+"""The ways mprec times callables on a shared, noisy machine: the median of several calls (how fast something
+is), candidates timed side by side in rounds (which of several is fastest), and models' steps timed in turns
+of blocks (how fast each trains or serves, all in the same moments of the machine)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import statistics
 import time
 from typing import Callable, Hashable, Mapping
 
-__all__ = ["median_ms", "fastest"]
+__all__ = ["median_ms", "fastest", "in_blocks"]
 
 
 def median_ms(fn: Callable[[], object], rounds: int = 15, warmup: int = 2) -> float:
@@ -43,3 +44,35 @@ def fastest(candidates: Mapping[Hashable, Callable[[], object]], rounds: int) ->
         for key in keys:
             relative[key].append(times[key] / floor)
     return min(keys, key=lambda key: statistics.median(relative[key]))
+
+
+def in_blocks(steps: Mapping[Hashable, Callable[[int], object]], counts: Mapping[Hashable, int], block: int,
+              start: int = 0, before: Callable[[], object] | None = None) -> dict:
+    """``{key: [seconds]}``: ``counts[key]`` timed calls of each ``steps[key](i)``, the steps taking turns in
+    blocks of ``block`` consecutive calls whose first is not timed.
+
+    A step of a model that holds GBs of tables starts with the caches and the page-walk caches full of the
+    previous step's data. Timed one step each in turn, every model would pay for the others' tables, as no
+    training or serving job does; the untimed first call of a block pays it instead, and the turns still share
+    the moments of the machine. ``i`` counts each key's calls from ``start``, untimed ones included, so every
+    key steps through the same sequence (of batches, say) and every process of a group makes the same calls.
+    ``before()`` runs before each timed call (a barrier, for instance)."""
+    if block < 2:
+        raise ValueError(f"in_blocks: block must be at least 2 (one untimed call, then timed ones), got {block}")
+    times = {key: [] for key in steps}
+    calls = {key: start for key in steps}
+    while any(len(times[key]) < counts[key] for key in steps):
+        for key, step in steps.items():
+            left = counts[key] - len(times[key])
+            if left <= 0:
+                continue
+            step(calls[key])
+            calls[key] += 1
+            for _ in range(min(block - 1, left)):
+                if before is not None:
+                    before()
+                began = time.perf_counter()
+                step(calls[key])
+                times[key].append(time.perf_counter() - began)
+                calls[key] += 1
+    return times

@@ -1,0 +1,34 @@
+"""mprec.timing.in_blocks: which calls it makes, in which order, and which it times."""
+
+import time
+
+import pytest
+
+from mprec.timing import in_blocks
+
+
+def test_steps_take_turns_in_blocks_whose_first_call_is_untimed():
+    calls = []
+
+    def step(key):
+        def run(i):
+            calls.append((key, i))
+            if key == "slow":
+                time.sleep(0.01)
+        return run
+
+    times = in_blocks({"slow": step("slow"), "fast": step("fast")}, {"slow": 5, "fast": 2}, block=3, start=10,
+                      before=lambda: calls.append("before"))
+    # "before" (a barrier, say) comes before each timed call only; the keys' call numbers run on through the
+    # untimed calls; a key with its count timed sits out the later turns.
+    assert calls == [("slow", 10), "before", ("slow", 11), "before", ("slow", 12),
+                     ("fast", 10), "before", ("fast", 11), "before", ("fast", 12),
+                     ("slow", 13), "before", ("slow", 14), "before", ("slow", 15),
+                     ("slow", 16), "before", ("slow", 17)]
+    assert [len(times["slow"]), len(times["fast"])] == [5, 2]
+    assert all(t >= 0.01 for t in times["slow"])  # the timed span holds the call
+
+
+def test_a_block_needs_a_timed_call():
+    with pytest.raises(ValueError, match=r"in_blocks: block must be at least 2 .* got 1"):
+        in_blocks({"a": lambda i: None}, {"a": 3}, block=1)
