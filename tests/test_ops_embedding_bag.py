@@ -48,6 +48,13 @@ def test_forward_matches_reference(isa, weight_dtype, index_dtype, mode, weighte
 
 
 @pytest.mark.parametrize("mode,weighted", MODE_CASES, ids=["sum", "weighted", "mean", "max"])
+@pytest.mark.parametrize("weight_dtype", WEIGHT_DTYPES, ids=["f32", "f16", "bf16", "u8"])
+def test_forward_of_rows_too_wide_to_prefetch_whole(isa, weight_dtype, mode, weighted):
+    """Rows of over 2 KiB in every dtype: the kernels prefetch each pass's slice of them, not the whole row."""
+    run_case(weight_dtype, torch.int64, mode, weighted, False, True, 2100)
+
+
+@pytest.mark.parametrize("mode,weighted", MODE_CASES, ids=["sum", "weighted", "mean", "max"])
 @pytest.mark.parametrize("dim", [1, 129])
 def test_float64_forward_is_exact_reference(mode, weighted, dim):
     run_case(torch.float64, torch.int64, mode, weighted, False, True, dim)
