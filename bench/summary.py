@@ -16,8 +16,9 @@ TARGETS = [
     ("D=16 >= 1.2x torch", "D=16", ("torch", None), 1.2),
     ("standard case >= 85% of the gather limit", "standard f32 sum", ("gather limit", None), 0.85),
     ("8 tables >= 1.2x 8 torch calls", "8 tables batched", ("torch x8", None), 1.2),
-    ("max within 1.3x of mprec's sum", "max", ("mprec", "standard f32 sum"), 1 / 1.3),
-    ("padding_idx within 1.3x of mprec's sum", "padding_idx", ("mprec", "standard f32 sum"), 1 / 1.3),
+    # mprec's sum of the same table and ids, timed in the same rounds (mprec.benchmark.SUM_REFERENCE).
+    ("max within 1.3x of mprec's sum", "max", ("mprec sum", None), 1 / 1.3),
+    ("padding_idx within 1.3x of mprec's sum", "padding_idx", ("mprec sum", None), 1 / 1.3),
 ]
 # The AVX-512 machines' earlier targets, where mprec was tuned first.
 AVX512_TARGETS = [

@@ -18,9 +18,13 @@ import mprec
 from mprec.timing import fastest, median_ms
 
 __all__ = ["EmbeddingBagCase", "EMBEDDING_BAG_CASES", "read_bandwidth", "gather_limit", "median_ms",
-           "fbgemm_available", "GATHER_LIMIT"]
+           "fbgemm_available", "GATHER_LIMIT", "SUM_REFERENCE"]
 
 GATHER_LIMIT = "gather limit"
+# mprec's sum pooling of a max or padding_idx case's own table and ids: the reference those modes are held to.
+# Comparing them with the standard case instead would compare table memory too (that case reads FBGEMM's
+# allocation, these a tensor of their own; the same rows gather at different rates from the two).
+SUM_REFERENCE = "mprec sum"
 # The gather probe's settings, all tried; the fastest is the limit: prefetch distances (lookups ahead) and lines
 # prefetched per row (the first n 64-byte lines; the CPU's own prefetchers may fetch the rest sooner).
 GATHER_DISTANCES = (8, 16, 32)
@@ -62,9 +66,13 @@ class EmbeddingBagCase:
         # FBGEMM's CPU TBE pools sum and mean, without padding_idx, in fp32/fp16 (and int8 for inference).
         return fbgemm_available() and self.mode != "max" and not self.padding and self.dtype != "bfloat16"
 
+    def has_sum_reference(self) -> bool:
+        return self.tables == 1 and self.dtype != "int8" and (self.mode == "max" or self.padding)
+
     def implementation_names(self) -> list[str]:
         names = ["mprec", "torch" if self.tables == 1 else f"torch x{self.tables}"]
-        return names + (["fbgemm"] if self.fbgemm_supported() else []) + [GATHER_LIMIT]
+        return names + (["fbgemm"] if self.fbgemm_supported() else []) + \
+            ([SUM_REFERENCE] if self.has_sum_reference() else []) + [GATHER_LIMIT]
 
     def build(self, seed: int = 0) -> dict[str, Callable[[], torch.Tensor]]:
         """The implementations to time, by name, each a no-argument callable."""
@@ -93,6 +101,8 @@ class EmbeddingBagCase:
                     packed, idx, offsets, False, mode_number, False, psw, None, False)
             else:
                 impls["mprec"] = lambda: mprec.ops.embedding_bag(w, idx, offsets, self.mode, psw, padding_idx)
+                if self.has_sum_reference():
+                    impls[SUM_REFERENCE] = lambda: mprec.ops.embedding_bag(w, idx, offsets, "sum", psw)
                 impls[GATHER_LIMIT] = gather_limit([w], [idx])
                 impls["torch"] = lambda: torch.nn.functional.embedding_bag(
                     idx, w, offsets, mode=self.mode, per_sample_weights=psw, padding_idx=padding_idx)

@@ -44,3 +44,28 @@ def test_gather_limit_reads_the_rows_it_is_given():
         gather_limit([table], [indices.int()])
     with pytest.raises(ValueError, match=r"gather_limit: tables\[0\] must be a contiguous 2-D CPU tensor"):
         gather_limit([table.t()], [indices])
+
+
+def test_max_and_padding_cases_time_a_sum_of_their_own_table():
+    """The reference the max and padding_idx cases are held to pools their own table and ids by sum."""
+    import dataclasses
+
+    import torch
+
+    from mprec.benchmark import EMBEDDING_BAG_CASES, SUM_REFERENCE
+
+    for case in EMBEDDING_BAG_CASES:
+        assert (SUM_REFERENCE in case.implementation_names()) == (case.name in ("max", "padding_idx")), case.name
+        if case.name not in ("max", "padding_idx"):
+            continue
+        small = dataclasses.replace(case, num_rows=3000, bags=64, bag_size=5)
+        impls = small.build(seed=3)
+        # The case's own inputs, drawn as build draws them: the ids, then the table.
+        g = torch.Generator().manual_seed(3)
+        idx = torch.randint(0, small.num_rows, (small.bags * small.bag_size,), generator=g)
+        table = torch.randn(small.num_rows, small.dim, generator=g)
+        offsets = torch.arange(0, idx.numel(), small.bag_size)
+        want = torch.nn.functional.embedding_bag(idx, table, offsets, mode="sum")
+        torch.testing.assert_close(impls[SUM_REFERENCE](), want)
+        if case.mode == "max":
+            assert not torch.allclose(impls["mprec"](), want)
