@@ -83,6 +83,19 @@ def test_parse_extremes_and_empty_input():
     assert parse_criteo(b"\n")[3].tolist() == [[0, 1, 1]]  # an empty line is a malformed line
 
 
+@pytest.mark.parametrize("num_dense,num_sparse", [(0, 2), (2, 0), (0, 0)])
+def test_good_lines_after_a_bad_one_without_dense_or_sparse_fields(num_dense, num_sparse):
+    """The good lines move forward over a bad one even where a kind of field is absent (its tensor is empty);
+    under the sanitizers this once reported a null pointer given to memmove."""
+    good = "\t".join(["1"] + ["4"] * num_dense + ["a"] * num_sparse)
+    labels, dense, sparse, bad = parse_criteo(f"x\n{good}\n{good}".encode(), num_dense=num_dense,
+                                              num_sparse=num_sparse)
+    assert labels.tolist() == [1.0, 1.0] and bad[:, 0].tolist() == [0]
+    assert dense.shape == (2, num_dense) and sparse.shape == (2, num_sparse)
+    assert sparse.tolist() == [[10] * num_sparse] * 2
+    torch.testing.assert_close(dense, torch.full((2, num_dense), math.log(5)))
+
+
 def malformed_lines(rng):
     good = random_line(rng, empty=0)
     f = good.split("\t")

@@ -152,8 +152,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> parse_criteo_cpu(const Tensor& data, 
     }
     if (good != l) {
       lab[good] = lab[l];
-      std::memmove(den + good * num_dense, den + l * num_dense, num_dense * sizeof(float));
-      std::memmove(spa + good * num_sparse, spa + l * num_sparse, num_sparse * sizeof(int64_t));
+      // With no dense or no sparse fields that tensor is empty and its pointer may be null, which memmove must
+      // not be given even for 0 bytes.
+      if (num_dense) std::memmove(den + good * num_dense, den + l * num_dense, num_dense * sizeof(float));
+      if (num_sparse) std::memmove(spa + good * num_sparse, spa + l * num_sparse, num_sparse * sizeof(int64_t));
     }
     ++good;
   }
