@@ -38,7 +38,6 @@ import os
 import socket
 import statistics
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 

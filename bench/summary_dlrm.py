@@ -1,6 +1,7 @@
 """Reads a pytest-benchmark JSON of bench_dlrm.py and prints, per case (train / infer, fp32 / bf16), each
-implementation's median step (timed in turns of blocks, or round-robin in older files), examples/s, ratios to eager and the MLPs' GEMM floor as a
-fraction of the step; then the targets, which depend on the machine's kind (AVX-512 or AVX2).
+implementation's median step (timed in turns of blocks; round-robin in older files), examples/s, ratios to eager
+and the MLPs' GEMM floor as a fraction of the step; then the targets, which depend on the machine's kind (AVX-512
+or AVX2).
 
     python bench/summary_dlrm.py bench/results/<machine>-<isa>-dlrm.json
 """
@@ -37,8 +38,9 @@ def summarize(path):
     lines = [f"machine: {cpu} ({isa}, {bf16}); DLRM kaggle (26 tables, 33.8M rows, dim 16), batch 2048, "
              "Zipf(1.05) ids", ""]
     if floor:
+        when = "timed in the same blocks as the fp32 steps" if block else "measured before the steps"
         lines += ["MLP GEMM floor (a step's products alone, each on the fastest of mprec's ways: MKL or oneDNN, either "
-                  "form of the weight gradient; timed in the same blocks as the fp32 steps): "
+                  f"form of the weight gradient; {when}): "
                   + ", ".join(f"{phase} {v:.2f} ms" for phase, v in floor.items()), ""]
     lines.append(f"{'phase':<6} {'precision':<9} {'impl':<9} {'median ms':>10} {'examples/s':>11} {'vs eager':>9} "
                  f"{'vs eager fp32':>14} {'floor/step':>11}")

@@ -17,14 +17,15 @@
 constexpr int64_t kPrefetchDistance = 16;
 // Slices of a single line (float32 rows of D <= 16, the Kaggle width) go further ahead: each lookup is one
 // short read, so 16 of them in flight leave the loop waiting on memory. Measured on a 2-core Xeon (E=1e6, D=16,
-// B=4096, L=40, AVX-512 and AVX2 kernels, caches flushed): 32, 48 and 64 ahead each ran about 12% faster than 16.
+// B=4096, L=40, AVX-512 and AVX2 kernels, caches flushed): 32 ahead ran faster than 16, and 48 or 64 no faster
+// than 32.
 constexpr int64_t kOneLinePrefetchDistance = 32;
 // A row wider than one pass of accumulators is pooled in several passes over the bag's rows, each of which
 // prefetches its own slice of the rows. Where a slice is a single line (int8 rows on AVX2), the first pass
 // prefetches the whole row instead, up to this many 64-byte lines, and the later passes read it from the
 // caches: one line per lookup leaves too few reads in flight, and the later pass's random reads go to memory
 // again. Wider rows keep per-slice prefetches: whole rows of 16 lines, as many times the lines in flight, made
-// a D=256 float32 sum a quarter slower (AVX-512 and AVX2 alike), and rows of 4 or 8 lines gained nothing.
+// a D=256 float32 sum slower (AVX-512 and AVX2 alike), and rows of 4 or 8 lines gained nothing.
 constexpr int kWholeRowLines = 2;
 // Vectors of accumulators kept in registers per pass over a bag's rows; wider rows take several passes. Max
 // mode keeps an argmax vector beside each, and converted types need registers for the conversion, so they keep
@@ -54,8 +55,7 @@ enum class Prefetch { kSlice, kRow, kNone };
 template <typename WT, typename IT, bool kMax, int NV>
 static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, int64_t col, int64_t bag,
                        int64_t start, int64_t end, Prefetch prefetch, typename OutputOf<WT>::type* out,
-                       int64_t* arg_out,
-                       BagErrorReport* error) {
+                       int64_t* arg_out, BagErrorReport* error) {
   using F = typename V::F;
   using I = typename V::I;
   constexpr int W = V::W;
