@@ -40,10 +40,13 @@ constexpr int block_vectors() { return sizeof(WT) == 4 && !kMax ? V::kSumVectors
 
 template <typename WT> struct OutputOf { using type = WT; };
 
-// Vector v of a row: only the last vector of a block can be partial, and only it pays for a lane mask.
-template <int NV, typename WT>
+// Vector v of a row: only the last vector of a block can be partial, and only it pays for a lane mask. A block
+// known to be whole (kWhole) loads every vector unmasked: the mask of a partial last vector takes a register,
+// which a block with as many accumulators as registers (16 on AVX2) would pay for by spilling accumulators to
+// the stack on every row.
+template <int NV, bool kWhole, typename WT>
 static inline typename V::F load_vector(const WT* row, int v, typename V::M tail) {
-  return v == NV - 1 ? V::load(row + v * V::W, tail) : V::loadu(row + v * V::W);
+  return !kWhole && v == NV - 1 ? V::load(row + v * V::W, tail) : V::loadu(row + v * V::W);
 }
 template <> struct OutputOf<uint8_t> { using type = float; };
 
@@ -52,7 +55,9 @@ template <> struct OutputOf<uint8_t> { using type = float; };
 // first one fetched whole).
 enum class Prefetch { kSlice, kRow, kNone };
 
-template <typename WT, typename IT, bool kMax, int NV>
+// kUnweighted: the call has no per-sample weights, known at compile time, so that the loop keeps no register for
+// a weight (the same register pressure as kWhole's).
+template <typename WT, typename IT, bool kMax, int NV, bool kWhole = false, bool kUnweighted = false>
 static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, int64_t col, int64_t bag,
                        int64_t start, int64_t end, Prefetch prefetch, typename OutputOf<WT>::type* out,
                        int64_t* arg_out, BagErrorReport* error) {
@@ -102,7 +107,8 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
       }
     }
     const WT* row = weight + idx * dim + col;
-    const float w = a.per_sample_weights ? a.per_sample_weights[i] : 1.f;
+    const bool weighted = !kUnweighted && a.per_sample_weights;
+    const float w = weighted ? a.per_sample_weights[i] : 1.f;
     if constexpr (sizeof(WT) == 1) {
       // Row-wise int8: x = q * scale + bias.
       const float scale = a.scale_bias[2 * idx];
@@ -110,24 +116,24 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
       if (kMax) {
         const F s = V::set1(scale), b = V::set1(bias);
         MPREC_UNROLL for (int v = 0; v < NV; ++v)
-          V::max_update(acc[v], arg[v], V::fmadd(load_vector<NV>(row, v, tail), s, b),
+          V::max_update(acc[v], arg[v], V::fmadd(load_vector<NV, kWhole>(row, v, tail), s, b),
                         idx);
       } else {
         const F s = V::set1(w * scale);
         MPREC_UNROLL for (int v = 0; v < NV; ++v)
-          acc[v] = V::fmadd(load_vector<NV>(row, v, tail), s, acc[v]);
+          acc[v] = V::fmadd(load_vector<NV, kWhole>(row, v, tail), s, acc[v]);
         bias_sum += w * bias;
       }
     } else {
       if (kMax) {
         MPREC_UNROLL for (int v = 0; v < NV; ++v)
-          V::max_update(acc[v], arg[v], load_vector<NV>(row, v, tail), idx);
-      } else if (a.per_sample_weights) {
+          V::max_update(acc[v], arg[v], load_vector<NV, kWhole>(row, v, tail), idx);
+      } else if (weighted) {
         const F wv = V::set1(w);
         MPREC_UNROLL for (int v = 0; v < NV; ++v)
-          acc[v] = V::fmadd(load_vector<NV>(row, v, tail), wv, acc[v]);
+          acc[v] = V::fmadd(load_vector<NV, kWhole>(row, v, tail), wv, acc[v]);
       } else {  // no weight to broadcast: one register more for accumulators
-        MPREC_UNROLL for (int v = 0; v < NV; ++v) acc[v] = V::add(acc[v], load_vector<NV>(row, v, tail));
+        MPREC_UNROLL for (int v = 0; v < NV; ++v) acc[v] = V::add(acc[v], load_vector<NV, kWhole>(row, v, tail));
       }
     }
     ++count;
@@ -192,8 +198,17 @@ static bool pool_typed(const PoolArgs& a, int64_t bag_begin, int64_t bag_end, in
       switch (nv) {
 #define MPREC_POOL_CASE(N)                                                                                \
   case N:                                                                                                 \
-    if constexpr (N <= kVectors) ok = pool_block<WT, IT, kMax, N>(a, weight, indices, col, bag, start, end,       \
-                                                                  col == 0 ? first : later, o, ao, error);     \
+    if constexpr (N == kVectors) {                                                                        \
+      const Prefetch p = col == 0 ? first : later;                                                        \
+      if (cols != kBlock)                                                                                 \
+        ok = pool_block<WT, IT, kMax, N>(a, weight, indices, col, bag, start, end, p, o, ao, error);      \
+      else if (a.per_sample_weights)                                                                      \
+        ok = pool_block<WT, IT, kMax, N, true>(a, weight, indices, col, bag, start, end, p, o, ao, error); \
+      else                                                                                                \
+        ok = pool_block<WT, IT, kMax, N, true, true>(a, weight, indices, col, bag, start, end, p, o, ao,   \
+                                                     error);                                              \
+    } else if constexpr (N < kVectors) ok = pool_block<WT, IT, kMax, N>(a, weight, indices, col, bag, start, end, \
+                                                                       col == 0 ? first : later, o, ao, error);  \
     else ok = false; /* unreachable: nv <= kVectors */                                                   \
     break;
         MPREC_POOL_CASE(1) MPREC_POOL_CASE(2) MPREC_POOL_CASE(3) MPREC_POOL_CASE(4)
