@@ -42,8 +42,9 @@ template <typename WT> struct OutputOf { using type = WT; };
 
 // Vector v of a row: only the last vector of a block can be partial, and only it pays for a lane mask. A block
 // known to be whole (kWhole) loads every vector unmasked: the mask of a partial last vector takes a register,
-// which a block with as many accumulators as registers (16 on AVX2) would pay for by spilling accumulators to
-// the stack on every row.
+// which a block with as many accumulators as registers (AVX2's 16 of a float32 sum) pays for by spilling
+// accumulators to the stack on every row. Only such blocks use it: on AVX-512 the same variants made bf16 and
+// fp16 rows slower.
 template <int NV, bool kWhole, typename WT>
 static inline typename V::F load_vector(const WT* row, int v, typename V::M tail) {
   return !kWhole && v == NV - 1 ? V::load(row + v * V::W, tail) : V::loadu(row + v * V::W);
@@ -198,7 +199,7 @@ static bool pool_typed(const PoolArgs& a, int64_t bag_begin, int64_t bag_end, in
       switch (nv) {
 #define MPREC_POOL_CASE(N)                                                                                \
   case N:                                                                                                 \
-    if constexpr (N == kVectors) {                                                                        \
+    if constexpr (N == kVectors && kVectors >= 16) {                                                      \
       const Prefetch p = col == 0 ? first : later;                                                        \
       if (cols != kBlock)                                                                                 \
         ok = pool_block<WT, IT, kMax, N>(a, weight, indices, col, bag, start, end, p, o, ao, error);      \
@@ -207,7 +208,7 @@ static bool pool_typed(const PoolArgs& a, int64_t bag_begin, int64_t bag_end, in
       else                                                                                                \
         ok = pool_block<WT, IT, kMax, N, true, true>(a, weight, indices, col, bag, start, end, p, o, ao,   \
                                                      error);                                              \
-    } else if constexpr (N < kVectors) ok = pool_block<WT, IT, kMax, N>(a, weight, indices, col, bag, start, end, \
+    } else if constexpr (N <= kVectors) ok = pool_block<WT, IT, kMax, N>(a, weight, indices, col, bag, start, end, \
                                                                        col == 0 ? first : later, o, ao, error);  \
     else ok = false; /* unreachable: nv <= kVectors */                                                   \
     break;
