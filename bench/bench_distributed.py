@@ -140,8 +140,7 @@ def _worker(rank, world, port, threads, args, results):
     sizes = [min(n, 100_000) for n in KAGGLE_TABLE_SIZES] if args.small else list(KAGGLE_TABLE_SIZES)
     models = _models(sizes, world, args.pipeline)
     local = args.batch // world
-    timed_per_block = args.block - 1
-    count = args.warmup + args.steps + -(-args.steps // timed_per_block)  # the untimed first step of each block
+    count = args.warmup + timing.calls_in_blocks(args.steps, args.block)
     # The profiled steps: a plain loop steps the batches from the warm-up's end again; a pipeline reads its batches
     # in order, so it needs PROFILED more, and one ahead.
     count = count + PROFILED + 1 if args.pipeline else max(count, args.warmup + PROFILED)

@@ -8,7 +8,7 @@ import statistics
 import time
 from typing import Callable, Hashable, Mapping
 
-__all__ = ["median_ms", "fastest", "in_blocks"]
+__all__ = ["median_ms", "fastest", "in_blocks", "calls_in_blocks"]
 
 
 def median_ms(fn: Callable[[], object], rounds: int = 15, warmup: int = 2) -> float:
@@ -76,3 +76,9 @@ def in_blocks(steps: Mapping[Hashable, Callable[[int], object]], counts: Mapping
                 times[key].append(time.perf_counter() - began)
                 calls[key] += 1
     return times
+
+
+def calls_in_blocks(timed: int, block: int) -> int:
+    """The calls :func:`in_blocks` makes of one key for ``timed`` timed ones: each block's untimed first included
+    (so a caller knows how many batches, say, its steps read)."""
+    return timed + -(-timed // (block - 1))

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from mprec.timing import in_blocks
+from mprec.timing import calls_in_blocks, in_blocks
 
 
 def test_steps_take_turns_in_blocks_whose_first_call_is_untimed():
@@ -26,6 +26,8 @@ def test_steps_take_turns_in_blocks_whose_first_call_is_untimed():
                      ("slow", 13), "before", ("slow", 14), "before", ("slow", 15),
                      ("slow", 16), "before", ("slow", 17)]
     assert [len(times["slow"]), len(times["fast"])] == [5, 2]
+    assert [calls_in_blocks(5, 3), calls_in_blocks(2, 3)] == [sum(c[0] == k for c in calls if c != "before")
+                                                              for k in ("slow", "fast")]
     assert all(t >= 0.01 for t in times["slow"])  # the timed span holds the call
 
 

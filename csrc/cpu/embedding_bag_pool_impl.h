@@ -40,6 +40,10 @@ constexpr int block_vectors() { return sizeof(WT) == 4 && !kMax ? V::kSumVectors
 
 template <typename WT> struct OutputOf { using type = WT; };
 
+// The 64-byte lines that `cols` elements of a row span from its start (a partial last line counted whole).
+template <typename WT>
+constexpr int64_t lines_of(int64_t cols) { return (cols * static_cast<int64_t>(sizeof(WT)) + 63) / 64; }
+
 // Vector v of a row: only the last vector of a block can be partial, and only it pays for a lane mask. A block
 // known to be whole (kWhole) loads every vector unmasked: the mask of a partial last vector takes a register,
 // which a block with as many accumulators as registers (AVX2's 16 of a float32 sum) pays for by spilling
@@ -72,8 +76,8 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
   const typename V::M full = V::mask(W);
   // Cache lines of this block's slice of a row (a partial last vector may prefetch a little of the next
   // row, which is harmless: prefetches never fault).
-  constexpr int kLines = static_cast<int>((NV * W * sizeof(WT) + 63) / 64);
-  const int row_lines = static_cast<int>((dim * static_cast<int64_t>(sizeof(WT)) + 63) / 64);
+  constexpr int kLines = static_cast<int>(lines_of<WT>(NV * W));
+  const int row_lines = static_cast<int>(lines_of<WT>(dim));
   const int64_t distance = prefetch == Prefetch::kSlice && kLines == 1 ? kOneLinePrefetchDistance : kPrefetchDistance;
 
   F acc[NV];
@@ -169,7 +173,7 @@ static bool pool_typed(const PoolArgs& a, int64_t bag_begin, int64_t bag_end, in
   constexpr int kVectors = block_vectors<WT, kMax>();
   constexpr int64_t kBlock = static_cast<int64_t>(kVectors) * V::W;
   // What the first pass and each later one prefetch (see kWholeRowLines).
-  const bool whole = a.dim > kBlock && (a.dim * static_cast<int64_t>(sizeof(WT)) + 63) / 64 <= kWholeRowLines;
+  const bool whole = a.dim > kBlock && lines_of<WT>(a.dim) <= kWholeRowLines;
   const Prefetch first = whole ? Prefetch::kRow : Prefetch::kSlice;
   const Prefetch later = whole ? Prefetch::kNone : Prefetch::kSlice;
   for (int64_t bag = bag_begin; bag < bag_end; ++bag) {
