@@ -41,8 +41,12 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-import torch
-import torch.multiprocessing as mp
+import peer_isa
+
+peer_isa.apply()  # before torch (see peer_isa.py); the workers inherit the caps
+
+import torch  # noqa: E402
+import torch.multiprocessing as mp  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 IMPLS = ("mprec", "torchrec-ebc", "torchrec")
@@ -226,7 +230,7 @@ def _ms(value: float) -> str:
 
 def summarize(data: dict) -> str:
     lines = [f"DLRM (Kaggle preset, batch {data['batch']}) training across processes, {data['cpu']} "
-             f"({data['isa']}), {data['cores']} cores, gloo; every collection sharded by the same balanced "
+             f"({data['isa']}{peer_isa.describe(data)}), {data['cores']} cores, gloo; every collection sharded by the same balanced "
              f"table-wise plan; trained by {'TrainPipelineSparseDist' if data.get('pipeline') else 'a plain loop'}; "
              f"the models take turns in blocks of {data.get('block', 1)} steps, the first untimed; "
              "medians over steps and rounds", "",
@@ -309,7 +313,8 @@ def main(argv=None) -> int:
     spread = summary[names[1]]["mprec"]["examples_per_second"] / summary[names[0]]["mprec"]["examples_per_second"]
     balance = max(float(summary[names[1]][impl]["balance"].rstrip("%")) for impl in IMPLS) / 100
     info = machine_info()
-    data = dict(cpu=info["cpu"], isa=mprec.cpu_isa(), cores=cores, batch=args.batch, steps=args.steps,
+    data = dict(cpu=info["cpu"], isa=mprec.cpu_isa(), isa_caps=peer_isa.in_force(),
+                torch_cpu_capability=torch.backends.cpu.get_cpu_capability(), cores=cores, batch=args.batch, steps=args.steps,
                 rounds=args.rounds, block=args.block, pipeline=args.pipeline, small=args.small,
                 versions=dict(torch=torch.__version__), layouts=summary, raw=raw, targets=dict(
                     mprec_vs_torchrec=" / ".join(f"{r:.2f}x" for r in ratios("torchrec"))

@@ -17,6 +17,10 @@ def main() -> int:
     sys.path.insert(0, str(HERE))
     import importlib
 
+    import peer_isa
+
+    peer_isa.apply()  # the families run in processes of their own, which inherit the caps
+
     import mprec
     from mprec.sched.profile import machine_name
 

@@ -8,6 +8,8 @@ import json
 import sys
 from collections import defaultdict
 
+import peer_isa
+
 # (description, case, reference case or peer, minimum ratio); ratio = reference median / mprec median ("gather"
 # is the gather limit's median: mprec's rate as a fraction of the machine's random-row gather limit). On every
 # kind of machine; "every case >= 1.0x torch" is checked below.
@@ -54,7 +56,8 @@ def summarize(path):
     cpu = data.get("machine_info", {}).get("cpu", {}).get("brand_raw", "?")
     isa = data.get("machine_info", {}).get("mprec_cpu_isa") or next(
         (e.get("cpu_isa") for e in info.values() if e.get("cpu_isa")), "?")
-    lines = [f"machine: {cpu} ({isa}), read bandwidth {bandwidth:.1f} GB/s (measured in this run); gather limit: "
+    peers = peer_isa.describe(data.get("machine_info", {}))
+    lines = [f"machine: {cpu} ({isa}{peers}), read bandwidth {bandwidth:.1f} GB/s (measured in this run); gather limit: "
              "the case's own rows read by a plain prefetching loop, the best of its settings, in this run", ""]
     header = (f"{'case':<18} {'impl':<12} {'median ms':>10} {'GB/s':>7} {'of bw':>6} {'of gather':>10} {'vs torch':>9} "
               f"{'vs fbgemm':>10}")

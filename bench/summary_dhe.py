@@ -9,6 +9,8 @@ import json
 import sys
 from collections import defaultdict
 
+import peer_isa
+
 # (description, case, mprec impl, baseline impl, minimum ratio); ratio = baseline median / mprec median.
 TARGETS = [
     ("dhe_encode >= 20x eager encode", "encode 4096 x 1024", "mprec", "eager", 20.0),
@@ -36,6 +38,7 @@ def summarize(path):
     rate_text = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items())
     kind = f" ({machine['cpu_isa']}, {'native bf16' if machine['bf16_native'] else 'no native bf16: bf16 not measured'})" \
         if "cpu_isa" in machine else ""
+    kind += peer_isa.describe(data.get("machine_info", {}))
     lines = [f"machine: {cpu}{kind}; matmul (2048^3, measured in this run): {rate_text}", ""]
     header = (f"{'case':<30} {'impl':<15} {'median ms':>10} {'Ghash/s':>8} {'GFLOP/s':>8} {'of mm':>6} "
               f"{'vs eager':>9} {'hit rate':>9}")

@@ -10,6 +10,8 @@ import json
 import sys
 from collections import defaultdict
 
+import peer_isa
+
 # mprec fp32 against eager fp32, by the ISA of the kernels that ran (AVX2 machines have no native bf16 and
 # half the vector width: the MLPs, the same GEMMs for both, take most of either step).
 SAME_PRECISION_TARGET = {"avx512": 2.0, "avx2": 1.3, "scalar": 1.3}
@@ -35,7 +37,8 @@ def summarize(path):
         block = e.get("block", block)
     cpu = data.get("machine_info", {}).get("cpu", {}).get("brand_raw", "?")
     bf16 = {True: "native bf16", False: "no native bf16", None: "bf16 ?"}[native]
-    lines = [f"machine: {cpu} ({isa}, {bf16}); DLRM kaggle (26 tables, 33.8M rows, dim 16), batch 2048, "
+    peers = peer_isa.describe(data.get("machine_info", {}))
+    lines = [f"machine: {cpu} ({isa}, {bf16}{peers}); DLRM kaggle (26 tables, 33.8M rows, dim 16), batch 2048, "
              "Zipf(1.05) ids", ""]
     if floor:
         when = "timed in the same blocks as the fp32 steps" if block else "measured before the steps"

@@ -1,0 +1,71 @@
+"""The peers run at mprec's ISA when it is forced down (bench/peer_isa.py): ``MPREC_CPU_ISA=avx2`` on an AVX-512
+machine caps torch's own kernels, FBGEMM, oneDNN and MKL at AVX2, and the summaries say so."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import mprec
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+try:
+    import peer_isa
+    import summary
+finally:
+    sys.path.remove(str(ROOT / "bench"))
+
+CAP_NAMES = sorted(name for caps in peer_isa.CAPS.values() for name in caps)
+
+
+def test_an_emulated_avx2_caps_every_peer_and_keeps_caps_set_by_hand():
+    environ = {"MPREC_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}
+    caps = peer_isa.apply(environ)
+    assert sorted(caps) == CAP_NAMES == sorted(peer_isa.in_force(environ))
+    assert caps["ATEN_CPU_CAPABILITY"] == "avx2" and caps["FBGEMM_ENABLE_INSTRUCTIONS"] == "AVX2"
+    assert caps["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert caps["MKL_ENABLE_INSTRUCTIONS"] == "SSE4_2"  # set by hand: kept
+
+
+@pytest.mark.parametrize("isa", [None, "avx512", "scalar"])
+def test_no_caps_where_mprec_is_not_forced_to_avx2(isa):
+    environ = {} if isa is None else {"MPREC_CPU_ISA": isa}
+    before = dict(environ)
+    assert peer_isa.apply(environ) == {} and environ == before
+
+
+def test_the_caps_reach_torch_and_onednn():
+    """The names are the ones the libraries read: in a fresh process, torch's kernels run AVX2 and oneDNN no
+    longer offers bfloat16 (as on an AVX2 machine), which is what --precision auto and the benchmarks ask."""
+    if "avx2" not in mprec.supported_cpu_isas():
+        pytest.skip("this CPU has no AVX2: the caps have nothing to emulate")
+    env = {k: v for k, v in os.environ.items() if k not in CAP_NAMES}
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); import peer_isa; peer_isa.apply(); import torch; "
+             "print(torch.backends.cpu.get_cpu_capability(), torch.ops.mkldnn._is_mkldnn_bf16_supported())")
+    done = subprocess.run([sys.executable, "-c", probe, str(ROOT / "bench")], capture_output=True, text=True,
+                          env=dict(env, MPREC_CPU_ISA="avx2"), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["AVX2", "False"]
+
+
+def test_the_summary_names_the_caps(tmp_path):
+    def results(machine_info):
+        entries = [{"extra_info": {"kind": "read_bandwidth", "gbps": 20.0}, "stats": {"median": 0.01}}]
+        for impl, ms in (("mprec", 2.0), ("torch", 2.2)):
+            entries.append({"extra_info": dict(case="standard f32 sum", impl=impl, bytes=4e7, tables=1,
+                                               interleaved_median_ms=ms), "stats": {"median": ms / 1e3}})
+        path = tmp_path / f"r{len(list(tmp_path.iterdir()))}.json"
+        path.write_text(json.dumps(dict(machine_info=machine_info, benchmarks=entries)))
+        return summary.summarize(path).splitlines()[0]
+
+    info = {"cpu": {"brand_raw": "X"}, "mprec_cpu_isa": "avx2", "torch_cpu_capability": "AVX2"}
+    capped = results({**info, "isa_caps": peer_isa.apply({"MPREC_CPU_ISA": "avx2"})})
+    assert capped.startswith("machine: X (avx2; peers capped at AVX2 (ATEN_CPU_CAPABILITY, ") and \
+        "torch's own kernels: AVX2)" in capped
+    assert results({**info, "isa_caps": {}}).startswith("machine: X (avx2), ")
