@@ -88,28 +88,33 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
   }
   float bias_sum = 0.f;  // uint8 rows in sum/mean mode: sum of w * bias, added once at the end
   int64_t count = 0;
+  const int64_t padding_idx = a.padding_idx;  // -1: none
+  // The lookup `distance` ahead is read without a branch (the last one again near the end of the indices), and
+  // its row's address taken unchecked: an id out of range only prefetches some other address, which never faults
+  // (the lookup itself is checked when its turn comes). The loop is short enough for its scalar work to count.
+  const int64_t last = a.num_indices - 1;
+  const uintptr_t slices = reinterpret_cast<uintptr_t>(weight + col);
+  const uintptr_t row_bytes = static_cast<uintptr_t>(dim) * sizeof(WT);
   for (int64_t i = start; i < end; ++i) {
     const int64_t idx = static_cast<int64_t>(indices[i]);
-    if (idx == a.padding_idx && idx >= 0) continue;  // padding_idx -1 (none) skips nothing
     if (static_cast<uint64_t>(idx) >= static_cast<uint64_t>(num_rows)) {
       error->kind = BagError::kIndexOutOfRange;
       error->position = i;
       error->value = idx;
       return false;
     }
-    const int64_t ahead = i + distance;
-    if (prefetch != Prefetch::kNone && ahead < a.num_indices) {
-      const int64_t next = static_cast<int64_t>(indices[ahead]);
-      if (static_cast<uint64_t>(next) < static_cast<uint64_t>(num_rows)) {
-        const char* p = reinterpret_cast<const char*>(weight + next * dim + col);
-        if (prefetch == Prefetch::kSlice) {
-          MPREC_UNROLL for (int line = 0; line < kLines; ++line) V::prefetch(p + 64 * line);
-        } else {
-          for (int line = 0; line < row_lines; ++line) V::prefetch(p + 64 * line);
-        }
-        // Row-wise int8 keeps scale and bias in their own array: one more line per lookup to fetch early.
-        if constexpr (sizeof(WT) == 1) V::prefetch(a.scale_bias + 2 * next);
+    if (idx == padding_idx) continue;  // idx is in range, so -1 (none) skips nothing
+    if (prefetch != Prefetch::kNone) {
+      const uintptr_t next = static_cast<uintptr_t>(indices[i + distance < last ? i + distance : last]);
+      const char* p = reinterpret_cast<const char*>(slices + next * row_bytes);
+      if (prefetch == Prefetch::kSlice) {
+        MPREC_UNROLL for (int line = 0; line < kLines; ++line) V::prefetch(p + 64 * line);
+      } else {
+        for (int line = 0; line < row_lines; ++line) V::prefetch(p + 64 * line);
       }
+      // Row-wise int8 keeps scale and bias in their own array: one more line per lookup to fetch early.
+      if constexpr (sizeof(WT) == 1)
+        V::prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(a.scale_bias) + next * 2 * sizeof(float)));
     }
     const WT* row = weight + idx * dim + col;
     const bool weighted = !kUnweighted && a.per_sample_weights;
