@@ -80,6 +80,10 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
   const int row_lines = static_cast<int>(lines_of<WT>(dim));
   const int64_t distance = prefetch == Prefetch::kSlice && kLines == 1 ? kOneLinePrefetchDistance : kPrefetchDistance;
 
+  // The weighted loop keeps a register for the row's weight. Where the accumulators take every register (AVX2's 16
+  // of a whole float32 block), it leaves the last vector to a second loop: keeping all 16 spilled two accumulators
+  // to the stack, whose every row then waited on a store and a reload.
+  constexpr int kWeightedVectors = kWhole && !kUnweighted && !kMax && NV >= 16 && NV == V::kSumVectors ? NV - 1 : NV;
   F acc[NV];
   I arg[NV];
   MPREC_UNROLL for (int v = 0; v < NV; ++v) {
@@ -140,13 +144,27 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
           V::max_update(acc[v], arg[v], load_vector<NV, kWhole>(row, v, tail), idx);
       } else if (weighted) {
         const F wv = V::set1(w);
-        MPREC_UNROLL for (int v = 0; v < NV; ++v)
+        MPREC_UNROLL for (int v = 0; v < kWeightedVectors; ++v)
           acc[v] = V::fmadd(load_vector<NV, kWhole>(row, v, tail), wv, acc[v]);
       } else {  // no weight to broadcast: one register more for accumulators
         MPREC_UNROLL for (int v = 0; v < NV; ++v) acc[v] = V::add(acc[v], load_vector<NV, kWhole>(row, v, tail));
       }
     }
     ++count;
+  }
+  if constexpr (kWeightedVectors < NV) {
+    if (!kUnweighted && a.per_sample_weights) {
+      // The last vector of a weighted block whose accumulators fill the registers, pooled after the others over
+      // the bag's rows, which the first loop left in the caches.
+      F last = V::zero();
+      for (int64_t i = start; i < end; ++i) {
+        const int64_t idx = static_cast<int64_t>(indices[i]);
+        if (idx == padding_idx) continue;
+        last = V::fmadd(load_vector<NV, kWhole>(weight + idx * dim + col, NV - 1, tail), V::set1(a.per_sample_weights[i]),
+                        last);
+      }
+      acc[NV - 1] = last;
+    }
   }
   if (kMax) {
     if (count == 0) {
