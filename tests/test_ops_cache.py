@@ -159,7 +159,9 @@ def replace_model(keys, counts, size, ids, scores, min_count, window_start, per_
     return out
 
 
-@pytest.mark.parametrize("size,n,per_candidate", [(5, 9, 1), (100, 30, 1), (100, 30, 8), (300, 3, 2)])
+# The last: a window per candidate so large that its product with the candidates overflows int64 (the whole cache).
+@pytest.mark.parametrize("size,n,per_candidate", [(5, 9, 1), (100, 30, 1), (100, 30, 8), (300, 3, 2),
+                                                  (100, 30, 2**63 - 1)])
 def test_cache_replace_against_model(size, n, per_candidate):
     rng = random.Random(size + n)
     g = torch.Generator().manual_seed(size * n)

@@ -302,8 +302,11 @@ int64_t cache_replace_cpu(Tensor& table, Tensor& keys, Tensor& values, Tensor& c
   if (candidates.empty()) return 0;
   std::stable_sort(candidates.begin(), candidates.end(), [&](int64_t a, int64_t b) { return score[a] > score[b]; });
 
-  const int64_t window = std::min(
-      size, std::max(kMinVictimWindow, window_per_candidate * static_cast<int64_t>(candidates.size())));
+  // window_per_candidate * candidates, saturated at size: any window_per_candidate >= 1 is valid, and the product
+  // must not overflow.
+  const int64_t num_candidates = static_cast<int64_t>(candidates.size());
+  const int64_t wanted = window_per_candidate > size / num_candidates ? size : window_per_candidate * num_candidates;
+  const int64_t window = std::min(size, std::max(kMinVictimWindow, wanted));
   const int64_t* count = counts.data_ptr<int64_t>();
   std::vector<std::pair<int64_t, int64_t>> sample(window);  // (count, entry)
   for (int64_t w = 0; w < window; ++w) {
