@@ -50,9 +50,14 @@ struct V {
   static F add(F a, F b) { return _mm256_add_ps(a, b); }
   static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
   static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  // The maximum first, then whether it moved: x feeds one instruction, so its load folds into it, and blending
+  // the value costs nothing more (the loop is bound by its instructions here, not by memory). max_ps keeps acc,
+  // its second operand, where x is NaN or equal (+0 against -0), and acc is never NaN, so "moved" is exactly
+  // "x > acc", the row tracking keeps.
   static void max_update(F& acc, I& arg, F x, int64_t row) {
-    const F gt = _mm256_cmp_ps(x, acc, _CMP_GT_OQ);
-    acc = _mm256_blendv_ps(acc, x, gt);
+    const F previous = acc;
+    acc = _mm256_max_ps(x, acc);
+    const F gt = _mm256_cmp_ps(acc, previous, _CMP_NEQ_OQ);
     arg = _mm256_castps_si256(_mm256_blendv_ps(
         _mm256_castsi256_ps(arg), _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int32_t>(row))), gt));
   }
