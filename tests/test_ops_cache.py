@@ -266,3 +266,19 @@ def test_lookup_of_no_columns_only_finds_misses():
     empty = torch.empty(3, 0)
     out, miss = cache_lookup(table, empty, counts, torch.tensor([4]), torch.ones(1, dtype=torch.int64))
     assert out.shape == (1, 0) and miss.tolist() == [] and counts.tolist() == [1, 0, 0]
+
+
+def test_use_counts_hold_at_the_int64_limits():
+    """Occurrences that would carry a count past int64 leave it at the limit (the fuzzer drew such values; a
+    wrapped count would rank the most used entry least used)."""
+    top, bottom = 2**63 - 1, -2**63
+    sketch = torch.full((2, 8), top - 1, dtype=torch.int64)
+    assert count_min_add(sketch, torch.tensor([4]), torch.tensor([5])).tolist() == [top]
+    assert int(sketch.max()) == top and int(sketch.min()) == top - 1  # the id's cell in each row, only
+    sketch.fill_(bottom + 1)
+    assert count_min_add(sketch, torch.tensor([4]), torch.tensor([-5])).tolist() == [bottom]
+    table = empty_table(4)
+    cache_insert(table, torch.tensor([3, 9]), torch.tensor([0, 1]))
+    values, counts = torch.randn(2, 2), torch.tensor([top - 2, bottom + 2])
+    cache_lookup(table, values, counts, torch.tensor([3, 9]), torch.tensor([5, -5]))
+    assert counts.tolist() == [top, bottom]

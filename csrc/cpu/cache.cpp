@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 namespace mprec {
@@ -45,6 +46,14 @@ int log2_exact(int64_t n) {
 }
 
 bool is_power_of_two(int64_t n) { return n >= 2 && (n & (n - 1)) == 0; }
+
+// A use count plus occurrences, held at the int64 limits instead of wrapping: counts only order entries, and
+// occurrences, unchecked in sign and size, must not overflow them.
+int64_t add_uses(int64_t count, int64_t occurrences) {
+  int64_t sum;
+  if (__builtin_add_overflow(count, occurrences, &sum)) return occurrences > 0 ? std::numeric_limits<int64_t>::max() : std::numeric_limits<int64_t>::min();
+  return sum;
+}
 
 // Multiply-shift: the top `bits` bits of id * multiplier (mod 2^64).
 inline int64_t bucket(int64_t id, uint64_t multiplier, int shift) {
@@ -214,7 +223,7 @@ std::tuple<Tensor, Tensor> cache_lookup_cpu(const Tensor& table, const Tensor& v
     if (entry[i] < 0) {
       *m++ = i;
     } else {
-      count[entry[i]] += occ[i];
+      count[entry[i]] = add_uses(count[entry[i]], occ[i]);
     }
   }
   return {out, miss};
@@ -363,7 +372,7 @@ Tensor count_min_add_cpu(Tensor& sketch, const Tensor& ids_in, const Tensor& occ
     int64_t lowest = 0;
     for (int64_t r = 0; r < rows; ++r) {
       int64_t& cell = s[r * buckets + bucket(id[i], kSketchMultipliers[r], shift)];
-      cell += occ[i];
+      cell = add_uses(cell, occ[i]);
       lowest = r == 0 ? cell : std::min(lowest, cell);
     }
     est[i] = lowest;

@@ -57,7 +57,8 @@ def empty_table(entries: int) -> Tensor:
 def cache_lookup(table: Tensor, values: Tensor, counts: Tensor, ids: Tensor, occurrences: Tensor) -> tuple[Tensor, Tensor]:
     """``(out [U, W], miss [M])`` for distinct ``ids``: ``out[i] = values[entry of ids[i]]`` for cached ids
     (rows of missed ids are zero, for the caller to fill), ``miss`` the positions of the ids the
-    table does not hold. Adds ``occurrences[i]`` to ``counts[entry]`` for each hit, in place."""
+    table does not hold. Adds ``occurrences[i]`` to ``counts[entry]`` for each hit, in place (a count held at the
+    int64 limits rather than wrapping)."""
     return torch.ops.mprec.cache_lookup(table, values, counts, ids, occurrences)
 
 
@@ -89,7 +90,8 @@ def cache_replace(table: Tensor, keys: Tensor, values: Tensor, counts: Tensor, s
 
 def count_min_add(sketch: Tensor, ids: Tensor, occurrences: Tensor) -> Tensor:
     """Adds ``occurrences[i]`` uses of ``ids[i]`` to the sketch in place; returns each id's estimate
-    afterwards (the minimum over the rows, never below the true count)."""
+    afterwards (the minimum over the rows, never below the true count; a cell held at the int64 limits rather
+    than wrapping)."""
     return torch.ops.mprec.count_min_add(sketch, ids, occurrences)
 
 
