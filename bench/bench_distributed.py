@@ -230,8 +230,8 @@ def _ms(value: float) -> str:
 
 def summarize(data: dict) -> str:
     lines = [f"DLRM (Kaggle preset, batch {data['batch']}) training across processes, {data['cpu']} "
-             f"({data['isa']}{peer_isa.describe(data)}), {data['cores']} cores, gloo; every collection sharded by the same balanced "
-             f"table-wise plan; trained by {'TrainPipelineSparseDist' if data.get('pipeline') else 'a plain loop'}; "
+             f"({data['isa']}{peer_isa.describe(data)}), {data['cores']} cores, gloo; every collection sharded by the "
+             f"same balanced table-wise plan; trained by {'TrainPipelineSparseDist' if data.get('pipeline') else 'a plain loop'}; "
              f"the models take turns in blocks of {data.get('block', 1)} steps, the first untimed; "
              "medians over steps and rounds", "",
              f"{'layout':<23} {'model':<13} {'examples/s':>11} {'mprec/it':>9} {'collection ms':>14} "
@@ -314,8 +314,8 @@ def main(argv=None) -> int:
     balance = max(float(summary[names[1]][impl]["balance"].rstrip("%")) for impl in IMPLS) / 100
     info = machine_info()
     data = dict(cpu=info["cpu"], isa=mprec.cpu_isa(), isa_caps=peer_isa.in_force(),
-                torch_cpu_capability=torch.backends.cpu.get_cpu_capability(), cores=cores, batch=args.batch, steps=args.steps,
-                rounds=args.rounds, block=args.block, pipeline=args.pipeline, small=args.small,
+                torch_cpu_capability=torch.backends.cpu.get_cpu_capability(), cores=cores, batch=args.batch,
+                steps=args.steps, rounds=args.rounds, block=args.block, pipeline=args.pipeline, small=args.small,
                 versions=dict(torch=torch.__version__), layouts=summary, raw=raw, targets=dict(
                     mprec_vs_torchrec=" / ".join(f"{r:.2f}x" for r in ratios("torchrec"))
                     + (" met" if min(ratios("torchrec")) >= 1.3 else " NOT met"),

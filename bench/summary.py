@@ -57,8 +57,9 @@ def summarize(path):
     isa = data.get("machine_info", {}).get("mprec_cpu_isa") or next(
         (e.get("cpu_isa") for e in info.values() if e.get("cpu_isa")), "?")
     peers = peer_isa.describe(data.get("machine_info", {}))
-    lines = [f"machine: {cpu} ({isa}{peers}), read bandwidth {bandwidth:.1f} GB/s (measured in this run); gather limit: "
-             "the case's own rows read by a plain prefetching loop, the best of its settings, in this run", ""]
+    lines = [f"machine: {cpu} ({isa}{peers}), read bandwidth {bandwidth:.1f} GB/s (measured in this run); "
+             "gather limit: the case's own rows read by a plain prefetching loop, the best of its settings, in this run",
+             ""]
     header = (f"{'case':<18} {'impl':<12} {'median ms':>10} {'GB/s':>7} {'of bw':>6} {'of gather':>10} {'vs torch':>9} "
               f"{'vs fbgemm':>10}")
     lines += [header, "-" * len(header)]

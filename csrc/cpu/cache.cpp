@@ -51,8 +51,8 @@ bool is_power_of_two(int64_t n) { return n >= 2 && (n & (n - 1)) == 0; }
 // occurrences, unchecked in sign and size, must not overflow them.
 int64_t add_uses(int64_t count, int64_t occurrences) {
   int64_t sum;
-  if (__builtin_add_overflow(count, occurrences, &sum)) return occurrences > 0 ? std::numeric_limits<int64_t>::max() : std::numeric_limits<int64_t>::min();
-  return sum;
+  if (!__builtin_add_overflow(count, occurrences, &sum)) return sum;
+  return occurrences > 0 ? std::numeric_limits<int64_t>::max() : std::numeric_limits<int64_t>::min();
 }
 
 // Multiply-shift: the top `bits` bits of id * multiplier (mod 2^64).

@@ -83,7 +83,8 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
   // The weighted loop keeps a register for the row's weight. Where the accumulators take every register (AVX2's 16
   // of a whole float32 block), it leaves the last vector to a second loop: keeping all 16 spilled two accumulators
   // to the stack, whose every row then waited on a store and a reload.
-  constexpr int kWeightedVectors = kWhole && !kUnweighted && !kMax && NV >= 16 && NV == V::kSumVectors ? NV - 1 : NV;
+  constexpr int kWeightedVectors =
+      kWhole && !kUnweighted && !kMax && NV >= 16 && NV == V::kSumVectors ? NV - 1 : NV;
   F acc[NV];
   I arg[NV];
   MPREC_UNROLL for (int v = 0; v < NV; ++v) {
@@ -96,7 +97,7 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
   // The lookup `distance` ahead is read without a branch (the last one again near the end of the indices), and
   // its row's address taken unchecked: an id out of range only prefetches some other address, which never faults
   // (the lookup itself is checked when its turn comes). The loop is short enough for its scalar work to count.
-  const int64_t last = a.num_indices - 1;
+  const int64_t last_lookup = a.num_indices - 1;
   const uintptr_t slices = reinterpret_cast<uintptr_t>(weight + col);
   const uintptr_t row_bytes = static_cast<uintptr_t>(dim) * sizeof(WT);
   for (int64_t i = start; i < end; ++i) {
@@ -109,7 +110,7 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
     }
     if (idx == padding_idx) continue;  // idx is in range, so -1 (none) skips nothing
     if (prefetch != Prefetch::kNone) {
-      const uintptr_t next = static_cast<uintptr_t>(indices[i + distance < last ? i + distance : last]);
+      const uintptr_t next = static_cast<uintptr_t>(indices[i + distance < last_lookup ? i + distance : last_lookup]);
       const char* p = reinterpret_cast<const char*>(slices + next * row_bytes);
       if (prefetch == Prefetch::kSlice) {
         MPREC_UNROLL for (int line = 0; line < kLines; ++line) V::prefetch(p + 64 * line);
@@ -117,8 +118,10 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
         for (int line = 0; line < row_lines; ++line) V::prefetch(p + 64 * line);
       }
       // Row-wise int8 keeps scale and bias in their own array: one more line per lookup to fetch early.
-      if constexpr (sizeof(WT) == 1)
-        V::prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(a.scale_bias) + next * 2 * sizeof(float)));
+      if constexpr (sizeof(WT) == 1) {
+        V::prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(a.scale_bias) +
+                                                  next * 2 * sizeof(float)));
+      }
     }
     const WT* row = weight + idx * dim + col;
     const bool weighted = !kUnweighted && a.per_sample_weights;
@@ -156,14 +159,14 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
     if (!kUnweighted && a.per_sample_weights) {
       // The last vector of a weighted block whose accumulators fill the registers, pooled after the others over
       // the bag's rows, which the first loop left in the caches.
-      F last = V::zero();
+      F last_vector = V::zero();
       for (int64_t i = start; i < end; ++i) {
         const int64_t idx = static_cast<int64_t>(indices[i]);
         if (idx == padding_idx) continue;
-        last = V::fmadd(load_vector<NV, kWhole>(weight + idx * dim + col, NV - 1, tail), V::set1(a.per_sample_weights[i]),
-                        last);
+        last_vector = V::fmadd(load_vector<NV, kWhole>(weight + idx * dim + col, NV - 1, tail),
+                               V::set1(a.per_sample_weights[i]), last_vector);
       }
-      acc[NV - 1] = last;
+      acc[NV - 1] = last_vector;
     }
   }
   if (kMax) {
