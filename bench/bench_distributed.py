@@ -231,7 +231,8 @@ def _ms(value: float) -> str:
 def summarize(data: dict) -> str:
     lines = [f"DLRM (Kaggle preset, batch {data['batch']}) training across processes, {data['cpu']} "
              f"({data['isa']}{peer_isa.describe(data)}), {data['cores']} cores, gloo; every collection sharded by the "
-             f"same balanced table-wise plan; trained by {'TrainPipelineSparseDist' if data.get('pipeline') else 'a plain loop'}; "
+             "same balanced table-wise plan; trained by "
+             f"{'TrainPipelineSparseDist' if data.get('pipeline') else 'a plain loop'}; "
              f"the models take turns in blocks of {data.get('block', 1)} steps, the first untimed; "
              "medians over steps and rounds", "",
              f"{'layout':<23} {'model':<13} {'examples/s':>11} {'mprec/it':>9} {'collection ms':>14} "

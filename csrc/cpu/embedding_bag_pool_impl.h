@@ -156,7 +156,7 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
     ++count;
   }
   if constexpr (kWeightedVectors < NV) {
-    if (!kUnweighted && a.per_sample_weights) {
+    if (a.per_sample_weights) {
       // The last vector of a weighted block whose accumulators fill the registers, pooled after the others over
       // the bag's rows, which the first loop left in the caches.
       F last_vector = V::zero();
