@@ -122,6 +122,9 @@ def add_train_parser(sub) -> None:
                         "folder")
     p.add_argument("--timeout-s", type=float, default=300.0,
                    help="with --sharding: how long a process waits for the others before failing")
+    p.add_argument("--pipeline", action="store_true",
+                   help="with --sharding: train under TorchRec's train pipeline, which routes the next batch's ids "
+                        "to their tables' ranks while this batch computes (the same weights as step by step)")
 
 
 def add_eval_parser(sub) -> None:
@@ -149,6 +152,8 @@ def run_train(args) -> int:
             raise ValueError("--eval needs --checkpoint (the model is evaluated from it)")
         if args.sharding or int(os.environ.get("WORLD_SIZE", "1")) > 1:
             return _train_distributed(args, config)
+        if args.pipeline:
+            raise ValueError("--pipeline pipelines the all-to-alls of sharded training: it needs --sharding")
         result = training.train(config, progress=not args.no_progress)
         if args.eval:
             result["eval"] = training.evaluate_checkpoint(args.checkpoint, args.eval)
@@ -170,7 +175,8 @@ def _train_distributed(args, config) -> int:
 
     sharding = args.sharding or "auto"
     try:
-        result = distributed.train(config, sharding, progress=not args.no_progress, timeout_s=args.timeout_s)
+        result = distributed.train(config, sharding, progress=not args.no_progress, timeout_s=args.timeout_s,
+                                   pipeline=args.pipeline)
         if args.eval:
             metrics = distributed.evaluate_run(config, sharding, args.eval, timeout_s=args.timeout_s)
             if result is not None:

@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -399,35 +399,30 @@ def train(config: RunConfig, resume: bool = True, progress: bool = True, log=sys
     model.train()
     started = time.perf_counter()
     step, examples = run_epochs(config, lambda epoch: make_batches(config, vocabulary=vocabulary, seed_offset=epoch),
-                                train_step, checkpoint, (epoch, step, batch_in_epoch), Progress(log, enabled=progress))
+                                lambda batches: map(train_step, batches), checkpoint, (epoch, step, batch_in_epoch),
+                                Progress(log, enabled=progress))
     seconds = time.perf_counter() - started
     return dict(steps=step, examples_trained=examples, seconds=seconds,
                 examples_per_second=examples / seconds if seconds > 0 else math.nan, **model_size(model))
 
 
-def run_epochs(config: RunConfig, batches_of: Callable[[int], Iterable[Batch]], step: Callable[[Batch], tuple],
-               save: Callable[[int, int, int], None], position: tuple = (0, 0, 0), progress: Optional[Progress] = None,
+def run_epochs(config: RunConfig, batches_of: Callable[[int], Iterable[Batch]],
+               train_batches: Callable[[Iterator[Batch]], Iterator[tuple]], save: Callable[[int, int, int], None],
+               position: tuple = (0, 0, 0), progress: Optional[Progress] = None,
                go_on: Callable[[bool], bool] = bool) -> tuple[int, int]:
     """The loop of a training run, in one process or across several: ``config.epochs`` passes over
     ``batches_of(epoch)``, from ``position`` (epoch, step, batches of that epoch already trained: a resumed run
     skips those), ``save(epoch, step, batches of the epoch trained)`` every ``config.checkpoint_every`` steps
-    and at the end. ``step(batch) -> (loss, examples)``. ``go_on(has_batch)`` decides whether a step runs
-    (across processes: only while every rank has a batch). Returns (steps, examples trained)."""
+    and at the end. ``train_batches(batches)`` trains on each batch of the iterator in turn and yields
+    ``(loss, examples)`` per step; it may read a batch ahead of the one it trains (a pipeline). ``go_on(has_batch)``
+    decides whether a batch is trained (across processes: only while every rank has one). Returns (steps,
+    examples trained)."""
     epoch, steps, done = position
     examples = 0
     progress = progress or Progress(enabled=False)
     while epoch < config.epochs:
-        batches = iter(batches_of(epoch))
-        i = 0
-        while True:
-            batch = next(batches, None)
-            if not go_on(batch is not None):
-                break
-            i += 1
-            if i <= done:  # trained before the checkpoint
-                continue
-            loss, n = step(batch)
-            steps, done, examples = steps + 1, i, examples + n
+        for loss, n in train_batches(_untrained(batches_of(epoch), done, go_on)):
+            steps, done, examples = steps + 1, done + 1, examples + n
             progress.update(epoch, steps, n, loss)
             if config.checkpoint_every and steps % config.checkpoint_every == 0:
                 save(epoch, steps, done)
@@ -435,6 +430,19 @@ def run_epochs(config: RunConfig, batches_of: Callable[[int], Iterable[Batch]], 
     progress.close()
     save(epoch, steps, 0)
     return steps, examples
+
+
+def _untrained(batches: Iterable[Batch], done: int, go_on: Callable[[bool], bool]) -> Iterator[Batch]:
+    """The batches of an epoch after its first ``done`` (trained before a checkpoint), while ``go_on``."""
+    batches = iter(batches)
+    i = 0
+    while True:
+        batch = next(batches, None)
+        if not go_on(batch is not None):
+            return
+        i += 1
+        if i > done:
+            yield batch
 
 
 def saved_config(fields: dict) -> RunConfig:

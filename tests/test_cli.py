@@ -13,6 +13,12 @@ def test_info(capsys):
     assert info["precision_auto"] == ("bf16" if info["bf16_native"] else "fp32")
 
 
+def test_train_refuses_a_pipeline_in_one_process(capsys, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert mprec.cli.main(["train", "--data", "synthetic", "--pipeline"]) == 2
+    assert "--pipeline pipelines the all-to-alls of sharded training: it needs --sharding" in capsys.readouterr().err
+
+
 def test_quick_bench_table_lists_mprec_and_peers():
     out = io.StringIO()
     rows = mprec.cli.bench_table(quick=True, out=out)

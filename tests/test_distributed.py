@@ -541,21 +541,17 @@ def test_dlrm_training_over_two_processes_equals_one_process(workers, sharding, 
 
 
 def case_dlrm_pipelined(sharding: str, steps: int):
-    """The DLRM of ``case_dlrm_training`` wrapped in ``DLRMTrain``, sharded, and trained by TorchRec's
-    ``TrainPipelineSparseDist`` (each batch's input all-to-all started during the previous batch) on this rank's
-    slices of the same global batches as a single-process run: both loss curves, whether the pipeline took the
-    collection out of the forward, and this rank's shards beside the single-process weights."""
+    """The DLRM of ``case_dlrm_training`` trained by ``DistributedDLRM(pipeline=True)``, i.e. by TorchRec's
+    ``TrainPipelineSparseDist`` (each batch's input all-to-all started during the previous batch) driving a
+    ``DLRMTrain``, on this rank's slices of the same global batches as a single-process run: both loss curves,
+    whether the pipeline took the collection out of the forward, the names of the run's state, the trained models'
+    logits of this rank's first slice, and this rank's shards beside the single-process weights."""
     import torch.distributed as dist
-    from torchrec import KeyedJaggedTensor
-    from torchrec.datasets.utils import Batch as TorchRecBatch
-    from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
     from torchrec.distributed.types import ShardedModule
-    from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
-    from torchrec.optim.optimizers import in_backward_optimizer_filter
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
 
-    from mprec.distributed.training import Cluster, shard
-    from mprec.models import DLRM, DLRMTrain
+    from mprec.distributed.training import Cluster, DistributedDLRM
+    from mprec.models import DLRM
     from mprec.nn import FusedOptimizer
 
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -564,42 +560,48 @@ def case_dlrm_pipelined(sharding: str, steps: int):
                   top=(32, 1), embedding_dim=16)
     torch.manual_seed(0)
     single = DLRM(DLRM_SIZES, optimizer=FusedOptimizer("sgd", lr=lr), **kwargs)
-    start = {f"model.{k}": v.clone() for k, v in single.state_dict().items()}
+    start = {k: v.clone() for k, v in single.state_dict().items()}
     single_opt = torch.optim.SGD(single.dense_parameters(), lr=lr)
-    model = DLRMTrain(DLRM(DLRM_SIZES, embedding_device="meta", **kwargs))
-    dmp = shard(model, sharding, Cluster(rank, world, world, torch.device("cpu")),
-                dict(optimizer=EmbOptimType.EXACT_SGD, learning_rate=lr))
-    dmp.load_state_dict(start)
-    dense = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(dmp.named_parameters())),
-                                  lambda p: torch.optim.SGD(p, lr=lr))
-    pipeline = TrainPipelineSparseDist(dmp, CombinedOptimizer([("", dmp.fused_optimizer), ("", dense)]),
-                                       torch.device("cpu"))
+    run = DistributedDLRM(DLRM(DLRM_SIZES, embedding_device="meta", **kwargs), sharding,
+                          Cluster(rank, world, world, torch.device("cpu")),
+                          dict(optimizer=EmbOptimType.EXACT_SGD, learning_rate=lr), lambda p: torch.optim.SGD(p, lr=lr),
+                          pipeline=True)
+    state = run.state_dict()
+    state["model"] = {k: start[k] if k in start else v for k, v in state["model"].items()}
+    run.load_state_dict(state)
     mine, single_losses = [], []
     for batch, part in dlrm_batches(steps):
-        mine.append(TorchRecBatch(dense_features=part.dense, labels=part.labels, sparse_features=KeyedJaggedTensor(
-            keys=single.feature_names, values=part.indices, offsets=part.offsets)))
+        mine.append(part)
         single_losses.append(single_step(single, single_opt, batch))
-    batches, losses = iter(mine), []
-    for _ in range(steps):
-        loss, _, _ = pipeline.progress(batches)
-        total = loss.detach().reshape(1).clone()
+    losses = []
+    for loss, examples in run.train_batches(mine):
+        assert examples == len(mine[0])
+        total = loss.reshape(1).clone()
         dist.all_reduce(total)
         losses.append(total.item() / world)
-    pipelined = [getattr(m, "is_pipelined", False) for m in dmp.modules() if isinstance(m, ShardedModule)]
-    shards = {k.removeprefix("model."): v for k, v in local_shards(dmp.state_dict()).items()}
-    return dict(losses=losses, single_losses=single_losses, pipelined=pipelined, mine=shards,
+    pipelined = [getattr(m, "is_pipelined", False) for m in run.model.modules() if isinstance(m, ShardedModule)]
+    with torch.no_grad():  # the trained model's predictions, outside the pipeline
+        logits = run.forward(mine[0]), single(mine[0].dense, mine[0].indices, mine[0].offsets)
+    state = run.state_dict()
+    return dict(losses=losses, single_losses=single_losses, pipelined=pipelined, mine=local_shards(state["model"]),
+                logits=logits,
+                optimizer_names=sorted(state["optimizer"]["state"]),
                 single={k: v.detach().clone() for k, v in single.state_dict().items()})
 
 
 @pytest.mark.parametrize("sharding", ["table-wise", "row-wise"])
 def test_dlrm_trains_under_torchrec_train_pipeline(workers, sharding):
     """TorchRec's TrainPipelineSparseDist finds the sharded collection in mprec's DLRM (it traces the model
-    symbolically) and pipelines its input all-to-all; 20 steps equal the single-process run."""
+    symbolically) and pipelines its input all-to-all; 20 steps equal the single-process run, and the run's state
+    is named as without a pipeline (the checkpoints of both are one format)."""
     results = workers.run(case_dlrm_pipelined, sharding, 20, timeout=300)
     for rank, r in enumerate(results):
         assert r["pipelined"] == [True], f"rank {rank}: the pipeline left the collection in the forward"
+        assert len(r["losses"]) == 20
         torch.testing.assert_close(torch.tensor(r["losses"]), torch.tensor(r["single_losses"]), rtol=1e-5, atol=1e-6)
         assert set(r["mine"]) == set(r["single"])
+        assert r["optimizer_names"] and not any(k.startswith("model.") for k in r["optimizer_names"])
+        torch.testing.assert_close(r["logits"][0], r["logits"][1], rtol=1e-5, atol=1e-6)
         _check_shards(r["mine"], r["single"], f"rank {rank} {sharding} pipelined", tol=1e-5)
 
 

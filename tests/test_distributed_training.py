@@ -151,6 +151,28 @@ def test_planner_with_dhe_and_hybrid_features_and_a_batch_that_does_not_divide(d
     assert "--batch-size 127 (the global batch) must be a multiple of the 2 processes" in odd.stderr
 
 
+def test_pipelined_training_trains_the_weights_of_step_by_step_training(data, tmp_path):
+    """--pipeline (TorchRec's train pipeline: the next batch's ids are routed to their tables' ranks while this
+    batch computes) trains the same weights as the step-by-step loop, bit for bit, and writes checkpoints of the
+    same format: a pipelined run resumes one written step by step."""
+    train, _ = data
+    plain, piped = str(tmp_path / "plain"), str(tmp_path / "piped")
+    run = ("--sharding", "table-wise", "--optimizer", "adagrad", "--lr", "0.02")
+    straight = torchrun(train_args(train, plain, *run))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    first = torchrun(train_args(train, piped, *run, "--epochs", "1"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = torchrun(train_args(train, piped, *run, "--pipeline"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr
+    steps = json.loads(straight.stdout[straight.stdout.index("{"):])["steps"]
+    assert json.loads(resumed.stdout[resumed.stdout.index("{"):])["steps"] == steps == 2 * steps_per_epoch(train)
+    a, b = weights(plain), weights(piped)
+    assert list(a) == list(b)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
+
+
 def _network_namespaces() -> bool:
     if os.geteuid() != 0 or not shutil.which("ip"):
         return False

@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -30,14 +30,16 @@ from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from torchrec import KeyedJaggedTensor
 from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed import sharding_plan as plans
+from torchrec.datasets.utils import Batch as TorchRecBatch
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.distributed.types import ShardingEnv, ShardingPlan, ShardingType
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from .. import training as local
 from ..data import NUM_DENSE, Batch, Vocabulary
-from ..models.dlrm import DLRM
+from ..models.dlrm import DLRM, DLRMTrain
 from ..nn.collection import EmbeddingBagCollection
 from ..ops.mlp import gemm_choices, restore_gemm_choices
 from . import checkpoint
@@ -166,27 +168,51 @@ def shard(model: nn.Module, sharding: str, cluster: Cluster, fused_params: Optio
 
 class DistributedDLRM:
     """A DLRM sharded over the process group, with its optimizers: the tables' fused optimizer (in the
-    backward) and ``dense_optimizer`` for the rest (MLPs, DHE decoders, data-parallel tables). ``step(batch)``
-    trains on this rank's examples; the state (model and both optimizers) is one dict for checkpoints."""
+    backward) and ``dense_optimizer`` for the rest (MLPs, DHE decoders, data-parallel tables).
+    :meth:`train_batches` trains on this rank's batches; the state (model and both optimizers) is one dict for
+    checkpoints, the same with and without a pipeline.
 
-    def __init__(self, model: DLRM, sharding: str, cluster: Cluster, fused_params: dict, dense_optimizer) -> None:
+    ``pipeline``: steps run under TorchRec's ``TrainPipelineSparseDist``, which starts the next batch's input
+    all-to-all (the routing of its ids to the ranks that hold their tables) before this batch's forward and
+    waits for it after the backward, so the exchange overlaps a step's compute instead of preceding it. The
+    model computes the same: the routed ids are those a plain step would route. The pipeline drives a
+    :class:`~mprec.models.DLRMTrain` (model and loss), whose parameter names carry a ``model.`` prefix that
+    :meth:`state_dict` and :meth:`load_state_dict` take off and put back."""
+
+    def __init__(self, model: DLRM, sharding: str, cluster: Cluster, fused_params: dict, dense_optimizer,
+                 pipeline: bool = False) -> None:
         self.feature_names = list(model.feature_names)
         self.cluster = cluster
-        self.model = shard(model, sharding, cluster, fused_params)
+        self._prefix = _TRAIN_PREFIX if pipeline else ""
+        self.model = shard(DLRMTrain(model) if pipeline else model, sharding, cluster, fused_params)
         dense = dict(in_backward_optimizer_filter(self.model.named_parameters()))
         optimizers = [("", self.model.fused_optimizer)]
         if dense:
             optimizers.append(("", KeyedOptimizerWrapper(dense, dense_optimizer)))
         self.optimizer = CombinedOptimizer(optimizers)
+        self.pipeline = TrainPipelineSparseDist(self.model, self.optimizer, cluster.device) if pipeline else None
 
     def sparse(self, batch: Batch) -> KeyedJaggedTensor:
         return KeyedJaggedTensor(keys=self.feature_names, values=batch.indices, offsets=batch.offsets)
 
+    def _torchrec_batch(self, batch: Batch) -> TorchRecBatch:
+        return TorchRecBatch(dense_features=batch.dense, sparse_features=self.sparse(batch), labels=batch.labels)
+
     def forward(self, batch: Batch) -> Tensor:
-        return self.model(batch.dense.to(self.cluster.device), self.sparse(batch))
+        """Logits of this rank's batch."""
+        if self.pipeline is None:
+            return self.model(batch.dense.to(self.cluster.device), self.sparse(batch))
+        # The collection's own forward back in place (the pipeline's expects its input all-to-all done); the
+        # pipeline's next step puts its own back.
+        self.pipeline.detach()
+        _, (_, logits, _) = self.model(self._torchrec_batch(batch).to(self.cluster.device))
+        return logits
 
     def step(self, batch: Batch) -> Tensor:
-        """One training step on this rank's batch; returns its mean loss (not reduced)."""
+        """One training step on this rank's batch (without the pipeline); returns its mean loss (not reduced)."""
+        if self.pipeline is not None:
+            raise RuntimeError("DistributedDLRM.step: this run trains through its pipeline (train_batches), which "
+                               "reads a batch ahead")
         logits = self.forward(batch)
         loss = F.binary_cross_entropy_with_logits(logits.float(), batch.labels.to(logits.device))
         self.optimizer.zero_grad()
@@ -194,12 +220,28 @@ class DistributedDLRM:
         self.optimizer.step()
         return loss.detach()
 
+    def train_batches(self, batches: Iterable[Batch]) -> Iterator[tuple]:
+        """Trains on each of this rank's ``batches`` in turn; yields ``(mean loss, examples)`` of each step, not
+        reduced across ranks. With the pipeline, the batch after the one a step trains is read during that step."""
+        if self.pipeline is None:
+            for batch in batches:
+                yield self.step(batch), len(batch)
+            return
+        feed = (self._torchrec_batch(batch) for batch in batches)
+        while True:
+            try:
+                loss, _, labels = self.pipeline.progress(feed)
+            except StopIteration:
+                return
+            yield loss, len(labels)
+
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        return {"model": _renamed(self.model.state_dict(), self._prefix, ""),
+                "optimizer": _renamed_optimizer(self.optimizer.state_dict(), self._prefix, "")}
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.model.load_state_dict(_renamed(state["model"], "", self._prefix))
+        self.optimizer.load_state_dict(_renamed_optimizer(state["optimizer"], "", self._prefix))
 
     def load(self, path: str) -> None:
         """Model and optimizers from the sharded checkpoint at ``path``, resharded to this run."""
@@ -208,7 +250,30 @@ class DistributedDLRM:
         self.load_state_dict(state)
 
 
-def build(config: local.RunConfig, table_sizes: list, sharding: str, cluster: Cluster) -> DistributedDLRM:
+# DLRMTrain's attribute for its model: the start of every parameter name under a pipeline.
+_TRAIN_PREFIX = "model."
+
+
+def _renamed(names: dict, old: str, new: str) -> dict:
+    """``names`` (keyed by parameter names) with each key's prefix ``old`` replaced by ``new``."""
+    if old == new:
+        return names
+    return type(names)((new + k.removeprefix(old), v) for k, v in names.items())
+
+
+def _renamed_optimizer(state: dict, old: str, new: str) -> dict:
+    """A TorchRec ``KeyedOptimizer`` state dict with its parameter names renamed as :func:`_renamed` does."""
+    if old == new:
+        return state
+    out = dict(state, state=_renamed(state["state"], old, new))
+    if "param_groups" in state:
+        out["param_groups"] = [dict(g, params=[new + p.removeprefix(old) for p in g["params"]])
+                               for g in state["param_groups"]]
+    return out
+
+
+def build(config: local.RunConfig, table_sizes: list, sharding: str, cluster: Cluster, pipeline: bool = False
+          ) -> DistributedDLRM:
     """The run's model (tables made shard by shard on their ranks) and optimizers, as :func:`train` uses them."""
     model = local.build_model(config, table_sizes, embedding_device="meta")
     fused = dict(optimizer=_FUSED[config.optimizer], learning_rate=config.lr)
@@ -216,7 +281,7 @@ def build(config: local.RunConfig, table_sizes: list, sharding: str, cluster: Cl
         fused["eps"] = 1e-8
     dense = (lambda params: torch.optim.SGD(params, lr=config.lr)) if config.optimizer == "sgd" else \
         (lambda params: torch.optim.Adagrad(params, lr=config.lr, eps=1e-8))
-    return DistributedDLRM(model, sharding, cluster, fused, dense)
+    return DistributedDLRM(model, sharding, cluster, fused, dense, pipeline)
 
 
 # --- reductions ---------------------------------------------------------------------------------------------
@@ -286,9 +351,10 @@ def evaluate(run: DistributedDLRM, batches: Iterable[Batch], batch_size: int) ->
 # --- training -----------------------------------------------------------------------------------------------
 
 def train(config: local.RunConfig, sharding: str = "auto", progress: bool = True, log=sys.stderr,
-          timeout_s: float = 300.0) -> Optional[dict]:
+          timeout_s: float = 300.0, pipeline: bool = False) -> Optional[dict]:
     """Trains over the process group (resuming from ``config.checkpoint``, a folder, when it holds a checkpoint);
-    returns a summary on rank 0, None on the others."""
+    returns a summary on rank 0, None on the others. ``pipeline``: under TorchRec's train pipeline (see
+    :class:`DistributedDLRM`); the weights are the same either way."""
     config.validate()
     cluster = init(timeout_s)
     if config.threads:
@@ -309,7 +375,7 @@ def train(config: local.RunConfig, sharding: str = "auto", progress: bool = True
         if config.data != local.SYNTHETIC and config.max_ind_range is None:
             vocabulary = Vocabulary.build(config.data, min_count=config.min_count)  # every rank: the same one
         table_sizes = local.table_sizes_for(config, vocabulary)
-    run = build(config, table_sizes, sharding, cluster)
+    run = build(config, table_sizes, sharding, cluster, pipeline)
     epoch, step, batch_in_epoch = 0, 0, 0
     if found:
         run.load(found)
@@ -331,17 +397,17 @@ def train(config: local.RunConfig, sharding: str = "auto", progress: bool = True
                                  gemm_choices=choices),
                             dict(vocabulary=vocabulary.state_dict() if vocabulary else None))
 
-    def train_step(batch: Batch) -> tuple:
-        loss = run.step(batch)
-        total, count = _sum(loss.item() * len(batch), len(batch))
-        return total / count, int(count)
+    def train_batches(batches: Iterable[Batch]) -> Iterator[tuple]:
+        for loss, examples in run.train_batches(batches):
+            total, count = _sum(loss.item() * examples, examples)
+            yield total / count, int(count)
 
     run.model.train()
     started = time.perf_counter()
     step, examples = local.run_epochs(
         config, lambda epoch: local.make_batches(config, vocabulary=vocabulary, seed_offset=epoch, rank=cluster.rank,
                                                  world_size=cluster.world_size),
-        train_step, save, (epoch, step, batch_in_epoch), local.Progress(log, enabled=progress and cluster.is_main),
+        train_batches, save, (epoch, step, batch_in_epoch), local.Progress(log, enabled=progress and cluster.is_main),
         go_on=_all_have)
     seconds = time.perf_counter() - started
     if not cluster.is_main:
