@@ -28,9 +28,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from torchrec import KeyedJaggedTensor
+from torchrec.datasets.utils import Batch as TorchRecBatch
 from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed import sharding_plan as plans
-from torchrec.datasets.utils import Batch as TorchRecBatch
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.distributed.types import ShardingEnv, ShardingPlan, ShardingType
@@ -174,7 +174,7 @@ class DistributedDLRM:
 
     ``pipeline``: steps run under TorchRec's ``TrainPipelineSparseDist``, which starts the next batch's input
     all-to-all (the routing of its ids to the ranks that hold their tables) before this batch's forward and
-    waits for it after the backward, so the exchange overlaps a step's compute instead of preceding it. The
+    waits for it before the backward, so the exchange overlaps a step's compute instead of preceding it. The
     model computes the same: the routed ids are those a plain step would route. The pipeline drives a
     :class:`~mprec.models.DLRMTrain` (model and loss), whose parameter names carry a ``model.`` prefix that
     :meth:`state_dict` and :meth:`load_state_dict` take off and put back."""
@@ -222,7 +222,8 @@ class DistributedDLRM:
 
     def train_batches(self, batches: Iterable[Batch]) -> Iterator[tuple]:
         """Trains on each of this rank's ``batches`` in turn; yields ``(mean loss, examples)`` of each step, not
-        reduced across ranks. With the pipeline, the batch after the one a step trains is read during that step."""
+        reduced across ranks. With the pipeline, a step reads the batch two ahead of the one it trains, and routes
+        the ids of the next."""
         if self.pipeline is None:
             for batch in batches:
                 yield self.step(batch), len(batch)
