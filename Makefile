@@ -62,6 +62,7 @@ SANITIZE_DIR := build/sanitize
 SANITIZE_TESTS ?= tests/test_ops_embedding_bag.py tests/test_ops_embedding_bag_backward.py \
 	tests/test_ops_embedding_bag_errors.py tests/test_ops_embedding_bag_update.py tests/test_ops_cache.py \
 	tests/test_ops_composite.py tests/test_ops_dhe.py tests/test_ops_dhe_errors.py tests/test_ops_interaction.py \
+	tests/test_ops_mlp.py \
 	tests/test_opcheck.py tests/test_isa.py tests/test_nn_embedding_bag.py tests/test_nn_dhe.py tests/test_nn_cache.py \
 	tests/test_nn_mlp.py tests/test_nn_functional_opinfo.py tests/test_concurrency.py tests/test_models_dlrm.py \
 	tests/test_data_criteo.py tests/test_fuzz.py

@@ -80,6 +80,12 @@ TORCH_LIBRARY(mprec, m) {
   // (fixed row blocks), so per-id vectors can be cached bit-exactly. The DHE decoder's later layers.
   m.def("rowwise_linear(Tensor input, Tensor weight, Tensor? bias=None, str activation='none') -> Tensor");
 
+  // -- MLP: the backward of mprec.nn.MLP's Linear + ReLU layers ------------------------------------------
+  m.set_python_module("mprec.ops.mlp");
+  // grad [B, N] *= (output > 0) in place (ReLU's backward from the layer's output); returns the column sums of
+  // the result [N] (the layer's bias gradient), summed over fixed row blocks in order. float32, float64.
+  m.def("relu_backward_bias_(Tensor(a!) grad, Tensor output) -> Tensor");
+
   // -- cache: the index structures of MP-Cache (mprec/nn/cache.py) ------------------------------------------
   // table: int64 [C, 2] (key, entry) pairs, C a power of two, key -1 for empty: open addressing with linear
   // probing. Ids are int64 >= 0. sketch: int64 [R, B] count-min sketch, B a power of two, R <= 8.

@@ -136,6 +136,8 @@ def argument(name: str, op: str, s: Sizes, rng: random.Random):
             return _floats(rng, (s.N, s.O), s.float)
         if op == "dot_interaction_backward":
             return _floats(rng, (s.B, s.F * (s.F - 1) // 2), s.float)
+        if op == "relu_backward_bias_":
+            return _floats(rng, (s.N, s.O), s.float)
         if op == "dlrm_interaction_backward":
             return _floats(rng, (s.B, s.D + (s.T + 1) * s.T // 2), s.float)
         return _floats(rng, (s.B, s.D * (s.T if batched else 1)), s.float)

@@ -210,6 +210,13 @@ def dlrm_interaction_reference(dense: Tensor, sparse: Tensor, pad_to: int = 1) -
     return torch.nn.functional.pad(out, (0, pad)) if pad else out
 
 
+# --- MLP (mprec.ops.mlp) ---------------------------------------------------------------------------------
+def relu_backward_bias_reference(grad: Tensor, output: Tensor) -> tuple[Tensor, Tensor]:
+    """(grad * (output > 0), its column sums): ReLU's backward from the layer's output, then the bias gradient."""
+    masked = torch.where(output > 0, grad, torch.zeros((), dtype=grad.dtype))
+    return masked, masked.sum(0)
+
+
 # --- cache (mprec.ops.cache) -----------------------------------------------------------------------------
 def multiply_shift_reference(ids: Tensor, multiplier: int, buckets: int) -> Tensor:
     """Bucket ``(id * multiplier mod 2^64) >> (64 - log2 buckets)`` of each id, in Python integers."""

@@ -189,3 +189,10 @@ def test_opcheck_rowwise_linear_dtypes_and_shapes(dtype):
     bias = torch.randn(DHE_H1).to(dtype).requires_grad_()
     for shape in [(DHE_K,), (2, 3, DHE_K), (0, DHE_K)]:
         torch.library.opcheck(rowwise_linear, (torch.randn(shape).to(dtype).requires_grad_(), weight, bias, "relu"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck_relu_backward_bias(dtype):
+    for shape in [(70, 33), (0, 5), (3, 1)]:
+        torch.library.opcheck(torch.ops.mprec.relu_backward_bias_.default,
+                              (torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype)))

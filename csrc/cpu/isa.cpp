@@ -120,5 +120,15 @@ InteractionKernels interaction_kernels(Isa isa) {
   }
 }
 
+MlpKernels mlp_kernels(Isa isa) {
+  switch (isa) {
+#if MPREC_HAVE_X86
+    case Isa::kAvx512: return avx512::mlp_kernels();
+    case Isa::kAvx2: return avx2::mlp_kernels();
+#endif
+    default: return scalar::mlp_kernels();
+  }
+}
+
 }  // namespace cpu
 }  // namespace mprec

@@ -79,13 +79,16 @@ class MLP(nn.Sequential):
     def _forward(self, x: Tensor) -> Tensor:
         layers = list(self)
         i = 0
+        private = False  # whether x is the output of this MLP's previous linear, which no caller holds
         while i < len(layers):
             layer = layers[i]
             if isinstance(layer, nn.Linear):
                 relu = i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU)
-                x = linear(x, layer.weight, layer.bias, "relu" if relu else "none")
+                x = linear(x, layer.weight, layer.bias, "relu" if relu else "none", private_input=private)
+                private = True
                 i += 2 if relu else 1
             else:
                 x = layer(x)
+                private = False
                 i += 1
         return x

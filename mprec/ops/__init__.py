@@ -1,7 +1,7 @@
 """The mprec op surface, as typed Python functions.
 
 The schemas live in ``csrc/registration.cpp`` (``torch.ops.mprec.*``). Each op family is a package here
-(``embedding_bag``, ``dhe``, ``interaction``, ``cache``): its ``__init__`` holds the typed wrappers with their
+(``embedding_bag``, ``dhe``, ``interaction``, ``cache``, ``mlp``): its ``__init__`` holds the typed wrappers with their
 docstrings, the argument checks, the fake kernels (``register_fake``: they check and allocate, never read data)
 and the autograd formulas (``register_autograd``); its ``composite.py`` the aten compositions, its ``gpu.py`` the
 Triton glue, both calling the same checks. :mod:`.gpu` registers the CUDA kernels of every family. The tests'
@@ -10,7 +10,7 @@ oracles are in ``tests/reference.py``, outside the library.
 
 from . import cache
 from .interaction import dlrm_interaction, dot_interaction
-from .mlp import gemm_choices, linear, use_gemm_library
+from .mlp import gemm_choices, linear, relu_backward_bias_, use_gemm_library
 from .dhe import (
     dhe_encode,
     dhe_encode_linear,
@@ -33,6 +33,7 @@ __all__ = [
     "dot_interaction",
     "dlrm_interaction",
     "linear",
+    "relu_backward_bias_",
     "use_gemm_library",
     "gemm_choices",
     "MODES",

@@ -36,8 +36,10 @@ from .cache import composite as _cache
 from .dhe import composite as _dhe
 from .embedding_bag import composite as _embedding_bag
 from .interaction import composite as _interaction
+from .mlp import composite as _mlp
 
 __all__ = ["KERNELS"]
 
 # Each family's compositions are in its own package (``mprec/ops/<family>/composite.py``).
-KERNELS: dict[str, Callable] = {**_embedding_bag.KERNELS, **_dhe.KERNELS, **_interaction.KERNELS, **_cache.KERNELS}
+KERNELS: dict[str, Callable] = {**_embedding_bag.KERNELS, **_dhe.KERNELS, **_interaction.KERNELS, **_cache.KERNELS,
+                                **_mlp.KERNELS}

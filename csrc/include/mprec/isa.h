@@ -6,6 +6,7 @@
 #include "mprec/dhe_kernel.h"
 #include "mprec/embedding_bag_kernel.h"
 #include "mprec/interaction_kernel.h"
+#include "mprec/mlp_kernel.h"
 
 namespace mprec {
 namespace cpu {
@@ -24,6 +25,7 @@ std::vector<std::string> supported_isa_names();
 PoolFn pool_kernel(Isa isa);
 DheEncodeFn dhe_encode_kernel(Isa isa);
 InteractionKernels interaction_kernels(Isa isa);
+MlpKernels mlp_kernels(Isa isa);
 
 }  // namespace cpu
 }  // namespace mprec

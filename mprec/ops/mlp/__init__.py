@@ -9,8 +9,10 @@ this machine (:func:`gemm_library`):
 - ``"blas"``: torch's ``addmm``/``mm`` (MKL in torch's x86 wheels), then the activation in place.
 
 The forward is one product; with autograd (training), :class:`_Linear` computes the input gradient as
-``grad @ weight`` and the weight gradient as ``grad.T @ x``, reading the transposes as strided views. Under
-CPU autocast the products run in the autocast dtype, as ``F.linear``'s would.
+``grad @ weight`` and the weight gradient as ``grad.T @ x``, reading the transposes as strided views. Before
+them, a ReLU layer inside an MLP takes ReLU's backward and its bias gradient in one pass over a gradient only
+it holds (``mprec::relu_backward_bias_``, this family's op); elsewhere aten's ``threshold_backward`` and ``sum``.
+Under CPU autocast the products run in the autocast dtype, as ``F.linear``'s would.
 
 Why measure: neither library wins everywhere. MKL runs its AVX2 kernels on AMD CPUs, so on AVX-512 EPYCs
 oneDNN (which dispatches on the ISA alone) is up to twice as fast; on AVX2-only CPUs both run AVX2 and
@@ -38,11 +40,13 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from ..precision import bf16_native
-from ..timing import fastest
+from ...precision import bf16_native
+from ...timing import fastest
+from ..arguments import register_fake
+from ..spelling import dtype_name, sizes
 
-__all__ = ["linear", "ACTIVATIONS", "GEMM_LIBRARIES", "WEIGHT_GRAD_WAYS", "gemm_library", "gemm_choices",
-           "product_ways", "restore_gemm_choices", "run_product", "use_gemm_library"]
+__all__ = ["linear", "relu_backward_bias_", "ACTIVATIONS", "GEMM_LIBRARIES", "WEIGHT_GRAD_WAYS", "gemm_library",
+           "gemm_choices", "product_ways", "restore_gemm_choices", "run_product", "use_gemm_library"]
 
 ACTIVATIONS = ("none", "relu")
 GEMM_LIBRARIES = ("onednn", "blas")
@@ -180,37 +184,89 @@ def use_gemm_library(library: Optional[str]) -> Iterator[None]:
         _fixed_library = previous
 
 
+# The Python attribute that marks an input gradient a layer's backward computed for the previous layer of the same
+# MLP (an activation inside it, which no caller sees): the tensor is that layer's alone, and its ReLU backward may
+# overwrite it (relu_backward_bias_).
+_PRIVATE = "_mprec_mlp_private"
+# relu_backward_bias_'s dtypes; bfloat16 (autocast) takes aten's two passes.
+_FUSED_BACKWARD_DTYPES = (torch.float32, torch.float64)
+
+
 class _Linear(torch.autograd.Function):
-    """``activation(x @ weight.T + bias)`` with each of the three products on its library (2-D, one dtype)."""
+    """``activation(x @ weight.T + bias)`` with each of the three products on its library (2-D, one dtype).
+    ``private_input``: x is the output of the previous layer of the same MLP (see :data:`_PRIVATE`)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str,
+                private_input: bool = False) -> Tensor:
         y = _product("forward", x, weight, activation, bias)
         relu = activation == "relu"
         # ReLU's backward needs only its output (y > 0), so x is the one activation kept per layer.
         ctx.save_for_backward(x, weight, y if relu else None)
         ctx.relu = relu
         ctx.has_bias = bias is not None
+        ctx.private_input = private_input
         return y
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, weight, y = ctx.saved_tensors
-        if not grad.is_contiguous():
-            grad = grad.contiguous()
-        if ctx.relu:
-            grad = torch.ops.aten.threshold_backward(grad, y, 0)
-        grad_x = grad_w = grad_b = None
+        grad_b = None
+        if ctx.relu and getattr(grad, _PRIVATE, False) and grad.dtype in _FUSED_BACKWARD_DTYPES \
+                and not torch.is_grad_enabled():
+            # One pass, in place, for ReLU's backward and the bias gradient.
+            grad_b = relu_backward_bias_(grad, y)
+        else:
+            if not grad.is_contiguous():
+                grad = grad.contiguous()
+            if ctx.relu:
+                grad = torch.ops.aten.threshold_backward(grad, y, 0)
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                grad_b = grad.sum(0)
+        grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             grad_x = _product("input_grad", grad, weight.t())
+            if ctx.private_input:
+                setattr(grad_x, _PRIVATE, True)
         if ctx.needs_input_grad[1]:
             grad_w = _product("weight_grad", grad.t(), x.t())
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum(0)
-        return grad_x, grad_w, grad_b, None
+        return grad_x, grad_w, grad_b if ctx.has_bias and ctx.needs_input_grad[2] else None, None, None
 
 
-def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, activation: str = "none") -> Tensor:
+def relu_backward_bias_(grad: Tensor, output: Tensor) -> Tensor:
+    """The backward of ``relu(x @ weight.T + bias)`` before its products, in one pass: ``grad [B, N]`` becomes
+    ``grad * (output > 0)`` in place (ReLU's backward, from the layer's output), and the result is its column sums
+    ``[N]`` (the bias gradient), summed over fixed row blocks in order (the same bits at any thread count).
+    float32 or float64, CPU. Where aten's ``threshold_backward`` and ``sum`` read and write [B, N] three times
+    and fill a new buffer, this reads it once and writes it back while its lines are in cache."""
+    return torch.ops.mprec.relu_backward_bias_(grad, output)
+
+
+def _check_relu_backward_bias(op: str, grad: Tensor, output: Tensor) -> None:
+    """csrc/cpu/mlp.cpp's checks, in its order."""
+    if grad.dtype not in _FUSED_BACKWARD_DTYPES:
+        raise ValueError(f"{op}: grad must be float32 or float64, got {dtype_name(grad.dtype)}")
+    if output.dtype != grad.dtype:
+        raise ValueError(f"{op}: output's dtype {dtype_name(output.dtype)} differs from grad's "
+                         f"{dtype_name(grad.dtype)}")
+    if grad.dim() != 2:
+        raise ValueError(f"{op}: grad must be [B, N], got shape {sizes(grad)}")
+    if output.shape != grad.shape:
+        raise ValueError(f"{op}: output's shape {sizes(output)} differs from grad's {sizes(grad)}")
+
+
+@register_fake("mprec::relu_backward_bias_")
+def _relu_backward_bias_fake(grad, output):
+    _check_relu_backward_bias("mprec::relu_backward_bias_", grad, output)
+    return grad.new_empty((grad.shape[1],))
+
+
+def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, activation: str = "none",
+           private_input: bool = False) -> Tensor:
+    """``activation(x @ weight.T + bias)`` (see the module's doc). ``private_input``: x is the output of the
+    previous ``linear`` of the same stack and nothing else reads it or its gradient (:class:`mprec.nn.MLP` says
+    so of its inner layers); the gradient computed for x may then be overwritten in place by that layer's
+    ReLU backward (:func:`relu_backward_bias_`)."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"mprec.ops.linear: activation must be one of {ACTIVATIONS}, got {activation!r}")
     if _HAS_FUSED and x.device.type == "cpu" and weight.device.type == "cpu" and x.dim() == 2 and x.shape[0] > 0:
@@ -224,6 +280,6 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, activation:
             with torch.autocast("cpu", enabled=False):
                 if not needs_grad:
                     return _product("forward", x, weight, activation, bias)
-                return _Linear.apply(x.contiguous(), weight.contiguous(), bias, activation)
+                return _Linear.apply(x.contiguous(), weight.contiguous(), bias, activation, private_input)
     y = F.linear(x, weight, bias)
     return torch.relu_(y) if activation == "relu" else y

@@ -1,0 +1,65 @@
+// CPU implementation of the MLP's fused backward pass (mprec.ops.mlp, the backward of its Linear + ReLU
+// layers):
+//   mprec::relu_backward_bias_(grad [B, N], output [B, N]) -> [N]
+// grad becomes grad * (output > 0) in place (ReLU's backward, from the layer's output), and the result is its
+// column sums (the bias gradient). Rows are summed in fixed blocks, in order, so the sums do not depend on
+// the thread count. float32 and float64.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "mprec/checks.h"
+#include "mprec/isa.h"
+#include "mprec/mlp_kernel.h"
+
+namespace mprec {
+namespace cpu {
+namespace {
+
+using at::Tensor;
+
+// Rows per block of the column sums: the blocks' partial sums are added in order at the end.
+constexpr int64_t kRowsPerBlock = 64;
+
+Tensor relu_backward_bias_cpu(Tensor& grad, const Tensor& output_in) {
+  constexpr const char* op = "mprec::relu_backward_bias_";
+  check_defined(op, {{"grad", &grad}, {"output", &output_in}});
+  TORCH_CHECK_VALUE(grad.device().is_cpu() && output_in.device().is_cpu(), op,
+                    ": grad and output must be CPU tensors, got ", grad.device(), " and ", output_in.device());
+  TORCH_CHECK_VALUE(grad.scalar_type() == at::kFloat || grad.scalar_type() == at::kDouble, op,
+                    ": grad must be float32 or float64, got ", grad.scalar_type());
+  TORCH_CHECK_VALUE(output_in.scalar_type() == grad.scalar_type(), op, ": output's dtype ",
+                    output_in.scalar_type(), " differs from grad's ", grad.scalar_type());
+  TORCH_CHECK_VALUE(grad.dim() == 2, op, ": grad must be [B, N], got shape ", grad.sizes());
+  TORCH_CHECK_VALUE(output_in.sizes() == grad.sizes(), op, ": output's shape ", output_in.sizes(),
+                    " differs from grad's ", grad.sizes());
+  const int64_t rows = grad.size(0), cols = grad.size(1);
+  const Tensor output = output_in.contiguous();
+  Tensor work = grad.is_contiguous() ? grad : grad.contiguous();
+  const int64_t blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
+  Tensor partial = at::zeros({blocks, cols}, grad.options());
+  const MlpKernels k = mlp_kernels(active_isa());
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = b * kRowsPerBlock, r1 = std::min(rows, r0 + kRowsPerBlock);
+      if (grad.scalar_type() == at::kFloat) {
+        k.relu_backward_bias_f(work.data_ptr<float>(), output.data_ptr<float>(), r0, r1, cols,
+                               partial.data_ptr<float>() + b * cols);
+      } else {
+        k.relu_backward_bias_d(work.data_ptr<double>(), output.data_ptr<double>(), r0, r1, cols,
+                               partial.data_ptr<double>() + b * cols);
+      }
+    }
+  });
+  if (!work.is_same(grad)) grad.copy_(work);
+  Tensor sums = at::zeros({cols}, grad.options());
+  for (int64_t b = 0; b < blocks; ++b) sums.add_(partial[b]);  // in block order
+  return sums;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mprec, CPU, m) { m.impl("relu_backward_bias_", &relu_backward_bias_cpu); }
+
+}  // namespace cpu
+}  // namespace mprec
