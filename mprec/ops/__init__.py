@@ -1,10 +1,10 @@
 """The mprec op surface, as typed Python functions.
 
 The schemas live in ``csrc/registration.cpp`` (``torch.ops.mprec.*``). Each op family is a package here
-(``embedding_bag``, ``dhe``, ``interaction``, ``cache``, ``mlp``): its ``__init__`` holds the typed wrappers with their
-docstrings, the argument checks, the fake kernels (``register_fake``: they check and allocate, never read data)
-and the autograd formulas (``register_autograd``); its ``composite.py`` the aten compositions, its ``gpu.py`` the
-Triton glue, both calling the same checks. :mod:`.gpu` registers the CUDA kernels of every family. The tests'
+(``embedding_bag``, ``dhe``, ``interaction``, ``cache``, ``mlp``): its ``__init__`` holds the typed wrappers with
+their docstrings, the argument checks, the fake kernels (``register_fake``: they check and allocate, never read
+data) and the autograd formulas (``register_autograd``); its ``composite.py`` the aten compositions, its ``gpu.py``
+the Triton glue, both calling the same checks. :mod:`.gpu` registers the CUDA kernels of every family. The tests'
 oracles are in ``tests/reference.py``, outside the library.
 """
 
