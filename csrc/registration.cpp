@@ -83,7 +83,7 @@ TORCH_LIBRARY(mprec, m) {
   // -- MLP: the backward of mprec.nn.MLP's Linear + ReLU layers ------------------------------------------
   m.set_python_module("mprec.ops.mlp");
   // grad [B, N] *= (output > 0) in place (ReLU's backward from the layer's output); returns the column sums of
-  // the result [N] (the layer's bias gradient), summed over fixed row blocks in order. float32, float64.
+  // the result [N] (the layer's bias gradient), summed over fixed row blocks in order. float32, float64, bfloat16.
   m.def("relu_backward_bias_(Tensor(a!) grad, Tensor output) -> Tensor");
 
   // -- cache: the index structures of MP-Cache (mprec/nn/cache.py) ------------------------------------------

@@ -191,7 +191,7 @@ def test_opcheck_rowwise_linear_dtypes_and_shapes(dtype):
         torch.library.opcheck(rowwise_linear, (torch.randn(shape).to(dtype).requires_grad_(), weight, bias, "relu"))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_opcheck_relu_backward_bias(dtype):
     for shape in [(70, 33), (0, 5), (3, 1)]:
         torch.library.opcheck(torch.ops.mprec.relu_backward_bias_.default,

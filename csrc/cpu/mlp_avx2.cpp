@@ -11,7 +11,7 @@ namespace {
 #include "mlp_impl.h"
 }  // namespace
 
-MlpKernels mlp_kernels() { return {&relu_backward_bias_f, &relu_backward_bias_d}; }
+MlpKernels mlp_kernels() { return {&relu_backward_bias_f, &relu_backward_bias_d, &relu_backward_bias_h}; }
 
 }  // namespace avx2
 }  // namespace cpu

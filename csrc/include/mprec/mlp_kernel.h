@@ -13,10 +13,14 @@ using ReluBackwardBiasF = void (*)(float* grad, const float* output, int64_t r0,
                                    float* sums);
 using ReluBackwardBiasD = void (*)(double* grad, const double* output, int64_t r0, int64_t r1, int64_t cols,
                                    double* sums);
+// bfloat16 grad and output (their bits), float sums.
+using ReluBackwardBiasH = void (*)(uint16_t* grad, const uint16_t* output, int64_t r0, int64_t r1, int64_t cols,
+                                   float* sums);
 
 struct MlpKernels {
   ReluBackwardBiasF relu_backward_bias_f;
   ReluBackwardBiasD relu_backward_bias_d;
+  ReluBackwardBiasH relu_backward_bias_h;
 };
 
 namespace avx512 { MlpKernels mlp_kernels(); }

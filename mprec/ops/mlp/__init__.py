@@ -188,8 +188,8 @@ def use_gemm_library(library: Optional[str]) -> Iterator[None]:
 # MLP (an activation inside it, which no caller sees): the tensor is that layer's alone, and its ReLU backward may
 # overwrite it (relu_backward_bias_).
 _PRIVATE = "_mprec_mlp_private"
-# relu_backward_bias_'s dtypes; bfloat16 (autocast) takes aten's two passes.
-_FUSED_BACKWARD_DTYPES = (torch.float32, torch.float64)
+# relu_backward_bias_'s dtypes.
+_FUSED_BACKWARD_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
 class _Linear(torch.autograd.Function):
@@ -237,15 +237,16 @@ def relu_backward_bias_(grad: Tensor, output: Tensor) -> Tensor:
     """The backward of ``relu(x @ weight.T + bias)`` before its products, in one pass: ``grad [B, N]`` becomes
     ``grad * (output > 0)`` in place (ReLU's backward, from the layer's output), and the result is its column sums
     ``[N]`` (the bias gradient), summed over fixed row blocks in order (the same bits at any thread count).
-    float32 or float64, CPU. Where aten's ``threshold_backward`` and ``sum`` read and write [B, N] three times
-    and fill a new buffer, this reads it once and writes it back while its lines are in cache."""
+    float32, float64 or bfloat16 (summed in float32), CPU. Where aten's ``threshold_backward`` and ``sum`` read
+    and write [B, N] three times and fill a new buffer, this reads it once and writes it back while its lines are
+    in cache."""
     return torch.ops.mprec.relu_backward_bias_(grad, output)
 
 
 def _check_relu_backward_bias(op: str, grad: Tensor, output: Tensor) -> None:
     """csrc/cpu/mlp.cpp's checks, in its order."""
     if grad.dtype not in _FUSED_BACKWARD_DTYPES:
-        raise ValueError(f"{op}: grad must be float32 or float64, got {dtype_name(grad.dtype)}")
+        raise ValueError(f"{op}: grad must be float32, float64 or bfloat16, got {dtype_name(grad.dtype)}")
     if output.dtype != grad.dtype:
         raise ValueError(f"{op}: output's dtype {dtype_name(output.dtype)} differs from grad's "
                          f"{dtype_name(grad.dtype)}")
