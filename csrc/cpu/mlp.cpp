@@ -29,8 +29,8 @@ Tensor relu_backward_bias_cpu(Tensor& grad, const Tensor& output_in) {
   const auto dtype = grad.scalar_type();
   TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16, op,
                     ": grad must be float32, float64 or bfloat16, got ", dtype);
-  TORCH_CHECK_VALUE(output_in.scalar_type() == grad.scalar_type(), op, ": output's dtype ",
-                    output_in.scalar_type(), " differs from grad's ", grad.scalar_type());
+  TORCH_CHECK_VALUE(output_in.scalar_type() == dtype, op, ": output's dtype ", output_in.scalar_type(),
+                    " differs from grad's ", dtype);
   TORCH_CHECK_VALUE(grad.dim() == 2, op, ": grad must be [B, N], got shape ", grad.sizes());
   TORCH_CHECK_VALUE(output_in.sizes() == grad.sizes(), op, ": output's shape ", output_in.sizes(),
                     " differs from grad's ", grad.sizes());
