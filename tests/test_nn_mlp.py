@@ -1,5 +1,6 @@
-"""mprec.ops.mlp.linear (each product on oneDNN or BLAS, measured or fixed, + activation for inference and training;
-F.linear + activation elsewhere) and mprec.nn.MLP against plain torch; mprec.memory.empty (tables on 2 MiB pages)."""
+"""mprec.ops.mlp.linear and linear_stack (each product on oneDNN or BLAS, measured or fixed, + activation for
+inference and training; F.linear + activation elsewhere) and mprec.nn.MLP against plain torch; mprec.memory.empty
+(tables on 2 MiB pages)."""
 
 import pytest
 import torch
@@ -80,7 +81,7 @@ def test_linear_training_path_matches_float64(gemm, activation, bias, shape):
     w = (torch.randn(N, K) / K ** 0.5).requires_grad_()
     b = torch.randn(N, requires_grad=True) if bias else None
     y = linear(x, w, b, activation)
-    assert type(y.grad_fn).__name__ == "_LinearBackward"
+    assert type(y.grad_fn).__name__ == "_StackBackward"  # mprec's products, not F.linear's
     g = torch.randn(B, N)
     got = torch.autograd.grad(y, [t for t in (x, w, b) if t is not None], g)
     want_y, want = _reference_grads(x, w, b, activation, g)
@@ -217,6 +218,70 @@ def test_gemm_library_errors(monkeypatch):
 def test_linear_rejects_unknown_activation():
     with pytest.raises(ValueError, match=r"mprec.ops.linear: activation must be one of \('none', 'relu'\), got 'gelu'"):
         linear(torch.randn(2, 3), torch.randn(4, 3), None, "gelu")
+
+
+def _stack_reference(x, weights, biases, activations, g):
+    """The stack in float64 F.linear and ReLU, with the gradients of every input that requires one."""
+    leaves = [t.detach().double().requires_grad_(t.requires_grad) if t is not None else None
+              for t in (x, *weights, *biases)]
+    n = len(weights)
+    y = leaves[0]
+    for w, b, activation in zip(leaves[1:1 + n], leaves[1 + n:], activations):
+        y = F.linear(y, w, b)
+        y = y.relu() if activation == "relu" else y
+    wanted = [t for t in leaves if t is not None and t.requires_grad]
+    return y, dict(zip([id(t) for t in (x, *weights, *biases) if t is not None and t.requires_grad],
+                        torch.autograd.grad(y, wanted, g.double())))
+
+
+@pytest.mark.parametrize("frozen", ["none", "input", "first layer and input", "middle layer"])
+@pytest.mark.parametrize("activations", [("relu", "relu", "none"), ("relu", "none", "relu"), ("none", "none", "none")])
+def test_linear_stack_is_one_node_with_every_gradient_of_its_layers(gemm, activations, frozen):
+    """Any mix of activations, a layer without bias, and inputs or layers that need no gradient, against float64."""
+    torch.manual_seed(len(frozen))
+    widths = [37, 129, 1, 16]
+    x = torch.randn(70, widths[0], requires_grad=frozen not in ("input", "first layer and input"))
+    weights = [(torch.randn(n, k) / k ** 0.5).requires_grad_() for k, n in zip(widths[:-1], widths[1:])]
+    biases = [torch.randn(widths[1], requires_grad=True), None, torch.randn(widths[3], requires_grad=True)]
+    frozen_layer = {"first layer and input": 0, "middle layer": 1}.get(frozen)
+    if frozen_layer is not None:
+        weights[frozen_layer].requires_grad_(False)
+        if biases[frozen_layer] is not None:
+            biases[frozen_layer].requires_grad_(False)
+    y = mlp.linear_stack(x, weights, biases, activations)
+    assert type(y.grad_fn).__name__ == "_StackBackward"
+    g = torch.randn(70, widths[-1])
+    g_before = g.clone()
+    inputs = [t for t in (x, *weights, *biases) if t is not None and t.requires_grad]
+    got = torch.autograd.grad(y, inputs, g)
+    assert torch.equal(g, g_before)  # the caller's gradient is read, never written
+    want_y, want = _stack_reference(x, weights, biases, activations, g)
+    torch.testing.assert_close(y.double(), want_y, rtol=1e-5, atol=1e-5)
+    for t, a in zip(inputs, got):
+        e = want[id(t)]
+        assert a.dtype == torch.float32 and a.shape == t.shape
+        torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=1e-4 * (1 + e.abs().max().item()))
+
+
+def test_linear_stack_elsewhere_is_f_linear_layer_by_layer():
+    """float64 (and no layers at all) take F.linear and ReLU: the same values, exactly."""
+    torch.manual_seed(3)
+    x = torch.randn(9, 5, dtype=torch.float64, requires_grad=True)
+    layers = [nn.Linear(5, 7).double(), nn.Linear(7, 3).double()]
+    y = mlp.linear_stack(x, [m.weight for m in layers], [m.bias for m in layers], ["relu", "none"])
+    want = layers[1](torch.relu(layers[0](x)))
+    torch.testing.assert_close(y, want, rtol=0, atol=0)
+    assert mlp.linear_stack(x, [], [], []) is x
+
+
+def test_linear_stack_errors():
+    x, w = torch.randn(2, 3), torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"mprec.ops.linear_stack: weights, biases and activations must be as many, "
+                                         r"got 1, 2 and 1"):
+        mlp.linear_stack(x, [w], [None, None], ["relu"])
+    with pytest.raises(ValueError, match=r"mprec.ops.linear_stack: activation must be one of \('none', 'relu'\), "
+                                         r"got 'tanh'"):
+        mlp.linear_stack(x, [w], [None], ["tanh"])
 
 
 def test_mlp_is_a_sequential_with_the_same_function():

@@ -10,7 +10,7 @@ oracles are in ``tests/reference.py``, outside the library.
 
 from . import cache
 from .interaction import dlrm_interaction, dot_interaction
-from .mlp import gemm_choices, linear, relu_backward_bias_, use_gemm_library
+from .mlp import gemm_choices, linear, linear_stack, relu_backward_bias_, use_gemm_library
 from .dhe import (
     dhe_encode,
     dhe_encode_linear,
@@ -33,6 +33,7 @@ __all__ = [
     "dot_interaction",
     "dlrm_interaction",
     "linear",
+    "linear_stack",
     "relu_backward_bias_",
     "use_gemm_library",
     "gemm_choices",

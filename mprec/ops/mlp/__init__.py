@@ -8,11 +8,13 @@ this machine (:func:`gemm_library`):
   same pattern), with the activation applied to the GEMM's output tile while it is still in cache;
 - ``"blas"``: torch's ``addmm``/``mm`` (MKL in torch's x86 wheels), then the activation in place.
 
-The forward is one product; with autograd (training), :class:`_Linear` computes the input gradient as
-``grad @ weight`` and the weight gradient as ``grad.T @ x``, reading the transposes as strided views. Before
-them, a ReLU layer inside an MLP takes ReLU's backward and its bias gradient in one pass over a gradient only
-it holds (``mprec::relu_backward_bias_``, this family's op); elsewhere aten's ``threshold_backward`` and ``sum``.
-Under CPU autocast the products run in the autocast dtype, as ``F.linear``'s would.
+The forward is one product; with autograd (training), the input gradient is ``grad @ weight`` and the weight
+gradient ``grad.T @ x``, reading the transposes as strided views. :func:`linear_stack` runs several layers as one
+autograd node (:class:`mprec.nn.MLP`'s layers): the gradients between its layers are its own, so before the
+products each inner ReLU layer takes ReLU's backward and its bias gradient in one pass, in place
+(``mprec::relu_backward_bias_``, this family's op); the caller's gradient at the output takes aten's
+``threshold_backward`` and ``sum``. Under CPU autocast the products run in the autocast dtype, as ``F.linear``'s
+would.
 
 Why measure: neither library wins everywhere. MKL runs its AVX2 kernels on AMD CPUs, so on AVX-512 EPYCs
 oneDNN (which dispatches on the ISA alone) is up to twice as fast; on AVX2-only CPUs both run AVX2 and
@@ -34,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -45,8 +47,8 @@ from ...timing import fastest
 from ..arguments import register_fake
 from ..spelling import dtype_name, sizes
 
-__all__ = ["linear", "relu_backward_bias_", "ACTIVATIONS", "GEMM_LIBRARIES", "WEIGHT_GRAD_WAYS", "gemm_library",
-           "gemm_choices", "product_ways", "restore_gemm_choices", "run_product", "use_gemm_library"]
+__all__ = ["linear", "linear_stack", "relu_backward_bias_", "ACTIVATIONS", "GEMM_LIBRARIES", "WEIGHT_GRAD_WAYS",
+           "gemm_library", "gemm_choices", "product_ways", "restore_gemm_choices", "run_product", "use_gemm_library"]
 
 ACTIVATIONS = ("none", "relu")
 GEMM_LIBRARIES = ("onednn", "blas")
@@ -184,53 +186,63 @@ def use_gemm_library(library: Optional[str]) -> Iterator[None]:
         _fixed_library = previous
 
 
-# The Python attribute that marks an input gradient a layer's backward computed for the previous layer of the same
-# MLP (an activation inside it, which no caller sees): the tensor is that layer's alone, and its ReLU backward may
-# overwrite it (relu_backward_bias_).
-_PRIVATE = "_mprec_mlp_private"
 # relu_backward_bias_'s dtypes.
 _FUSED_BACKWARD_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
-class _Linear(torch.autograd.Function):
-    """``activation(x @ weight.T + bias)`` with each of the three products on its library (2-D, one dtype).
-    ``private_input``: x is the output of the previous layer of the same MLP (see :data:`_PRIVATE`)."""
+class _Stack(torch.autograd.Function):
+    """Layers ``activation_i(x @ weight_i.T + bias_i)`` in order, each of their products on its library (2-D, one
+    dtype), as one autograd node: the activations and gradients between the layers are the node's own, so the
+    backward may overwrite them (:func:`relu_backward_bias_`) and pays autograd's per-node cost once per stack."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str,
-                private_input: bool = False) -> Tensor:
-        y = _product("forward", x, weight, activation, bias)
-        relu = activation == "relu"
-        # ReLU's backward needs only its output (y > 0), so x is the one activation kept per layer.
-        ctx.save_for_backward(x, weight, y if relu else None)
-        ctx.relu = relu
-        ctx.has_bias = bias is not None
-        ctx.private_input = private_input
-        return y
+    def forward(ctx, x: Tensor, activations: tuple, *params: Optional[Tensor]) -> Tensor:
+        n = len(activations)
+        weights, biases = params[:n], params[n:]
+        # ReLU's backward needs only its output (y > 0), so the input and each layer's output are all it keeps.
+        outputs = [x]
+        for weight, bias, activation in zip(weights, biases, activations):
+            outputs.append(_product("forward", outputs[-1], weight, activation, bias))
+        ctx.save_for_backward(*outputs, *weights)
+        ctx.activations = activations
+        ctx.has_bias = tuple(bias is not None for bias in biases)
+        return outputs[-1]
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, weight, y = ctx.saved_tensors
-        grad_b = None
-        if ctx.relu and getattr(grad, _PRIVATE, False) and grad.dtype in _FUSED_BACKWARD_DTYPES \
-                and not torch.is_grad_enabled():
-            # One pass, in place, for ReLU's backward and the bias gradient.
-            grad_b = relu_backward_bias_(grad, y)
-        else:
-            if not grad.is_contiguous():
-                grad = grad.contiguous()
-            if ctx.relu:
-                grad = torch.ops.aten.threshold_backward(grad, y, 0)
-            if ctx.has_bias and ctx.needs_input_grad[2]:
-                grad_b = grad.sum(0)
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _product("input_grad", grad, weight.t())
-            if ctx.private_input:
-                setattr(grad_x, _PRIVATE, True)
-        if ctx.needs_input_grad[1]:
-            grad_w = _product("weight_grad", grad.t(), x.t())
-        return grad_x, grad_w, grad_b if ctx.has_bias and ctx.needs_input_grad[2] else None, None, None
+        activations = ctx.activations
+        n = len(activations)
+        saved = ctx.saved_tensors
+        outputs, weights = saved[:n + 1], saved[n + 1:]
+        needs = ctx.needs_input_grad  # x, activations, weights..., biases...
+        grad_weights: list[Optional[Tensor]] = [None] * n
+        grad_biases: list[Optional[Tensor]] = [None] * n
+        # Whether anything before layer i needs a gradient, i.e. whether layer i computes its input gradient.
+        below = [needs[0]]
+        for i in range(n - 1):
+            below.append(below[-1] or needs[2 + i] or needs[2 + n + i])
+        own = False  # whether grad is this node's (an input gradient it computed) rather than the caller's
+        for i in reversed(range(n)):
+            relu = activations[i] == "relu"
+            bias_grad = ctx.has_bias[i] and needs[2 + n + i]
+            if relu and own and grad.dtype in _FUSED_BACKWARD_DTYPES and not torch.is_grad_enabled():
+                # One pass, in place, for ReLU's backward and the bias gradient.
+                grad_biases[i] = relu_backward_bias_(grad, outputs[i + 1])
+            else:
+                if not grad.is_contiguous():
+                    grad = grad.contiguous()
+                if relu:
+                    grad = torch.ops.aten.threshold_backward(grad, outputs[i + 1], 0)
+                if bias_grad:
+                    grad_biases[i] = grad.sum(0)
+            if needs[2 + i]:
+                grad_weights[i] = _product("weight_grad", grad.t(), outputs[i].t())
+            if not below[i]:
+                break
+            grad = _product("input_grad", grad, weights[i].t())
+            own = True
+        return (grad if needs[0] else None, None, *grad_weights,
+                *(g if has else None for g, has in zip(grad_biases, ctx.has_bias)))
 
 
 def relu_backward_bias_(grad: Tensor, output: Tensor) -> Tensor:
@@ -262,25 +274,49 @@ def _relu_backward_bias_fake(grad, output):
     return grad.new_empty((grad.shape[1],))
 
 
-def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, activation: str = "none",
-           private_input: bool = False) -> Tensor:
-    """``activation(x @ weight.T + bias)`` (see the module's doc). ``private_input``: x is the output of the
-    previous ``linear`` of the same stack and nothing else reads it or its gradient (:class:`mprec.nn.MLP` says
-    so of its inner layers); the gradient computed for x may then be overwritten in place by that layer's
-    ReLU backward (:func:`relu_backward_bias_`)."""
+def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, activation: str = "none") -> Tensor:
+    """``activation(x @ weight.T + bias)`` (see the module's doc)."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"mprec.ops.linear: activation must be one of {ACTIVATIONS}, got {activation!r}")
-    if _HAS_FUSED and x.device.type == "cpu" and weight.device.type == "cpu" and x.dim() == 2 and x.shape[0] > 0:
+    return _layers(x, [weight], [bias], [activation])
+
+
+def linear_stack(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Optional[Tensor]],
+                 activations: Sequence[str]) -> Tensor:
+    """The layers ``activations[i](x @ weights[i].T + biases[i])`` in order (a bias may be None): what
+    :func:`linear` computes layer by layer, with the same products, but one autograd node for the stack. Its
+    backward pays autograd's per-node cost once, and takes ReLU's backward and the bias gradient of every layer
+    but the last in one pass over a gradient that only the node holds (:func:`relu_backward_bias_`); the
+    caller's gradient is never written. :class:`mprec.nn.MLP` runs its layers through it."""
+    if not len(weights) == len(biases) == len(activations):
+        raise ValueError(f"mprec.ops.linear_stack: weights, biases and activations must be as many, got "
+                         f"{len(weights)}, {len(biases)} and {len(activations)}")
+    for activation in activations:
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"mprec.ops.linear_stack: activation must be one of {ACTIVATIONS}, got {activation!r}")
+    return _layers(x, list(weights), list(biases), list(activations)) if weights else x
+
+
+def _layers(x: Tensor, weights: list, biases: list, activations: list) -> Tensor:
+    if _HAS_FUSED and x.device.type == "cpu" and x.dim() == 2 and x.shape[0] > 0 and \
+            all(w.device.type == "cpu" for w in weights):
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-        if dtype in _ONEDNN_DTYPES and weight.dtype in (torch.float32, torch.bfloat16):
+        if dtype in _ONEDNN_DTYPES and all(w.dtype in (torch.float32, torch.bfloat16) for w in weights):
             # The casts are autograd ops: gradients come back in each parameter's own dtype.
-            x, weight = x.to(dtype), weight.to(dtype)
-            bias = None if bias is None else bias.to(dtype)
-            needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                                      or (bias is not None and bias.requires_grad))
+            x = x.to(dtype)
+            weights = [w.to(dtype) for w in weights]
+            biases = [None if b is None else b.to(dtype) for b in biases]
+            needs_grad = torch.is_grad_enabled() and (
+                x.requires_grad or any(w.requires_grad for w in weights)
+                or any(b is not None and b.requires_grad for b in biases))
             with torch.autocast("cpu", enabled=False):
                 if not needs_grad:
-                    return _product("forward", x, weight, activation, bias)
-                return _Linear.apply(x.contiguous(), weight.contiguous(), bias, activation, private_input)
-    y = F.linear(x, weight, bias)
-    return torch.relu_(y) if activation == "relu" else y
+                    for weight, bias, activation in zip(weights, biases, activations):
+                        x = _product("forward", x, weight, activation, bias)
+                    return x
+                return _Stack.apply(x.contiguous(), tuple(activations), *(w.contiguous() for w in weights), *biases)
+    for weight, bias, activation in zip(weights, biases, activations):
+        x = F.linear(x, weight, bias)
+        if activation == "relu":
+            x = torch.relu_(x)
+    return x
