@@ -251,6 +251,26 @@ def test_dlrm_reads_the_collection_by_key():
     torch.testing.assert_close(model(dense, features), want)
 
 
+@pytest.mark.parametrize("widths", [[4, 4, 4, 4], [4, 1, 4, 3]])
+def test_keyed_values_reorders_vectors_and_their_gradients(widths):
+    """A KeyedTensor's vectors in another key order (one gather where all are as wide, else per key): the same
+    values and gradients as concatenating them by key, in float64."""
+    from mprec.models.dlrm import keyed_values
+
+    g = torch.Generator().manual_seed(len(set(widths)))
+    keys = ["a", "b", "c", "d"]
+    values = torch.randn(5, sum(widths), dtype=torch.float64, generator=g, requires_grad=True)
+    keyed = torchrec.KeyedTensor(keys=keys, length_per_key=widths, values=values)
+    order = ["c", "a", "d", "b"]
+    got = keyed_values(keyed, order)
+    columns = dict(zip(keys, values.split(widths, dim=1)))
+    want = torch.cat([columns[k] for k in order], dim=1)
+    assert torch.equal(got, want)
+    assert keyed_values(keyed, keys) is values
+    grad = torch.randn(want.shape, dtype=torch.float64, generator=g)
+    assert torch.equal(torch.autograd.grad(got, values, grad)[0], torch.autograd.grad(want, values, grad)[0])
+
+
 def test_mprec_works_without_torchrec():
     code = """
 import sys

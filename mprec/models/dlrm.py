@@ -54,10 +54,37 @@ def feature_names(num_features: int) -> list[str]:
 
 def keyed_values(keyed, keys: Sequence[str]) -> Tensor:
     """The columns of a ``torchrec.KeyedTensor`` (or an awaitable of one) in the order of ``keys``."""
-    if list(keyed.keys()) == list(keys):
+    have, keys = list(keyed.keys()), list(keys)
+    if have == keys:
         return keyed.values()
+    widths = keyed.length_per_key()
+    if sorted(have) == sorted(keys) and len(set(widths)) == 1:
+        # A sharded collection's keys in another order (rank by rank), all as wide: one gather of whole vectors,
+        # where splitting into keys and concatenating them copied twice as slowly, and its backward as slowly.
+        position = {k: i for i, k in enumerate(have)}
+        return _PermuteVectors.apply(keyed.values(), [position[k] for k in keys], widths[0])
     by_key = keyed.to_dict()
     return torch.cat([by_key[k] for k in keys], dim=1)
+
+
+class _PermuteVectors(torch.autograd.Function):
+    """``values [B, K * width]`` with its K vectors in the order ``order`` (a permutation); the backward puts the
+    gradient's vectors back by the inverse permutation."""
+
+    @staticmethod
+    def forward(ctx, values: Tensor, order: list, width: int) -> Tensor:
+        index = torch.tensor(order, device=values.device)
+        ctx.inverse, ctx.width = torch.argsort(index), width
+        return _gather_vectors(values, index, width)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return _gather_vectors(grad, ctx.inverse, ctx.width), None, None
+
+
+def _gather_vectors(values: Tensor, index: Tensor, width: int) -> Tensor:
+    rows = values.shape[0]
+    return values.reshape(rows, -1, width).index_select(1, index).reshape(rows, -1)
 
 
 # torch.fx records this call whole rather than tracing into it: TorchRec's train pipelines trace the model
