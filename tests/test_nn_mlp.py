@@ -263,6 +263,20 @@ def test_linear_stack_is_one_node_with_every_gradient_of_its_layers(gemm, activa
         torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=1e-4 * (1 + e.abs().max().item()))
 
 
+def test_linear_stack_output_without_activation_may_be_changed_in_place():
+    """As after F.linear: the backward does not read a last output that no ReLU follows."""
+    torch.manual_seed(4)
+    x = torch.randn(30, 8)
+    layers = [nn.Linear(8, 16), nn.Linear(16, 4)]
+    y = mlp.linear_stack(x, [m.weight for m in layers], [m.bias for m in layers], ["relu", "none"])
+    y.mul_(3.0)
+    y.sum().backward()
+    want = 3.0 * layers[1](torch.relu(layers[0](x)))
+    grads = torch.autograd.grad(want.sum(), [m.weight for m in layers])
+    for m, g in zip(layers, grads):
+        torch.testing.assert_close(m.weight.grad, g, rtol=1e-4, atol=1e-4)
+
+
 def test_linear_stack_elsewhere_is_f_linear_layer_by_layer():
     """float64 (and no layers at all) take F.linear and ReLU: the same values, exactly."""
     torch.manual_seed(3)

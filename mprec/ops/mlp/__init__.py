@@ -199,11 +199,13 @@ class _Stack(torch.autograd.Function):
     def forward(ctx, x: Tensor, activations: tuple, *params: Optional[Tensor]) -> Tensor:
         n = len(activations)
         weights, biases = params[:n], params[n:]
-        # ReLU's backward needs only its output (y > 0), so the input and each layer's output are all it keeps.
+        # ReLU's backward needs only its output (y > 0), so the input and each layer's output are all it keeps. The
+        # last output is the caller's: kept only behind a ReLU, so that the caller may change it in place
+        # otherwise, as after F.linear.
         outputs = [x]
         for weight, bias, activation in zip(weights, biases, activations):
             outputs.append(_product("forward", outputs[-1], weight, activation, bias))
-        ctx.save_for_backward(*outputs, *weights)
+        ctx.save_for_backward(*outputs[:-1], outputs[-1] if activations[-1] == "relu" else None, *weights)
         ctx.activations = activations
         ctx.has_bias = tuple(bias is not None for bias in biases)
         return outputs[-1]
