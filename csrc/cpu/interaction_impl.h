@@ -7,9 +7,10 @@
 // block of one register's columns j, D broadcast multiply-adds of x[i][d] by the transposed row d
 // (full-width vector FMAs, no horizontal sums) into a [F][padded] scratch, whose strict lower triangle is
 // copied (and converted) to the output row by row.
-// Backward, one example at a time: the pair gradients are unfolded into the symmetric F x F matrix G
-// (zero diagonal), and grad row i = sum over j of G[i][j] x[j], accumulated over D in registers, several
-// rows at a time when D is narrow.
+// Backward, one example at a time: grad row i = sum over j of G[i][j] x[j], G the symmetric F x F matrix of the
+// pair gradients (zero diagonal), accumulated over D in registers, several rows at a time when D is narrow. For
+// the common widths the rows read the pair gradients where they are (gradient_from_pairs); other widths unfold G
+// into scratch first.
 // Every sum runs in a fixed order per example, so results do not depend on the batch or the thread count.
 
 // Lanes of T in one register. Vectors wider than the ISA's registers are legal GCC but compile to spills
@@ -183,22 +184,56 @@ void forward_fixed(const InteractionArgs& a, int64_t b0, int64_t b1, T* scratch)
 constexpr int64_t gradient_row_group(int64_t vectors) { return vectors <= 2 ? 4 : (vectors <= 4 ? 2 : 1); }
 static_assert(gradient_row_group(1) <= kInteractionRowGroup, "interaction_scratch leaves room for the group");
 
-// grad row i = sum over j of G[i][j] x[j]; R rows at a time, each row kDim / kLanes vectors held in registers.
-template <typename T, int64_t kDim>
-inline void gradient_rows(const T* g, const T* xs, int64_t features, int64_t i0, T* rows_out) {
+// Rows i0..i0+N-1 of the gradient (N at most the row group) from the pair gradients `pairs` (pair (i, j), j < i,
+// at i (i - 1) / 2 + j) and the features xs [F][kDim]: their terms from the columns j < i0 accumulate in registers,
+// and each of those pairs also adds its term to row j, read and written back once per group (row j was stored by
+// its own group before); then the pairs within the group and the zero diagonal term. Every row takes its terms
+// in the order of j, the diagonal included, as sum_j G[i][j] x[j] over the unfolded symmetric matrix G would:
+// the same bits, without building G.
+template <typename T, typename O, int64_t kDim, int64_t N>
+inline void gradient_group(const O* pairs, const T* xs, int64_t i0, T* rows) {
   using VT = typename Lanes<T>::type;
-  constexpr int64_t L = kLanes<T>, V = kDim / L, R = gradient_row_group(V);
-  VT acc[R][V] = {};
-  for (int64_t j = 0; j < features; ++j) {
-    VT x[V];
-    for (int64_t v = 0; v < V; ++v) x[v] = load_lanes(xs + j * kDim + v * L);
-    for (int64_t r = 0; r < R; ++r) {
-      const T gij = g[(i0 + r) * features + j];
-      for (int64_t v = 0; v < V; ++v) acc[r][v] += gij * x[v];
+  constexpr int64_t L = kLanes<T>, V = kDim / L;
+  const O* own[N];  // row i0 + r of the triangle: its pairs with every j < i0 + r
+  for (int64_t r = 0; r < N; ++r) own[r] = pairs + (i0 + r) * (i0 + r - 1) / 2;
+  const T* xg = xs + i0 * kDim;  // the group's own features
+  VT acc[N][V] = {};
+  for (int64_t j = 0; j < i0; ++j) {
+    T c[N];
+    for (int64_t r = 0; r < N; ++r) c[r] = load_value(own[r][j]);
+    const T* xj = xs + j * kDim;
+    T* rj = rows + j * kDim;
+    for (int64_t v = 0; v < V; ++v) {
+      const VT x = load_lanes(xj + v * L);
+      VT t = load_lanes(rj + v * L);
+      for (int64_t r = 0; r < N; ++r) {
+        acc[r][v] += c[r] * x;
+        t += c[r] * load_lanes(xg + r * kDim + v * L);
+      }
+      store_lanes(rj + v * L, t);
     }
   }
-  for (int64_t r = 0; r < R; ++r)
-    for (int64_t v = 0; v < V; ++v) store_lanes(rows_out + r * kDim + v * L, acc[r][v]);
+  for (int64_t r = 0; r < N; ++r) {
+    for (int64_t k = 0; k < N; ++k) {  // column j = i0 + k
+      const T c = k < r ? load_value(own[r][i0 + k]) : (k == r ? T(0) : load_value(own[k][i0 + r]));
+      for (int64_t v = 0; v < V; ++v) acc[r][v] += c * load_lanes(xg + k * kDim + v * L);
+    }
+    for (int64_t v = 0; v < V; ++v) store_lanes(rows + (i0 + r) * kDim + v * L, acc[r][v]);
+  }
+}
+
+// Every gradient row of one example, R rows at a time (a short last group by its own size).
+template <typename T, typename O, int64_t kDim>
+inline void gradient_from_pairs(const O* pairs, const T* xs, int64_t features, T* rows) {
+  constexpr int64_t R = gradient_row_group(kDim / kLanes<T>);
+  int64_t i0 = 0;
+  for (; i0 + R <= features; i0 += R) gradient_group<T, O, kDim, R>(pairs, xs, i0, rows);
+  switch (features - i0) {
+    case 1: return gradient_group<T, O, kDim, 1>(pairs, xs, i0, rows);
+    case 2: if constexpr (R > 2) return gradient_group<T, O, kDim, 2>(pairs, xs, i0, rows); else return;
+    case 3: if constexpr (R > 3) return gradient_group<T, O, kDim, 3>(pairs, xs, i0, rows); else return;
+    default: return;
+  }
 }
 
 template <typename T, typename S0, typename S1, typename O, int64_t kDim>
@@ -217,18 +252,18 @@ void backward_fixed(const InteractionGradArgs& ga, int64_t b0, int64_t b1, T* sc
     const O* grad = static_cast<const O*>(ga.grad) + b * a.out_stride;
     const O* prefix = grad;
     if (a.copy_first) grad += dim;
-    int64_t p = 0;
-    for (int64_t i = 0; i < features; ++i) {
-      g[i * features + i] = T(0);
-      for (int64_t j = 0; j < i; ++j, ++p) {
-        const T v = load_value(grad[p]);
-        g[i * features + j] = v;
-        g[j * features + i] = v;
-      }
-    }
     if constexpr (kDim > 0 && kDim % kLanes<T> == 0) {
-      for (int64_t i0 = 0; i0 < features; i0 += R) gradient_rows<T, kDim>(g, xs, features, i0, rows + i0 * dim);
+      gradient_from_pairs<T, O, kDim>(grad, xs, features, rows);
     } else {
+      int64_t p = 0;
+      for (int64_t i = 0; i < features; ++i) {
+        g[i * features + i] = T(0);
+        for (int64_t j = 0; j < i; ++j, ++p) {
+          const T v = load_value(grad[p]);
+          g[i * features + j] = v;
+          g[j * features + i] = v;
+        }
+      }
       for (int64_t i = 0; i < features; ++i) {
         T* acc = rows + i * dim;
 #pragma omp simd
