@@ -76,18 +76,23 @@ def test_only_looked_up_rows_change_and_empty_batches():
     assert torch.equal(w[0], empty)
 
 
-def test_independent_of_thread_count(num_threads):  # the fixture restores the thread count
-    weights, state, grad, indices, offsets, psw = case((32, 8), (50, 2000), 512, torch.float32, torch.int64, True,
+@pytest.mark.parametrize("optimizer", ["sgd", "rowwise_adagrad"])
+# Two tables: each table's rows split between the threads; six: whole tables per thread.
+@pytest.mark.parametrize("dims,rows", [((32, 8), (50, 2000)), ((8, 16, 1, 8, 4, 8), (30, 5, 900, 64, 7, 3000))])
+def test_independent_of_thread_count(num_threads, optimizer, dims, rows):  # the fixture restores the thread count
+    weights, state, grad, indices, offsets, psw = case(dims, rows, 512, torch.float32, torch.int64, True,
                                                        empty_fraction=0.0)
     results = []
-    for threads in (1, 2):
+    for threads in (1, 2, 3):
         torch.set_num_threads(threads)
-        w, s = [x.clone() for x in weights], [x.clone() for x in state]
+        w, s = [x.clone() for x in weights], [x.clone() for x in state] if optimizer == "rowwise_adagrad" else []
         batched_embedding_bag_update(w, s, grad.float(), indices, offsets, "sum", psw.float(),
-                                     optimizer="rowwise_adagrad", lr=0.1)
+                                     optimizer=optimizer, lr=0.1)
         results.append((w, s))
-    for a, b in zip(results[0][0] + results[0][1], results[1][0] + results[1][1]):
-        assert torch.equal(a, b)
+    assert not torch.equal(results[0][0][0], weights[0])
+    for other in results[1:]:
+        for a, b in zip(results[0][0] + results[0][1], other[0] + other[1]):
+            assert torch.equal(a, b)
 
 
 def test_errors_leave_tables_unchanged():

@@ -661,10 +661,11 @@ Tensor dequantize_rowwise_int8_cpu(const Tensor& qweight, const Tensor& scale_bi
 }  // namespace
 
 // --- fused optimizers -----------------------------------------------------------------------------------
-// Backward and optimizer step in one pass, as FBGEMM's TBE trains: no [rows, D] gradient exists. Each
-// table's lookups are grouped by row (hashing, then a stable counting sort, O(lookups)); each distinct row
-// sums its contributions in lookup order and is updated once, by one thread, so the result does not
-// depend on the thread count.
+// Backward and optimizer step in one pass, as FBGEMM's TBE trains: no [rows, D] gradient exists. SGD on
+// float32 / float64 tables applies each lookup's contribution to its row in lookup order (sgd_in_lookup_order).
+// Otherwise each table's lookups are grouped by row (hashing, then a stable counting sort, O(lookups)); each
+// distinct row sums its contributions in lookup order and is updated once. Either way a row is updated by one
+// thread, in lookup order, so the result does not depend on the thread count.
 //   sgd:              w[r] -= lr * g[r]
 //   rowwise_adagrad:  s[r] += mean_d(g[r]^2);  w[r] -= lr * g[r] / (sqrt(s[r]) + eps)   (FBGEMM's row-wise
 //                     Adagrad: one accumulator per row)
@@ -732,6 +733,55 @@ RowGroups<acc_t> group_lookups(const BagReader<IT>& reader, const Layout& layout
   return out;
 }
 
+// Lookups ahead whose weight rows sgd_in_lookup_order prefetches (for writing): as in the pooling loop, the rows
+// are random lines of tables far larger than the caches.
+constexpr int64_t kSgdPrefetchLookups = 16;
+
+// Every lookup of table t checked (offsets and rows), as group_lookups checks them, before any row changes.
+template <typename IT>
+void check_lookups(const BagReader<IT>& reader, const Layout& layout, int64_t t) {
+  const int64_t base = t * layout.bags;
+  for (int64_t b = 0; b < layout.bags; ++b) {
+    const auto [start, end] = reader.bounds(base + b);
+    for (int64_t i = start; i < end; ++i) reader.row(i, t);
+  }
+}
+
+// SGD on a float32 or float64 table, rows r0..r1 (checked lookups): the step is linear in the gradient, so each
+// lookup's contribution goes to its row in lookup order, w[r] -= lr * scale * g[bag], with no grouping by row:
+// the same sum as one update per row of the summed contributions, rounded after each term. Grouping (hashing
+// and sorting every lookup) took about as long as the updates themselves.
+template <typename IT, typename acc_t>
+void sgd_in_lookup_order(const BagReader<IT>& reader, const Layout& layout, PoolMode mode, const acc_t* psw,
+                         const acc_t* gp, int64_t total_dim, const Table& table, int64_t t, acc_t lr, int64_t r0,
+                         int64_t r1) {
+  acc_t* w = table.weight.data_ptr<acc_t>();
+  const int64_t dim = table.dim;
+  const int64_t base = t * layout.bags;
+  const int64_t last = layout.bags ? reader.bounds(base + layout.bags - 1).second : 0;
+  const uintptr_t rows = reinterpret_cast<uintptr_t>(w);
+  const uintptr_t row_bytes = static_cast<uintptr_t>(dim) * sizeof(acc_t);
+  const int64_t lines = std::min<int64_t>((dim * static_cast<int64_t>(sizeof(acc_t)) + 63) / 64, 4);
+  for (int64_t b = 0; b < layout.bags; ++b) {
+    const auto [start, end] = reader.bounds(base + b);
+    const int64_t count = mode == PoolMode::kMean ? reader.count(base + b, t) : 0;
+    const acc_t* grow = gp + b * total_dim + table.col;
+    for (int64_t i = start; i < end; ++i) {
+      if (i + kSgdPrefetchLookups < last) {
+        // An unchecked address: a prefetch never faults, and the lookup is checked when its turn comes.
+        const char* ahead = reinterpret_cast<const char*>(
+            rows + static_cast<uintptr_t>(reader.indices[i + kSgdPrefetchLookups]) * row_bytes);
+        for (int64_t line = 0; line < lines; ++line) __builtin_prefetch(ahead + 64 * line, 1, 3);
+      }
+      const int64_t r = reader.row(i, t);
+      if (r < r0 || r >= r1) continue;  // the padding row (-1) or another thread's
+      const acc_t step = lr * lookup_scale(mode, psw, i, count);
+      acc_t* row = w + r * dim;
+      for (int64_t d = 0; d < dim; ++d) row[d] -= step * grow[d];
+    }
+  }
+}
+
 // Groups ahead whose weight rows are prefetched while a group is summed: the rows are random lines of
 // tables far larger than the caches, and without it every update waits on a miss.
 constexpr int64_t kUpdatePrefetchGroups = 8;
@@ -747,7 +797,12 @@ void fused_update(const char* op, const Tensor& grad, const std::vector<Table>& 
   const acc_t* psw_ptr = psw.defined() ? psw.data_ptr<acc_t>() : nullptr;
   BagReader<IT> reader(op, layout, tables);
   const int64_t num_tables = static_cast<int64_t>(tables.size());
-  // Every table's lookups, validated and grouped (tables in parallel) before any row changes, so a bad
+  // SGD on float32 / float64 tables applies each lookup in turn (sgd_in_lookup_order); the other cases group the
+  // lookups by row, so that each row is updated once (one rounding of a bf16 / fp16 row, one accumulator step of
+  // row-wise Adagrad).
+  bool in_lookup_order = optimizer == FusedOptimizer::kSgd;
+  for (const Table& table : tables) in_lookup_order = in_lookup_order && table.weight.scalar_type() == g.scalar_type();
+  // Every table's lookups, validated (and grouped) with tables in parallel before any row changes, so a bad
   // index or offset leaves every table as it was. The error reported is the first table's with one, as
   // a serial pass would find.
   std::vector<RowGroups<acc_t>> grouped(num_tables);
@@ -755,7 +810,8 @@ void fused_update(const char* op, const Tensor& grad, const std::vector<Table>& 
   at::parallel_for(0, num_tables, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       try {
-        grouped[t] = group_lookups<IT, acc_t>(reader, layout, mode, psw_ptr, t);
+        if (in_lookup_order) check_lookups<IT>(reader, layout, t);
+        else grouped[t] = group_lookups<IT, acc_t>(reader, layout, mode, psw_ptr, t);
       } catch (...) {
         errors[t] = std::current_exception();
       }
@@ -764,9 +820,31 @@ void fused_update(const char* op, const Tensor& grad, const std::vector<Table>& 
   for (const auto& e : errors)
     if (e) std::rethrow_exception(e);
   // With many tables (DLRM's 26) each thread takes whole tables; with few, the rows of one table are split
-  // over threads. Either way a row is updated by one thread, summing its lookups in lookup order, so the
+  // over threads. Either way a row is updated by one thread, taking its lookups in lookup order, so the
   // result does not depend on the thread count.
   const bool split_tables = num_tables >= 2 * at::get_num_threads();
+  if (in_lookup_order) {
+    const acc_t step = static_cast<acc_t>(lr);
+    if (split_tables) {
+      at::parallel_for(0, num_tables, 1, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t)
+          sgd_in_lookup_order<IT, acc_t>(reader, layout, mode, psw_ptr, gp, total_dim, tables[t], t, step, 0,
+                                         tables[t].num_rows);
+      });
+    } else {
+      // Each thread owns a range of the table's rows and scans every lookup.
+      for (int64_t t = 0; t < num_tables; ++t) {
+        const int64_t threads = at::get_num_threads();
+        const int64_t rows = tables[t].num_rows;
+        at::parallel_for(0, threads, 1, [&](int64_t p0, int64_t p1) {
+          for (int64_t p = p0; p < p1; ++p)
+            sgd_in_lookup_order<IT, acc_t>(reader, layout, mode, psw_ptr, gp, total_dim, tables[t], t, step,
+                                           rows * p / threads, rows * (p + 1) / threads);
+        });
+      }
+    }
+    return;
+  }
   auto update_table = [&](int64_t t) {
     const Table& table = tables[t];
     const RowGroups<acc_t>& rg = grouped[t];

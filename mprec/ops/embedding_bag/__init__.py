@@ -533,7 +533,9 @@ def batched_embedding_bag_update(
 
     ``optimizer="sgd"``: ``w[r] -= lr * g[r]`` (``state`` empty). ``"rowwise_adagrad"``: one accumulator per
     row in ``state[t]`` (float32, float64 for float64 tables): ``s[r] += mean(g[r]^2)``,
-    ``w[r] -= lr * g[r] / (sqrt(s[r]) + eps)``. Only rows the batch looks up change. Modes sum and mean.
+    ``w[r] -= lr * g[r] / (sqrt(s[r]) + eps)``. Only rows the batch looks up change. Modes sum and mean. On the
+    CPU, SGD on float32 / float64 tables subtracts each lookup's term from its row in lookup order (the same sum,
+    rounded term by term); elsewhere each row's terms are summed and the row updated once.
     """
     op = "mprec::batched_embedding_bag_update"
     weights = list(weights)
