@@ -58,8 +58,14 @@ Tensor relu_backward_bias_cpu(Tensor& grad, const Tensor& output_in) {
     }
   });
   if (!work.is_same(grad)) grad.copy_(work);
+  // The blocks' sums added in block order, in a plain loop: a tensor op per block cost more than the pass itself.
   Tensor sums = at::zeros({cols}, partial.options());
-  for (int64_t b = 0; b < blocks; ++b) sums.add_(partial[b]);  // in block order
+  const auto add_blocks = [&](auto* total, const auto* parts) {
+    for (int64_t b = 0; b < blocks; ++b)
+      for (int64_t c = 0; c < cols; ++c) total[c] += parts[b * cols + c];
+  };
+  if (partial.scalar_type() == at::kDouble) add_blocks(sums.data_ptr<double>(), partial.data_ptr<double>());
+  else add_blocks(sums.data_ptr<float>(), partial.data_ptr<float>());
   return sums.to(dtype);
 }
 
