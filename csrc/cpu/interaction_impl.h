@@ -151,7 +151,36 @@ void forward_fixed(const InteractionArgs& a, int64_t b0, int64_t b1, T* scratch)
       // Rows i0..i0+3 against the columns they need (the longest, i0 + 3, needs 0..i0+2). Rows past F in a
       // short last group multiply zero columns and are never stored.
       const int64_t need = i0 + kRowGroup - 1 < features ? i0 + kRowGroup - 1 : features - 1;
-      for (int64_t jb = 0; jb < need; jb += kLanes<T>) {
+      int64_t jb = 0;
+      // Two blocks of columns at a time where both are needed: each broadcast serves two FMAs, and the loads
+      // (a broadcast per row per d, one per block) bound this loop. Each dot product still sums over d in
+      // order, so the bits are those of one block at a time.
+      for (; jb + kLanes<T> < need; jb += 2 * kLanes<T>) {
+        VT a0 = {}, a1 = {}, a2 = {}, a3 = {}, b0 = {}, b1 = {}, b2 = {}, b3 = {};
+        for (int64_t d = 0; d < dim; ++d) {
+          const T* col = xt + d * padded;
+          const VT c = load_lanes(col + jb), e = load_lanes(col + jb + kLanes<T>);
+          const T x0 = col[i0], x1 = col[i0 + 1], x2 = col[i0 + 2], x3 = col[i0 + 3];
+          a0 += x0 * c;
+          b0 += x0 * e;
+          a1 += x1 * c;
+          b1 += x1 * e;
+          a2 += x2 * c;
+          b2 += x2 * e;
+          a3 += x3 * c;
+          b3 += x3 * e;
+        }
+        T* t = tri + i0 * padded + jb;
+        store_lanes(t, a0);
+        store_lanes(t + kLanes<T>, b0);
+        store_lanes(t + padded, a1);
+        store_lanes(t + padded + kLanes<T>, b1);
+        store_lanes(t + 2 * padded, a2);
+        store_lanes(t + 2 * padded + kLanes<T>, b2);
+        store_lanes(t + 3 * padded, a3);
+        store_lanes(t + 3 * padded + kLanes<T>, b3);
+      }
+      for (; jb < need; jb += kLanes<T>) {
         VT a0 = {}, a1 = {}, a2 = {}, a3 = {};
         for (int64_t d = 0; d < dim; ++d) {
           const T* col = xt + d * padded;
