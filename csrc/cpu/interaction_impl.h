@@ -208,10 +208,8 @@ void forward_fixed(const InteractionArgs& a, int64_t b0, int64_t b1, T* scratch)
 
 // Gradient rows computed together for a row of V vectors: narrow rows are one or two vectors, too few
 // independent FMA chains alone; wide rows are several vectors each already, and grouping them would run
-// out of registers (R * V accumulators, at most 8). At most kInteractionRowGroup, which the scratch size
-// allows for.
+// out of registers (R * V accumulators, at most 8).
 constexpr int64_t gradient_row_group(int64_t vectors) { return vectors <= 2 ? 4 : (vectors <= 4 ? 2 : 1); }
-static_assert(gradient_row_group(1) <= kInteractionRowGroup, "interaction_scratch leaves room for the group");
 
 // Rows i0..i0+N-1 of the gradient (N at most the row group) from the pair gradients `pairs` (pair (i, j), j < i,
 // at i (i - 1) / 2 + j) and the features xs [F][kDim]: their terms from the columns j < i0 accumulate in registers,
@@ -269,13 +267,11 @@ template <typename T, typename S0, typename S1, typename O, int64_t kDim>
 void backward_fixed(const InteractionGradArgs& ga, int64_t b0, int64_t b1, T* scratch) {
   const InteractionArgs& a = ga.fwd;
   const int64_t dim = kDim > 0 ? kDim : a.dim, features = a.features;
-  constexpr int64_t R = kDim > 0 && kDim % kLanes<T> == 0 ? gradient_row_group(kDim / kLanes<T>) : 1;
-  // [F][D] features, then [F + R][F] pair gradients (symmetric, zero diagonal, rows past F zero), then the
-  // gradient rows [F + R][D].
+  // [F][D] features, then [F][F] pair gradients (unfolded for the widths without a kernel of their own), then
+  // the gradient rows [F][D].
   T* xs = scratch;
   T* g = xs + features * dim;
-  T* rows = g + (features + R) * features;
-  for (int64_t k = features * features; k < (features + R) * features; ++k) g[k] = T(0);
+  T* rows = g + features * features;
   for (int64_t b = b0; b < b1; ++b) {
     load_example<T, S0, S1>(a, b, dim, xs);
     const O* grad = static_cast<const O*>(ga.grad) + b * a.out_stride;

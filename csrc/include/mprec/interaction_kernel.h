@@ -46,12 +46,12 @@ inline int64_t interaction_padded_columns(int64_t features) {
 }
 
 // Scratch elements (float or double) one thread needs, forward or backward: [D][padded] transposed
-// features and [F + group][padded] dot products, or [F][D] features, [F + group][F] pair gradients and
-// [F + group][D] gradient rows.
+// features and [F + group][padded] dot products, or [F][D] features, [F][F] pair gradients and [F][D]
+// gradient rows.
 inline int64_t interaction_scratch(int64_t features, int64_t dim) {
   const int64_t padded = interaction_padded_columns(features);
   const int64_t forward = (dim + features + kInteractionRowGroup) * padded;
-  const int64_t backward = features * dim + (features + kInteractionRowGroup) * (features + dim);
+  const int64_t backward = features * dim + features * (features + dim);
   return forward > backward ? forward : backward;
 }
 
