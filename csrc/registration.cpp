@@ -121,9 +121,11 @@ TORCH_LIBRARY(mprec, m) {
   // dense [B, D], sparse [B, T * D] or [B, T, D] -> [B, W] = cat([dense, dot_interaction of the T + 1
   // features], zeros), W = D + (T + 1) T / 2 rounded up to a multiple of pad_to: DLRM's top-MLP input in
   // one pass. Each input is read in its own dtype (bfloat16 from a bf16 bottom MLP, float32 from the
-  // tables); the output has dense's.
-  m.def("dlrm_interaction(Tensor dense, Tensor sparse, int pad_to=1) -> Tensor");
-  m.def("dlrm_interaction_backward(Tensor grad, Tensor dense, Tensor sparse, int pad_to=1) -> (Tensor, Tensor)");
+  // tables); the output has dense's. With an order (a permutation of 0..T-1), table t is sparse's vector
+  // order[t], and the backward writes its gradient there.
+  m.def("dlrm_interaction(Tensor dense, Tensor sparse, int pad_to=1, int[]? order=None) -> Tensor");
+  m.def("dlrm_interaction_backward(Tensor grad, Tensor dense, Tensor sparse, int pad_to=1, int[]? order=None) -> "
+        "(Tensor, Tensor)");
 
   // -- data: the Criteo TSV format ----------------------------------------------------------------------------
   // (labels float32 [N], dense float32 [N, num_dense] = log(1 + max(x, 0)), sparse int64 [N, num_sparse] from

@@ -193,6 +193,15 @@ def argument(name: str, op: str, s: Sizes, rng: random.Random):
         return _floats(rng, (s.B, s.D), s.float)
     if name == "pad_to":
         return rng.choice((1, 2, 8, 0, -1))
+    if name == "order":  # the interaction's table order: none, a permutation, or one that repeats, misses or overruns
+        if rng.random() < 0.4:
+            return None
+        order = rng.sample(range(s.T), s.T)
+        if order and rng.random() < 0.3:
+            order[rng.randrange(len(order))] = rng.choice((-1, s.T, order[0], rng.choice(EXTREME_INTS)))
+        if rng.random() < 0.1:
+            order = order[:-1] if order and rng.random() < 0.5 else order + [0]
+        return order
     if name == "data":
         return _criteo_bytes(rng)
     if name in ("num_dense", "num_sparse"):

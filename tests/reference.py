@@ -199,12 +199,14 @@ def dot_interaction_reference(x: Tensor) -> Tensor:
     return torch.bmm(x, x.transpose(1, 2))[:, rows, cols]
 
 
-def dlrm_interaction_reference(dense: Tensor, sparse: Tensor, pad_to: int = 1) -> Tensor:
+def dlrm_interaction_reference(dense: Tensor, sparse: Tensor, pad_to: int = 1, order=None) -> Tensor:
     """``cat([dense, pairs of cat([dense, sparse])])`` in the dtype of ``dense``, as the DLRM reference
-    writes its top-MLP input, then zero columns up to a multiple of ``pad_to``."""
+    writes its top-MLP input, then zero columns up to a multiple of ``pad_to``; with ``order``, sparse's
+    vectors taken in that order first."""
     B, D = dense.shape
     T = sparse.shape[1] if sparse.dim() == 3 else sparse.shape[1] // D
-    features = torch.cat([dense.unsqueeze(1), sparse.reshape(B, T, D).to(dense.dtype)], dim=1)
+    tables = sparse.reshape(B, T, D) if order is None else sparse.reshape(B, T, D)[:, list(order)]
+    features = torch.cat([dense.unsqueeze(1), tables.to(dense.dtype)], dim=1)
     out = torch.cat([dense, dot_interaction_reference(features)], dim=1)
     pad = -out.shape[1] % pad_to
     return torch.nn.functional.pad(out, (0, pad)) if pad else out

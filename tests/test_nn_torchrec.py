@@ -17,6 +17,7 @@ from torchrec import EmbeddingBagConfig, KeyedJaggedTensor, PoolingType  # noqa:
 from torchrec.types import DataType  # noqa: E402
 
 from mprec.models import DLRM  # noqa: E402
+from mprec.ops import dlrm_interaction  # noqa: E402
 from mprec.nn import EmbeddingBagCollection, FusedOptimizer  # noqa: E402
 
 
@@ -269,6 +270,33 @@ def test_keyed_values_reorders_vectors_and_their_gradients(widths):
     assert keyed_values(keyed, keys) is values
     grad = torch.randn(want.shape, dtype=torch.float64, generator=g)
     assert torch.equal(torch.autograd.grad(got, values, grad)[0], torch.autograd.grad(want, values, grad)[0])
+
+
+@pytest.mark.parametrize("widths", [[4, 4, 4, 4], [4, 8, 4, 12], [4, 3, 5, 4]])
+def test_keyed_interaction_reads_vectors_in_place(widths):
+    """The interaction of a KeyedTensor's vectors in another key order (keys one or several vectors wide, as a
+    hybrid feature's two): the same values and gradients as interacting the vectors concatenated by key, in
+    float64, with no reordering copy where every key is whole vectors (else by that copy)."""
+    from mprec.models.dlrm import keyed_interaction, keyed_values, vector_order
+
+    g = torch.Generator().manual_seed(sum(widths))
+    keys = ["a", "b", "c", "d"]
+    values = torch.randn(5, sum(widths), dtype=torch.float64, generator=g, requires_grad=True)
+    dense = torch.randn(5, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    keyed = torchrec.KeyedTensor(keys=keys, length_per_key=widths, values=values)
+    order = ["c", "a", "d", "b"]
+    got = keyed_interaction(dense, keyed, order, 8)
+    want = dlrm_interaction(dense, keyed_values(keyed, order), 8)
+    assert torch.equal(got, want)
+    grad = torch.randn(want.shape, dtype=torch.float64, generator=g)
+    for a, b in zip(torch.autograd.grad(got, (dense, values), grad), torch.autograd.grad(want, (dense, values), grad)):
+        assert torch.equal(a, b)
+    whole = all(w % 4 == 0 for w in widths)
+    reads = got.grad_fn.next_functions[1][0]  # what the interaction's sparse input came from
+    assert (type(reads).__name__ == "AccumulateGrad") == whole  # in place: the leaf itself, no copy between
+    if widths == [4, 8, 4, 12]:  # vectors: a 0, b 1-2, c 3, d 4-6
+        assert vector_order(keyed, order, 4) == [3, 0, 4, 5, 6, 1, 2]
+    assert vector_order(keyed, keys, 4) is None
 
 
 def test_mprec_works_without_torchrec():

@@ -243,16 +243,18 @@ def test_dot_interaction(dtype, shape):
     (torch.float32, torch.float32), (torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16),
     (torch.float64, torch.float32), (torch.float16, torch.bfloat16), (torch.bfloat16, torch.bfloat16),
     (torch.float64, torch.float64)], ids=str)
-def test_dlrm_interaction(dense_dtype, sparse_dtype, shape, three_d, pad_to):
+@pytest.mark.parametrize("ordered", [False, True], ids=["in-order", "order"])
+def test_dlrm_interaction(dense_dtype, sparse_dtype, shape, three_d, pad_to, ordered):
     B, T, D = shape
     dense = torch.randn(B, D).to(dense_dtype)
     sparse = torch.randn(B, T, D).to(sparse_dtype)
     sparse = sparse if three_d else sparse.reshape(B, T * D)
-    out = cpu("dlrm_interaction", dense, sparse, pad_to)
-    assert_same(KERNELS["dlrm_interaction"](dense, sparse, pad_to), out)
+    order = list(range(T))[::-1] if ordered else None
+    out = cpu("dlrm_interaction", dense, sparse, pad_to, order)
+    assert_same(KERNELS["dlrm_interaction"](dense, sparse, pad_to, order), out)
     grad = torch.randn(out.shape).to(dense_dtype)
-    assert_same(KERNELS["dlrm_interaction_backward"](grad, dense, sparse, pad_to),
-                cpu("dlrm_interaction_backward", grad, dense, sparse, pad_to))
+    assert_same(KERNELS["dlrm_interaction_backward"](grad, dense, sparse, pad_to, order),
+                cpu("dlrm_interaction_backward", grad, dense, sparse, pad_to, order))
 
 
 # --- unique_ids ----------------------------------------------------------------------------------------------------
@@ -462,6 +464,9 @@ def test_interaction_errors():
     assert_same_error("dlrm_interaction_backward", torch.randn(4, 14), dense, sparse, 0)
     assert_same_error("dlrm_interaction_backward", torch.randn(4, 14), dense, sparse, 8)
     assert_same_error("dlrm_interaction_backward", torch.randn(4, 14).int(), dense, sparse, 1)
+    for order in ([0, 1], [0, 1, 2, 3], [2, 3, 0], [-1, 0, 1], [1, 1, 0]):
+        assert_same_error("dlrm_interaction", dense, sparse, 1, order)
+        assert_same_error("dlrm_interaction_backward", torch.randn(4, 14), dense, sparse, 1, order)
 
 
 def test_unique_ids_errors():

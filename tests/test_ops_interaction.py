@@ -189,3 +189,75 @@ def test_dlrm_opcheck():
     torch.library.opcheck(torch.ops.mprec.dlrm_interaction.default, (dense, sparse, 8))
     torch.library.opcheck(torch.ops.mprec.dlrm_interaction_backward.default,
                           (torch.randn(20, 16), dense.detach(), sparse.detach(), 8))
+
+
+def _shuffled(T: int) -> list:
+    """A random order of T tables, never the identity when T > 1 (so reading in place would fail the tests)."""
+    order = torch.randperm(T).tolist()
+    return order[::-1] if order == sorted(order) else order
+
+
+@pytest.mark.parametrize("B,T,D", [(0, 3, 4), (1, 1, 1), (37, 26, 16), (21, 4, 129), (18, 11, 32), (9, 9, 8)])
+@pytest.mark.parametrize("three_d", [False, True])
+def test_dlrm_order_float64(isa, B, T, D, three_d):
+    # Tables in another order (a sharded collection's): values and gradients as the reference's on the
+    # reordered vectors, the gradient landing where each vector is.
+    order = _shuffled(T)
+    dense = torch.randn(B, D, dtype=torch.float64, requires_grad=True)
+    sparse = torch.randn(B, T, D, dtype=torch.float64) if three_d else torch.randn(B, T * D, dtype=torch.float64)
+    sparse.requires_grad_(True)
+    got = dlrm_interaction(dense, sparse, 8, order)
+    want = dlrm_interaction_reference(dense, sparse, 8, order)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(want)
+    for a, b in zip(torch.autograd.grad(got, (dense, sparse), g), torch.autograd.grad(want, (dense, sparse), g)):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("D", [1, 8, 16, 17, 32, 64, 128, 129])
+@pytest.mark.parametrize("sparse_dtype", [torch.float32, torch.bfloat16])
+def test_dlrm_order_reads_in_place(isa, D, sparse_dtype):
+    # The same bits as a reordered copy, forward and backward, on each ISA's float loops: both ways of loading
+    # the tables (8 x 8 transposed blocks, 19 tables leaving a tail, and one at a time) and bf16 tables.
+    T = 19
+    order = _shuffled(T)
+    dense, sparse = torch.randn(23, D), torch.randn(23, T * D).to(sparse_dtype)
+    copied = sparse.view(23, T, D)[:, order].reshape(23, -1)
+    out = dlrm_interaction(dense, sparse, 8, order)
+    assert torch.equal(out, dlrm_interaction(dense, copied, 8))
+    g = torch.randn(out.shape)
+    grad_dense, grad_sparse = torch.ops.mprec.dlrm_interaction_backward(g, dense, sparse, 8, order)
+    want_dense, want_copied = torch.ops.mprec.dlrm_interaction_backward(g, dense, copied, 8)
+    assert torch.equal(grad_dense, want_dense)
+    assert torch.equal(grad_sparse.view(23, T, D)[:, order].reshape(23, -1), want_copied)
+    identity = list(range(T))
+    assert torch.equal(dlrm_interaction(dense, copied, 8, identity), dlrm_interaction(dense, copied, 8))
+
+
+@pytest.mark.parametrize("fake", [False, True], ids=["cpu", "fake"])
+def test_dlrm_order_errors(fake):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    dense, sparse, grad = torch.randn(3, 4), torch.randn(3, 12), torch.randn(3, 10)
+    for order, message in [([0, 1], "order must list each of sparse's 3 vectors once, got 2 entries"),
+                           ([0, 1, 3], r"order\[2\] is 3, not one of sparse's 3 vectors"),
+                           ([2, -1, 0], r"order\[1\] is -1, not one of sparse's 3 vectors"),
+                           ([1, 0, 1], r"order\[2\] repeats vector 1 \(order must list each vector once\)")]:
+        for op, args in [("dlrm_interaction", (dense, sparse, 1, order)),
+                         ("dlrm_interaction_backward", (grad, dense, sparse, 1, order))]:
+            with pytest.raises(ValueError, match=f"^mprec::{op}: {message}$"):
+                if fake:
+                    with FakeTensorMode() as mode:
+                        getattr(torch.ops.mprec, op)(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
+                                                       for a in args])
+                else:
+                    getattr(torch.ops.mprec, op)(*args)
+
+
+def test_dlrm_order_opcheck():
+    dense = torch.randn(20, 3, requires_grad=True)
+    sparse = torch.randn(20, 12, requires_grad=True)
+    torch.library.opcheck(torch.ops.mprec.dlrm_interaction.default, (dense, sparse, 8, [2, 0, 3, 1]))
+    torch.library.opcheck(torch.ops.mprec.dlrm_interaction_backward.default,
+                          (torch.randn(20, 16), dense.detach(), sparse.detach(), 8, [2, 0, 3, 1]))

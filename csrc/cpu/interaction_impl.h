@@ -42,16 +42,34 @@ inline void store_value(float v, float& o) { o = v; }
 inline void store_value(double v, double& o) { o = v; }
 inline void store_value(float v, uint16_t& o) { o = float_to_bf16(v); }
 
+// Where feature 1 + j of an example starts in its rest: kOrdered loops follow InteractionArgs::rest_order, the
+// others take the rows in place. Two instantiations rather than a test per row, so the in-order loops compile as
+// they would in a kernel without orders (one contiguous copy of the rest, strided transposes).
+template <bool kOrdered>
+inline int64_t rest_offset(const InteractionArgs& a, int64_t j, int64_t dim) {
+  if constexpr (kOrdered) return a.rest_order[j] * dim;
+  return j * dim;
+}
+
 // Example b's F rows into xs [F][D] in the compute type T.
-template <typename T, typename S0, typename S1>
+template <typename T, typename S0, typename S1, bool kOrdered>
 inline void load_example(const InteractionArgs& a, int64_t b, int64_t dim, T* xs) {
   const S0* first = static_cast<const S0*>(a.first) + b * a.first_stride;
   const S1* rest = static_cast<const S1*>(a.rest) + b * a.rest_stride;
-  const int64_t rest_len = (a.features - 1) * dim;
+  const int64_t others = a.features - 1;
 #pragma omp simd
   for (int64_t d = 0; d < dim; ++d) xs[d] = load_value(first[d]);
+  if constexpr (kOrdered) {
+    for (int64_t j = 0; j < others; ++j) {
+      const S1* src = rest + rest_offset<true>(a, j, dim);
+      T* dst = xs + (1 + j) * dim;
 #pragma omp simd
-  for (int64_t k = 0; k < rest_len; ++k) xs[dim + k] = load_value(rest[k]);
+      for (int64_t d = 0; d < dim; ++d) dst[d] = load_value(src[d]);
+    }
+  } else {
+#pragma omp simd
+    for (int64_t k = 0; k < others * dim; ++k) xs[dim + k] = load_value(rest[k]);
+  }
 }
 
 // Rows of the pair triangle computed together: their accumulators are independent chains of FMAs, enough
@@ -76,14 +94,16 @@ inline void store_lanes(T* p, typename Lanes<T>::type v) {
 }
 
 #if defined(__AVX2__)
-// xt[d * padded + c] = rows[k][d] for an 8 x 8 block: rows k = 0..7 (row k at src + k * stride, columns d0..d0+7)
+// xt[d * padded + c] = rows[k][d] for an 8 x 8 block: rows k = 0..7 (columns d0..d0+7 of row k at row(k) + d0)
 // become columns c..c+7 of xt's rows d0..d0+7. Eight loads, 24 shuffles and eight stores instead of 64 scalar
-// moves, a third of the forward's time when done element by element.
-inline void transpose_8x8(const float* src, int64_t stride, float* dst, int64_t padded) {
-  const __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + stride);
-  const __m256 r2 = _mm256_loadu_ps(src + 2 * stride), r3 = _mm256_loadu_ps(src + 3 * stride);
-  const __m256 r4 = _mm256_loadu_ps(src + 4 * stride), r5 = _mm256_loadu_ps(src + 5 * stride);
-  const __m256 r6 = _mm256_loadu_ps(src + 6 * stride), r7 = _mm256_loadu_ps(src + 7 * stride);
+// moves, a third of the forward's time when done element by element. `row` is inlined: rows at a fixed stride
+// compile to strided loads, as before rows could come in any order.
+template <typename Row>
+inline void transpose_8x8(Row row, int64_t d0, float* dst, int64_t padded) {
+  const __m256 r0 = _mm256_loadu_ps(row(0) + d0), r1 = _mm256_loadu_ps(row(1) + d0);
+  const __m256 r2 = _mm256_loadu_ps(row(2) + d0), r3 = _mm256_loadu_ps(row(3) + d0);
+  const __m256 r4 = _mm256_loadu_ps(row(4) + d0), r5 = _mm256_loadu_ps(row(5) + d0);
+  const __m256 r6 = _mm256_loadu_ps(row(6) + d0), r7 = _mm256_loadu_ps(row(7) + d0);
   const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
   const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
   const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
@@ -104,7 +124,7 @@ inline void transpose_8x8(const float* src, int64_t stride, float* dst, int64_t 
 #endif
 
 // Example b's F rows transposed into xt [D][padded] in the compute type T (columns F.. stay zero).
-template <typename T, typename S0, typename S1>
+template <typename T, typename S0, typename S1, bool kOrdered>
 inline void load_transposed(const InteractionArgs& a, int64_t b, int64_t dim, int64_t padded, T* xt) {
   const S0* first = static_cast<const S0*>(a.first) + b * a.first_stride;
   const S1* rest = static_cast<const S1*>(a.rest) + b * a.rest_stride;
@@ -114,22 +134,31 @@ inline void load_transposed(const InteractionArgs& a, int64_t b, int64_t dim, in
 #if defined(__AVX2__)
   if constexpr (sizeof(T) == 4 && sizeof(S1) == 4) {  // float32 features: 8 x 8 blocks
     if (dim % 8 == 0) {
-      for (; j0 + 8 <= others; j0 += 8)
-        for (int64_t d0 = 0; d0 < dim; d0 += 8)
-          transpose_8x8(reinterpret_cast<const float*>(rest) + j0 * dim + d0, dim,
-                        reinterpret_cast<float*>(xt) + d0 * padded + 1 + j0, padded);
+      const float* base = reinterpret_cast<const float*>(rest);
+      for (; j0 + 8 <= others; j0 += 8) {
+        float* dst = reinterpret_cast<float*>(xt) + 1 + j0;
+        const auto row = [&](int k) { return base + rest_offset<kOrdered>(a, j0 + k, dim); };
+        for (int64_t d0 = 0; d0 < dim; d0 += 8) transpose_8x8(row, d0, dst + d0 * padded, padded);
+      }
     }
   }
 #endif
-  for (int64_t d = 0; d < dim; ++d) {
-    T* dst = xt + d * padded;
-    const S1* src = rest + d;
+  if constexpr (kOrdered) {
+    for (int64_t j = j0; j < others; ++j) {
+      const S1* src = rest + rest_offset<true>(a, j, dim);
+      for (int64_t d = 0; d < dim; ++d) xt[d * padded + 1 + j] = load_value(src[d]);
+    }
+  } else {
+    for (int64_t d = 0; d < dim; ++d) {
+      T* dst = xt + d * padded;
+      const S1* src = rest + d;
 #pragma omp simd
-    for (int64_t j = j0; j < others; ++j) dst[1 + j] = load_value(src[j * dim]);
+      for (int64_t j = j0; j < others; ++j) dst[1 + j] = load_value(src[j * dim]);
+    }
   }
 }
 
-template <typename T, typename S0, typename S1, typename O, int64_t kDim>
+template <typename T, typename S0, typename S1, typename O, int64_t kDim, bool kOrdered>
 void forward_fixed(const InteractionArgs& a, int64_t b0, int64_t b1, T* scratch) {
   using VT = typename Lanes<T>::type;
   const int64_t dim = kDim > 0 ? kDim : a.dim, features = a.features;
@@ -139,7 +168,7 @@ void forward_fixed(const InteractionArgs& a, int64_t b0, int64_t b1, T* scratch)
   for (int64_t d = 0; d < dim; ++d)
     for (int64_t j = features; j < padded; ++j) xt[d * padded + j] = T(0);
   for (int64_t b = b0; b < b1; ++b) {
-    load_transposed<T, S0, S1>(a, b, dim, padded, xt);
+    load_transposed<T, S0, S1, kOrdered>(a, b, dim, padded, xt);
     O* out = static_cast<O*>(a.out) + b * a.out_stride;
     if (a.copy_first) {
       const S0* first = static_cast<const S0*>(a.first) + b * a.first_stride;
@@ -263,7 +292,7 @@ inline void gradient_from_pairs(const O* pairs, const T* xs, int64_t features, T
   }
 }
 
-template <typename T, typename S0, typename S1, typename O, int64_t kDim>
+template <typename T, typename S0, typename S1, typename O, int64_t kDim, bool kOrdered>
 void backward_fixed(const InteractionGradArgs& ga, int64_t b0, int64_t b1, T* scratch) {
   const InteractionArgs& a = ga.fwd;
   const int64_t dim = kDim > 0 ? kDim : a.dim, features = a.features;
@@ -273,7 +302,7 @@ void backward_fixed(const InteractionGradArgs& ga, int64_t b0, int64_t b1, T* sc
   T* g = xs + features * dim;
   T* rows = g + features * features;
   for (int64_t b = b0; b < b1; ++b) {
-    load_example<T, S0, S1>(a, b, dim, xs);
+    load_example<T, S0, S1, kOrdered>(a, b, dim, xs);
     const O* grad = static_cast<const O*>(ga.grad) + b * a.out_stride;
     const O* prefix = grad;
     if (a.copy_first) grad += dim;
@@ -309,34 +338,55 @@ void backward_fixed(const InteractionGradArgs& ga, int64_t b0, int64_t b1, T* sc
 #pragma omp simd
     for (int64_t d = 0; d < dim; ++d) store_value(rows[d], first[d]);
     S1* rest = static_cast<S1*>(ga.grad_rest) + b * a.rest_stride;
-    const int64_t rest_len = (features - 1) * dim;
+    if constexpr (kOrdered) {
+      for (int64_t j = 0; j + 1 < features; ++j) {
+        S1* dst = rest + rest_offset<true>(a, j, dim);
+        const T* src = rows + (1 + j) * dim;
 #pragma omp simd
-    for (int64_t k = 0; k < rest_len; ++k) store_value(rows[dim + k], rest[k]);
+        for (int64_t d = 0; d < dim; ++d) store_value(src[d], dst[d]);
+      }
+    } else {
+      const int64_t rest_len = (features - 1) * dim;
+#pragma omp simd
+      for (int64_t k = 0; k < rest_len; ++k) store_value(rows[dim + k], rest[k]);
+    }
   }
 }
 
 // The feature width as a compile-time constant for the common DLRM widths (the loops over D unroll and
 // the accumulators stay in registers), a run-time one otherwise.
+template <typename T, typename S0, typename S1, typename O, bool kOrdered>
+void forward_dims_(const InteractionArgs& a, int64_t b0, int64_t b1, T* s) {
+  switch (a.dim) {
+    case 16: return forward_fixed<T, S0, S1, O, 16, kOrdered>(a, b0, b1, s);
+    case 32: return forward_fixed<T, S0, S1, O, 32, kOrdered>(a, b0, b1, s);
+    case 64: return forward_fixed<T, S0, S1, O, 64, kOrdered>(a, b0, b1, s);
+    case 128: return forward_fixed<T, S0, S1, O, 128, kOrdered>(a, b0, b1, s);
+    default: return forward_fixed<T, S0, S1, O, 0, kOrdered>(a, b0, b1, s);
+  }
+}
+
 template <typename T, typename S0, typename S1, typename O>
 void forward_dims(const InteractionArgs& a, int64_t b0, int64_t b1, T* s) {
-  switch (a.dim) {
-    case 16: return forward_fixed<T, S0, S1, O, 16>(a, b0, b1, s);
-    case 32: return forward_fixed<T, S0, S1, O, 32>(a, b0, b1, s);
-    case 64: return forward_fixed<T, S0, S1, O, 64>(a, b0, b1, s);
-    case 128: return forward_fixed<T, S0, S1, O, 128>(a, b0, b1, s);
-    default: return forward_fixed<T, S0, S1, O, 0>(a, b0, b1, s);
+  if (a.rest_order) return forward_dims_<T, S0, S1, O, true>(a, b0, b1, s);
+  return forward_dims_<T, S0, S1, O, false>(a, b0, b1, s);
+}
+
+template <typename T, typename S0, typename S1, typename O, bool kOrdered>
+void backward_dims_(const InteractionGradArgs& a, int64_t b0, int64_t b1, T* s) {
+  switch (a.fwd.dim) {
+    case 16: return backward_fixed<T, S0, S1, O, 16, kOrdered>(a, b0, b1, s);
+    case 32: return backward_fixed<T, S0, S1, O, 32, kOrdered>(a, b0, b1, s);
+    case 64: return backward_fixed<T, S0, S1, O, 64, kOrdered>(a, b0, b1, s);
+    case 128: return backward_fixed<T, S0, S1, O, 128, kOrdered>(a, b0, b1, s);
+    default: return backward_fixed<T, S0, S1, O, 0, kOrdered>(a, b0, b1, s);
   }
 }
 
 template <typename T, typename S0, typename S1, typename O>
 void backward_dims(const InteractionGradArgs& a, int64_t b0, int64_t b1, T* s) {
-  switch (a.fwd.dim) {
-    case 16: return backward_fixed<T, S0, S1, O, 16>(a, b0, b1, s);
-    case 32: return backward_fixed<T, S0, S1, O, 32>(a, b0, b1, s);
-    case 64: return backward_fixed<T, S0, S1, O, 64>(a, b0, b1, s);
-    case 128: return backward_fixed<T, S0, S1, O, 128>(a, b0, b1, s);
-    default: return backward_fixed<T, S0, S1, O, 0>(a, b0, b1, s);
-  }
+  if (a.fwd.rest_order) return backward_dims_<T, S0, S1, O, true>(a, b0, b1, s);
+  return backward_dims_<T, S0, S1, O, false>(a, b0, b1, s);
 }
 
 // float compute over float32 / bfloat16 storage: the three operand types as template arguments.

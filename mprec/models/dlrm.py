@@ -37,7 +37,8 @@ from ..nn.pooling import FusedOptimizer
 from ..nn.mlp import MLP
 from ..ops.interaction import dlrm_interaction, dlrm_interaction_width
 
-__all__ = ["DLRM", "DLRMTrain", "PRESETS", "INTERACTIONS", "feature_names", "keyed_values"]
+__all__ = ["DLRM", "DLRMTrain", "PRESETS", "INTERACTIONS", "feature_names", "keyed_interaction", "keyed_values",
+           "vector_order"]
 
 PRESETS = {
     "kaggle": dict(embedding_dim=16, bottom=(512, 256, 64, 16), top=(512, 256, 1)),
@@ -54,17 +55,41 @@ def feature_names(num_features: int) -> list[str]:
 
 def keyed_values(keyed, keys: Sequence[str]) -> Tensor:
     """The columns of a ``torchrec.KeyedTensor`` (or an awaitable of one) in the order of ``keys``."""
-    have, keys = list(keyed.keys()), list(keys)
-    if have == keys:
+    if list(keyed.keys()) == list(keys):
         return keyed.values()
     widths = keyed.length_per_key()
-    if sorted(have) == sorted(keys) and len(set(widths)) == 1:
+    order = vector_order(keyed, keys, widths[0]) if len(set(widths)) == 1 else None
+    if order is not None:
         # A sharded collection's keys in another order (rank by rank), all as wide: one gather of whole vectors,
         # where splitting into keys and concatenating them copied twice as slowly, and its backward as slowly.
-        position = {k: i for i, k in enumerate(have)}
-        return _PermuteVectors.apply(keyed.values(), [position[k] for k in keys], widths[0])
+        return _PermuteVectors.apply(keyed.values(), order, widths[0])
     by_key = keyed.to_dict()
     return torch.cat([by_key[k] for k in keys], dim=1)
+
+
+def vector_order(keyed, keys: Sequence[str], width: int) -> Optional[list[int]]:
+    """Where each ``width``-wide vector of ``keys`` (in that order, each key's vectors in turn) is among the
+    ``width``-wide vectors of ``keyed.values()``: the order :func:`mprec.ops.dlrm_interaction` reads them in
+    where they are, for what :func:`keyed_values` would copy. None when they are in that order already, or when
+    ``keyed`` does not hold exactly ``keys``, each a whole number of vectors wide."""
+    have, keys = list(keyed.keys()), list(keys)
+    widths = keyed.length_per_key()
+    if have == keys or sorted(have) != sorted(keys) or any(w % width for w in widths):
+        return None
+    first, start = {}, 0
+    for key, w in zip(have, widths):
+        first[key] = range(start // width, (start + w) // width)
+        start += w
+    return [v for key in keys for v in first[key]]
+
+
+def keyed_interaction(dense: Tensor, keyed, keys: Sequence[str], pad_to: int) -> Tensor:
+    """:func:`mprec.ops.dlrm_interaction` of ``dense [B, D]`` and the vectors of a ``torchrec.KeyedTensor`` (or an
+    awaitable of one) in the order of ``keys``: a sharded collection's vectors, which arrive rank by rank, are
+    read where they are (no reordering copy, forward or backward)."""
+    order = vector_order(keyed, keys, dense.shape[1])
+    values = keyed_values(keyed, keys) if order is None else keyed.values()
+    return dlrm_interaction(dense, values, pad_to, order)
 
 
 class _PermuteVectors(torch.autograd.Function):
@@ -87,9 +112,10 @@ def _gather_vectors(values: Tensor, index: Tensor, width: int) -> Tensor:
     return values.reshape(rows, -1, width).index_select(1, index).reshape(rows, -1)
 
 
-# torch.fx records this call whole rather than tracing into it: TorchRec's train pipelines trace the model
-# symbolically to find each sharded collection's input, and it reads the keys of the collection's output.
+# torch.fx records these calls whole rather than tracing into them: TorchRec's train pipelines trace the model
+# symbolically to find each sharded collection's input, and these read the keys of the collection's output.
 torch.fx.wrap("keyed_values")
+torch.fx.wrap("keyed_interaction")
 
 
 class DLRM(nn.Module):
@@ -179,10 +205,10 @@ class DLRM(nn.Module):
         # computes, and its backward all-to-all, created earlier, runs after the bottom MLP's backward starts.
         e = self.embeddings(indices, offsets) if offsets is not None else self.embeddings(indices)  # [B, V * D]
         x = self.bottom(dense)
-        if offsets is None:
-            e = keyed_values(e, self.feature_names)
         if self.interaction == "cat":
-            z = torch.cat([x, e.to(x.dtype)], dim=1)
+            z = torch.cat([x, (keyed_values(e, self.feature_names) if offsets is None else e).to(x.dtype)], dim=1)
+        elif offsets is None:  # a KeyedTensor, its vectors read by key
+            z = keyed_interaction(x, e, self.feature_names, INTERACTION_PAD)
         else:
             z = dlrm_interaction(x, e, INTERACTION_PAD)  # cat([x, pairs of (x, e_1..e_V), 0]) in one pass
         return self.top(z).squeeze(1)

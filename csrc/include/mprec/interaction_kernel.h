@@ -15,6 +15,9 @@ enum class InteractionDtype : int { kFloat = 0, kBFloat16 = 1, kDouble = 2 };
 // both strides F * D; DLRM's (dense [B, D], tables [B, T * D]) is first = dense, rest = tables.
 // out [B, out_stride]: when `copy_first`, feature 0 is copied to out[b, 0:D] and the pairs follow at
 // out[b, D:]; otherwise the pairs start at out[b, 0]. Pairs (i, j), j < i, row by row.
+// `rest_order` (F - 1 entries, a permutation, or null for 0, 1, ...): feature 1 + j is the rest's row
+// rest_order[j], so vectors that arrive in another order (a sharded collection's, rank by rank) are read
+// where they are, with no reordering copy; the backward writes their gradients to the same places.
 struct InteractionArgs {
   const void* first;
   const void* rest;
@@ -23,6 +26,7 @@ struct InteractionArgs {
   int64_t features, dim;
   bool copy_first;
   InteractionDtype first_dtype, rest_dtype, out_dtype;
+  const int64_t* rest_order;
 };
 
 // The backward: grad [B, out_stride] (out_dtype) -> grad_first (first_dtype, stride first_stride) and

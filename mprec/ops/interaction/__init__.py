@@ -6,6 +6,8 @@ Schemas: ``csrc/registration.cpp``. CPU kernel: ``csrc/cpu/interaction*.cpp``. T
 
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import torch
 from torch import Tensor
 
@@ -22,7 +24,7 @@ def dot_interaction(x: Tensor) -> Tensor:
     return torch.ops.mprec.dot_interaction(x)
 
 
-def dlrm_interaction(dense: Tensor, sparse: Tensor, pad_to: int = 1) -> Tensor:
+def dlrm_interaction(dense: Tensor, sparse: Tensor, pad_to: int = 1, order: Optional[Sequence[int]] = None) -> Tensor:
     """DLRM's top-MLP input in one pass: ``cat([dense, dot_interaction(cat([dense, sparse]))])``.
 
     ``dense`` is the bottom MLP's output ``[B, D]``; ``sparse`` holds the T pooled features ``[B, T * D]``
@@ -30,8 +32,12 @@ def dlrm_interaction(dense: Tensor, sparse: Tensor, pad_to: int = 1) -> Tensor:
     ``[B, D + (T + 1) T / 2]``, with zero columns appended up to a multiple of ``pad_to`` (GEMMs run faster
     on aligned widths: :class:`mprec.models.DLRM` pads to 8), in ``dense``'s dtype. Each input is read in
     its own dtype, so a bf16 bottom MLP (autocast) and fp32 tables meet with no conversion pass.
-    Differentiable in both inputs."""
-    return torch.ops.mprec.dlrm_interaction(dense, sparse, pad_to)
+
+    ``order`` (a permutation of ``range(T)``): the interaction's table ``t`` is ``sparse``'s vector
+    ``order[t]``, as if ``sparse`` were ``sparse.view(B, T, D)[:, order]``, but read in place; the gradient
+    goes back to the same places. A sharded collection returns its vectors rank by rank; this reads them in
+    the model's order without a reordering copy each way. Differentiable in both inputs."""
+    return torch.ops.mprec.dlrm_interaction(dense, sparse, pad_to, None if order is None else list(order))
 
 
 def dlrm_interaction_width(dim: int, tables: int, pad_to: int = 1) -> int:
@@ -113,31 +119,48 @@ def _check_pad_to(op: str, pad_to: int) -> None:
         raise ValueError(f"{op}: pad_to must be in [1, {_MAX_PAD_TO}], got {pad_to}")
 
 
+def _check_order(op: str, order: Optional[Sequence[int]], tables: int) -> None:
+    """After csrc/cpu/interaction.cpp checked_order: each of sparse's vectors listed once."""
+    if order is None:
+        return
+    if len(order) != tables:
+        raise ValueError(f"{op}: order must list each of sparse's {tables} vectors once, got {len(order)} entries")
+    seen = set()
+    for t, v in enumerate(order):
+        if not 0 <= v < tables:
+            raise ValueError(f"{op}: order[{t}] is {v}, not one of sparse's {tables} vectors")
+        if v in seen:
+            raise ValueError(f"{op}: order[{t}] repeats vector {v} (order must list each vector once)")
+        seen.add(v)
+
+
 @register_fake("mprec::dlrm_interaction")
-def _dlrm_interaction_fake(dense, sparse, pad_to=1):
+def _dlrm_interaction_fake(dense, sparse, pad_to=1, order=None):
     B, T, D = _check_dlrm("mprec::dlrm_interaction", dense, sparse)
     _check_pad_to("mprec::dlrm_interaction", pad_to)
+    _check_order("mprec::dlrm_interaction", order, T)
     return dense.new_empty((B, dlrm_interaction_width(D, T, pad_to)))
 
 
 @register_fake("mprec::dlrm_interaction_backward")
-def _dlrm_interaction_backward_fake(grad, dense, sparse, pad_to=1):
-    _check_dlrm("mprec::dlrm_interaction_backward", dense, sparse)
+def _dlrm_interaction_backward_fake(grad, dense, sparse, pad_to=1, order=None):
+    _, T, _ = _check_dlrm("mprec::dlrm_interaction_backward", dense, sparse)
     _check_float("mprec::dlrm_interaction_backward", "grad", grad)
     _check_pad_to("mprec::dlrm_interaction_backward", pad_to)
+    _check_order("mprec::dlrm_interaction_backward", order, T)
     return dense.new_empty(dense.shape), sparse.new_empty(sparse.shape)
 
 
 def _dlrm_setup_context(ctx, inputs, output):
-    dense, sparse, pad_to = inputs
+    dense, sparse, pad_to, order = inputs
     ctx.save_for_backward(dense, sparse)
-    ctx.pad_to = pad_to
+    ctx.pad_to, ctx.order = pad_to, order
 
 
 def _dlrm_backward(ctx, grad):
     dense, sparse = ctx.saved_tensors
-    grad_dense, grad_sparse = torch.ops.mprec.dlrm_interaction_backward(grad, dense, sparse, ctx.pad_to)
-    return grad_dense, grad_sparse, None
+    grad_dense, grad_sparse = torch.ops.mprec.dlrm_interaction_backward(grad, dense, sparse, ctx.pad_to, ctx.order)
+    return grad_dense, grad_sparse, None, None
 
 
 torch.library.register_autograd("mprec::dlrm_interaction", _dlrm_backward, setup_context=_dlrm_setup_context)

@@ -3,14 +3,14 @@ small next to the tables). See :mod:`mprec.ops.composite`."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 from ..spelling import sizes
-from . import _check_dlrm, _check_float, _check_pad_to, _check_x, dlrm_interaction_width
+from . import _check_dlrm, _check_float, _check_order, _check_pad_to, _check_x, dlrm_interaction_width
 
 __all__ = ["KERNELS"]
 
@@ -69,29 +69,42 @@ def _checked_pad_to(op: str, pad_to: int) -> int:
     return pad_to
 
 
-def dlrm_interaction(dense: Tensor, sparse: Tensor, pad_to: int = 1) -> Tensor:
+def _tables(sparse: Tensor, acc: torch.dtype, batch: int, tables: int, dim: int,
+            order: Optional[Sequence[int]]) -> Tensor:
+    """sparse's vectors [B, T, D] in the interaction's order."""
+    vectors = sparse.to(acc).reshape(batch, tables, dim)
+    return vectors if order is None else vectors.index_select(1, torch.tensor(order, device=sparse.device))
+
+
+def dlrm_interaction(dense: Tensor, sparse: Tensor, pad_to: int = 1, order: Optional[Sequence[int]] = None) -> Tensor:
     op = "mprec::dlrm_interaction"
     batch, tables, dim = _check_dlrm(op, dense, sparse)
     width = dlrm_interaction_width(dim, tables, _checked_pad_to(op, pad_to))
+    _check_order(op, order, tables)
     acc = _compute_dtype(dense, sparse)
-    features = torch.cat([dense.to(acc).unsqueeze(1), sparse.to(acc).reshape(batch, tables, dim)], dim=1)
+    features = torch.cat([dense.to(acc).unsqueeze(1), _tables(sparse, acc, batch, tables, dim, order)], dim=1)
     out = torch.cat([features[:, 0], _pairs(features)], dim=1)
     return F.pad(out, (0, width - out.shape[1])).to(dense.dtype)
 
 
-def dlrm_interaction_backward(grad: Tensor, dense: Tensor, sparse: Tensor, pad_to: int = 1) -> tuple[Tensor, Tensor]:
+def dlrm_interaction_backward(grad: Tensor, dense: Tensor, sparse: Tensor, pad_to: int = 1,
+                              order: Optional[Sequence[int]] = None) -> tuple[Tensor, Tensor]:
     op = "mprec::dlrm_interaction_backward"
     batch, tables, dim = _check_dlrm(op, dense, sparse)
     _check_float(op, "grad", grad)
     width = dlrm_interaction_width(dim, tables, _checked_pad_to(op, pad_to))  # the padding's gradient is unused
+    _check_order(op, order, tables)
     if grad.dim() != 2 or grad.shape[0] != batch or grad.shape[1] != width:
         raise ValueError(f"{op}: grad must have shape [{batch}, {width}], got {sizes(grad)}")
     acc = _compute_dtype(dense, sparse, grad)
-    features = torch.cat([dense.to(acc).unsqueeze(1), sparse.to(acc).reshape(batch, tables, dim)], dim=1)
+    features = torch.cat([dense.to(acc).unsqueeze(1), _tables(sparse, acc, batch, tables, dim, order)], dim=1)
     g = grad.to(acc)
     grad_features = _pairs_backward(g.narrow(1, dim, (tables + 1) * tables // 2), features)
     grad_dense = grad_features[:, 0] + g[:, :dim]
-    return grad_dense.to(dense.dtype), grad_features[:, 1:].reshape(sparse.shape).to(sparse.dtype)
+    grad_tables = grad_features[:, 1:]
+    if order is not None:  # back to sparse's places
+        grad_tables = grad_tables.index_select(1, torch.argsort(torch.tensor(order, device=sparse.device)))
+    return grad_dense.to(dense.dtype), grad_tables.reshape(sparse.shape).to(sparse.dtype)
 
 
 KERNELS: dict[str, Callable] = {
