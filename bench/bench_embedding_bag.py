@@ -19,7 +19,7 @@ import torch
 
 import mprec
 
-from mprec.benchmark import EMBEDDING_BAG_CASES, read_bandwidth
+from mprec.benchmark import EMBEDDING_BAG_CASES, cache_flush_bytes, read_bandwidth
 
 _built = {}
 _interleaved = {}
@@ -35,18 +35,21 @@ def implementations(case):
     return _built[case.name]
 
 
-# Read before every round-robin call: larger than the last-level caches of the machines this runs on, so each
-# call starts with none of the case's rows cached. Without it a call finds the rows the previous call (its own
-# or another implementation's: the same indices) left in L3; a D=16 case's 10 MB of rows fit in a 32 MB L3, and
-# which implementation ran before decided the ratios. Real batches do not repeat their ids.
-FLUSH_BYTES = 256 << 20
+# Read before every round-robin call (mprec.benchmark.cache_flush_bytes: several times this machine's largest
+# cache), so each call starts with none of the case's rows cached. Without it a call finds the rows the previous
+# call (its own or another implementation's: the same indices) left in L3; a D=16 case's 10 MB of rows fit in a
+# 32 MB L3, and which implementation ran before decided the ratios. Real batches do not repeat their ids.
+FLUSH_BYTES = cache_flush_bytes()
+_flush = []
 
 
 def interleaved_medians(impls, rounds):
     """Median ms per implementation over rounds that call every implementation in turn, each after the caches
     are flushed, so all see the same moments of a shared machine and start from the same cache state; the
     summary's ratios come from these. pytest-benchmark's own rounds time each implementation alone, warm."""
-    flush = torch.ones(FLUSH_BYTES // 4)
+    if not _flush:
+        _flush.append(torch.ones(FLUSH_BYTES // 4))
+    flush = _flush[0]
     for fn in impls.values():
         fn()
     times = {name: [] for name in impls}
@@ -62,7 +65,7 @@ def interleaved_medians(impls, rounds):
 def test_read_bandwidth(benchmark):
     benchmark.group = "machine"
     gbps = read_bandwidth()
-    benchmark.extra_info.update(kind="read_bandwidth", gbps=gbps)
+    benchmark.extra_info.update(kind="read_bandwidth", gbps=gbps, flush_bytes=FLUSH_BYTES)
     x = torch.ones(2**28)
     benchmark.pedantic(torch.sum, args=(x,), rounds=9, iterations=1, warmup_rounds=1)
     benchmark.extra_info["bytes"] = x.numel() * 4

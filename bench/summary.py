@@ -42,6 +42,7 @@ def load(path):
         extra = b.get("extra_info", {})
         if extra.get("kind") == "read_bandwidth":
             bandwidth = extra["gbps"]
+            info["flush_bytes"] = extra.get("flush_bytes")
             continue
         # Round-robin medians where the run has them (every implementation in turn: same moments, same caches).
         medians[extra["case"]][extra["impl"]] = extra.get("interleaved_median_ms", b["stats"]["median"] * 1e3)
@@ -53,13 +54,14 @@ def summarize(path):
     data, medians, info, bandwidth = load(path)
     if bandwidth is None:
         raise SystemExit(f"{path}: no read-bandwidth measurement (test_read_bandwidth) in this run")
+    flush = info.pop("flush_bytes", None)
     cpu = data.get("machine_info", {}).get("cpu", {}).get("brand_raw", "?")
     isa = data.get("machine_info", {}).get("mprec_cpu_isa") or next(
         (e.get("cpu_isa") for e in info.values() if e.get("cpu_isa")), "?")
     peers = peer_isa.describe(data.get("machine_info", {}))
     lines = [f"machine: {cpu} ({isa}{peers}), read bandwidth {bandwidth:.1f} GB/s (measured in this run); "
-             "gather limit: the case's own rows read by a plain prefetching loop, the best of its settings, in this run",
-             ""]
+             "gather limit: the case's own rows read by a plain prefetching loop, the best of its settings, in this run"
+             + (f"; caches flushed before each timed call by reading {flush >> 20} MiB" if flush else ""), ""]
     header = (f"{'case':<18} {'impl':<12} {'median ms':>10} {'GB/s':>7} {'of bw':>6} {'of gather':>10} {'vs torch':>9} "
               f"{'vs fbgemm':>10}")
     lines += [header, "-" * len(header)]

@@ -18,7 +18,7 @@ import mprec
 from mprec.timing import fastest, median_ms
 
 __all__ = ["EmbeddingBagCase", "EMBEDDING_BAG_CASES", "read_bandwidth", "gather_limit", "median_ms",
-           "fbgemm_available", "GATHER_LIMIT", "SUM_REFERENCE"]
+           "fbgemm_available", "cache_flush_bytes", "largest_cache_bytes", "GATHER_LIMIT", "SUM_REFERENCE"]
 
 GATHER_LIMIT = "gather limit"
 # mprec's sum pooling of a max or padding_idx case's own table and ids: the reference those modes are held to.
@@ -28,7 +28,35 @@ SUM_REFERENCE = "mprec sum"
 # The gather probe's settings, all tried; the fastest is the limit: prefetch distances (lookups ahead) and lines
 # prefetched per row (the first n 64-byte lines; the CPU's own prefetchers may fetch the rest sooner).
 GATHER_DISTANCES = (8, 16, 32)
-GATHER_LINES = (1, 4, 1 << 20)
+GATHER_LINES = (1, 2, 4, 1 << 20)
+
+
+def largest_cache_bytes(root: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
+    """The largest CPU cache this machine reports (Linux sysfs: cpu0's caches, the last level shared by all its
+    cores), or 0 where it reports none."""
+    import glob
+
+    largest = 0
+    for path in glob.glob(f"{root}/index*/size"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text[:-1] if text[-1:] in "KMG" else text
+        if digits.isdigit():
+            largest = max(largest, int(digits) * unit)
+    return largest
+
+
+def cache_flush_bytes() -> int:
+    """How much a benchmark reads between timed calls so that each starts with none of the previous call's data
+    cached: four times the largest cache, and at least 256 MiB. Reading just past the cache's size is not enough:
+    its replacement is not least-recently-used, and on a 480 MiB L3 a 256 MiB read left the rows the previous
+    call had gathered mostly cached (a standard embedding-bag call ran in 5.3 ms after it, 7.1 ms after 2 GiB,
+    and no faster after 4 GiB)."""
+    return max(256 << 20, 4 * largest_cache_bytes())
 
 
 def fbgemm_available() -> bool:

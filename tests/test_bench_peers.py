@@ -69,3 +69,23 @@ def test_the_summary_names_the_caps(tmp_path):
     assert capped.startswith("machine: X (avx2; peers capped at AVX2 (ATEN_CPU_CAPABILITY, ") and \
         "torch's own kernels: AVX2)" in capped
     assert results({**info, "isa_caps": {}}).startswith("machine: X (avx2), ")
+
+
+def test_the_cache_flush_outgrows_the_largest_cache(tmp_path):
+    """The embedding-bag benchmark flushes several times the largest cache sysfs reports, and its summary says
+    how much."""
+    from mprec.benchmark import cache_flush_bytes, largest_cache_bytes
+
+    for index, size in [("index0", "48K"), ("index2", "2048K"), ("index3", "491520K"), ("index4", "n/a")]:
+        (tmp_path / index).mkdir()
+        (tmp_path / index / "size").write_text(size + "\n")
+    assert largest_cache_bytes(str(tmp_path)) == 480 << 20
+    assert largest_cache_bytes(str(tmp_path / "missing")) == 0
+    assert cache_flush_bytes() == max(256 << 20, 4 * largest_cache_bytes())
+    entries = [{"extra_info": {"kind": "read_bandwidth", "gbps": 20.0, "flush_bytes": 1920 << 20},
+                "stats": {"median": 0.01}},
+               {"extra_info": dict(case="standard f32 sum", impl="mprec", bytes=4e7, tables=1,
+                                   interleaved_median_ms=2.0), "stats": {"median": 0.002}}]
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(dict(machine_info={}, benchmarks=entries)))
+    assert "caches flushed before each timed call by reading 1920 MiB" in summary.summarize(path).splitlines()[0]
