@@ -90,7 +90,9 @@ struct V {
     _mm256_store_si256(reinterpret_cast<__m256i*>(buf + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(arg, 1)));
     for (int i = 0; i < n; ++i) p[i] = buf[i];
   }
-  static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+  // Into L2 (prefetch) and into L1 (prefetch_l1): see kPrefetchLines in embedding_bag_pool_impl.h.
+  static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1); }
+  static void prefetch_l1(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 };
 
 #include "embedding_bag_pool_impl.h"

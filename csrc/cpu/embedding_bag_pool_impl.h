@@ -8,7 +8,8 @@
 //   float/f16_t/bf16_t/uint8_t,
 //   add(a, b), fmadd(a, b, c), mul(a, b), max_update(acc, arg, x, row), arg_init(), kSumVectors (accumulators
 //   of a float32 sum/mean pass),
-//   store(float*/f16_t*/bf16_t*, F, M), store_arg(int64_t*, I, M), prefetch(const void*).
+//   store(float*/f16_t*/bf16_t*, F, M), store_arg(int64_t*, I, M), prefetch(const void*) (into L2) and
+//   prefetch_l1(const void*).
 
 // How many lookups ahead the loop prefetches rows. The rows of a bag are random reads from a table much
 // larger than the caches, so the loop is bound by memory latency unless several rows are in flight.
@@ -20,12 +21,19 @@ constexpr int64_t kPrefetchDistance = 16;
 // B=4096, L=40, AVX-512 and AVX2 kernels, caches flushed): 32 ahead ran faster than 16, and 48 or 64 no faster
 // than 32.
 constexpr int64_t kOneLinePrefetchDistance = 32;
-// Lines of each row's slice prefetched: the first two. The CPU's own prefetchers fetch the rest of a row once
-// its first lines are requested; prefetching every line filled the queue of outstanding misses with lines that
-// were coming anyway, so fewer rows were in flight. On a 2-core Xeon with the caches flushed between calls, two
-// lines beat every line by a wide margin for float32 rows of 4 to 16 lines (weighted or not, AVX-512 and AVX2
-// kernels alike), one line was no better than two, and with the rows partly or wholly in L3 two lines were as
-// fast or faster.
+// Lines of each row's slice prefetched: the first two of a slice wider than four lines, a narrower slice whole.
+// The CPU's own prefetchers fetch the rest of a wide row once its first lines are requested; prefetching every
+// line filled the queue of outstanding misses with lines that were coming anyway, so fewer rows were in flight.
+// On a 2-core Xeon with the caches flushed between calls, two lines beat every line by a wide margin for
+// float32 rows of 8 and 16 lines (weighted or not, AVX-512 and AVX2 kernels alike), one line was no better than
+// two, and with the rows partly or wholly in L3 two lines were as fast or faster; rows of four lines ran as fast
+// or faster prefetched whole (16-bit rows of D=128 faster), and four of eight lines was slower on AVX2.
+// For the same reason V::prefetch brings lines into L2 (prefetcht1), not L1: a prefetch to L1 holds one of its
+// few fill buffers until the line arrives from memory, while the lookups' own loads find the line in L2 a few
+// cycles away. With the caches flushed, that made one-line rows (D=16) and D=64 rows faster and left D=128
+// as it was. Max mode keeps whole slices prefetched into L1 (V::prefetch_l1), as before: on the AVX2 kernels,
+// which pool a D=128 max row in two passes of four lines, either change made it slower.
+constexpr int kWholeSliceLines = 4;
 constexpr int kPrefetchLines = 2;
 // A row wider than one pass of accumulators is pooled in several passes over the bag's rows, each of which
 // prefetches its own slice of the rows. Where a slice is a single line (int8 rows on AVX2), the first pass
@@ -84,7 +92,7 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
   // Cache lines of this block's slice of a row (a partial last vector may prefetch a little of the next
   // row, which is harmless: prefetches never fault).
   constexpr int kLines = static_cast<int>(lines_of<WT>(NV * W));
-  constexpr int kPrefetched = kLines < kPrefetchLines ? kLines : kPrefetchLines;
+  constexpr int kPrefetched = kMax || kLines <= kWholeSliceLines ? kLines : kPrefetchLines;
   const int row_lines = static_cast<int>(lines_of<WT>(dim));
   const int64_t distance = prefetch == Prefetch::kSlice && kLines == 1 ? kOneLinePrefetchDistance : kPrefetchDistance;
 
@@ -121,9 +129,13 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
       const uintptr_t next = static_cast<uintptr_t>(indices[i + distance < last_lookup ? i + distance : last_lookup]);
       const char* p = reinterpret_cast<const char*>(slices + next * row_bytes);
       if (prefetch == Prefetch::kSlice) {
-        MPREC_UNROLL for (int line = 0; line < kPrefetched; ++line) V::prefetch(p + 64 * line);
+        MPREC_UNROLL for (int line = 0; line < kPrefetched; ++line) {
+          if constexpr (kMax) V::prefetch_l1(p + 64 * line); else V::prefetch(p + 64 * line);
+        }
       } else {
-        for (int line = 0; line < row_lines; ++line) V::prefetch(p + 64 * line);
+        for (int line = 0; line < row_lines; ++line) {
+          if constexpr (kMax) V::prefetch_l1(p + 64 * line); else V::prefetch(p + 64 * line);
+        }
       }
       // Row-wise int8 keeps scale and bias in their own array: one more line per lookup to fetch early.
       if constexpr (sizeof(WT) == 1) {
