@@ -93,6 +93,9 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
   // row, which is harmless: prefetches never fault).
   constexpr int kLines = static_cast<int>(lines_of<WT>(NV * W));
   constexpr int kPrefetched = kMax || kLines <= kWholeSliceLines ? kLines : kPrefetchLines;
+  const auto fetch = [](const char* line) {
+    if constexpr (kMax) V::prefetch_l1(line); else V::prefetch(line);
+  };
   const int row_lines = static_cast<int>(lines_of<WT>(dim));
   const int64_t distance = prefetch == Prefetch::kSlice && kLines == 1 ? kOneLinePrefetchDistance : kPrefetchDistance;
 
@@ -129,13 +132,9 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
       const uintptr_t next = static_cast<uintptr_t>(indices[i + distance < last_lookup ? i + distance : last_lookup]);
       const char* p = reinterpret_cast<const char*>(slices + next * row_bytes);
       if (prefetch == Prefetch::kSlice) {
-        MPREC_UNROLL for (int line = 0; line < kPrefetched; ++line) {
-          if constexpr (kMax) V::prefetch_l1(p + 64 * line); else V::prefetch(p + 64 * line);
-        }
+        MPREC_UNROLL for (int line = 0; line < kPrefetched; ++line) fetch(p + 64 * line);
       } else {
-        for (int line = 0; line < row_lines; ++line) {
-          if constexpr (kMax) V::prefetch_l1(p + 64 * line); else V::prefetch(p + 64 * line);
-        }
+        for (int line = 0; line < row_lines; ++line) fetch(p + 64 * line);
       }
       // Row-wise int8 keeps scale and bias in their own array: one more line per lookup to fetch early.
       if constexpr (sizeof(WT) == 1) {

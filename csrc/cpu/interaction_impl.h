@@ -353,40 +353,45 @@ void backward_fixed(const InteractionGradArgs& ga, int64_t b0, int64_t b1, T* sc
   }
 }
 
-// The feature width as a compile-time constant for the common DLRM widths (the loops over D unroll and
-// the accumulators stay in registers), a run-time one otherwise.
-template <typename T, typename S0, typename S1, typename O, bool kOrdered>
-void forward_dims_(const InteractionArgs& a, int64_t b0, int64_t b1, T* s) {
-  switch (a.dim) {
-    case 16: return forward_fixed<T, S0, S1, O, 16, kOrdered>(a, b0, b1, s);
-    case 32: return forward_fixed<T, S0, S1, O, 32, kOrdered>(a, b0, b1, s);
-    case 64: return forward_fixed<T, S0, S1, O, 64, kOrdered>(a, b0, b1, s);
-    case 128: return forward_fixed<T, S0, S1, O, 128, kOrdered>(a, b0, b1, s);
-    default: return forward_fixed<T, S0, S1, O, 0, kOrdered>(a, b0, b1, s);
+// A call's loop shape as compile-time constants: the feature width for the common DLRM widths (the loops over D
+// unroll and the accumulators stay in registers; 0: a run-time width) and whether the rest comes with an order.
+template <int64_t D, bool Ordered>
+struct Shape {
+  static constexpr int64_t kDim = D;
+  static constexpr bool kOrdered = Ordered;
+};
+
+template <bool kOrdered, typename Fn>
+void dispatch_width(int64_t dim, Fn fn) {
+  switch (dim) {
+    case 16: return fn(Shape<16, kOrdered>{});
+    case 32: return fn(Shape<32, kOrdered>{});
+    case 64: return fn(Shape<64, kOrdered>{});
+    case 128: return fn(Shape<128, kOrdered>{});
+    default: return fn(Shape<0, kOrdered>{});
   }
+}
+
+template <typename Fn>
+void dispatch_shape(const InteractionArgs& a, Fn fn) {
+  if (a.rest_order) return dispatch_width<true>(a.dim, fn);
+  return dispatch_width<false>(a.dim, fn);
 }
 
 template <typename T, typename S0, typename S1, typename O>
 void forward_dims(const InteractionArgs& a, int64_t b0, int64_t b1, T* s) {
-  if (a.rest_order) return forward_dims_<T, S0, S1, O, true>(a, b0, b1, s);
-  return forward_dims_<T, S0, S1, O, false>(a, b0, b1, s);
-}
-
-template <typename T, typename S0, typename S1, typename O, bool kOrdered>
-void backward_dims_(const InteractionGradArgs& a, int64_t b0, int64_t b1, T* s) {
-  switch (a.fwd.dim) {
-    case 16: return backward_fixed<T, S0, S1, O, 16, kOrdered>(a, b0, b1, s);
-    case 32: return backward_fixed<T, S0, S1, O, 32, kOrdered>(a, b0, b1, s);
-    case 64: return backward_fixed<T, S0, S1, O, 64, kOrdered>(a, b0, b1, s);
-    case 128: return backward_fixed<T, S0, S1, O, 128, kOrdered>(a, b0, b1, s);
-    default: return backward_fixed<T, S0, S1, O, 0, kOrdered>(a, b0, b1, s);
-  }
+  dispatch_shape(a, [&](auto shape) {
+    using Sh = decltype(shape);
+    forward_fixed<T, S0, S1, O, Sh::kDim, Sh::kOrdered>(a, b0, b1, s);
+  });
 }
 
 template <typename T, typename S0, typename S1, typename O>
 void backward_dims(const InteractionGradArgs& a, int64_t b0, int64_t b1, T* s) {
-  if (a.fwd.rest_order) return backward_dims_<T, S0, S1, O, true>(a, b0, b1, s);
-  return backward_dims_<T, S0, S1, O, false>(a, b0, b1, s);
+  dispatch_shape(a.fwd, [&](auto shape) {
+    using Sh = decltype(shape);
+    backward_fixed<T, S0, S1, O, Sh::kDim, Sh::kOrdered>(a, b0, b1, s);
+  });
 }
 
 // float compute over float32 / bfloat16 storage: the three operand types as template arguments.
