@@ -222,13 +222,15 @@ def test_quantize_rowwise_int8_matches_reference(dim):
     assert torch.equal(restored[3], weight[3])
 
 
-@pytest.mark.parametrize("dim", [5, 16, 128, 256])
-def test_max_keeps_the_first_strictly_greater_row(isa, dim):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dim", [5, 16, 128, 129, 256])
+def test_max_keeps_the_first_strictly_greater_row(isa, dim, dtype):
     """Max mode's value and argmax on rows full of ties, signed zeros, -inf and NaN: a row takes a lane only when
     strictly greater than every row before it (so ties keep the first, -0.0 before +0.0 stays -0.0, NaN never
-    wins, and a lane no row exceeds -inf keeps -inf and -1), bit for bit on every kernel variant."""
+    wins, and a lane no row exceeds -inf keeps -inf and -1), bit for bit on every kernel variant. Widths of one
+    pass and of several, whole and partial."""
     g = torch.Generator().manual_seed(dim)
-    palette = torch.tensor([float("-inf"), -1.0, -0.0, 0.0, 1.0, float("nan")])
+    palette = torch.tensor([float("-inf"), -1.0, -0.0, 0.0, 1.0, float("nan")], dtype=dtype)
     weight = palette[torch.randint(0, len(palette), (40, dim), generator=g)]
     weight[7] = float("-inf")
     weight[8] = float("nan")
@@ -236,7 +238,7 @@ def test_max_keeps_the_first_strictly_greater_row(isa, dim):
     indices[offsets[5]:offsets[6]] = torch.tensor([7, 8, 7])[torch.arange(int(offsets[6] - offsets[5])) % 3]
     out, max_indices = torch.ops.mprec.embedding_bag(weight, indices, offsets, 2, None, 3, False, None, False, False)
     bounds = offsets.tolist() + [indices.numel()]
-    expected = torch.zeros(len(offsets), dim)
+    expected = torch.zeros(len(offsets), dim, dtype=dtype)
     expected_arg = torch.full((len(offsets), dim), -1, dtype=torch.int64)
     for b in range(len(offsets)):
         rows = [r for r in indices[bounds[b]:bounds[b + 1]].tolist() if r != 3]
@@ -250,4 +252,5 @@ def test_max_keeps_the_first_strictly_greater_row(isa, dim):
                 expected[b, d] = weight[arg, d]  # the sign of the zero that won
             expected_arg[b, d] = arg
     assert torch.equal(max_indices, expected_arg)
-    assert torch.equal(out.view(torch.int32), expected.view(torch.int32))
+    bits = torch.int32 if dtype == torch.float32 else torch.int16
+    assert torch.equal(out.view(bits), expected.view(bits))

@@ -44,10 +44,17 @@ struct V {
   static F add(F a, F b) { return _mm512_add_ps(a, b); }
   static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
   static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
-  static void max_update(F& acc, I& arg, F x, int64_t row) {
-    const M gt = _mm512_cmp_ps_mask(x, acc, _CMP_GT_OQ);
-    acc = _mm512_mask_mov_ps(acc, gt, x);
-    arg = _mm512_mask_mov_epi32(arg, gt, _mm512_set1_epi32(static_cast<int32_t>(row)));
+  // max_ps returns its second operand where the first is NaN or they are equal (+0 against -0): acc stays
+  // unless x is greater.
+  static constexpr int kMaxVectors = 8;
+  static F max(F x, F acc) { return _mm512_max_ps(x, acc); }
+  static constexpr int kArgVectors = 8;
+  static void arg_update(I& arg, const float* best, F x, int64_t row) {
+    arg = _mm512_mask_mov_epi32(arg, _mm512_cmp_ps_mask(x, _mm512_loadu_ps(best), _CMP_EQ_OQ),
+                                _mm512_set1_epi32(static_cast<int32_t>(row)));
+  }
+  static I arg_unset(I arg, const float* best) {
+    return _mm512_mask_mov_epi32(arg, _mm512_cmp_ps_mask(_mm512_loadu_ps(best), neg_inf(), _CMP_EQ_OQ), arg_init());
   }
   static void store(float* p, F v, M m) { _mm512_mask_storeu_ps(p, m, v); }
   static void store(f16_t* p, F v, M m) {
@@ -67,9 +74,8 @@ struct V {
     _mm512_mask_storeu_epi64(p + 8, static_cast<__mmask8>(m >> 8),
                              _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(arg, 1)));
   }
-  // Into L2 (prefetch) and into L1 (prefetch_l1): see kPrefetchLines in embedding_bag_pool_impl.h.
+  // Into L2: see kPrefetchLines in embedding_bag_pool_impl.h.
   static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1); }
-  static void prefetch_l1(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 };
 
 #include "embedding_bag_pool_impl.h"

@@ -6,10 +6,11 @@
 // V provides: W (lanes), F (float vector), I (row-index vector), M (lane mask) and
 //   mask(n), zero(), set1(x), neg_inf(), load(const T*, M) and loadu(const T*) (all W lanes) for
 //   float/f16_t/bf16_t/uint8_t,
-//   add(a, b), fmadd(a, b, c), mul(a, b), max_update(acc, arg, x, row), arg_init(), kSumVectors (accumulators
-//   of a float32 sum/mean pass),
-//   store(float*/f16_t*/bf16_t*, F, M), store_arg(int64_t*, I, M), prefetch(const void*) (into L2) and
-//   prefetch_l1(const void*).
+//   add(a, b), fmadd(a, b, c), mul(a, b), max(x, acc) (acc where x is not greater: ties, NaN), arg_init(),
+//   arg_update(arg, best, x, row) (row where x == best), arg_unset(arg, best) (-1 where best is -inf),
+//   kSumVectors and kMaxVectors (accumulators of a float32 sum/mean and max pass), kArgVectors (vectors of a
+//   chunk of the argmax pass), store(float*/f16_t*/bf16_t*, F, M), store_arg(int64_t*, I, M),
+//   prefetch(const void*) (into L2).
 
 // How many lookups ahead the loop prefetches rows. The rows of a bag are random reads from a table much
 // larger than the caches, so the loop is bound by memory latency unless several rows are in flight.
@@ -31,8 +32,8 @@ constexpr int64_t kOneLinePrefetchDistance = 32;
 // For the same reason V::prefetch brings lines into L2 (prefetcht1), not L1: a prefetch to L1 holds one of its
 // few fill buffers until the line arrives from memory, while the lookups' own loads find the line in L2 a few
 // cycles away. With the caches flushed, that made one-line rows (D=16) and D=64 rows faster and left D=128
-// as it was. Max mode keeps whole slices prefetched into L1 (V::prefetch_l1), as before: on the AVX2 kernels,
-// which pool a D=128 max row in two passes of four lines, either change made it slower.
+// as it was. Max mode prefetches as sum does: its D=128 rows, pooled in one pass, ran faster so than with
+// whole slices prefetched into L1.
 constexpr int kWholeSliceLines = 4;
 constexpr int kPrefetchLines = 2;
 // A row wider than one pass of accumulators is pooled in several passes over the bag's rows, each of which
@@ -42,12 +43,15 @@ constexpr int kPrefetchLines = 2;
 // again. Wider rows keep per-slice prefetches: whole rows of 16 lines, as many times the lines in flight, made
 // a D=256 float32 sum slower (AVX-512 and AVX2 alike), and rows of 4 or 8 lines gained nothing.
 constexpr int kWholeRowLines = 2;
-// Vectors of accumulators kept in registers per pass over a bag's rows; wider rows take several passes. Max
-// mode keeps an argmax vector beside each, and converted types need registers for the conversion, so they keep
-// 8; float32 sum and mean load rows straight into the adds and keep V::kSumVectors.
-constexpr int kMaxVectors = 8;
+// Vectors of accumulators kept in registers per pass over a bag's rows; wider rows take several passes.
+// Converted types need registers for the conversion, so they keep 8; float32 rows keep V::kSumVectors in sum
+// and mean, which load rows straight into the adds, and V::kMaxVectors in max mode, whose argmax is found after
+// the pass (max_args), so that no register holds it during the pass.
+constexpr int kConvertedVectors = 8;
 template <typename WT, bool kMax>
-constexpr int block_vectors() { return sizeof(WT) == 4 && !kMax ? V::kSumVectors : kMaxVectors; }
+constexpr int block_vectors() {
+  return sizeof(WT) != 4 ? kConvertedVectors : kMax ? V::kMaxVectors : V::kSumVectors;
+}
 
 // The accumulators must live in registers: without full unrolling of the per-vector loops, gcc keeps
 // acc[] on the stack and every row costs a load and a store per vector.
@@ -61,14 +65,57 @@ constexpr int64_t lines_of(int64_t cols) { return (cols * static_cast<int64_t>(s
 
 // Vector v of a row: only the last vector of a block can be partial, and only it pays for a lane mask. A block
 // known to be whole (kWhole) loads every vector unmasked: the mask of a partial last vector takes a register,
-// which a block with as many accumulators as registers (AVX2's 16 of a float32 sum) pays for by spilling
-// accumulators to the stack on every row. Only such blocks use it: on AVX-512 the same variants made bf16 and
+// which a block with as many accumulators as registers (AVX2's 16 of a float32 sum or max) pays for by
+// spilling accumulators to the stack on every row. Only such blocks use it: on AVX-512 the same variants made bf16 and
 // fp16 rows slower.
 template <int NV, bool kWhole, typename WT>
 static inline typename V::F load_vector(const WT* row, int v, typename V::M tail) {
   return !kWhole && v == NV - 1 ? V::load(row + v * V::W, tail) : V::loadu(row + v * V::W);
 }
 template <> struct OutputOf<uint8_t> { using type = float; };
+
+// Vector v of row `row` as the pooling reads it: row-wise int8 rows dequantized with their scale and bias.
+template <int NV, bool kWhole, typename WT>
+static inline typename V::F row_vector(const WT* row, int v, typename V::M tail, typename V::F scale,
+                                       typename V::F bias) {
+  if constexpr (sizeof(WT) == 1) return V::fmadd(load_vector<NV, kWhole>(row, v, tail), scale, bias);
+  else return load_vector<NV, kWhole>(row, v, tail);
+}
+
+// Max mode's argmax, found after its pass over the bag's rows, which left them in the caches: for each lane,
+// the first row whose value equals the lane's maximum, or -1 where the maximum is -inf. That is the row a
+// running "x > max so far" comparison keeps: the rows before it are smaller or NaN, and none after it is
+// greater. Walking the rows backwards, the last equal row met is the first. Tracking the argmax during the pass
+// instead held a register per accumulator, which on AVX2 halved the accumulators and so pooled a D=128 row in
+// two passes over memory. The lanes are taken V::kArgVectors vectors at a time, so that a chunk's maxima and
+// argmaxes stay in registers.
+template <typename WT, typename IT, int NV, bool kWhole, int kFirst = 0>
+static void max_args(const PoolArgs& a, const WT* weight, const IT* indices, int64_t col, int64_t start,
+                     int64_t end, const float* best, typename V::M tail, int64_t* arg_out) {
+  using F = typename V::F;
+  using I = typename V::I;
+  constexpr int W = V::W;
+  constexpr int kCount = NV - kFirst < V::kArgVectors ? NV - kFirst : V::kArgVectors;
+  I arg[kCount];
+  MPREC_UNROLL for (int k = 0; k < kCount; ++k) arg[k] = V::arg_init();
+  for (int64_t i = end - 1; i >= start; --i) {
+    const int64_t idx = static_cast<int64_t>(indices[i]);
+    if (idx == a.padding_idx) continue;
+    const WT* row = weight + idx * a.dim + col;
+    F scale = V::zero(), bias = V::zero();
+    if constexpr (sizeof(WT) == 1) {
+      scale = V::set1(a.scale_bias[2 * idx]);
+      bias = V::set1(a.scale_bias[2 * idx + 1]);
+    }
+    MPREC_UNROLL for (int k = 0; k < kCount; ++k)
+      V::arg_update(arg[k], best + (kFirst + k) * W, row_vector<NV, kWhole>(row, kFirst + k, tail, scale, bias), idx);
+  }
+  MPREC_UNROLL for (int k = 0; k < kCount; ++k)
+    V::store_arg(arg_out + (kFirst + k) * W, V::arg_unset(arg[k], best + (kFirst + k) * W),
+                 kFirst + k == NV - 1 ? tail : V::mask(W));
+  if constexpr (kFirst + kCount < NV)
+    max_args<WT, IT, NV, kWhole, kFirst + kCount>(a, weight, indices, col, start, end, best, tail, arg_out);
+}
 
 // What a pass prefetches of the rows `distance` lookups ahead: its own slice (kSlice), the whole row (kRow: the
 // first pass over rows of at most kWholeRowLines lines, see there), or nothing (kNone: a later pass over rows the
@@ -82,7 +129,6 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
                        int64_t start, int64_t end, Prefetch prefetch, typename OutputOf<WT>::type* out,
                        int64_t* arg_out, BagErrorReport* error) {
   using F = typename V::F;
-  using I = typename V::I;
   constexpr int W = V::W;
   const int64_t dim = a.dim;
   const int64_t num_rows = a.num_rows;
@@ -92,9 +138,9 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
   // Cache lines of this block's slice of a row (a partial last vector may prefetch a little of the next
   // row, which is harmless: prefetches never fault).
   constexpr int kLines = static_cast<int>(lines_of<WT>(NV * W));
-  constexpr int kPrefetched = kMax || kLines <= kWholeSliceLines ? kLines : kPrefetchLines;
+  constexpr int kPrefetched = kLines <= kWholeSliceLines ? kLines : kPrefetchLines;
   const auto fetch = [](const char* line) {
-    if constexpr (kMax) V::prefetch_l1(line); else V::prefetch(line);
+    V::prefetch(line);
   };
   const int row_lines = static_cast<int>(lines_of<WT>(dim));
   const int64_t distance = prefetch == Prefetch::kSlice && kLines == 1 ? kOneLinePrefetchDistance : kPrefetchDistance;
@@ -105,11 +151,7 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
   constexpr int kWeightedVectors =
       kWhole && !kUnweighted && !kMax && NV >= 16 && NV == V::kSumVectors ? NV - 1 : NV;
   F acc[NV];
-  I arg[NV];
-  MPREC_UNROLL for (int v = 0; v < NV; ++v) {
-    acc[v] = kMax ? V::neg_inf() : V::zero();
-    if (kMax) arg[v] = V::arg_init();
-  }
+  MPREC_UNROLL for (int v = 0; v < NV; ++v) acc[v] = kMax ? V::neg_inf() : V::zero();
   float bias_sum = 0.f;  // uint8 rows in sum/mean mode: sum of w * bias, added once at the end
   int64_t count = 0;
   const int64_t padding_idx = a.padding_idx;  // -1: none
@@ -151,9 +193,7 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
       const float bias = a.scale_bias[2 * idx + 1];
       if (kMax) {
         const F s = V::set1(scale), b = V::set1(bias);
-        MPREC_UNROLL for (int v = 0; v < NV; ++v)
-          V::max_update(acc[v], arg[v], V::fmadd(load_vector<NV, kWhole>(row, v, tail), s, b),
-                        idx);
+        MPREC_UNROLL for (int v = 0; v < NV; ++v) acc[v] = V::max(row_vector<NV, kWhole>(row, v, tail, s, b), acc[v]);
       } else {
         const F s = V::set1(w * scale);
         MPREC_UNROLL for (int v = 0; v < NV; ++v)
@@ -162,8 +202,7 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
       }
     } else {
       if (kMax) {
-        MPREC_UNROLL for (int v = 0; v < NV; ++v)
-          V::max_update(acc[v], arg[v], load_vector<NV, kWhole>(row, v, tail), idx);
+        MPREC_UNROLL for (int v = 0; v < NV; ++v) acc[v] = V::max(load_vector<NV, kWhole>(row, v, tail), acc[v]);
       } else if (weighted) {
         const F wv = V::set1(w);
         MPREC_UNROLL for (int v = 0; v < kWeightedVectors; ++v)
@@ -190,9 +229,15 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
   }
   if (kMax) {
     if (count == 0) {
-      MPREC_UNROLL for (int v = 0; v < NV; ++v) acc[v] = V::zero();
+      MPREC_UNROLL for (int v = 0; v < NV; ++v) {
+        acc[v] = V::zero();
+        V::store_arg(arg_out + v * W, V::arg_init(), v == NV - 1 ? tail : full);
+      }
+    } else {
+      alignas(64) float best[NV * W];
+      MPREC_UNROLL for (int v = 0; v < NV; ++v) V::store(best + v * W, acc[v], full);
+      max_args<WT, IT, NV, kWhole>(a, weight, indices, col, start, end, best, tail, arg_out);
     }
-    MPREC_UNROLL for (int v = 0; v < NV; ++v) V::store_arg(arg_out + v * W, arg[v], v == NV - 1 ? tail : full);
   } else {
     if (sizeof(WT) == 1 && bias_sum != 0.f) {
       const F b = V::set1(bias_sum);
@@ -248,7 +293,7 @@ static bool pool_typed(const PoolArgs& a, int64_t bag_begin, int64_t bag_end, in
       switch (nv) {
 #define MPREC_POOL_CASE(N)                                                                                \
   case N:                                                                                                 \
-    if constexpr (N == kVectors && kVectors >= 16) {                                                      \
+    if constexpr (N == kVectors && kVectors > kConvertedVectors) {                                       \
       const Prefetch p = col == 0 ? first : later;                                                        \
       if (cols != kBlock)                                                                                 \
         ok = pool_block<WT, IT, kMax, N>(a, weight, indices, col, bag, start, end, p, o, ao, error);      \

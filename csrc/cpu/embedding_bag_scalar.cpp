@@ -82,16 +82,19 @@ struct V {
   static F add(F a, F b) { return a + b; }
   static F fmadd(F a, F b, F c) { return a * b + c; }
   static F mul(F a, F b) { return a * b; }
-  static void max_update(F& acc, I& arg, F x, int64_t row) {
-    if (x > acc) { acc = x; arg = row; }
+  static constexpr int kMaxVectors = 8;
+  static F max(F x, F acc) { return x > acc ? x : acc; }
+  static constexpr int kArgVectors = 8;
+  static void arg_update(I& arg, const float* best, F x, int64_t row) {
+    if (x == *best) arg = row;
   }
+  static I arg_unset(I arg, const float* best) { return *best == neg_inf() ? arg_init() : arg; }
   static void store(float* p, F v, M) { *p = v; }
   static void store(f16_t* p, F v, M) { p->bits = float_to_half(v); }
   static void store(bf16_t* p, F v, M) { p->bits = float_to_bfloat16(v); }
   static void store_arg(int64_t* p, I arg, M) { *p = arg; }
-  // Into L2 and into L1: see kPrefetchLines in embedding_bag_pool_impl.h.
+  // Into L2: see kPrefetchLines in embedding_bag_pool_impl.h.
   static void prefetch(const void* p) { __builtin_prefetch(p, 0, 2); }
-  static void prefetch_l1(const void* p) { __builtin_prefetch(p); }
 };
 
 #include "embedding_bag_pool_impl.h"
