@@ -97,8 +97,9 @@ struct V {
     _mm256_store_si256(reinterpret_cast<__m256i*>(buf + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(arg, 1)));
     for (int i = 0; i < n; ++i) p[i] = buf[i];
   }
-  // Into L2: see kPrefetchLines in embedding_bag_pool_impl.h.
+  // Into L2 and into L1: see kPrefetchLines and kWideRowPrefetchDistance in embedding_bag_pool_impl.h.
   static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1); }
+  static void prefetch_l1(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 };
 
 #include "embedding_bag_pool_impl.h"

@@ -74,8 +74,9 @@ struct V {
     _mm512_mask_storeu_epi64(p + 8, static_cast<__mmask8>(m >> 8),
                              _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(arg, 1)));
   }
-  // Into L2: see kPrefetchLines in embedding_bag_pool_impl.h.
+  // Into L2 and into L1: see kPrefetchLines and kWideRowPrefetchDistance in embedding_bag_pool_impl.h.
   static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1); }
+  static void prefetch_l1(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 };
 
 #include "embedding_bag_pool_impl.h"

@@ -93,8 +93,9 @@ struct V {
   static void store(f16_t* p, F v, M) { p->bits = float_to_half(v); }
   static void store(bf16_t* p, F v, M) { p->bits = float_to_bfloat16(v); }
   static void store_arg(int64_t* p, I arg, M) { *p = arg; }
-  // Into L2: see kPrefetchLines in embedding_bag_pool_impl.h.
+  // Into L2 and into L1: see kPrefetchLines and kWideRowPrefetchDistance in embedding_bag_pool_impl.h.
   static void prefetch(const void* p) { __builtin_prefetch(p, 0, 2); }
+  static void prefetch_l1(const void* p) { __builtin_prefetch(p); }
 };
 
 #include "embedding_bag_pool_impl.h"
