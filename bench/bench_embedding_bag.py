@@ -20,6 +20,12 @@ import torch
 import mprec
 
 from mprec.benchmark import EMBEDDING_BAG_CASES, cache_flush_bytes, read_bandwidth
+from mprec.memory import huge_pages_available, retain_freed_memory
+
+# As mprec's commands and the DLRM benchmarks do: malloc keeps the outputs' freed memory, so that a call does
+# not fault in and zero the pages of the previous call's outputs (max mode's [B, D] int64 argmax too), which on
+# a virtual machine cost some rounds several milliseconds and no others.
+retain_freed_memory()
 
 _built = {}
 _interleaved = {}
@@ -80,5 +86,6 @@ def test_embedding_bag(benchmark, case, impl):
     benchmark.group = case.name
     benchmark.extra_info.update(case=case.name, impl=impl, bytes=case.row_bytes, dtype=case.dtype, cpu_isa=mprec.cpu_isa(),
                                 mode=case.mode, tables=case.tables, dim=case.dim,
+                                huge_pages_asked=case.huge_pages, huge_pages=case.huge_pages and huge_pages_available(),
                                 interleaved_median_ms=_interleaved[case.name][impl])
     benchmark.pedantic(impls[impl], rounds=case.rounds, iterations=1, warmup_rounds=2)

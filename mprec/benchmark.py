@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 import mprec
+from mprec import memory
 from mprec.timing import fastest, median_ms
 
 __all__ = ["EmbeddingBagCase", "EMBEDDING_BAG_CASES", "read_bandwidth", "gather_limit", "median_ms",
@@ -80,6 +81,9 @@ class EmbeddingBagCase:
     weighted: bool = False
     padding: bool = False
     tables: int = 1
+    # The table on 2 MiB pages (mprec.memory.empty, as mprec's modules allocate theirs; transparent huge pages
+    # in "always" mode give every large allocation the same), where lookups seldom miss the TLB.
+    huge_pages: bool = False
     rounds: int = 15
     notes: str = field(default="", compare=False)
 
@@ -92,7 +96,9 @@ class EmbeddingBagCase:
 
     def fbgemm_supported(self) -> bool:
         # FBGEMM's CPU TBE pools sum and mean, without padding_idx, in fp32/fp16 (and int8 for inference).
-        return fbgemm_available() and self.mode != "max" and not self.padding and self.dtype != "bfloat16"
+        # Its TBE allocates its own weights, which cannot be put on huge pages.
+        return fbgemm_available() and self.mode != "max" and not self.padding and self.dtype != "bfloat16" \
+            and not self.huge_pages
 
     def has_sum_reference(self) -> bool:
         return self.tables == 1 and self.dtype != "int8" and (self.mode == "max" or self.padding)
@@ -114,6 +120,8 @@ class EmbeddingBagCase:
             base = torch.randn(self.num_rows, self.dim, generator=g)
             weights = [base.to(getattr(torch, self.dtype)) if self.dtype != "int8" else base
                        for _ in range(self.tables)]
+            if self.huge_pages:
+                weights = [memory.empty(w.shape, dtype=w.dtype).copy_(w) for w in weights]
         impls: dict[str, Callable[[], torch.Tensor]] = {}
         if self.tables == 1:
             idx, offsets = indices[0], torch.arange(0, n, self.bag_size)
@@ -190,6 +198,7 @@ def _no_grad(module):
 # The benchmark of the embedding-bag family (targets in the issue that introduced it).
 EMBEDDING_BAG_CASES = [
     EmbeddingBagCase("standard f32 sum"),
+    EmbeddingBagCase("huge pages", huge_pages=True),
     EmbeddingBagCase("mean", mode="mean"),
     EmbeddingBagCase("max", mode="max", rounds=7),
     EmbeddingBagCase("padding_idx", padding=True, rounds=7),

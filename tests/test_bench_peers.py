@@ -89,3 +89,17 @@ def test_the_cache_flush_outgrows_the_largest_cache(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps(dict(machine_info={}, benchmarks=entries)))
     assert "caches flushed before each timed call by reading 1920 MiB" in summary.summarize(path).splitlines()[0]
+
+
+def test_the_summary_says_where_huge_pages_were_off(tmp_path):
+    """The huge-pages case says whether its table really was on 2 MiB pages."""
+    def note(huge_pages):
+        entries = [{"extra_info": {"kind": "read_bandwidth", "gbps": 20.0}, "stats": {"median": 0.01}},
+                   {"extra_info": dict(case="huge pages", impl="mprec", bytes=4e7, tables=1, huge_pages_asked=True,
+                                       huge_pages=huge_pages, interleaved_median_ms=2.0), "stats": {"median": 0.002}}]
+        path = tmp_path / f"r{huge_pages}.json"
+        path.write_text(json.dumps(dict(machine_info={}, benchmarks=entries)))
+        return [line for line in summary.summarize(path).splitlines() if line.startswith("huge pages:")]
+
+    assert note(True) == ["huge pages: the standard case's table on 2 MiB pages, as mprec's modules allocate theirs"]
+    assert note(False) == ["huge pages: transparent huge pages are off here, so 4 KiB pages"]

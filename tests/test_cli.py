@@ -75,3 +75,29 @@ def test_max_and_padding_cases_time_a_sum_of_their_own_table():
         torch.testing.assert_close(impls[SUM_REFERENCE](), want)
         if case.mode == "max":
             assert not torch.allclose(impls["mprec"](), want)
+
+
+def test_the_huge_pages_case_puts_its_table_on_huge_pages(monkeypatch):
+    """The huge-pages case allocates its table with mprec.memory.empty (as mprec's modules do), leaves FBGEMM out
+    (its TBE allocates its own weights), and mprec and torch pool that table as the reference does."""
+    import dataclasses
+
+    import torch
+
+    from mprec import memory
+    from mprec.benchmark import EMBEDDING_BAG_CASES
+
+    case = next(c for c in EMBEDDING_BAG_CASES if c.huge_pages)
+    assert "fbgemm" not in case.implementation_names()
+    placed = []
+    real_empty = memory.empty
+    monkeypatch.setattr(memory, "empty", lambda shape, **kw: placed.append(tuple(shape)) or real_empty(shape, **kw))
+    small = dataclasses.replace(case, num_rows=3000, bags=64, bag_size=5)
+    impls = small.build(seed=4)
+    assert placed == [(3000, small.dim)]
+    g = torch.Generator().manual_seed(4)
+    idx = torch.randint(0, small.num_rows, (small.bags * small.bag_size,), generator=g)
+    table = torch.randn(small.num_rows, small.dim, generator=g)
+    want = torch.nn.functional.embedding_bag(idx, table, torch.arange(0, idx.numel(), small.bag_size), mode="sum")
+    torch.testing.assert_close(impls["mprec"](), want)
+    torch.testing.assert_close(impls["torch"](), want)
