@@ -15,13 +15,14 @@
 // How many lookups ahead the loop prefetches rows. The rows of a bag are random reads from a table much
 // larger than the caches, so the loop is bound by memory latency unless several rows are in flight.
 // Measured on a 2-core EPYC (E=1e6, D=128, L=40): 16 and 24 are equally good, 8 is a few percent slower,
-// no prefetch is 3x slower.
+// no prefetch is 3x slower. Rows pooled in several passes of wide slices (float32 D=256) keep it.
 constexpr int64_t kPrefetchDistance = 16;
-// Slices of a single line (float32 rows of D <= 16, the Kaggle width) go further ahead: each lookup is one
-// short read, so 16 of them in flight leave the loop waiting on memory. Measured on a 2-core Xeon (E=1e6, D=16,
-// B=4096, L=40, AVX-512 and AVX2 kernels, caches flushed): 32 ahead ran faster than 16, and 48 or 64 no faster
-// than 32.
-constexpr int64_t kOneLinePrefetchDistance = 32;
+// Slices of at most kWholeSliceLines lines, and whole rows (kRow), go further ahead: each lookup is a short
+// read, so 16 of them in flight leave the loop waiting on memory. On a 2-core Xeon (E=1e6, B=4096, L=40,
+// caches flushed), with tables on 4 KiB and on 2 MiB pages, AVX-512 and AVX2 kernels: 32 ahead ran faster
+// than 16 for one-line rows (D=16; 48 or 64 no faster than 32), for float32 D=32 and D=64 and for 16-bit
+// D=128 (up to 17% faster on huge pages, where D=64 had been slower than torch's), and as fast for int8.
+constexpr int64_t kNarrowPrefetchDistance = 32;
 // Lines of each row's slice prefetched: the first two of a slice wider than four lines, a narrower slice whole.
 // The CPU's own prefetchers fetch the rest of a wide row once its first lines are requested; prefetching every
 // line filled the queue of outstanding misses with lines that were coming anyway, so fewer rows were in flight.
@@ -151,9 +152,9 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
     V::prefetch(line);
   };
   const int row_lines = static_cast<int>(lines_of<WT>(dim));
-  const int64_t distance = prefetch == Prefetch::kWideRow                   ? kWideRowPrefetchDistance
-                           : prefetch == Prefetch::kSlice && kLines == 1 ? kOneLinePrefetchDistance
-                                                                         : kPrefetchDistance;
+  const int64_t distance = prefetch == Prefetch::kWideRow                  ? kWideRowPrefetchDistance
+                           : prefetch == Prefetch::kRow || kLines <= kWholeSliceLines ? kNarrowPrefetchDistance
+                                                                                      : kPrefetchDistance;
 
   // The weighted loop keeps a register for the row's weight. Where the accumulators take every register (AVX2's 16
   // of a whole float32 block), it leaves the last vector to a second loop: keeping all 16 spilled two accumulators
