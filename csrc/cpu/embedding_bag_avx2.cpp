@@ -56,8 +56,8 @@ struct V {
   // with a second pass for the last vector.
   static constexpr int kMaxVectors = 16;
   static F max(F x, F acc) { return _mm256_max_ps(x, acc); }
-  // 8 argmax vectors, the row broadcast, the row's vector and a compare's result (the maxima are read from
-  // memory), and an int8 row's scale and bias.
+  // A chunk of 8 argmax vectors leaves registers for the row broadcast, the row's vector, a compare's result and
+  // an int8 row's scale and bias (the maxima are read from memory); 16, spilling, ran slower.
   static constexpr int kArgVectors = 8;
   static void arg_update(I& arg, const float* best, F x, int64_t row) {
     arg = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(arg),

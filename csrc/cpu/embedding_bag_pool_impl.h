@@ -33,8 +33,8 @@ constexpr int64_t kNarrowPrefetchDistance = 32;
 // For the same reason V::prefetch brings lines into L2 (prefetcht1), not L1: a prefetch to L1 holds one of its
 // few fill buffers until the line arrives from memory, while the lookups' own loads find the line in L2 a few
 // cycles away. With the caches flushed, that made one-line rows (D=16) and D=64 rows faster and left D=128
-// as it was. Max mode prefetches as sum does: its D=128 rows, pooled in one pass, ran faster so than with
-// whole slices prefetched into L1.
+// as it was. Max mode prefetches as sum does: its D=128 rows, now pooled in one pass, ran faster that way than
+// with whole slices prefetched into L1.
 constexpr int kWholeSliceLines = 4;
 constexpr int kPrefetchLines = 2;
 // A row of more than kWholeSliceLines lines pooled in one pass (float32 D=128) has its first lines prefetched
@@ -74,8 +74,8 @@ constexpr int64_t lines_of(int64_t cols) { return (cols * static_cast<int64_t>(s
 // Vector v of a row: only the last vector of a block can be partial, and only it pays for a lane mask. A block
 // known to be whole (kWhole) loads every vector unmasked: the mask of a partial last vector takes a register,
 // which a block with as many accumulators as registers (AVX2's 16 of a float32 sum or max) pays for by
-// spilling accumulators to the stack on every row. Only such blocks use it: on AVX-512 the same variants made bf16 and
-// fp16 rows slower.
+// spilling accumulators to the stack on every row. Only such blocks use it: on AVX-512 the same variants made
+// bf16 and fp16 rows slower.
 template <int NV, bool kWhole, typename WT>
 static inline typename V::F load_vector(const WT* row, int v, typename V::M tail) {
   return !kWhole && v == NV - 1 ? V::load(row + v * V::W, tail) : V::loadu(row + v * V::W);
@@ -95,8 +95,8 @@ static inline typename V::F row_vector(const WT* row, int v, typename V::M tail,
 // running "x > max so far" comparison keeps: the rows before it are smaller or NaN, and none after it is
 // greater. Walking the rows backwards, the last equal row met is the first. Tracking the argmax during the pass
 // instead held a register per accumulator, which on AVX2 halved the accumulators and so pooled a D=128 row in
-// two passes over memory. The lanes are taken V::kArgVectors vectors at a time, so that a chunk's maxima and
-// argmaxes stay in registers.
+// two passes over memory. The lanes are taken V::kArgVectors vectors at a time, so that a chunk's argmaxes stay
+// in registers (the maxima are read from `best`, where the pass stored them).
 template <typename WT, typename IT, int NV, bool kWhole, int kFirst = 0>
 static void max_args(const PoolArgs& a, const WT* weight, const IT* indices, int64_t col, int64_t start,
                      int64_t end, const float* best, typename V::M tail, int64_t* arg_out) {
@@ -148,13 +148,11 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
   // row, which is harmless: prefetches never fault).
   constexpr int kLines = static_cast<int>(lines_of<WT>(NV * W));
   constexpr int kPrefetched = kLines <= kWholeSliceLines ? kLines : kPrefetchLines;
-  const auto fetch = [](const char* line) {
-    V::prefetch(line);
-  };
   const int row_lines = static_cast<int>(lines_of<WT>(dim));
-  const int64_t distance = prefetch == Prefetch::kWideRow                  ? kWideRowPrefetchDistance
-                           : prefetch == Prefetch::kRow || kLines <= kWholeSliceLines ? kNarrowPrefetchDistance
-                                                                                      : kPrefetchDistance;
+  const bool narrow = prefetch == Prefetch::kRow || kLines <= kWholeSliceLines;
+  const int64_t distance = prefetch == Prefetch::kWideRow ? kWideRowPrefetchDistance
+                           : narrow                       ? kNarrowPrefetchDistance
+                                                          : kPrefetchDistance;
 
   // The weighted loop keeps a register for the row's weight. Where the accumulators take every register (AVX2's 16
   // of a whole float32 block), it leaves the last vector to a second loop: keeping all 16 spilled two accumulators
@@ -185,11 +183,11 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
       const uintptr_t next = static_cast<uintptr_t>(indices[i + distance < last_lookup ? i + distance : last_lookup]);
       const char* p = reinterpret_cast<const char*>(slices + next * row_bytes);
       if (prefetch == Prefetch::kSlice) {
-        MPREC_UNROLL for (int line = 0; line < kPrefetched; ++line) fetch(p + 64 * line);
+        MPREC_UNROLL for (int line = 0; line < kPrefetched; ++line) V::prefetch(p + 64 * line);
       } else if (prefetch == Prefetch::kWideRow) {
         MPREC_UNROLL for (int line = 0; line < kPrefetchLines; ++line) V::prefetch_l1(p + 64 * line);
       } else {
-        for (int line = 0; line < row_lines; ++line) fetch(p + 64 * line);
+        for (int line = 0; line < row_lines; ++line) V::prefetch(p + 64 * line);
       }
       // Row-wise int8 keeps scale and bias in their own array: one more line per lookup to fetch early.
       if constexpr (sizeof(WT) == 1) {
@@ -277,9 +275,8 @@ static bool pool_typed(const PoolArgs& a, int64_t bag_begin, int64_t bag_end, in
   constexpr int64_t kBlock = static_cast<int64_t>(kVectors) * V::W;
   // What the first pass and each later one prefetch (see kWholeRowLines).
   const bool whole = a.dim > kBlock && lines_of<WT>(a.dim) <= kWholeRowLines;
-  const Prefetch first = whole                                                        ? Prefetch::kRow
-                         : a.dim <= kBlock && lines_of<WT>(a.dim) > kWholeSliceLines ? Prefetch::kWideRow
-                                                                                     : Prefetch::kSlice;
+  const bool wide_row = a.dim <= kBlock && lines_of<WT>(a.dim) > kWholeSliceLines;  // one pass (kWideRow)
+  const Prefetch first = whole ? Prefetch::kRow : wide_row ? Prefetch::kWideRow : Prefetch::kSlice;
   const Prefetch later = whole ? Prefetch::kNone : Prefetch::kSlice;
   for (int64_t bag = bag_begin; bag < bag_end; ++bag) {
     const int64_t start = static_cast<int64_t>(offsets[bag]);
@@ -308,7 +305,7 @@ static bool pool_typed(const PoolArgs& a, int64_t bag_begin, int64_t bag_end, in
       switch (nv) {
 #define MPREC_POOL_CASE(N)                                                                                \
   case N:                                                                                                 \
-    if constexpr (N == kVectors && kVectors > kConvertedVectors) {                                       \
+    if constexpr (N == kVectors && kVectors > kConvertedVectors) {                                        \
       const Prefetch p = col == 0 ? first : later;                                                        \
       if (cols != kBlock)                                                                                 \
         ok = pool_block<WT, IT, kMax, N>(a, weight, indices, col, bag, start, end, p, o, ao, error);      \
