@@ -21,7 +21,7 @@ constexpr int64_t kPrefetchDistance = 16;
 // read, so 16 of them in flight leave the loop waiting on memory. On a 2-core Xeon (E=1e6, B=4096, L=40,
 // caches flushed), with tables on 4 KiB and on 2 MiB pages, AVX-512 and AVX2 kernels: 32 ahead ran faster
 // than 16 for one-line rows (D=16; 48 or 64 no faster than 32), for float32 D=32 and D=64 and for 16-bit
-// D=128 (up to 17% faster on huge pages, where D=64 had been slower than torch's), and as fast for int8.
+// D=128 (up to 18% faster on huge pages, where D=64 had been slower than torch's), and as fast for int8.
 constexpr int64_t kNarrowPrefetchDistance = 32;
 // Lines of each row's slice prefetched: the first two of a slice wider than four lines, a narrower slice whole.
 // The CPU's own prefetchers fetch the rest of a wide row once its first lines are requested; prefetching every
