@@ -35,7 +35,8 @@ TOLERANCE = {
 
 WEIGHT_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.uint8]
 INDEX_DTYPES = [torch.int32, torch.int64]
-DIMS = [1, 3, 16, 64, 100, 129, 256]
+# 128: a whole block of the AVX2 kernels' float32 loops (16 accumulators, the weighted split, max's one pass).
+DIMS = [1, 3, 16, 64, 100, 128, 129, 256]
 ISAS = mprec.supported_cpu_isas()
 
 
