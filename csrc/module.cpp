@@ -42,4 +42,10 @@ PYBIND11_MODULE(_C, m) {
     return mprec::cpu::gather_probe(reinterpret_cast<const void*>(table), row_bytes,
                                     reinterpret_cast<const int64_t*>(indices), count, distance, prefetch_lines);
   }, "The random-row gather probe of mprec.benchmark.gather_limit.");
+  m.def("cached_table_bytes", &mprec::cpu::cached_table_bytes,
+        "Tables of at most this many bytes are pooled without prefetching their rows.");
+  m.def("set_cached_table_bytes", [](int64_t bytes) {
+    if (bytes < 0) throw py::value_error("set_cached_table_bytes: bytes must be >= 0, got " + std::to_string(bytes));
+    return mprec::cpu::set_cached_table_bytes(bytes);
+  }, py::arg("bytes"), "Sets cached_table_bytes for this process; returns the previous value.");
 }

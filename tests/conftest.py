@@ -49,6 +49,15 @@ def isa(request):
     mprec.set_cpu_isa(previous)
 
 
+@pytest.fixture(params=["prefetched", "cached"])
+def table_prefetch(request):
+    """Runs the test with both pooling loops on any table: rows prefetched ahead, as for tables larger than
+    mprec._C.cached_table_bytes(), and not, as for tables that stay in the cache."""
+    previous = mprec._C.set_cached_table_bytes(0 if request.param == "prefetched" else 1 << 62)
+    yield request.param
+    mprec._C.set_cached_table_bytes(previous)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

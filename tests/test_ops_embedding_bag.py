@@ -43,7 +43,8 @@ def run_case(weight_dtype, index_dtype, mode, weighted, include_last_offset, pad
 @pytest.mark.parametrize("mode,weighted", MODE_CASES, ids=["sum", "weighted", "mean", "max"])
 @pytest.mark.parametrize("index_dtype", INDEX_DTYPES, ids=["i32", "i64"])
 @pytest.mark.parametrize("weight_dtype", WEIGHT_DTYPES, ids=["f32", "f16", "bf16", "u8"])
-def test_forward_matches_reference(isa, weight_dtype, index_dtype, mode, weighted, include_last_offset, padding, dim):
+def test_forward_matches_reference(isa, table_prefetch, weight_dtype, index_dtype, mode, weighted, include_last_offset,
+                                   padding, dim):
     run_case(weight_dtype, index_dtype, mode, weighted, include_last_offset, padding, dim)
 
 
@@ -104,7 +105,7 @@ def test_include_last_offset_ignores_lookups_past_the_last_offset(isa):
 
 
 @pytest.mark.parametrize("mode", ["sum", "mean", "max"])
-def test_large_bags_and_wide_rows(isa, mode):
+def test_large_bags_and_wide_rows(isa, table_prefetch, mode):
     # Bags longer than the prefetch distance, rows wider than one register block (128 fp32 lanes).
     run_case(torch.float32, torch.int64, mode, False, True, True, 300, num_bags=7, max_len=200, num_rows=1000)
 
@@ -224,7 +225,7 @@ def test_quantize_rowwise_int8_matches_reference(dim):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("dim", [5, 16, 128, 129, 256])
-def test_max_keeps_the_first_strictly_greater_row(isa, dim, dtype):
+def test_max_keeps_the_first_strictly_greater_row(isa, table_prefetch, dim, dtype):
     """Max mode's value and argmax on rows full of ties, signed zeros, -inf and NaN: a row takes a lane only when
     strictly greater than every row before it (so ties keep the first, -0.0 before +0.0 stays -0.0, NaN never
     wins, and a lane no row exceeds -inf keeps -inf and -1), bit for bit on every kernel variant. Widths of one
@@ -254,3 +255,23 @@ def test_max_keeps_the_first_strictly_greater_row(isa, dim, dtype):
     assert torch.equal(max_indices, expected_arg)
     bits = torch.int32 if dtype == torch.float32 else torch.int16
     assert torch.equal(out.view(bits), expected.view(bits))
+
+
+def test_cached_table_bytes_defaults_to_half_the_l2_and_can_be_set():
+    """The prefetch threshold: half of the L2 that sysconf reports (at least 128 KiB); a negative setting is a
+    clear error; a set value is returned by the next set."""
+    import shutil
+    import subprocess
+
+    if shutil.which("getconf") is None:
+        pytest.skip("no getconf to ask for the L2 size")
+    answer = subprocess.run(["getconf", "LEVEL2_CACHE_SIZE"], capture_output=True, text=True).stdout.strip()
+    l2 = int(answer) if answer.lstrip("-").isdigit() else 0
+    assert mprec._C.cached_table_bytes() == max(128 << 10, max(l2, 0) // 2)
+    with pytest.raises(ValueError, match=r"set_cached_table_bytes: bytes must be >= 0, got -1"):
+        mprec._C.set_cached_table_bytes(-1)
+    previous = mprec._C.set_cached_table_bytes(12345)
+    try:
+        assert mprec._C.cached_table_bytes() == 12345
+    finally:
+        assert mprec._C.set_cached_table_bytes(previous) == 12345

@@ -12,7 +12,10 @@
 #include <c10/util/irange.h>
 #include <torch/library.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <exception>
 #include <limits>
@@ -181,6 +184,26 @@ struct FirstError {
   }
 };
 
+// The largest table whose rows the pooling loop does not prefetch: by default half of this CPU's L2 (at least
+// 128 KiB where the system does not say). Such a table stays in the cache after its rows' first reads, and each
+// prefetch is then an instruction and a load for nothing. Warm, one thread, B=4096, L=40, on a 2 MiB L2:
+// without prefetching, a 64 KiB table (D=16) pooled 20-50% faster and a 1 MiB one 7-20% faster, on the
+// AVX-512 and AVX2 kernels. Larger tables keep prefetching, which hides most of their memory latency.
+std::atomic<int64_t>& cached_table_bytes_setting() {
+  static std::atomic<int64_t> bytes{[] {
+    const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return std::max<int64_t>(int64_t{128} << 10, l2 > 0 ? static_cast<int64_t>(l2) / 2 : 0);
+  }()};
+  return bytes;
+}
+
+}  // namespace
+
+int64_t cached_table_bytes() { return cached_table_bytes_setting().load(std::memory_order_relaxed); }
+int64_t set_cached_table_bytes(int64_t bytes) { return cached_table_bytes_setting().exchange(bytes); }
+
+namespace {
+
 // Bags per parallel task: enough work per task to pay for a thread hand-off (~16K pooled elements).
 int64_t bag_grain(const Layout& layout, int64_t total_bags, int64_t total_dim) {
   const int64_t per_bag = std::max<int64_t>(1, layout.num_indices / std::max<int64_t>(1, total_bags)) *
@@ -233,6 +256,7 @@ std::tuple<Tensor, Tensor> pool_tables(const char* op, const std::vector<Table>&
       args.output_stride = total_dim;
       args.max_indices = mode == PoolMode::kMax ? max_indices.data_ptr<int64_t>() + table.col : nullptr;
       args.max_indices_stride = total_dim;
+      args.prefetch = table.num_rows * table.dim * table.weight.element_size() > cached_table_bytes();
       // The vector variants hold max-mode row numbers in int32 lanes.
       const bool wide_rows = table.num_rows > std::numeric_limits<int32_t>::max();
       const PoolFn fn = (mode == PoolMode::kMax && wide_rows) ? &scalar::pool : kernel;

@@ -40,7 +40,14 @@ struct PoolArgs {
   int64_t output_stride;           // elements between consecutive bags' output rows
   int64_t* max_indices;            // kMax only: [bags, max_indices_stride]
   int64_t max_indices_stride;
+  bool prefetch;                   // prefetch rows ahead; false for a table that stays in the cache
 };
+
+// Tables of at most this many bytes are pooled without prefetching their rows (PoolArgs::prefetch; the default
+// and why: csrc/cpu/embedding_bag.cpp). set_cached_table_bytes overrides it for this process and returns the
+// previous value: the tests run both loops on tables of any size with it.
+int64_t cached_table_bytes();
+int64_t set_cached_table_bytes(int64_t bytes);
 
 // Pools bags [bag_begin, bag_end) of `args`, writing bag b's output row at
 // output + (b - output_bag_base) * output_stride. Returns false and fills `error` with the first bad
