@@ -191,7 +191,11 @@ struct FirstError {
 // AVX-512 and AVX2 kernels. Larger tables keep prefetching, which hides most of their memory latency.
 std::atomic<int64_t>& cached_table_bytes_setting() {
   static std::atomic<int64_t> bytes{[] {
+#ifdef _SC_LEVEL2_CACHE_SIZE  // glibc's; elsewhere the floor applies
     const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#else
+    const long l2 = 0;
+#endif
     return std::max<int64_t>(int64_t{128} << 10, l2 > 0 ? static_cast<int64_t>(l2) / 2 : 0);
   }()};
   return bytes;
