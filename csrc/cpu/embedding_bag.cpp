@@ -201,13 +201,6 @@ std::atomic<int64_t>& cached_table_bytes_setting() {
   return bytes;
 }
 
-}  // namespace
-
-int64_t cached_table_bytes() { return cached_table_bytes_setting().load(std::memory_order_relaxed); }
-int64_t set_cached_table_bytes(int64_t bytes) { return cached_table_bytes_setting().exchange(bytes); }
-
-namespace {
-
 // Bags per parallel task: enough work per task to pay for a thread hand-off (~16K pooled elements).
 int64_t bag_grain(const Layout& layout, int64_t total_bags, int64_t total_dim) {
   const int64_t per_bag = std::max<int64_t>(1, layout.num_indices / std::max<int64_t>(1, total_bags)) *
@@ -687,6 +680,9 @@ Tensor dequantize_rowwise_int8_cpu(const Tensor& qweight, const Tensor& scale_bi
 }
 
 }  // namespace
+
+int64_t cached_table_bytes() { return cached_table_bytes_setting().load(std::memory_order_relaxed); }
+int64_t set_cached_table_bytes(int64_t bytes) { return cached_table_bytes_setting().exchange(bytes); }
 
 // --- fused optimizers -----------------------------------------------------------------------------------
 // Backward and optimizer step in one pass, as FBGEMM's TBE trains: no [rows, D] gradient exists. SGD on
