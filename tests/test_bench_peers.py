@@ -24,6 +24,20 @@ finally:
 CAP_NAMES = sorted(name for caps in peer_isa.CAPS.values() for name in caps)
 
 
+def summary_lines(tmp_path, medians, machine_info=None, flush_bytes=None, **extra) -> list[str]:
+    """bench/summary.py's lines for a run of one case ("standard f32 sum" unless ``extra`` names another): each
+    implementation of ``medians`` ({impl: ms}) with ``extra`` in its extra_info, and the read-bandwidth entry."""
+    machine = {"kind": "read_bandwidth", "gbps": 20.0, **({"flush_bytes": flush_bytes} if flush_bytes else {})}
+    entries = [{"extra_info": machine, "stats": {"median": 0.01}}]
+    for impl, ms in medians.items():
+        info = {"case": "standard f32 sum", "impl": impl, "bytes": 4e7, "tables": 1, "interleaved_median_ms": ms,
+                **extra}
+        entries.append({"extra_info": info, "stats": {"median": ms / 1e3}})
+    path = tmp_path / f"r{len(list(tmp_path.iterdir()))}.json"
+    path.write_text(json.dumps(dict(machine_info=machine_info or {}, benchmarks=entries)))
+    return summary.summarize(path).splitlines()
+
+
 def test_an_emulated_avx2_caps_every_peer_and_keeps_caps_set_by_hand():
     environ = {"MPREC_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}
     caps = peer_isa.apply(environ)
@@ -56,13 +70,7 @@ def test_the_caps_reach_torch_and_onednn():
 
 def test_the_summary_names_the_caps(tmp_path):
     def results(machine_info):
-        entries = [{"extra_info": {"kind": "read_bandwidth", "gbps": 20.0}, "stats": {"median": 0.01}}]
-        for impl, ms in (("mprec", 2.0), ("torch", 2.2)):
-            entries.append({"extra_info": dict(case="standard f32 sum", impl=impl, bytes=4e7, tables=1,
-                                               interleaved_median_ms=ms), "stats": {"median": ms / 1e3}})
-        path = tmp_path / f"r{len(list(tmp_path.iterdir()))}.json"
-        path.write_text(json.dumps(dict(machine_info=machine_info, benchmarks=entries)))
-        return summary.summarize(path).splitlines()[0]
+        return summary_lines(tmp_path, {"mprec": 2.0, "torch": 2.2}, machine_info)[0]
 
     info = {"cpu": {"brand_raw": "X"}, "mprec_cpu_isa": "avx2", "torch_cpu_capability": "AVX2"}
     capped = results({**info, "isa_caps": peer_isa.apply({"MPREC_CPU_ISA": "avx2"})})
@@ -82,24 +90,16 @@ def test_the_cache_flush_outgrows_the_largest_cache(tmp_path):
     assert largest_cache_bytes(str(tmp_path)) == 480 << 20
     assert largest_cache_bytes(str(tmp_path / "missing")) == 0
     assert cache_flush_bytes() == max(256 << 20, 4 * largest_cache_bytes())
-    entries = [{"extra_info": {"kind": "read_bandwidth", "gbps": 20.0, "flush_bytes": 1920 << 20},
-                "stats": {"median": 0.01}},
-               {"extra_info": dict(case="standard f32 sum", impl="mprec", bytes=4e7, tables=1,
-                                   interleaved_median_ms=2.0), "stats": {"median": 0.002}}]
-    path = tmp_path / "r.json"
-    path.write_text(json.dumps(dict(machine_info={}, benchmarks=entries)))
-    assert "caches flushed before each timed call by reading 1920 MiB" in summary.summarize(path).splitlines()[0]
+    first = summary_lines(tmp_path, {"mprec": 2.0}, flush_bytes=1920 << 20)[0]
+    assert "caches flushed before each timed call by reading 1920 MiB" in first
 
 
 def test_the_summary_says_where_huge_pages_were_off(tmp_path):
     """The huge-pages case says whether its table really was on 2 MiB pages."""
     def note(huge_pages):
-        entries = [{"extra_info": {"kind": "read_bandwidth", "gbps": 20.0}, "stats": {"median": 0.01}},
-                   {"extra_info": dict(case="huge pages", impl="mprec", bytes=4e7, tables=1, huge_pages_asked=True,
-                                       huge_pages=huge_pages, interleaved_median_ms=2.0), "stats": {"median": 0.002}}]
-        path = tmp_path / f"r{huge_pages}.json"
-        path.write_text(json.dumps(dict(machine_info={}, benchmarks=entries)))
-        return [line for line in summary.summarize(path).splitlines() if line.startswith("huge pages:")]
+        lines = summary_lines(tmp_path, {"mprec": 2.0}, case="huge pages", huge_pages_asked=True,
+                              huge_pages=huge_pages)
+        return [line for line in lines if line.startswith("huge pages:")]
 
     assert note(True) == ["huge pages: the standard case's table on 2 MiB pages, as mprec's modules allocate theirs"]
     assert note(False) == ["huge pages: transparent huge pages are off here, so 4 KiB pages"]
