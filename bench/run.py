@@ -1,5 +1,5 @@
 """`make bench`: runs every bench_<family>.py with pytest-benchmark, saves the JSON under bench/results/
-named for this machine and the kernels' ISA (<cpu>-<threads>t-<isa>-<family>.json), and prints the summary next to it; bench_distributed.py, which starts processes of its
+named for this machine and the kernels' ISA (<cpu>-<threads>t-<isa>-<family>.json: mprec.benchmark.results_stem), and prints the summary next to it; bench_distributed.py, which starts processes of its
 own, runs as a script (it writes its own results). `python bench/run.py dhe ...` runs only the named families."""
 
 import subprocess
@@ -21,13 +21,11 @@ def main() -> int:
 
     peer_isa.apply()  # the families run in processes of their own, which inherit the caps
 
-    import mprec
-    from mprec.sched.profile import machine_name
+    from mprec.benchmark import results_stem
 
     results = HERE / "results"
     results.mkdir(exist_ok=True)
-    # <cpu>-<threads>t-<isa>: the kernels' ISA (MPREC_CPU_ISA=avx2 on an AVX-512 machine writes its own files).
-    name = f"{machine_name()}-{mprec.cpu_isa()}"
+    name = results_stem()
     status = 0
     only = set(sys.argv[1:])
     for bench in sorted(HERE.glob("bench_*.py")):

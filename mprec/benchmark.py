@@ -19,7 +19,8 @@ from mprec import memory
 from mprec.timing import fastest, median_ms
 
 __all__ = ["EmbeddingBagCase", "EMBEDDING_BAG_CASES", "read_bandwidth", "gather_limit", "median_ms",
-           "fbgemm_available", "cache_flush_bytes", "largest_cache_bytes", "GATHER_LIMIT", "SUM_REFERENCE"]
+           "fbgemm_available", "cache_flush_bytes", "largest_cache_bytes", "GATHER_LIMIT", "SUM_REFERENCE",
+           "results_stem", "write_results"]
 
 GATHER_LIMIT = "gather limit"
 # mprec's sum pooling of a max or padding_idx case's own table and ids: the reference those modes are held to.
@@ -248,17 +249,25 @@ def read_bandwidth(gib: float = 1.0, rounds: int = 9) -> float:
     return best
 
 
+def results_stem() -> str:
+    """``<cpu>-<threads>t-<isa>``, the prefix of this machine's benchmark results: the ISA of the kernels in use,
+    and where that is not the CPU's best, the best too (``avx2-on-avx512``: the AVX2 kernels checked on an AVX-512
+    CPU, whose memory system differs from an AVX2-only CPU's of the same name)."""
+    from . import cpu_isa, supported_cpu_isas
+    from .sched.profile import machine_name
+
+    isa, best = cpu_isa(), supported_cpu_isas()[0]
+    return f"{machine_name()}-{isa}" + (f"-on-{best}" if isa != best else "")
+
+
 def write_results(family: str, data: dict, text: str, out=None) -> "Path":
     """Writes a script benchmark's ``data`` (JSON) and ``text`` (its summary) as
-    ``bench/results/<cpu>-<threads>t-<isa>-<family>.json`` and ``.txt``, or at ``out`` (the JSON's path)."""
+    ``bench/results/<results_stem()>-<family>.json`` and ``.txt``, or at ``out`` (the JSON's path)."""
     import json
     from pathlib import Path
 
-    from . import cpu_isa
-    from .sched.profile import machine_name
-
     path = Path(out) if out else Path(__file__).resolve().parents[1] / "bench" / "results" / \
-        f"{machine_name()}-{cpu_isa()}-{family}.json"
+        f"{results_stem()}-{family}.json"
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(data, indent=1))
     path.with_suffix(".txt").write_text(text + "\n")

@@ -77,6 +77,8 @@ def test_the_summary_names_the_caps(tmp_path):
     assert capped.startswith("machine: X (avx2; peers capped at AVX2 (ATEN_CPU_CAPABILITY, ") and \
         "torch's own kernels: AVX2)" in capped
     assert results({**info, "isa_caps": {}}).startswith("machine: X (avx2), ")
+    assert results({**info, "isa_caps": {}, "mprec_row_prefetch": "whole_slices"}).startswith(
+        "machine: X (avx2, rows prefetched: whole slices), ")
 
 
 def test_the_cache_flush_outgrows_the_largest_cache(tmp_path):
@@ -103,3 +105,20 @@ def test_the_summary_says_where_huge_pages_were_off(tmp_path):
 
     assert note(True) == ["huge pages: the standard case's table on 2 MiB pages, as mprec's modules allocate theirs"]
     assert note(False) == ["huge pages: transparent huge pages are off here, so 4 KiB pages"]
+
+
+def test_results_of_a_forced_isa_name_the_cpus_best_too():
+    """A run of the AVX2 kernels on an AVX-512 CPU writes files of its own, apart from an AVX2-only CPU's of the
+    same name: its memory system is the AVX-512 CPU's."""
+    from mprec.benchmark import results_stem
+    from mprec.sched.profile import machine_name
+
+    best = mprec.supported_cpu_isas()[0]
+    previous = mprec.cpu_isa()
+    try:
+        for isa in mprec.supported_cpu_isas():
+            mprec.set_cpu_isa(isa)
+            expected = f"{machine_name()}-{isa}" + ("" if isa == best else f"-on-{best}")
+            assert results_stem() == expected
+    finally:
+        mprec.set_cpu_isa(previous)
