@@ -14,7 +14,8 @@ def pytest_report_header(config):
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    """What the summaries print beside the CPU: mprec's kernels' ISA and the peers' (see peer_isa.py)."""
+    """What the summaries print beside the CPU: mprec's kernels' ISA, how they prefetch table rows (chosen by the
+    CPU's vendor) and the peers' ISA (see peer_isa.py)."""
     import mprec
-    machine_info.update(mprec_cpu_isa=mprec.cpu_isa(), torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
-                        isa_caps=peer_isa.in_force())
+    machine_info.update(mprec_cpu_isa=mprec.cpu_isa(), mprec_row_prefetch=mprec._C.row_prefetch(),
+                        torch_cpu_capability=torch.backends.cpu.get_cpu_capability(), isa_caps=peer_isa.in_force())

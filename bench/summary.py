@@ -59,7 +59,9 @@ def summarize(path):
     isa = data.get("machine_info", {}).get("mprec_cpu_isa") or next(
         (e.get("cpu_isa") for e in info.values() if e.get("cpu_isa")), "?")
     peers = peer_isa.describe(data.get("machine_info", {}))
-    lines = [f"machine: {cpu} ({isa}{peers}), read bandwidth {bandwidth:.1f} GB/s (measured in this run); "
+    row_prefetch = data.get("machine_info", {}).get("mprec_row_prefetch")
+    prefetch = f", rows prefetched: {row_prefetch.replace('_', ' ')}" if row_prefetch else ""
+    lines = [f"machine: {cpu} ({isa}{prefetch}{peers}), read bandwidth {bandwidth:.1f} GB/s (measured in this run); "
              "gather limit: the case's own rows read by a plain prefetching loop, the best of its settings, in this run"
              + (f"; caches flushed before each timed call by reading {flush >> 20} MiB" if flush else ""), ""]
     header = (f"{'case':<18} {'impl':<12} {'median ms':>10} {'GB/s':>7} {'of bw':>6} {'of gather':>10} {'vs torch':>9} "

@@ -17,6 +17,10 @@
 
 namespace py = pybind11;
 
+static const char* row_prefetch_name(mprec::cpu::RowPrefetch policy) {
+  return policy == mprec::cpu::RowPrefetch::kLeadingLines ? "leading_lines" : "whole_slices";
+}
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "mprec compiled extension: op registrations and CPU feature helpers";
   m.def("cpu_isa", [] { return mprec::cpu::isa_name(mprec::cpu::active_isa()); },
@@ -37,10 +41,11 @@ PYBIND11_MODULE(_C, m) {
   // Raw pointers: this module does not link torch's Python bindings. mprec.benchmark.gather_limit checks the
   // tensors and keeps them alive.
   m.def("gather_probe", [](uintptr_t table, int64_t row_bytes, uintptr_t indices, int64_t count, int64_t distance,
-                           int64_t prefetch_lines) {
+                           int64_t prefetch_lines, bool into_l2) {
     py::gil_scoped_release release;
     return mprec::cpu::gather_probe(reinterpret_cast<const void*>(table), row_bytes,
-                                    reinterpret_cast<const int64_t*>(indices), count, distance, prefetch_lines);
+                                    reinterpret_cast<const int64_t*>(indices), count, distance, prefetch_lines,
+                                    into_l2);
   }, "The random-row gather probe of mprec.benchmark.gather_limit.");
   m.def("cached_table_bytes", &mprec::cpu::cached_table_bytes,
         "Tables of at most this many bytes are pooled without prefetching their rows.");
@@ -48,4 +53,15 @@ PYBIND11_MODULE(_C, m) {
     if (bytes < 0) throw py::value_error("set_cached_table_bytes: bytes must be >= 0, got " + std::to_string(bytes));
     return mprec::cpu::set_cached_table_bytes(bytes);
   }, py::arg("bytes"), "Sets cached_table_bytes for this process; returns the previous value.");
+  m.def("cpu_vendor", &mprec::cpu::cpu_vendor, "The CPU's vendor: 'intel', 'amd' or 'other'.");
+  m.def("row_prefetch", [] { return row_prefetch_name(mprec::cpu::row_prefetch()); },
+        "How the pooling loop prefetches the rows of tables larger than cached_table_bytes: 'leading_lines' (the "
+        "first lines of a wide slice) or 'whole_slices' (every line); the default follows the CPU's vendor.");
+  m.def("set_row_prefetch", [](const std::string& name) {
+    mprec::cpu::RowPrefetch policy;
+    if (name == "leading_lines") policy = mprec::cpu::RowPrefetch::kLeadingLines;
+    else if (name == "whole_slices") policy = mprec::cpu::RowPrefetch::kWholeSlices;
+    else throw py::value_error("set_row_prefetch: expected 'leading_lines' or 'whole_slices', got '" + name + "'");
+    return row_prefetch_name(mprec::cpu::set_row_prefetch(policy));
+  }, py::arg("name"), "Sets row_prefetch for this process; returns the previous setting.");
 }

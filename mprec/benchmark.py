@@ -27,10 +27,12 @@ GATHER_LIMIT = "gather limit"
 # Comparing them with the standard case instead would compare table memory too (that case reads FBGEMM's
 # allocation, these a tensor of their own; the same rows gather at different rates from the two).
 SUM_REFERENCE = "mprec sum"
-# The gather probe's settings, all tried; the fastest is the limit: prefetch distances (lookups ahead) and lines
-# prefetched per row (the first n 64-byte lines; the CPU's own prefetchers may fetch the rest sooner).
+# The gather probe's settings, all tried; the fastest is the limit: prefetch distances (lookups ahead), lines
+# prefetched per row (the first n 64-byte lines; the CPU's own prefetchers may fetch the rest sooner) and the cache
+# they are prefetched into (L1, or L2 where True).
 GATHER_DISTANCES = (8, 16, 32)
 GATHER_LINES = (1, 2, 4, 1 << 20)
+GATHER_INTO_L2 = (False, True)
 
 
 def largest_cache_bytes(root: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
@@ -217,10 +219,10 @@ EMBEDDING_BAG_CASES = [
 def gather_limit(tables: list[torch.Tensor], indices: list[torch.Tensor], rounds: int = 3) -> Callable[[], int]:
     """The machine's random-row gather limit on these rows, as a callable to time beside the kernels: it reads
     rows ``indices[t]`` of ``tables[t]`` (one word of every 64-byte line, over torch's threads) with software
-    prefetch at the distance and lines per row that were fastest here among :data:`GATHER_DISTANCES` x
-    :data:`GATHER_LINES` (chosen now, by :func:`mprec.timing.fastest`). It is the rate of a plain gather loop,
-    a reference for the kernels rather than a bound: a kernel that schedules its reads better can exceed it,
-    and the benchmark reports each kernel as a fraction of it."""
+    prefetch at the distance, lines per row and cache that were fastest here among :data:`GATHER_DISTANCES` x
+    :data:`GATHER_LINES` x :data:`GATHER_INTO_L2` (chosen now, by :func:`mprec.timing.fastest`). It is the rate of
+    a plain gather loop, a reference for the kernels rather than a bound: a kernel that schedules its reads better
+    can exceed it, and the benchmark reports each kernel as a fraction of it."""
     for t, (table, idx) in enumerate(zip(tables, indices)):
         if table.dim() != 2 or not table.is_contiguous() or table.device.type != "cpu":
             raise ValueError(f"gather_limit: tables[{t}] must be a contiguous 2-D CPU tensor")
@@ -229,11 +231,11 @@ def gather_limit(tables: list[torch.Tensor], indices: list[torch.Tensor], rounds
         if idx.numel() and not (0 <= int(idx.min()) and int(idx.max()) < table.shape[0]):
             raise ValueError(f"gather_limit: indices[{t}] reach outside its {table.shape[0]} rows")
 
-    def probe(distance: int, lines: int) -> int:
+    def probe(distance: int, lines: int, into_l2: bool) -> int:
         return sum(mprec._C.gather_probe(table.data_ptr(), table.shape[1] * table.element_size(), idx.data_ptr(),
-                                         idx.numel(), distance, lines) for table, idx in zip(tables, indices))
+                                         idx.numel(), distance, lines, into_l2) for table, idx in zip(tables, indices))
 
-    settings = [(d, lines) for d in GATHER_DISTANCES for lines in GATHER_LINES]
+    settings = [(d, lines, l2) for d in GATHER_DISTANCES for lines in GATHER_LINES for l2 in GATHER_INTO_L2]
     best = fastest({s: (lambda s=s: probe(*s)) for s in settings}, rounds)
     return lambda: probe(*best)
 

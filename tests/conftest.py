@@ -49,13 +49,18 @@ def isa(request):
     mprec.set_cpu_isa(previous)
 
 
-@pytest.fixture(params=["prefetched", "cached"])
+@pytest.fixture(params=["leading_lines", "whole_slices", "cached"])
 def table_prefetch(request):
-    """Runs the test with both pooling loops on any table: rows prefetched ahead, as for tables larger than
-    mprec._C.cached_table_bytes(), and not, as for tables that stay in the cache."""
-    previous = mprec._C.set_cached_table_bytes(0 if request.param == "prefetched" else 1 << 62)
+    """Runs the test with every pooling loop on any table: rows prefetched ahead under either policy
+    (mprec._C.set_row_prefetch), as for tables larger than mprec._C.cached_table_bytes(), and not, as for tables
+    that stay in the cache."""
+    previous_bytes = mprec._C.set_cached_table_bytes(1 << 62 if request.param == "cached" else 0)
+    previous_policy = mprec._C.row_prefetch()
+    if request.param != "cached":
+        mprec._C.set_row_prefetch(request.param)
     yield request.param
-    mprec._C.set_cached_table_bytes(previous)
+    mprec._C.set_cached_table_bytes(previous_bytes)
+    mprec._C.set_row_prefetch(previous_policy)
 
 
 @pytest.fixture(autouse=True)

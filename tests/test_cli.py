@@ -44,6 +44,12 @@ def test_gather_limit_reads_the_rows_it_is_given():
     indices = torch.randint(0, 1000, (5000,))
     probe = gather_limit([table, table], [indices, indices[:7]], rounds=1)
     assert probe() == int(indices.sum()) + 5000 + int(indices[:7].sum()) + 7
+    import mprec
+    from mprec.benchmark import GATHER_INTO_L2
+
+    for into_l2 in GATHER_INTO_L2:  # every setting reads the same words
+        assert mprec._C.gather_probe(table.data_ptr(), 128, indices.data_ptr(), 5000, 4, 1, into_l2) == \
+            int(indices.sum()) + 5000
     with pytest.raises(ValueError, match=r"gather_limit: indices\[0\] reach outside its 1000 rows"):
         gather_limit([table], [torch.tensor([0, 1000])])
     with pytest.raises(ValueError, match=r"gather_limit: indices\[0\] must be a contiguous 1-D int64 tensor"):

@@ -1,5 +1,7 @@
 """mprec::embedding_bag and mprec::batched_embedding_bag forward, against the float64 reference."""
 
+import os
+
 import pytest
 import torch
 
@@ -255,6 +257,30 @@ def test_max_keeps_the_first_strictly_greater_row(isa, table_prefetch, dim, dtyp
     assert torch.equal(max_indices, expected_arg)
     bits = torch.int32 if dtype == torch.float32 else torch.int16
     assert torch.equal(out.view(bits), expected.view(bits))
+
+
+def test_row_prefetch_follows_the_cpu_vendor_and_can_be_set():
+    """Larger tables' rows are prefetched by the first lines of a wide slice on Intel and whole elsewhere; the
+    vendor is the one /proc/cpuinfo names; an unknown policy is a clear error; a set value is returned by the next
+    set."""
+    import platform
+
+    vendor = mprec._C.cpu_vendor()
+    if not (platform.machine() in ("x86_64", "AMD64") and mprec._C.build_info()["x86_kernels"]):
+        assert vendor == "other"
+    elif os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            vendor_id = next((line.split(":")[1].strip() for line in f if line.startswith("vendor_id")), "")
+        assert vendor == {"GenuineIntel": "intel", "AuthenticAMD": "amd"}.get(vendor_id, "other")
+    assert mprec._C.row_prefetch() == ("leading_lines" if vendor == "intel" else "whole_slices")
+    with pytest.raises(ValueError, match=r"set_row_prefetch: expected 'leading_lines' or 'whole_slices', got 'all'"):
+        mprec._C.set_row_prefetch("all")
+    other = "whole_slices" if mprec._C.row_prefetch() == "leading_lines" else "leading_lines"
+    previous = mprec._C.set_row_prefetch(other)
+    try:
+        assert mprec._C.row_prefetch() == other
+    finally:
+        assert mprec._C.set_row_prefetch(previous) == other
 
 
 def test_cached_table_bytes_defaults_to_half_the_l2_and_can_be_set():

@@ -201,6 +201,16 @@ std::atomic<int64_t>& cached_table_bytes_setting() {
   return bytes;
 }
 
+// How the rows of larger tables are prefetched (RowPrefetch): only the first lines of a wide slice on Intel, whose
+// L2 streamer fetches the rest of a row once its first lines are requested, so that more rows are in flight;
+// every line on AMD, whose prefetchers did not (the measurements: embedding_bag_pool_impl.h). A CPU of another
+// vendor gets every line too: it cannot be slower for lack of lines prefetched.
+std::atomic<RowPrefetch>& row_prefetch_setting() {
+  static std::atomic<RowPrefetch> policy{cpu_vendor() == "intel" ? RowPrefetch::kLeadingLines
+                                                                 : RowPrefetch::kWholeSlices};
+  return policy;
+}
+
 // Bags per parallel task: enough work per task to pay for a thread hand-off (~16K pooled elements).
 int64_t bag_grain(const Layout& layout, int64_t total_bags, int64_t total_dim) {
   const int64_t per_bag = std::max<int64_t>(1, layout.num_indices / std::max<int64_t>(1, total_bags)) *
@@ -253,7 +263,9 @@ std::tuple<Tensor, Tensor> pool_tables(const char* op, const std::vector<Table>&
       args.output_stride = total_dim;
       args.max_indices = mode == PoolMode::kMax ? max_indices.data_ptr<int64_t>() + table.col : nullptr;
       args.max_indices_stride = total_dim;
-      args.prefetch = table.num_rows * table.dim * table.weight.element_size() > cached_table_bytes();
+      args.prefetch = table.num_rows * table.dim * table.weight.element_size() > cached_table_bytes()
+                          ? row_prefetch()
+                          : RowPrefetch::kNone;
       // The vector variants hold max-mode row numbers in int32 lanes.
       const bool wide_rows = table.num_rows > std::numeric_limits<int32_t>::max();
       const PoolFn fn = (mode == PoolMode::kMax && wide_rows) ? &scalar::pool : kernel;
@@ -683,6 +695,8 @@ Tensor dequantize_rowwise_int8_cpu(const Tensor& qweight, const Tensor& scale_bi
 
 int64_t cached_table_bytes() { return cached_table_bytes_setting().load(std::memory_order_relaxed); }
 int64_t set_cached_table_bytes(int64_t bytes) { return cached_table_bytes_setting().exchange(bytes); }
+RowPrefetch row_prefetch() { return row_prefetch_setting().load(std::memory_order_relaxed); }
+RowPrefetch set_row_prefetch(RowPrefetch policy) { return row_prefetch_setting().exchange(policy); }
 
 // --- fused optimizers -----------------------------------------------------------------------------------
 // Backward and optimizer step in one pass, as FBGEMM's TBE trains: no [rows, D] gradient exists. SGD on

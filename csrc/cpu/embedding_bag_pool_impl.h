@@ -15,7 +15,8 @@
 // How many lookups ahead the loop prefetches rows. The rows of a bag are random reads from a table much
 // larger than the caches, so the loop is bound by memory latency unless several rows are in flight.
 // Measured on a 2-core EPYC (E=1e6, D=128, L=40): 16 and 24 are equally good, 8 is a few percent slower,
-// no prefetch is 3x slower. Rows pooled in several passes of wide slices (float32 D=256) keep it.
+// no prefetch is 3x slower. Under kLeadingLines (see kPrefetchLines), rows pooled in several passes of wide
+// slices (float32 D=256) keep it.
 constexpr int64_t kPrefetchDistance = 16;
 // Slices of at most kWholeSliceLines lines, and whole rows (kRow), go further ahead: each lookup is a short
 // read, so 16 of them in flight leave the loop waiting on memory. On a 2-core Xeon (E=1e6, B=4096, L=40,
@@ -23,27 +24,37 @@ constexpr int64_t kPrefetchDistance = 16;
 // than 16 for one-line rows (D=16; 48 or 64 no faster than 32), for float32 D=32 and D=64 and for 16-bit
 // D=128 (up to 18% faster on huge pages, where D=64 had been slower than torch's), and as fast for int8.
 constexpr int64_t kNarrowPrefetchDistance = 32;
-// Lines of each row's slice prefetched: the first two of a slice wider than four lines, a narrower slice whole.
-// The CPU's own prefetchers fetch the rest of a wide row once its first lines are requested; prefetching every
-// line filled the queue of outstanding misses with lines that were coming anyway, so fewer rows were in flight.
-// On a 2-core Xeon with the caches flushed between calls, two lines beat every line by a wide margin for
-// float32 rows of 8 and 16 lines (weighted or not, AVX-512 and AVX2 kernels alike), one line was no better than
-// two, and with the rows partly or wholly in L3 two lines were as fast or faster; rows of four lines ran as fast
-// or faster prefetched whole (16-bit rows of D=128 faster), and four of eight lines was slower on AVX2.
-// For the same reason V::prefetch brings lines into L2 (prefetcht1), not L1: a prefetch to L1 holds one of its
-// few fill buffers until the line arrives from memory, while the lookups' own loads find the line in L2 a few
-// cycles away. With the caches flushed, that made one-line rows (D=16) and D=64 rows faster and left D=128
-// as it was. Max mode prefetches as sum does: its D=128 rows, now pooled in one pass, ran faster that way than
-// with whole slices prefetched into L1.
+// Lines of each row's slice prefetched. Which lines pay depends on the CPU's own prefetchers, so the caller picks
+// one of two policies (RowPrefetch, chosen by vendor in embedding_bag.cpp):
+// - kLeadingLines (Intel): the first two lines of a slice wider than four lines, a narrower slice whole. The
+//   CPU's prefetchers fetch the rest of a wide row once its first lines are requested; prefetching every line
+//   filled the queue of outstanding misses with lines that were coming anyway, so fewer rows were in flight.
+//   On a 2-core Xeon with the caches flushed between calls, two lines beat every line by a wide margin for
+//   float32 rows of 8 and 16 lines (weighted or not, AVX-512 and AVX2 kernels alike), one line was no better
+//   than two, and with the rows partly or wholly in L3 two lines were as fast or faster; rows of four lines ran
+//   as fast or faster prefetched whole (16-bit rows of D=128 faster), and four of eight lines was slower on AVX2.
+// - kWholeSlices (AMD, and CPUs not measured): every line of the slice, from kWholeSlicePrefetchDistance ahead
+//   where it is wider than four lines. On a 2-core AMD EPYC (AVX-512) with the caches flushed, the prefetchers
+//   did not fetch the rest of a row: two lines of float32 D=128 and D=256 rows ran at 0.82-0.97x torch's
+//   embedding_bag, every line at 1.34-1.67x; four of eight lines fell between.
+// V::prefetch brings lines into L2 (prefetcht1), not L1: a prefetch to L1 holds one of its few fill buffers
+// until the line arrives from memory, while the lookups' own loads find the line in L2 a few cycles away. With
+// the caches flushed, that made one-line rows (D=16) and D=64 rows faster and left D=128 as it was, on the Xeon;
+// on the EPYC, L1 made D=16 and D=64 rows 1.4-1.6x slower. Max mode prefetches as sum does: its D=128 rows, now
+// pooled in one pass, ran faster that way than with whole slices prefetched into L1.
 constexpr int kWholeSliceLines = 4;
 constexpr int kPrefetchLines = 2;
-// A row of more than kWholeSliceLines lines pooled in one pass (float32 D=128) has its first lines prefetched
-// into L1 and from further ahead (kWideRow). On a table backed by 2 MiB pages (transparent huge pages, as many
-// distributions give every large allocation), where a lookup seldom misses the TLB and the loop is bound by
-// memory latency alone, that ran 10-15% faster than into L2 from 16 ahead, on the AVX-512 and AVX2 kernels,
-// weighted or not, and made the kernel faster than torch's there rather than slower; on 4 KiB pages it ran as
-// fast. Rows of several passes (D=256) and narrower rows ran slower so, on either kind of page.
+// kLeadingLines: a row of more than kWholeSliceLines lines pooled in one pass (float32 D=128) has its first lines
+// prefetched into L1 and from further ahead (kWideRow). On a table backed by 2 MiB pages (transparent huge
+// pages, as many distributions give every large allocation), where a lookup seldom misses the TLB and the loop is
+// bound by memory latency alone, that ran 10-15% faster than into L2 from 16 ahead, on the AVX-512 and AVX2
+// kernels, weighted or not, and made the kernel faster than torch's there rather than slower; on 4 KiB pages it
+// ran as fast. Rows of several passes (D=256) and narrower rows ran slower so, on either kind of page.
 constexpr int64_t kWideRowPrefetchDistance = 24;
+// kWholeSlices: how far ahead slices wider than kWholeSliceLines are prefetched. On the EPYC, D=128 ran 1.42-1.45x
+// torch from 24 ahead against 1.16-1.42x from 16, 1.35-1.43x from 32 and 1.38-1.39x from 48; D=256 1.52-1.55x
+// from 24, 1.49-1.67x from 16 and 1.51-1.59x from 32.
+constexpr int64_t kWholeSlicePrefetchDistance = 24;
 // A row wider than one pass of accumulators is pooled in several passes over the bag's rows, each of which
 // prefetches its own slice of the rows. Where a slice is a single line (int8 rows on AVX2), the first pass
 // prefetches the whole row instead, up to this many 64-byte lines, and the later passes read it from the
@@ -126,11 +137,12 @@ static void max_args(const PoolArgs& a, const WT* weight, const IT* indices, int
     max_args<WT, IT, NV, kWhole, kFirst + kCount>(a, weight, indices, col, start, end, best, tail, arg_out);
 }
 
-// What a pass prefetches of the rows `distance` lookups ahead: its own slice (kSlice), the whole row (kRow: the
-// first pass over rows of at most kWholeRowLines lines, see there), the first lines of a wide row into L1
-// (kWideRow: the only pass over rows of more than kWholeSliceLines lines, see kWideRowPrefetchDistance), or
-// nothing (kNone: a later pass over rows the first one fetched whole).
-enum class Prefetch { kSlice, kRow, kWideRow, kNone };
+// What a pass prefetches of the rows `distance` lookups ahead: its own slice, the first lines of a wide one
+// (kSlice) or every line (kWholeSlice, see kPrefetchLines), the whole row (kRow: the first pass over rows of at
+// most kWholeRowLines lines, see there), the first lines of a wide row into L1 (kWideRow: under kLeadingLines,
+// the only pass over rows of more than kWholeSliceLines lines, see kWideRowPrefetchDistance), or nothing (kNone:
+// a table that stays in the cache, or a later pass over rows the first one fetched whole).
+enum class Prefetch { kSlice, kWholeSlice, kRow, kWideRow, kNone };
 
 // kUnweighted: the call has no per-sample weights, known at compile time, so that the loop keeps no register for
 // a weight (the same register pressure as kWhole's).
@@ -151,9 +163,10 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
   constexpr int kPrefetched = kLines <= kWholeSliceLines ? kLines : kPrefetchLines;
   const int row_lines = static_cast<int>(lines_of<WT>(dim));
   const bool narrow = prefetch == Prefetch::kRow || kLines <= kWholeSliceLines;
-  const int64_t distance = prefetch == Prefetch::kWideRow ? kWideRowPrefetchDistance
-                           : narrow                       ? kNarrowPrefetchDistance
-                                                          : kPrefetchDistance;
+  const int64_t distance = narrow                            ? kNarrowPrefetchDistance
+                           : prefetch == Prefetch::kWideRow    ? kWideRowPrefetchDistance
+                           : prefetch == Prefetch::kWholeSlice ? kWholeSlicePrefetchDistance
+                                                               : kPrefetchDistance;
 
   // The weighted loop keeps a register for the row's weight. Where the accumulators take every register (AVX2's 16
   // of a whole float32 block), it leaves the last vector to a second loop: keeping all 16 spilled two accumulators
@@ -185,6 +198,8 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
       const char* p = reinterpret_cast<const char*>(slices + next * row_bytes);
       if (prefetch == Prefetch::kSlice) {
         MPREC_UNROLL for (int line = 0; line < kPrefetched; ++line) V::prefetch(p + 64 * line);
+      } else if (prefetch == Prefetch::kWholeSlice) {
+        MPREC_UNROLL for (int line = 0; line < kLines; ++line) V::prefetch(p + 64 * line);
       } else if (prefetch == Prefetch::kWideRow) {
         MPREC_UNROLL for (int line = 0; line < kPrefetchLines; ++line) V::prefetch_l1(p + 64 * line);
       } else {
@@ -274,14 +289,17 @@ static bool pool_typed(const PoolArgs& a, int64_t bag_begin, int64_t bag_end, in
   const IT* offsets = static_cast<const IT*>(a.offsets);
   constexpr int kVectors = block_vectors<WT, kMax>();
   constexpr int64_t kBlock = static_cast<int64_t>(kVectors) * V::W;
-  // What the first pass and each later one prefetch (see kWholeRowLines).
+  // What the first pass and each later one prefetch (see kPrefetchLines and kWholeRowLines).
+  const bool none = a.prefetch == RowPrefetch::kNone;
+  const bool whole_slices = a.prefetch == RowPrefetch::kWholeSlices;
   const bool whole = a.dim > kBlock && lines_of<WT>(a.dim) <= kWholeRowLines;
   const bool wide_row = a.dim <= kBlock && lines_of<WT>(a.dim) > kWholeSliceLines;  // one pass (kWideRow)
-  const Prefetch first = !a.prefetch ? Prefetch::kNone
-                         : whole     ? Prefetch::kRow
-                         : wide_row  ? Prefetch::kWideRow
-                                     : Prefetch::kSlice;
-  const Prefetch later = !a.prefetch || whole ? Prefetch::kNone : Prefetch::kSlice;
+  const Prefetch slice = whole_slices ? Prefetch::kWholeSlice : Prefetch::kSlice;
+  const Prefetch first = none                       ? Prefetch::kNone
+                         : whole                    ? Prefetch::kRow
+                         : wide_row && !whole_slices ? Prefetch::kWideRow
+                                                    : slice;
+  const Prefetch later = none || whole ? Prefetch::kNone : slice;
   for (int64_t bag = bag_begin; bag < bag_end; ++bag) {
     const int64_t start = static_cast<int64_t>(offsets[bag]);
     const int64_t end = bag + 1 < a.num_offsets ? static_cast<int64_t>(offsets[bag + 1]) : a.num_indices;

@@ -83,6 +83,15 @@ std::string isa_name(Isa isa) {
   return "unknown";
 }
 
+std::string cpu_vendor() {
+#if MPREC_HAVE_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_is("intel")) return "intel";
+  if (__builtin_cpu_is("amd")) return "amd";
+#endif
+  return "other";
+}
+
 std::vector<std::string> supported_isa_names() {
   std::vector<std::string> names;
   for (Isa isa : {Isa::kAvx512, Isa::kAvx2, Isa::kScalar})

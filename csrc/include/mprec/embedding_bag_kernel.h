@@ -19,6 +19,14 @@ using ::mprec::BagErrorReport;
 using ::mprec::PoolMode;
 using ::mprec::WeightType;
 
+// How the pooling loop prefetches the rows of a table that does not stay in the cache. Which is faster depends on
+// the CPU's own prefetchers, so the default is chosen by vendor (csrc/cpu/embedding_bag.cpp; the measurements:
+// embedding_bag_pool_impl.h):
+//   kLeadingLines: the first lines of a wide slice of a row, the CPU's prefetchers fetching the rest (Intel);
+//   kWholeSlices:  every line of the slice (AMD, and CPUs not measured).
+// kNone: no prefetch, for a table that stays in the cache.
+enum class RowPrefetch : int { kNone = 0, kLeadingLines = 1, kWholeSlices = 2 };
+
 // One table, a range of bags. Bag b (global bag number, so that the batched op can point every table at
 // the same indices/offsets arrays) covers indices [offsets[b], offsets[b+1]), except that when
 // b + 1 == num_offsets the bag ends at num_indices (torch's include_last_offset=False convention).
@@ -40,14 +48,18 @@ struct PoolArgs {
   int64_t output_stride;           // elements between consecutive bags' output rows
   int64_t* max_indices;            // kMax only: [bags, max_indices_stride]
   int64_t max_indices_stride;
-  bool prefetch;                   // prefetch rows ahead; false for a table that stays in the cache
+  RowPrefetch prefetch;
 };
 
-// Tables of at most this many bytes are pooled without prefetching their rows (PoolArgs::prefetch; the default
+// Tables of at most this many bytes are pooled without prefetching their rows (RowPrefetch::kNone; the default
 // and why: csrc/cpu/embedding_bag.cpp). set_cached_table_bytes overrides it for this process and returns the
 // previous value: the tests run both loops on tables of any size with it.
 int64_t cached_table_bytes();
 int64_t set_cached_table_bytes(int64_t bytes);
+// How larger tables' rows are prefetched: by default the CPU vendor's (RowPrefetch above). set_row_prefetch
+// overrides it for this process and returns the previous value (kNone is not a choice here).
+RowPrefetch row_prefetch();
+RowPrefetch set_row_prefetch(RowPrefetch policy);
 
 // Pools bags [bag_begin, bag_end) of `args`, writing bag b's output row at
 // output + (b - output_bag_base) * output_stride. Returns false and fills `error` with the first bad

@@ -20,6 +20,8 @@ Isa best_supported_isa();
 Isa active_isa();
 void set_active_isa(const std::string& name);
 std::string isa_name(Isa isa);
+// "intel", "amd" or "other" (a CPU that is not x86, or a build without the x86 kernels).
+std::string cpu_vendor();
 std::vector<std::string> supported_isa_names();
 
 PoolFn pool_kernel(Isa isa);
