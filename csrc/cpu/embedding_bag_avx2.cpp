@@ -56,17 +56,17 @@ struct V {
   // with a second pass for the last vector.
   static constexpr int kMaxVectors = 16;
   static F max(F x, F acc) { return _mm256_max_ps(x, acc); }
-  // A chunk of 8 argmax vectors leaves registers for the row broadcast, the row's vector, a compare's result and
-  // an int8 row's scale and bias (the maxima are read from memory); 16, spilling, ran slower.
-  static constexpr int kArgVectors = 8;
-  static void arg_update(I& arg, const float* best, F x, int64_t row) {
+  // A chunk of 6 argmax vectors and its 6 maxima leave registers for the row broadcast, the row's vector and a
+  // compare's result (an int8 row's scale and bias spill); 16, spilling, ran slower.
+  static constexpr int kArgVectors = 6;
+  static void arg_update(I& arg, F best, F x, int64_t row) {
     arg = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(arg),
                                                _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int32_t>(row))),
-                                               _mm256_cmp_ps(x, _mm256_loadu_ps(best), _CMP_EQ_OQ)));
+                                               _mm256_cmp_ps(x, best, _CMP_EQ_OQ)));
   }
-  static I arg_unset(I arg, const float* best) {
+  static I arg_unset(I arg, F best) {
     return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(arg), _mm256_castsi256_ps(arg_init()),
-                                                _mm256_cmp_ps(_mm256_loadu_ps(best), neg_inf(), _CMP_EQ_OQ)));
+                                                _mm256_cmp_ps(best, neg_inf(), _CMP_EQ_OQ)));
   }
   static void store(float* p, F v, M n) {
     if (n == 8) _mm256_storeu_ps(p, v);

@@ -49,12 +49,12 @@ struct V {
   static constexpr int kMaxVectors = 8;
   static F max(F x, F acc) { return _mm512_max_ps(x, acc); }
   static constexpr int kArgVectors = 8;
-  static void arg_update(I& arg, const float* best, F x, int64_t row) {
-    arg = _mm512_mask_mov_epi32(arg, _mm512_cmp_ps_mask(x, _mm512_loadu_ps(best), _CMP_EQ_OQ),
+  static void arg_update(I& arg, F best, F x, int64_t row) {
+    arg = _mm512_mask_mov_epi32(arg, _mm512_cmp_ps_mask(x, best, _CMP_EQ_OQ),
                                 _mm512_set1_epi32(static_cast<int32_t>(row)));
   }
-  static I arg_unset(I arg, const float* best) {
-    return _mm512_mask_mov_epi32(arg, _mm512_cmp_ps_mask(_mm512_loadu_ps(best), neg_inf(), _CMP_EQ_OQ), arg_init());
+  static I arg_unset(I arg, F best) {
+    return _mm512_mask_mov_epi32(arg, _mm512_cmp_ps_mask(best, neg_inf(), _CMP_EQ_OQ), arg_init());
   }
   static void store(float* p, F v, M m) { _mm512_mask_storeu_ps(p, m, v); }
   static void store(f16_t* p, F v, M m) {

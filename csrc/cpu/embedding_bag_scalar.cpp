@@ -85,10 +85,10 @@ struct V {
   static constexpr int kMaxVectors = 8;
   static F max(F x, F acc) { return x > acc ? x : acc; }
   static constexpr int kArgVectors = 8;
-  static void arg_update(I& arg, const float* best, F x, int64_t row) {
-    if (x == *best) arg = row;
+  static void arg_update(I& arg, F best, F x, int64_t row) {
+    if (x == best) arg = row;
   }
-  static I arg_unset(I arg, const float* best) { return *best == neg_inf() ? arg_init() : arg; }
+  static I arg_unset(I arg, F best) { return best == neg_inf() ? arg_init() : arg; }
   static void store(float* p, F v, M) { *p = v; }
   static void store(f16_t* p, F v, M) { p->bits = float_to_half(v); }
   static void store(bf16_t* p, F v, M) { p->bits = float_to_bfloat16(v); }
