@@ -68,9 +68,18 @@ constexpr int kWholeRowLines = 2;
 // and mean, which load rows straight into the adds, and V::kMaxVectors in max mode, whose argmax is found after
 // the pass (max_args), so that no register holds it during the pass.
 constexpr int kConvertedVectors = 8;
-template <typename WT, bool kMax>
+// Under RowPrefetch::kWholeSlices (the EPYC), 16-bit rows pass in slices of at most kNarrowSliceBytes, two lines
+// (kNarrowSlices). There, caches flushed, bf16 and fp16 D=128 rows pooled by the AVX-512 kernels in one pass of
+// four lines ran at 1.1x torch's embedding_bag, in two passes of two lines at 1.55-1.64x, with either prefetch; the
+// AVX2 kernels, whose 8 vectors already span two lines of them, and int8 rows (two-line slices) measured the same
+// with narrower slices. Fewer instructions per row in a pass likely let more rows' loads into the out-of-order
+// window. The Xeon's kernels keep their measured 8 vectors.
+constexpr int kNarrowSliceBytes = 128;
+template <typename WT, bool kMax, bool kNarrowSlices = false>
 constexpr int block_vectors() {
-  return sizeof(WT) != 4 ? kConvertedVectors : kMax ? V::kMaxVectors : V::kSumVectors;
+  if constexpr (sizeof(WT) == 4) return kMax ? V::kMaxVectors : V::kSumVectors;
+  constexpr int narrow = kNarrowSliceBytes / (V::W * static_cast<int>(sizeof(WT)));
+  return kNarrowSlices && sizeof(WT) == 2 && narrow < kConvertedVectors ? narrow : kConvertedVectors;
 }
 
 // The accumulators must live in registers: without full unrolling of the per-vector loops, gcc keeps
@@ -307,14 +316,14 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
   return true;
 }
 
-template <typename WT, typename IT, bool kMax>
+template <typename WT, typename IT, bool kMax, bool kNarrowSlices>
 static bool pool_typed(const PoolArgs& a, int64_t bag_begin, int64_t bag_end, int64_t output_bag_base,
                        BagErrorReport* error) {
   using OT = typename OutputOf<WT>::type;
   const WT* weight = static_cast<const WT*>(a.weight);
   const IT* indices = static_cast<const IT*>(a.indices);
   const IT* offsets = static_cast<const IT*>(a.offsets);
-  constexpr int kVectors = block_vectors<WT, kMax>();
+  constexpr int kVectors = block_vectors<WT, kMax, kNarrowSlices>();
   constexpr int64_t kBlock = static_cast<int64_t>(kVectors) * V::W;
   // What the first pass and each later one prefetch (see kPrefetchLines and kWholeRowLines).
   const bool none = a.prefetch == RowPrefetch::kNone;
@@ -380,12 +389,18 @@ static bool pool_typed(const PoolArgs& a, int64_t bag_begin, int64_t bag_end, in
   return true;
 }
 
-template <typename WT>
+template <typename WT, bool kNarrowSlices = false>
 static bool pool_weight(const PoolArgs& a, int64_t b0, int64_t b1, int64_t base, BagErrorReport* e) {
+  // 16-bit rows narrow their slices under whole-slice prefetch (see kNarrowSliceBytes); they alone differ.
+  if constexpr (sizeof(WT) == 2 && !kNarrowSlices && block_vectors<WT, false, true>() != kConvertedVectors) {
+    if (a.prefetch == RowPrefetch::kWholeSlices) return pool_weight<WT, true>(a, b0, b1, base, e);
+  }
   const bool is_max = a.mode == PoolMode::kMax;
   if (a.index_is_64bit)
-    return is_max ? pool_typed<WT, int64_t, true>(a, b0, b1, base, e) : pool_typed<WT, int64_t, false>(a, b0, b1, base, e);
-  return is_max ? pool_typed<WT, int32_t, true>(a, b0, b1, base, e) : pool_typed<WT, int32_t, false>(a, b0, b1, base, e);
+    return is_max ? pool_typed<WT, int64_t, true, kNarrowSlices>(a, b0, b1, base, e)
+                  : pool_typed<WT, int64_t, false, kNarrowSlices>(a, b0, b1, base, e);
+  return is_max ? pool_typed<WT, int32_t, true, kNarrowSlices>(a, b0, b1, base, e)
+                : pool_typed<WT, int32_t, false, kNarrowSlices>(a, b0, b1, base, e);
 }
 
 bool pool(const PoolArgs& a, int64_t bag_begin, int64_t bag_end, int64_t output_bag_base,
