@@ -96,8 +96,10 @@ constexpr int64_t lines_of(int64_t cols) { return (cols * static_cast<int64_t>(s
 // known to be whole (kWhole) loads every vector unmasked: the mask of a partial last vector takes a register,
 // which a block with as many accumulators as registers (AVX2's 16 of a float32 sum or max) pays for by
 // spilling accumulators to the stack on every row, and AVX2, which has no mask registers, decides per row
-// whether to mask. Every whole float32 block of the AVX2 kernels uses it: with the rows in the cache, D=16
-// pooled 1.4x faster so. On AVX-512 the same variants made bf16 and fp16 rows slower.
+// whether to mask. Every whole float32 block uses it (with kUnweighted where the call has no weights): with the
+// rows in the cache, D=16 pooled 1.4x faster so on AVX2, and bags of one D=16 lookup twice as fast on AVX-512
+// (which had loaded masked and checked for weights per row). On AVX-512 the same variants made bf16 and fp16
+// rows slower, so they keep the general one.
 template <int NV, bool kWhole, typename WT>
 static inline typename V::F load_vector(const WT* row, int v, typename V::M tail) {
   return !kWhole && v == NV - 1 ? V::load(row + v * V::W, tail) : V::loadu(row + v * V::W);
@@ -214,8 +216,10 @@ static void max_args(const PoolArgs& a, const WT* weight, const IT* indices, int
 
 // kUnweighted: the call has no per-sample weights, known at compile time, so that the loop keeps no register for
 // a weight (the same register pressure as kWhole's).
+// Inlined into the loops that call it (pool_bags, pool_block_outlined): a call per bag cost as much as pooling a
+// bag of one lookup.
 template <typename WT, typename IT, bool kMax, int NV, bool kWhole = false, bool kUnweighted = false>
-static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, int64_t col, int64_t bag,
+__attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, int64_t col, int64_t bag,
                        int64_t start, int64_t end, Prefetch prefetch, typename OutputOf<WT>::type* out,
                        int64_t* arg_out, BagErrorReport* error) {
   using F = typename V::F;
@@ -316,6 +320,81 @@ static bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, i
   return true;
 }
 
+// Bag `bag`'s lookups [start, end). Offsets are checked here, bag by bag, rather than in a pass of their own.
+template <typename IT>
+__attribute__((always_inline)) static inline bool bag_range(const PoolArgs& a, const IT* offsets, int64_t bag,
+                                                            int64_t& start, int64_t& end, BagErrorReport* error) {
+  start = static_cast<int64_t>(offsets[bag]);
+  end = bag + 1 < a.num_offsets ? static_cast<int64_t>(offsets[bag + 1]) : a.num_indices;
+  if (end > a.num_indices) {
+    error->kind = BagError::kOffsetPastEnd;
+    error->position = bag + 1;
+    error->value = end;
+    return false;
+  }
+  if (end < start || start < 0) {
+    error->kind = BagError::kOffsetDecreasing;
+    error->position = bag + 1;
+    error->value = end;
+    return false;
+  }
+  return true;
+}
+
+// Bags [bag_begin, bag_end) of a table whose rows are one block, the bag loop inside the block's variant: a bag of
+// one lookup (one-hot features, as most of Criteo's) costs no dispatch and no call. With a dispatch and a call per
+// bag, such bags pooled at 0.67-0.81x torch's embedding_bag.
+template <typename WT, typename IT, bool kMax, int NV, bool kWhole = false, bool kUnweighted = false>
+static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices, const IT* offsets, int64_t bag_begin,
+                      int64_t bag_end, int64_t output_bag_base, Prefetch prefetch, BagErrorReport* error) {
+  using OT = typename OutputOf<WT>::type;
+  // A copy, which no store through the output (or the error report) can alias: gcc then keeps the fields and
+  // what the block derives from them (its lane mask, its prefetch distance) out of the bag loop.
+  const PoolArgs a = args;
+  for (int64_t bag = bag_begin; bag < bag_end; ++bag) {
+    int64_t start, end;
+    if (!bag_range(a, offsets, bag, start, end, error)) return false;
+    OT* out = static_cast<OT*>(a.output) + (bag - output_bag_base) * a.output_stride;
+    int64_t* arg_out = kMax ? a.max_indices + (bag - output_bag_base) * a.max_indices_stride : nullptr;
+    if (!pool_block<WT, IT, kMax, NV, kWhole, kUnweighted>(a, weight, indices, 0, bag, start, end, prefetch, out,
+                                                          arg_out, error))
+      return false;
+  }
+  return true;
+}
+
+// One block of one bag, out of line: rows of several blocks dispatch per bag and block, and inlining every variant
+// into that loop would only grow it.
+template <typename WT, typename IT, bool kMax, int NV, bool kWhole = false, bool kUnweighted = false>
+__attribute__((noinline)) static bool pool_block_outlined(const PoolArgs& a, const WT* weight, const IT* indices,
+                                                          int64_t col, int64_t bag, int64_t start, int64_t end,
+                                                          Prefetch prefetch, typename OutputOf<WT>::type* out,
+                                                          int64_t* arg_out, BagErrorReport* error) {
+  return pool_block<WT, IT, kMax, NV, kWhole, kUnweighted>(a, weight, indices, col, bag, start, end, prefetch, out,
+                                                          arg_out, error);
+}
+
+// ok = FN<WT, IT, kMax, nv, ...>(...): the variant of a block of `nv` vectors and `cols` columns.
+#define MPREC_POOL_CASE(N, FN, ...)                                                                        \
+  case N:                                                                                                  \
+    if constexpr (N <= kVectors && sizeof(WT) == 4) {                                                         \
+      if (cols != N * V::W) ok = FN<WT, IT, kMax, N>(__VA_ARGS__);                                         \
+      else if (a.per_sample_weights) ok = FN<WT, IT, kMax, N, true>(__VA_ARGS__);                          \
+      else ok = FN<WT, IT, kMax, N, true, true>(__VA_ARGS__);                                              \
+    } else if constexpr (N <= kVectors) ok = FN<WT, IT, kMax, N>(__VA_ARGS__);                             \
+    else ok = false; /* unreachable: nv <= kVectors */                                                    \
+    break;
+#define MPREC_POOL_SWITCH(FN, ...)                                                                         \
+  switch (nv) {                                                                                            \
+    MPREC_POOL_CASE(1, FN, __VA_ARGS__) MPREC_POOL_CASE(2, FN, __VA_ARGS__) MPREC_POOL_CASE(3, FN, __VA_ARGS__)   \
+    MPREC_POOL_CASE(4, FN, __VA_ARGS__) MPREC_POOL_CASE(5, FN, __VA_ARGS__) MPREC_POOL_CASE(6, FN, __VA_ARGS__)   \
+    MPREC_POOL_CASE(7, FN, __VA_ARGS__) MPREC_POOL_CASE(8, FN, __VA_ARGS__) MPREC_POOL_CASE(9, FN, __VA_ARGS__)   \
+    MPREC_POOL_CASE(10, FN, __VA_ARGS__) MPREC_POOL_CASE(11, FN, __VA_ARGS__) MPREC_POOL_CASE(12, FN, __VA_ARGS__) \
+    MPREC_POOL_CASE(13, FN, __VA_ARGS__) MPREC_POOL_CASE(14, FN, __VA_ARGS__) MPREC_POOL_CASE(15, FN, __VA_ARGS__) \
+    MPREC_POOL_CASE(16, FN, __VA_ARGS__)                                                                   \
+    default: ok = false; break;                                                                            \
+  }
+
 template <typename WT, typename IT, bool kMax, bool kNarrowSlices>
 static bool pool_typed(const PoolArgs& a, int64_t bag_begin, int64_t bag_end, int64_t output_bag_base,
                        BagErrorReport* error) {
@@ -336,58 +415,31 @@ static bool pool_typed(const PoolArgs& a, int64_t bag_begin, int64_t bag_end, in
                          : wide_row && !whole_slices ? Prefetch::kWideRow
                                                     : slice;
   const Prefetch later = none || whole ? Prefetch::kNone : slice;
+  bool ok = true;
+  if (a.dim <= kBlock) {
+    const int64_t cols = a.dim;
+    const int nv = static_cast<int>((cols + V::W - 1) / V::W);
+    MPREC_POOL_SWITCH(pool_bags, a, weight, indices, offsets, bag_begin, bag_end, output_bag_base, first, error)
+    return ok;
+  }
   for (int64_t bag = bag_begin; bag < bag_end; ++bag) {
-    const int64_t start = static_cast<int64_t>(offsets[bag]);
-    const int64_t end = bag + 1 < a.num_offsets ? static_cast<int64_t>(offsets[bag + 1]) : a.num_indices;
-    // Offsets are checked here, bag by bag, rather than in a pass of their own.
-    if (end > a.num_indices) {
-      error->kind = BagError::kOffsetPastEnd;
-      error->position = bag + 1;
-      error->value = end;
-      return false;
-    }
-    if (end < start || start < 0) {
-      error->kind = BagError::kOffsetDecreasing;
-      error->position = bag + 1;
-      error->value = end;
-      return false;
-    }
+    int64_t start, end;
+    if (!bag_range(a, offsets, bag, start, end, error)) return false;
     OT* out = static_cast<OT*>(a.output) + (bag - output_bag_base) * a.output_stride;
     int64_t* arg_out = kMax ? a.max_indices + (bag - output_bag_base) * a.max_indices_stride : nullptr;
     for (int64_t col = 0; col < a.dim; col += kBlock) {
       const int64_t cols = a.dim - col < kBlock ? a.dim - col : kBlock;
       const int nv = static_cast<int>((cols + V::W - 1) / V::W);
-      bool ok = true;
-      OT* o = out + col;
-      int64_t* ao = kMax ? arg_out + col : nullptr;
-      switch (nv) {
-#define MPREC_POOL_CASE(N)                                                                                \
-  case N:                                                                                                 \
-    if constexpr (N <= kVectors && kVectors > kConvertedVectors) {                                       \
-      const Prefetch p = col == 0 ? first : later;                                                        \
-      if (cols != N * V::W)                                                                               \
-        ok = pool_block<WT, IT, kMax, N>(a, weight, indices, col, bag, start, end, p, o, ao, error);      \
-      else if (a.per_sample_weights)                                                                      \
-        ok = pool_block<WT, IT, kMax, N, true>(a, weight, indices, col, bag, start, end, p, o, ao, error); \
-      else                                                                                                \
-        ok = pool_block<WT, IT, kMax, N, true, true>(a, weight, indices, col, bag, start, end, p, o, ao,   \
-                                                     error);                                              \
-    } else if constexpr (N <= kVectors) ok = pool_block<WT, IT, kMax, N>(a, weight, indices, col, bag, start, end, \
-                                                                       col == 0 ? first : later, o, ao, error);  \
-    else ok = false; /* unreachable: nv <= kVectors */                                                   \
-    break;
-        MPREC_POOL_CASE(1) MPREC_POOL_CASE(2) MPREC_POOL_CASE(3) MPREC_POOL_CASE(4)
-        MPREC_POOL_CASE(5) MPREC_POOL_CASE(6) MPREC_POOL_CASE(7) MPREC_POOL_CASE(8)
-        MPREC_POOL_CASE(9) MPREC_POOL_CASE(10) MPREC_POOL_CASE(11) MPREC_POOL_CASE(12)
-        MPREC_POOL_CASE(13) MPREC_POOL_CASE(14) MPREC_POOL_CASE(15) MPREC_POOL_CASE(16)
-#undef MPREC_POOL_CASE
-        default: ok = false; break;
-      }
+      const Prefetch p = col == 0 ? first : later;
+      MPREC_POOL_SWITCH(pool_block_outlined, a, weight, indices, col, bag, start, end, p, out + col,
+                        kMax ? arg_out + col : nullptr, error)
       if (!ok) return false;
     }
   }
   return true;
 }
+#undef MPREC_POOL_SWITCH
+#undef MPREC_POOL_CASE
 
 template <typename WT, bool kNarrowSlices = false>
 static bool pool_weight(const PoolArgs& a, int64_t b0, int64_t b1, int64_t base, BagErrorReport* e) {
