@@ -72,6 +72,7 @@ struct V {
     if (n == 8) _mm256_storeu_ps(p, v);
     else _mm256_maskstore_ps(p, lane_mask(n), v);
   }
+  static void storeu(float* p, F v) { _mm256_storeu_ps(p, v); }
   static void store_16(uint16_t* p, __m128i h, M n) {
     if (n == 8) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), h); return; }
     alignas(16) uint16_t buf[8];

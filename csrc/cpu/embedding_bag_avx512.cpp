@@ -57,6 +57,7 @@ struct V {
     return _mm512_mask_mov_epi32(arg, _mm512_cmp_ps_mask(best, neg_inf(), _CMP_EQ_OQ), arg_init());
   }
   static void store(float* p, F v, M m) { _mm512_mask_storeu_ps(p, m, v); }
+  static void storeu(float* p, F v) { _mm512_storeu_ps(p, v); }
   static void store(f16_t* p, F v, M m) {
     _mm256_mask_storeu_epi16(p, m, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }

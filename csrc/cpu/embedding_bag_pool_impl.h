@@ -10,7 +10,8 @@
 //   arg_update(arg, best, x, row) (row where x == best, a vector of maxima), arg_unset(arg, best) (-1 where best is
 //   -inf),
 //   kSumVectors and kMaxVectors (accumulators of a float32 sum/mean and max pass), kArgVectors (vectors of a
-//   chunk of the argmax pass), store(float*/f16_t*/bf16_t*, F, M), store_arg(int64_t*, I, M),
+//   chunk of the argmax pass), store(float*/f16_t*/bf16_t*, F, M), storeu(float*, F) (all W lanes),
+//   store_arg(int64_t*, I, M),
 //   prefetch(const void*) (into L2) and prefetch_l1(const void*).
 
 // How many lookups ahead the loop prefetches rows. The rows of a bag are random reads from a table much
@@ -316,7 +317,13 @@ __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, 
       MPREC_UNROLL for (int v = 0; v < NV; ++v) acc[v] = V::mul(acc[v], s);
     }
   }
-  MPREC_UNROLL for (int v = 0; v < NV; ++v) V::store(out + v * W, acc[v], v == NV - 1 ? tail : full);
+  // A whole float32 block stores unmasked too: on the EPYC, bags of one lookup (one D=16 store each) pooled about
+  // 5% faster than with AVX-512's masked store of a full mask.
+  if constexpr (kWhole) {
+    MPREC_UNROLL for (int v = 0; v < NV; ++v) V::storeu(out + v * W, acc[v]);
+  } else {
+    MPREC_UNROLL for (int v = 0; v < NV; ++v) V::store(out + v * W, acc[v], v == NV - 1 ? tail : full);
+  }
   return true;
 }
 

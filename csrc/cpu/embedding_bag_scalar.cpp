@@ -90,6 +90,7 @@ struct V {
   }
   static I arg_unset(I arg, F best) { return best == neg_inf() ? arg_init() : arg; }
   static void store(float* p, F v, M) { *p = v; }
+  static void storeu(float* p, F v) { *p = v; }
   static void store(f16_t* p, F v, M) { p->bits = float_to_half(v); }
   static void store(bf16_t* p, F v, M) { p->bits = float_to_bfloat16(v); }
   static void store_arg(int64_t* p, I arg, M) { *p = arg; }
