@@ -138,8 +138,9 @@ __attribute__((always_inline)) static inline int64_t prefetch_distance(Prefetch 
 // lookup itself is checked when its turn comes). Always inlined: a call from the pooling loop would spill every
 // accumulator around it, and gcc did not inline it unasked.
 template <typename WT, int NV, typename IT>
-__attribute__((always_inline)) static inline void prefetch_lookup(const PoolArgs& a, const WT* weight, const IT* indices, int64_t col, int64_t ahead,
-                                   Prefetch prefetch) {
+__attribute__((always_inline)) static inline void prefetch_lookup(const PoolArgs& a, const WT* weight,
+                                                                  const IT* indices, int64_t col, int64_t ahead,
+                                                                  Prefetch prefetch) {
   // Cache lines of the block's slice of a row (a partial last vector may prefetch a little of the next row, which
   // is harmless: prefetches never fault).
   constexpr int kLines = static_cast<int>(lines_of<WT>(NV * V::W));
@@ -215,14 +216,14 @@ static void max_args(const PoolArgs& a, const WT* weight, const IT* indices, int
 }
 
 
-// kUnweighted: the call has no per-sample weights, known at compile time, so that the loop keeps no register for
-// a weight (the same register pressure as kWhole's).
-// Inlined into the loops that call it (pool_bags, pool_block_outlined): a call per bag cost as much as pooling a
-// bag of one lookup.
+// A block of NV vectors of one bag. kUnweighted: the call has no per-sample weights, known at compile time, so that
+// the loop keeps no register for a weight (the same register pressure as kWhole's). Inlined into the loops that
+// call it (pool_bags, pool_block_outlined): a call per bag cost as much as pooling a bag of one lookup.
 template <typename WT, typename IT, bool kMax, int NV, bool kWhole = false, bool kUnweighted = false>
-__attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices, int64_t col, int64_t bag,
-                       int64_t start, int64_t end, Prefetch prefetch, typename OutputOf<WT>::type* out,
-                       int64_t* arg_out, BagErrorReport* error) {
+__attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices,
+                                                             int64_t col, int64_t bag, int64_t start, int64_t end,
+                                                             Prefetch prefetch, typename OutputOf<WT>::type* out,
+                                                             int64_t* arg_out, BagErrorReport* error) {
   using F = typename V::F;
   constexpr int W = V::W;
   const int64_t dim = a.dim;
@@ -349,8 +350,9 @@ __attribute__((always_inline)) static inline bool bag_range(const PoolArgs& a, c
 }
 
 // Bags [bag_begin, bag_end) of a table whose rows are one block, the bag loop inside the block's variant: a bag of
-// one lookup (one-hot features, as most of Criteo's) costs no dispatch and no call. With a dispatch and a call per
-// bag, such bags pooled at 0.67-0.81x torch's embedding_bag.
+// one lookup (one-hot features, as most of Criteo's) costs no dispatch and no call. With a dispatch, a call and the
+// block's setup per bag, such bags (D=16, rows in the cache) pooled at 0.67-0.81x torch's embedding_bag, and at
+// 1.0-1.15x this way.
 template <typename WT, typename IT, bool kMax, int NV, bool kWhole = false, bool kUnweighted = false>
 static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices, const IT* offsets, int64_t bag_begin,
                       int64_t bag_end, int64_t output_bag_base, Prefetch prefetch, BagErrorReport* error) {
@@ -381,10 +383,11 @@ __attribute__((noinline)) static bool pool_block_outlined(const PoolArgs& a, con
                                                           arg_out, error);
 }
 
-// ok = FN<WT, IT, kMax, nv, ...>(...): the variant of a block of `nv` vectors and `cols` columns.
+// ok = FN<WT, IT, kMax, nv, ...>(...): the variant of a block of `nv` vectors and `cols` columns (float32 blocks
+// that are whole take the kWhole variants, see load_vector).
 #define MPREC_POOL_CASE(N, FN, ...)                                                                        \
   case N:                                                                                                  \
-    if constexpr (N <= kVectors && sizeof(WT) == 4) {                                                         \
+    if constexpr (N <= kVectors && sizeof(WT) == 4) {                                                      \
       if (cols != N * V::W) ok = FN<WT, IT, kMax, N>(__VA_ARGS__);                                         \
       else if (a.per_sample_weights) ok = FN<WT, IT, kMax, N, true>(__VA_ARGS__);                          \
       else ok = FN<WT, IT, kMax, N, true, true>(__VA_ARGS__);                                              \
