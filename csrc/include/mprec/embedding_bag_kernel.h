@@ -48,7 +48,7 @@ struct PoolArgs {
   int64_t output_stride;           // elements between consecutive bags' output rows
   int64_t* max_indices;            // kMax only: [bags, max_indices_stride]
   int64_t max_indices_stride;
-  RowPrefetch prefetch;
+  RowPrefetch prefetch;            // how rows are prefetched; kNone for a table that stays in the cache
 };
 
 // Tables of at most this many bytes are pooled without prefetching their rows (RowPrefetch::kNone; the default
