@@ -172,12 +172,13 @@ __attribute__((always_inline)) static inline void prefetch_lookup(const PoolArgs
 // instead held a register per accumulator, which on AVX2 halved the accumulators and so pooled a D=128 row in
 // two passes over memory. The lanes are taken V::kArgVectors vectors at a time, so that a chunk's argmaxes and
 // maxima stay in registers (the pass stored the maxima in `best`).
-// While the first chunk walks, no row of the bags to come would be requested, and on the EPYC the memory then sat
-// idle: the walk goes on with the pass's prefetches, the lookups after those the pass made, where they are whole
-// slices (RowPrefetch::kWholeSlices). Caches flushed, float32 D=128, that took AVX2 max from 0.65-0.71 of the
-// speed of a sum of the same rows to 0.85-0.95; the AVX-512 kernels, whose walk is one chunk, measured the same as
-// before (0.77-0.81). The Xeon's leading-lines prefetch (its max measured 0.78-0.88 of sum without this) keeps the
-// walk as it was.
+// While a walk of several chunks runs, no row of the bags to come would be requested, and on the EPYC the memory
+// then sat idle: the first chunk's walk goes on with the pass's prefetches, the lookups after those the pass made,
+// where they are whole slices (RowPrefetch::kWholeSlices). Caches flushed, float32 D=128, that took AVX2 max (three
+// chunks) from 0.65-0.77 of the speed of a sum of the same rows to 0.85-0.95. A walk of one chunk (AVX-512) is
+// short enough for the pass's own prefetches: continued, its prefetches flooded the queue of misses, and it ran at
+// 0.71-0.73 of sum against 0.74-0.82 without. The Xeon's leading-lines prefetch (its max measured 0.78-0.88 of sum
+// without this) keeps the walk as it was.
 template <typename WT, typename IT, int NV, bool kWhole, int kFirst = 0>
 static void max_args(const PoolArgs& a, const WT* weight, const IT* indices, int64_t col, int64_t start,
                      int64_t end, const float* best, typename V::M tail, Prefetch prefetch, int64_t* arg_out) {
@@ -193,7 +194,7 @@ static void max_args(const PoolArgs& a, const WT* weight, const IT* indices, int
   }
   for (int64_t i = end - 1; i >= start; --i) {
     // The first chunk's walk goes on with the pass's prefetches (see above): lookup end - 1 + distance was its last.
-    if (kFirst == 0 && prefetch == Prefetch::kWholeSlice)
+    if (kFirst == 0 && NV > V::kArgVectors && prefetch == Prefetch::kWholeSlice)
       prefetch_lookup<WT, NV>(a, weight, indices, col, end + prefetch_distance<WT, NV>(prefetch) + (end - 1 - i),
                               prefetch);
     const int64_t idx = static_cast<int64_t>(indices[i]);
