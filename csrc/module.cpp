@@ -5,6 +5,9 @@
 
 #include <ATen/Parallel.h>
 
+#include <string>
+#include <utility>
+
 #include "mprec/gather_probe.h"
 #include "mprec/isa.h"
 
@@ -17,8 +20,14 @@
 
 namespace py = pybind11;
 
-static const char* row_prefetch_name(mprec::cpu::RowPrefetch policy) {
-  return policy == mprec::cpu::RowPrefetch::kLeadingLines ? "leading_lines" : "whole_slices";
+// The names of the row prefetch policies a caller can choose (RowPrefetch::kNone is not one), both ways.
+static const std::pair<const char*, mprec::cpu::RowPrefetch> kRowPrefetchNames[] = {
+    {"leading_lines", mprec::cpu::RowPrefetch::kLeadingLines}, {"whole_slices", mprec::cpu::RowPrefetch::kWholeSlices}};
+
+static std::string row_prefetch_name(mprec::cpu::RowPrefetch policy) {
+  for (const auto& [name, value] : kRowPrefetchNames)
+    if (value == policy) return name;
+  return "none";
 }
 
 PYBIND11_MODULE(_C, m) {
@@ -58,10 +67,8 @@ PYBIND11_MODULE(_C, m) {
         "How the pooling loop prefetches the rows of tables larger than cached_table_bytes: 'leading_lines' (the "
         "first lines of a wide slice) or 'whole_slices' (every line); the default follows the CPU's vendor.");
   m.def("set_row_prefetch", [](const std::string& name) {
-    mprec::cpu::RowPrefetch policy;
-    if (name == "leading_lines") policy = mprec::cpu::RowPrefetch::kLeadingLines;
-    else if (name == "whole_slices") policy = mprec::cpu::RowPrefetch::kWholeSlices;
-    else throw py::value_error("set_row_prefetch: expected 'leading_lines' or 'whole_slices', got '" + name + "'");
-    return row_prefetch_name(mprec::cpu::set_row_prefetch(policy));
+    for (const auto& [known, policy] : kRowPrefetchNames)
+      if (name == known) return row_prefetch_name(mprec::cpu::set_row_prefetch(policy));
+    throw py::value_error("set_row_prefetch: expected 'leading_lines' or 'whole_slices', got '" + name + "'");
   }, py::arg("name"), "Sets row_prefetch for this process; returns the previous setting.");
 }

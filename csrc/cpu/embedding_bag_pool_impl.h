@@ -222,7 +222,7 @@ static void max_args(const PoolArgs& a, const WT* weight, const IT* indices, int
 // call it (pool_bags, pool_block_outlined): a call per bag cost as much as pooling a bag of one lookup.
 template <typename WT, typename IT, bool kMax, int NV, bool kWhole = false, bool kUnweighted = false>
 __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices,
-                                                             int64_t col, int64_t bag, int64_t start, int64_t end,
+                                                             int64_t col, int64_t start, int64_t end,
                                                              Prefetch prefetch, typename OutputOf<WT>::type* out,
                                                              int64_t* arg_out, BagErrorReport* error) {
   using F = typename V::F;
@@ -366,7 +366,7 @@ static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices,
     if (!bag_range(a, offsets, bag, start, end, error)) return false;
     OT* out = static_cast<OT*>(a.output) + (bag - output_bag_base) * a.output_stride;
     int64_t* arg_out = kMax ? a.max_indices + (bag - output_bag_base) * a.max_indices_stride : nullptr;
-    if (!pool_block<WT, IT, kMax, NV, kWhole, kUnweighted>(a, weight, indices, 0, bag, start, end, prefetch, out,
+    if (!pool_block<WT, IT, kMax, NV, kWhole, kUnweighted>(a, weight, indices, 0, start, end, prefetch, out,
                                                           arg_out, error))
       return false;
   }
@@ -377,10 +377,10 @@ static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices,
 // into that loop would only grow it.
 template <typename WT, typename IT, bool kMax, int NV, bool kWhole = false, bool kUnweighted = false>
 __attribute__((noinline)) static bool pool_block_outlined(const PoolArgs& a, const WT* weight, const IT* indices,
-                                                          int64_t col, int64_t bag, int64_t start, int64_t end,
+                                                          int64_t col, int64_t start, int64_t end,
                                                           Prefetch prefetch, typename OutputOf<WT>::type* out,
                                                           int64_t* arg_out, BagErrorReport* error) {
-  return pool_block<WT, IT, kMax, NV, kWhole, kUnweighted>(a, weight, indices, col, bag, start, end, prefetch, out,
+  return pool_block<WT, IT, kMax, NV, kWhole, kUnweighted>(a, weight, indices, col, start, end, prefetch, out,
                                                           arg_out, error);
 }
 
@@ -442,7 +442,7 @@ static bool pool_typed(const PoolArgs& a, int64_t bag_begin, int64_t bag_end, in
       const int64_t cols = a.dim - col < kBlock ? a.dim - col : kBlock;
       const int nv = static_cast<int>((cols + V::W - 1) / V::W);
       const Prefetch p = col == 0 ? first : later;
-      MPREC_POOL_SWITCH(pool_block_outlined, a, weight, indices, col, bag, start, end, p, out + col,
+      MPREC_POOL_SWITCH(pool_block_outlined, a, weight, indices, col, start, end, p, out + col,
                         kMax ? arg_out + col : nullptr, error)
       if (!ok) return false;
     }
