@@ -9,6 +9,11 @@ TORCH_SPEC ?= torch==2.13.0
 # Triton for the GPU kernels; without a GPU the tests run them in its interpreter (TRITON_INTERPRET=1).
 TRITON_SPEC ?= triton==3.9.0
 PYTEST_ARGS ?=
+# A test that has not ended after this many seconds ends the run with every thread's stack (pytest-timeout).
+# The thread method, because a kernel that loops forever never hands the interpreter back to a signal handler,
+# and a hang would otherwise hold the run until CI's own limit, naming no test.
+TEST_TIMEOUT ?= 900
+PYTEST_TIMEOUT := --timeout=$(TEST_TIMEOUT) --timeout-method=thread
 
 STAMP_DEPS := $(VENV)/.deps-installed
 STAMP_BUILD := $(VENV)/.mprec-built
@@ -35,7 +40,8 @@ TORCHREC_DEPS ?= fbgemm-gpu-cpu==1.8.0 tensordict==0.15.3 pyvers==0.2.3 cloudpic
 
 $(STAMP_DEPS): $(PY) Makefile
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q "setuptools>=64" wheel cmake ninja numpy pytest hypothesis expecttest pytest-benchmark matplotlib
+	$(PIP) install -q "setuptools>=64" wheel cmake ninja numpy pytest pytest-timeout hypothesis expecttest pytest-benchmark \
+		matplotlib
 	$(PIP) install -q "$(TRITON_SPEC)"
 	$(PIP) install -q --no-deps $(TORCHREC_DEPS)
 	$(PIP) install -q --no-deps "$(TORCHREC_SPEC)"
@@ -51,7 +57,7 @@ run: build
 	$(PY) -m mprec.cli run
 
 test: build cuda-objects
-	$(PY) -m pytest tests -q $(PYTEST_ARGS)
+	$(PY) -m pytest tests -q $(PYTEST_TIMEOUT) $(PYTEST_ARGS)
 
 # The CPU op, layer and data tests against an mprec._C built with AddressSanitizer and UndefinedBehaviorSanitizer
 # (MPREC_SANITIZE in CMakeLists.txt), in its own folder: the package is staged there with that module, and
@@ -83,7 +89,8 @@ test-sanitize: build
 	cp $(SANITIZE_DIR)/lib/_C*.so $(SANITIZE_DIR)/pkg/mprec/
 	$(SANITIZE_ENV) $(PY) -P -c "import mprec; assert '$(SANITIZE_DIR)/pkg' in mprec._C.__file__, mprec._C.__file__"
 	# --capture=sys: a sanitizer's report, written to the process's stderr, reaches the terminal.
-	$(SANITIZE_ENV) $(PY) -P -m pytest $(SANITIZE_TESTS) -q -p no:cacheprovider --capture=sys $(PYTEST_ARGS)
+	$(SANITIZE_ENV) $(PY) -P -m pytest $(SANITIZE_TESTS) -q -p no:cacheprovider --capture=sys $(PYTEST_TIMEOUT) \
+		$(PYTEST_ARGS)
 
 # The op fuzzer at length (tests/fuzz_ops.py; the suite runs it briefly under hypothesis): random, mostly invalid
 # arguments for every op through the CPU and fake kernels; exits non-zero on a finding.

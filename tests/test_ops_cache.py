@@ -94,6 +94,37 @@ def test_table_insert_erase_lookup_against_dict(entries):
     assert torch.equal(counts, expected_counts)
 
 
+@pytest.mark.parametrize("capacity", [2, 8, 64])
+def test_a_full_table_erases_and_refills(capacity):
+    """insert fills a table to its last slot; erase must then end its backward shift on the hole it made, as
+    no other slot is empty (a walk that looked only for an empty slot ran forever here)."""
+    rng = random.Random(capacity)
+    table = torch.full((capacity, 2), -1, dtype=torch.int64)
+    ids = rng.sample(range(3 * capacity), capacity)  # a small range: long clusters that wrap around
+    cache_insert(table, torch.tensor(ids), torch.arange(capacity))
+    model = dict(zip(ids, range(capacity)))
+    assert cache_table_reference(table) == model and (table[:, 0] >= 0).all()
+    with pytest.raises(RuntimeError, match=r"mprec::cache_insert: the table is full \(capacity"):
+        cache_insert(table, torch.tensor([3 * capacity]), torch.tensor([0]))
+    for gone in rng.sample(ids, capacity):
+        assert cache_erase(table, torch.tensor([gone])).tolist() == [model.pop(gone)]
+        assert cache_table_reference(table) == model
+        if model and rng.random() < 0.3:  # refill the hole now and then, so erases meet full tables again
+            new = next(i for i in range(3 * capacity, 6 * capacity) if i not in model)
+            cache_insert(table, torch.tensor([new]), torch.tensor([7]))
+            model[new] = 7
+            assert cache_table_reference(table) == model
+            cache_erase(table, torch.tensor([new]))
+            del model[new]
+    assert not model and (table == -1).all()
+
+
+def test_erase_ends_on_a_table_without_empty_slots_that_insert_did_not_build():
+    """A table of junk (every key 0, every home slot ignored) is no valid table, but erase must still return."""
+    table = torch.zeros(4, 2, dtype=torch.int64)
+    assert cache_erase(table, torch.tensor([0, 0, 5])).tolist() == [0, 0, -1]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("width", [1, 16, 129])
 def test_lookup_copies_rows_exactly(dtype, width):

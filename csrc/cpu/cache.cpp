@@ -100,26 +100,26 @@ struct Table {
 
   // Removes key; returns the entry it mapped to, or -1 when absent. Backward shift: later members of the
   // cluster move into the hole unless their home lies cyclically in (hole, position], where moving them
-  // would put them before their home.
+  // would put them before their home. The hole is emptied as it moves, so the walk ends on it at the latest:
+  // insert fills a table to its last slot, and a full table has no other empty slot to stop at.
   int64_t erase(int64_t key) const {
     int64_t i = find(key);
     if (i < 0) return -1;
     const int64_t erased = slots[2 * i + 1];
-    int64_t k = i;
-    while (true) {
-      k = (k + 1) & mask();
+    slots[2 * i] = kEmpty;
+    slots[2 * i + 1] = kEmpty;
+    for (int64_t k = (i + 1) & mask(); slots[2 * k] != kEmpty; k = (k + 1) & mask()) {
       const int64_t moving = slots[2 * k];
-      if (moving == kEmpty) break;
       const int64_t h = home(moving);
       const bool stays = i <= k ? (i < h && h <= k) : (i < h || h <= k);
       if (!stays) {
         slots[2 * i] = moving;
         slots[2 * i + 1] = slots[2 * k + 1];
+        slots[2 * k] = kEmpty;
+        slots[2 * k + 1] = kEmpty;
         i = k;
       }
     }
-    slots[2 * i] = kEmpty;
-    slots[2 * i + 1] = kEmpty;
     return erased;
   }
 };
