@@ -203,8 +203,10 @@ EMBEDDING_BAG_CASES = [
     EmbeddingBagCase("standard f32 sum"),
     EmbeddingBagCase("huge pages", huge_pages=True),
     EmbeddingBagCase("mean", mode="mean"),
-    EmbeddingBagCase("max", mode="max", rounds=7),
-    EmbeddingBagCase("padding_idx", padding=True, rounds=7),
+    # max and padding_idx are held to mprec's own sum of the same rows, a ratio of two calls of a few ms each beside
+    # torch's slow paths: with 7 rounds its median moved from run to run by more than the target's margin.
+    EmbeddingBagCase("max", mode="max", rounds=21),
+    EmbeddingBagCase("padding_idx", padding=True, rounds=21),
     EmbeddingBagCase("weighted", weighted=True),
     EmbeddingBagCase("bf16", dtype="bfloat16"),
     EmbeddingBagCase("fp16", dtype="float16"),
