@@ -44,6 +44,7 @@ struct V {
   static F load(const uint8_t* p, M n) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(load_128(p, n))); }
   template <typename T>
   static F loadu(const T* p) { return load(p, 8); }
+  static constexpr int kRegisters = 16;
   // float32 sum/mean passes keep 16 accumulators: all 16 ymm registers, the rows' loads folded into the adds
   // (a D=128 row in one pass over the bag, as FBGEMM's generated kernels do, instead of two).
   static constexpr int kSumVectors = 16;
@@ -67,6 +68,12 @@ struct V {
   static I arg_unset(I arg, F best) {
     return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(arg), _mm256_castsi256_ps(arg_init()),
                                                 _mm256_cmp_ps(best, neg_inf(), _CMP_EQ_OQ)));
+  }
+  static I arg_row(int64_t row) { return _mm256_set1_epi32(static_cast<int32_t>(row)); }
+  static void max_update(F& acc, I& arg, F x, I row) {
+    const F greater = _mm256_cmp_ps(x, acc, _CMP_GT_OQ);
+    acc = _mm256_max_ps(x, acc);
+    arg = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(arg), _mm256_castsi256_ps(row), greater));
   }
   static void store(float* p, F v, M n) {
     if (n == 8) _mm256_storeu_ps(p, v);

@@ -8,9 +8,11 @@
 //   float/f16_t/bf16_t/uint8_t,
 //   add(a, b), fmadd(a, b, c), mul(a, b), max(x, acc) (acc where x is not greater: ties, NaN), arg_init(),
 //   arg_update(arg, best, x, row) (row where x == best, a vector of maxima), arg_unset(arg, best) (-1 where best is
-//   -inf),
-//   kSumVectors and kMaxVectors (accumulators of a float32 sum/mean and max pass), kArgVectors (vectors of a
-//   chunk of the argmax pass), store(float*/f16_t*/bf16_t*, F, M), storeu(float*, F) (all W lanes),
+//   -inf), arg_row(row) (row in every lane), max_update(acc, arg, x, row) (acc = max(x, acc), and arg = row where
+//   x is greater),
+//   kRegisters (vector registers), kSumVectors and kMaxVectors (accumulators of a float32 sum/mean and max pass),
+//   kArgVectors (vectors of a chunk of the argmax pass), store(float*/f16_t*/bf16_t*, F, M), storeu(float*, F) (all
+//   W lanes),
 //   store_arg(int64_t*, I, M),
 //   prefetch(const void*) (into L2) and prefetch_l1(const void*).
 
@@ -165,20 +167,19 @@ __attribute__((always_inline)) static inline void prefetch_lookup(const PoolArgs
   }
 }
 
-// Max mode's argmax, found after its pass over the bag's rows, which left them in the caches: for each lane,
-// the first row whose value equals the lane's maximum, or -1 where the maximum is -inf. That is the row a
-// running "x > max so far" comparison keeps: the rows before it are smaller or NaN, and none after it is
-// greater. Walking the rows backwards, the last equal row met is the first. Tracking the argmax during the pass
-// instead held a register per accumulator, which on AVX2 halved the accumulators and so pooled a D=128 row in
-// two passes over memory. The lanes are taken V::kArgVectors vectors at a time, so that a chunk's argmaxes and
-// maxima stay in registers (the pass stored the maxima in `best`).
+// Max mode's argmax, where the pass has no registers to track it (see arg_in_pass), found after the pass over the
+// bag's rows, which left them in the caches: for each lane, the first row whose value equals the lane's maximum, or
+// -1 where the maximum is -inf. That is the row a running "x > max so far" comparison keeps: the rows before it are
+// smaller or NaN, and none after it is greater. Walking the rows backwards, the last equal row met is the first.
+// The lanes are taken V::kArgVectors vectors at a time, so that a chunk's argmaxes and maxima stay in registers (the
+// pass stored the maxima in `best`).
 // While a walk of several chunks runs, no row of the bags to come would be requested, and on the EPYC the memory
 // then sat idle: the first chunk's walk goes on with the pass's prefetches, the lookups after those the pass made,
 // where they are whole slices (RowPrefetch::kWholeSlices). Caches flushed, float32 D=128, that took AVX2 max (three
-// chunks) from 0.65-0.77 of the speed of a sum of the same rows to 0.85-0.95. A walk of one chunk (AVX-512) is
-// short enough for the pass's own prefetches: continued, its prefetches flooded the queue of misses, and it ran at
-// 0.71-0.73 of sum against 0.74-0.82 without. The Xeon's leading-lines prefetch (its max measured 0.78-0.88 of sum
-// without this) keeps the walk as it was.
+// chunks) from 0.65-0.77 of the speed of a sum of the same rows to 0.85-0.95. A walk of one chunk (AVX-512's, before
+// its pass tracked the argmax) is short enough for the pass's own prefetches: continued, its prefetches flooded the
+// queue of misses, and it ran at 0.71-0.73 of sum against 0.74-0.82 without. The Xeon's leading-lines prefetch (its
+// max measured 0.78-0.88 of sum without this) keeps the walk as it was.
 template <typename WT, typename IT, int NV, bool kWhole, int kFirst = 0>
 static void max_args(const PoolArgs& a, const WT* weight, const IT* indices, int64_t col, int64_t start,
                      int64_t end, const float* best, typename V::M tail, Prefetch prefetch, int64_t* arg_out) {
@@ -217,6 +218,18 @@ static void max_args(const PoolArgs& a, const WT* weight, const IT* indices, int
 }
 
 
+// Whether max mode's pass over a block of NV vectors tracks the argmax itself (V::max_update), rather than leaving
+// it to a walk over the rows after the pass (max_args): where the registers hold an argmax beside each accumulator,
+// with four to spare for the row's vector, the row broadcast and a conversion or an int8 row's scale and bias.
+// Caches flushed (E=1e6, B=4096, L=40), on a 2-core EPYC: AVX-512 float32 max went from 0.74-0.78 of the speed of a
+// sum of the same rows to 0.80-0.82 at D=128, 0.77 to 0.83 at D=64 and 0.87 to 0.95 at D=16, bf16 and fp16 D=128
+// and float32 D=256 the same; AVX2 D=16 from 0.82 to 0.92 and D=32 from 0.79 to 0.84, while its D=64 (16 registers
+// for 8 accumulators and 8 argmaxes) fell from 0.82 to 0.69 and D=128 from 0.91 to 0.55, spilling. The walk
+// re-reads every row and requests nothing from memory meanwhile; the pass's extra work likely hides behind its
+// misses.
+template <int NV>
+constexpr bool arg_in_pass() { return 2 * NV + 4 <= V::kRegisters; }
+
 // A block of NV vectors of one bag. kUnweighted: the call has no per-sample weights, known at compile time, so that
 // the loop keeps no register for a weight (the same register pressure as kWhole's). Inlined into the loops that
 // call it (pool_bags, pool_block_outlined): a call per bag cost as much as pooling a bag of one lookup.
@@ -241,6 +254,9 @@ __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, 
       kWhole && !kUnweighted && !kMax && NV >= 16 && NV == V::kSumVectors ? NV - 1 : NV;
   F acc[NV];
   MPREC_UNROLL for (int v = 0; v < NV; ++v) acc[v] = kMax ? V::neg_inf() : V::zero();
+  constexpr bool kArgInPass = kMax && arg_in_pass<NV>();
+  typename V::I arg[kArgInPass ? NV : 1];
+  if constexpr (kArgInPass) MPREC_UNROLL for (int v = 0; v < NV; ++v) arg[v] = V::arg_init();
   float bias_sum = 0.f;  // uint8 rows in sum/mean mode: sum of w * bias, added once at the end
   int64_t count = 0;
   const int64_t padding_idx = a.padding_idx;  // -1: none
@@ -263,7 +279,14 @@ __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, 
       const float bias = a.scale_bias[2 * idx + 1];
       if (kMax) {
         const F s = V::set1(scale), b = V::set1(bias);
-        MPREC_UNROLL for (int v = 0; v < NV; ++v) acc[v] = V::max(row_vector<NV, kWhole>(row, v, tail, s, b), acc[v]);
+        if constexpr (kArgInPass) {
+          const typename V::I r = V::arg_row(idx);
+          MPREC_UNROLL for (int v = 0; v < NV; ++v)
+            V::max_update(acc[v], arg[v], row_vector<NV, kWhole>(row, v, tail, s, b), r);
+        } else {
+          MPREC_UNROLL for (int v = 0; v < NV; ++v)
+            acc[v] = V::max(row_vector<NV, kWhole>(row, v, tail, s, b), acc[v]);
+        }
       } else {
         const F s = V::set1(w * scale);
         MPREC_UNROLL for (int v = 0; v < NV; ++v)
@@ -271,7 +294,11 @@ __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, 
         bias_sum += w * bias;
       }
     } else {
-      if (kMax) {
+      if constexpr (kArgInPass) {
+        const typename V::I r = V::arg_row(idx);
+        MPREC_UNROLL for (int v = 0; v < NV; ++v)
+          V::max_update(acc[v], arg[v], load_vector<NV, kWhole>(row, v, tail), r);
+      } else if (kMax) {
         MPREC_UNROLL for (int v = 0; v < NV; ++v) acc[v] = V::max(load_vector<NV, kWhole>(row, v, tail), acc[v]);
       } else if (weighted) {
         const F wv = V::set1(w);
@@ -303,6 +330,8 @@ __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, 
         acc[v] = V::zero();
         V::store_arg(arg_out + v * W, V::arg_init(), v == NV - 1 ? tail : full);
       }
+    } else if constexpr (kArgInPass) {
+      MPREC_UNROLL for (int v = 0; v < NV; ++v) V::store_arg(arg_out + v * W, arg[v], v == NV - 1 ? tail : full);
     } else {
       alignas(64) float best[NV * W];
       MPREC_UNROLL for (int v = 0; v < NV; ++v) V::store(best + v * W, acc[v], full);

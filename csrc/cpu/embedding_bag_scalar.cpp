@@ -78,6 +78,7 @@ struct V {
   static F load(const uint8_t* p, M) { return static_cast<float>(*p); }
   template <typename T>
   static F loadu(const T* p) { return load(p, 1); }
+  static constexpr int kRegisters = 16;  // xmm
   static constexpr int kSumVectors = 8;
   static F add(F a, F b) { return a + b; }
   static F fmadd(F a, F b, F c) { return a * b + c; }
@@ -89,6 +90,12 @@ struct V {
     if (x == best) arg = row;
   }
   static I arg_unset(I arg, F best) { return best == neg_inf() ? arg_init() : arg; }
+  static I arg_row(int64_t row) { return row; }
+  static void max_update(F& acc, I& arg, F x, I row) {
+    const bool greater = x > acc;
+    acc = greater ? x : acc;
+    arg = greater ? row : arg;
+  }
   static void store(float* p, F v, M) { *p = v; }
   static void storeu(float* p, F v) { *p = v; }
   static void store(f16_t* p, F v, M) { p->bits = float_to_half(v); }
