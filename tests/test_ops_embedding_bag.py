@@ -57,6 +57,68 @@ def test_forward_of_rows_too_wide_to_prefetch_whole(isa, weight_dtype, mode, wei
     run_case(weight_dtype, torch.int64, mode, weighted, False, True, 2100)
 
 
+ONE_HOT_SHAPES = ["one-hot", "last bag of two", "one bag empty"]
+
+
+def one_hot_bags(num_bags, num_rows, index_dtype, shape, padding_idx, generator):
+    """One lookup per bag (about one in seven the padding id), or all but one bag so: (indices, B + 1 offsets)."""
+    sizes = torch.ones(num_bags, dtype=torch.int64)
+    if shape == "last bag of two":
+        sizes[-1] = 2
+    elif shape == "one bag empty":
+        sizes[num_bags // 2] = 0
+    indices = torch.randint(0, num_rows, (int(sizes.sum()),), generator=generator)
+    indices[::7] = padding_idx
+    offsets = torch.zeros(num_bags + 1, dtype=torch.int64)
+    offsets[1:] = sizes.cumsum(0)
+    return indices.to(index_dtype), offsets.to(index_dtype)
+
+
+@pytest.mark.parametrize("shape", ONE_HOT_SHAPES)
+@pytest.mark.parametrize("dim", [1, 100])
+@pytest.mark.parametrize("include_last_offset", [False, True], ids=["B", "B+1"])
+@pytest.mark.parametrize("mode,weighted", MODE_CASES, ids=["sum", "weighted", "mean", "max"])
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES, ids=["i32", "i64"])
+@pytest.mark.parametrize("weight_dtype", WEIGHT_DTYPES, ids=["f32", "f16", "bf16", "u8"])
+def test_bags_of_one_lookup(isa, weight_dtype, index_dtype, mode, weighted, include_last_offset, dim, shape):
+    """A table of one-hot features (every bag one lookup) takes a loop of its own in the kernels, which reads no
+    offsets per bag; bags that are one-hot but for one take the general loop. Enough bags that the threads split
+    them, so a thread's range starts past the first bag."""
+    num_bags, num_rows, padding_idx = 5000, 97, 5
+    weight, scale_bias, weight64 = make_weight(num_rows, dim, weight_dtype)
+    indices, offsets = one_hot_bags(num_bags, num_rows, index_dtype, shape, padding_idx, torch.Generator().manual_seed(dim))
+    psw = torch.randn(indices.numel()) if weighted else None
+    offs = offsets_for(offsets, include_last_offset)
+    out = mprec.ops.embedding_bag(weight, indices, offs, mode, psw, padding_idx, include_last_offset, scale_bias)
+    expected = embedding_bag_reference(weight64, indices, offs, mode, None if psw is None else psw.double(),
+                                       padding_idx, include_last_offset)
+    torch.testing.assert_close(out.double(), expected, **tolerance(weight_dtype, mode))
+
+
+@pytest.mark.parametrize("mode,weighted", MODE_CASES, ids=["sum", "weighted", "mean", "max"])
+def test_batched_tables_of_one_lookup(isa, mode, weighted):
+    """One-hot tables in the batched op: every table's bags start past the previous table's lookups."""
+    g = torch.Generator().manual_seed(3)
+    dims, rows, num_bags = [16, 5, 64], [50, 7, 300], 700
+    weights = [torch.randn(r, d, generator=g) for r, d in zip(rows, dims)]
+    indices = torch.cat([one_hot_bags(num_bags, r, torch.int64, "one-hot", r - 1, g)[0] for r in rows])
+    offsets = torch.arange(len(rows) * num_bags + 1)
+    psw = torch.randn(indices.numel(), generator=g) if weighted else None
+    pads = [r - 1 for r in rows]
+    out = mprec.ops.batched_embedding_bag(weights, indices, offsets, mode, psw, pads)
+    expected = batched_embedding_bag_reference([w.double() for w in weights], indices, offsets, mode,
+                                               None if psw is None else psw.double(), pads)
+    torch.testing.assert_close(out.double(), expected, **tolerance(torch.float32, mode))
+
+
+def test_an_id_out_of_range_in_a_one_hot_table_is_named_with_its_position():
+    weight = torch.randn(10, 16)
+    indices = torch.arange(100) % 10
+    indices[63] = 10
+    with pytest.raises(RuntimeError, match=r"mprec::embedding_bag: index 10 at position 63 is out of range"):
+        mprec.ops.embedding_bag(weight, indices, torch.arange(100), "sum")
+
+
 @pytest.mark.parametrize("mode,weighted", MODE_CASES, ids=["sum", "weighted", "mean", "max"])
 @pytest.mark.parametrize("dim", [1, 129])
 def test_float64_forward_is_exact_reference(mode, weighted, dim):
