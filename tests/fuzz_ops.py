@@ -1,6 +1,7 @@
 """The op fuzzer: random, mostly invalid arguments for every ``torch.ops.mprec`` op, through the CPU kernels and
 the fake kernels. A call must return or raise an error that names the op (``mprec::<op>``); a crash ends the
-process, and a read outside a tensor is what ``make test-sanitize`` (which runs the suite's short fuzz) finds.
+process, a call that does not return ends it too (the watchdog of the long runs names it), and a read outside a
+tensor is what ``make test-sanitize`` (which runs the suite's short fuzz) finds.
 
 Arguments are made by name from one set of sizes per call (rows, width, lookups, bags, tables, ...), so most
 are consistent with each other and reach the kernels' value checks and loops; then, half of the time, one or
@@ -16,8 +17,8 @@ from __future__ import annotations
 import argparse
 import collections
 import math
-import random
 import os
+import random
 import sys
 import threading
 import time
@@ -288,21 +289,26 @@ def describe(args: list) -> str:
 class Watchdog:
     """Ends the process when one call has not returned within ``seconds``, naming the op and its arguments: a
     kernel that loops forever is a finding too. The kernels release the GIL, so this thread runs while one
-    loops."""
+    loops. ``close`` stops it, so that no thread outlives the run into the interpreter's shutdown."""
 
     def __init__(self, seconds: float):
         self.seconds = seconds
         self.current: tuple[float, str, list] | None = None
-        threading.Thread(target=self._watch, daemon=True, name="fuzz-watchdog").start()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True, name="fuzz-watchdog")
+        self._thread.start()
 
     def _watch(self):
-        while True:
-            time.sleep(min(1.0, self.seconds / 4))
+        while not self._closed.wait(min(1.0, self.seconds / 4)):
             current = self.current
             if current is not None and time.monotonic() - current[0] > self.seconds:
                 print(f"FINDING: mprec::{current[1]} has not returned after {self.seconds:g} s\n"
                       f"args: {describe(current[2])}", flush=True)
                 os._exit(3)
+
+    def close(self):
+        self._closed.set()
+        self._thread.join()
 
 
 def fuzz_once(rng: random.Random, op: str, fake_every: int = 1, counter: int = 0,
@@ -336,23 +342,26 @@ def main(argv=None) -> int:
     counts = collections.Counter()
     findings: dict[str, str] = {}
     calls, start, last_report, i = 0, time.perf_counter(), time.perf_counter(), 0
-    while calls < args.calls:
-        op = ops[i % len(ops)]
-        try:
-            for outcome in fuzz_once(rng, op, args.fake_every, i // len(ops), watchdog):
-                counts[(op, outcome)] += 1
+    try:
+        while calls < args.calls:
+            op = ops[i % len(ops)]
+            try:
+                for outcome in fuzz_once(rng, op, args.fake_every, i // len(ops), watchdog):
+                    counts[(op, outcome)] += 1
+                    calls += 1
+            except Finding as finding:
+                key = str(finding).splitlines()[0][:160]
+                if key not in findings:
+                    findings[key] = "".join(traceback.format_exception(finding))
+                    print(f"FINDING: {finding}", flush=True)
                 calls += 1
-        except Finding as finding:
-            key = str(finding).splitlines()[0][:160]
-            if key not in findings:
-                findings[key] = "".join(traceback.format_exception(finding))
-                print(f"FINDING: {finding}", flush=True)
-            calls += 1
-        i += 1
-        now = time.perf_counter()
-        if now - last_report > 30:
-            last_report = now
-            print(f"{calls:,} calls, {now - start:.0f} s, {len(findings)} findings", flush=True)
+            i += 1
+            now = time.perf_counter()
+            if now - last_report > 30:
+                last_report = now
+                print(f"{calls:,} calls, {now - start:.0f} s, {len(findings)} findings", flush=True)
+    finally:
+        watchdog.close()
     seconds = time.perf_counter() - start
     print(f"{calls:,} calls ({sum(v for (o, r), v in counts.items() if r == 'error'):,} refused with an error "
           f"naming the op, {sum(v for (o, r), v in counts.items() if r == 'ok'):,} accepted) over {len(ops)} ops "
