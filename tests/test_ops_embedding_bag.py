@@ -1,5 +1,6 @@
 """mprec::embedding_bag and mprec::batched_embedding_bag forward, against the float64 reference."""
 
+import functools
 import os
 
 import pytest
@@ -24,10 +25,15 @@ def tolerance(dtype, mode):
 
 
 def run_case(weight_dtype, index_dtype, mode, weighted, include_last_offset, padding, dim, num_bags=23, max_len=9,
-             num_rows=97):
+             num_rows=97, bags=None):
+    """One call against the reference; `bags(num_bags, num_rows, index_dtype, padding_idx)` makes the (indices,
+    B + 1 offsets) in place of make_bags' random jagged ones."""
     padding_idx = 5 if padding else None
     weight, scale_bias, weight64 = make_weight(num_rows, dim, weight_dtype)
-    indices, offsets = make_bags(num_bags, max_len, num_rows, index_dtype, padding_idx=padding_idx)
+    if bags is None:
+        indices, offsets = make_bags(num_bags, max_len, num_rows, index_dtype, padding_idx=padding_idx)
+    else:
+        indices, offsets = bags(num_bags, num_rows, index_dtype, padding_idx)
     psw = torch.randn(indices.numel()) if weighted else None
     offs = offsets_for(offsets, include_last_offset)
     out = mprec.ops.embedding_bag(weight, indices, offs, mode, psw, padding_idx, include_last_offset, scale_bias)
@@ -60,7 +66,7 @@ def test_forward_of_rows_too_wide_to_prefetch_whole(isa, weight_dtype, mode, wei
 ONE_HOT_SHAPES = ["one-hot", "last bag of two", "one bag empty"]
 
 
-def one_hot_bags(num_bags, num_rows, index_dtype, shape, padding_idx, generator):
+def one_hot_bags(num_bags, num_rows, index_dtype, padding_idx, shape="one-hot", generator=None):
     """One lookup per bag (about one in seven the padding id), or all but one bag so: (indices, B + 1 offsets)."""
     sizes = torch.ones(num_bags, dtype=torch.int64)
     if shape == "last bag of two":
@@ -84,15 +90,9 @@ def test_bags_of_one_lookup(isa, weight_dtype, index_dtype, mode, weighted, incl
     """A table of one-hot features (every bag one lookup) takes a loop of its own in the kernels, which reads no
     offsets per bag; bags that are one-hot but for one take the general loop. Enough bags that the threads split
     them, so a thread's range starts past the first bag."""
-    num_bags, num_rows, padding_idx = 5000, 97, 5
-    weight, scale_bias, weight64 = make_weight(num_rows, dim, weight_dtype)
-    indices, offsets = one_hot_bags(num_bags, num_rows, index_dtype, shape, padding_idx, torch.Generator().manual_seed(dim))
-    psw = torch.randn(indices.numel()) if weighted else None
-    offs = offsets_for(offsets, include_last_offset)
-    out = mprec.ops.embedding_bag(weight, indices, offs, mode, psw, padding_idx, include_last_offset, scale_bias)
-    expected = embedding_bag_reference(weight64, indices, offs, mode, None if psw is None else psw.double(),
-                                       padding_idx, include_last_offset)
-    torch.testing.assert_close(out.double(), expected, **tolerance(weight_dtype, mode))
+    g = torch.Generator().manual_seed(dim)
+    run_case(weight_dtype, index_dtype, mode, weighted, include_last_offset, True, dim, num_bags=5000,
+             bags=functools.partial(one_hot_bags, shape=shape, generator=g))
 
 
 @pytest.mark.parametrize("mode,weighted", MODE_CASES, ids=["sum", "weighted", "mean", "max"])
@@ -101,7 +101,7 @@ def test_batched_tables_of_one_lookup(isa, mode, weighted):
     g = torch.Generator().manual_seed(3)
     dims, rows, num_bags = [16, 5, 64], [50, 7, 300], 700
     weights = [torch.randn(r, d, generator=g) for r, d in zip(rows, dims)]
-    indices = torch.cat([one_hot_bags(num_bags, r, torch.int64, "one-hot", r - 1, g)[0] for r in rows])
+    indices = torch.cat([one_hot_bags(num_bags, r, torch.int64, r - 1, generator=g)[0] for r in rows])
     offsets = torch.arange(len(rows) * num_bags + 1)
     psw = torch.randn(indices.numel(), generator=g) if weighted else None
     pads = [r - 1 for r in rows]
