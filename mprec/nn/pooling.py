@@ -13,7 +13,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..ops.embedding_bag import FUSED_OPTIMIZERS, MODES
+from ..ops.dispatch import call
+from ..ops.embedding_bag import _BATCHED_EMBEDDING_BAG, FUSED_OPTIMIZERS, MODES
 
 __all__ = ["FusedOptimizer", "pool_tables", "fused_update"]
 
@@ -46,8 +47,8 @@ class _FusedTableUpdate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, indices, offsets, mode, per_sample_weights, pads, optimizer, states, *weights):
-        out, _ = torch.ops.mprec.batched_embedding_bag(list(weights), indices, offsets, mode, per_sample_weights,
-                                                       pads, None, False)
+        out, _ = call(_BATCHED_EMBEDDING_BAG, list(weights), indices, offsets, mode, per_sample_weights, pads, None,
+                      False)
         ctx.args = (list(weights), states, indices, offsets, mode, per_sample_weights, pads, optimizer)
         return out
 
@@ -77,8 +78,8 @@ def pool_tables(weights: Sequence[Tensor], indices: Tensor, offsets: Tensor, mod
             raise ValueError("per_sample_weights cannot require grad with a fused table optimizer")
         return _FusedTableUpdate.apply(indices, offsets, mode, per_sample_weights, list(padding_idx), optimizer,
                                        list(states), *weights)
-    out, _ = torch.ops.mprec.batched_embedding_bag(weights, indices, offsets, mode, per_sample_weights,
-                                                   list(padding_idx), None, sparse)
+    out, _ = call(_BATCHED_EMBEDDING_BAG, weights, indices, offsets, mode, per_sample_weights, list(padding_idx),
+                  None, sparse)
     return out
 
 

@@ -4,8 +4,10 @@ The schemas live in ``csrc/registration.cpp`` (``torch.ops.mprec.*``). Each op f
 (``embedding_bag``, ``dhe``, ``interaction``, ``cache``, ``mlp``): its ``__init__`` holds the typed wrappers with
 their docstrings, the argument checks, the fake kernels (``register_fake``: they check and allocate, never read
 data) and the autograd formulas (``register_autograd``); its ``composite.py`` the aten compositions, its ``gpu.py``
-the Triton glue, both calling the same checks. :mod:`.gpu` registers the CUDA kernels of every family. The tests'
-oracles are in ``tests/reference.py``, outside the library.
+the Triton glue, both calling the same checks. :mod:`.gpu` registers the CUDA kernels of every family. The
+wrappers of ops with Python autograd formulas call them through :func:`.dispatch.call`, which leaves the formula's
+Python kernel out where no gradient is wanted. The tests' oracles are in ``tests/reference.py``, outside the
+library.
 """
 
 from . import cache

@@ -19,7 +19,12 @@ import torch
 from torch import Tensor
 
 from ..arguments import first_true, register_fake, value_at
+from ..dispatch import call
 from ..spelling import dtype_name, sizes
+
+# Overloads looked up once, not by name on every call (see ..dispatch for why the calls go through it).
+_DHE_ENCODE_LINEAR = torch.ops.mprec.dhe_encode_linear.default
+_ROWWISE_LINEAR = torch.ops.mprec.rowwise_linear.default
 
 __all__ = [
     "TRANSFORMS",
@@ -320,7 +325,7 @@ def dhe_encode_linear(ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: in
     products, float32 accumulation) or float64. Differentiable in ``weight`` and ``bias``. Each output row
     is computed independently of the other ids and of the thread count.
     """
-    return torch.ops.mprec.dhe_encode_linear(ids, hash_a, hash_b, p, m, transform, weight, bias, activation)
+    return call(_DHE_ENCODE_LINEAR, ids, hash_a, hash_b, p, m, transform, weight, bias, activation)
 
 
 def rowwise_linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, activation: str = "none") -> Tensor:
@@ -329,4 +334,4 @@ def rowwise_linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     Same values as :func:`torch.nn.functional.linear` up to rounding, and the same speed; the difference is
     that a row's bits do not depend on the batch it came in or on the thread count, which MP-Cache needs.
     """
-    return torch.ops.mprec.rowwise_linear(input, weight, bias, activation)
+    return call(_ROWWISE_LINEAR, input, weight, bias, activation)

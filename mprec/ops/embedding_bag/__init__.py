@@ -12,7 +12,12 @@ import torch
 from torch import Tensor
 
 from ..arguments import check_device, register_fake
+from ..dispatch import call
 from ..spelling import dtype_name, sizes
+
+# Overloads looked up once, not by name on every call (see ..dispatch for why the calls go through it).
+_EMBEDDING_BAG = torch.ops.mprec.embedding_bag.default
+_BATCHED_EMBEDDING_BAG = torch.ops.mprec.batched_embedding_bag.default
 
 __all__ = [
     "MODES",
@@ -374,8 +379,8 @@ def embedding_bag(
         ``[B, D]`` in the weight's dtype (float32 for uint8 weights). Empty bags give zeros in every mode.
     """
     op = "mprec::embedding_bag"
-    out, _ = torch.ops.mprec.embedding_bag(
-        weight, indices, offsets, mode_number(op, mode), per_sample_weights,
+    out, _ = call(
+        _EMBEDDING_BAG, weight, indices, offsets, mode_number(op, mode), per_sample_weights,
         _normalize_padding_idx(op, padding_idx, weight.shape[0]), include_last_offset, scale_bias, sparse,
         scale_grad_by_freq)
     return out
@@ -497,8 +502,8 @@ def batched_embedding_bag(
     weights = list(weights)
     pads = [] if padding_idx is None else [
         _normalize_padding_idx(op, p, w.shape[0]) for p, w in zip(padding_idx, weights, strict=True)]
-    out, _ = torch.ops.mprec.batched_embedding_bag(
-        weights, indices, offsets, mode_number(op, mode), per_sample_weights, pads,
+    out, _ = call(
+        _BATCHED_EMBEDDING_BAG, weights, indices, offsets, mode_number(op, mode), per_sample_weights, pads,
         None if scale_bias is None else list(scale_bias), sparse)
     return out
 

@@ -12,7 +12,12 @@ import torch
 from torch import Tensor
 
 from ..arguments import register_fake
+from ..dispatch import call
 from ..spelling import dtype_name, sizes
+
+# Overloads looked up once, not by name on every call (see ..dispatch for why the calls go through it).
+_DOT_INTERACTION = torch.ops.mprec.dot_interaction.default
+_DLRM_INTERACTION = torch.ops.mprec.dlrm_interaction.default
 
 __all__ = ["dot_interaction", "dlrm_interaction", "dlrm_interaction_width"]
 
@@ -21,7 +26,7 @@ def dot_interaction(x: Tensor) -> Tensor:
     """``[B, F, D] -> [B, F (F - 1) / 2]``: for each example, the dot products of its feature vectors
     ``i`` and ``j < i``, pairs in row order ((1, 0), (2, 0), (2, 1), ...), as DLRM's interaction without
     the diagonal. Differentiable in ``x``."""
-    return torch.ops.mprec.dot_interaction(x)
+    return call(_DOT_INTERACTION, x)
 
 
 def dlrm_interaction(dense: Tensor, sparse: Tensor, pad_to: int = 1, order: Optional[Sequence[int]] = None) -> Tensor:
@@ -37,7 +42,7 @@ def dlrm_interaction(dense: Tensor, sparse: Tensor, pad_to: int = 1, order: Opti
     ``order[t]``, as if ``sparse`` were ``sparse.view(B, T, D)[:, order]``, but read in place; the gradient
     goes back to the same places. A sharded collection returns its vectors rank by rank; this reads them in
     the model's order without a reordering copy each way. Differentiable in both inputs."""
-    return torch.ops.mprec.dlrm_interaction(dense, sparse, pad_to, None if order is None else list(order))
+    return call(_DLRM_INTERACTION, dense, sparse, pad_to, None if order is None else list(order))
 
 
 def dlrm_interaction_width(dim: int, tables: int, pad_to: int = 1) -> int:
