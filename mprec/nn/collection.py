@@ -311,7 +311,8 @@ class EmbeddingBagCollection(nn.Module):
 
     def features(self) -> list[nn.Module]:
         """The feature module of each TBE entry (modules repeat where a table serves several features)."""
-        return [self.embedding_bags[t] for t in self._entry_tables]
+        bags = self.embedding_bags  # a submodule: each self.embedding_bags goes through nn.Module.__getattr__
+        return [bags[t] for t in self._entry_tables]
 
     def table_features(self) -> list[nn.Module]:
         """The modules that hold a table, each once."""
@@ -425,9 +426,11 @@ class EmbeddingBagCollection(nn.Module):
     def _pool_group(self, features, entries, indices, offsets, per_sample_weights, mode) -> Tensor:
         chosen = [features[e] for e in entries]
         pads = [f.padding_row for f in chosen]
+        # Only a fused optimizer registers the tables' state (None where it keeps none); asking a feature for a
+        # state it lacks raises inside nn.Module.__getattr__, which cost a small batch a large share of its time.
+        states = [f.momentum1 for f in chosen] if self.optimizer is not None else ()
         return pool_tables([f.weight for f in chosen], indices, offsets, MODES[mode], per_sample_weights,
-                           pads if any(p >= 0 for p in pads) else [], self.optimizer,
-                           [getattr(f, "momentum1", None) for f in chosen], self.sparse)
+                           pads if any(p >= 0 for p in pads) else [], self.optimizer, states, self.sparse)
 
     def _forward_keyed(self, features):
         """TorchRec's interface: KeyedJaggedTensor in, KeyedTensor out."""

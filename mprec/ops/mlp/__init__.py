@@ -299,19 +299,27 @@ def linear_stack(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Optional
     return _layers(x, list(weights), list(biases), list(activations)) if weights else x
 
 
+def _cast(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    # An autograd op where it casts: gradients come back in the parameter's own dtype. Checked here first because
+    # a no-op .to() still costs a dispatch, which small inference batches feel per layer.
+    return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
 def _layers(x: Tensor, weights: list, biases: list, activations: list) -> Tensor:
     if _HAS_FUSED and x.device.type == "cpu" and x.dim() == 2 and x.shape[0] > 0 and \
             all(w.device.type == "cpu" for w in weights):
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        autocast = torch.is_autocast_enabled("cpu")
+        dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
         if dtype in _ONEDNN_DTYPES and all(w.dtype in (torch.float32, torch.bfloat16) for w in weights):
-            # The casts are autograd ops: gradients come back in each parameter's own dtype.
-            x = x.to(dtype)
-            weights = [w.to(dtype) for w in weights]
-            biases = [None if b is None else b.to(dtype) for b in biases]
+            x = _cast(x, dtype)
+            weights = [_cast(w, dtype) for w in weights]
+            biases = [_cast(b, dtype) for b in biases]
             needs_grad = torch.is_grad_enabled() and (
                 x.requires_grad or any(w.requires_grad for w in weights)
                 or any(b is not None and b.requires_grad for b in biases))
-            with torch.autocast("cpu", enabled=False):
+            # The products run in `dtype` as cast; autocast, where it is on, must not cast them again. Entering
+            # the context only then spares the other calls its cost.
+            with torch.autocast("cpu", enabled=False) if autocast else contextlib.nullcontext():
                 if not needs_grad:
                     for weight, bias, activation in zip(weights, biases, activations):
                         x = _product("forward", x, weight, activation, bias)
