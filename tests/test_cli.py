@@ -50,6 +50,16 @@ def test_gather_limit_reads_the_rows_it_is_given():
     for into_l2 in GATHER_INTO_L2:  # every setting reads the same words
         assert mprec._C.gather_probe(table.data_ptr(), 128, indices.data_ptr(), 5000, 4, 1, into_l2) == \
             int(indices.sum()) + 5000
+    # Each row width has a loop of its own up to 16 lines, a general one beyond; every prefetch setting, and
+    # ranges shorter than the prefetch distance, read the same words.
+    for lines in (1, 3, 16, 17):
+        wide = torch.zeros(200, 8 * lines, dtype=torch.int64)
+        wide[:, ::8] = torch.arange(200 * lines).view(200, lines)
+        rows = torch.randint(0, 200, (333,))
+        expected = int(wide[rows][:, ::8].sum())
+        for distance, prefetch_lines, into_l2 in ((0, 1, False), (8, 1, True), (32, 2, False), (500, 1 << 20, True)):
+            assert mprec._C.gather_probe(wide.data_ptr(), 64 * lines, rows.data_ptr(), 333, distance, prefetch_lines,
+                                         into_l2) == expected, (lines, distance, prefetch_lines, into_l2)
     with pytest.raises(ValueError, match=r"gather_limit: indices\[0\] reach outside its 1000 rows"):
         gather_limit([table], [torch.tensor([0, 1000])])
     with pytest.raises(ValueError, match=r"gather_limit: indices\[0\] must be a contiguous 1-D int64 tensor"):
