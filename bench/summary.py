@@ -81,7 +81,7 @@ def summarize(path):
         if torch_ms and "mprec" in impls and torch_ms / impls["mprec"] < 1.0:
             below_torch.append(f"{case} {torch_ms / impls['mprec']:.2f}")
     for case in (case for case in medians if info[case].get("huge_pages_asked")):
-        lines.append(f"{case}: the standard case's table on 2 MiB pages, as mprec's modules allocate theirs"
+        lines.append(f"{case}: the table on 2 MiB pages, as mprec's modules allocate theirs"
                      if info[case]["huge_pages"] else f"{case}: transparent huge pages are off here, so 4 KiB pages")
     lines += ["", f"targets ({isa} machine; ratio = baseline median / mprec median):"]
     lines.append(f"  [{'met' if not below_torch else 'MISS':>4}] every case >= 1.0x torch"

@@ -103,7 +103,7 @@ def test_the_summary_says_where_huge_pages_were_off(tmp_path):
                               huge_pages=huge_pages)
         return [line for line in lines if line.startswith("huge pages:")]
 
-    assert note(True) == ["huge pages: the standard case's table on 2 MiB pages, as mprec's modules allocate theirs"]
+    assert note(True) == ["huge pages: the table on 2 MiB pages, as mprec's modules allocate theirs"]
     assert note(False) == ["huge pages: transparent huge pages are off here, so 4 KiB pages"]
 
 
