@@ -32,29 +32,30 @@ def test_quick_bench_table_lists_mprec_and_peers():
 
 
 def test_gather_limit_reads_the_rows_it_is_given():
-    """The gather probe behind the benchmarks' gather limit reads word 0 of every line of each row asked for."""
+    """The gather probe behind the benchmarks' gather limit reads the first byte of every line of each row asked
+    for."""
     import pytest
     import torch
 
     from mprec.benchmark import gather_limit
 
-    table = torch.zeros(1000, 16, dtype=torch.int64)  # 128-byte rows: two lines, words 0 and 8
-    table[:, 0] = torch.arange(1000)
+    table = torch.zeros(1000, 16, dtype=torch.int64)  # 128-byte rows: two lines, bytes 0 and 64
+    table[:, 0] = torch.arange(1000) % 251  # below 256: the byte read holds the whole value
     table[:, 8] = 1
     indices = torch.randint(0, 1000, (5000,))
     probe = gather_limit([table, table], [indices, indices[:7]], rounds=1)
-    assert probe() == int(indices.sum()) + 5000 + int(indices[:7].sum()) + 7
+    assert probe() == int((indices % 251).sum()) + 5000 + int((indices[:7] % 251).sum()) + 7
     import mprec
     from mprec.benchmark import GATHER_INTO_L2
 
-    for into_l2 in GATHER_INTO_L2:  # every setting reads the same words
+    for into_l2 in GATHER_INTO_L2:  # every setting reads the same bytes
         assert mprec._C.gather_probe(table.data_ptr(), 128, indices.data_ptr(), 5000, 4, 1, into_l2) == \
-            int(indices.sum()) + 5000
+            int((indices % 251).sum()) + 5000
     # Each row width has a loop of its own up to 16 lines, a general one beyond; every prefetch setting, and
-    # ranges shorter than the prefetch distance, read the same words.
+    # ranges shorter than the prefetch distance, read the same bytes.
     for lines in (1, 3, 16, 17):
         wide = torch.zeros(200, 8 * lines, dtype=torch.int64)
-        wide[:, ::8] = torch.arange(200 * lines).view(200, lines)
+        wide[:, ::8] = torch.randint(0, 256, (200, lines))
         rows = torch.randint(0, 200, (333,))
         expected = int(wide[rows][:, ::8].sum())
         for distance, prefetch_lines, into_l2 in ((0, 1, False), (8, 1, True), (32, 2, False), (500, 1 << 20, True)):
@@ -66,6 +67,41 @@ def test_gather_limit_reads_the_rows_it_is_given():
         gather_limit([table], [indices.int()])
     with pytest.raises(ValueError, match=r"gather_limit: tables\[0\] must be a contiguous 2-D CPU tensor"):
         gather_limit([table.t()], [indices])
+
+
+def test_gather_probe_reads_nothing_past_the_last_row():
+    """Rows narrower than a line, or ending a byte into their last line, are read within the row: a table that
+    ends where an unreadable page begins is probed to its last row without a fault."""
+    import ctypes
+    import mmap
+
+    import torch
+
+    import mprec
+
+    page = mmap.PAGESIZE
+    buf = mmap.mmap(-1, 2 * page)
+    view = ctypes.c_char.from_buffer(buf)
+    base = ctypes.addressof(view)
+    mprotect = ctypes.CDLL(None).mprotect
+    mprotect.argtypes, mprotect.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+    assert mprotect(base + page, page, 0) == 0  # PROT_NONE: any read of the second page faults
+    try:
+        for row_bytes in (1, 3, 7, 65, 64 * 16 + 1, 64 * 17 + 5):  # the last two: the fixed and the general loop
+            rows = page // row_bytes
+            start = page - rows * row_bytes
+            data = torch.randint(0, 256, (rows * row_bytes,), dtype=torch.uint8)
+            buf[start:page] = bytes(data.tolist())
+            indices = torch.tensor([rows - 1, 0, rows - 1, rows // 2])
+            table = data.view(rows, row_bytes)
+            expected = int(table[indices][:, ::64].sum())
+            for distance, prefetch_lines, into_l2 in ((0, 1, False), (2, 1, True), (1, 1 << 20, False)):
+                assert mprec._C.gather_probe(base + start, row_bytes, indices.data_ptr(), len(indices), distance,
+                                             prefetch_lines, into_l2) == expected, (row_bytes, distance)
+    finally:
+        mprotect(base + page, page, 3)  # PROT_READ | PROT_WRITE, so that the buffer can be unmapped
+        del view
+        buf.close()
 
 
 def test_max_and_padding_cases_time_a_sum_of_their_own_table():

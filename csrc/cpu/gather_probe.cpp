@@ -1,10 +1,10 @@
 // The machine's random-row gather limit, for the benchmarks: how fast the rows of a table at given indices
-// can be brought into the cores when that is all a loop does. Each lookup reads one word of every 64-byte
-// line of its row (enough to bring the line in) and prefetches the first `prefetch_lines` lines of the row
-// `distance` lookups ahead, into L1 or L2, over torch's threads. Which setting is fastest differs between CPUs
-// (as the pooling loop's does: RowPrefetch in embedding_bag_kernel.h), so the embedding-bag benchmark tries
-// several, times the best beside the kernels and reports them as a fraction of it: a reference, not a bound
-// (a kernel that schedules its reads better can exceed it).
+// can be brought into the cores when that is all a loop does. Each lookup reads the first byte of every 64-byte
+// line of its row (enough to bring the line in, and never past the row's end, however narrow) and prefetches the
+// first `prefetch_lines` lines of the row `distance` lookups ahead, into L1 or L2, over torch's threads. Which
+// setting is fastest differs between CPUs (as the pooling loop's does: RowPrefetch in embedding_bag_kernel.h), so
+// the embedding-bag benchmark tries several, times the best beside the kernels and reports them as a fraction of
+// it: a reference, not a bound (a kernel that schedules its reads better can exceed it).
 //
 // The loop is compiled per row width (in lines, up to kMaxFixedLines) and per prefetch setting, with every
 // per-line loop unrolled and no branch in the loop but its own: a runtime loop over each row's lines and
@@ -15,7 +15,6 @@
 
 #include <atomic>
 #include <cstdint>
-#include <cstring>
 #include <utility>
 
 #include "mprec/gather_probe.h"
@@ -26,16 +25,13 @@ namespace {
 
 constexpr int kMaxFixedLines = 16;
 
-// One word of each of the row's kLines lines.
+// The first byte of each of the row's kLines lines.
 template <int kLines>
 __attribute__((always_inline)) inline uint64_t read_row(const char* row) {
+  const auto* bytes = reinterpret_cast<const uint8_t*>(row);
   uint64_t acc = 0;
 #pragma GCC unroll 16
-  for (int line = 0; line < kLines; ++line) {
-    uint64_t word;
-    std::memcpy(&word, row + 64 * line, sizeof word);
-    acc += word;
-  }
+  for (int line = 0; line < kLines; ++line) acc += bytes[64 * line];
   return acc;
 }
 
@@ -71,12 +67,8 @@ uint64_t probe_range_wide(const char* base, int64_t row_bytes, const int64_t* in
         else __builtin_prefetch(ahead + line, 0, 3);
       }
     }
-    const char* row = base + indices[i] * row_bytes;
-    for (int64_t line = 0; line < row_bytes; line += 64) {
-      uint64_t word;
-      std::memcpy(&word, row + line, sizeof word);
-      acc += word;
-    }
+    const auto* row = reinterpret_cast<const uint8_t*>(base + indices[i] * row_bytes);
+    for (int64_t line = 0; line < row_bytes; line += 64) acc += row[line];
   }
   return acc;
 }
