@@ -108,6 +108,7 @@ class EmbeddingBagCase:
 
     def implementation_names(self) -> list[str]:
         names = ["mprec", "torch" if self.tables == 1 else f"torch x{self.tables}"]
+        names += [] if self.tables == 1 else [f"mprec x{self.tables}"]  # the batched op as separate calls
         return names + (["fbgemm"] if self.fbgemm_supported() else []) + \
             ([SUM_REFERENCE] if self.has_sum_reference() else []) + [GATHER_LIMIT]
 
@@ -157,6 +158,8 @@ class EmbeddingBagCase:
             impls[f"torch x{self.tables}"] = lambda: torch.cat([
                 torch.nn.functional.embedding_bag(i, w, single_offsets, mode=self.mode)
                 for i, w in zip(indices, weights)], dim=1)
+            impls[f"mprec x{self.tables}"] = lambda: torch.cat([
+                mprec.ops.embedding_bag(w, i, single_offsets, self.mode) for i, w in zip(indices, weights)], dim=1)
             if tbe is not None:
                 impls["fbgemm"] = lambda: tbe(all_indices, offsets)
             impls[GATHER_LIMIT] = gather_limit(weights, indices)

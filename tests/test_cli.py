@@ -129,6 +129,26 @@ def test_max_and_padding_cases_time_a_sum_of_their_own_table():
             assert not torch.allclose(impls["mprec"](), want)
 
 
+def test_the_batched_case_times_the_same_pooling_three_ways():
+    """The 8-table case times the batched op beside eight torch calls and eight calls of mprec's single-table op
+    (what the batched op must beat), and all three pool the same rows into the same [B, 8 * D] output."""
+    import dataclasses
+
+    import torch
+
+    from mprec.benchmark import EMBEDDING_BAG_CASES
+
+    case = next(c for c in EMBEDDING_BAG_CASES if c.tables > 1)
+    names = case.implementation_names()
+    assert {"mprec", f"torch x{case.tables}", f"mprec x{case.tables}"} <= set(names)
+    small = dataclasses.replace(case, num_rows=3000, bags=64, bag_size=5)
+    impls = small.build(seed=5)
+    want = impls[f"torch x{case.tables}"]()
+    assert want.shape == (small.bags, small.tables * small.dim)
+    torch.testing.assert_close(impls["mprec"](), want)
+    torch.testing.assert_close(impls[f"mprec x{case.tables}"](), want)
+
+
 def test_the_huge_pages_case_puts_its_table_on_huge_pages(monkeypatch):
     """The huge-pages case allocates its table with mprec.memory.empty (as mprec's modules do), leaves FBGEMM out
     (its TBE allocates its own weights), and mprec and torch pool that table as the reference does."""
