@@ -19,7 +19,7 @@ import torch
 
 import mprec
 
-from mprec.benchmark import EMBEDDING_BAG_CASES, cache_flush_bytes, read_bandwidth
+from mprec.benchmark import EMBEDDING_BAG_CASES, GATHER_LIMIT, cache_flush_bytes, read_bandwidth
 from mprec.memory import huge_pages_available, retain_freed_memory
 
 # As mprec's commands and the DLRM benchmarks do: malloc keeps the outputs' freed memory, so that a call does
@@ -92,4 +92,6 @@ def test_embedding_bag(benchmark, case, impl):
                                 mode=case.mode, tables=case.tables, dim=case.dim,
                                 huge_pages_asked=case.huge_pages, huge_pages=case.huge_pages and huge_pages_available(),
                                 interleaved_median_ms=_interleaved[case.name][impl])
+    if impl == GATHER_LIMIT:
+        benchmark.extra_info["gather_setting"] = impls[impl].setting
     benchmark.pedantic(impls[impl], rounds=case.rounds, iterations=1, warmup_rounds=2)

@@ -84,6 +84,13 @@ def summarize(path):
     for case in (case for case in medians if info[case].get("huge_pages_asked")):
         lines.append(f"{case}: the table on 2 MiB pages, as mprec's modules allocate theirs"
                      if info[case]["huge_pages"] else f"{case}: transparent huge pages are off here, so 4 KiB pages")
+    settings = defaultdict(list)  # the gather limit's prefetch setting -> the cases it was fastest for
+    for case in medians:
+        if info[case].get("gather_setting"):
+            settings[info[case]["gather_setting"]].append(case)
+    if settings:
+        lines.append("gather limit's prefetch, the fastest of its settings per case with the caches flushed:")
+        lines += [f"  {setting}: {', '.join(cases)}" for setting, cases in settings.items()]
     lines += ["", f"targets ({isa} machine; ratio = baseline median / mprec median):"]
     lines.append(f"  [{'met' if not below_torch else 'MISS':>4}] every case >= 1.0x torch"
                  + (f": below in {', '.join(below_torch)}" if below_torch else ""))

@@ -226,13 +226,20 @@ EMBEDDING_BAG_CASES = [
 ]
 
 
-def gather_limit(tables: list[torch.Tensor], indices: list[torch.Tensor], rounds: int = 3) -> Callable[[], int]:
+def gather_limit(tables: list[torch.Tensor], indices: list[torch.Tensor], rounds: int = 3,
+                 before: Callable[[], object] | None = None) -> Callable[[], int]:
     """The machine's random-row gather limit on these rows, as a callable to time beside the kernels: it reads
     rows ``indices[t]`` of ``tables[t]`` (the first byte of every 64-byte line, over torch's threads) with software
     prefetch at the distance, lines per row and cache that were fastest here among :data:`GATHER_DISTANCES` x
     :data:`GATHER_LINES` x :data:`GATHER_INTO_L2` (chosen now, by :func:`mprec.timing.fastest`). It is the rate of
     a plain gather loop, a reference for the kernels rather than a bound: a kernel that schedules its reads better
-    can exceed it, and the benchmark reports each kernel as a fraction of it."""
+    can exceed it, and the benchmark reports each kernel as a fraction of it. The callable's ``setting`` names the
+    setting chosen.
+
+    The settings are compared as the benchmark times the kernels: ``before`` runs before each timed probe, by
+    default a read of :func:`cache_flush_bytes`, so that every probe finds none of the rows cached. Compared warm,
+    the probe of a narrow table (whose rows fit in L3) chose prefetches into L1, which gathered those rows a
+    third slower than into L2 once the caches were flushed, and the limit understated the machine."""
     for t, (table, idx) in enumerate(zip(tables, indices)):
         if table.dim() != 2 or not table.is_contiguous() or table.device.type != "cpu":
             raise ValueError(f"gather_limit: tables[{t}] must be a contiguous 2-D CPU tensor")
@@ -245,9 +252,19 @@ def gather_limit(tables: list[torch.Tensor], indices: list[torch.Tensor], rounds
         return sum(mprec._C.gather_probe(table.data_ptr(), table.shape[1] * table.element_size(), idx.data_ptr(),
                                          idx.numel(), distance, lines, into_l2) for table, idx in zip(tables, indices))
 
+    if before is None:
+        flush = torch.ones(cache_flush_bytes() // 4)
+        before = flush.sum
     settings = [(d, lines, l2) for d in GATHER_DISTANCES for lines in GATHER_LINES for l2 in GATHER_INTO_L2]
-    best = fastest({s: (lambda s=s: probe(*s)) for s in settings}, rounds)
-    return lambda: probe(*best)
+    best = fastest({s: (lambda s=s: probe(*s)) for s in settings}, rounds, before)
+
+    def limit() -> int:
+        return probe(*best)
+
+    distance, lines, into_l2 = best
+    rows = "whole rows" if lines == max(GATHER_LINES) else f"{lines} line{'s' if lines > 1 else ''} per row"
+    limit.setting = f"{rows} {distance} ahead into {'L2' if into_l2 else 'L1'}"
+    return limit
 
 
 def read_bandwidth(gib: float = 1.0, rounds: int = 9) -> float:

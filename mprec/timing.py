@@ -23,12 +23,15 @@ def median_ms(fn: Callable[[], object], rounds: int = 15, warmup: int = 2) -> fl
     return statistics.median(times) * 1e3
 
 
-def fastest(candidates: Mapping[Hashable, Callable[[], object]], rounds: int) -> Hashable:
+def fastest(candidates: Mapping[Hashable, Callable[[], object]], rounds: int,
+            before: Callable[[], object] | None = None) -> Hashable:
     """The key of the fastest candidate. Each is called once untimed (first touches, kernel generation); then,
     ``rounds`` times, every candidate is timed once, back to back, the order rotating from round to round. A
     candidate's score is the median over rounds of its time over the round's fastest time: the comparison is
     made within a round, so a slow spell of a shared machine that spans a round moves every candidate alike,
-    and one that hits a minority of rounds moves no median. Ties go to the first in ``candidates``' order."""
+    and one that hits a minority of rounds moves no median. Ties go to the first in ``candidates``' order.
+    ``before``, where given, is called untimed before every timed call: to start each from the same state (a
+    cache flush, where the candidates will be timed with their data out of the caches)."""
     keys = list(candidates)
     for key in keys:
         candidates[key]()
@@ -37,6 +40,8 @@ def fastest(candidates: Mapping[Hashable, Callable[[], object]], rounds: int) ->
         times = {}
         for i in range(len(keys)):
             key = keys[(round_ + i) % len(keys)]
+            if before is not None:
+                before()
             start = time.perf_counter()
             candidates[key]()
             times[key] = time.perf_counter() - start

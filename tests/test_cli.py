@@ -31,23 +31,32 @@ def test_quick_bench_table_lists_mprec_and_peers():
     assert "standard f32 sum" in out.getvalue()
 
 
-def test_gather_limit_reads_the_rows_it_is_given():
+def test_gather_limit_reads_the_rows_it_is_given(monkeypatch):
     """The gather probe behind the benchmarks' gather limit reads the first byte of every line of each row asked
-    for."""
+    for, with the setting found fastest with the caches flushed before each timed probe."""
+    import re
+
     import pytest
     import torch
 
-    from mprec.benchmark import gather_limit
+    import mprec
+    from mprec.benchmark import GATHER_DISTANCES, GATHER_INTO_L2, GATHER_LINES, gather_limit
 
     table = torch.zeros(1000, 16, dtype=torch.int64)  # 128-byte rows: two lines, bytes 0 and 64
     table[:, 0] = torch.arange(1000) % 251  # below 256: the byte read holds the whole value
     table[:, 8] = 1
     indices = torch.randint(0, 1000, (5000,))
-    probe = gather_limit([table, table], [indices, indices[:7]], rounds=1)
+    events = []
+    real_probe = mprec._C.gather_probe
+    monkeypatch.setattr(mprec._C, "gather_probe", lambda *args: events.append("probe") or real_probe(*args))
+    probe = gather_limit([table, table], [indices, indices[:7]], rounds=1, before=lambda: events.append("flush"))
+    # Its settings are compared as the kernels are timed: every timed probe (one per table) after a flush.
+    settings = len(GATHER_DISTANCES) * len(GATHER_LINES) * len(GATHER_INTO_L2)
+    assert events == ["probe", "probe"] * settings + ["flush", "probe", "probe"] * settings
     assert probe() == int((indices % 251).sum()) + 5000 + int((indices[:7] % 251).sum()) + 7
-    import mprec
-    from mprec.benchmark import GATHER_INTO_L2
-
+    _, distance, into = re.fullmatch(r"(whole rows|\d+ lines? per row) (\d+) ahead into (L1|L2)",
+                                     probe.setting).groups()
+    assert int(distance) in GATHER_DISTANCES and into in ("L1", "L2")
     for into_l2 in GATHER_INTO_L2:  # every setting reads the same bytes
         assert mprec._C.gather_probe(table.data_ptr(), 128, indices.data_ptr(), 5000, 4, 1, into_l2) == \
             int((indices % 251).sum()) + 5000

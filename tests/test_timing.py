@@ -1,10 +1,10 @@
-"""mprec.timing.in_blocks: which calls it makes, in which order, and which it times."""
+"""mprec.timing.in_blocks and fastest: which calls they make, in which order, and which they time."""
 
 import time
 
 import pytest
 
-from mprec.timing import calls_in_blocks, in_blocks
+from mprec.timing import calls_in_blocks, fastest, in_blocks
 
 
 def test_steps_take_turns_in_blocks_whose_first_call_is_untimed():
@@ -34,3 +34,22 @@ def test_steps_take_turns_in_blocks_whose_first_call_is_untimed():
 def test_a_block_needs_a_timed_call():
     with pytest.raises(ValueError, match=r"in_blocks: block must be at least 2 .* got 1"):
         in_blocks({"a": lambda i: None}, {"a": 3}, block=1)
+
+
+def test_fastest_runs_before_ahead_of_every_timed_call_only():
+    calls = []
+
+    def candidate(key, seconds):
+        def run():
+            calls.append(key)
+            time.sleep(seconds)
+        return run
+
+    best = fastest({"slow": candidate("slow", 0.006), "fast": candidate("fast", 0.001)}, rounds=3,
+                   before=lambda: calls.append("before"))
+    assert best == "fast"
+    # Each candidate once untimed, then rounds in rotating order, each timed call after its own "before".
+    assert calls == ["slow", "fast",
+                     "before", "slow", "before", "fast",
+                     "before", "fast", "before", "slow",
+                     "before", "slow", "before", "fast"]
