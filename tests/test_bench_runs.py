@@ -1,0 +1,59 @@
+"""``bench/run.py --runs N``: the targets of N runs' summaries, in how many each was met and its figure per run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+try:
+    import run
+finally:
+    sys.path.remove(str(ROOT / "bench"))
+
+# Target lines as the summaries print them (bench/summary.py, summary_dlrm.py, summary_dhe.py), among other lines.
+FIRST = """machine: some CPU
+case               impl          median ms
+D=16               mprec              0.70
+targets (avx2 machine; ratio = baseline median / mprec median):
+  [ met] every case >= 1.0x torch
+  [ met] D=16 >= 1.2x torch: 1.28 (need 1.20)
+  [MISS] train fp32: mprec >= 2.0x eager fp32: 1.44
+  [ met] decoder cache hit rate >= 60% (lfu): 84.9%
+"""
+SECOND = """targets:
+  [MISS] every case >= 1.0x torch: below in int8 0.95, one-hot D=16 0.98
+  [MISS] D=16 >= 1.2x torch: 1.14 (need 1.20)
+  [ met] train fp32: mprec >= 2.0x eager fp32: 2.05
+"""
+
+
+def test_target_figures_reads_every_summary_format():
+    assert run.target_figures(FIRST) == {
+        "every case >= 1.0x torch": (True, ""),
+        "D=16 >= 1.2x torch": (True, "1.28"),
+        "train fp32: mprec >= 2.0x eager fp32": (False, "1.44"),  # the target's own ": " stays in its name
+        "decoder cache hit rate >= 60% (lfu)": (True, "84.9%"),
+    }
+    assert run.target_figures(SECOND)["every case >= 1.0x torch"] == (False, "below in int8 0.95, one-hot D=16 0.98")
+    assert run.target_figures("no targets here\n  [ok] nor here") == {}
+
+
+def test_runs_report_counts_the_runs_that_met_each_target():
+    lines = run.runs_report([FIRST, SECOND, FIRST]).splitlines()
+    assert lines[0].startswith("targets over 3 runs")
+    assert lines[1:] == [
+        "  [2/3 met] every case >= 1.0x torch: met | below in int8 0.95, one-hot D=16 0.98 | met",
+        "  [2/3 met] D=16 >= 1.2x torch: 1.28 | 1.14 | 1.28",
+        "  [1/3 met] train fp32: mprec >= 2.0x eager fp32: 1.44 | 2.05 | 1.44",
+        "  [2/3 met] decoder cache hit rate >= 60% (lfu): 84.9% | - | 84.9%",  # not in the second run
+    ]
+
+
+def test_runs_must_be_at_least_one():
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--runs", "0"], capture_output=True,
+                            text=True)
+    assert result.returncode == 2
+    assert "--runs must be at least 1, got 0" in result.stderr
