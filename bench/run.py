@@ -109,7 +109,8 @@ def main() -> int:
             (results / f"{name}-{family}.txt").write_text(summaries[-1] + "\n")
             print(summaries[-1])
         if args.runs > 1 and summaries:
-            report = runs_report(summaries)
+            # The line the last run's summary opens with (the machine), then the targets over the runs.
+            report = "last run's " + summaries[-1].splitlines()[0] + "\n\n" + runs_report(summaries)
             (results / f"{name}-{family}-runs.txt").write_text(report + "\n")
             print("\n" + report)
     return status
