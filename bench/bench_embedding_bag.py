@@ -19,7 +19,7 @@ import torch
 
 import mprec
 
-from mprec.benchmark import EMBEDDING_BAG_CASES, GATHER_LIMIT, cache_flush_bytes, read_bandwidth
+from mprec.benchmark import EMBEDDING_BAG_CASES, GATHER_LIMIT, cache_flush_bytes, flush_caches, read_bandwidth
 from mprec.memory import huge_pages_available, retain_freed_memory
 
 # As mprec's commands and the DLRM benchmarks do: malloc keeps the outputs' freed memory, so that a call does
@@ -41,12 +41,11 @@ def implementations(case):
     return _built[case.name]
 
 
-# Read before every round-robin call (mprec.benchmark.cache_flush_bytes: several times this machine's largest
+# Read before every round-robin call (mprec.benchmark.flush_caches: several times this machine's largest
 # cache), so each call starts with none of the case's rows cached. Without it a call finds the rows the previous
 # call (its own or another implementation's: the same indices) left in L3; a D=16 case's 10 MB of rows fit in a
 # 32 MB L3, and which implementation ran before decided the ratios. Real batches do not repeat their ids.
 FLUSH_BYTES = cache_flush_bytes()
-_flush = []
 
 
 def interleaved_medians(impls, rounds):
@@ -56,16 +55,13 @@ def interleaved_medians(impls, rounds):
     always follows the same other, and the ratios depended on the order (mprec's max against its sum of the same
     rows measured 0.70-0.73 in the case's order, 0.81-0.84 in another). pytest-benchmark's own rounds time each
     implementation alone, warm."""
-    if not _flush:
-        _flush.append(torch.ones(FLUSH_BYTES // 4))
-    flush = _flush[0]
     for fn in impls.values():
         fn()
     times = {name: [] for name in impls}
     order = list(impls.items())
     for r in range(rounds):
         for name, fn in order[r % len(order):] + order[:r % len(order)]:
-            flush.sum()
+            flush_caches()
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)

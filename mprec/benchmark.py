@@ -9,6 +9,7 @@ random-row gather limit on the case's own rows (the ``"gather limit"`` implement
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -19,7 +20,7 @@ from mprec import memory
 from mprec.timing import fastest, median_ms
 
 __all__ = ["EmbeddingBagCase", "EMBEDDING_BAG_CASES", "read_bandwidth", "gather_limit", "median_ms",
-           "fbgemm_available", "cache_flush_bytes", "largest_cache_bytes", "GATHER_LIMIT", "SUM_REFERENCE",
+           "fbgemm_available", "cache_flush_bytes", "flush_caches", "largest_cache_bytes", "GATHER_LIMIT", "SUM_REFERENCE",
            "results_stem", "write_results"]
 
 GATHER_LIMIT = "gather limit"
@@ -61,6 +62,17 @@ def cache_flush_bytes() -> int:
     call had gathered mostly cached (a standard embedding-bag call ran in 5.3 ms after it, 7.1 ms after 2 GiB,
     and no faster after 4 GiB)."""
     return max(256 << 20, 4 * largest_cache_bytes())
+
+
+@functools.cache
+def _flush_buffer() -> torch.Tensor:
+    return torch.ones(cache_flush_bytes() // 4)
+
+
+def flush_caches() -> None:
+    """Reads :func:`cache_flush_bytes` (one buffer per process, allocated on first use and kept), so that the
+    next call finds none of its data cached."""
+    _flush_buffer().sum()
 
 
 def fbgemm_available() -> bool:
@@ -237,7 +249,7 @@ def gather_limit(tables: list[torch.Tensor], indices: list[torch.Tensor], rounds
     setting chosen.
 
     The settings are compared as the benchmark times the kernels: ``before`` runs before each timed probe, by
-    default a read of :func:`cache_flush_bytes`, so that every probe finds none of the rows cached. Compared warm,
+    default :func:`flush_caches`, so that every probe finds none of the rows cached. Compared warm,
     the probe of a narrow table (whose rows fit in L3) chose prefetches into L1, which gathered those rows a
     third slower than into L2 once the caches were flushed, and the limit understated the machine."""
     for t, (table, idx) in enumerate(zip(tables, indices)):
@@ -252,11 +264,8 @@ def gather_limit(tables: list[torch.Tensor], indices: list[torch.Tensor], rounds
         return sum(mprec._C.gather_probe(table.data_ptr(), table.shape[1] * table.element_size(), idx.data_ptr(),
                                          idx.numel(), distance, lines, into_l2) for table, idx in zip(tables, indices))
 
-    if before is None:
-        flush = torch.ones(cache_flush_bytes() // 4)
-        before = flush.sum
     settings = [(d, lines, l2) for d in GATHER_DISTANCES for lines in GATHER_LINES for l2 in GATHER_INTO_L2]
-    best = fastest({s: (lambda s=s: probe(*s)) for s in settings}, rounds, before)
+    best = fastest({s: (lambda s=s: probe(*s)) for s in settings}, rounds, before or flush_caches)
 
     def limit() -> int:
         return probe(*best)
