@@ -6,7 +6,7 @@ FBGEMM's CPU TBE, in the same run, one pytest-benchmark group per case.
 
 The cases are mprec.benchmark.EMBEDDING_BAG_CASES; every implementation of a case reads the same table
 memory. The group "machine" measures the read bandwidth the summary divides by; each case's "gather limit"
-(mprec.benchmark.gather_limit) reads the case's own rows with a plain prefetching loop, the reference the
+(mprec.benchmark.gather_limit) reads every byte of the case's own rows with a plain prefetching loop, the reference the
 summary gives each kernel's rate as a fraction of.
 """
 

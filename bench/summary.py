@@ -63,7 +63,8 @@ def summarize(path):
     row_prefetch = data.get("machine_info", {}).get("mprec_row_prefetch")
     prefetch = f", rows prefetched: {row_prefetch.replace('_', ' ')}" if row_prefetch else ""
     lines = [f"machine: {cpu} ({isa}{prefetch}{peers}), read bandwidth {bandwidth:.1f} GB/s (measured in this run); "
-             "gather limit: the case's own rows read by a plain prefetching loop, the best of its settings, in this run"
+             "gather limit: every byte of the case's own rows read by a plain prefetching loop with the kernels' loads, "
+             "the best of its settings, in this run"
              + (f"; caches flushed before each timed call by reading {flush >> 20} MiB" if flush else ""), ""]
     header = (f"{'case':<18} {'impl':<12} {'median ms':>10} {'GB/s':>7} {'of bw':>6} {'of gather':>10} {'vs torch':>9} "
               f"{'vs fbgemm':>10}")

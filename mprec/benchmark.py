@@ -241,12 +241,12 @@ EMBEDDING_BAG_CASES = [
 def gather_limit(tables: list[torch.Tensor], indices: list[torch.Tensor], rounds: int = 3,
                  before: Callable[[], object] | None = None) -> Callable[[], int]:
     """The machine's random-row gather limit on these rows, as a callable to time beside the kernels: it reads
-    rows ``indices[t]`` of ``tables[t]`` (the first byte of every 64-byte line, over torch's threads) with software
-    prefetch at the distance, lines per row and cache that were fastest here among :data:`GATHER_DISTANCES` x
-    :data:`GATHER_LINES` x :data:`GATHER_INTO_L2` (chosen now, by :func:`mprec.timing.fastest`). It is the rate of
-    a plain gather loop, a reference for the kernels rather than a bound: a kernel that schedules its reads better
-    can exceed it, and the benchmark reports each kernel as a fraction of it. The callable's ``setting`` names the
-    setting chosen.
+    every byte of rows ``indices[t]`` of ``tables[t]`` (with the widest loads of the active CPU ISA, the kernels',
+    over torch's threads) with software prefetch at the distance, lines per row and cache that were fastest here
+    among :data:`GATHER_DISTANCES` x :data:`GATHER_LINES` x :data:`GATHER_INTO_L2` (chosen now, by
+    :func:`mprec.timing.fastest`). It is the rate of a plain gather loop, a reference for the kernels rather than a
+    bound: a kernel that schedules its reads better can exceed it, and the benchmark reports each kernel as a
+    fraction of it. The callable's ``setting`` names the setting chosen.
 
     The settings are compared as the benchmark times the kernels: ``before`` runs before each timed probe, by
     default :func:`flush_caches`, so that every probe finds none of the rows cached. Compared warm,

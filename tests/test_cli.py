@@ -31,9 +31,20 @@ def test_quick_bench_table_lists_mprec_and_peers():
     assert "standard f32 sum" in out.getvalue()
 
 
+def word_sum(table, rows):
+    """What the gather probe returns for rows ``rows`` of ``table``: the sum of every row's little-endian 64-bit
+    words (its last word zero-padded), wrapping at 2**64."""
+    import torch
+
+    data = table.contiguous().view(torch.uint8).reshape(table.shape[0], -1)[rows]
+    padded = torch.zeros(len(rows), (data.shape[1] + 7) // 8 * 8, dtype=torch.uint8)
+    padded[:, :data.shape[1]] = data
+    return sum(padded.view(torch.int64).flatten().tolist()) % 2**64
+
+
 def test_gather_limit_reads_the_rows_it_is_given(monkeypatch):
-    """The gather probe behind the benchmarks' gather limit reads the first byte of every line of each row asked
-    for, with the setting found fastest with the caches flushed before each timed probe."""
+    """The gather limit probes the rows asked for, with the setting found fastest with the caches flushed before
+    each timed probe."""
     import re
 
     import pytest
@@ -42,9 +53,7 @@ def test_gather_limit_reads_the_rows_it_is_given(monkeypatch):
     import mprec
     from mprec.benchmark import GATHER_DISTANCES, GATHER_INTO_L2, GATHER_LINES, gather_limit
 
-    table = torch.zeros(1000, 16, dtype=torch.int64)  # 128-byte rows: two lines, bytes 0 and 64
-    table[:, 0] = torch.arange(1000) % 251  # below 256: the byte read holds the whole value
-    table[:, 8] = 1
+    table = torch.randint(-2**63, 2**63 - 1, (1000, 16))  # 128-byte rows: sums that wrap
     indices = torch.randint(0, 1000, (5000,))
     events = []
     real_probe = mprec._C.gather_probe
@@ -53,23 +62,10 @@ def test_gather_limit_reads_the_rows_it_is_given(monkeypatch):
     # Its settings are compared as the kernels are timed: every timed probe (one per table) after a flush.
     settings = len(GATHER_DISTANCES) * len(GATHER_LINES) * len(GATHER_INTO_L2)
     assert events == ["probe", "probe"] * settings + ["flush", "probe", "probe"] * settings
-    assert probe() == int((indices % 251).sum()) + 5000 + int((indices[:7] % 251).sum()) + 7
+    assert probe() == word_sum(table, indices) + word_sum(table, indices[:7])
     _, distance, into = re.fullmatch(r"(whole rows|\d+ lines? per row) (\d+) ahead into (L1|L2)",
                                      probe.setting).groups()
     assert int(distance) in GATHER_DISTANCES and into in ("L1", "L2")
-    for into_l2 in GATHER_INTO_L2:  # every setting reads the same bytes
-        assert mprec._C.gather_probe(table.data_ptr(), 128, indices.data_ptr(), 5000, 4, 1, into_l2) == \
-            int((indices % 251).sum()) + 5000
-    # Each row width has a loop of its own up to 16 lines, a general one beyond; every prefetch setting, and
-    # ranges shorter than the prefetch distance, read the same bytes.
-    for lines in (1, 3, 16, 17):
-        wide = torch.zeros(200, 8 * lines, dtype=torch.int64)
-        wide[:, ::8] = torch.randint(0, 256, (200, lines))
-        rows = torch.randint(0, 200, (333,))
-        expected = int(wide[rows][:, ::8].sum())
-        for distance, prefetch_lines, into_l2 in ((0, 1, False), (8, 1, True), (32, 2, False), (500, 1 << 20, True)):
-            assert mprec._C.gather_probe(wide.data_ptr(), 64 * lines, rows.data_ptr(), 333, distance, prefetch_lines,
-                                         into_l2) == expected, (lines, distance, prefetch_lines, into_l2)
     with pytest.raises(ValueError, match=r"gather_limit: indices\[0\] reach outside its 1000 rows"):
         gather_limit([table], [torch.tensor([0, 1000])])
     with pytest.raises(ValueError, match=r"gather_limit: indices\[0\] must be a contiguous 1-D int64 tensor"):
@@ -78,8 +74,27 @@ def test_gather_limit_reads_the_rows_it_is_given(monkeypatch):
         gather_limit([table.t()], [indices])
 
 
-def test_gather_probe_reads_nothing_past_the_last_row():
-    """Rows narrower than a line, or ending a byte into their last line, are read within the row: a table that
+def test_gather_probe_reads_every_byte_of_each_row(isa):
+    """Each ISA's probe reads every byte of the rows asked for: rows of whole lines (a loop per width up to 16
+    lines, the AVX-512, AVX2 and 8-byte loads), rows of other widths (the general loop, with its words and bytes
+    past the last whole load), with every prefetch setting and ranges shorter than the prefetch distance."""
+    import torch
+
+    import mprec
+
+    for row_bytes in (1, 3, 7, 8, 9, 31, 32, 33, 63, 64, 65, 128, 192, 256, 512, 1024, 64 * 16 + 8, 64 * 17):
+        table = torch.randint(0, 256, (200, row_bytes), dtype=torch.uint8)
+        rows = torch.randint(0, 200, (333,))
+        for distance, prefetch_lines, into_l2 in ((0, 1, False), (8, 1, True), (32, 2, False), (500, 1 << 20, True)):
+            assert mprec._C.gather_probe(table.data_ptr(), row_bytes, rows.data_ptr(), len(rows), distance,
+                                         prefetch_lines, into_l2) == word_sum(table, rows), \
+                (row_bytes, distance, prefetch_lines, into_l2)
+        # Zero lookups read nothing.
+        assert mprec._C.gather_probe(table.data_ptr(), row_bytes, rows.data_ptr(), 0, 8, 1, True) == 0
+
+
+def test_gather_probe_reads_nothing_past_the_last_row(isa):
+    """Rows narrower than a load, or ending a byte into their last line, are read within the row: a table that
     ends where an unreadable page begins is probed to its last row without a fault."""
     import ctypes
     import mmap
@@ -96,17 +111,17 @@ def test_gather_probe_reads_nothing_past_the_last_row():
     mprotect.argtypes, mprotect.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
     assert mprotect(base + page, page, 0) == 0  # PROT_NONE: any read of the second page faults
     try:
-        for row_bytes in (1, 3, 7, 65, 64 * 16 + 1, 64 * 17 + 5):  # the last two: the fixed and the general loop
+        # The last three: a general loop past the last whole 32- and 64-byte loads, and past 16 lines.
+        for row_bytes in (1, 3, 7, 12, 33, 65, 100, 64 * 16 + 1, 64 * 17 + 5):
             rows = page // row_bytes
             start = page - rows * row_bytes
             data = torch.randint(0, 256, (rows * row_bytes,), dtype=torch.uint8)
             buf[start:page] = bytes(data.tolist())
             indices = torch.tensor([rows - 1, 0, rows - 1, rows // 2])
             table = data.view(rows, row_bytes)
-            expected = int(table[indices][:, ::64].sum())
             for distance, prefetch_lines, into_l2 in ((0, 1, False), (2, 1, True), (1, 1 << 20, False)):
                 assert mprec._C.gather_probe(base + start, row_bytes, indices.data_ptr(), len(indices), distance,
-                                             prefetch_lines, into_l2) == expected, (row_bytes, distance)
+                                             prefetch_lines, into_l2) == word_sum(table, indices), (row_bytes, distance)
     finally:
         mprotect(base + page, page, 3)  # PROT_READ | PROT_WRITE, so that the buffer can be unmapped
         del view

@@ -129,6 +129,16 @@ InteractionKernels interaction_kernels(Isa isa) {
   }
 }
 
+GatherProbeFn gather_probe_kernel(Isa isa) {
+  switch (isa) {
+#if MPREC_HAVE_X86
+    case Isa::kAvx512: return &avx512::gather_probe_range;
+    case Isa::kAvx2: return &avx2::gather_probe_range;
+#endif
+    default: return &scalar::gather_probe_range;
+  }
+}
+
 MlpKernels mlp_kernels(Isa isa) {
   switch (isa) {
 #if MPREC_HAVE_X86

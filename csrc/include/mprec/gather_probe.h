@@ -5,11 +5,20 @@
 namespace mprec {
 namespace cpu {
 
-// Reads rows indices[0..count) of `table` (rows of row_bytes, valid indices only: the caller checks), the first
-// byte of each 64-byte line, prefetching the first `prefetch_lines` lines of the row `distance` lookups ahead (0: no
-// prefetch) into L1, or into L2 where `into_l2`; returns the sum of the bytes read.
+// Reads rows indices[0..count) of `table` (rows of row_bytes, valid indices only: the caller checks), every byte,
+// prefetching the first `prefetch_lines` lines of the row `distance` lookups ahead (0: no prefetch) into L1, or
+// into L2 where `into_l2`, with the active ISA's loads; returns the sum of the rows' little-endian 64-bit words
+// (each row's last word zero-padded), wrapping.
 uint64_t gather_probe(const void* table, int64_t row_bytes, const int64_t* indices, int64_t count,
                       int64_t distance, int64_t prefetch_lines, bool into_l2);
+
+// One ISA variant's probe of lookups [begin, end) (csrc/cpu/gather_probe_{avx512,avx2,scalar}.cpp), prefetching
+// `prefetched` lines (at most the row's) from `distance` ahead within the range.
+using GatherProbeFn = uint64_t (*)(const char* table, int64_t row_bytes, const int64_t* indices, int64_t begin,
+                                   int64_t end, int64_t distance, int64_t prefetched, bool into_l2);
+namespace avx512 { uint64_t gather_probe_range(const char*, int64_t, const int64_t*, int64_t, int64_t, int64_t, int64_t, bool); }
+namespace avx2 { uint64_t gather_probe_range(const char*, int64_t, const int64_t*, int64_t, int64_t, int64_t, int64_t, bool); }
+namespace scalar { uint64_t gather_probe_range(const char*, int64_t, const int64_t*, int64_t, int64_t, int64_t, int64_t, bool); }
 
 }  // namespace cpu
 }  // namespace mprec

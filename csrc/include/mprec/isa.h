@@ -5,6 +5,7 @@
 
 #include "mprec/dhe_kernel.h"
 #include "mprec/embedding_bag_kernel.h"
+#include "mprec/gather_probe.h"
 #include "mprec/interaction_kernel.h"
 #include "mprec/mlp_kernel.h"
 
@@ -28,6 +29,7 @@ PoolFn pool_kernel(Isa isa);
 DheEncodeFn dhe_encode_kernel(Isa isa);
 InteractionKernels interaction_kernels(Isa isa);
 MlpKernels mlp_kernels(Isa isa);
+GatherProbeFn gather_probe_kernel(Isa isa);
 
 }  // namespace cpu
 }  // namespace mprec
