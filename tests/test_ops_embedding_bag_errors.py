@@ -98,6 +98,8 @@ def test_bad_mode_and_padding():
         call(padding_idx=10)
     with pytest.raises(ValueError, match=r"mprec::embedding_bag: mode must be one of"):
         mprec.ops.embedding_bag(torch.randn(3, 2), torch.tensor([0]), torch.tensor([0]), "median")
+    with pytest.raises(ValueError, match=r"mprec::embedding_bag: mode must be 0 \(sum\), .*, got \[1\]"):
+        mprec.ops.embedding_bag(torch.randn(3, 2), torch.tensor([0]), torch.tensor([0]), [1])  # unhashable
 
 
 def test_uint8_needs_scale_bias():

@@ -34,14 +34,18 @@ _FLOAT_WEIGHTS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _INDEX_DTYPES = (torch.int32, torch.int64)
 
 
+# Every spelling of a mode that mode_number accepts, to its number: one lookup per call where the mode is valid.
+_MODE_NUMBERS = {**MODES, **{number: number for number in MODES.values()}}
+
+
 def mode_number(op: str, mode: Union[str, int]) -> int:
+    try:
+        return _MODE_NUMBERS[mode]
+    except (KeyError, TypeError):  # TypeError: unhashable
+        pass
     if isinstance(mode, str):
-        if mode not in MODES:
-            raise ValueError(f"{op}: mode must be one of {sorted(MODES)}, got {mode!r}")
-        return MODES[mode]
-    if mode not in (0, 1, 2):
-        raise ValueError(f"{op}: mode must be 0 (sum), 1 (mean) or 2 (max), got {mode}")
-    return int(mode)
+        raise ValueError(f"{op}: mode must be one of {sorted(MODES)}, got {mode!r}")
+    raise ValueError(f"{op}: mode must be 0 (sum), 1 (mean) or 2 (max), got {mode}")
 
 
 def _output_dtype(weight_dtype: torch.dtype) -> torch.dtype:
@@ -381,8 +385,8 @@ def embedding_bag(
     op = "mprec::embedding_bag"
     out, _ = call(
         _EMBEDDING_BAG, weight, indices, offsets, mode_number(op, mode), per_sample_weights,
-        _normalize_padding_idx(op, padding_idx, weight.shape[0]), include_last_offset, scale_bias, sparse,
-        scale_grad_by_freq)
+        -1 if padding_idx is None else _normalize_padding_idx(op, padding_idx, weight.shape[0]), include_last_offset,
+        scale_bias, sparse, scale_grad_by_freq)
     return out
 
 
