@@ -271,7 +271,10 @@ def gather_limit(tables: list[torch.Tensor], indices: list[torch.Tensor], rounds
         return probe(*best)
 
     distance, lines, into_l2 = best
-    rows = "whole rows" if lines == max(GATHER_LINES) else f"{lines} line{'s' if lines > 1 else ''} per row"
+    # The probe prefetches at most a row's own lines, so a setting of as many lines as the widest row has, or more,
+    # prefetches whole rows and is named so.
+    widest = max(((table.shape[1] * table.element_size() + 63) // 64 for table in tables), default=0)
+    rows = "whole rows" if lines >= widest else f"{lines} line{'s' if lines > 1 else ''} per row"
     limit.setting = f"{rows} {distance} ahead into {'L2' if into_l2 else 'L1'}"
     return limit
 

@@ -66,6 +66,11 @@ def test_gather_limit_reads_the_rows_it_is_given(monkeypatch):
     _, distance, into = re.fullmatch(r"(whole rows|\d+ lines? per row) (\d+) ahead into (L1|L2)",
                                      probe.setting).groups()
     assert int(distance) in GATHER_DISTANCES and into in ("L1", "L2")
+    # A setting is named by what it prefetches of these rows: two lines are the whole of a 128-byte row.
+    for chosen, name in (((8, 2, True), "whole rows 8 ahead into L2"), ((16, 4, False), "whole rows 16 ahead into L1"),
+                         ((32, 1, True), "1 line per row 32 ahead into L2")):
+        monkeypatch.setattr(mprec.benchmark, "fastest", lambda candidates, *_, chosen=chosen: chosen)
+        assert gather_limit([table], [indices]).setting == name
     with pytest.raises(ValueError, match=r"gather_limit: indices\[0\] reach outside its 1000 rows"):
         gather_limit([table], [torch.tensor([0, 1000])])
     with pytest.raises(ValueError, match=r"gather_limit: indices\[0\] must be a contiguous 1-D int64 tensor"):
