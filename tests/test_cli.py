@@ -116,7 +116,7 @@ def test_gather_probe_reads_nothing_past_the_last_row(isa):
     mprotect.argtypes, mprotect.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
     assert mprotect(base + page, page, 0) == 0  # PROT_NONE: any read of the second page faults
     try:
-        # The last three: a general loop past the last whole 32- and 64-byte loads, and past 16 lines.
+        # Widths of part lines take the general loop, whose words and bytes after the last whole load end the row.
         for row_bytes in (1, 3, 7, 12, 33, 65, 100, 64 * 16 + 1, 64 * 17 + 5):
             rows = page // row_bytes
             start = page - rows * row_bytes

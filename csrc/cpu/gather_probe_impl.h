@@ -7,12 +7,11 @@
 // add(A, const char*) (the kBytes at the address added to A as little-endian 64-bit words) and sum(A) (of its
 // lanes, wrapping).
 //
-// Every byte of each row is read, with the loads a pooling kernel of this ISA makes, as a gather must. A load of
-// one byte of each line brings the line in too, but is not the same work: on an AMD EPYC (AVX-512, caches flushed,
-// float32 rows of D=128, the same prefetches), loops that read one byte, or the first 16 or 32 bytes, of each line
-// took 0.84-0.92x the time of loops that read whole lines with 64-byte loads, with or without adds or stores after
-// them. The pooling kernel lagged behind a probe of one byte per line by as much. Such a probe measures a rate no
-// kernel that reads its rows can reach.
+// Every byte of each row is read, with this ISA's widest loads, as a gather must. A load of one byte of each line
+// brings the line in too, but is not the same work: on an AMD EPYC (AVX-512, caches flushed, float32 rows of D=128, the
+// same prefetches), loops that read one byte, or the first 16 or 32 bytes, of each line took 0.84-0.92x the time of
+// loops that read whole lines with 64-byte loads, with or without adds or stores after them. The pooling kernel lagged
+// behind a probe of one byte per line by as much. Such a probe measures a rate no kernel that reads its rows can reach.
 //
 // Rows of whole lines, up to kMaxFixedLines of them, have a loop of their own per width and prefetch setting,
 // with every per-row loop unrolled and no branch in the loop but its own: a runtime loop over each row's lines and

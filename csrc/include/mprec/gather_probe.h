@@ -14,11 +14,12 @@ uint64_t gather_probe(const void* table, int64_t row_bytes, const int64_t* indic
 
 // One ISA variant's probe of lookups [begin, end) (csrc/cpu/gather_probe_{avx512,avx2,scalar}.cpp), prefetching
 // `prefetched` lines (at most the row's) from `distance` ahead within the range.
-using GatherProbeFn = uint64_t (*)(const char* table, int64_t row_bytes, const int64_t* indices, int64_t begin,
-                                   int64_t end, int64_t distance, int64_t prefetched, bool into_l2);
-namespace avx512 { uint64_t gather_probe_range(const char*, int64_t, const int64_t*, int64_t, int64_t, int64_t, int64_t, bool); }
-namespace avx2 { uint64_t gather_probe_range(const char*, int64_t, const int64_t*, int64_t, int64_t, int64_t, int64_t, bool); }
-namespace scalar { uint64_t gather_probe_range(const char*, int64_t, const int64_t*, int64_t, int64_t, int64_t, int64_t, bool); }
+using GatherProbeRange = uint64_t(const char* table, int64_t row_bytes, const int64_t* indices, int64_t begin,
+                                  int64_t end, int64_t distance, int64_t prefetched, bool into_l2);
+using GatherProbeFn = GatherProbeRange*;
+namespace avx512 { GatherProbeRange gather_probe_range; }
+namespace avx2 { GatherProbeRange gather_probe_range; }
+namespace scalar { GatherProbeRange gather_probe_range; }
 
 }  // namespace cpu
 }  // namespace mprec
