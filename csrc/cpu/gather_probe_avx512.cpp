@@ -13,7 +13,14 @@ struct P {
   using A = __m512i;
   static A zero() { return _mm512_setzero_si512(); }
   static A add(A acc, const char* p) { return _mm512_add_epi64(acc, _mm512_loadu_si512(p)); }
-  static uint64_t sum(A acc) { return static_cast<uint64_t>(_mm512_reduce_add_epi64(acc)); }
+  // The lanes added as unsigned words: _mm512_reduce_add_epi64 adds them as signed ones, whose wrap is undefined.
+  static uint64_t sum(A acc) {
+    alignas(64) uint64_t lanes[8];
+    _mm512_store_si512(lanes, acc);
+    uint64_t total = 0;
+    for (int l = 0; l < 8; ++l) total += lanes[l];
+    return total;
+  }
 };
 
 #include "gather_probe_impl.h"
