@@ -20,8 +20,8 @@ from mprec import memory
 from mprec.timing import fastest, median_ms
 
 __all__ = ["EmbeddingBagCase", "EMBEDDING_BAG_CASES", "read_bandwidth", "gather_limit", "median_ms",
-           "fbgemm_available", "cache_flush_bytes", "flush_caches", "largest_cache_bytes", "GATHER_LIMIT", "SUM_REFERENCE",
-           "results_stem", "write_results"]
+           "fbgemm_available", "cache_flush_bytes", "flush_caches", "largest_cache_bytes", "GATHER_LIMIT",
+           "SUM_REFERENCE", "results_stem", "write_results"]
 
 GATHER_LIMIT = "gather limit"
 # mprec's sum pooling of a max or padding_idx case's own table and ids: the reference those modes are held to.

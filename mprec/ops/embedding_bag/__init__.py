@@ -383,6 +383,8 @@ def embedding_bag(
         ``[B, D]`` in the weight's dtype (float32 for uint8 weights). Empty bags give zeros in every mode.
     """
     op = "mprec::embedding_bag"
+    # Without a padding_idx the weight's shape is not read: after a cache flush that read is a measurable part of
+    # a narrow table's call.
     out, _ = call(
         _EMBEDDING_BAG, weight, indices, offsets, mode_number(op, mode), per_sample_weights,
         -1 if padding_idx is None else _normalize_padding_idx(op, padding_idx, weight.shape[0]), include_last_offset,
