@@ -71,7 +71,7 @@ SANITIZE_TESTS ?= tests/test_ops_embedding_bag.py tests/test_ops_embedding_bag_b
 	tests/test_ops_mlp.py \
 	tests/test_opcheck.py tests/test_isa.py tests/test_nn_embedding_bag.py tests/test_nn_dhe.py tests/test_nn_cache.py \
 	tests/test_nn_mlp.py tests/test_nn_functional_opinfo.py tests/test_concurrency.py tests/test_models_dlrm.py \
-	tests/test_data_criteo.py tests/test_fuzz.py tests/test_dispatch.py tests/test_gather_probe.py
+	tests/test_data_criteo.py tests/test_fuzz.py tests/test_autograd.py tests/test_gather_probe.py
 # libstdc++ is preloaded too: ASan intercepts C++ throws only if it is loaded when ASan starts, and Python does
 # not link it.
 SANITIZE_ENV := LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \

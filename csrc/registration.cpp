@@ -1,6 +1,6 @@
 // The whole mprec op surface: every schema is defined here, once. Kernels (csrc/cpu, csrc/cuda) only
-// register implementations with TORCH_LIBRARY_IMPL; Python (mprec/ops) adds fake kernels, autograd and
-// typed wrappers. Conventions shared by all ops:
+// register implementations with TORCH_LIBRARY_IMPL, as do the autograd kernels (csrc/autograd); Python
+// (mprec/ops) adds fake kernels and typed wrappers. Conventions shared by all ops:
 //   mode: 0 sum, 1 mean, 2 max (torch's numbering); padding_idx: -1 for none, else a row in [0, rows).
 //   Index tensors are int32 or int64, offsets of the same dtype.
 //   Sparse gradients cross the op boundary as dense (row numbers, values) pairs; mprec.ops builds the COO

@@ -44,7 +44,6 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_common import PoolingMode
 from .. import memory
 from ..nn.collection import EmbeddingBagCollection
 from ..nn.pooling import FusedOptimizer, pool_tables
-from ..ops.dispatch import call
 from ..ops.embedding_bag import _BATCHED_EMBEDDING_BAG
 
 __all__ = ["TORCHREC_VERSION", "TORCHREC_METHODS", "TORCHREC_ATTRIBUTES", "TableBatchedEmbeddingBags",
@@ -201,7 +200,7 @@ class _DensePooling(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tbe, indices, offsets, per_sample_weights, weights):
         tables = tbe.tables_by_feature()
-        out, _ = call(_BATCHED_EMBEDDING_BAG, tables, indices, offsets, tbe.mode, per_sample_weights, [], None, False)
+        out, _ = _BATCHED_EMBEDDING_BAG(tables, indices, offsets, tbe.mode, per_sample_weights, [], None, False)
         ctx.tbe, ctx.tables = tbe, tables
         ctx.save_for_backward(indices, offsets, per_sample_weights)
         return out

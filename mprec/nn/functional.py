@@ -8,7 +8,6 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..ops.dispatch import call
 from ..ops.embedding_bag import _EMBEDDING_BAG, MODES, _normalize_padding_idx
 
 __all__ = ["embedding_bag"]
@@ -91,6 +90,6 @@ def embedding_bag(
 
 def _pool(input, weight, offsets, mode, per_sample_weights, include_last_offset, padding_idx, sparse,
           scale_grad_by_freq) -> Tensor:
-    out, _ = call(_EMBEDDING_BAG, weight, input, offsets, MODES[mode], per_sample_weights, padding_idx,
-                  include_last_offset, None, sparse, scale_grad_by_freq)
+    out, _ = _EMBEDDING_BAG(weight, input, offsets, MODES[mode], per_sample_weights, padding_idx, include_last_offset,
+                            None, sparse, scale_grad_by_freq)
     return out

@@ -13,7 +13,6 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..ops.dispatch import call
 from ..ops.embedding_bag import _BATCHED_EMBEDDING_BAG, FUSED_OPTIMIZERS, MODES
 
 __all__ = ["FusedOptimizer", "pool_tables", "fused_update"]
@@ -47,8 +46,7 @@ class _FusedTableUpdate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, indices, offsets, mode, per_sample_weights, pads, optimizer, states, *weights):
-        out, _ = call(_BATCHED_EMBEDDING_BAG, list(weights), indices, offsets, mode, per_sample_weights, pads, None,
-                      False)
+        out, _ = _BATCHED_EMBEDDING_BAG(list(weights), indices, offsets, mode, per_sample_weights, pads, None, False)
         ctx.args = (list(weights), states, indices, offsets, mode, per_sample_weights, pads, optimizer)
         return out
 
@@ -78,8 +76,8 @@ def pool_tables(weights: Sequence[Tensor], indices: Tensor, offsets: Tensor, mod
             raise ValueError("per_sample_weights cannot require grad with a fused table optimizer")
         return _FusedTableUpdate.apply(indices, offsets, mode, per_sample_weights, list(padding_idx), optimizer,
                                        list(states), *weights)
-    out, _ = call(_BATCHED_EMBEDDING_BAG, weights, indices, offsets, mode, per_sample_weights, list(padding_idx),
-                  None, sparse)
+    out, _ = _BATCHED_EMBEDDING_BAG(weights, indices, offsets, mode, per_sample_weights, list(padding_idx), None,
+                                    sparse)
     return out
 
 

@@ -2,12 +2,10 @@
 
 The schemas live in ``csrc/registration.cpp`` (``torch.ops.mprec.*``). Each op family is a package here
 (``embedding_bag``, ``dhe``, ``interaction``, ``cache``, ``mlp``): its ``__init__`` holds the typed wrappers with
-their docstrings, the argument checks, the fake kernels (``register_fake``: they check and allocate, never read
-data) and the autograd formulas (``register_autograd``); its ``composite.py`` the aten compositions, its ``gpu.py``
-the Triton glue, both calling the same checks. :mod:`.gpu` registers the CUDA kernels of every family. The
-wrappers of ops with Python autograd formulas call them through :func:`.dispatch.call`, which leaves the formula's
-Python kernel out where no gradient is wanted. The tests' oracles are in ``tests/reference.py``, outside the
-library.
+their docstrings, the argument checks and the fake kernels (``register_fake``: they check and allocate, never
+read data); its ``composite.py`` the aten compositions, its ``gpu.py`` the Triton glue, both calling the same
+checks. :mod:`.gpu` registers the CUDA kernels of every family. The autograd kernels are C++, in
+``csrc/autograd``. The tests' oracles are in ``tests/reference.py``, outside the library.
 """
 
 from . import cache

@@ -1,6 +1,6 @@
-"""The DHE (deep hash embedding) op family: typed wrappers, fake kernels and autograd.
+"""The DHE (deep hash embedding) op family: typed wrappers and fake kernels.
 
-Schemas: ``csrc/registration.cpp``. CPU kernels: ``csrc/cpu/dhe*.cpp``. The ops in aten ops, which the
+Schemas: ``csrc/registration.cpp``. CPU kernels: ``csrc/cpu/dhe*.cpp``. Autograd: ``csrc/autograd/dhe.cpp``. The ops in aten ops, which the
 compositions and the lowerings use: :func:`dhe_hash_aten`, :func:`dhe_encode_aten`, :func:`activation`. The tests'
 oracles: ``tests/reference.py``.
 
@@ -19,10 +19,9 @@ import torch
 from torch import Tensor
 
 from ..arguments import first_true, register_fake, value_at
-from ..dispatch import call
 from ..spelling import dtype_name, sizes
 
-# Overloads looked up once, not by name on every call (see ..dispatch for why the calls go through it).
+# Overloads looked up once, not by name on every call.
 _DHE_ENCODE_LINEAR = torch.ops.mprec.dhe_encode_linear.default
 _ROWWISE_LINEAR = torch.ops.mprec.rowwise_linear.default
 
@@ -248,59 +247,6 @@ def _rowwise_linear_fake(input, weight, bias=None, activation="none"):
     return input.new_empty((*input.shape[:-1], weight.shape[0]))
 
 
-# --- autograd -----------------------------------------------------------------------------------------
-
-def _dhe_encode_linear_setup_context(ctx, inputs, output):
-    ids, hash_a, hash_b, p, m, transform, weight, bias, activation = inputs
-    ctx.save_for_backward(ids, hash_a, hash_b, weight, bias, output)
-    ctx.p, ctx.m, ctx.transform, ctx.activation = p, m, transform, activation
-
-
-def _dhe_encode_linear_backward(ctx, grad):
-    ids, hash_a, hash_b, weight, bias, output = ctx.saved_tensors
-    grad_weight, grad_bias = torch.ops.mprec.dhe_encode_linear_backward(
-        grad, output, ids, hash_a, hash_b, ctx.p, ctx.m, ctx.transform, weight, bias, ctx.activation)
-    # ids and the hash parameters are integers: not differentiable.
-    return (None, None, None, None, None, None, grad_weight,
-            grad_bias if bias is not None else None, None)[:len(ctx.needs_input_grad)]
-
-
-torch.library.register_autograd("mprec::dhe_encode_linear", _dhe_encode_linear_backward,
-                                setup_context=_dhe_encode_linear_setup_context)
-
-
-def _rowwise_linear_setup_context(ctx, inputs, output):
-    input, weight, bias, activation = inputs
-    pre = None
-    if activation == "mish":
-        # mish' needs the pre-activation; recomputed here (inputs are saved anyway) rather than in backward.
-        pre = torch.nn.functional.linear(input, weight, bias)
-    ctx.save_for_backward(input, weight, output, pre)
-    ctx.has_bias = bias is not None
-    ctx.activation = activation
-
-
-def _rowwise_linear_backward(ctx, grad):
-    input, weight, output, pre = ctx.saved_tensors
-    if ctx.activation == "relu":
-        grad = torch.ops.aten.threshold_backward(grad, output, 0)
-    elif ctx.activation == "mish":
-        grad = torch.ops.aten.mish_backward(grad, pre)
-    grad_input = grad_weight = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_input = grad @ weight
-    flat_grad = grad.reshape(-1, grad.shape[-1])
-    if ctx.needs_input_grad[1]:
-        grad_weight = flat_grad.t() @ input.reshape(-1, input.shape[-1])
-    if ctx.has_bias and ctx.needs_input_grad[2]:
-        grad_bias = flat_grad.sum(0)
-    return (grad_input, grad_weight, grad_bias, None)[:len(ctx.needs_input_grad)]
-
-
-torch.library.register_autograd("mprec::rowwise_linear", _rowwise_linear_backward,
-                                setup_context=_rowwise_linear_setup_context)
-
-
 # --- typed wrappers -----------------------------------------------------------------------------------
 
 def dhe_encode(ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: int, transform: str = "uniform") -> Tensor:
@@ -325,7 +271,7 @@ def dhe_encode_linear(ids: Tensor, hash_a: Tensor, hash_b: Tensor, p: int, m: in
     products, float32 accumulation) or float64. Differentiable in ``weight`` and ``bias``. Each output row
     is computed independently of the other ids and of the thread count.
     """
-    return call(_DHE_ENCODE_LINEAR, ids, hash_a, hash_b, p, m, transform, weight, bias, activation)
+    return _DHE_ENCODE_LINEAR(ids, hash_a, hash_b, p, m, transform, weight, bias, activation)
 
 
 def rowwise_linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, activation: str = "none") -> Tensor:
@@ -334,4 +280,4 @@ def rowwise_linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     Same values as :func:`torch.nn.functional.linear` up to rounding, and the same speed; the difference is
     that a row's bits do not depend on the batch it came in or on the thread count, which MP-Cache needs.
     """
-    return call(_ROWWISE_LINEAR, input, weight, bias, activation)
+    return _ROWWISE_LINEAR(input, weight, bias, activation)

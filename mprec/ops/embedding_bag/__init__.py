@@ -1,7 +1,7 @@
-"""The embedding-bag op family: typed wrappers, fake kernels and autograd.
+"""The embedding-bag op family: typed wrappers and fake kernels.
 
-Schemas: ``csrc/registration.cpp``. CPU kernels: ``csrc/cpu/embedding_bag*.cpp``. The tests' oracle:
-``embedding_bag_reference`` in ``tests/reference.py``.
+Schemas: ``csrc/registration.cpp``. CPU kernels: ``csrc/cpu/embedding_bag*.cpp``. Autograd:
+``csrc/autograd/embedding_bag.cpp``. The tests' oracle: ``embedding_bag_reference`` in ``tests/reference.py``.
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ import torch
 from torch import Tensor
 
 from ..arguments import check_device, register_fake
-from ..dispatch import call
 from ..spelling import dtype_name, sizes
 
-# Overloads looked up once, not by name on every call (see ..dispatch for why the calls go through it).
+# Overloads looked up once, not by name on every call.
 _EMBEDDING_BAG = torch.ops.mprec.embedding_bag.default
 _BATCHED_EMBEDDING_BAG = torch.ops.mprec.batched_embedding_bag.default
 
@@ -288,61 +287,6 @@ def _embedding_bag_psw_backward_fake(grad, weight, indices, offsets, mode, paddi
     return grad.new_empty((indices.shape[0],), dtype=_accumulation_dtype(weight))
 
 
-def _sparse_rows(rows: Tensor, values: Tensor, shape) -> Tensor:
-    # Uncoalesced COO, one row per lookup, as torch's sparse=True gradient. The rows were range-checked
-    # by the backward kernel, so torch's invariant pass is skipped.
-    return torch.sparse_coo_tensor(rows.unsqueeze(0), values, shape, check_invariants=False)
-
-
-def _embedding_bag_setup_context(ctx, inputs, output):
-    weight, indices, offsets, mode, psw, padding_idx, include_last_offset, scale_bias, sparse, scale_grad_by_freq = inputs
-    _, max_indices = output
-    ctx.save_for_backward(weight, indices, offsets, psw, max_indices)
-    ctx.mode, ctx.padding_idx, ctx.include_last_offset, ctx.sparse = mode, padding_idx, include_last_offset, sparse
-    ctx.scale_grad_by_freq = scale_grad_by_freq
-    ctx.mark_non_differentiable(max_indices)
-
-
-def _bag_lookups(indices: Tensor, offsets: Tensor, include_last_offset: bool) -> Tensor:
-    """1 for each index that belongs to a bag, 0 for those past the last offset (``include_last_offset``)."""
-    positions = torch.arange(indices.shape[0], device=indices.device)
-    if include_last_offset:
-        end = offsets[-1:] if offsets.shape[0] else offsets.new_zeros(1)
-    else:
-        end = positions.new_full((1,), indices.shape[0] if offsets.shape[0] else 0)
-    return (positions < end).to(torch.int64)
-
-
-def _embedding_bag_backward(ctx, grad, _grad_max_indices):
-    weight, indices, offsets, psw, max_indices = ctx.saved_tensors
-    grad_weight = grad_psw = None
-    if ctx.needs_input_grad[0]:
-        if ctx.sparse:
-            rows, values = torch.ops.mprec.embedding_bag_sparse_backward(
-                grad, weight, indices, offsets, ctx.mode, psw, ctx.padding_idx, ctx.include_last_offset)
-            if ctx.scale_grad_by_freq:
-                # One row per lookup of a bag (padding left out, which changes no other row's count).
-                _, inverse, counts = torch.unique(rows, return_inverse=True, return_counts=True)
-                values = values / counts[inverse].unsqueeze(1).to(values.dtype)
-            grad_weight = _sparse_rows(rows, values, weight.shape)
-        else:
-            grad_weight = torch.ops.mprec.embedding_bag_backward(
-                grad, weight, indices, offsets, max_indices, ctx.mode, psw, ctx.padding_idx, ctx.include_last_offset)
-            if ctx.scale_grad_by_freq:
-                # Every contribution to a row is divided by the same count, so the row's sum is divided once.
-                counts = torch.zeros(weight.shape[0], dtype=torch.int64, device=grad_weight.device).index_add_(
-                    0, indices.to(torch.int64), _bag_lookups(indices, offsets, ctx.include_last_offset))
-                grad_weight = grad_weight / counts.clamp(min=1).unsqueeze(1).to(grad_weight.dtype)
-    if psw is not None and ctx.needs_input_grad[4]:
-        grad_psw = torch.ops.mprec.embedding_bag_per_sample_weights_backward(
-            grad, weight, indices, offsets, ctx.mode, ctx.padding_idx, ctx.include_last_offset).to(psw.dtype)
-    return grad_weight, None, None, None, grad_psw, None, None, None, None, None
-
-
-torch.library.register_autograd("mprec::embedding_bag", _embedding_bag_backward,
-                                setup_context=_embedding_bag_setup_context)
-
-
 def _normalize_padding_idx(op: str, padding_idx: Optional[int], num_rows: int) -> int:
     """torch's convention: None for none, negative counts from the end."""
     if padding_idx is None:
@@ -385,8 +329,8 @@ def embedding_bag(
     op = "mprec::embedding_bag"
     # Without a padding_idx the weight's shape is not read: after a cache flush that read is a measurable part of
     # a narrow table's call.
-    out, _ = call(
-        _EMBEDDING_BAG, weight, indices, offsets, mode_number(op, mode), per_sample_weights,
+    out, _ = _EMBEDDING_BAG(
+        weight, indices, offsets, mode_number(op, mode), per_sample_weights,
         -1 if padding_idx is None else _normalize_padding_idx(op, padding_idx, weight.shape[0]), include_last_offset,
         scale_bias, sparse, scale_grad_by_freq)
     return out
@@ -445,47 +389,6 @@ def _batched_embedding_bag_psw_backward_fake(grad, weights, indices, offsets, mo
     return grad.new_empty((indices.shape[0],), dtype=_accumulation_dtype(weights[0]))
 
 
-def _batched_setup_context(ctx, inputs, output):
-    weights, indices, offsets, mode, psw, padding_idx, scale_bias, sparse = inputs
-    _, max_indices = output
-    ctx.save_for_backward(indices, offsets, psw, max_indices, *weights)
-    ctx.mode, ctx.padding_idx, ctx.sparse = mode, list(padding_idx), sparse
-    ctx.num_scale_bias = None if scale_bias is None else len(scale_bias)
-    ctx.mark_non_differentiable(max_indices)
-
-
-def _batched_backward(ctx, grad, _grad_max_indices):
-    indices, offsets, psw, max_indices, *weights = ctx.saved_tensors
-    # List inputs get list gradients, entry by entry (torch.library matches the inputs' structure).
-    needs_weights = ctx.needs_input_grad[0]
-    grad_weights = [None] * len(weights)
-    if any(needs_weights):
-        if ctx.sparse:
-            rows, values = torch.ops.mprec.batched_embedding_bag_sparse_backward(
-                grad, weights, indices, offsets, ctx.mode, psw, ctx.padding_idx)
-            grads = [_sparse_rows(r, v, w.shape) for r, v, w in zip(rows, values, weights)]
-        else:
-            grads = torch.ops.mprec.batched_embedding_bag_backward(
-                grad, weights, indices, offsets, max_indices, ctx.mode, psw, ctx.padding_idx)
-        grad_weights = [g if needed else None for g, needed in zip(grads, needs_weights)]
-    grad_psw = None
-    if psw is not None and ctx.needs_input_grad[4]:
-        grad_psw = torch.ops.mprec.batched_embedding_bag_per_sample_weights_backward(
-            grad, weights, indices, offsets, ctx.mode, ctx.padding_idx).to(psw.dtype)
-    grad_scale_bias = None if ctx.num_scale_bias is None else [None] * ctx.num_scale_bias
-    # torch.library matches the gradients to the inputs' pytree: an empty int list counts as an (empty)
-    # list of tensors, so it needs an empty list back.
-    grad_padding = [] if len(ctx.padding_idx) == 0 else None
-    grads = (grad_weights, None, None, None, grad_psw, grad_padding, grad_scale_bias, None)
-    # The dispatcher drops trailing arguments equal to their defaults before autograd sees them, and for
-    # ops with list inputs torch.library wants exactly one gradient per argument it was given.
-    return grads[: len(ctx.needs_input_grad)]
-
-
-torch.library.register_autograd("mprec::batched_embedding_bag", _batched_backward,
-                                setup_context=_batched_setup_context)
-
-
 def batched_embedding_bag(
     weights: Sequence[Tensor],
     indices: Tensor,
@@ -508,8 +411,8 @@ def batched_embedding_bag(
     weights = list(weights)
     pads = [] if padding_idx is None else [
         _normalize_padding_idx(op, p, w.shape[0]) for p, w in zip(padding_idx, weights, strict=True)]
-    out, _ = call(
-        _BATCHED_EMBEDDING_BAG, weights, indices, offsets, mode_number(op, mode), per_sample_weights, pads,
+    out, _ = _BATCHED_EMBEDDING_BAG(
+        weights, indices, offsets, mode_number(op, mode), per_sample_weights, pads,
         None if scale_bias is None else list(scale_bias), sparse)
     return out
 

@@ -1,6 +1,7 @@
-"""DLRM's dot interaction as an op: typed wrapper, fake kernels, autograd.
+"""DLRM's dot interaction as an op: typed wrappers and fake kernels.
 
-Schemas: ``csrc/registration.cpp``. CPU kernel: ``csrc/cpu/interaction*.cpp``. The tests' oracle:
+Schemas: ``csrc/registration.cpp``. CPU kernel: ``csrc/cpu/interaction*.cpp``. Autograd:
+``csrc/autograd/interaction.cpp``. The tests' oracle:
 ``dot_interaction_reference`` in ``tests/reference.py``.
 """
 
@@ -12,10 +13,9 @@ import torch
 from torch import Tensor
 
 from ..arguments import register_fake
-from ..dispatch import call
 from ..spelling import dtype_name, sizes
 
-# Overloads looked up once, not by name on every call (see ..dispatch for why the calls go through it).
+# Overloads looked up once, not by name on every call.
 _DOT_INTERACTION = torch.ops.mprec.dot_interaction.default
 _DLRM_INTERACTION = torch.ops.mprec.dlrm_interaction.default
 
@@ -26,7 +26,7 @@ def dot_interaction(x: Tensor) -> Tensor:
     """``[B, F, D] -> [B, F (F - 1) / 2]``: for each example, the dot products of its feature vectors
     ``i`` and ``j < i``, pairs in row order ((1, 0), (2, 0), (2, 1), ...), as DLRM's interaction without
     the diagonal. Differentiable in ``x``."""
-    return call(_DOT_INTERACTION, x)
+    return _DOT_INTERACTION(x)
 
 
 def dlrm_interaction(dense: Tensor, sparse: Tensor, pad_to: int = 1, order: Optional[Sequence[int]] = None) -> Tensor:
@@ -42,7 +42,7 @@ def dlrm_interaction(dense: Tensor, sparse: Tensor, pad_to: int = 1, order: Opti
     ``order[t]``, as if ``sparse`` were ``sparse.view(B, T, D)[:, order]``, but read in place; the gradient
     goes back to the same places. A sharded collection returns its vectors rank by rank; this reads them in
     the model's order without a reordering copy each way. Differentiable in both inputs."""
-    return call(_DLRM_INTERACTION, dense, sparse, pad_to, None if order is None else list(order))
+    return _DLRM_INTERACTION(dense, sparse, pad_to, None if order is None else list(order))
 
 
 def dlrm_interaction_width(dim: int, tables: int, pad_to: int = 1) -> int:
@@ -102,17 +102,6 @@ def _dot_interaction_backward_fake(grad, x):
     return x.new_empty(x.shape)
 
 
-def _setup_context(ctx, inputs, output):
-    (x,) = inputs
-    ctx.save_for_backward(x)
-
-
-def _backward(ctx, grad):
-    (x,) = ctx.saved_tensors
-    return torch.ops.mprec.dot_interaction_backward(grad, x)
-
-
-torch.library.register_autograd("mprec::dot_interaction", _backward, setup_context=_setup_context)
 
 
 # csrc/cpu/interaction.cpp kMaxPadTo: padding is for GEMM alignment; past this it would only allocate zeros.
@@ -156,16 +145,3 @@ def _dlrm_interaction_backward_fake(grad, dense, sparse, pad_to=1, order=None):
     return dense.new_empty(dense.shape), sparse.new_empty(sparse.shape)
 
 
-def _dlrm_setup_context(ctx, inputs, output):
-    dense, sparse, pad_to, order = inputs
-    ctx.save_for_backward(dense, sparse)
-    ctx.pad_to, ctx.order = pad_to, order
-
-
-def _dlrm_backward(ctx, grad):
-    dense, sparse = ctx.saved_tensors
-    grad_dense, grad_sparse = torch.ops.mprec.dlrm_interaction_backward(grad, dense, sparse, ctx.pad_to, ctx.order)
-    return grad_dense, grad_sparse, None, None
-
-
-torch.library.register_autograd("mprec::dlrm_interaction", _dlrm_backward, setup_context=_dlrm_setup_context)
