@@ -132,8 +132,8 @@ Pooled embedding_bag_autograd(const Tensor& weight, const Tensor& indices, const
                               bool scale_grad_by_freq) {
   if (!wants_gradient(weight, per_sample_weights)) {
     at::AutoDispatchBelowADInplaceOrView below;
-    return single_op().call(weight, indices, offsets, mode, per_sample_weights, padding_idx, include_last_offset, scale_bias,
-              sparse, scale_grad_by_freq);
+    return single_op().call(weight, indices, offsets, mode, per_sample_weights, padding_idx, include_last_offset,
+                            scale_bias, sparse, scale_grad_by_freq);
   }
   auto outputs = EmbeddingBagFunction::apply(weight, indices, offsets, mode, per_sample_weights, padding_idx,
                                              include_last_offset, scale_bias, sparse, scale_grad_by_freq);
@@ -164,8 +164,8 @@ struct BatchedEmbeddingBagFunction : torch::autograd::Function<BatchedEmbeddingB
                                const Tensor& offsets, int64_t mode, const OptionalTensor& per_sample_weights,
                                at::IntArrayRef padding_idx, const OptionalTensorList& scale_bias, bool sparse) {
     at::AutoDispatchBelowADInplaceOrView below;
-    auto [out, max_indices] = batched_op().call(weights, indices, offsets, mode, per_sample_weights, padding_idx, scale_bias,
-                                        sparse);
+    auto [out, max_indices] =
+        batched_op().call(weights, indices, offsets, mode, per_sample_weights, padding_idx, scale_bias, sparse);
     variable_list to_save{indices, offsets, per_sample_weights.value_or(Tensor()), max_indices};
     to_save.insert(to_save.end(), weights.begin(), weights.end());
     ctx->save_for_backward(std::move(to_save));

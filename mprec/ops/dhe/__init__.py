@@ -1,8 +1,8 @@
 """The DHE (deep hash embedding) op family: typed wrappers and fake kernels.
 
-Schemas: ``csrc/registration.cpp``. CPU kernels: ``csrc/cpu/dhe*.cpp``. Autograd: ``csrc/autograd/dhe.cpp``. The ops in aten ops, which the
-compositions and the lowerings use: :func:`dhe_hash_aten`, :func:`dhe_encode_aten`, :func:`activation`. The tests'
-oracles: ``tests/reference.py``.
+Schemas: ``csrc/registration.cpp``. CPU kernels: ``csrc/cpu/dhe*.cpp``. Autograd: ``csrc/autograd/dhe.cpp``. The
+ops in aten ops, which the compositions and the lowerings use: :func:`dhe_hash_aten`, :func:`dhe_encode_aten`,
+:func:`activation`. The tests' oracles: ``tests/reference.py``.
 
 The hash, exactly (``docs/architecture.md``): for hash function ``j`` with ``a_j`` in ``[1, p-1]``, ``b_j`` in
 ``[0, p-1]`` and ``p`` a prime above ``m``, ``h_j(x) = ((a_j * (x mod p) + b_j) mod p) mod m`` for ids
