@@ -2,6 +2,8 @@
 inference and training; F.linear + activation elsewhere) and mprec.nn.MLP against plain torch; mprec.memory.empty
 (tables on 2 MiB pages)."""
 
+import threading
+
 import pytest
 import torch
 from torch import nn
@@ -201,6 +203,50 @@ def test_restored_choices_are_used_without_measuring(monkeypatch):
         with torch.no_grad():
             linear(x, w, None, "relu")
         assert mlp.gemm_choices() == flipped
+
+
+def test_a_gemm_library_block_is_its_threads_own(monkeypatch):
+    """use_gemm_library decides the products of its own thread: a thread running meanwhile keeps the process's
+    library (MPREC_GEMM's) or its own block's, and each block restores what was in force before it."""
+    monkeypatch.setattr(mlp, "_env_library", "onednn")
+    monkeypatch.setattr(mlp, "_choices", {})
+    monkeypatch.setattr(mlp, "_measure", lambda *args: "measured")
+    a, b = torch.randn(8, 4), torch.randn(3, 4)
+
+    def library():
+        return mlp.gemm_library("forward", a, b)
+
+    inside, release, seen = threading.Event(), threading.Event(), {}
+
+    def holder():
+        with use_gemm_library("blas"):
+            inside.set()
+            release.wait(30)
+            seen["holder, in its block"] = library()
+            with use_gemm_library(None):
+                seen["holder, nested block"] = library()
+            seen["holder, after the nested block"] = library()
+        seen["holder, after its block"] = library()
+
+    def other():
+        seen["other, no block"] = library()
+        with use_gemm_library(None):
+            seen["other, its own block"] = library()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert inside.wait(30)
+    try:
+        worker = threading.Thread(target=other)
+        worker.start()
+        worker.join(30)
+        seen["main, no block"] = library()
+    finally:
+        release.set()
+        thread.join(30)
+    assert seen == {"other, no block": "onednn", "other, its own block": "measured", "main, no block": "onednn",
+                    "holder, in its block": "blas", "holder, nested block": "measured",
+                    "holder, after the nested block": "blas", "holder, after its block": "onednn"}
 
 
 def test_gemm_library_errors(monkeypatch):

@@ -88,7 +88,7 @@ def test_resumed_run_uses_the_checkpoints_gemm_libraries(tmp_path, monkeypatch):
     run computes as the run it continues did."""
     from mprec.ops import mlp
 
-    monkeypatch.setattr(mlp, "_fixed_library", None)
+    monkeypatch.setattr(mlp, "_env_library", None)
     monkeypatch.setattr(mlp, "_choices", {})
     path = str(tmp_path / "ck.pt")
     training.train(small_config(checkpoint=path, epochs=1), progress=False)

@@ -79,7 +79,10 @@ def _library_from_env() -> Optional[str]:
     return value
 
 
-_fixed_library: Optional[str] = _library_from_env()
+# MPREC_GEMM's library for the process; a use_gemm_library block sets its own in _block.library for its thread,
+# so that a block in one thread (a test, a benchmark) does not decide the products other threads run meanwhile.
+_env_library: Optional[str] = _library_from_env()
+_block = threading.local()
 _choices: dict[tuple, str] = {}
 _choices_lock = threading.Lock()
 
@@ -124,8 +127,9 @@ def gemm_library(product: str, a: Tensor, b: Tensor, activation: str = "none", b
     layer widths, power of two of the batch, dtype and thread count (measured on these operands the first
     time, then remembered for the process). A measured weight gradient may also name the transposed form
     (``"blas-transposed"``, one of :data:`WEIGHT_GRAD_WAYS`)."""
-    if _fixed_library is not None:
-        return _fixed_library
+    fixed = getattr(_block, "library", _env_library)
+    if fixed is not None:
+        return fixed
     if torch.compiler.is_compiling():
         return "onednn"
     # The batch is a's rows in the forward and input gradient, its columns in the weight gradient.
@@ -174,16 +178,21 @@ def restore_gemm_choices(rows: list) -> None:
 @contextlib.contextmanager
 def use_gemm_library(library: Optional[str]) -> Iterator[None]:
     """Runs every product on ``library`` (``"onednn"`` or ``"blas"``; None: measured per product) inside the
-    block, as ``MPREC_GEMM`` does for a process."""
-    global _fixed_library
+    block, as ``MPREC_GEMM`` does for a process. The choice is the calling thread's: other threads keep theirs.
+    A backward run outside the block (or in another thread) chooses as it would without the block."""
     if library is not None and library not in GEMM_LIBRARIES:
         raise ValueError(f"mprec.ops.use_gemm_library: library must be one of {GEMM_LIBRARIES} or None, "
                          f"got {library!r}")
-    previous, _fixed_library = _fixed_library, library
+    missing = object()
+    previous = getattr(_block, "library", missing)
+    _block.library = library
     try:
         yield
     finally:
-        _fixed_library = previous
+        if previous is missing:
+            del _block.library
+        else:
+            _block.library = previous
 
 
 # relu_backward_bias_'s dtypes.
