@@ -50,9 +50,11 @@ TORCH_LIBRARY(mprec, m) {
   // Fused backward + optimizer step, in place, with no [rows, D] gradient (FBGEMM's TBE training):
   // optimizer 'sgd' (w -= lr * g; state empty) or 'rowwise_adagrad' (state: one accumulator per row,
   // float32, float64 for float64 tables; s += mean(g^2), w -= lr * g / (sqrt(s) + eps)). Modes sum, mean.
+  // The mode is named pooling_mode (FBGEMM's name) because torch.compile functionalizes a mutating op through a
+  // function that has a parameter of its own named mode.
   m.def(
       "batched_embedding_bag_update(Tensor(a!)[] weights, Tensor(b!)[] state, Tensor grad, Tensor indices, "
-      "Tensor offsets, int mode=0, Tensor? per_sample_weights=None, int[] padding_idx=[], str optimizer='sgd', "
+      "Tensor offsets, int pooling_mode=0, Tensor? per_sample_weights=None, int[] padding_idx=[], str optimizer='sgd', "
       "float lr=0.01, float eps=1e-8) -> ()");
 
   // -- row-wise int8 quantization -------------------------------------------------------------------------

@@ -122,7 +122,7 @@ def argument(name: str, op: str, s: Sizes, rng: random.Random):
         return _ints(rng, (s.N,), -1 if rng.random() < 0.1 else 0, s.R + (rng.random() < 0.1), s.index)
     if name == "offsets":
         return _offsets(rng, s.T * s.B if batched else s.B, s.N, s.index, batched or rng.random() < 0.5)
-    if name in ("mode",):
+    if name in ("mode", "pooling_mode"):
         return rng.choice((0, 1, 2, 0, 1, 2, 3, -1))
     if name == "per_sample_weights":
         return None if rng.random() < 0.5 else _floats(rng, (s.N,), s.float)

@@ -281,10 +281,8 @@ def test_opcheck_cache_ops():
     torch.library.opcheck(torch.ops.mprec.unique_ids.default, (torch.tensor([5, 3, 5, 1]),))
     torch.library.opcheck(torch.ops.mprec.cache_lookup.default, (table, values, counts, ids, occ))
     torch.library.opcheck(torch.ops.mprec.count_min_add.default, (torch.zeros(4, 16, dtype=torch.int64), ids, occ))
-    torch.library.opcheck(torch.ops.mprec.cache_erase.default, (table.clone(), torch.tensor([4, 6])),
-                          test_utils=("test_schema", "test_faketensor"))
-    torch.library.opcheck(torch.ops.mprec.cache_insert.default, (table.clone(), torch.tensor([6]), torch.tensor([3])),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.mprec.cache_erase.default, (table.clone(), torch.tensor([4, 6])))
+    torch.library.opcheck(torch.ops.mprec.cache_insert.default, (table.clone(), torch.tensor([6]), torch.tensor([3])))
 
 
 def test_lookup_of_no_columns_only_finds_misses():

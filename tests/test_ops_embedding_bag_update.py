@@ -139,5 +139,4 @@ def test_errors_in_several_tables_report_the_first(num_threads):
 def test_opcheck_update():
     weights, state, grad, indices, offsets, _ = case((4, 3), (10, 20), 3, torch.float32, torch.int64, False)
     torch.library.opcheck(torch.ops.mprec.batched_embedding_bag_update.default,
-                          (weights, state, grad.float(), indices, offsets, 0, None, [], "rowwise_adagrad", 0.1, 1e-8),
-                          test_utils=("test_schema", "test_faketensor"))
+                          (weights, state, grad.float(), indices, offsets, 0, None, [], "rowwise_adagrad", 0.1, 1e-8))

@@ -61,12 +61,14 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        rows = x.shape[0] if x.dim() == 2 else 0
-        padded = bucket_rows(rows)
-        if padded != rows and x.device.type == "cpu" and not (torch.is_grad_enabled() and (
-                x.requires_grad or any(p.requires_grad for p in self.parameters()))):
-            # Inference on a batch of unusual size: run the GEMMs on a bucketed row count (see bucket_rows).
-            return self._forward(torch.cat([x, x.new_zeros(padded - rows, x.shape[1])])).narrow(0, 0, rows)
+        # Under torch.compile the GEMMs are inductor's (mprec.ops.mlp), which builds no kernel per row count.
+        if x.dim() == 2 and x.device.type == "cpu" and not torch.compiler.is_compiling():
+            rows = x.shape[0]
+            padded = bucket_rows(rows)
+            if padded != rows and not (torch.is_grad_enabled() and (
+                    x.requires_grad or any(p.requires_grad for p in self.parameters()))):
+                # Inference on a batch of unusual size: run the GEMMs on a bucketed row count (see bucket_rows).
+                return self._forward(torch.cat([x, x.new_zeros(padded - rows, x.shape[1])])).narrow(0, 0, rows)
         return self._forward(x)
 
     def plain(self, x: Tensor) -> Tensor:

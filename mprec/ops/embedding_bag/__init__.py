@@ -422,7 +422,7 @@ FUSED_OPTIMIZERS = ("sgd", "rowwise_adagrad")
 
 
 @register_fake("mprec::batched_embedding_bag_update")
-def _batched_embedding_bag_update_fake(weights, state, grad, indices, offsets, mode=0, per_sample_weights=None,
+def _batched_embedding_bag_update_fake(weights, state, grad, indices, offsets, pooling_mode=0, per_sample_weights=None,
                                        padding_idx=(), optimizer="sgd", lr=0.01, eps=1e-8):
     if optimizer not in FUSED_OPTIMIZERS:
         raise ValueError(f"mprec::batched_embedding_bag_update: optimizer must be 'sgd' or 'rowwise_adagrad', "

@@ -181,7 +181,7 @@ def batched_embedding_bag_per_sample_weights_backward(grad: Tensor, weights: lis
 
 
 def batched_embedding_bag_update(weights: list[Tensor], state: list[Tensor], grad: Tensor, indices: Tensor,
-                                 offsets: Tensor, mode: int = 0, per_sample_weights: Optional[Tensor] = None,
+                                 offsets: Tensor, pooling_mode: int = 0, per_sample_weights: Optional[Tensor] = None,
                                  padding_idx: Sequence[int] = (), optimizer: str = "sgd", lr: float = 0.01,
                                  eps: float = 1e-8) -> None:
     """The backward fused with SGD or row-wise Adagrad, in place: each looked-up row sums its contributions
@@ -189,8 +189,8 @@ def batched_embedding_bag_update(weights: list[Tensor], state: list[Tensor], gra
     op = "mprec::batched_embedding_bag_update"
     if optimizer not in FUSED_OPTIMIZERS:
         raise ValueError(f"{op}: optimizer must be 'sgd' or 'rowwise_adagrad', got '{optimizer}'")
-    tables, bags = _batched_call(op, weights, indices, offsets, mode, padding_idx)
-    if mode == _MAX:
+    tables, bags = _batched_call(op, weights, indices, offsets, pooling_mode, padding_idx)
+    if pooling_mode == _MAX:
         raise ValueError(f"{op}: fused optimizers support mode sum (0) and mean (1), got max (2)")
     _check_grad(op, grad, bags, sum(t.weight.shape[1] for t in tables))
     for t, w in enumerate(weights):
@@ -211,11 +211,11 @@ def batched_embedding_bag_update(weights: list[Tensor], state: list[Tensor], gra
                                  f"{weights[t].shape[0]} entries (one per row), got {dtype_name(s.dtype)} {sizes(s)}")
     elif len(state):
         raise ValueError(f"{op}: sgd takes no state, got {len(state)} tensors")
-    psw = _checked_per_sample_weights(op, per_sample_weights, mode, indices.numel(), acc)
+    psw = _checked_per_sample_weights(op, per_sample_weights, pooling_mode, indices.numel(), acc)
     # Every lookup is validated before any row changes, so bad input leaves every table as it was.
     lookups = _lookups(op, tables, indices, offsets, bags)
     g = grad.to(acc)
-    scales = _scales(lookups, mode, psw, acc)
+    scales = _scales(lookups, pooling_mode, psw, acc)
     with torch.no_grad():  # the tables are parameters; the update is not part of any graph
         for t, table in enumerate(tables):
             rows, values = _contributions(g, table, t, bags, lookups, scales)

@@ -27,8 +27,8 @@ products are float32 throughout (no bf16/tf32 shortcut); only the summation orde
 The choices travel with training checkpoints (:func:`gemm_choices`, :func:`restore_gemm_choices`), so a
 resumed run computes as the run it continues did, bit for bit; ``MPREC_GEMM=onednn|blas`` (or
 :func:`use_gemm_library`) fixes the library instead. bfloat16 goes to oneDNN only where the CPU computes it (AVX-512
-or AMX). Everything else (other devices and dtypes, N-d inputs) is ``F.linear`` followed by the
-activation, in place.
+or AMX). Everything else (other devices and dtypes, N-d inputs, and any call under ``torch.compile``, whose
+inductor chooses its own GEMMs) is ``F.linear`` followed by the activation, in place.
 """
 
 from __future__ import annotations
@@ -130,8 +130,6 @@ def gemm_library(product: str, a: Tensor, b: Tensor, activation: str = "none", b
     fixed = getattr(_block, "library", _env_library)
     if fixed is not None:
         return fixed
-    if torch.compiler.is_compiling():
-        return "onednn"
     # The batch is a's rows in the forward and input gradient, its columns in the weight gradient.
     m, k = a.shape
     batch, m, k = (k, m, None) if product == "weight_grad" else (m, None, k)
@@ -315,8 +313,11 @@ def _cast(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
 
 
 def _layers(x: Tensor, weights: list, biases: list, activations: list) -> Tensor:
+    # Under torch.compile the layers are F.linear and ReLU, which inductor fuses and lowers with its own choice of
+    # GEMM. A traced function cannot time the libraries, and inductor lowers oneDNN's linear op only on weights
+    # frozen into constants (it refuses a parameter).
     if _HAS_FUSED and x.device.type == "cpu" and x.dim() == 2 and x.shape[0] > 0 and \
-            all(w.device.type == "cpu" for w in weights):
+            all(w.device.type == "cpu" for w in weights) and not torch.compiler.is_compiling():
         autocast = torch.is_autocast_enabled("cpu")
         dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
         if dtype in _ONEDNN_DTYPES and all(w.dtype in (torch.float32, torch.bfloat16) for w in weights):
