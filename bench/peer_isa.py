@@ -10,7 +10,9 @@ This module imports nothing but the standard library, for that reason."""
 
 from __future__ import annotations
 
+import getpass
 import os
+import tempfile
 from typing import MutableMapping
 
 CAPS = {
@@ -24,11 +26,25 @@ CAPS = {
 
 
 def apply(environ: MutableMapping[str, str] = os.environ) -> dict:
-    """Sets the caps of ``MPREC_CPU_ISA`` in ``environ`` (those not already set); returns the caps in force."""
-    caps = CAPS.get(environ.get("MPREC_CPU_ISA", "").strip().lower(), {})
+    """Sets the caps of ``MPREC_CPU_ISA`` in ``environ`` (those not already set); returns the caps in force.
+
+    A capped process also gets an inductor cache of its own (``TORCHINDUCTOR_CACHE_DIR``, unless set): inductor keys
+    its cached graphs without ATen's cap, so a graph generated under an AVX2 cap (loops that step 8 floats) would be
+    reused by an uncapped process, whose kernels are built for AVX-512 (16-float vectors): each loop's last store
+    then writes past its buffer."""
+    level = environ.get("MPREC_CPU_ISA", "").strip().lower()
+    caps = CAPS.get(level, {})
     for name, value in caps.items():
         environ.setdefault(name, value)
+    if caps:
+        environ.setdefault("TORCHINDUCTOR_CACHE_DIR", inductor_cache_dir(level))
     return {name: environ[name] for name in caps}
+
+
+def inductor_cache_dir(level: str) -> str:
+    """The inductor cache of processes capped at ``level``: beside inductor's default one
+    (``<tmp>/torchinductor_<user>``), named after the cap."""
+    return os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}_{level}")
 
 
 def in_force(environ: MutableMapping[str, str] = os.environ) -> dict:

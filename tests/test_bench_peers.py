@@ -45,6 +45,11 @@ def test_an_emulated_avx2_caps_every_peer_and_keeps_caps_set_by_hand():
     assert caps["ATEN_CPU_CAPABILITY"] == "avx2" and caps["FBGEMM_ENABLE_INSTRUCTIONS"] == "AVX2"
     assert caps["ONEDNN_MAX_CPU_ISA"] == "AVX2"
     assert caps["MKL_ENABLE_INSTRUCTIONS"] == "SSE4_2"  # set by hand: kept
+    # inductor's compiled graphs, generated for the cap's vector width, are cached apart from uncapped ones
+    assert environ["TORCHINDUCTOR_CACHE_DIR"] == peer_isa.inductor_cache_dir("avx2") != peer_isa.inductor_cache_dir("")
+    mine = {"MPREC_CPU_ISA": "avx2", "TORCHINDUCTOR_CACHE_DIR": "/elsewhere"}
+    peer_isa.apply(mine)
+    assert mine["TORCHINDUCTOR_CACHE_DIR"] == "/elsewhere"
 
 
 @pytest.mark.parametrize("isa", [None, "avx512", "scalar"])
