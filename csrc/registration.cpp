@@ -82,8 +82,13 @@ TORCH_LIBRARY(mprec, m) {
   // (fixed row blocks), so per-id vectors can be cached bit-exactly. The DHE decoder's later layers.
   m.def("rowwise_linear(Tensor input, Tensor weight, Tensor? bias=None, str activation='none') -> Tensor");
 
-  // -- MLP: the backward of mprec.nn.MLP's Linear + ReLU layers ------------------------------------------
+  // -- MLP: mprec.nn.MLP's Linear + ReLU layers -------------------------------------------------------------
   m.set_python_module("mprec.ops.mlp");
+  // activation(a @ b^T + bias) [M, N] for a [M, K], b [N, K] (either may be a strided view): one of a layer's
+  // products ('forward', 'input_grad', or 'weight_grad', which takes no activation or bias), on the GEMM library
+  // measured fastest for it. Its CPU kernel is mprec.ops.mlp's (Python: the choice is made there); an op so that
+  // torch.compile keeps the product and its choice rather than lowering a GEMM of its own.
+  m.def("mlp_product(Tensor a, Tensor b, Tensor? bias, str product, str activation) -> Tensor");
   // grad [B, N] *= (output > 0) in place (ReLU's backward from the layer's output); returns the column sums of
   // the result [N] (the layer's bias gradient), summed over fixed row blocks in order. float32, float64, bfloat16.
   m.def("relu_backward_bias_(Tensor(a!) grad, Tensor output) -> Tensor");

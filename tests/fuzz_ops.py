@@ -193,6 +193,12 @@ def argument(name: str, op: str, s: Sizes, rng: random.Random):
         return _floats(rng, (s.N, s.I), s.float)
     if name == "x":
         return _floats(rng, (s.B, s.F, s.D), s.float)
+    if name == "a":  # mlp_product's [M, K]; b [N, K], now and then a transposed view as a backward passes it
+        return _floats(rng, (s.N, s.I), s.float)
+    if name == "b":
+        return _floats(rng, (s.I, s.O), s.float).t() if rng.random() < 0.3 else _floats(rng, (s.O, s.I), s.float)
+    if name == "product":
+        return rng.choice(("forward", "input_grad", "weight_grad", "forward", "backward"))
     if name == "dense":
         return _floats(rng, (s.B, s.D), s.float)
     if name == "pad_to":

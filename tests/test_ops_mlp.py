@@ -1,6 +1,8 @@
 """mprec::relu_backward_bias_ against its float64 reference (odd shapes, every ISA, in place, thread-count
 independence, errors), and mprec.nn.MLP's training backward, which runs it on the gradients of its inner layers
-only: the same gradients as aten's ReLU backward and sum, and a caller's gradient left as it was."""
+only: the same gradients as aten's ReLU backward and sum, and a caller's gradient left as it was.
+mprec::mlp_product (one product on its library) against float64, its errors and opcheck, and a compiled MLP
+whose products go through it."""
 
 import pytest
 import torch
@@ -124,3 +126,106 @@ def test_mlp_backward_fuses_its_inner_layers_and_leaves_the_callers_gradient(las
     tol = 2e-2 if bf16 else 1e-5  # bf16: the bias sums are rounded from float32 sums taken in another order
     for a, b in zip(fused, unfused):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+# --- mprec::mlp_product: one product of a layer, as the compiled graph calls it ------------------------------------
+
+PRODUCT_CASES = [("forward", "relu", True), ("forward", "none", False), ("input_grad", "none", False),
+                 ("weight_grad", "none", False)]
+
+
+@pytest.mark.parametrize("way", ["onednn", "blas", "measured"])
+@pytest.mark.parametrize("product,activation,with_bias", PRODUCT_CASES)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (37, 13, 129), (300, 64, 5)])
+def test_mlp_product_against_float64(shape, product, activation, with_bias, way, monkeypatch):
+    """activation(a @ b.T + bias) on each library (and the one measured), for b contiguous and as the transposed
+    view a backward passes; a weight gradient also on its transposed forms."""
+    M, K, N = shape
+    monkeypatch.setattr(mprec.ops.mlp, "_choices", {})
+    a = torch.randn(M, K)
+    bias = torch.randn(N) if with_bias else None
+    for b in (torch.randn(N, K), torch.randn(K, N).t()):
+        want = a.double() @ b.double().t() + (0 if bias is None else bias.double())
+        want = want.relu() if activation == "relu" else want
+        with use_gemm_library(None if way == "measured" else way):
+            got = torch.ops.mprec.mlp_product(a, b, bias, product, activation)
+        assert got.shape == (M, N) and got.dtype == torch.float32 and got.is_contiguous()
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4 * K ** 0.5)
+    if product == "weight_grad":
+        for way in ("onednn-transposed", "blas-transposed"):
+            monkeypatch.setattr(mprec.ops.mlp, "_choices", {})
+            monkeypatch.setattr(mprec.ops.mlp, "_measure", lambda *args, way=way: way)
+            got = torch.ops.mprec.mlp_product(a, b, None, product, "none")
+            assert got.is_contiguous()
+            torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4 * K ** 0.5)
+
+
+def test_mlp_product_errors_from_cpu_and_fake_kernels():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    op = torch.ops.mprec.mlp_product
+    a, b = torch.randn(4, 3), torch.randn(5, 3)
+    cases = [
+        ((a, b, None, "backward", "none"), r"product must be one of \('forward', 'input_grad', 'weight_grad'\), "
+                                           r"got 'backward'"),
+        ((a, b, None, "forward", "mish"), r"activation must be one of \('none', 'relu'\), got 'mish'"),
+        ((a, b, torch.randn(5), "weight_grad", "none"), "a weight gradient takes no activation or bias, got "
+                                                        "activation 'none' and a bias"),
+        ((a.double(), b.double(), None, "forward", "none"), "a and b must both be Float.*, got Double and Double"),
+        ((a, b.bfloat16(), None, "forward", "none"), "a and b must both be Float.*, got Float and BFloat16"),
+        ((a, torch.randn(5, 4), None, "forward", "none"), r"a must be \[M, K\] and b \[N, K\], got shapes \[4, 3\] "
+                                                          r"and \[5, 4\]"),
+        ((a.view(-1), b, None, "forward", "none"), r"a must be .*, got shapes \[12\] and \[5, 3\]"),
+        ((a, b, torch.randn(4), "forward", "relu"), r"bias must be Float \[5\], got Float \[4\]"),
+    ]
+    for args, message in cases:
+        with pytest.raises(ValueError, match="mprec::mlp_product: " + message):
+            op(*args)
+        with FakeTensorMode() as mode, pytest.raises(ValueError, match="mprec::mlp_product: " + message):
+            op(*[mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in args])
+    with pytest.raises(ValueError, match="mprec::mlp_product: .*b.* None"):
+        op(a, None, None, "forward", "none")
+
+
+def test_mlp_product_opcheck():
+    a, b = torch.randn(6, 5), torch.randn(7, 5)
+    for args in [(a, b, torch.randn(7), "forward", "relu"), (a, torch.randn(5, 7).t(), None, "input_grad", "none"),
+                 (a, b, None, "weight_grad", "none")]:
+        torch.library.opcheck(torch.ops.mprec.mlp_product.default, args)
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["infer", "train"])
+def test_compiled_mlp_runs_each_product_on_the_measured_library(train, monkeypatch):
+    """Under torch.compile (fullgraph, dynamic) an MLP's products stay mprec's: each one the compiled code runs
+    goes through the library choice, as in eager, and the results equal eager's."""
+    monkeypatch.setattr(mprec.ops.mlp, "_choices", {})
+    calls = []
+    run_product = mprec.ops.mlp.run_product
+
+    def counting(way, a, b, *args):
+        calls.append(way)
+        return run_product(way, a, b, *args)
+
+    torch.manual_seed(0)
+    mlp = MLP([13, 64, 32, 1])
+    compiled = torch.compile(mlp, fullgraph=True, dynamic=True)
+    for rows in (50, 77):
+        x = torch.randn(rows, 13, requires_grad=train)
+        with torch.set_grad_enabled(train):
+            want = mlp(x)
+            monkeypatch.setattr(mprec.ops.mlp, "run_product", counting)
+            got = compiled(x)
+            monkeypatch.setattr(mprec.ops.mlp, "run_product", run_product)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        if train:
+            g = torch.randn_like(want)
+            want_grads = torch.autograd.grad(want, [x, *mlp.parameters()], g)
+            monkeypatch.setattr(mprec.ops.mlp, "run_product", counting)
+            got_grads = torch.autograd.grad(got, [x, *mlp.parameters()], g)
+            monkeypatch.setattr(mprec.ops.mlp, "run_product", run_product)
+            for a, b in zip(got_grads, want_grads):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # Three layers: a forward product each, and in training an input gradient and a weight gradient each.
+    per_call = 3 * 3 if train else 3
+    assert len(calls) == 2 * per_call, calls
+    assert set(calls) <= set(mprec.ops.mlp.WEIGHT_GRAD_WAYS)

@@ -61,7 +61,8 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        # Under torch.compile the GEMMs are inductor's (mprec.ops.mlp), which builds no kernel per row count.
+        # Not under torch.compile, where the row count may be symbolic: there each new row count costs oneDNN a
+        # kernel build once, as it would without buckets.
         if x.dim() == 2 and x.device.type == "cpu" and not torch.compiler.is_compiling():
             rows = x.shape[0]
             padded = bucket_rows(rows)

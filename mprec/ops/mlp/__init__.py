@@ -27,8 +27,12 @@ products are float32 throughout (no bf16/tf32 shortcut); only the summation orde
 The choices travel with training checkpoints (:func:`gemm_choices`, :func:`restore_gemm_choices`), so a
 resumed run computes as the run it continues did, bit for bit; ``MPREC_GEMM=onednn|blas`` (or
 :func:`use_gemm_library`) fixes the library instead. bfloat16 goes to oneDNN only where the CPU computes it (AVX-512
-or AMX). Everything else (other devices and dtypes, N-d inputs, and any call under ``torch.compile``, whose
-inductor chooses its own GEMMs) is ``F.linear`` followed by the activation, in place.
+or AMX). Everything else (other devices and dtypes, N-d inputs) is ``F.linear`` followed by the activation, in
+place.
+
+Under ``torch.compile`` the layers are traced as in eager, and each product becomes the op ``mprec::mlp_product``,
+which the compiled graph calls as it is: a compiled model's products run on the libraries measured for them, and
+inductor fuses the rest around them.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from torch.nn import functional as F
 
 from ...precision import bf16_native
 from ...timing import fastest
-from ..arguments import register_fake
+from ..arguments import refusing_none, register_fake
 from ..spelling import dtype_name, sizes
 
 __all__ = ["linear", "linear_stack", "relu_backward_bias_", "ACTIVATIONS", "GEMM_LIBRARIES", "WEIGHT_GRAD_WAYS",
@@ -150,7 +154,49 @@ def _measure(product: str, a: Tensor, b: Tensor, activation: str, bias: Optional
 
 
 def _product(product: str, a: Tensor, b: Tensor, activation: str = "none", bias: Optional[Tensor] = None) -> Tensor:
+    if torch.compiler.is_compiling():
+        # The op, which the compiled graph calls as it is: the library is chosen (measured) when it runs, as in
+        # eager. Traced as F.linear the product would be inductor's GEMM; as oneDNN's linear op, inductor refuses
+        # it (it lowers that op only on weights frozen into constants).
+        return torch.ops.mprec.mlp_product(a, b, bias, product, activation)
     return run_product(gemm_library(product, a, b, activation, bias), a, b, activation, bias)
+
+
+def _check_product(op: str, a: Tensor, b: Tensor, bias: Optional[Tensor], product: str, activation: str) -> None:
+    """mprec::mlp_product's checks: its CPU kernel's and its fake kernel's."""
+    if product not in PRODUCTS:
+        raise ValueError(f"{op}: product must be one of {PRODUCTS}, got {product!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{op}: activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if product == "weight_grad" and (activation != "none" or bias is not None):
+        raise ValueError(f"{op}: a weight gradient takes no activation or bias, got activation {activation!r} "
+                         f"and {'a' if bias is not None else 'no'} bias")
+    for name, t in (("a", a), ("b", b), ("bias", bias)):
+        if t is not None and t.device.type != "cpu":
+            raise ValueError(f"{op}: runs on the CPU, got {name} on {t.device}")
+    if a.dtype not in _ONEDNN_DTYPES or b.dtype != a.dtype:
+        allowed = " or ".join(dtype_name(d) for d in _ONEDNN_DTYPES)
+        raise ValueError(f"{op}: a and b must both be {allowed}, got {dtype_name(a.dtype)} and {dtype_name(b.dtype)}")
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"{op}: a must be [M, K] and b [N, K], got shapes {sizes(a)} and {sizes(b)}")
+    if bias is not None and (bias.dtype != a.dtype or bias.dim() != 1 or bias.shape[0] != b.shape[0]):
+        raise ValueError(f"{op}: bias must be {dtype_name(a.dtype)} [{b.shape[0]}], got {dtype_name(bias.dtype)} "
+                         f"{sizes(bias)}")
+
+
+def _mlp_product_cpu(a: Tensor, b: Tensor, bias: Optional[Tensor], product: str, activation: str) -> Tensor:
+    _check_product("mprec::mlp_product", a, b, bias, product, activation)
+    return run_product(gemm_library(product, a, b, activation, bias), a, b, activation, bias)
+
+
+@register_fake("mprec::mlp_product")
+def _mlp_product_fake(a, b, bias, product, activation):
+    _check_product("mprec::mlp_product", a, b, bias, product, activation)
+    return a.new_empty((a.shape[0], b.shape[0]))
+
+
+_LIBRARY = torch.library.Library("mprec", "IMPL")
+_LIBRARY.impl("mlp_product", refusing_none("mprec::mlp_product", _mlp_product_cpu), "CPU")
 
 
 def gemm_choices() -> list[list]:
@@ -313,11 +359,9 @@ def _cast(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
 
 
 def _layers(x: Tensor, weights: list, biases: list, activations: list) -> Tensor:
-    # Under torch.compile the layers are F.linear and ReLU, which inductor fuses and lowers with its own choice of
-    # GEMM. A traced function cannot time the libraries, and inductor lowers oneDNN's linear op only on weights
-    # frozen into constants (it refuses a parameter).
+    # Under torch.compile too: each product is then the op mprec::mlp_product (_product).
     if _HAS_FUSED and x.device.type == "cpu" and x.dim() == 2 and x.shape[0] > 0 and \
-            all(w.device.type == "cpu" for w in weights) and not torch.compiler.is_compiling():
+            all(w.device.type == "cpu" for w in weights):
         autocast = torch.is_autocast_enabled("cpu")
         dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
         if dtype in _ONEDNN_DTYPES and all(w.dtype in (torch.float32, torch.bfloat16) for w in weights):
