@@ -5,7 +5,9 @@ dim 16, batch 2,048, Zipf(1.05) ids), in one run:
   over everything (sparse table gradients), bmm + tril-index interaction; fp32 and under bf16 autocast;
 - mprec: mprec.models.DLRM (one batched embedding-bag call, fused SGD tables, mprec::dot_interaction),
   fp32 and under bf16 autocast;
-- torchrec: TorchRec's DLRM on CPU (unsharded EmbeddingBagCollection, dense table gradients, SGD), fp32.
+- torchrec: TorchRec's DLRM on CPU (unsharded EmbeddingBagCollection, dense table gradients, SGD), fp32;
+- eager-compiled, mprec-compiled: the eager and mprec models under torch.compile (inductor, default options; the
+  loss, backward and optimizer step as for the others), fp32: what a user who compiles gets of each.
 
 Every implementation has the same MLP and table initialisation. The implementations of a case take turns
 in blocks of consecutive steps (mprec.timing.in_blocks), the first step of a block untimed: it meets the
@@ -51,6 +53,9 @@ SETTLE_SECONDS = 3.0
 CASES = [("train", "fp32"), ("train", "bf16"), ("infer", "fp32"), ("infer", "bf16")]
 MEASURED_CASES = [c for c in CASES if c[1] == "fp32" or bf16_native()]
 FLOOR_RUNS = 7  # rounds of mprec.timing.fastest choosing each product's way
+COMPILED = {"eager-compiled": "eager", "mprec-compiled": "mprec"}
+IMPLS = ["eager", "mprec", *COMPILED, "torchrec"]
+FP32_ONLY = ("torchrec", *COMPILED)  # measured in fp32 only
 
 
 def gemm_floor(model, batch=BATCH):
@@ -177,6 +182,8 @@ def dlrm_setup():
     optimizers = {"mprec": torch.optim.SGD(models["mprec"].dense_parameters(), lr=LR),
                   "eager": torch.optim.SGD(eager.parameters(), lr=LR)}
     forwards = {"mprec": _plain, "eager": _plain}
+    for name, of in COMPILED.items():  # the same parameters and optimizer as the model compiled
+        models[name], optimizers[name], forwards[name] = torch.compile(models[of]), optimizers[of], _plain
     try:
         models["torchrec"] = torchrec_model(KAGGLE_TABLE_SIZES)
         optimizers["torchrec"] = torch.optim.SGD(models["torchrec"].parameters(), lr=LR)
@@ -188,8 +195,11 @@ def dlrm_setup():
     floors = gemm_floor(models["mprec"])
     times, floor = {}, {}
     for phase, precision in MEASURED_CASES:
-        impls = [i for i in ("eager", "mprec", "torchrec") if i in models and not (i == "torchrec" and precision != "fp32")]
+        impls = [i for i in IMPLS if i in models and not (i in FP32_ONLY and precision != "fp32")]
         steps = {i: make_step(models[i], optimizers[i], phase, precision, forwards[i]) for i in impls}
+        for i in impls:
+            if i in COMPILED:  # compiles the phase's graphs before the machine settles
+                steps[i](batches[0])
         settle_until = time.perf_counter() + SETTLE_SECONDS
         while time.perf_counter() < settle_until:
             for i in impls:
@@ -206,14 +216,14 @@ def dlrm_setup():
     return dict(models=models, optimizers=optimizers, forwards=forwards, batches=batches, times=times, floor=floor)
 
 
-@pytest.mark.parametrize("impl", ["eager", "mprec", "torchrec"])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("phase,precision", CASES)
 def test_dlrm(benchmark, dlrm_setup, phase, precision, impl):
     setup = dlrm_setup
     if impl not in setup["models"]:
         pytest.skip("torchrec is not installed (make bench-deps)")
-    if impl == "torchrec" and precision != "fp32":
-        pytest.skip("TorchRec is measured in fp32 only")
+    if impl in FP32_ONLY and precision != "fp32":
+        pytest.skip(f"{impl} is measured in fp32 only")
     if (phase, precision) not in MEASURED_CASES:
         pytest.skip("this CPU has no native bfloat16: precision auto runs fp32 (mprec.precision)")
     times = setup["times"][(phase, precision)][impl]

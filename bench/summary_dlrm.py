@@ -1,7 +1,7 @@
 """Reads a pytest-benchmark JSON of bench_dlrm.py and prints, per case (train / infer, fp32 / bf16), each
 implementation's median step (timed in turns of blocks; round-robin in older files), examples/s, ratios to eager
-and the MLPs' GEMM floor as a fraction of the step; then the targets, which depend on the machine's kind (AVX-512
-or AVX2).
+and the MLPs' GEMM floor as a fraction of the step; mprec against eager with both compiled, where measured; then
+the targets, which depend on the machine's kind (AVX-512 or AVX2).
 
     python bench/summary_dlrm.py bench/results/<machine>-<isa>-dlrm.json
 """
@@ -45,7 +45,7 @@ def summarize(path):
         lines += ["MLP GEMM floor (a step's products alone, each on the fastest of mprec's ways: MKL or oneDNN, either "
                   f"form of the weight gradient; {when}): "
                   + ", ".join(f"{phase} {v:.2f} ms" for phase, v in floor.items()), ""]
-    lines.append(f"{'phase':<6} {'precision':<9} {'impl':<9} {'median ms':>10} {'examples/s':>11} {'vs eager':>9} "
+    lines.append(f"{'phase':<6} {'precision':<9} {'impl':<14} {'median ms':>10} {'examples/s':>11} {'vs eager':>9} "
                  f"{'vs eager fp32':>14} {'floor/step':>11}")
     lines.append("-" * len(lines[-1]))
     for (phase, precision), impls in rate.items():
@@ -54,8 +54,13 @@ def summarize(path):
             fp32 = r / rate[(phase, "fp32")]["eager"]
             step = ms[(phase, precision)][impl]
             of_floor = f"{floor[phase] / step:10.0%}" if precision == "fp32" and phase in floor else ""
-            lines.append(f"{phase:<6} {precision:<9} {impl:<9} {step:10.2f} {r:11,.0f} {same:8.2f}x {fp32:13.2f}x "
+            lines.append(f"{phase:<6} {precision:<9} {impl:<14} {step:10.2f} {r:11,.0f} {same:8.2f}x {fp32:13.2f}x "
                          f"{of_floor:>11}")
+    compiled = [f"{phase} {impls['mprec-compiled'] / impls['eager-compiled']:.2f}x"
+                for (phase, precision), impls in rate.items()
+                if precision == "fp32" and "mprec-compiled" in impls and "eager-compiled" in impls]
+    if compiled:
+        lines += ["", "both under torch.compile (fp32), mprec vs eager: " + ", ".join(compiled)]
     if native is False:
         lines += ["", "bf16: not measured; this CPU has no native bfloat16, so precision auto (mprec.precision) runs "
                       "fp32 and fp32 is the fastest mode."]

@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 try:
     import run
+    import summary_dlrm
 finally:
     sys.path.remove(str(ROOT / "bench"))
 
@@ -57,3 +58,20 @@ def test_runs_must_be_at_least_one():
                             text=True)
     assert result.returncode == 2
     assert "--runs must be at least 1, got 0" in result.stderr
+
+
+def test_dlrm_summary_compares_the_compiled_models(tmp_path):
+    """Each implementation's row, and mprec against eager with both under torch.compile."""
+    import json
+
+    ms = {("train", "eager"): 50.0, ("train", "mprec"): 40.0, ("train", "eager-compiled"): 48.0,
+          ("train", "mprec-compiled"): 32.0, ("infer", "eager"): 15.0, ("infer", "mprec"): 12.0}
+    entries = [{"extra_info": {"phase": phase, "precision": "fp32", "impl": impl, "interleaved_median_ms": v,
+                               "examples_per_second": 2048 / v * 1e3, "cpu_isa": "avx2", "bf16_native": False}}
+               for (phase, impl), v in ms.items()]
+    path = tmp_path / "dlrm.json"
+    path.write_text(json.dumps({"machine_info": {}, "benchmarks": entries}))
+    lines = summary_dlrm.summarize(path).splitlines()
+    assert any(line.split()[:4] == ["train", "fp32", "mprec-compiled", "32.00"] for line in lines)
+    assert "both under torch.compile (fp32), mprec vs eager: train 1.50x" in lines  # infer: eager not compiled
+    assert "  [MISS] train fp32: mprec >= 1.3x eager fp32: 1.25" in lines  # the targets stay uncompiled
