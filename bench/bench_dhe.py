@@ -1,6 +1,7 @@
 """DHE benchmark: mprec's DHE ops and layers against the eager computation of the MP-Rec artifact
 (``torch.outer(x, a).add(b).fmod(p).fmod(m)``, the uniform transform, an ``nn.Sequential`` decoder), in
-the same run, one pytest-benchmark group per case.
+the same run, one pytest-benchmark group per case; and the same eager computation under torch.compile
+(inductor, default options), which fuses the hashing and the transform into one pass as mprec does.
 
     make bench                       # every bench_*.py, then the summaries (bench/run.py)
     pytest bench/bench_dhe.py --benchmark-json=out.json && python bench/summary_dhe.py out.json
@@ -81,7 +82,7 @@ def test_matmul_rate(benchmark):
 
 # --- encode --------------------------------------------------------------------------------------------
 
-ENCODE_IMPLS = ["eager", "mprec", "mprec gaussian"]
+ENCODE_IMPLS = ["eager", "eager compiled", "mprec", "mprec gaussian"]
 
 
 @pytest.mark.parametrize("impl", ENCODE_IMPLS)
@@ -90,11 +91,13 @@ def test_encode(benchmark, impl):
     ids = ids_for(4096)
     benchmark.group = "encode 4096 x 1024"
     benchmark.extra_info.update(case="encode 4096 x 1024", impl=impl, hashes=ids.numel() * K)
-    if impl == "eager":
-        fn = lambda: eager_encode(ids, a, b)
+    if impl.startswith("eager"):
+        encode = torch.compile(eager_encode) if impl == "eager compiled" else eager_encode
+        fn = lambda: encode(ids, a, b)
     else:
         transform = "gaussian" if "gaussian" in impl else "uniform"
         fn = lambda: mprec.ops.dhe_encode(ids, a, b, P, M, transform)
+    # The warmup rounds compile the compiled implementation.
     benchmark.pedantic(fn, rounds=15 if impl == "eager" else 40, iterations=1, warmup_rounds=2)
 
 
@@ -104,7 +107,7 @@ FORWARD_CASES = {
     "kaggle 1024-128-16 x4096": ((1024, 128, 16), 4096),
     "large 1024-512-256-64 x16384": ((1024, 512, 256, 64), 16384),
 }
-FORWARD_IMPLS = ["eager", "mprec", "mprec bf16"] if bf16_native() else ["eager", "mprec"]
+FORWARD_IMPLS = ["eager", "eager compiled", "mprec"] + (["mprec bf16"] if bf16_native() else [])
 
 
 def decoder_flops(widths, n):
@@ -120,14 +123,19 @@ def test_forward(benchmark, case, impl):
     benchmark.group = case
     benchmark.extra_info.update(case=case, impl=impl, hashes=n * widths[0], flops=decoder_flops(widths, n),
                                 dtype="bfloat16" if "bf16" in impl else "float32")
-    if impl == "eager":
+    if impl.startswith("eager"):
         # The same parameters as the mprec layer, so both compute the same function.
         decoder = eager_decoder(widths)
         with torch.no_grad():
             for lin, ref in zip(layer.layers, [m for m in decoder if isinstance(m, nn.Linear)]):
                 ref.weight.copy_(lin.weight)
                 ref.bias.copy_(lin.bias)
-        fn = lambda: decoder(eager_encode(ids, layer.hash_a, layer.hash_b))
+
+        def forward(ids):
+            return decoder(eager_encode(ids, layer.hash_a, layer.hash_b))
+
+        forward = torch.compile(forward) if impl == "eager compiled" else forward
+        fn = lambda: forward(ids)
     else:
         if "bf16" in impl:
             layer = layer.to(torch.bfloat16)

@@ -1,7 +1,7 @@
 """Reads a pytest-benchmark JSON of bench_dlrm.py and prints, per case (train / infer, fp32 / bf16), each
 implementation's median step (timed in turns of blocks; round-robin in older files), examples/s, ratios to eager
 and the MLPs' GEMM floor as a fraction of the step; then the targets, which depend on the machine's kind (AVX-512
-or AVX2), with mprec against eager both under torch.compile held to the same ratio where they were measured.
+or AVX2), and mprec ahead of eager with both under torch.compile, where they were measured.
 
     python bench/summary_dlrm.py bench/results/<machine>-<isa>-dlrm.json
 """
@@ -18,6 +18,7 @@ SAME_PRECISION_TARGET = {"avx512": 2.0, "avx2": 1.3, "scalar": 1.3}
 BF16_TARGET = 1.3         # mprec bf16 against eager bf16, where bf16 is native
 FASTEST_TARGET = 2.0      # mprec's fastest mode against eager fp32, where bf16 is native
 FLOOR_TARGET = 0.80       # the MLPs' GEMM floor as a fraction of mprec's fp32 step
+COMPILED_TARGET = 1.0     # mprec against eager, both under torch.compile: ahead of what compiling torch gives
 
 
 def summarize(path):
@@ -76,7 +77,8 @@ def summarize(path):
                 check(f >= FLOOR_TARGET, f"{phase} fp32: GEMM floor >= {FLOOR_TARGET:.0%} of mprec's step: {f:.0%}")
         if "mprec-compiled" in impls and "eager-compiled" in impls:
             v = impls["mprec-compiled"] / impls["eager-compiled"]
-            check(v >= target, f"{phase} fp32, both under torch.compile: mprec >= {target}x eager: {v:.2f}")
+            check(v >= COMPILED_TARGET, f"{phase} fp32, both under torch.compile: mprec >= {COMPILED_TARGET}x eager: "
+                                        f"{v:.2f}")
         bf = rate.get((phase, "bf16"), {})
         if "mprec" in bf and "eager" in bf:
             v = bf["mprec"] / bf["eager"]

@@ -61,7 +61,7 @@ def test_runs_must_be_at_least_one():
 
 
 def test_dlrm_summary_compares_the_compiled_models(tmp_path):
-    """Each implementation's row, and mprec against eager with both under torch.compile, held to the same ratio."""
+    """Each implementation's row, and mprec ahead of eager with both under torch.compile."""
     import json
 
     ms = {("train", "eager"): 50.0, ("train", "mprec"): 40.0, ("train", "eager-compiled"): 48.0,
@@ -73,6 +73,6 @@ def test_dlrm_summary_compares_the_compiled_models(tmp_path):
     path.write_text(json.dumps({"machine_info": {}, "benchmarks": entries}))
     lines = summary_dlrm.summarize(path).splitlines()
     assert any(line.split()[:4] == ["train", "fp32", "mprec-compiled", "32.00"] for line in lines)
-    assert "  [ met] train fp32, both under torch.compile: mprec >= 1.3x eager: 1.50" in lines
+    assert "  [ met] train fp32, both under torch.compile: mprec >= 1.0x eager: 1.50" in lines
     assert not any("infer fp32, both under torch.compile" in line for line in lines)  # eager was not compiled
     assert "  [MISS] train fp32: mprec >= 1.3x eager fp32: 1.25" in lines  # the targets stay uncompiled
