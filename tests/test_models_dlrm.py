@@ -161,9 +161,9 @@ def test_fused_table_optimizer_equals_autograd_then_step(optimizer):
 @pytest.mark.parametrize("tables", ["fused-rowwise_adagrad", "sparse", "dense"])
 def test_compiled_model_trains_and_predicts_as_eager(tables):
     """torch.compile(fullgraph=True, dynamic=True) of the float32 model, three batch sizes through one compiled
-    function: the MLPs become inductor's GEMMs, the tables and interaction stay mprec's ops (their fake kernels
-    and autograd), and a fused table optimizer updates the tables inside the compiled backward. Parameters,
-    gradients, optimizer state and predictions equal eager's, up to the GEMMs' summation order."""
+    function: the tables, the interaction and the MLPs' products (mprec::mlp_product) stay mprec's ops, traced
+    through their fake kernels and autograd, and a fused table optimizer updates the tables inside the compiled
+    backward. Parameters, gradients, optimizer state and predictions equal eager's, up to summation order."""
     import copy
 
     torch.manual_seed(0)
