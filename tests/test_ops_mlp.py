@@ -185,6 +185,10 @@ def test_mlp_product_errors_from_cpu_and_fake_kernels():
             op(*[mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in args])
     with pytest.raises(ValueError, match="mprec::mlp_product: .*b.* None"):
         op(a, None, None, "forward", "none")
+    # Another device: the fake kernel's words (the meta tensors run it), which the CUDA kernel shares.
+    with pytest.raises(ValueError, match="mprec::mlp_product: runs on the CPU, got a on meta"):
+        op(a.to("meta"), b.to("meta"), None, "forward", "none")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("mprec::mlp_product", "CUDA")
 
 
 def test_mlp_product_opcheck():

@@ -196,7 +196,9 @@ def _mlp_product_fake(a, b, bias, product, activation):
 
 
 _LIBRARY = torch.library.Library("mprec", "IMPL")
-_LIBRARY.impl("mlp_product", refusing_none("mprec::mlp_product", _mlp_product_cpu), "CPU")
+# On CUDA too, where the check refuses the tensors in the fake kernel's words rather than the dispatcher's.
+for _key in ("CPU", "CUDA"):
+    _LIBRARY.impl("mlp_product", refusing_none("mprec::mlp_product", _mlp_product_cpu), _key)
 
 
 def gemm_choices() -> list[list]:
