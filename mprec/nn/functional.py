@@ -76,8 +76,7 @@ def embedding_bag(
             f"mode='sum' (got mode='{mode}').")
     if input.dtype != offsets.dtype:
         input, offsets = input.to(torch.int64), offsets.to(torch.int64)
-    # No shape read without a padding_idx, as in mprec.ops.embedding_bag (a narrow table's cold call feels it).
-    padding_idx = -1 if padding_idx is None else _normalize_padding_idx("embedding_bag", padding_idx, weight.shape[0])
+    padding_idx = _normalize_padding_idx("embedding_bag", padding_idx, weight)
     if max_norm is None:
         return _pool(input, weight, offsets, mode, per_sample_weights, include_last_offset, padding_idx, sparse,
                      scale_grad_by_freq)

@@ -287,10 +287,13 @@ def _embedding_bag_psw_backward_fake(grad, weight, indices, offsets, mode, paddi
     return grad.new_empty((indices.shape[0],), dtype=_accumulation_dtype(weight))
 
 
-def _normalize_padding_idx(op: str, padding_idx: Optional[int], num_rows: int) -> int:
-    """torch's convention: None for none, negative counts from the end."""
+def _normalize_padding_idx(op: str, padding_idx: Optional[int], table: Union[Tensor, int]) -> int:
+    """torch's convention: None for none, negative counts from the end. ``table``: the weight, or its row count.
+    A weight's shape is read only for a padding_idx: after a cache flush that read is a measurable part of a
+    narrow table's call, and most calls have none."""
     if padding_idx is None:
         return -1
+    num_rows = table if isinstance(table, int) else table.shape[0]
     if not -num_rows <= padding_idx < num_rows:
         raise ValueError(f"{op}: padding_idx {padding_idx} is out of range for a table of {num_rows} rows")
     return padding_idx + num_rows if padding_idx < 0 else padding_idx
@@ -327,12 +330,9 @@ def embedding_bag(
         ``[B, D]`` in the weight's dtype (float32 for uint8 weights). Empty bags give zeros in every mode.
     """
     op = "mprec::embedding_bag"
-    # Without a padding_idx the weight's shape is not read: after a cache flush that read is a measurable part of
-    # a narrow table's call.
     out, _ = _EMBEDDING_BAG(
         weight, indices, offsets, mode_number(op, mode), per_sample_weights,
-        -1 if padding_idx is None else _normalize_padding_idx(op, padding_idx, weight.shape[0]), include_last_offset,
-        scale_bias, sparse, scale_grad_by_freq)
+        _normalize_padding_idx(op, padding_idx, weight), include_last_offset, scale_bias, sparse, scale_grad_by_freq)
     return out
 
 
@@ -410,7 +410,7 @@ def batched_embedding_bag(
     op = "mprec::batched_embedding_bag"
     weights = list(weights)
     pads = [] if padding_idx is None else [
-        _normalize_padding_idx(op, p, w.shape[0]) for p, w in zip(padding_idx, weights, strict=True)]
+        _normalize_padding_idx(op, p, w) for p, w in zip(padding_idx, weights, strict=True)]
     out, _ = _BATCHED_EMBEDDING_BAG(
         weights, indices, offsets, mode_number(op, mode), per_sample_weights, pads,
         None if scale_bias is None else list(scale_bias), sparse)
@@ -454,7 +454,7 @@ def batched_embedding_bag_update(
     op = "mprec::batched_embedding_bag_update"
     weights = list(weights)
     pads = [] if padding_idx is None else [
-        _normalize_padding_idx(op, p, w.shape[0]) for p, w in zip(padding_idx, weights, strict=True)]
+        _normalize_padding_idx(op, p, w) for p, w in zip(padding_idx, weights, strict=True)]
     torch.ops.mprec.batched_embedding_bag_update(weights, list(state), grad, indices, offsets, mode_number(op, mode),
                                                  per_sample_weights, pads, optimizer, float(lr), float(eps))
 
