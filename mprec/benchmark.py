@@ -146,7 +146,8 @@ class EmbeddingBagCase:
                 q, sb = mprec.ops.quantize_rowwise_int8(w)
                 impls["mprec"] = lambda: mprec.ops.embedding_bag(q, idx, offsets, self.mode, psw, padding_idx,
                                                                  scale_bias=sb)
-                impls[GATHER_LIMIT] = gather_limit([q], [idx])
+                # A lookup reads its row's scale and bias too, from their own array: the limit gathers both.
+                impls[GATHER_LIMIT] = gather_limit([q, sb], [idx, idx])
                 packed = torch.ops.quantized.embedding_bag_byte_prepack(w)
                 mode_number = mprec.ops.MODES[self.mode]
                 impls["torch"] = lambda: torch.ops.quantized.embedding_bag_byte_rowwise_offsets(
