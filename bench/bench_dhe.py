@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 import mprec
+from mprec.benchmark import matmul_rate
 from mprec.nn import DHEEmbeddingBag
 from mprec.precision import bf16_native
 
@@ -65,16 +66,8 @@ def zipf_batches(count, size=4096, num_ids=M, s=1.05, seed=2):
 
 def test_matmul_rate(benchmark):
     benchmark.group = "machine"
-    rates = {}
-    for dtype in (torch.float32, torch.bfloat16) if bf16_native() else (torch.float32,):
-        a, b = torch.randn(2048, 2048).to(dtype), torch.randn(2048, 2048).to(dtype)
-        times = []
-        torch.mm(a, b)
-        for _ in range(7):
-            t0 = time.perf_counter()
-            torch.mm(a, b)
-            times.append(time.perf_counter() - t0)
-        rates[str(dtype).removeprefix("torch.")] = 2 * 2048**3 / sorted(times)[3] / 1e9
+    rates = {str(dtype).removeprefix("torch."): matmul_rate(dtype)
+             for dtype in ((torch.float32, torch.bfloat16) if bf16_native() else (torch.float32,))}
     benchmark.extra_info.update(kind="matmul_rate", gflops=rates, cpu_isa=mprec.cpu_isa(), bf16_native=bf16_native())
     a = torch.randn(2048, 2048)
     benchmark.pedantic(torch.mm, args=(a, a), rounds=5, iterations=1, warmup_rounds=1)

@@ -21,7 +21,7 @@ from mprec.timing import fastest, median_ms
 
 __all__ = ["EmbeddingBagCase", "EMBEDDING_BAG_CASES", "read_bandwidth", "gather_limit", "median_ms",
            "fbgemm_available", "cache_flush_bytes", "flush_caches", "largest_cache_bytes", "GATHER_LIMIT",
-           "SUM_REFERENCE", "results_stem", "write_results"]
+           "SUM_REFERENCE", "matmul_rate", "results_stem", "write_results"]
 
 GATHER_LIMIT = "gather limit"
 # mprec's sum pooling of a max or padding_idx case's own table and ids: the reference those modes are held to.
@@ -289,6 +289,13 @@ def read_bandwidth(gib: float = 1.0, rounds: int = 9) -> float:
         ms = median_ms(lambda: reduce(x), rounds)
         best = max(best, x.numel() * 4 / (ms * 1e-3) / 1e9)
     return best
+
+
+def matmul_rate(dtype: torch.dtype = torch.float32, n: int = 2048, rounds: int = 7) -> float:
+    """The machine's matrix-product rate in GFLOP/s with torch's threads: the median of ``rounds`` products of two
+    ``n x n`` matrices of ``dtype`` (after one untimed), the reference for compute-bound kernels' GFLOP/s."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    return 2 * n**3 / (median_ms(lambda: torch.mm(a, b), rounds, warmup=1) * 1e-3) / 1e9
 
 
 def results_stem() -> str:

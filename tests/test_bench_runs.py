@@ -11,6 +11,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 try:
     import run
     import summary_dlrm
+    import summary_interaction
 finally:
     sys.path.remove(str(ROOT / "bench"))
 
@@ -76,3 +77,22 @@ def test_dlrm_summary_compares_the_compiled_models(tmp_path):
     assert "  [ met] train fp32, both under torch.compile: mprec >= 1.0x eager: 1.50" in lines
     assert not any("infer fp32, both under torch.compile" in line for line in lines)  # eager was not compiled
     assert "  [MISS] train fp32: mprec >= 1.3x eager fp32: 1.25" in lines  # the targets stay uncompiled
+
+
+def test_interaction_summary_holds_mprec_to_eager_and_compiled(tmp_path):
+    """Each implementation's row with its pairs' GFLOP/s and fraction of the matmul rate, and a target line per
+    case, phase and baseline."""
+    import json
+
+    ms = {"mprec": 0.5, "eager": 2.0, "eager compiled": 0.9}
+    entries = [{"extra_info": {"kind": "matmul_rate", "gflops": {"float32": 200.0}}}]
+    entries += [{"extra_info": {"case": "kaggle", "dim": 16, "phase": "infer", "impl": impl, "flops": 50_000_000,
+                                "interleaved_median_ms": v, "cpu_isa": "avx2", "block": 6}} for impl, v in ms.items()]
+    path = tmp_path / "interaction.json"
+    path.write_text(json.dumps({"machine_info": {}, "benchmarks": entries}))
+    lines = summary_interaction.summarize(path).splitlines()
+    # 50 MFLOP in 0.5 ms: 100 GFLOP/s, half the matmul rate; 4x eager, 1.8x compiled eager.
+    assert any(line.split() == ["kaggle", "16", "infer", "mprec", "0.500", "100.0", "50%", "4.00x", "1.80x"]
+               for line in lines)
+    assert f"  [ met] kaggle D=16 infer: mprec >= {summary_interaction.EAGER_TARGET}x eager: 4.00" in lines
+    assert f"  [MISS] kaggle D=16 infer: mprec >= {summary_interaction.COMPILED_TARGET}x eager compiled: 1.80" in lines
