@@ -158,6 +158,40 @@ inline void load_transposed(const InteractionArgs& a, int64_t b, int64_t dim, in
   }
 }
 
+template <typename A, typename B>
+constexpr bool kSameType = false;
+template <typename A>
+constexpr bool kSameType<A, A> = true;
+
+// The strict lower triangle of tri [F][padded] to out, row by row: row i's i values at out + i (i - 1) / 2.
+// Without a conversion, rows go in whole vectors: a row shorter than a vector writes past its end into the rows
+// after it, which are written later (the rows go in order), so long as that stays inside the triangle; a longer
+// row ends with the vector that ends where it does. Element by element, as rows of 1 to F - 1 values compile, the
+// copy took a sixth of the forward's time at D = 16; so, 1.02-1.13x faster on a 2-core EPYC.
+template <typename T, typename O>
+inline void store_triangle(const T* tri, int64_t padded, int64_t features, O* out) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t pairs = features * (features - 1) / 2;
+  for (int64_t i = 1; i < features; ++i) {
+    O* dst = out + i * (i - 1) / 2;
+    const T* src = tri + i * padded;
+    if constexpr (kSameType<O, T>) {
+      if (i >= L) {
+        int64_t j = 0;
+        for (; j + L <= i; j += L) store_lanes(dst + j, load_lanes(src + j));
+        if (j < i) store_lanes(dst + i - L, load_lanes(src + i - L));
+        continue;
+      }
+      if (i * (i - 1) / 2 + L <= pairs) {
+        store_lanes(dst, load_lanes(src));
+        continue;
+      }
+    }
+#pragma omp simd
+    for (int64_t j = 0; j < i; ++j) store_value(src[j], dst[j]);
+  }
+}
+
 template <typename T, typename S0, typename S1, typename O, int64_t kDim, bool kOrdered>
 void forward_fixed(const InteractionArgs& a, int64_t b0, int64_t b1, T* scratch) {
   using VT = typename Lanes<T>::type;
@@ -211,13 +245,37 @@ void forward_fixed(const InteractionArgs& a, int64_t b0, int64_t b1, T* scratch)
       }
       for (; jb < need; jb += kLanes<T>) {
         VT a0 = {}, a1 = {}, a2 = {}, a3 = {};
-        for (int64_t d = 0; d < dim; ++d) {
-          const T* col = xt + d * padded;
-          const VT c = load_lanes(col + jb);
-          a0 += col[i0] * c;
-          a1 += col[i0 + 1] * c;
-          a2 += col[i0 + 2] * c;
-          a3 += col[i0 + 3] * c;
+        if constexpr (kDim > 0 && kDim % 2 == 0) {
+          // One block's four chains of FMAs would each wait on its previous FMA: the even and odd d take chains of
+          // their own, added at the end (a fixed order still). The forward of the common widths ran 1.04-1.30x
+          // faster so on a 2-core EPYC, AVX-512 and AVX2 kernels alike.
+          VT e0 = {}, e1 = {}, e2 = {}, e3 = {};
+          for (int64_t d = 0; d < dim; d += 2) {
+            const T* col = xt + d * padded;
+            const T* odd = col + padded;
+            const VT c = load_lanes(col + jb), e = load_lanes(odd + jb);
+            a0 += col[i0] * c;
+            e0 += odd[i0] * e;
+            a1 += col[i0 + 1] * c;
+            e1 += odd[i0 + 1] * e;
+            a2 += col[i0 + 2] * c;
+            e2 += odd[i0 + 2] * e;
+            a3 += col[i0 + 3] * c;
+            e3 += odd[i0 + 3] * e;
+          }
+          a0 += e0;
+          a1 += e1;
+          a2 += e2;
+          a3 += e3;
+        } else {
+          for (int64_t d = 0; d < dim; ++d) {
+            const T* col = xt + d * padded;
+            const VT c = load_lanes(col + jb);
+            a0 += col[i0] * c;
+            a1 += col[i0 + 1] * c;
+            a2 += col[i0 + 2] * c;
+            a3 += col[i0 + 3] * c;
+          }
         }
         T* t = tri + i0 * padded + jb;
         store_lanes(t, a0);
@@ -226,12 +284,7 @@ void forward_fixed(const InteractionArgs& a, int64_t b0, int64_t b1, T* scratch)
         store_lanes(t + 3 * padded, a3);
       }
     }
-    for (int64_t i = 1; i < features; ++i) {
-      O* dst = out + i * (i - 1) / 2;
-      const T* src = tri + i * padded;
-#pragma omp simd
-      for (int64_t j = 0; j < i; ++j) store_value(src[j], dst[j]);
-    }
+    store_triangle(tri, padded, features, out);
   }
 }
 
