@@ -8,9 +8,9 @@
 // (full-width vector FMAs, no horizontal sums) into a [F][padded] scratch, whose strict lower triangle is
 // copied (and converted) to the output row by row.
 // Backward, one example at a time: grad row i = sum over j of G[i][j] x[j], G the symmetric F x F matrix of the
-// pair gradients (zero diagonal), accumulated over D in registers, several rows at a time when D is narrow. For
-// the common widths the rows read the pair gradients where they are (gradient_from_pairs); other widths unfold G
-// into scratch first.
+// pair gradients (zero diagonal). For the common widths that product runs in tiles of rows by vectors of D with
+// their accumulators in registers, reading the pair gradients where they are (gradient_from_pairs); other widths
+// unfold G into scratch first.
 // Every sum runs in a fixed order per example, so results do not depend on the batch or the thread count.
 
 // Lanes of T in one register. Vectors wider than the ISA's registers are legal GCC but compile to spills
