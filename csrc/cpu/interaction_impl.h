@@ -225,6 +225,10 @@ void forward_fixed(const InteractionArgs& a, int64_t b0, int64_t b1, T* scratch)
       // order, so the bits are those of one block at a time.
       for (; jb + kLanes<T> < need; jb += 2 * kLanes<T>) {
         VT a0 = {}, a1 = {}, a2 = {}, a3 = {}, b0 = {}, b1 = {}, b2 = {}, b3 = {};
+        // Unrolled: the rows of xt are `padded` apart, an address computed per d in the rolled loop; four d per
+        // iteration ran the forward 1.12-1.26x faster at D = 64 (1.01-1.07x at D = 16) on a 2-core EPYC, AVX-512 and
+        // AVX2 kernels alike, and eight no faster than four.
+#pragma GCC unroll 4
         for (int64_t d = 0; d < dim; ++d) {
           const T* col = xt + d * padded;
           const VT c = load_lanes(col + jb), e = load_lanes(col + jb + kLanes<T>);
