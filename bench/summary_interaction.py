@@ -22,7 +22,7 @@ COMPILED_TARGET = 2.0
 def summarize(path):
     data = json.load(open(path))
     ms, flops = defaultdict(dict), {}
-    rate, isa, block = None, "?", None
+    rate, isa, block, shape = None, "?", None, {}
     for b in data["benchmarks"]:
         e = b.get("extra_info", {})
         if e.get("kind") == "matmul_rate":
@@ -34,12 +34,14 @@ def summarize(path):
         ms[key][e["impl"]] = e["interleaved_median_ms"]
         flops[key] = e["flops"]
         isa, block = e.get("cpu_isa", isa), e.get("block", block)
+        shape = {"tables": e.get("tables", "?"), "batch": e.get("batch", "?")}
     cpu = data.get("machine_info", {}).get("cpu", {}).get("brand_raw", "?")
     peers = peer_isa.describe(data.get("machine_info", {}))
     mm = f"{rate:.0f} GFLOP/s" if rate else "not measured"
     lines = [f"machine: {cpu} ({isa}{peers}); float32 matmul (2048^3, measured in this run): {mm}", "",
-             "DLRM's dot interaction of the dense vector and 26 tables' vectors, batch 2048, float32; infer: the "
-             "forward under no_grad, train: the forward and both inputs' gradients", ""]
+             f"DLRM's dot interaction of the dense vector and {shape.get('tables', '?')} tables' vectors, batch "
+             f"{shape.get('batch', '?')}, float32; infer: the forward under no_grad, train: the forward and both inputs' "
+             "gradients", ""]
     header = (f"{'case':<10} {'D':>3} {'phase':<6} {'impl':<15} {'median ms':>10} {'GFLOP/s':>8} {'of mm':>6} "
               f"{'vs eager':>9} {'vs compiled':>12}")
     lines += [header, "-" * len(header)]
