@@ -171,8 +171,9 @@ constexpr bool kSameType<A, A> = true;
 // The strict lower triangle of tri [F][padded] to out, row by row: row i's i values at out + i (i - 1) / 2.
 // Without a conversion, rows go in whole vectors: a row shorter than a vector writes past its end into the rows
 // after it, which are written later (the rows go in order), so long as that stays inside the triangle; a longer
-// row ends with the vector that ends where it does. Element by element, as rows of 1 to F - 1 values compile, the
-// copy took a sixth of the forward's time at D = 16; so, 1.02-1.13x faster on a 2-core EPYC.
+// row ends with the vector that ends where it does. Copied element by element (rows of 1 to F - 1 values), the
+// triangle took a sixth of the forward's time at D = 16; in vectors the forward ran 1.02-1.13x faster on a 2-core
+// EPYC.
 template <typename T, typename O>
 inline void store_triangle(const T* tri, int64_t padded, int64_t features, O* out) {
   constexpr int64_t L = kLanes<T>;
@@ -303,7 +304,7 @@ void forward_fixed(const InteractionArgs& a, int64_t b0, int64_t b1, T* scratch)
 // take each pair from whichever row holds it. The tile is a small matrix product, R x C accumulators in registers,
 // each column's C vectors of x loaded once for R broadcast weights: eight independent chains of FMAs.
 // Every row takes its terms in the order of j, the diagonal's zero included, the order of an unfolded product.
-// Computing each pair's two terms at once (to row i and row j, read and written back per group) ran at a
+// Computing each pair's two terms at once (to row i and row j, read and written back per group) ran at about a
 // quarter of the FMA rate; tiles of the product were 1.3-1.8x faster on a 2-core EPYC at D = 16 and 64, AVX-512
 // and AVX2 kernels alike, with the same bits.
 template <typename T, typename O, int64_t kDim, int R, int C>
