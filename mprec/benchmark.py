@@ -4,7 +4,9 @@ A case builds its inputs once and offers one callable per implementation (mprec 
 ``embedding_bag``, torch's quantized int8 op, FBGEMM's CPU TBE when ``fbgemm-gpu-cpu`` is installed), all
 over the same table memory, so that every implementation is timed on the same data in the same run.
 Speed is reported against the machine's measured read bandwidth (:func:`read_bandwidth`) and against its
-random-row gather limit on the case's own rows (the ``"gather limit"`` implementation, :func:`gather_limit`).
+random-row gather limit on the case's own rows (the ``"gather limit"`` implementation, :func:`gather_limit`); the
+compute-bound benchmarks (DHE decoders, the interaction) report theirs against the matmul rate
+(:func:`matmul_rate`).
 """
 
 from __future__ import annotations
