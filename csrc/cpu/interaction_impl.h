@@ -172,7 +172,7 @@ constexpr bool kSameType<A, A> = true;
 // Without a conversion, rows go in whole vectors: a row shorter than a vector writes past its end into the rows
 // after it, which are written later (the rows go in order), so long as that stays inside the triangle; a longer
 // row ends with the vector that ends where it does. Copied element by element (rows of 1 to F - 1 values), the
-// triangle took a sixth of the forward's time at D = 16; in vectors the forward ran 1.02-1.13x faster on a 2-core
+// triangle took a sixth of the forward's time at D = 16; in vectors the forward ran 1.01-1.13x faster on a 2-core
 // EPYC.
 template <typename T, typename O>
 inline void store_triangle(const T* tri, int64_t padded, int64_t features, O* out) {
