@@ -30,6 +30,12 @@ _TARGET = re.compile(r"^\s*\[\s*(met|MISS)\]\s+(.*?)\s*$")
 _NEED = re.compile(r"\s*\(need [^)]*\)$")
 
 
+def target_line(met: bool, text: str) -> str:
+    """A summary's line for a target checked, in the form :func:`target_figures` reads: "  [ met] text" or
+    "  [MISS] text"."""
+    return f"  [{'met' if met else 'MISS':>4}] {text}"
+
+
 def target_figures(summary: str) -> dict[str, tuple[bool, str]]:
     """The targets of one summary's text: {target: (met, figure)}, the figure as printed ("" where the line
     has none)."""

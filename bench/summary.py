@@ -9,6 +9,7 @@ import sys
 from collections import defaultdict
 
 import peer_isa
+from run import target_line
 
 # (description, case, reference case or peer, minimum ratio); ratio = reference median / mprec median ("gather"
 # is the gather limit's median: mprec's rate as a fraction of the machine's random-row gather limit). On every
@@ -93,8 +94,8 @@ def summarize(path):
         lines.append("gather limit's prefetch, the fastest of its settings per case with the caches flushed:")
         lines += [f"  {setting}: {', '.join(cases)}" for setting, cases in settings.items()]
     lines += ["", f"targets ({isa} machine; ratio = baseline median / mprec median):"]
-    lines.append(f"  [{'met' if not below_torch else 'MISS':>4}] every case >= 1.0x torch"
-                 + (f": below in {', '.join(below_torch)}" if below_torch else ""))
+    lines.append(target_line(not below_torch, "every case >= 1.0x torch"
+                             + (f": below in {', '.join(below_torch)}" if below_torch else "")))
     for text, case, (peer, other_case), minimum in TARGETS + (AVX512_TARGETS if isa == "avx512" else []):
         if case not in medians or "mprec" not in medians[case]:
             lines.append(f"  [ n/a] {text}: not measured")
@@ -108,8 +109,7 @@ def summarize(path):
                 lines.append(f"  [ n/a] {text}: {peer} not measured")
                 continue
             value = base / ours
-        ok = "met" if value >= minimum else "MISS"
-        lines.append(f"  [{ok:>4}] {text}: {value:.2f} (need {minimum:.2f})")
+        lines.append(target_line(value >= minimum, f"{text}: {value:.2f} (need {minimum:.2f})"))
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ import sys
 from collections import defaultdict
 
 import peer_isa
+from run import target_line
 
 # (description, case, mprec impl, baseline impl, minimum ratio); ratio = baseline median / mprec median.
 TARGETS = [
@@ -78,12 +79,12 @@ def summarize(path):
             lines.append(f"  [ n/a] {text}: not measured")
             continue
         value = medians[case][baseline] / medians[case][ours]
-        lines.append(f"  [{'met' if value >= minimum else 'MISS':>4}] {text}: {value:.2f} (need {minimum:.2f})")
+        lines.append(target_line(value >= minimum, f"{text}: {value:.2f} (need {minimum:.2f})"))
     for impl in ("static top-N", "lfu"):
         extra = info.get("decoder cache zipf1.05 x4096", {}).get(impl)
         if extra:
-            ok = "met" if extra["hit_rate"] >= HIT_RATE_TARGET else "MISS"
-            lines.append(f"  [{ok:>4}] decoder cache hit rate >= 60% ({impl}): {extra['hit_rate']:.1%}")
+            lines.append(target_line(extra["hit_rate"] >= HIT_RATE_TARGET,
+                                     f"decoder cache hit rate >= 60% ({impl}): {extra['hit_rate']:.1%}"))
     return "\n".join(lines)
 
 

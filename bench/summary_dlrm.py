@@ -11,6 +11,7 @@ import sys
 from collections import defaultdict
 
 import peer_isa
+from run import target_line
 
 # mprec fp32 against eager fp32, by the ISA of the kernels that ran (AVX2 machines have no native bf16 and
 # half the vector width: the MLPs, the same GEMMs for both, take most of either step).
@@ -65,7 +66,7 @@ def summarize(path):
     lines += ["", f"targets ({isa} machine; ratios of examples/s, medians of steps {timing}, in this run):"]
 
     def check(ok, text):
-        lines.append(f"  [{'met' if ok else 'MISS':>4}] {text}")
+        lines.append(target_line(ok, text))
 
     for phase in ("train", "infer"):
         impls = rate.get((phase, "fp32"), {})

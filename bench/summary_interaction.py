@@ -11,6 +11,7 @@ import sys
 from collections import defaultdict
 
 import peer_isa
+from run import target_line
 
 # mprec against torch's interaction, eager and compiled, per case and phase: regression guards, set below the
 # ratios measured when this benchmark was written on a 2-core EPYC (AVX-512 and AVX2 kernels alike: 5.7-6.6x eager
@@ -40,8 +41,8 @@ def summarize(path):
     mm = f"{rate:.0f} GFLOP/s" if rate else "not measured"
     lines = [f"machine: {cpu} ({isa}{peers}); float32 matmul (2048^3, measured in this run): {mm}", "",
              f"DLRM's dot interaction of the dense vector and {shape.get('tables', '?')} tables' vectors, batch "
-             f"{shape.get('batch', '?')}, float32; infer: the forward under no_grad, train: the forward and both inputs' "
-             "gradients", ""]
+             f"{shape.get('batch', '?')}, float32; infer: the forward under no_grad, train: the forward and both "
+             "inputs' gradients", ""]
     header = (f"{'case':<10} {'D':>3} {'phase':<6} {'impl':<15} {'median ms':>10} {'GFLOP/s':>8} {'of mm':>6} "
               f"{'vs eager':>9} {'vs compiled':>12}")
     lines += [header, "-" * len(header)]
@@ -61,8 +62,8 @@ def summarize(path):
         for baseline, minimum in (("eager", EAGER_TARGET), ("eager compiled", COMPILED_TARGET)):
             if baseline in impls:
                 v = impls[baseline] / impls["mprec"]
-                lines.append(f"  [{'met' if v >= minimum else 'MISS':>4}] {case} D={dim} {phase}: mprec >= {minimum}x "
-                             f"{baseline}: {v:.2f}")
+                text = f"{case} D={dim} {phase}: mprec >= {minimum}x {baseline}: {v:.2f}"
+                lines.append(target_line(v >= minimum, text))
     return "\n".join(lines)
 
 
