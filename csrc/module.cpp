@@ -22,7 +22,9 @@ namespace py = pybind11;
 
 // The names of the row prefetch policies a caller can choose (RowPrefetch::kNone is not one), both ways.
 static const std::pair<const char*, mprec::cpu::RowPrefetch> kRowPrefetchNames[] = {
-    {"leading_lines", mprec::cpu::RowPrefetch::kLeadingLines}, {"whole_slices", mprec::cpu::RowPrefetch::kWholeSlices}};
+    {"leading_lines", mprec::cpu::RowPrefetch::kLeadingLines},
+    {"whole_slices", mprec::cpu::RowPrefetch::kWholeSlices},
+    {"whole_slices_near", mprec::cpu::RowPrefetch::kWholeSlicesNear}};
 
 static std::string row_prefetch_name(mprec::cpu::RowPrefetch policy) {
   for (const auto& [name, value] : kRowPrefetchNames)
@@ -65,10 +67,13 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_vendor", &mprec::cpu::cpu_vendor, "The CPU's vendor: 'intel', 'amd' or 'other'.");
   m.def("row_prefetch", [] { return row_prefetch_name(mprec::cpu::row_prefetch()); },
         "How the pooling loop prefetches the rows of tables larger than cached_table_bytes: 'leading_lines' (the "
-        "first lines of a wide slice) or 'whole_slices' (every line); the default follows the CPU's vendor.");
+        "first lines of a wide slice), 'whole_slices' (every line, from further ahead the narrower the slice) or "
+        "'whole_slices_near' (every line, from 16 lookups ahead); the default follows the CPU (see "
+        "csrc/include/mprec/embedding_bag_kernel.h).");
   m.def("set_row_prefetch", [](const std::string& name) {
     for (const auto& [known, policy] : kRowPrefetchNames)
       if (name == known) return row_prefetch_name(mprec::cpu::set_row_prefetch(policy));
-    throw py::value_error("set_row_prefetch: expected 'leading_lines' or 'whole_slices', got '" + name + "'");
+    throw py::value_error("set_row_prefetch: expected 'leading_lines', 'whole_slices' or 'whole_slices_near', got '" +
+                          name + "'");
   }, py::arg("name"), "Sets row_prefetch for this process; returns the previous setting.");
 }

@@ -49,9 +49,9 @@ def isa(request):
     mprec.set_cpu_isa(previous)
 
 
-@pytest.fixture(params=["leading_lines", "whole_slices", "cached"])
+@pytest.fixture(params=["leading_lines", "whole_slices", "whole_slices_near", "cached"])
 def table_prefetch(request):
-    """Runs the test with every pooling loop on any table: rows prefetched ahead under either policy
+    """Runs the test with every pooling loop on any table: rows prefetched ahead under each policy
     (mprec._C.set_row_prefetch), as for tables larger than mprec._C.cached_table_bytes(), and not, as for tables
     that stay in the cache."""
     previous_bytes = mprec._C.set_cached_table_bytes(1 << 62 if request.param == "cached" else 0)

@@ -321,10 +321,10 @@ def test_max_keeps_the_first_strictly_greater_row(isa, table_prefetch, dim, dtyp
     assert torch.equal(out.view(bits), expected.view(bits))
 
 
-def test_row_prefetch_follows_the_cpu_vendor_and_can_be_set():
-    """Larger tables' rows are prefetched by the first lines of a wide slice on Intel and whole elsewhere; the
-    vendor is the one /proc/cpuinfo names; an unknown policy is a clear error; a set value is returned by the next
-    set."""
+def test_row_prefetch_follows_the_cpu_and_can_be_set():
+    """Larger tables' rows are prefetched by the first lines of a wide slice on Intel, whole from 16 lookups ahead
+    on AMD without AVX-512, whole from the per-width distances elsewhere; the vendor is the one /proc/cpuinfo
+    names; an unknown policy is a clear error; a set value is returned by the next set."""
     import platform
 
     vendor = mprec._C.cpu_vendor()
@@ -334,15 +334,19 @@ def test_row_prefetch_follows_the_cpu_vendor_and_can_be_set():
         with open("/proc/cpuinfo") as f:
             vendor_id = next((line.split(":")[1].strip() for line in f if line.startswith("vendor_id")), "")
         assert vendor == {"GenuineIntel": "intel", "AuthenticAMD": "amd"}.get(vendor_id, "other")
-    assert mprec._C.row_prefetch() == ("leading_lines" if vendor == "intel" else "whole_slices")
-    with pytest.raises(ValueError, match=r"set_row_prefetch: expected 'leading_lines' or 'whole_slices', got 'all'"):
+    expected = "leading_lines" if vendor == "intel" else \
+        "whole_slices_near" if vendor == "amd" and "avx512" not in mprec.supported_cpu_isas() else "whole_slices"
+    assert mprec._C.row_prefetch() == expected
+    with pytest.raises(ValueError, match=r"set_row_prefetch: expected 'leading_lines', 'whole_slices' or "
+                                         r"'whole_slices_near', got 'all'"):
         mprec._C.set_row_prefetch("all")
-    other = "whole_slices" if mprec._C.row_prefetch() == "leading_lines" else "leading_lines"
-    previous = mprec._C.set_row_prefetch(other)
+    previous = mprec._C.row_prefetch()
     try:
-        assert mprec._C.row_prefetch() == other
+        for other in ("leading_lines", "whole_slices", "whole_slices_near"):
+            mprec._C.set_row_prefetch(other)
+            assert mprec._C.row_prefetch() == other
     finally:
-        assert mprec._C.set_row_prefetch(previous) == other
+        assert mprec._C.set_row_prefetch(previous) == "whole_slices_near"
 
 
 def test_cached_table_bytes_defaults_to_half_the_l2_and_can_be_set():

@@ -48,6 +48,11 @@ struct V {
   // float32 sum/mean passes keep 16 accumulators: all 16 ymm registers, the rows' loads folded into the adds
   // (a D=128 row in one pass over the bag, as FBGEMM's generated kernels do, instead of two).
   static constexpr int kSumVectors = 16;
+  // Converted rows (16-bit, int8) likewise: 16 accumulators, a D=128 row in one pass, though the conversion's
+  // register (and a weighted sum's weight) spill one or two of them to the stack; and not narrowed (see
+  // kNarrowSliceBytes in embedding_bag_pool_impl.h).
+  static constexpr int kConvertedVectors = 16;
+  static constexpr bool kNarrow16BitSlices = false;
   static F add(F a, F b) { return _mm256_add_ps(a, b); }
   static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
   static F mul(F a, F b) { return _mm256_mul_ps(a, b); }

@@ -42,6 +42,10 @@ struct V {
   }
   static constexpr int kRegisters = 32;
   static constexpr int kSumVectors = 8;  // 128 floats a pass already
+  // Converted rows: 128 elements a pass, narrowed to two lines of 16-bit rows under whole-slice prefetch (see
+  // kNarrowSliceBytes in embedding_bag_pool_impl.h).
+  static constexpr int kConvertedVectors = 8;
+  static constexpr bool kNarrow16BitSlices = true;
   static F add(F a, F b) { return _mm512_add_ps(a, b); }
   static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
   static F mul(F a, F b) { return _mm512_mul_ps(a, b); }

@@ -59,6 +59,12 @@ constexpr int64_t kWideRowPrefetchDistance = 24;
 // torch from 24 ahead against 1.16-1.42x from 16, 1.35-1.43x from 32 and 1.38-1.39x from 48; D=256 1.52-1.55x
 // from 24, 1.49-1.67x from 16 and 1.51-1.59x from 32.
 constexpr int64_t kWholeSlicePrefetchDistance = 24;
+// RowPrefetch::kWholeSlicesNear: every width from this many lookups ahead. On an AVX2-only EPYC (caches flushed,
+// E=1e6, B=4096, L=40, each setting timed in turn in one process, five such runs), 16 ahead against the distances
+// above (24 for wide slices, 32 for narrow ones) ran float32 D=64 rows at 1.03-1.17x the speed, D=128 at
+// 1.02-1.10x (weighted 1.05-1.08x), D=256 at 0.98-1.14x and int8 at 1.00-1.14x; D=16 moved between 0.85x and
+// 1.08x, and D=128 on 2 MiB pages measured 0.94x once. 8 and 12 ahead were no faster than 16.
+constexpr int64_t kNearPrefetchDistance = 16;
 // A row wider than one pass of accumulators is pooled in several passes over the bag's rows, each of which
 // prefetches its own slice of the rows. Where a slice is a single line (int8 rows on AVX2), the first pass
 // prefetches the whole row instead, up to this many 64-byte lines, and the later passes read it from the
@@ -67,22 +73,26 @@ constexpr int64_t kWholeSlicePrefetchDistance = 24;
 // a D=256 float32 sum slower (AVX-512 and AVX2 alike), and rows of 4 or 8 lines gained nothing.
 constexpr int kWholeRowLines = 2;
 // Vectors of accumulators kept in registers per pass over a bag's rows; wider rows take several passes.
-// Converted types need registers for the conversion, so they keep 8; float32 rows keep V::kSumVectors in sum
-// and mean, which load rows straight into the adds, and V::kMaxVectors in max mode, whose argmax is found after
-// the pass (max_args), so that no register holds it during the pass.
-constexpr int kConvertedVectors = 8;
-// Under RowPrefetch::kWholeSlices (the EPYC), 16-bit rows pass in slices of at most kNarrowSliceBytes, two lines
-// (kNarrowSlices). There, caches flushed, bf16 and fp16 D=128 rows pooled by the AVX-512 kernels in one pass of
-// four lines ran at 1.1x torch's embedding_bag, in two passes of two lines at 1.55-1.64x, with either prefetch; the
-// AVX2 kernels, whose 8 vectors already span two lines of them, and int8 rows (two-line slices) measured the same
-// with narrower slices. Fewer instructions per row in a pass likely let more rows' loads into the out-of-order
-// window. The Xeon's kernels keep their measured 8 vectors.
+// Converted types need a register for the conversion, so they keep V::kConvertedVectors (128 elements a pass on
+// either ISA, as FBGEMM's generated AVX2 kernels take 15 vectors of 16-bit rows); float32 rows keep V::kSumVectors
+// in sum and mean, which load rows straight into the adds, and V::kMaxVectors in max mode, whose argmax is found
+// after the pass (max_args), so that no register holds it during the pass.
+// Under whole-slice prefetch (AMD), the kernels with V::kNarrow16BitSlices (AVX-512) pass 16-bit rows in slices of
+// at most kNarrowSliceBytes, two lines (kNarrowSlices). There, caches flushed, bf16 and fp16 D=128 rows pooled by
+// the AVX-512 kernels in one pass of four lines ran at 1.1x torch's embedding_bag, in two passes of two lines at
+// 1.55-1.64x, with either prefetch. Fewer instructions per row in a pass likely let more rows' loads into the
+// out-of-order window. The Xeon's kernels keep their measured 8 vectors. The AVX2 kernels go the other way: on an
+// AVX2-only EPYC (caches flushed, D=128, each timed in turn in one process, over several prefetch settings), fp16
+// and int8 rows pooled in one pass of 16 vectors ran at 0.91-1.18x torch, in two passes of 8 at 0.80-0.91x; bf16
+// at 0.85-1.10x against 0.85-0.93x.
 constexpr int kNarrowSliceBytes = 128;
 template <typename WT, bool kMax, bool kNarrowSlices = false>
 constexpr int block_vectors() {
   if constexpr (sizeof(WT) == 4) return kMax ? V::kMaxVectors : V::kSumVectors;
   constexpr int narrow = kNarrowSliceBytes / (V::W * static_cast<int>(sizeof(WT)));
-  return kNarrowSlices && sizeof(WT) == 2 && narrow < kConvertedVectors ? narrow : kConvertedVectors;
+  return kNarrowSlices && V::kNarrow16BitSlices && sizeof(WT) == 2 && narrow < V::kConvertedVectors
+             ? narrow
+             : V::kConvertedVectors;
 }
 
 // The accumulators must live in registers: without full unrolling of the per-vector loops, gcc keeps
@@ -126,8 +136,9 @@ enum class Prefetch { kSlice, kWholeSlice, kRow, kWideRow, kNone };
 
 // How many lookups ahead a block of NV vectors prefetches its rows under `prefetch`.
 template <typename WT, int NV>
-__attribute__((always_inline)) static inline int64_t prefetch_distance(Prefetch prefetch) {
+__attribute__((always_inline)) static inline int64_t prefetch_distance(const PoolArgs& a, Prefetch prefetch) {
   constexpr int64_t kLines = lines_of<WT>(NV * V::W);
+  if (a.prefetch == RowPrefetch::kWholeSlicesNear) return kNearPrefetchDistance;
   return prefetch == Prefetch::kRow || kLines <= kWholeSliceLines ? kNarrowPrefetchDistance
          : prefetch == Prefetch::kWideRow                         ? kWideRowPrefetchDistance
          : prefetch == Prefetch::kWholeSlice                      ? kWholeSlicePrefetchDistance
@@ -196,7 +207,7 @@ static void max_args(const PoolArgs& a, const WT* weight, const IT* indices, int
   for (int64_t i = end - 1; i >= start; --i) {
     // The first chunk's walk goes on with the pass's prefetches (see above): lookup end - 1 + distance was its last.
     if (kFirst == 0 && NV > V::kArgVectors && prefetch == Prefetch::kWholeSlice)
-      prefetch_lookup<WT, NV>(a, weight, indices, col, end + prefetch_distance<WT, NV>(prefetch) + (end - 1 - i),
+      prefetch_lookup<WT, NV>(a, weight, indices, col, end + prefetch_distance<WT, NV>(a, prefetch) + (end - 1 - i),
                               prefetch);
     const int64_t idx = static_cast<int64_t>(indices[i]);
     if (idx == a.padding_idx) continue;
@@ -245,7 +256,7 @@ __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, 
   const int64_t cols = (dim - col < NV * W) ? dim - col : NV * W;
   const typename V::M tail = V::mask(static_cast<int>(cols - (NV - 1) * W));
   const typename V::M full = V::mask(W);
-  const int64_t distance = prefetch_distance<WT, NV>(prefetch);
+  const int64_t distance = prefetch_distance<WT, NV>(a, prefetch);
 
   // The weighted loop keeps a register for the row's weight. Where the accumulators take every register (AVX2's 16
   // of a whole float32 block), the last vector accumulates in the output row instead, in L1: its product takes the
@@ -488,7 +499,7 @@ static bool pool_typed(const PoolArgs& a, int64_t bag_begin, int64_t bag_end, in
   constexpr int64_t kBlock = static_cast<int64_t>(kVectors) * V::W;
   // What the first pass and each later one prefetch (see kPrefetchLines and kWholeRowLines).
   const bool none = a.prefetch == RowPrefetch::kNone;
-  const bool whole_slices = a.prefetch == RowPrefetch::kWholeSlices;
+  const bool whole_slices = a.prefetch == RowPrefetch::kWholeSlices || a.prefetch == RowPrefetch::kWholeSlicesNear;
   const bool whole = a.dim > kBlock && lines_of<WT>(a.dim) <= kWholeRowLines;
   const bool wide_row = a.dim <= kBlock && lines_of<WT>(a.dim) > kWholeSliceLines;  // one pass (kWideRow)
   const Prefetch slice = whole_slices ? Prefetch::kWholeSlice : Prefetch::kSlice;
@@ -526,8 +537,9 @@ static bool pool_typed(const PoolArgs& a, int64_t bag_begin, int64_t bag_end, in
 template <typename WT, bool kNarrowSlices = false>
 static bool pool_weight(const PoolArgs& a, int64_t b0, int64_t b1, int64_t base, BagErrorReport* e) {
   // 16-bit rows narrow their slices under whole-slice prefetch (see kNarrowSliceBytes); they alone differ.
-  if constexpr (sizeof(WT) == 2 && !kNarrowSlices && block_vectors<WT, false, true>() != kConvertedVectors) {
-    if (a.prefetch == RowPrefetch::kWholeSlices) return pool_weight<WT, true>(a, b0, b1, base, e);
+  if constexpr (sizeof(WT) == 2 && !kNarrowSlices && block_vectors<WT, false, true>() != V::kConvertedVectors) {
+    if (a.prefetch == RowPrefetch::kWholeSlices || a.prefetch == RowPrefetch::kWholeSlicesNear)
+      return pool_weight<WT, true>(a, b0, b1, base, e);
   }
   const bool is_max = a.mode == PoolMode::kMax;
   if (a.index_is_64bit)

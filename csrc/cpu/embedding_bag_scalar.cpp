@@ -80,6 +80,8 @@ struct V {
   static F loadu(const T* p) { return load(p, 1); }
   static constexpr int kRegisters = 16;  // xmm
   static constexpr int kSumVectors = 8;
+  static constexpr int kConvertedVectors = 8;
+  static constexpr bool kNarrow16BitSlices = false;
   static F add(F a, F b) { return a + b; }
   static F fmadd(F a, F b, F c) { return a * b + c; }
   static F mul(F a, F b) { return a * b; }
