@@ -68,7 +68,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("row_prefetch", [] { return row_prefetch_name(mprec::cpu::row_prefetch()); },
         "How the pooling loop prefetches the rows of tables larger than cached_table_bytes: 'leading_lines' (the "
         "first lines of a wide slice), 'whole_slices' (every line, from further ahead the narrower the slice) or "
-        "'whole_slices_near' (every line, from 16 lookups ahead); the default follows the CPU (see "
+        "'whole_slices_near' (every line, from the same distance at every width); the default follows the CPU (see "
         "csrc/include/mprec/embedding_bag_kernel.h).");
   m.def("set_row_prefetch", [](const std::string& name) {
     for (const auto& [known, policy] : kRowPrefetchNames)

@@ -204,8 +204,8 @@ std::atomic<int64_t>& cached_table_bytes_setting() {
 // How the rows of larger tables are prefetched (RowPrefetch): only the first lines of a wide slice on Intel, whose
 // L2 streamer fetches the rest of a row once its first lines are requested, so that more rows are in flight;
 // every line on AMD, whose prefetchers did not, from the distances measured on each kind of EPYC (the
-// measurements: embedding_bag_pool_impl.h): AVX-512 marks the newer cores. A CPU of another vendor gets every
-// line too: it cannot be slower for lack of lines prefetched.
+// measurements: embedding_bag_pool_impl.h), which AVX-512 tells apart (the EPYC with it, Zen 4, and the one
+// without, Zen 3). A CPU of another vendor gets every line too: it cannot be slower for lack of lines prefetched.
 std::atomic<RowPrefetch>& row_prefetch_setting() {
   static std::atomic<RowPrefetch> policy{cpu_vendor() == "intel"              ? RowPrefetch::kLeadingLines
                                          : cpu_vendor() == "amd" && best_supported_isa() != Isa::kAvx512

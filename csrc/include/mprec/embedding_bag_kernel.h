@@ -20,13 +20,13 @@ using ::mprec::PoolMode;
 using ::mprec::WeightType;
 
 // How the pooling loop prefetches the rows of a table that does not stay in the cache. Which is faster depends on
-// the CPU's own prefetchers, so the default is chosen by vendor (csrc/cpu/embedding_bag.cpp; the measurements:
+// the CPU's own prefetchers, so the default is chosen by the CPU (csrc/cpu/embedding_bag.cpp; the measurements:
 // embedding_bag_pool_impl.h):
 //   kLeadingLines:     the first lines of a wide slice of a row, the CPU's prefetchers fetching the rest (Intel);
 //   kWholeSlices:      every line of the slice, from further ahead the narrower it is (AMD with AVX-512, and CPUs
 //                      not measured);
-//   kWholeSlicesNear:  every line of the slice, from the same 16 lookups ahead at every width (AMD without
-//                      AVX-512).
+//   kWholeSlicesNear:  every line of the slice, from the same distance at every width (kNearPrefetchDistance;
+//                      AMD without AVX-512).
 // kNone: no prefetch, for a table that stays in the cache.
 enum class RowPrefetch : int { kNone = 0, kLeadingLines = 1, kWholeSlices = 2, kWholeSlicesNear = 3 };
 
