@@ -134,6 +134,11 @@ static inline typename V::F row_vector(const WT* row, int v, typename V::M tail,
 // a table that stays in the cache, or a later pass over rows the first one fetched whole).
 enum class Prefetch { kSlice, kWholeSlice, kRow, kWideRow, kNone };
 
+// Whether `policy` prefetches every line of a slice, from the per-width distances or the near one.
+static inline bool whole_slice_policy(RowPrefetch policy) {
+  return policy == RowPrefetch::kWholeSlices || policy == RowPrefetch::kWholeSlicesNear;
+}
+
 // How many lookups ahead a block of NV vectors prefetches its rows under `prefetch`.
 template <typename WT, int NV>
 __attribute__((always_inline)) static inline int64_t prefetch_distance(const PoolArgs& a, Prefetch prefetch) {
@@ -204,11 +209,11 @@ static void max_args(const PoolArgs& a, const WT* weight, const IT* indices, int
     arg[k] = V::arg_init();
     b[k] = V::loadu(best + (kFirst + k) * W);
   }
+  // The first chunk's walk goes on with the pass's prefetches (see above): lookup end - 1 + distance was its last.
+  const int64_t next = end + prefetch_distance<WT, NV>(a, prefetch);
   for (int64_t i = end - 1; i >= start; --i) {
-    // The first chunk's walk goes on with the pass's prefetches (see above): lookup end - 1 + distance was its last.
     if (kFirst == 0 && NV > V::kArgVectors && prefetch == Prefetch::kWholeSlice)
-      prefetch_lookup<WT, NV>(a, weight, indices, col, end + prefetch_distance<WT, NV>(a, prefetch) + (end - 1 - i),
-                              prefetch);
+      prefetch_lookup<WT, NV>(a, weight, indices, col, next + (end - 1 - i), prefetch);
     const int64_t idx = static_cast<int64_t>(indices[i]);
     if (idx == a.padding_idx) continue;
     const WT* row = weight + idx * a.dim + col;
@@ -499,7 +504,7 @@ static bool pool_typed(const PoolArgs& a, int64_t bag_begin, int64_t bag_end, in
   constexpr int64_t kBlock = static_cast<int64_t>(kVectors) * V::W;
   // What the first pass and each later one prefetch (see kPrefetchLines and kWholeRowLines).
   const bool none = a.prefetch == RowPrefetch::kNone;
-  const bool whole_slices = a.prefetch == RowPrefetch::kWholeSlices || a.prefetch == RowPrefetch::kWholeSlicesNear;
+  const bool whole_slices = whole_slice_policy(a.prefetch);
   const bool whole = a.dim > kBlock && lines_of<WT>(a.dim) <= kWholeRowLines;
   const bool wide_row = a.dim <= kBlock && lines_of<WT>(a.dim) > kWholeSliceLines;  // one pass (kWideRow)
   const Prefetch slice = whole_slices ? Prefetch::kWholeSlice : Prefetch::kSlice;
@@ -538,8 +543,7 @@ template <typename WT, bool kNarrowSlices = false>
 static bool pool_weight(const PoolArgs& a, int64_t b0, int64_t b1, int64_t base, BagErrorReport* e) {
   // 16-bit rows narrow their slices under whole-slice prefetch (see kNarrowSliceBytes); they alone differ.
   if constexpr (sizeof(WT) == 2 && !kNarrowSlices && block_vectors<WT, false, true>() != V::kConvertedVectors) {
-    if (a.prefetch == RowPrefetch::kWholeSlices || a.prefetch == RowPrefetch::kWholeSlicesNear)
-      return pool_weight<WT, true>(a, b0, b1, base, e);
+    if (whole_slice_policy(a.prefetch)) return pool_weight<WT, true>(a, b0, b1, base, e);
   }
   const bool is_max = a.mode == PoolMode::kMax;
   if (a.index_is_64bit)
