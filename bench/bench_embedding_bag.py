@@ -21,6 +21,7 @@ import mprec
 
 from mprec.benchmark import EMBEDDING_BAG_CASES, GATHER_LIMIT, cache_flush_bytes, flush_caches, read_bandwidth
 from mprec.memory import huge_pages_available, retain_freed_memory
+from mprec.timing import round_orders
 
 # As mprec's commands and the DLRM benchmarks do: malloc keeps the outputs' freed memory, so that a call does
 # not fault in and zero the pages of the previous call's outputs (max mode's [B, D] int64 argmax too), which on
@@ -51,16 +52,15 @@ FLUSH_BYTES = cache_flush_bytes()
 def interleaved_medians(impls, rounds):
     """Median ms per implementation over rounds that call every implementation in turn, each after the caches
     are flushed, so all see the same moments of a shared machine and start from the same cache state; the
-    summary's ratios come from these. Each round starts one implementation later: in a fixed order each one
-    always follows the same other, and the ratios depended on the order (mprec's max against its sum of the same
-    rows measured 0.70-0.73 in the case's order, 0.81-0.84 in another). pytest-benchmark's own rounds time each
-    implementation alone, warm."""
+    summary's ratios come from these. Each round takes them in a random order (round_orders): in a fixed order each
+    one always follows the same other, and the ratios depended on the order (mprec's max against its sum of the
+    same rows measured 0.70-0.73 in the case's order, 0.81-0.84 in another). pytest-benchmark's own rounds time
+    each implementation alone, warm."""
     for fn in impls.values():
         fn()
     times = {name: [] for name in impls}
-    order = list(impls.items())
-    for r in range(rounds):
-        for name, fn in order[r % len(order):] + order[:r % len(order)]:
+    for order in round_orders(list(impls.items()), rounds):
+        for name, fn in order:
             flush_caches()
             start = time.perf_counter()
             fn()

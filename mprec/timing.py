@@ -4,11 +4,14 @@ of blocks (how fast each trains or serves, all in the same moments of the machin
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
-from typing import Callable, Hashable, Mapping
+from typing import Callable, Hashable, Iterator, Mapping, Sequence, TypeVar
 
-__all__ = ["median_ms", "fastest", "in_blocks", "calls_in_blocks"]
+__all__ = ["median_ms", "round_orders", "fastest", "in_blocks", "calls_in_blocks"]
+
+T = TypeVar("T")
 
 
 def median_ms(fn: Callable[[], object], rounds: int = 15, warmup: int = 2) -> float:
@@ -23,10 +26,23 @@ def median_ms(fn: Callable[[], object], rounds: int = 15, warmup: int = 2) -> fl
     return statistics.median(times) * 1e3
 
 
+def round_orders(items: Sequence[T], rounds: int, seed: int = 0) -> Iterator[list[T]]:
+    """The order in which each of ``rounds`` rounds calls ``items``: a random one per round, drawn from ``seed`` (so
+    a run can be repeated call for call). In an order that only rotates from round to round, each item follows the
+    same other in most rounds, and what that other leaves behind (the lines it evicted, the state of the memory
+    controller and of the CPU's prefetchers) can bias the item's time: two variants of a kernel timed so, the caches
+    flushed before every call, differed by 6-11%, which the benchmark, in separate processes, did not show."""
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        order = list(items)
+        rng.shuffle(order)
+        yield order
+
+
 def fastest(candidates: Mapping[Hashable, Callable[[], object]], rounds: int,
             before: Callable[[], object] | None = None) -> Hashable:
     """The key of the fastest candidate. Each is called once untimed (first touches, kernel generation); then,
-    ``rounds`` times, every candidate is timed once, back to back, the order rotating from round to round. A
+    ``rounds`` times, every candidate is timed once, back to back, in a random order per round (round_orders). A
     candidate's score is the median over rounds of its time over the round's fastest time: the comparison is
     made within a round, so a slow spell of a shared machine that spans a round moves every candidate alike,
     and one that hits a minority of rounds moves no median. Ties go to the first in ``candidates``' order.
@@ -36,10 +52,9 @@ def fastest(candidates: Mapping[Hashable, Callable[[], object]], rounds: int,
     for key in keys:
         candidates[key]()
     relative = {key: [] for key in keys}
-    for round_ in range(rounds):
+    for order in round_orders(keys, rounds):
         times = {}
-        for i in range(len(keys)):
-            key = keys[(round_ + i) % len(keys)]
+        for key in order:
             if before is not None:
                 before()
             start = time.perf_counter()

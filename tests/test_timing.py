@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from mprec.timing import calls_in_blocks, fastest, in_blocks
+from mprec.timing import calls_in_blocks, fastest, in_blocks, round_orders
 
 
 def test_steps_take_turns_in_blocks_whose_first_call_is_untimed():
@@ -48,8 +48,20 @@ def test_fastest_runs_before_ahead_of_every_timed_call_only():
     best = fastest({"slow": candidate("slow", 0.006), "fast": candidate("fast", 0.001)}, rounds=3,
                    before=lambda: calls.append("before"))
     assert best == "fast"
-    # Each candidate once untimed, then rounds in rotating order, each timed call after its own "before".
-    assert calls == ["slow", "fast",
-                     "before", "slow", "before", "fast",
-                     "before", "fast", "before", "slow",
-                     "before", "slow", "before", "fast"]
+    # Each candidate once untimed, then rounds that time each once, each timed call after its own "before".
+    assert calls[:2] == ["slow", "fast"]
+    rounds = calls[2:]
+    assert len(rounds) == 3 * 4
+    assert rounds[0::2] == ["before"] * 6
+    assert all(sorted(rounds[1::2][i:i + 2]) == ["fast", "slow"] for i in range(0, 6, 2))
+
+
+def test_round_orders_vary_what_each_item_follows():
+    """Every round holds each item once, and over rounds an item follows different others (a rotating order would
+    put the same one before it in most rounds); the same seed gives the same orders."""
+    orders = list(round_orders("abcd", 24, seed=3))
+    assert all(sorted(order) == list("abcd") for order in orders)
+    followed = {item: {order[order.index(item) - 1] for order in orders if order.index(item) > 0} for item in "abcd"}
+    assert all(len(others) >= 2 for others in followed.values())
+    assert list(round_orders("abcd", 24, seed=3)) == orders
+    assert list(round_orders("abcd", 24, seed=4)) != orders
