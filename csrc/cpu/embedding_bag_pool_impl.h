@@ -200,7 +200,10 @@ __attribute__((always_inline)) static inline void prefetch_lookup(const PoolArgs
 // chunks) from 0.65-0.77 of the speed of a sum of the same rows to 0.85-0.95. A walk of one chunk (AVX-512's, before
 // its pass tracked the argmax) is short enough for the pass's own prefetches: continued, its prefetches flooded the
 // queue of misses, and it ran at 0.71-0.73 of sum against 0.74-0.82 without. The Xeon's leading-lines prefetch (its
-// max measured 0.78-0.88 of sum without this) keeps the walk as it was.
+// max measured 0.78-0.88 of sum without this) keeps the walk as it was, and so does the near policy of the AVX2-only
+// EPYC: there the continued prefetches likely only moved the next bag's requests from its pass to this walk, where they
+// arrived in a burst, and max ran at 0.58-0.68 of sum with them against 0.66-0.75 without (float32 D=128, caches
+// flushed, each timed in turn in one process; 32 or 40 lookups ahead in the pass instead gained nothing more).
 template <typename WT, typename IT, int NV, bool kWhole, int kFirst = 0>
 static void max_args(const PoolArgs& a, const WT* weight, const IT* indices, int64_t col, int64_t start,
                      int64_t end, const float* best, typename V::M tail, Prefetch prefetch, int64_t* arg_out) {
@@ -215,9 +218,11 @@ static void max_args(const PoolArgs& a, const WT* weight, const IT* indices, int
     b[k] = V::loadu(best + (kFirst + k) * W);
   }
   // The first chunk's walk goes on with the pass's prefetches (see above): lookup end - 1 + distance was its last.
+  const bool go_on = kFirst == 0 && NV > V::kArgVectors && prefetch == Prefetch::kWholeSlice &&
+                     a.prefetch == RowPrefetch::kWholeSlices;
   const int64_t next = end + prefetch_distance<WT, NV>(a, prefetch);
   for (int64_t i = end - 1; i >= start; --i) {
-    if (kFirst == 0 && NV > V::kArgVectors && prefetch == Prefetch::kWholeSlice)
+    if (go_on)
       prefetch_lookup<WT, NV>(a, weight, indices, col, next + (end - 1 - i), prefetch);
     const int64_t idx = static_cast<int64_t>(indices[i]);
     if (idx == a.padding_idx) continue;
