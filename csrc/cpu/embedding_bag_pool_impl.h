@@ -64,11 +64,11 @@ constexpr int64_t kWholeSlicePrefetchDistance = 24;
 // above (24 for wide slices, 32 for narrow ones) ran float32 D=64 rows at 1.03-1.17x the speed, D=128 at
 // 1.02-1.10x (weighted 1.05-1.08x), D=256 at 0.98-1.14x and int8 at 1.00-1.14x; D=16 moved between 0.85x and
 // 1.08x, and D=128 on 2 MiB pages measured 0.94x once. 8 and 12 ahead were no faster than 16.
-// Float32 rows of several slices are the exception (see pool_typed): their first pass prefetches its slice's first
-// kPrefetchLines lines and the later passes nothing, the CPU's own prefetchers fetching the rest of the row. On that
-// EPYC, float32 D=256 and D=512 then pooled at 0.92-1.03x torch's embedding_bag, against 0.84-0.92x with every
-// line of each slice prefetched in each pass (sum, mean; the weighted sum and max the same either way). 16-bit
-// and int8 rows ran 1.25-1.7x slower so and keep whole slices.
+// Float32 rows of several slices wider than kWholeSliceLines lines are the exception (see pool_typed): their first
+// pass prefetches its slice's first kPrefetchLines lines and the later passes nothing, the CPU's own prefetchers
+// fetching the rest of the row. On that EPYC, float32 D=256 and D=512 then pooled at 0.92-1.03x torch's
+// embedding_bag, against 0.84-0.92x with every line of each slice prefetched in each pass (sum, mean; the weighted
+// sum and max the same either way). 16-bit and int8 rows ran 1.25-1.7x slower so and keep whole slices.
 constexpr int64_t kNearPrefetchDistance = 16;
 // A row wider than one pass of accumulators is pooled in several passes over the bag's rows, each of which
 // prefetches its own slice of the rows. Where a slice is a single line (int8 rows on AVX2), the first pass
@@ -484,7 +484,7 @@ __attribute__((noinline)) static bool pool_block_outlined(const PoolArgs& a, con
 // Bags [bag_begin, bag_end) of a table whose rows are several whole blocks of NV vectors, every pass over a bag's rows
 // inlined into one loop, the first prefetching as `first` says and the later ones as `later`. The general loop
 // (pool_typed) picks a variant and makes a call per pass and bag, which cost as much as a few of the bag's rows: on
-// a 2-core AVX2-only EPYC, float32 D=256 with the rows in L2 pooled 1.18x as fast this way, in L3 1.12x.
+// a 2-core AVX2-only EPYC, one thread, float32 D=256 with the rows in L2 pooled 1.18x as fast this way, in L3 1.12x.
 template <typename WT, typename IT, bool kMax, int NV, bool kWhole = false, bool kUnweighted = false>
 static bool pool_passes(const PoolArgs& args, const WT* weight, const IT* indices, const IT* offsets,
                         int64_t bag_begin, int64_t bag_end, int64_t output_bag_base, Prefetch first, Prefetch later,
@@ -556,8 +556,10 @@ static bool pool_typed(const PoolArgs& a, int64_t bag_begin, int64_t bag_end, in
     return ok;
   }
   if (a.dim % kBlock == 0) {
-    // Float32 rows under the near policy prefetch only the first pass's leading lines (see kNearPrefetchDistance).
-    const bool leading = sizeof(WT) == 4 && a.prefetch == RowPrefetch::kWholeSlicesNear;
+    // Float32 rows of wide slices under the near policy prefetch only the first pass's leading lines (see
+    // kNearPrefetchDistance).
+    const bool leading = sizeof(WT) == 4 && lines_of<WT>(kBlock) > kWholeSliceLines &&
+                         a.prefetch == RowPrefetch::kWholeSlicesNear;
     const Prefetch f = leading ? Prefetch::kSlice : first;
     const Prefetch l = leading ? Prefetch::kNone : later;
     if constexpr (sizeof(WT) == 4) {  // whole float32 blocks take the kWhole variants, as in MPREC_POOL_CASE

@@ -26,7 +26,7 @@ using ::mprec::WeightType;
 //   kWholeSlices:      every line of the slice, from further ahead the narrower it is (AMD with AVX-512, and CPUs
 //                      not measured);
 //   kWholeSlicesNear:  every line of the slice, from the same distance at every width (kNearPrefetchDistance;
-//                      AMD without AVX-512); float32 rows of several slices, the first slice's first lines only.
+//                      AMD without AVX-512); float32 rows of several wide slices, the first one's first lines only.
 // kNone: no prefetch, for a table that stays in the cache.
 enum class RowPrefetch : int { kNone = 0, kLeadingLines = 1, kWholeSlices = 2, kWholeSlicesNear = 3 };
 
