@@ -323,8 +323,8 @@ def test_max_keeps_the_first_strictly_greater_row(isa, table_prefetch, dim, dtyp
 
 def test_row_prefetch_follows_the_cpu_and_can_be_set():
     """Larger tables' rows are prefetched by the first lines of a wide slice on Intel, whole from one distance at
-    every width on AMD without AVX-512, whole from the per-width distances elsewhere; the vendor is the one /proc/cpuinfo
-    names; an unknown policy is a clear error; a set value is returned by the next set."""
+    every width on AMD without AVX-512, whole from the per-width distances elsewhere; the vendor is the one
+    /proc/cpuinfo names; an unknown policy is a clear error; a set value is returned by the next set."""
     import platform
 
     vendor = mprec._C.cpu_vendor()

@@ -386,6 +386,19 @@ __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, 
   return true;
 }
 
+// Bag `bag`'s output row, and its row of max mode's argmaxes (nullptr in other modes), in a call whose output starts
+// at bag `output_bag_base`.
+template <typename WT>
+__attribute__((always_inline)) static inline typename OutputOf<WT>::type* bag_output(const PoolArgs& a, int64_t bag,
+                                                                                     int64_t output_bag_base) {
+  return static_cast<typename OutputOf<WT>::type*>(a.output) + (bag - output_bag_base) * a.output_stride;
+}
+template <bool kMax>
+__attribute__((always_inline)) static inline int64_t* bag_max_indices(const PoolArgs& a, int64_t bag,
+                                                                      int64_t output_bag_base) {
+  return kMax ? a.max_indices + (bag - output_bag_base) * a.max_indices_stride : nullptr;
+}
+
 // Bag `bag`'s lookups [start, end). Offsets are checked here, bag by bag, rather than in a pass of their own.
 template <typename IT>
 __attribute__((always_inline)) static inline bool bag_range(const PoolArgs& a, const IT* offsets, int64_t bag,
@@ -437,8 +450,8 @@ static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices,
   if (const int64_t first = first_of_one_lookup_bags(a, offsets, bag_begin, bag_end); first >= 0) {
     for (int64_t bag = bag_begin; bag < bag_end; ++bag) {
       const int64_t i = first + (bag - bag_begin);
-      OT* out = static_cast<OT*>(a.output) + (bag - output_bag_base) * a.output_stride;
-      int64_t* arg_out = kMax ? a.max_indices + (bag - output_bag_base) * a.max_indices_stride : nullptr;
+      OT* out = bag_output<WT>(a, bag, output_bag_base);
+      int64_t* arg_out = bag_max_indices<kMax>(a, bag, output_bag_base);
       if (!pool_block<WT, IT, kMax, NV, kWhole, kUnweighted>(a, weight, indices, 0, i, i + 1, prefetch, out, arg_out,
                                                             error))
         return false;
@@ -450,8 +463,8 @@ static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices,
     for (int64_t bag = bag_begin; bag < bag_end; ++bag) {
       int64_t start, end;
       if (!bag_range(a, offsets, bag, start, end, error)) return false;
-      OT* out = static_cast<OT*>(a.output) + (bag - output_bag_base) * a.output_stride;
-      int64_t* arg_out = kMax ? a.max_indices + (bag - output_bag_base) * a.max_indices_stride : nullptr;
+      OT* out = bag_output<WT>(a, bag, output_bag_base);
+      int64_t* arg_out = bag_max_indices<kMax>(a, bag, output_bag_base);
       if (!pool_block<WT, IT, kMax, NV, kWhole, kUnweighted>(a, weight, indices, 0, start, end, p, out, arg_out,
                                                             error))
         return false;
@@ -494,8 +507,8 @@ static bool pool_passes(const PoolArgs& args, const WT* weight, const IT* indice
   for (int64_t bag = bag_begin; bag < bag_end; ++bag) {
     int64_t start, end;
     if (!bag_range(a, offsets, bag, start, end, error)) return false;
-    OT* out = static_cast<OT*>(a.output) + (bag - output_bag_base) * a.output_stride;
-    int64_t* arg_out = kMax ? a.max_indices + (bag - output_bag_base) * a.max_indices_stride : nullptr;
+    OT* out = bag_output<WT>(a, bag, output_bag_base);
+    int64_t* arg_out = bag_max_indices<kMax>(a, bag, output_bag_base);
     for (int64_t col = 0; col < a.dim; col += NV * V::W) {
       if (!pool_block<WT, IT, kMax, NV, kWhole, kUnweighted>(a, weight, indices, col, start, end,
                                                              col == 0 ? first : later, out + col,
@@ -542,12 +555,17 @@ static bool pool_typed(const PoolArgs& a, int64_t bag_begin, int64_t bag_end, in
   const bool whole_slices = whole_slice_policy(a.prefetch);
   const bool whole = a.dim > kBlock && lines_of<WT>(a.dim) <= kWholeRowLines;
   const bool wide_row = a.dim <= kBlock && lines_of<WT>(a.dim) > kWholeSliceLines;  // one pass (kWideRow)
+  // Float32 rows of several whole blocks of wide slices, under the near policy: the first pass's leading lines only
+  // (see kNearPrefetchDistance).
+  const bool leading = sizeof(WT) == 4 && lines_of<WT>(kBlock) > kWholeSliceLines && a.dim > kBlock &&
+                       a.dim % kBlock == 0 && a.prefetch == RowPrefetch::kWholeSlicesNear;
   const Prefetch slice = whole_slices ? Prefetch::kWholeSlice : Prefetch::kSlice;
   const Prefetch first = none                       ? Prefetch::kNone
                          : whole                    ? Prefetch::kRow
                          : wide_row && !whole_slices ? Prefetch::kWideRow
+                         : leading                  ? Prefetch::kSlice
                                                     : slice;
-  const Prefetch later = none || whole ? Prefetch::kNone : slice;
+  const Prefetch later = none || whole || leading ? Prefetch::kNone : slice;
   bool ok = true;
   if (a.dim <= kBlock) {
     const int64_t cols = a.dim;
@@ -556,29 +574,23 @@ static bool pool_typed(const PoolArgs& a, int64_t bag_begin, int64_t bag_end, in
     return ok;
   }
   if (a.dim % kBlock == 0) {
-    // Float32 rows of wide slices under the near policy prefetch only the first pass's leading lines (see
-    // kNearPrefetchDistance).
-    const bool leading = sizeof(WT) == 4 && lines_of<WT>(kBlock) > kWholeSliceLines &&
-                         a.prefetch == RowPrefetch::kWholeSlicesNear;
-    const Prefetch f = leading ? Prefetch::kSlice : first;
-    const Prefetch l = leading ? Prefetch::kNone : later;
     if constexpr (sizeof(WT) == 4) {  // whole float32 blocks take the kWhole variants, as in MPREC_POOL_CASE
       if (!a.per_sample_weights)
         return pool_passes<WT, IT, kMax, kVectors, true, true>(a, weight, indices, offsets, bag_begin, bag_end,
-                                                               output_bag_base, f, l, error);
+                                                               output_bag_base, first, later, error);
       return pool_passes<WT, IT, kMax, kVectors, true>(a, weight, indices, offsets, bag_begin, bag_end,
-                                                       output_bag_base, f, l, error);
+                                                       output_bag_base, first, later, error);
     } else {
       return pool_passes<WT, IT, kMax, kVectors>(a, weight, indices, offsets, bag_begin, bag_end, output_bag_base,
-                                                 f, l, error);
+                                                 first, later, error);
     }
   }
   // Rows with a partial last block: a call per pass and bag, to the block's variant.
   for (int64_t bag = bag_begin; bag < bag_end; ++bag) {
     int64_t start, end;
     if (!bag_range(a, offsets, bag, start, end, error)) return false;
-    OT* out = static_cast<OT*>(a.output) + (bag - output_bag_base) * a.output_stride;
-    int64_t* arg_out = kMax ? a.max_indices + (bag - output_bag_base) * a.max_indices_stride : nullptr;
+    OT* out = bag_output<WT>(a, bag, output_bag_base);
+    int64_t* arg_out = bag_max_indices<kMax>(a, bag, output_bag_base);
     for (int64_t col = 0; col < a.dim; col += kBlock) {
       const int64_t cols = a.dim - col < kBlock ? a.dim - col : kBlock;
       const int nv = static_cast<int>((cols + V::W - 1) / V::W);
