@@ -16,10 +16,13 @@ TORCH_LIBRARY(mprec, m) {
   // float32 for uint8 (row-wise quantized) weights, which take their scale_bias [rows, 2].
   // `sparse` (the gradient's layout) and `scale_grad_by_freq` (divide each row's gradient by how often its
   // index occurs in the bags; not in max mode) only change what autograd computes.
+  // return_max_indices=False: max_indices is [0, 0] in max mode too, and the kernels skip the argmax (a second
+  // look at every row, or compares and blends in the pass); autograd still finds it where a gradient will need it.
+  // The Python wrappers and modules pass False, as they return the output alone.
   m.def(
       "embedding_bag(Tensor weight, Tensor indices, Tensor offsets, int mode=0, Tensor? per_sample_weights=None, "
       "int padding_idx=-1, bool include_last_offset=False, Tensor? scale_bias=None, bool sparse=False, "
-      "bool scale_grad_by_freq=False) -> (Tensor, Tensor)");
+      "bool scale_grad_by_freq=False, bool return_max_indices=True) -> (Tensor, Tensor)");
   m.def(
       "embedding_bag_backward(Tensor grad, Tensor weight, Tensor indices, Tensor offsets, Tensor max_indices, "
       "int mode, Tensor? per_sample_weights, int padding_idx, bool include_last_offset) -> Tensor");
@@ -33,10 +36,11 @@ TORCH_LIBRARY(mprec, m) {
   // -- embedding bag: T tables in one call, FBGEMM's TBE layout ----------------------------------------
   // indices of all tables concatenated table by table; offsets [T * B + 1]; output [B, sum D_t].
   // padding_idx: one per table, or empty for none. scale_bias: one per table for uint8 weights.
+  // return_max_indices: as in embedding_bag.
   m.def(
       "batched_embedding_bag(Tensor[] weights, Tensor indices, Tensor offsets, int mode=0, "
-      "Tensor? per_sample_weights=None, int[] padding_idx=[], Tensor[]? scale_bias=None, bool sparse=False) "
-      "-> (Tensor, Tensor)");
+      "Tensor? per_sample_weights=None, int[] padding_idx=[], Tensor[]? scale_bias=None, bool sparse=False, "
+      "bool return_max_indices=True) -> (Tensor, Tensor)");
   m.def(
       "batched_embedding_bag_backward(Tensor grad, Tensor[] weights, Tensor indices, Tensor offsets, "
       "Tensor max_indices, int mode, Tensor? per_sample_weights, int[] padding_idx) -> Tensor[]");

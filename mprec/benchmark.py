@@ -101,6 +101,9 @@ class EmbeddingBagCase:
     # The table on 2 MiB pages (mprec.memory.empty, as mprec's modules allocate theirs; transparent huge pages
     # in "always" mode give every large allocation the same), where lookups seldom miss the TLB.
     huge_pages: bool = False
+    # Max mode: mprec returns the argmax too (max_indices, the op's default), as a training forward finds it for
+    # the backward. Otherwise mprec is called as its wrappers and modules call it, for the output alone.
+    argmax: bool = False
     rounds: int = 15
     notes: str = field(default="", compare=False)
 
@@ -154,8 +157,12 @@ class EmbeddingBagCase:
                 mode_number = mprec.ops.MODES[self.mode]
                 impls["torch"] = lambda: torch.ops.quantized.embedding_bag_byte_rowwise_offsets(
                     packed, idx, offsets, False, mode_number, False, psw, None, False)
+            elif self.argmax:  # the op itself: its output and max_indices
+                impls["mprec"] = lambda: torch.ops.mprec.embedding_bag(
+                    w, idx, offsets, mprec.ops.MODES[self.mode], psw, -1 if padding_idx is None else padding_idx)[0]
             else:
                 impls["mprec"] = lambda: mprec.ops.embedding_bag(w, idx, offsets, self.mode, psw, padding_idx)
+            if self.dtype != "int8":
                 if self.has_sum_reference():
                     impls[SUM_REFERENCE] = lambda: mprec.ops.embedding_bag(w, idx, offsets, "sum", psw)
                 impls[GATHER_LIMIT] = gather_limit([w], [idx])
@@ -224,6 +231,7 @@ EMBEDDING_BAG_CASES = [
     # max and padding_idx are held to mprec's own sum of the same rows, a ratio of two calls of a few ms each beside
     # torch's slow paths: with 7 rounds its median moved from run to run by more than the target's margin.
     EmbeddingBagCase("max", mode="max", rounds=21),
+    EmbeddingBagCase("max, argmax", mode="max", argmax=True, rounds=21),
     EmbeddingBagCase("padding_idx", padding=True, rounds=21),
     EmbeddingBagCase("weighted", weighted=True),
     EmbeddingBagCase("bf16", dtype="bfloat16"),

@@ -132,7 +132,7 @@ def argument(name: str, op: str, s: Sizes, rng: random.Random):
         return rng.randint(-2, s.R + 1)
     if name == "sparse" and op.startswith("dlrm_interaction"):
         return _floats(rng, (s.B, s.T * s.D), s.float)
-    if name in ("include_last_offset", "sparse", "scale_grad_by_freq"):
+    if name in ("include_last_offset", "sparse", "scale_grad_by_freq", "return_max_indices"):
         return rng.random() < 0.5
     if name == "grad":
         if dhe:

@@ -12,12 +12,14 @@ batched = torch.ops.mprec.batched_embedding_bag.default
 
 
 def single_args(dtype=torch.float32, index_dtype=torch.int64, requires_grad=False, mode=0, weighted=False,
-                padding_idx=-1, include_last_offset=False, sparse=False, scale_grad_by_freq=False):
+                padding_idx=-1, include_last_offset=False, sparse=False, scale_grad_by_freq=False,
+                return_max_indices=True):
     weight = torch.randn(30, 5).to(dtype).requires_grad_(requires_grad)
     indices, offsets = make_bags(8, 5, 30, index_dtype, padding_idx=padding_idx if padding_idx >= 0 else None)
     offsets = offsets if include_last_offset else offsets[:-1]
     psw = torch.randn(indices.numel(), dtype=dtype, requires_grad=requires_grad) if weighted else None
-    return (weight, indices, offsets, mode, psw, padding_idx, include_last_offset, None, sparse, scale_grad_by_freq)
+    return (weight, indices, offsets, mode, psw, padding_idx, include_last_offset, None, sparse, scale_grad_by_freq,
+            return_max_indices)
 
 
 SINGLE_CASES = {
@@ -26,6 +28,8 @@ SINGLE_CASES = {
     "weighted": dict(weighted=True),
     "mean-pad": dict(mode=1, padding_idx=2),
     "max": dict(mode=2),
+    "max-no-argmax": dict(mode=2, return_max_indices=False),
+    "sum-no-argmax": dict(return_max_indices=False),
     "last-offset": dict(include_last_offset=True),
     "bf16": dict(dtype=torch.bfloat16),
     "f64": dict(dtype=torch.float64),
@@ -57,7 +61,7 @@ def test_opcheck_embedding_bag_uint8():
 @pytest.mark.parametrize("mode", [0, 2])
 def test_opcheck_backward_ops(mode):
     weight, indices, offsets, _, _, pad, ilo, *_ = single_args(padding_idx=1)
-    out, max_indices = embedding_bag(weight, indices, offsets, mode, None, pad, ilo)
+    out, max_indices = embedding_bag(weight, indices, offsets, mode, None, pad, ilo)  # argmax: the default
     grad = torch.randn_like(out)
     torch.library.opcheck(torch.ops.mprec.embedding_bag_backward.default,
                           (grad, weight, indices, offsets, max_indices, mode, None, pad, ilo))
@@ -70,7 +74,8 @@ def test_opcheck_backward_ops(mode):
                               test_utils=("test_schema", "test_faketensor"))
 
 
-def batched_args(requires_grad=False, mode=0, weighted=False, padding=(), dtype=torch.float32, sparse=False):
+def batched_args(requires_grad=False, mode=0, weighted=False, padding=(), dtype=torch.float32, sparse=False,
+                 return_max_indices=True):
     weights = [torch.randn(20, 4).to(dtype).requires_grad_(requires_grad),
                torch.randn(7, 9).to(dtype).requires_grad_(requires_grad)]
     i0, o0 = make_bags(6, 4, 20)
@@ -78,7 +83,7 @@ def batched_args(requires_grad=False, mode=0, weighted=False, padding=(), dtype=
     indices = torch.cat([i0, i1])
     offsets = torch.cat([o0, o1[1:] + o0[-1]])
     psw = torch.randn(indices.numel(), dtype=dtype, requires_grad=requires_grad) if weighted else None
-    return (weights, indices, offsets, mode, psw, list(padding), None, sparse)
+    return (weights, indices, offsets, mode, psw, list(padding), None, sparse, return_max_indices)
 
 
 BATCHED_CASES = {
@@ -86,6 +91,7 @@ BATCHED_CASES = {
     "weighted": dict(weighted=True),
     "mean-pad": dict(mode=1, padding=(3, -1)),
     "max": dict(mode=2),
+    "max-no-argmax": dict(mode=2, return_max_indices=False),
     "f16": dict(dtype=torch.float16),
 }
 
@@ -99,7 +105,7 @@ def test_opcheck_batched_embedding_bag(case, requires_grad):
 def test_opcheck_batched_sparse_and_backward_ops():
     torch.library.opcheck(batched, batched_args(requires_grad=True, sparse=True),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
-    weights, indices, offsets, mode, psw, pads, _, _ = batched_args(mode=2)
+    weights, indices, offsets, mode, psw, pads, _, _, _ = batched_args(mode=2)
     out, max_indices = batched(weights, indices, offsets, mode)
     grad = torch.randn_like(out)
     torch.library.opcheck(torch.ops.mprec.batched_embedding_bag_backward.default,

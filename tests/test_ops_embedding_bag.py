@@ -321,6 +321,69 @@ def test_max_keeps_the_first_strictly_greater_row(isa, table_prefetch, dim, dtyp
     assert torch.equal(out.view(bits), expected.view(bits))
 
 
+def _bits(t):
+    return t.view({torch.float64: torch.int64, torch.float32: torch.int32}.get(t.dtype, torch.int16))
+
+
+@pytest.mark.parametrize("dim", [1, 16, 64, 128, 129, 256])
+@pytest.mark.parametrize("weight_dtype", WEIGHT_DTYPES + [torch.float64], ids=["f32", "f16", "bf16", "u8", "f64"])
+def test_max_without_the_argmax(isa, table_prefetch, weight_dtype, dim):
+    """return_max_indices=False: max mode's output bit for bit as with the argmax, on every kernel variant (the
+    argmax tracked in the pass, found by a walk after it, rows of one pass and of several), one table and several,
+    and max_indices [0, 0]. The argmax it skips is the one that selects the output's values."""
+    index_dtype = torch.int32 if dim % 2 else torch.int64
+    weight, scale_bias, weight64 = make_weight(97, dim, weight_dtype)
+    indices, offsets = make_bags(23, 9, 97, index_dtype, padding_idx=5)
+    offs = offsets[:-1]
+    out, max_indices = torch.ops.mprec.embedding_bag(weight, indices, offs, 2, None, 5, False, scale_bias)
+    alone, none = torch.ops.mprec.embedding_bag(weight, indices, offs, 2, None, 5, False, scale_bias, False, False,
+                                                False)
+    assert torch.equal(_bits(alone), _bits(out))
+    assert none.shape == (0, 0) and none.dtype == torch.int64
+    picked = weight64[max_indices.clamp(min=0), torch.arange(dim)]
+    torch.testing.assert_close(out.double(), torch.where(max_indices >= 0, picked, 0.0),
+                               **tolerance(weight_dtype, "max"))
+
+    other, other_sb, _ = make_weight(31, 5, weight_dtype)
+    second_indices, second_offsets = make_bags(23, 4, 31, index_dtype)
+    batched_indices = torch.cat([indices, second_indices])
+    batched_offsets = torch.cat([offsets, second_offsets[1:] + offsets[-1]])
+    tables = [weight, other]
+    sbs = None if scale_bias is None else [scale_bias, other_sb]
+    out, max_indices = torch.ops.mprec.batched_embedding_bag(tables, batched_indices, batched_offsets, 2, None, [5, -1],
+                                                             sbs)
+    alone, none = torch.ops.mprec.batched_embedding_bag(tables, batched_indices, batched_offsets, 2, None, [5, -1],
+                                                        sbs, False, False)
+    assert max_indices.shape == out.shape
+    assert torch.equal(_bits(alone), _bits(out))
+    assert none.shape == (0, 0)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["single", "batched"])
+def test_max_gradient_where_the_call_returns_no_argmax(batched):
+    """A max-mode gradient needs the argmax: autograd finds it even where the call asks for none."""
+    g = torch.Generator().manual_seed(3)
+    weight = torch.randn(40, 7, generator=g, dtype=torch.float64)
+    indices, offsets = make_bags(11, 6, 40, torch.int64)
+    grad_out = torch.randn(11, 7, generator=g, dtype=torch.float64)
+    grads = []
+    for return_max_indices in (True, False):
+        leaf = weight.clone().requires_grad_(True)
+        if batched:
+            out, max_indices = torch.ops.mprec.batched_embedding_bag([leaf], indices, offsets, 2, None, [], None,
+                                                                     False, return_max_indices)
+        else:
+            out, max_indices = torch.ops.mprec.embedding_bag(leaf, indices, offsets[:-1], 2, None, -1, False, None,
+                                                             False, False, return_max_indices)
+        assert max_indices.shape == ((11, 7) if return_max_indices else (0, 0))
+        out.backward(grad_out)
+        grads.append(leaf.grad)
+    reference_leaf = weight.clone().requires_grad_(True)
+    embedding_bag_reference(reference_leaf, indices, offsets[:-1], "max").backward(grad_out)
+    assert torch.equal(grads[1], grads[0])
+    torch.testing.assert_close(grads[1], reference_leaf.grad)
+
+
 def test_row_prefetch_follows_the_cpu_and_can_be_set():
     """Larger tables' rows are prefetched by the first lines of a wide slice on Intel, whole from one distance at
     every width on AMD without AVX-512, whole from the per-width distances elsewhere; the vendor is the one

@@ -111,6 +111,11 @@ def test_embedding_bag_forward(dtype, mode, dim, index_dtype):
             assert torch.equal(max_indices.cpu(), cpu_max)
         else:
             assert max_indices.numel() == 0
+        # Without the argmax: the same output, bit for bit, and no max_indices in any mode.
+        out_alone, none = call("embedding_bag", weight.to(DEVICE), indices.to(DEVICE), offs.to(DEVICE), mode,
+                               None if psw is None else psw.to(DEVICE), padding, include_last, None, False, False,
+                               False)
+        assert torch.equal(out_alone.cpu(), out.cpu()) and none.shape == (0, 0) and none.dtype == torch.int64
 
 
 # The shapes the kernels specialise on: bags longer than a warp's 32 indices (and not a multiple of the rows
@@ -250,6 +255,10 @@ def test_batched_embedding_bag(dtype, mode, index_dtype):
     cpu_out, cpu_max = torch.ops.mprec.batched_embedding_bag(weights, indices, offsets, mode, psw, padding)
     if mode == 2:
         assert torch.equal(max_indices.cpu(), cpu_max)
+    out_alone, none = call("batched_embedding_bag", [w.to(DEVICE) for w in weights], indices.to(DEVICE),
+                           offsets.to(DEVICE), mode, None if psw is None else psw.to(DEVICE), padding, None, False,
+                           False)
+    assert torch.equal(out_alone.cpu(), out.cpu()) and none.shape == (0, 0)
     grad = torch.randn(out.shape, generator=g, dtype=torch.float64).to(dtype)
     grads = call("batched_embedding_bag_backward", grad.to(DEVICE), [w.to(DEVICE) for w in weights],
                  indices.to(DEVICE), offsets.to(DEVICE), max_indices, mode, None if psw is None else psw.to(DEVICE),

@@ -26,7 +26,7 @@ using Pooled = std::tuple<Tensor, Tensor>;
 // -- one table --------------------------------------------------------------------------------------------
 
 using SingleFn = Pooled(const Tensor&, const Tensor&, const Tensor&, int64_t, const OptionalTensor&, int64_t, bool,
-                        const OptionalTensor&, bool, bool);
+                        const OptionalTensor&, bool, bool, bool);
 using SingleBackwardFn = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t,
                                 const OptionalTensor&, int64_t, bool);
 using SingleSparseBackwardFn = Pooled(const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t,
@@ -52,6 +52,12 @@ Tensor bag_lookups(const Tensor& indices, const Tensor& offsets, bool include_la
   return positions.lt(end).to(at::kLong);
 }
 
+// The second output as the caller asked for it: max mode's argmaxes, which the backward always needs and so the
+// forward always finds, or [0, 0] where return_max_indices is false (as the kernels give it).
+Tensor returned_max_indices(const Tensor& max_indices, bool return_max_indices) {
+  return return_max_indices ? max_indices : at::empty({0, 0}, max_indices.options());
+}
+
 const c10::TypedOperatorHandle<SingleFn>& single_op() {
   static const auto handle = op<SingleFn>("mprec::embedding_bag");
   return handle;
@@ -64,10 +70,10 @@ struct EmbeddingBagFunction : torch::autograd::Function<EmbeddingBagFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& weight, const Tensor& indices,
                                const Tensor& offsets, int64_t mode, const OptionalTensor& per_sample_weights,
                                int64_t padding_idx, bool include_last_offset, const OptionalTensor& scale_bias,
-                               bool sparse, bool scale_grad_by_freq) {
+                               bool sparse, bool scale_grad_by_freq, bool return_max_indices) {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [out, max_indices] = single_op().call(weight, indices, offsets, mode, per_sample_weights, padding_idx,
-                                               include_last_offset, scale_bias, sparse, scale_grad_by_freq);
+                                               include_last_offset, scale_bias, sparse, scale_grad_by_freq, true);
     ctx->save_for_backward({weight, indices, offsets, per_sample_weights.value_or(Tensor()), max_indices});
     ctx->saved_data["mode"] = mode;
     ctx->saved_data["padding_idx"] = padding_idx;
@@ -77,12 +83,12 @@ struct EmbeddingBagFunction : torch::autograd::Function<EmbeddingBagFunction> {
     // max_indices is int64, so never differentiable, and is not marked so: compiled autograd traces no function
     // that marks outputs. Undefined gradients stay undefined, so no zeros of its size are made for it.
     ctx->set_materialize_grads(false);
-    return {out, max_indices};
+    return {out, returned_max_indices(max_indices, return_max_indices)};
   }
 
   // One gradient per forward argument; the differentiable ones are the weight (0) and per_sample_weights (4).
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    variable_list result(10);
+    variable_list result(11);
     const Tensor& grad = grads[0];
     if (!grad.defined()) return result;
     const auto saved = ctx->get_saved_variables();
@@ -129,14 +135,15 @@ struct EmbeddingBagFunction : torch::autograd::Function<EmbeddingBagFunction> {
 Pooled embedding_bag_autograd(const Tensor& weight, const Tensor& indices, const Tensor& offsets, int64_t mode,
                               const OptionalTensor& per_sample_weights, int64_t padding_idx,
                               bool include_last_offset, const OptionalTensor& scale_bias, bool sparse,
-                              bool scale_grad_by_freq) {
+                              bool scale_grad_by_freq, bool return_max_indices) {
   if (!wants_gradient(weight, per_sample_weights)) {
     at::AutoDispatchBelowADInplaceOrView below;
     return single_op().call(weight, indices, offsets, mode, per_sample_weights, padding_idx, include_last_offset,
-                            scale_bias, sparse, scale_grad_by_freq);
+                            scale_bias, sparse, scale_grad_by_freq, return_max_indices);
   }
   auto outputs = EmbeddingBagFunction::apply(weight, indices, offsets, mode, per_sample_weights, padding_idx,
-                                             include_last_offset, scale_bias, sparse, scale_grad_by_freq);
+                                             include_last_offset, scale_bias, sparse, scale_grad_by_freq,
+                                             return_max_indices);
   return {outputs[0], outputs[1]};
 }
 
@@ -144,7 +151,7 @@ Pooled embedding_bag_autograd(const Tensor& weight, const Tensor& indices, const
 
 using OptionalTensorList = std::optional<TensorList>;
 using BatchedFn = Pooled(TensorList, const Tensor&, const Tensor&, int64_t, const OptionalTensor&, at::IntArrayRef,
-                         const OptionalTensorList&, bool);
+                         const OptionalTensorList&, bool, bool);
 using BatchedBackwardFn = std::vector<Tensor>(const Tensor&, TensorList, const Tensor&, const Tensor&, const Tensor&,
                                               int64_t, const OptionalTensor&, at::IntArrayRef);
 using BatchedSparseBackwardFn = std::tuple<std::vector<Tensor>, std::vector<Tensor>>(
@@ -162,10 +169,11 @@ struct BatchedEmbeddingBagFunction : torch::autograd::Function<BatchedEmbeddingB
 
   static variable_list forward(AutogradContext* ctx, TensorList weights, const Tensor& indices,
                                const Tensor& offsets, int64_t mode, const OptionalTensor& per_sample_weights,
-                               at::IntArrayRef padding_idx, const OptionalTensorList& scale_bias, bool sparse) {
+                               at::IntArrayRef padding_idx, const OptionalTensorList& scale_bias, bool sparse,
+                               bool return_max_indices) {
     at::AutoDispatchBelowADInplaceOrView below;
-    auto [out, max_indices] =
-        batched_op().call(weights, indices, offsets, mode, per_sample_weights, padding_idx, scale_bias, sparse);
+    auto [out, max_indices] = batched_op().call(weights, indices, offsets, mode, per_sample_weights, padding_idx,
+                                                scale_bias, sparse, true);
     variable_list to_save{indices, offsets, per_sample_weights.value_or(Tensor()), max_indices};
     to_save.insert(to_save.end(), weights.begin(), weights.end());
     ctx->save_for_backward(std::move(to_save));
@@ -173,16 +181,16 @@ struct BatchedEmbeddingBagFunction : torch::autograd::Function<BatchedEmbeddingB
     ctx->saved_data["padding_idx"] = padding_idx.vec();
     ctx->saved_data["sparse"] = sparse;
     ctx->set_materialize_grads(false);
-    return {out, max_indices};
+    return {out, returned_max_indices(max_indices, return_max_indices)};
   }
 
   // One gradient per forward argument, a table list counting one per table: the T weights, indices, offsets,
-  // mode, per_sample_weights (T + 3), padding_idx, scale_bias, sparse.
+  // mode, per_sample_weights (T + 3), padding_idx, scale_bias, sparse, return_max_indices.
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const std::vector<Tensor> weights(saved.begin() + 4, saved.end());
     const size_t tables = weights.size();
-    variable_list result(tables + 7);
+    variable_list result(tables + 8);
     const Tensor& grad = grads[0];
     if (!grad.defined()) return result;
     const Tensor &indices = saved[0], &offsets = saved[1], &max_indices = saved[3];
@@ -215,13 +223,14 @@ struct BatchedEmbeddingBagFunction : torch::autograd::Function<BatchedEmbeddingB
 
 Pooled batched_embedding_bag_autograd(TensorList weights, const Tensor& indices, const Tensor& offsets, int64_t mode,
                                       const OptionalTensor& per_sample_weights, at::IntArrayRef padding_idx,
-                                      const OptionalTensorList& scale_bias, bool sparse) {
+                                      const OptionalTensorList& scale_bias, bool sparse, bool return_max_indices) {
   if (!wants_gradient(weights, per_sample_weights)) {
     at::AutoDispatchBelowADInplaceOrView below;
-    return batched_op().call(weights, indices, offsets, mode, per_sample_weights, padding_idx, scale_bias, sparse);
+    return batched_op().call(weights, indices, offsets, mode, per_sample_weights, padding_idx, scale_bias, sparse,
+                             return_max_indices);
   }
   auto outputs = BatchedEmbeddingBagFunction::apply(weights, indices, offsets, mode, per_sample_weights,
-                                                    padding_idx, scale_bias, sparse);
+                                                    padding_idx, scale_bias, sparse, return_max_indices);
   return {outputs[0], outputs[1]};
 }
 

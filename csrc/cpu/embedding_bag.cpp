@@ -137,7 +137,7 @@ void pool_float64(const char* op, const std::vector<Table>& tables, const Layout
   BagReader<IT> reader(op, layout, tables);
   const int64_t total_dim = output.size(1);
   double* out = output.data_ptr<double>();
-  int64_t* mi = mode == PoolMode::kMax ? max_indices.data_ptr<int64_t>() : nullptr;
+  int64_t* mi = max_indices.numel() > 0 ? max_indices.data_ptr<int64_t>() : nullptr;
   const double* psw_ptr = psw.defined() ? psw.data_ptr<double>() : nullptr;
   const int64_t total_bags = static_cast<int64_t>(tables.size()) * layout.bags;
   at::parallel_for(0, total_bags, 64, [&](int64_t begin, int64_t end) {
@@ -161,7 +161,10 @@ void pool_float64(const char* op, const std::vector<Table>& tables, const Layout
         for (int64_t d = 0; d < table.dim; ++d) {
           const double x = w[r * table.dim + d];
           if (mode != PoolMode::kMax) acc[d] += s * x;
-          else if (x > acc[d]) { acc[d] = x; a[d] = r; }
+          else if (x > acc[d]) {
+            acc[d] = x;
+            if (a) a[d] = r;
+          }
         }
       }
       for (int64_t d = 0; d < table.dim; ++d) {
@@ -221,15 +224,17 @@ int64_t bag_grain(const Layout& layout, int64_t total_bags, int64_t total_dim) {
   return std::max<int64_t>(1, 16384 / per_bag);
 }
 
+// max_indices is [bags, total_dim] in max mode where `return_max_indices`, else [0, 0].
 std::tuple<Tensor, Tensor> pool_tables(const char* op, const std::vector<Table>& tables, const Layout& layout,
-                                       PoolMode mode, const Tensor& psw) {
+                                       PoolMode mode, const Tensor& psw, bool return_max_indices) {
   const int64_t num_tables = static_cast<int64_t>(tables.size());
   int64_t total_dim = 0;
   for (const auto& t : tables) total_dim += t.dim;
   const auto in_dtype = tables[0].weight.scalar_type();
   const auto out_dtype = in_dtype == at::kByte ? at::kFloat : in_dtype;
   Tensor output = at::empty({layout.bags, total_dim}, tables[0].weight.options().dtype(out_dtype));
-  Tensor max_indices = at::empty({mode == PoolMode::kMax ? layout.bags : 0, mode == PoolMode::kMax ? total_dim : 0},
+  const bool want_args = mode == PoolMode::kMax && return_max_indices;
+  Tensor max_indices = at::empty({want_args ? layout.bags : 0, want_args ? total_dim : 0},
                                  tables[0].weight.options().dtype(at::kLong));
   const int64_t total_bags = num_tables * layout.bags;
   if (total_bags == 0) return {output, max_indices};
@@ -264,14 +269,14 @@ std::tuple<Tensor, Tensor> pool_tables(const char* op, const std::vector<Table>&
       args.padding_idx = table.padding_idx;
       args.output = static_cast<char*>(output.data_ptr()) + table.col * output.element_size();
       args.output_stride = total_dim;
-      args.max_indices = mode == PoolMode::kMax ? max_indices.data_ptr<int64_t>() + table.col : nullptr;
+      args.max_indices = want_args ? max_indices.data_ptr<int64_t>() + table.col : nullptr;
       args.max_indices_stride = total_dim;
       args.prefetch = table.num_rows * table.dim * table.weight.element_size() > cached_table_bytes()
                           ? row_prefetch()
                           : RowPrefetch::kNone;
       // The vector variants hold max-mode row numbers in int32 lanes.
       const bool wide_rows = table.num_rows > std::numeric_limits<int32_t>::max();
-      const PoolFn fn = (mode == PoolMode::kMax && wide_rows) ? &scalar::pool : kernel;
+      const PoolFn fn = (want_args && wide_rows) ? &scalar::pool : kernel;
       BagErrorReport error;
       if (!fn(args, b0, b1, base, &error)) {
         error.table = t;
@@ -300,7 +305,7 @@ std::tuple<Tensor, Tensor> embedding_bag_cpu(const Tensor& weight, const Tensor&
                                              int64_t mode, const c10::optional<Tensor>& per_sample_weights,
                                              int64_t padding_idx, bool include_last_offset,
                                              const c10::optional<Tensor>& scale_bias, bool /*sparse*/,
-                                             bool scale_grad_by_freq) {
+                                             bool scale_grad_by_freq, bool return_max_indices) {
   const char* op = kSingleOp;
   check_defined(op, {{"weight", &weight}, {"indices", &indices}, {"offsets", &offsets}});
   const PoolMode pool_mode = checked_mode(op, mode);
@@ -315,7 +320,7 @@ std::tuple<Tensor, Tensor> embedding_bag_cpu(const Tensor& weight, const Tensor&
                                                 accumulation_dtype(weight), kCpu);
   std::vector<Table> tables{{weight.contiguous(), sb.defined() ? sb.contiguous() : Tensor(), type, weight.size(0),
                              weight.size(1), 0, padding_idx}};
-  return pool_tables(op, tables, layout, pool_mode, psw);
+  return pool_tables(op, tables, layout, pool_mode, psw, return_max_indices);
 }
 
 std::vector<Table> batched_tables(const char* op, at::TensorList weights, at::IntArrayRef padding_idx,
@@ -338,7 +343,7 @@ std::tuple<Tensor, Tensor> batched_embedding_bag_cpu(at::TensorList weights, con
                                                      const c10::optional<Tensor>& per_sample_weights,
                                                      at::IntArrayRef padding_idx,
                                                      const c10::optional<at::TensorList>& scale_bias,
-                                                     bool /*sparse*/) {
+                                                     bool /*sparse*/, bool return_max_indices) {
   const char* op = kBatchedOp;
   check_defined(op, {{"indices", &indices}, {"offsets", &offsets}});
   const PoolMode pool_mode = checked_mode(op, mode);
@@ -347,7 +352,7 @@ std::tuple<Tensor, Tensor> batched_embedding_bag_cpu(at::TensorList weights, con
   const Layout layout = make_layout(op, indices, offsets, batched_bags(op, offsets, tables.size()));
   const Tensor psw = checked_per_sample_weights(op, per_sample_weights, pool_mode, indices.numel(),
                                                 accumulation_dtype(tables[0].weight), kCpu);
-  return pool_tables(op, tables, layout, pool_mode, psw);
+  return pool_tables(op, tables, layout, pool_mode, psw, return_max_indices);
 }
 
 // --- backward ---------------------------------------------------------------------------------------

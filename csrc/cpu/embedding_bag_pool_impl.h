@@ -286,6 +286,10 @@ __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, 
   F acc[NV];
   MPREC_UNROLL for (int v = 0; v < NV; ++v) acc[v] = kMax ? V::neg_inf() : V::zero();
   constexpr bool kArgInPass = kMax && arg_in_pass<NV>();
+  // Max mode without an arg_out (the caller wants no argmax): the pass keeps the maxima alone and no walk follows,
+  // so it costs what a sum of the same rows does. A branch per row, the same every time, rather than variants of
+  // their own, which would add as much code again as max mode has.
+  const bool args = kMax && arg_out != nullptr;
   typename V::I arg[kArgInPass ? NV : 1];
   if constexpr (kArgInPass) MPREC_UNROLL for (int v = 0; v < NV; ++v) arg[v] = V::arg_init();
   float bias_sum = 0.f;  // uint8 rows in sum/mean mode: sum of w * bias, added once at the end
@@ -310,7 +314,7 @@ __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, 
       const float bias = a.scale_bias[2 * idx + 1];
       if (kMax) {
         const F s = V::set1(scale), b = V::set1(bias);
-        if constexpr (kArgInPass) {
+        if (kArgInPass && args) {
           const typename V::I r = V::arg_row(idx);
           MPREC_UNROLL for (int v = 0; v < NV; ++v)
             V::max_update(acc[v], arg[v], row_vector<NV, kWhole>(row, v, tail, s, b), r);
@@ -325,7 +329,7 @@ __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, 
         bias_sum += w * bias;
       }
     } else {
-      if constexpr (kArgInPass) {
+      if (kArgInPass && args) {
         const typename V::I r = V::arg_row(idx);
         MPREC_UNROLL for (int v = 0; v < NV; ++v)
           V::max_update(acc[v], arg[v], load_vector<NV, kWhole>(row, v, tail), r);
@@ -356,14 +360,16 @@ __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, 
     if (count == 0) {
       MPREC_UNROLL for (int v = 0; v < NV; ++v) {
         acc[v] = V::zero();
-        V::store_arg(arg_out + v * W, V::arg_init(), v == NV - 1 ? tail : full);
+        if (args) V::store_arg(arg_out + v * W, V::arg_init(), v == NV - 1 ? tail : full);
       }
-    } else if constexpr (kArgInPass) {
-      MPREC_UNROLL for (int v = 0; v < NV; ++v) V::store_arg(arg_out + v * W, arg[v], v == NV - 1 ? tail : full);
-    } else {
-      alignas(64) float best[NV * W];
-      MPREC_UNROLL for (int v = 0; v < NV; ++v) V::store(best + v * W, acc[v], full);
-      max_args<WT, IT, NV, kWhole>(a, weight, indices, col, start, end, best, tail, prefetch, arg_out);
+    } else if (args) {
+      if constexpr (kArgInPass) {
+        MPREC_UNROLL for (int v = 0; v < NV; ++v) V::store_arg(arg_out + v * W, arg[v], v == NV - 1 ? tail : full);
+      } else {
+        alignas(64) float best[NV * W];
+        MPREC_UNROLL for (int v = 0; v < NV; ++v) V::store(best + v * W, acc[v], full);
+        max_args<WT, IT, NV, kWhole>(a, weight, indices, col, start, end, best, tail, prefetch, arg_out);
+      }
     }
   } else {
     if (sizeof(WT) == 1 && bias_sum != 0.f) {
@@ -386,8 +392,8 @@ __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, 
   return true;
 }
 
-// Bag `bag`'s output row, and its row of max mode's argmaxes (nullptr in other modes), in a call whose output starts
-// at bag `output_bag_base`.
+// Bag `bag`'s output row, and its row of max mode's argmaxes (nullptr in other modes, and where the call wants none),
+// in a call whose output starts at bag `output_bag_base`.
 template <typename WT>
 __attribute__((always_inline)) static inline typename OutputOf<WT>::type* bag_output(const PoolArgs& a, int64_t bag,
                                                                                      int64_t output_bag_base) {
@@ -396,7 +402,7 @@ __attribute__((always_inline)) static inline typename OutputOf<WT>::type* bag_ou
 template <bool kMax>
 __attribute__((always_inline)) static inline int64_t* bag_max_indices(const PoolArgs& a, int64_t bag,
                                                                       int64_t output_bag_base) {
-  return kMax ? a.max_indices + (bag - output_bag_base) * a.max_indices_stride : nullptr;
+  return kMax && a.max_indices ? a.max_indices + (bag - output_bag_base) * a.max_indices_stride : nullptr;
 }
 
 // Bag `bag`'s lookups [start, end). Offsets are checked here, bag by bag, rather than in a pass of their own.
@@ -512,7 +518,7 @@ static bool pool_passes(const PoolArgs& args, const WT* weight, const IT* indice
     for (int64_t col = 0; col < a.dim; col += NV * V::W) {
       if (!pool_block<WT, IT, kMax, NV, kWhole, kUnweighted>(a, weight, indices, col, start, end,
                                                              col == 0 ? first : later, out + col,
-                                                             kMax ? arg_out + col : nullptr, error))
+                                                             arg_out ? arg_out + col : nullptr, error))
         return false;
     }
   }
@@ -596,7 +602,7 @@ static bool pool_typed(const PoolArgs& a, int64_t bag_begin, int64_t bag_end, in
       const int nv = static_cast<int>((cols + V::W - 1) / V::W);
       const Prefetch p = col == 0 ? first : later;
       MPREC_POOL_SWITCH(pool_block_outlined, a, weight, indices, col, start, end, p, out + col,
-                        kMax ? arg_out + col : nullptr, error)
+                        arg_out ? arg_out + col : nullptr, error)
       if (!ok) return false;
     }
   }

@@ -81,7 +81,7 @@ void raise_kernel_error(const char* op, const Tensor& errors, const std::vector<
 
 std::tuple<Tensor, Tensor> pool(const char* op, const std::vector<Tensor>& weights, const std::vector<int64_t>& pads,
                                 const Tensor& indices, const Tensor& offsets, int64_t bags, PoolMode mode,
-                                const Tensor& per_sample_weights, c10::Device device) {
+                                const Tensor& per_sample_weights, bool return_max_indices, c10::Device device) {
   const runtime::DeviceGuard guard(device);
   DeviceTables tables;
   int64_t total_dim = 0;
@@ -92,8 +92,8 @@ std::tuple<Tensor, Tensor> pool(const char* op, const std::vector<Tensor>& weigh
   }
   const at::TensorOptions options = weights[0].options();
   Tensor output = at::empty({bags, total_dim}, options);
-  const bool is_max = mode == PoolMode::kMax;
-  Tensor max_indices = at::empty({is_max ? bags : 0, is_max ? total_dim : 0}, options.dtype(at::kLong));
+  const bool args = mode == PoolMode::kMax && return_max_indices;
+  Tensor max_indices = at::empty({args ? bags : 0, args ? total_dim : 0}, options.dtype(at::kLong));
   const Tensor errors = error_buffer(device);
 
   PoolParams params{};
@@ -103,7 +103,7 @@ std::tuple<Tensor, Tensor> pool(const char* op, const std::vector<Tensor>& weigh
   params.mode = mode;
   params.per_sample_weights = per_sample_weights.defined() ? per_sample_weights.data_ptr() : nullptr;
   params.output = output.data_ptr();
-  params.max_indices = is_max ? max_indices.data_ptr<int64_t>() : nullptr;
+  params.max_indices = args ? max_indices.data_ptr<int64_t>() : nullptr;
   params.max_dim = 0;
   params.packet_rows = true;
   for (const auto& weight : weights) {
@@ -160,7 +160,7 @@ std::tuple<Tensor, Tensor> embedding_bag_cuda(const Tensor& weight, const Tensor
                                               int64_t mode, const c10::optional<Tensor>& per_sample_weights,
                                               int64_t padding_idx, bool include_last_offset,
                                               const c10::optional<Tensor>& scale_bias, bool /*sparse*/,
-                                              bool scale_grad_by_freq) {
+                                              bool scale_grad_by_freq, bool return_max_indices) {
   const char* op = "mprec::embedding_bag";
   const c10::Device device = kernel_device_of(weight);
   const PoolMode pool_mode = checked_mode(op, mode);
@@ -173,7 +173,7 @@ std::tuple<Tensor, Tensor> embedding_bag_cuda(const Tensor& weight, const Tensor
   const Tensor psw = checked_per_sample_weights(op, per_sample_weights, pool_mode, indices.numel(),
                                                 accumulation_dtype(weight), device);
   return pool(op, {weight.contiguous()}, {padding_idx}, indices.contiguous(), offsets.contiguous(), bags, pool_mode,
-              psw, device);
+              psw, return_max_indices, device);
 }
 
 std::tuple<Tensor, Tensor> batched_embedding_bag_cuda(at::TensorList weights, const Tensor& indices,
@@ -181,7 +181,7 @@ std::tuple<Tensor, Tensor> batched_embedding_bag_cuda(at::TensorList weights, co
                                                       const c10::optional<Tensor>& per_sample_weights,
                                                       at::IntArrayRef padding_idx,
                                                       const c10::optional<at::TensorList>& scale_bias,
-                                                      bool /*sparse*/) {
+                                                      bool /*sparse*/, bool return_max_indices) {
   const char* op = "mprec::batched_embedding_bag";
   const c10::Device device = weights.empty() ? runtime::any_kernel_device() : kernel_device_of(weights[0]);
   const PoolMode pool_mode = checked_mode(op, mode);
@@ -198,7 +198,8 @@ std::tuple<Tensor, Tensor> batched_embedding_bag_cuda(at::TensorList weights, co
     tables.push_back(weights[t].contiguous());
     pads.push_back(padding_idx.empty() ? -1 : padding_idx[t]);
   }
-  return pool(op, tables, pads, indices.contiguous(), offsets.contiguous(), bags, pool_mode, psw, device);
+  return pool(op, tables, pads, indices.contiguous(), offsets.contiguous(), bags, pool_mode, psw, return_max_indices,
+              device);
 }
 
 Tensor embedding_bag_backward_cuda(const Tensor& grad, const Tensor& weight, const Tensor& indices,

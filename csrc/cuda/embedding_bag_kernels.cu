@@ -139,7 +139,8 @@ __device__ __forceinline__ bool pool_bag(const PoolParams& p, const TableDescrip
   const IT* indices = static_cast<const IT*>(p.layout.indices);
   const acc_t* per_sample_weights = static_cast<const acc_t*>(p.per_sample_weights);
   WT* out = static_cast<WT*>(p.output) + b * p.layout.total_dim + table.col;
-  int64_t* arg_out = kMax ? p.max_indices + b * p.layout.total_dim + table.col : nullptr;
+  // Null where the call wants no argmax: the maxima are found alike, the rows they came from not stored.
+  int64_t* arg_out = kMax && p.max_indices != nullptr ? p.max_indices + b * p.layout.total_dim + table.col : nullptr;
   const int64_t dim = table.dim;
 
   for (int64_t pass = 0; pass < dim; pass += kPassColumns) {
@@ -222,7 +223,7 @@ __device__ __forceinline__ bool pool_bag(const PoolParams& p, const TableDescrip
         acc_t v = acc[q][e];
         if constexpr (kMax) {
           if (count == 0) v = acc_t(0);
-          arg_out[c + e] = arg[q][e];
+          if (arg_out != nullptr) arg_out[c + e] = arg[q][e];
         } else if (mean) {
           v = mean_of(v, count);
         }

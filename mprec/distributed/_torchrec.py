@@ -200,7 +200,8 @@ class _DensePooling(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tbe, indices, offsets, per_sample_weights, weights):
         tables = tbe.tables_by_feature()
-        out, _ = _BATCHED_EMBEDDING_BAG(tables, indices, offsets, tbe.mode, per_sample_weights, [], None, False)
+        out, _ = _BATCHED_EMBEDDING_BAG(tables, indices, offsets, tbe.mode, per_sample_weights, [], None, False,
+                                        False)
         ctx.tbe, ctx.tables = tbe, tables
         ctx.save_for_backward(indices, offsets, per_sample_weights)
         return out

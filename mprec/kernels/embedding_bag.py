@@ -88,7 +88,7 @@ def _embedding_bag_kernel(
     table_offsets_ptr, table_rows_ptr, table_dims_ptr, table_cols_ptr, table_padding_ptr, error_ptr,
     bags_per_table, num_offsets, num_indices, out_stride,
     MODE: tl.constexpr, HAS_PER_SAMPLE_WEIGHTS: tl.constexpr, ACC_DTYPE: tl.constexpr, DIM_MULTIPLE: tl.constexpr,
-    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, ARGS: tl.constexpr,
 ):
     g, t, b, dim, cols = _program_slot(table_dims_ptr, bags_per_table, DIM_MULTIPLE, BLOCK_D)
     if tl.program_id(1) * BLOCK_D < dim:
@@ -116,11 +116,12 @@ def _embedding_bag_kernel(
                 # the start value, so both count as -inf here and the first maximum's row is kept.
                 values = tl.where(mask & (values == values), values, float("-inf"))
                 block_max = tl.max(values, axis=0)
-                first = tl.argmax(values, axis=0, tie_break_left=True)
-                block_arg = tl.sum(tl.where(lanes[:, None] == first[None, :], idx[:, None], 0), axis=0)
                 better = block_max > acc
                 acc = tl.where(better, block_max, acc)
-                arg = tl.where(better, block_arg, arg)
+                if ARGS:  # ARGS: the call wants the argmax (max_indices)
+                    first = tl.argmax(values, axis=0, tie_break_left=True)
+                    block_arg = tl.sum(tl.where(lanes[:, None] == first[None, :], idx[:, None], 0), axis=0)
+                    arg = tl.where(better, block_arg, arg)
             else:
                 if HAS_PER_SAMPLE_WEIGHTS:
                     scale = tl.load(per_sample_weights_ptr + positions, mask=valid, other=0.0).to(ACC_DTYPE)
@@ -131,7 +132,8 @@ def _embedding_bag_kernel(
         out_cols = tl.multiple_of(tl.load(table_cols_ptr + t), DIM_MULTIPLE) + cols
         if MODE == 2:
             acc = tl.where(count > 0, acc, 0.0)
-            tl.store(max_indices_ptr + b * out_stride + out_cols, arg, mask=col_mask)
+            if ARGS:
+                tl.store(max_indices_ptr + b * out_stride + out_cols, arg, mask=col_mask)
         if MODE == 1:
             acc = acc / tl.maximum(count, 1).to(ACC_DTYPE)
         tl.store(out_ptr + b * out_stride + out_cols, acc.to(out_ptr.dtype.element_ty), mask=col_mask)
@@ -243,8 +245,9 @@ def _checked_blocks(blocks: tuple[int, int, int]) -> tuple[int, int, int]:
 
 def pool(tables: TableArgs, indices: Tensor, offsets: Tensor, bags: int, mode: int,
          per_sample_weights: Optional[Tensor], error: Tensor,
-         blocks: Optional[tuple[int, int, int]] = None) -> tuple[Tensor, Tensor]:
-    """Pools ``bags`` bags per table into ``[bags, total_dim]`` (and max_indices in max mode).
+         blocks: Optional[tuple[int, int, int]] = None, return_max_indices: bool = True) -> tuple[Tensor, Tensor]:
+    """Pools ``bags`` bags per table into ``[bags, total_dim]`` (and max_indices in max mode, unless
+    ``return_max_indices`` is false: then ``[0, 0]``, and the kernel finds no argmax).
 
     ``offsets`` holds ``T * bags + 1`` entries, or ``bags`` for one table whose last bag runs to the end
     of ``indices``. Sets ``error[0]`` on invalid input. ``blocks`` replaces the launch shape the launcher
@@ -253,7 +256,8 @@ def pool(tables: TableArgs, indices: Tensor, offsets: Tensor, bags: int, mode: i
     base = tables.base
     num_tables = tables.rows.shape[0]
     out = torch.empty((bags, tables.total_dim), dtype=base.dtype, device=base.device)
-    max_indices = torch.empty((bags, tables.total_dim) if mode == 2 else (0, 0), dtype=torch.int64, device=base.device)
+    args = mode == 2 and return_max_indices
+    max_indices = torch.empty((bags, tables.total_dim) if args else (0, 0), dtype=torch.int64, device=base.device)
     if bags == 0 or tables.total_dim == 0:
         return out, max_indices
     acc_dtype = tl.float64 if base.dtype == torch.float64 else tl.float32
@@ -265,7 +269,7 @@ def pool(tables: TableArgs, indices: Tensor, offsets: Tensor, bags: int, mode: i
         tables.offsets, tables.rows, tables.dims, tables.cols, tables.padding, error,
         bags, offsets.shape[0], indices.shape[0], tables.total_dim,
         MODE=mode, HAS_PER_SAMPLE_WEIGHTS=per_sample_weights is not None, ACC_DTYPE=acc_dtype,
-        DIM_MULTIPLE=tables.dim_multiple, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=num_warps)
+        DIM_MULTIPLE=tables.dim_multiple, BLOCK_L=block_l, BLOCK_D=block_d, ARGS=args, num_warps=num_warps)
     return out, max_indices
 
 

@@ -91,5 +91,5 @@ def embedding_bag(
 def _pool(input, weight, offsets, mode, per_sample_weights, include_last_offset, padding_idx, sparse,
           scale_grad_by_freq) -> Tensor:
     out, _ = _EMBEDDING_BAG(weight, input, offsets, MODES[mode], per_sample_weights, padding_idx, include_last_offset,
-                            None, sparse, scale_grad_by_freq)
+                            None, sparse, scale_grad_by_freq, False)
     return out

@@ -46,7 +46,8 @@ class _FusedTableUpdate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, indices, offsets, mode, per_sample_weights, pads, optimizer, states, *weights):
-        out, _ = _BATCHED_EMBEDDING_BAG(list(weights), indices, offsets, mode, per_sample_weights, pads, None, False)
+        out, _ = _BATCHED_EMBEDDING_BAG(list(weights), indices, offsets, mode, per_sample_weights, pads, None, False,
+                                        False)
         ctx.args = (list(weights), states, indices, offsets, mode, per_sample_weights, pads, optimizer)
         return out
 
@@ -77,7 +78,7 @@ def pool_tables(weights: Sequence[Tensor], indices: Tensor, offsets: Tensor, mod
         return _FusedTableUpdate.apply(indices, offsets, mode, per_sample_weights, list(padding_idx), optimizer,
                                        list(states), *weights)
     out, _ = _BATCHED_EMBEDDING_BAG(weights, indices, offsets, mode, per_sample_weights, list(padding_idx), None,
-                                    sparse)
+                                    sparse, False)
     return out
 
 

@@ -49,7 +49,7 @@ struct PoolArgs {
   int64_t padding_idx;             // -1: none
   void* output;                    // fp32 for fp32 and uint8 weights, else the weight's type
   int64_t output_stride;           // elements between consecutive bags' output rows
-  int64_t* max_indices;            // kMax only: [bags, max_indices_stride]
+  int64_t* max_indices;            // kMax: [bags, max_indices_stride], or null for no argmax (the maxima alone)
   int64_t max_indices_stride;
   RowPrefetch prefetch;            // how rows are prefetched; kNone for a table that stays in the cache
 };

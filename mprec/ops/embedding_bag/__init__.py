@@ -184,7 +184,8 @@ def _batched_bags(op: str, offsets: Tensor, num_tables: int):
 
 @register_fake("mprec::embedding_bag")
 def _embedding_bag_fake(weight, indices, offsets, mode=0, per_sample_weights=None, padding_idx=-1,
-                        include_last_offset=False, scale_bias=None, sparse=False, scale_grad_by_freq=False):
+                        include_last_offset=False, scale_bias=None, sparse=False, scale_grad_by_freq=False,
+                        return_max_indices=True):
     op = "mprec::embedding_bag"
     mode = mode_number(op, mode)
     _check_scale_grad_by_freq(op, scale_grad_by_freq, mode)
@@ -194,8 +195,14 @@ def _embedding_bag_fake(weight, indices, offsets, mode=0, per_sample_weights=Non
     _check_padding_idx(op, padding_idx, weight.shape[0])
     _check_per_sample_weights(op, per_sample_weights, mode, indices.shape[0])
     out = weight.new_empty((bags, weight.shape[1]), dtype=_output_dtype(weight.dtype))
-    max_shape = (bags, weight.shape[1]) if mode == 2 else (0, 0)
-    return out, weight.new_empty(max_shape, dtype=torch.int64)
+    return out, _max_indices_like(out, mode, return_max_indices)
+
+
+def _max_indices_like(out: Tensor, mode: int, return_max_indices: bool) -> Tensor:
+    """The forward ops' second output: the argmax of every output element in max mode where asked for, else
+    ``[0, 0]``."""
+    shape = out.shape if mode == 2 and return_max_indices else (0, 0)
+    return out.new_empty(shape, dtype=torch.int64)
 
 
 def single_backward_bags(op: str, weight: Tensor, indices: Tensor, offsets: Tensor, mode: int, padding_idx: int,
@@ -327,12 +334,14 @@ def embedding_bag(
             (sum and mean modes; dense and sparse gradients).
 
     Returns:
-        ``[B, D]`` in the weight's dtype (float32 for uint8 weights). Empty bags give zeros in every mode.
+        ``[B, D]`` in the weight's dtype (float32 for uint8 weights). Empty bags give zeros in every mode. In max
+        mode no argmax is found unless a gradient will need it (``torch.ops.mprec.embedding_bag`` returns it).
     """
     op = "mprec::embedding_bag"
     out, _ = _EMBEDDING_BAG(
         weight, indices, offsets, mode_number(op, mode), per_sample_weights,
-        _normalize_padding_idx(op, padding_idx, weight), include_last_offset, scale_bias, sparse, scale_grad_by_freq)
+        _normalize_padding_idx(op, padding_idx, weight), include_last_offset, scale_bias, sparse, scale_grad_by_freq,
+        False)
     return out
 
 
@@ -340,7 +349,7 @@ def embedding_bag(
 
 @register_fake("mprec::batched_embedding_bag")
 def _batched_embedding_bag_fake(weights, indices, offsets, mode=0, per_sample_weights=None, padding_idx=(),
-                                scale_bias=None, sparse=False):
+                                scale_bias=None, sparse=False, return_max_indices=True):
     op = "mprec::batched_embedding_bag"
     mode = mode_number(op, mode)
     _check_tables(op, weights, scale_bias, padding_idx)
@@ -349,8 +358,7 @@ def _batched_embedding_bag_fake(weights, indices, offsets, mode=0, per_sample_we
     bags = _batched_bags(op, offsets, len(weights))
     total_dim = sum(w.shape[1] for w in weights)
     out = weights[0].new_empty((bags, total_dim), dtype=_output_dtype(weights[0].dtype))
-    max_shape = (bags, total_dim) if mode == 2 else (0, 0)
-    return out, weights[0].new_empty(max_shape, dtype=torch.int64)
+    return out, _max_indices_like(out, mode, return_max_indices)
 
 
 def _batched_backward_checks(op, kind, grad, weights, indices, offsets, mode, psw, padding_idx,
@@ -413,7 +421,7 @@ def batched_embedding_bag(
         _normalize_padding_idx(op, p, w) for p, w in zip(padding_idx, weights, strict=True)]
     out, _ = _BATCHED_EMBEDDING_BAG(
         weights, indices, offsets, mode_number(op, mode), per_sample_weights, pads,
-        None if scale_bias is None else list(scale_bias), sparse)
+        None if scale_bias is None else list(scale_bias), sparse, False)
     return out
 
 

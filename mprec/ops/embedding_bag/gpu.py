@@ -53,13 +53,14 @@ def _single_setup(op, weight, scale_bias, indices, offsets, mode, per_sample_wei
 def embedding_bag(weight: Tensor, indices: Tensor, offsets: Tensor, mode: int = 0,
                   per_sample_weights: Optional[Tensor] = None, padding_idx: int = -1,
                   include_last_offset: bool = False, scale_bias: Optional[Tensor] = None, sparse: bool = False,
-                  scale_grad_by_freq: bool = False):
+                  scale_grad_by_freq: bool = False, return_max_indices: bool = True):
     op = _SINGLE
     _check_scale_grad_by_freq(op, scale_grad_by_freq, mode_number(op, mode))
     mode, bags, psw, tables, indices, offsets = _single_setup(
         op, weight, scale_bias, indices, offsets, mode, per_sample_weights, padding_idx, include_last_offset)
     error = _new_error_flag(weight.device)
-    out, max_indices = _triton_eb.pool(tables, indices, offsets, bags, mode, psw, error)
+    out, max_indices = _triton_eb.pool(tables, indices, offsets, bags, mode, psw, error,
+                                       return_max_indices=return_max_indices)
     if _failed(error, offsets):
         raise_bag_error(op, indices, offsets, bags, [weight.shape[0]], [padding_idx])
     return out, max_indices
@@ -103,12 +104,14 @@ def _batched_setup(op, weights, scale_bias, indices, offsets, mode, per_sample_w
 
 def batched_embedding_bag(weights: Sequence[Tensor], indices: Tensor, offsets: Tensor, mode: int = 0,
                           per_sample_weights: Optional[Tensor] = None, padding_idx: Sequence[int] = (),
-                          scale_bias: Optional[Sequence[Tensor]] = None, sparse: bool = False):
+                          scale_bias: Optional[Sequence[Tensor]] = None, sparse: bool = False,
+                          return_max_indices: bool = True):
     op = _BATCHED
     mode, bags, psw, tables, indices, offsets, weights = _batched_setup(
         op, weights, scale_bias, indices, offsets, mode, per_sample_weights, padding_idx)
     error = _new_error_flag(weights[0].device)
-    out, max_indices = _triton_eb.pool(tables, indices, offsets, bags, mode, psw, error)
+    out, max_indices = _triton_eb.pool(tables, indices, offsets, bags, mode, psw, error,
+                                       return_max_indices=return_max_indices)
     if _failed(error, offsets):
         raise_bag_error(op, indices, offsets, bags, [w.shape[0] for w in weights], list(padding_idx))
     return out, max_indices

@@ -61,7 +61,8 @@ struct PoolParams {
   PoolMode mode;
   const void* per_sample_weights;  // [num_indices] in the accumulation type (sum mode only), or null
   void* output;                    // [bags, total_dim] in the weight type
-  int64_t* max_indices;            // [bags, total_dim] for kMax (the row of each column's max, -1 if none)
+  int64_t* max_indices;            // [bags, total_dim] for kMax (the row of each column's max, -1 if none), or
+                                   // null where the call wants no argmax
   // The launcher picks the kernel's per-lane registers from these (as FBGEMM's TBE picks by max_D):
   int64_t max_dim;                 // the widest table's dim
   bool packet_rows;                // every table's rows are whole 16-byte packets and its weight 16-byte aligned
