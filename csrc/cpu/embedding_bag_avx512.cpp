@@ -46,6 +46,7 @@ struct V {
   // kNarrowSliceBytes in embedding_bag_pool_impl.h).
   static constexpr int kConvertedVectors = 8;
   static constexpr bool kNarrow16BitSlices = true;
+  static constexpr bool kWholeConvertedBlocks = false;  // slower for 16-bit rows (whole_variants)
   static F add(F a, F b) { return _mm512_add_ps(a, b); }
   static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
   static F mul(F a, F b) { return _mm512_mul_ps(a, b); }

@@ -11,8 +11,9 @@
 //   -inf), arg_row(row) (row in every lane), max_update(acc, arg, x, row) (acc = max(x, acc), and arg = row where
 //   x is greater),
 //   kRegisters (vector registers), kSumVectors and kMaxVectors (accumulators of a float32 sum/mean and max pass),
-//   kArgVectors (vectors of a chunk of the argmax pass), store(float*/f16_t*/bf16_t*, F, M), storeu(float*, F) (all
-//   W lanes),
+//   kArgVectors (vectors of a chunk of the argmax pass), kConvertedVectors, kNarrow16BitSlices and
+//   kWholeConvertedBlocks (see block_vectors and whole_variants), store(float*/f16_t*/bf16_t*, F, M), storeu(float*,
+//   F) (all W lanes),
 //   store_arg(int64_t*, I, M),
 //   prefetch(const void*) (into L2) and prefetch_l1(const void*).
 
@@ -116,13 +117,27 @@ constexpr int64_t lines_of(int64_t cols) { return (cols * static_cast<int64_t>(s
 // spilling accumulators to the stack on every row, and AVX2, which has no mask registers, decides per row
 // whether to mask. Every whole float32 block uses it (with kUnweighted where the call has no weights): with the
 // rows in the cache, D=16 pooled 1.4x faster so on AVX2, and bags of one D=16 lookup twice as fast on AVX-512
-// (which had loaded masked and checked for weights per row). On AVX-512 the same variants made bf16 and fp16
-// rows slower, so they keep the general one.
+// (which had loaded masked and checked for weights per row). Converted rows: see whole_variants.
 template <int NV, bool kWhole, typename WT>
 static inline typename V::F load_vector(const WT* row, int v, typename V::M tail) {
   return !kWhole && v == NV - 1 ? V::load(row + v * V::W, tail) : V::loadu(row + v * V::W);
 }
 template <> struct OutputOf<uint8_t> { using type = float; };
+
+template <typename WT> struct IsBf16 { static constexpr bool value = false; };
+template <> struct IsBf16<bf16_t> { static constexpr bool value = true; };
+
+// Whether whole blocks of NV vectors of WT rows take the kWhole (and kUnweighted) variants: every float32 block
+// (see load_vector), and converted rows where V::kWholeConvertedBlocks. On AVX-512 those variants made bf16 and
+// fp16 rows slower. On an AVX2-only EPYC (caches flushed, E=1e6, B=4096, L=40, each timed in turn in one process,
+// several such runs), AVX2's converted rows pooled faster with them in most runs: fp16 and bf16 D=64 by 1-23%,
+// int8 D=128 and D=256 by up to 15%, fp16 D=128 by 2-5%; but bf16 blocks of 16 vectors (D=128 in one pass)
+// ran slower in most runs, by up to 15%, and keep the general variant.
+template <typename WT, int NV>
+constexpr bool whole_variants() {
+  if constexpr (sizeof(WT) == 4) return true;
+  else return V::kWholeConvertedBlocks && !(IsBf16<WT>::value && NV == V::kRegisters);
+}
 
 // Vector v of row `row` as the pooling reads it: row-wise int8 rows dequantized with their scale and bias.
 template <int NV, bool kWhole, typename WT>
@@ -281,7 +296,7 @@ __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, 
   // running the AVX2 kernel (caches flushed, D=128), the weighted sum took 1.17-1.18x the plain sum's time that way,
   // 1.08-1.12x this way.
   constexpr int kWeightedVectors =
-      kWhole && !kUnweighted && !kMax && NV >= 16 && NV == V::kSumVectors ? NV - 1 : NV;
+      sizeof(WT) == 4 && kWhole && !kUnweighted && !kMax && NV >= 16 && NV == V::kSumVectors ? NV - 1 : NV;
   if constexpr (kWeightedVectors < NV) V::storeu(out + (NV - 1) * W, V::zero());
   F acc[NV];
   MPREC_UNROLL for (int v = 0; v < NV; ++v) acc[v] = kMax ? V::neg_inf() : V::zero();
@@ -384,7 +399,7 @@ __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, 
   }
   // A whole float32 block stores unmasked too: on the EPYC, bags of one lookup (one D=16 store each) pooled about
   // 5% faster than with AVX-512's masked store of a full mask.
-  if constexpr (kWhole) {
+  if constexpr (kWhole && sizeof(WT) == 4) {
     MPREC_UNROLL for (int v = 0; v < NV; ++v) V::storeu(out + v * W, acc[v]);
   } else {
     MPREC_UNROLL for (int v = 0; v < NV; ++v) V::store(out + v * W, acc[v], v == NV - 1 ? tail : full);
@@ -525,11 +540,11 @@ static bool pool_passes(const PoolArgs& args, const WT* weight, const IT* indice
   return true;
 }
 
-// ok = FN<WT, IT, kMax, nv, ...>(...): the variant of a block of `nv` vectors and `cols` columns (float32 blocks
-// that are whole take the kWhole variants, see load_vector).
+// ok = FN<WT, IT, kMax, nv, ...>(...): the variant of a block of `nv` vectors and `cols` columns (whole blocks
+// take the kWhole variants where whole_variants says).
 #define MPREC_POOL_CASE(N, FN, ...)                                                                        \
   case N:                                                                                                  \
-    if constexpr (N <= kVectors && sizeof(WT) == 4) {                                                      \
+    if constexpr (N <= kVectors && whole_variants<WT, N>()) {                                              \
       if (cols != N * V::W) ok = FN<WT, IT, kMax, N>(__VA_ARGS__);                                         \
       else if (a.per_sample_weights) ok = FN<WT, IT, kMax, N, true>(__VA_ARGS__);                          \
       else ok = FN<WT, IT, kMax, N, true, true>(__VA_ARGS__);                                              \
@@ -580,7 +595,7 @@ static bool pool_typed(const PoolArgs& a, int64_t bag_begin, int64_t bag_end, in
     return ok;
   }
   if (a.dim % kBlock == 0) {
-    if constexpr (sizeof(WT) == 4) {  // whole float32 blocks take the kWhole variants, as in MPREC_POOL_CASE
+    if constexpr (whole_variants<WT, kVectors>()) {  // as in MPREC_POOL_CASE
       if (!a.per_sample_weights)
         return pool_passes<WT, IT, kMax, kVectors, true, true>(a, weight, indices, offsets, bag_begin, bag_end,
                                                                output_bag_base, first, later, error);
