@@ -64,8 +64,12 @@ constexpr int64_t kWholeSlicePrefetchDistance = 24;
 // E=1e6, B=4096, L=40, each setting timed in turn in one process, five such runs), 16 ahead against the distances
 // above (24 for wide slices, 32 for narrow ones) ran float32 D=64 rows at 1.03-1.17x the speed, D=128 at
 // 1.02-1.10x (weighted 1.05-1.08x), D=256 at 0.98-1.14x and int8 at 1.00-1.14x; D=16 moved between 0.85x and
-// 1.08x, and D=128 on 2 MiB pages measured 0.94x once. 8 and 12 ahead were no faster than 16.
-// Float32 rows of several slices wider than kWholeSliceLines lines are the exception (see pool_typed): their first
+// 1.08x, and D=128 on 2 MiB pages measured 0.94x once. 8 and 12 ahead were no faster than 16. Slices of one line
+// go kNarrowPrefetchDistance ahead instead, as on the Xeon. On that EPYC (the same conditions, each distance timed
+// in turn), float32 D=16 then pooled 5-12% faster than from 16 ahead in eight runs of nine (2% slower in the
+// ninth), its one-hot bags 7-21% faster and fp16 D=32 5-22% faster in each of four, int8 D=64 within -3% to +5%;
+// on 2 MiB pages D=16 moved less (-2% to +9%).
+// Float32 rows of several slices wider than kWholeSliceLines lines are another exception (see pool_typed): their first
 // pass prefetches its slice's first kPrefetchLines lines and the later passes nothing, the CPU's own prefetchers
 // fetching the rest of the row. On that EPYC, float32 D=256 and D=512 then pooled at 0.92-1.03x torch's
 // embedding_bag, against 0.84-0.92x with every line of each slice prefetched in each pass (sum, mean; the weighted
@@ -163,7 +167,7 @@ static inline bool whole_slice_policy(RowPrefetch policy) {
 template <typename WT, int NV>
 __attribute__((always_inline)) static inline int64_t prefetch_distance(const PoolArgs& a, Prefetch prefetch) {
   constexpr int64_t kLines = lines_of<WT>(NV * V::W);
-  if (a.prefetch == RowPrefetch::kWholeSlicesNear) return kNearPrefetchDistance;
+  if (a.prefetch == RowPrefetch::kWholeSlicesNear) return kLines <= 1 ? kNarrowPrefetchDistance : kNearPrefetchDistance;
   return prefetch == Prefetch::kRow || kLines <= kWholeSliceLines ? kNarrowPrefetchDistance
          : prefetch == Prefetch::kWideRow                         ? kWideRowPrefetchDistance
          : prefetch == Prefetch::kWholeSlice                      ? kWholeSlicePrefetchDistance
