@@ -134,9 +134,9 @@ template <> struct IsBf16<bf16_t> { static constexpr bool value = true; };
 // Whether whole blocks of NV vectors of WT rows take the kWhole (and kUnweighted) variants: every float32 block
 // (see load_vector), and converted rows where V::kWholeConvertedBlocks. On AVX-512 those variants made bf16 and
 // fp16 rows slower. On an AVX2-only EPYC (caches flushed, E=1e6, B=4096, L=40, each timed in turn in one process,
-// several such runs), AVX2's converted rows pooled faster with them in most runs: fp16 and bf16 D=64 by 1-23%,
-// int8 D=128 and D=256 by up to 15%, fp16 D=128 by 2-5%; but bf16 blocks of 16 vectors (D=128 in one pass)
-// ran slower in most runs, by up to 15%, and keep the general variant.
+// several such runs), AVX2's converted rows pooled faster with them in most runs: fp16 and bf16 D=64 by up to 23%,
+// int8 D=128 and D=256 by up to 15%, fp16 D=128 by 2-6%; but bf16 blocks of 16 vectors ran slower at D=128 (one
+// pass) in 10 runs of 13, by up to 15%, and either way at D=256, and keep the general variant.
 template <typename WT, int NV>
 constexpr bool whole_variants() {
   if constexpr (sizeof(WT) == 4) return true;
@@ -306,8 +306,8 @@ __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, 
   MPREC_UNROLL for (int v = 0; v < NV; ++v) acc[v] = kMax ? V::neg_inf() : V::zero();
   constexpr bool kArgInPass = kMax && arg_in_pass<NV>();
   // Max mode without an arg_out (the caller wants no argmax): the pass keeps the maxima alone and no walk follows,
-  // so it costs what a sum of the same rows does. A branch per row, the same every time, rather than variants of
-  // their own, which would add as much code again as max mode has.
+  // so it costs little more than a sum of the same rows. A branch per row, the same every time, rather than
+  // variants of their own, which would add as much code again as max mode has.
   const bool args = kMax && arg_out != nullptr;
   typename V::I arg[kArgInPass ? NV : 1];
   if constexpr (kArgInPass) MPREC_UNROLL for (int v = 0; v < NV; ++v) arg[v] = V::arg_init();
