@@ -287,6 +287,11 @@ def test_quantize_rowwise_int8_matches_reference(dim):
     assert torch.equal(restored[3], weight[3])
 
 
+def _bits(t):
+    """The tensor's bits as integers of its width: equal only where every value is, signed zeros and NaNs too."""
+    return t.view({torch.float64: torch.int64, torch.float32: torch.int32}.get(t.dtype, torch.int16))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("dim", [5, 16, 128, 129, 256])
 def test_max_keeps_the_first_strictly_greater_row(isa, table_prefetch, dim, dtype):
@@ -317,12 +322,7 @@ def test_max_keeps_the_first_strictly_greater_row(isa, table_prefetch, dim, dtyp
                 expected[b, d] = weight[arg, d]  # the sign of the zero that won
             expected_arg[b, d] = arg
     assert torch.equal(max_indices, expected_arg)
-    bits = torch.int32 if dtype == torch.float32 else torch.int16
-    assert torch.equal(out.view(bits), expected.view(bits))
-
-
-def _bits(t):
-    return t.view({torch.float64: torch.int64, torch.float32: torch.int32}.get(t.dtype, torch.int16))
+    assert torch.equal(_bits(out), _bits(expected))
 
 
 @pytest.mark.parametrize("dim", [1, 16, 64, 128, 129, 256])
