@@ -78,15 +78,42 @@ def test_pool_kernels_of_the_common_shape_keep_their_registers_few(compiled):
     # (a sum over rows of whole 16-byte packets, one packet a lane, as D = 128 in float, half and bfloat16)
     # is not allocated the registers of the widest shape: those kernels used 91 (float) to 128 (bfloat16)
     # registers a thread when every shape was one kernel, and 63 to 80 once they were apart.
-    _, output = compiled(CUDA_DIR / "embedding_bag_kernels.cu")
-    used = dict(re.findall(r"Compiling entry function '(\w+)' for 'sm_90'\s+ptxas info\s+: Function properties "
-                           r"for \1\s+.*?\s+ptxas info\s+: Used (\d+) registers", output))
-    # embedding_bag_pool_kernel<float | __half | __nv_bfloat16, int32_t | int64_t, kMax = false, VEC = 4 | 8, NV = 1>
-    shape = re.compile(r"embedding_bag_pool_kernelI(f|6__half|13__nv_bfloat16)[il]Lb0ELi(4|8)ELi1E")
-    common = {name: int(n) for name, n in used.items() if shape.search(name)}
+    used = _pool_kernel_registers(compiled)
+    # embedding_bag_pool_kernel<float | __half | __nv_bfloat16, int32_t | int64_t, kMax = false, kArgs = false,
+    # VEC = 4 | 8, NV = 1>
+    shape = re.compile(r"embedding_bag_pool_kernelI(f|6__half|13__nv_bfloat16)[il]Lb0ELb0ELi(4|8)ELi1E")
+    common = {name: n for name, n in used.items() if shape.search(name)}
     assert len(common) == 6, f"expected the float, half and bfloat16 sum kernels of one packet a lane for int32 " \
                              f"and int64 indices, found {sorted(common)} among {sorted(used)}"
     assert max(common.values()) <= 80, f"registers a thread: {common}"
+
+
+def test_max_kernels_without_the_argmax_keep_no_row_numbers(compiled):
+    # Max mode for a call that wants no max_indices has kernels of its own (kArgs = false), which track no row
+    # numbers: those are 64-bit, two registers for each column a lane owns. On rows of whole packets, where a lane
+    # owns the most columns, such a kernel must be allocated fewer registers than the argmax kernel of its shape.
+    used = _pool_kernel_registers(compiled)
+    # embedding_bag_pool_kernel<WT, IT, kMax = true, kArgs, VEC, NV>
+    shape = re.compile(r"embedding_bag_pool_kernelI(f|d|6__half|13__nv_bfloat16)([il])Lb1ELb([01])ELi(\d+)ELi(\d+)E")
+    shapes = {}
+    for name, n in used.items():
+        match = shape.search(name)
+        if match and int(match.group(4)) > 1:  # VEC > 1: rows of whole packets
+            weight, index, args, vec, nv = match.groups()
+            shapes.setdefault((weight, index, vec, nv), {})[args == "1"] = n
+    assert len(shapes) == 16 and all(len(both) == 2 for both in shapes.values()), \
+        f"expected max kernels with and without the argmax for 4 weight types, 2 index types and 2 packet shapes, " \
+        f"found {shapes}"
+    grown = {key: both for key, both in shapes.items() if both[False] >= both[True]}
+    assert not grown, f"registers a thread without the argmax >= with it ({{argmax: registers}}): {grown}"
+
+
+def _pool_kernel_registers(compiled) -> dict:
+    """{mangled name: registers a thread} of the embedding-bag kernels, from ptxas's report."""
+    _, output = compiled(CUDA_DIR / "embedding_bag_kernels.cu")
+    used = re.findall(r"Compiling entry function '(\w+)' for 'sm_90'\s+ptxas info\s+: Function properties "
+                      r"for \1\s+.*?\s+ptxas info\s+: Used (\d+) registers", output)
+    return {name: int(n) for name, n in used}
 
 
 def _nvcc_or_skip() -> str:

@@ -127,8 +127,11 @@ __device__ __forceinline__ void record_error(const BagLayout& layout, int64_t g)
 }
 
 // One pass of a bag over columns [pass, pass + 32 * VEC * NV) for every pass the table's width needs. Lane l
-// owns packets l, l + 32, ... of the pass. Returns false when an index is bad.
-template <typename WT, typename IT, bool kMax, int VEC, int NV>
+// owns packets l, l + 32, ... of the pass. Returns false when an index is bad. kArgs (max mode, where the call
+// wants max_indices): each column's maximum is tracked with the row it came from. Without it the kernel keeps no
+// row numbers at all: they are 64-bit, a pair of registers per column a lane owns, and registers cap the warps
+// an SM keeps in flight (see launch_pool_shaped).
+template <typename WT, typename IT, bool kMax, bool kArgs, int VEC, int NV>
 __device__ __forceinline__ bool pool_bag(const PoolParams& p, const TableDescriptor& table, int64_t b,
                                          int64_t start, int64_t end) {
   using acc_t = typename Accumulate<WT>::type;
@@ -139,8 +142,8 @@ __device__ __forceinline__ bool pool_bag(const PoolParams& p, const TableDescrip
   const IT* indices = static_cast<const IT*>(p.layout.indices);
   const acc_t* per_sample_weights = static_cast<const acc_t*>(p.per_sample_weights);
   WT* out = static_cast<WT*>(p.output) + b * p.layout.total_dim + table.col;
-  // Null where the call wants no argmax: the maxima are found alike, the rows they came from not stored.
-  int64_t* arg_out = kMax && p.max_indices != nullptr ? p.max_indices + b * p.layout.total_dim + table.col : nullptr;
+  static_assert(kMax || !kArgs, "only max mode has an argmax");
+  int64_t* arg_out = kArgs ? p.max_indices + b * p.layout.total_dim + table.col : nullptr;
   const int64_t dim = table.dim;
 
   for (int64_t pass = 0; pass < dim; pass += kPassColumns) {
@@ -203,7 +206,7 @@ __device__ __forceinline__ bool pool_bag(const PoolParams& p, const TableDescrip
                 // Strictly greater: the first lookup reaching the maximum keeps it, and NaN never wins.
                 if (v > acc[q][e]) {
                   acc[q][e] = v;
-                  arg[q][e] = row[k];
+                  if constexpr (kArgs) arg[q][e] = row[k];
                 }
               } else {
                 acc[q][e] = multiply_add(v, w[k], acc[q][e]);
@@ -223,7 +226,7 @@ __device__ __forceinline__ bool pool_bag(const PoolParams& p, const TableDescrip
         acc_t v = acc[q][e];
         if constexpr (kMax) {
           if (count == 0) v = acc_t(0);
-          if (arg_out != nullptr) arg_out[c + e] = arg[q][e];
+          if constexpr (kArgs) arg_out[c + e] = arg[q][e];
         } else if (mean) {
           v = mean_of(v, count);
         }
@@ -235,14 +238,14 @@ __device__ __forceinline__ bool pool_bag(const PoolParams& p, const TableDescrip
 }
 
 // VEC values a packet, NV packets a lane in each pass over the columns: chosen by the launcher for the call.
-template <typename WT, typename IT, bool kMax, int VEC, int NV>
+template <typename WT, typename IT, bool kMax, bool kArgs, int VEC, int NV>
 __global__ void __launch_bounds__(kWarpSize * kBagsPerBlock) embedding_bag_pool_kernel(const PoolParams p) {
   int64_t t, b, g;
   if (!warp_bag(p.layout, t, b, g)) return;
   const TableDescriptor table = table_of(p.layout, t);
   int64_t start = 0, end = 0;
   bool ok = bag_bounds<IT>(p.layout, g, start, end);
-  if (ok) ok = pool_bag<WT, IT, kMax, VEC, NV>(p, table, b, start, end);
+  if (ok) ok = pool_bag<WT, IT, kMax, kArgs, VEC, NV>(p, table, b, start, end);
   if (!ok && threadIdx.x == 0) record_error(p.layout, g);
 }
 
@@ -442,29 +445,31 @@ bool bag_grid(const BagLayout& layout, dim3& grid) {
 // gather needs to hide the latency of its random row reads. Packets need every table's rows to be whole
 // aligned packets; the widest table sizes the lanes' packets (the fewest that cover it in one pass, up to
 // two; wider tables take several passes), and narrower tables of the call leave the extra lanes idle.
-template <typename WT, typename IT, bool kMax>
+template <typename WT, typename IT, bool kMax, bool kArgs>
 void launch_pool_shaped(const PoolParams& p, dim3 grid, cudaStream_t stream) {
   constexpr int kVec = kPacketBytes / static_cast<int>(sizeof(WT));
   const dim3 block(kWarpSize, kBagsPerBlock);
   if (p.packet_rows && p.max_dim <= kWarpSize * kVec) {
-    embedding_bag_pool_kernel<WT, IT, kMax, kVec, 1><<<grid, block, 0, stream>>>(p);
+    embedding_bag_pool_kernel<WT, IT, kMax, kArgs, kVec, 1><<<grid, block, 0, stream>>>(p);
   } else if (p.packet_rows) {
-    embedding_bag_pool_kernel<WT, IT, kMax, kVec, 2><<<grid, block, 0, stream>>>(p);
+    embedding_bag_pool_kernel<WT, IT, kMax, kArgs, kVec, 2><<<grid, block, 0, stream>>>(p);
   } else if (p.max_dim <= kWarpSize) {
-    embedding_bag_pool_kernel<WT, IT, kMax, 1, 1><<<grid, block, 0, stream>>>(p);
+    embedding_bag_pool_kernel<WT, IT, kMax, kArgs, 1, 1><<<grid, block, 0, stream>>>(p);
   } else if (p.max_dim <= 2 * kWarpSize) {
-    embedding_bag_pool_kernel<WT, IT, kMax, 1, 2><<<grid, block, 0, stream>>>(p);
+    embedding_bag_pool_kernel<WT, IT, kMax, kArgs, 1, 2><<<grid, block, 0, stream>>>(p);
   } else {
-    embedding_bag_pool_kernel<WT, IT, kMax, 1, 4><<<grid, block, 0, stream>>>(p);
+    embedding_bag_pool_kernel<WT, IT, kMax, kArgs, 1, 4><<<grid, block, 0, stream>>>(p);
   }
 }
 
 template <typename WT, typename IT>
 void launch_pool_typed(const PoolParams& p, dim3 grid, cudaStream_t stream) {
-  if (p.mode == PoolMode::kMax) {
-    launch_pool_shaped<WT, IT, true>(p, grid, stream);
-  } else {
-    launch_pool_shaped<WT, IT, false>(p, grid, stream);
+  if (p.mode != PoolMode::kMax) {
+    launch_pool_shaped<WT, IT, false, false>(p, grid, stream);
+  } else if (p.max_indices != nullptr) {
+    launch_pool_shaped<WT, IT, true, true>(p, grid, stream);
+  } else {  // the maxima alone (return_max_indices=False)
+    launch_pool_shaped<WT, IT, true, false>(p, grid, stream);
   }
 }
 
