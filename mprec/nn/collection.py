@@ -428,7 +428,8 @@ class EmbeddingBagCollection(nn.Module):
         pads = [f.padding_row for f in chosen]
         # Only a fused optimizer registers the tables' state (None where it keeps none); asking a feature for a
         # state it lacks raises inside nn.Module.__getattr__, which cost a small batch a large share of its time.
-        states = [f.momentum1 for f in chosen] if self.optimizer is not None else ()
+        # Only a step that records autograd updates the tables, so inference asks for no state at all.
+        states = [f.momentum1 for f in chosen] if self.optimizer is not None and torch.is_grad_enabled() else ()
         return pool_tables([f.weight for f in chosen], indices, offsets, MODES[mode], per_sample_weights,
                            pads if any(p >= 0 for p in pads) else [], self.optimizer, states, self.sparse)
 
