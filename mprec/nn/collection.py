@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..ops.embedding_bag import MODES
 from .features import FEATURE_KINDS, HYBRID_FORMS
-from .pooling import FusedOptimizer, pool_tables
+from .pooling import FusedOptimizer, pool_tables, updates_in_place
 
 __all__ = ["EmbeddingBagCollection", "REPRESENTATIONS"]
 
@@ -426,11 +426,12 @@ class EmbeddingBagCollection(nn.Module):
     def _pool_group(self, features, entries, indices, offsets, per_sample_weights, mode) -> Tensor:
         chosen = [features[e] for e in entries]
         pads = [f.padding_row for f in chosen]
+        weights = [f.weight for f in chosen]
         # Only a fused optimizer registers the tables' state (None where it keeps none); asking a feature for a
         # state it lacks raises inside nn.Module.__getattr__, which cost a small batch a large share of its time.
-        # Only a step that records autograd updates the tables, so inference asks for no state at all.
-        states = [f.momentum1 for f in chosen] if self.optimizer is not None and torch.is_grad_enabled() else ()
-        return pool_tables([f.weight for f in chosen], indices, offsets, MODES[mode], per_sample_weights,
+        # Only a call that updates the tables in place reads them, so inference asks for no state at all.
+        states = [f.momentum1 for f in chosen] if updates_in_place(weights, self.optimizer) else ()
+        return pool_tables(weights, indices, offsets, MODES[mode], per_sample_weights,
                            pads if any(p >= 0 for p in pads) else [], self.optimizer, states, self.sparse)
 
     def _forward_keyed(self, features):

@@ -59,6 +59,12 @@ class _FusedTableUpdate(torch.autograd.Function):
         return (None,) * (7 + len(weights))
 
 
+def updates_in_place(weights: Sequence[Tensor], optimizer: Optional[FusedOptimizer]) -> bool:
+    """Whether :func:`pool_tables` records a fused table update (and so reads the optimizer's states): a fused
+    optimizer, autograd recording, and a table that requires grad."""
+    return optimizer is not None and torch.is_grad_enabled() and any(w.requires_grad for w in weights)
+
+
 def pool_tables(weights: Sequence[Tensor], indices: Tensor, offsets: Tensor, mode: int,
                 per_sample_weights: Optional[Tensor] = None, padding_idx: Sequence[int] = (),
                 optimizer: Optional[FusedOptimizer] = None, states: Sequence[Optional[Tensor]] = (),
@@ -70,7 +76,7 @@ def pool_tables(weights: Sequence[Tensor], indices: Tensor, offsets: Tensor, mod
     op's own autograd gives dense (or, with ``sparse``, COO) table gradients.
     """
     weights = list(weights)
-    if optimizer is not None and torch.is_grad_enabled() and any(w.requires_grad for w in weights):
+    if updates_in_place(weights, optimizer):
         if mode == MODES["max"]:
             raise ValueError("fused table optimizers support modes sum and mean, not max")
         if per_sample_weights is not None and per_sample_weights.requires_grad:
