@@ -243,6 +243,8 @@ EMBEDDING_BAG_CASES = [
     EmbeddingBagCase("D=16 huge pages", dim=16, huge_pages=True),
     EmbeddingBagCase("D=64", dim=64),
     EmbeddingBagCase("D=256", dim=256),
+    # bf16 rows of two passes: the AVX2 kernels pool them in pairs of vectors, not as D=128.
+    EmbeddingBagCase("bf16 D=256", dim=256, dtype="bfloat16"),
     # One id per bag, as most of Criteo's sparse features: the work per bag, not per row, is what it measures.
     EmbeddingBagCase("one-hot D=16", dim=16, bags=65536, bag_size=1),
     EmbeddingBagCase("8 tables batched", tables=8, rounds=9),

@@ -20,8 +20,9 @@ def call(weight=None, indices=None, offsets=None, **kwargs):
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
 @pytest.mark.parametrize("weight_dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("mode", [0, 1, 2])
-def test_index_out_of_range_names_position_and_value(isa, weight_dtype, index_dtype, mode):
-    weight = torch.randn(10, 4).to(weight_dtype)
+@pytest.mark.parametrize("dim", [4, 256])  # one pass, several
+def test_index_out_of_range_names_position_and_value(isa, weight_dtype, index_dtype, mode, dim):
+    weight = torch.randn(10, dim).to(weight_dtype)
     indices = torch.tensor([1, 2, 3, 10, 4], dtype=index_dtype)
     with pytest.raises(RuntimeError, match=rf"{OP}: index 10 at position 3 is out of range for the table with 10 rows"):
         call(weight, indices, torch.tensor([0, 2], dtype=index_dtype), mode=mode)

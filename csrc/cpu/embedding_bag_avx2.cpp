@@ -49,8 +49,8 @@ struct V {
   // (a D=128 row in one pass over the bag, as FBGEMM's generated kernels do, instead of two).
   static constexpr int kSumVectors = 16;
   // Converted rows (16-bit, int8) likewise: 16 accumulators, a D=128 row in one pass, though the conversion's
-  // register (and a weighted sum's weight) spill one or two of them to the stack; and not narrowed (see
-  // kNarrowSliceBytes in embedding_bag_pool_impl.h).
+  // register (and a weighted sum's weight) spill one or two of them to the stack (bf16 rows of several passes
+  // pool in pairs instead: kBf16Pairs); and not narrowed (see kNarrowSliceBytes in embedding_bag_pool_impl.h).
   static constexpr int kConvertedVectors = 16;
   static constexpr bool kNarrow16BitSlices = false;
   // Whole blocks of converted rows take the kWhole variants too (whole_variants in embedding_bag_pool_impl.h): the
@@ -88,6 +88,23 @@ struct V {
     else _mm256_maskstore_ps(p, lane_mask(n), v);
   }
   static void storeu(float* p, F v) { _mm256_storeu_ps(p, v); }
+  // bf16 rows of several passes pool two vectors from each 32-byte load (pool_bf16_pairs in
+  // embedding_bag_pool_impl.h): a bf16 is the upper half of a float32, so the 32-bit lanes shifted up by 16 bits
+  // are the even elements and the lanes with their lower halves cleared are the odd ones.
+  static constexpr bool kBf16Pairs = true;
+  static I bf16_odd_mask() { return _mm256_set1_epi32(static_cast<int32_t>(0xFFFF0000u)); }
+  static void load_bf16_pair(const bf16_t* p, I odd_mask, F& even, F& odd) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    even = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
+    odd = _mm256_castsi256_ps(_mm256_and_si256(x, odd_mask));
+  }
+  // The 2W elements in order (first: 0-7, second: 8-15) from load_bf16_pair's even and odd ones. unpacklo/hi
+  // interleave within each 128-bit half: lo holds 0-3 and 8-11, hi 4-7 and 12-15.
+  static void interleave(F even, F odd, F& first, F& second) {
+    const F lo = _mm256_unpacklo_ps(even, odd), hi = _mm256_unpackhi_ps(even, odd);
+    first = _mm256_permute2f128_ps(lo, hi, 0x20);
+    second = _mm256_permute2f128_ps(lo, hi, 0x31);
+  }
   static void store_16(uint16_t* p, __m128i h, M n) {
     if (n == 8) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), h); return; }
     alignas(16) uint16_t buf[8];

@@ -47,6 +47,8 @@ struct V {
   static constexpr int kConvertedVectors = 8;
   static constexpr bool kNarrow16BitSlices = true;
   static constexpr bool kWholeConvertedBlocks = false;  // slower for 16-bit rows (whole_variants)
+  // Its 32 registers hold a pass of bf16 accumulators with room to spare: see pool_bf16_pairs.
+  static constexpr bool kBf16Pairs = false;
   static F add(F a, F b) { return _mm512_add_ps(a, b); }
   static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
   static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
