@@ -296,15 +296,16 @@ __attribute__((always_inline)) static inline void last_vector_apart(const PoolAr
   V::storeu(out + (NV - 1) * V::W, last);
 }
 
-// Whether passes of NV vectors over bf16 rows in sum, mean and weighted sum take pool_bf16_pairs: on ISAs with
-// V::kBf16Pairs, where the pass's accumulators would take every register (AVX2's 16 vectors).
+// Whether whole blocks of NV vectors of bf16 rows pooled in several passes (pool_pass), in sum, mean and weighted sum,
+// take pool_bf16_pairs: on ISAs with V::kBf16Pairs, where the pass's accumulators would take every register (AVX2's
+// 16 vectors).
 template <typename WT, bool kMax, int NV>
 constexpr bool bf16_pairs() {
   if constexpr (IsBf16<WT>::value && !kMax) return V::kBf16Pairs && NV == V::kRegisters;
   else return false;
 }
 
-// A whole block of NV vectors of bf16 rows, one pass of a row pooled in several (pool_passes), in the sum, mean
+// A whole block of NV vectors of bf16 rows, one pass of a row pooled in several (pool_pass), in the sum, mean
 // and weighted sum. Each 32-byte load gives two vectors (P::load_bf16_pair: the even elements and the odd ones),
 // three instructions for the two where converting each vector on its own takes two (a widening load and a
 // shift); the pair's accumulators hold the elements out of order until P::interleave puts them back at the end.
@@ -313,12 +314,13 @@ constexpr bool bf16_pairs() {
 // Converting each vector, the pass spilled accumulators to the stack on every row.
 // On an AVX2-only EPYC (caches flushed, E=1e6, B=4096, L=40, the two loops timed in turn in one process), bf16 D=256
 // took 8-19% less time in pairs in 12 runs of 14 over several builds and states of the machine (the same in one, 6%
-// more in one), and 4-26% less in four runs of the final code; its weighted sum 14-21% less, its mean 3-13% less
-// and D=512 18% less. Across those runs the vector-by-vector loop pooled D=256 at 0.70-0.97x torch's
-// embedding_bag, pairs at 0.87-1.12x. Five pairs in the first loop ran
-// about as fast as six, seven (spilling one) as the old loop, four or all eight in one loop slower. A row of one
-// pass (D=128) moved from 14% faster to 10% slower in pairs with the state of the machine and keeps pool_block;
-// narrower blocks (D=32, D=64), which spill nothing either way, ran no faster in pairs.
+// more in one), and 4-26% less in four runs of the final code; its weighted sum 14-21% less, its mean 3-13% less and
+// D=512 18% less. Across those runs the vector-by-vector loop pooled D=256 at 0.70-0.97x torch's embedding_bag, pairs
+// at 0.87-1.12x. Rows with a partial last pass gain too: D=192 took 20-23% less time in pairs in three runs, D=320
+// 9-14% less in two, D=200 12-13% less in two and 8% more in one. Five pairs in the first loop ran about as fast as
+// six, seven (spilling one) as the old loop, four or all eight in one loop slower. A row of one pass (D=128) moved from
+// 14% faster to 10% slower in pairs with the state of the machine and keeps pool_block; narrower blocks (D=32, D=64),
+// which spill nothing either way, ran no faster in pairs.
 // Templated on the vector type (P) so that ISAs without the pair primitives need not define them.
 template <typename P, typename IT, int NV, bool kWeighted>
 __attribute__((always_inline)) static inline bool pool_bf16_pairs(const PoolArgs& a, const bf16_t* weight,
@@ -388,7 +390,7 @@ __attribute__((always_inline)) static inline bool pool_bf16_pairs(const PoolArgs
 
 // A block of NV vectors of one bag. kUnweighted: the call has no per-sample weights, known at compile time, so that
 // the loop keeps no register for a weight (the same register pressure as kWhole's). Inlined into the loops that
-// call it (pool_bags, pool_block_outlined): a call per bag cost as much as pooling a bag of one lookup.
+// call it (pool_bags, pool_pass): a call per bag cost as much as pooling a bag of one lookup.
 template <typename WT, typename IT, bool kMax, int NV, bool kWhole = false, bool kUnweighted = false>
 __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices,
                                                              int64_t col, int64_t start, int64_t end,
@@ -516,6 +518,24 @@ __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, 
   return true;
 }
 
+// Pass `col` of a row pooled in several passes over a bag's rows (pool_passes, pool_block_outlined): a whole block
+// of bf16 rows in pairs where bf16_pairs says, any other block as pool_block does.
+template <typename WT, typename IT, bool kMax, int NV, bool kWhole = false, bool kUnweighted = false>
+__attribute__((always_inline)) static inline bool pool_pass(const PoolArgs& a, const WT* weight, const IT* indices,
+                                                            int64_t col, int64_t start, int64_t end,
+                                                            Prefetch prefetch, typename OutputOf<WT>::type* out,
+                                                            int64_t* arg_out, BagErrorReport* error) {
+  if constexpr (bf16_pairs<WT, kMax, NV>()) {
+    if (a.dim - col >= NV * V::W) {
+      if (a.per_sample_weights)
+        return pool_bf16_pairs<V, IT, NV, true>(a, weight, indices, col, start, end, prefetch, out, error);
+      return pool_bf16_pairs<V, IT, NV, false>(a, weight, indices, col, start, end, prefetch, out, error);
+    }
+  }
+  return pool_block<WT, IT, kMax, NV, kWhole, kUnweighted>(a, weight, indices, col, start, end, prefetch, out,
+                                                          arg_out, error);
+}
+
 // Bag `bag`'s output row, and its row of max mode's argmaxes (nullptr in other modes, and where the call wants none),
 // in a call whose output starts at bag `output_bag_base`.
 template <typename WT>
@@ -613,22 +633,21 @@ static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices,
   return bags(prefetch);
 }
 
-// One block of one bag, out of line: rows of several blocks dispatch per bag and block, and inlining every variant
-// into that loop would only grow it.
+// One pass of one bag, out of line: rows of several blocks, the last partial, dispatch per bag and block, and
+// inlining every variant into that loop would only grow it.
 template <typename WT, typename IT, bool kMax, int NV, bool kWhole = false, bool kUnweighted = false>
-__attribute__((noinline)) static bool pool_block_outlined(const PoolArgs& a, const WT* weight, const IT* indices,
-                                                          int64_t col, int64_t start, int64_t end,
-                                                          Prefetch prefetch, typename OutputOf<WT>::type* out,
-                                                          int64_t* arg_out, BagErrorReport* error) {
-  return pool_block<WT, IT, kMax, NV, kWhole, kUnweighted>(a, weight, indices, col, start, end, prefetch, out,
-                                                          arg_out, error);
+__attribute__((noinline)) static bool pool_pass_outlined(const PoolArgs& a, const WT* weight, const IT* indices,
+                                                         int64_t col, int64_t start, int64_t end, Prefetch prefetch,
+                                                         typename OutputOf<WT>::type* out, int64_t* arg_out,
+                                                         BagErrorReport* error) {
+  return pool_pass<WT, IT, kMax, NV, kWhole, kUnweighted>(a, weight, indices, col, start, end, prefetch, out,
+                                                         arg_out, error);
 }
 
 // Bags [bag_begin, bag_end) of a table whose rows are several whole blocks of NV vectors, every pass over a bag's rows
 // inlined into one loop, the first prefetching as `first` says and the later ones as `later`. The general loop
 // (pool_typed) picks a variant and makes a call per pass and bag, which cost as much as a few of the bag's rows: on
 // a 2-core AVX2-only EPYC, one thread, float32 D=256 with the rows in L2 pooled 1.18x as fast this way, in L3 1.12x.
-// Passes of bf16 rows take pool_bf16_pairs where bf16_pairs says.
 template <typename WT, typename IT, bool kMax, int NV, bool kWhole = false, bool kUnweighted = false>
 static bool pool_passes(const PoolArgs& args, const WT* weight, const IT* indices, const IT* offsets,
                         int64_t bag_begin, int64_t bag_end, int64_t output_bag_base, Prefetch first, Prefetch later,
@@ -641,17 +660,10 @@ static bool pool_passes(const PoolArgs& args, const WT* weight, const IT* indice
     OT* out = bag_output<WT>(a, bag, output_bag_base);
     int64_t* arg_out = bag_max_indices<kMax>(a, bag, output_bag_base);
     for (int64_t col = 0; col < a.dim; col += NV * V::W) {
-      const Prefetch p = col == 0 ? first : later;
-      bool ok;
-      if constexpr (bf16_pairs<WT, kMax, NV>()) {
-        ok = a.per_sample_weights
-                 ? pool_bf16_pairs<V, IT, NV, true>(a, weight, indices, col, start, end, p, out + col, error)
-                 : pool_bf16_pairs<V, IT, NV, false>(a, weight, indices, col, start, end, p, out + col, error);
-      } else {
-        ok = pool_block<WT, IT, kMax, NV, kWhole, kUnweighted>(a, weight, indices, col, start, end, p, out + col,
-                                                               arg_out ? arg_out + col : nullptr, error);
-      }
-      if (!ok) return false;
+      if (!pool_pass<WT, IT, kMax, NV, kWhole, kUnweighted>(a, weight, indices, col, start, end,
+                                                            col == 0 ? first : later, out + col,
+                                                            arg_out ? arg_out + col : nullptr, error))
+        return false;
     }
   }
   return true;
@@ -733,7 +745,7 @@ static bool pool_typed(const PoolArgs& a, int64_t bag_begin, int64_t bag_end, in
       const int64_t cols = a.dim - col < kBlock ? a.dim - col : kBlock;
       const int nv = static_cast<int>((cols + V::W - 1) / V::W);
       const Prefetch p = col == 0 ? first : later;
-      MPREC_POOL_SWITCH(pool_block_outlined, a, weight, indices, col, start, end, p, out + col,
+      MPREC_POOL_SWITCH(pool_pass_outlined, a, weight, indices, col, start, end, p, out + col,
                         arg_out ? arg_out + col : nullptr, error)
       if (!ok) return false;
     }
