@@ -296,6 +296,17 @@ __attribute__((always_inline)) static inline void last_vector_apart(const PoolAr
   V::storeu(out + (NV - 1) * V::W, last);
 }
 
+// Whether lookup i's id `idx` is a row of the table; where not, the error report says so, and the pooling loops
+// return false.
+__attribute__((always_inline)) static inline bool index_in_range(int64_t idx, int64_t num_rows, int64_t i,
+                                                                 BagErrorReport* error) {
+  if (static_cast<uint64_t>(idx) < static_cast<uint64_t>(num_rows)) return true;
+  error->kind = BagError::kIndexOutOfRange;
+  error->position = i;
+  error->value = idx;
+  return false;
+}
+
 // Whether whole blocks of NV vectors of bf16 rows pooled in several passes (pool_pass), in sum, mean and weighted sum,
 // take pool_bf16_pairs: on ISAs with V::kBf16Pairs, where the pass's accumulators would take every register (AVX2's
 // 16 vectors).
@@ -307,7 +318,7 @@ constexpr bool bf16_pairs() {
 
 // A whole block of NV vectors of bf16 rows, one pass of a row pooled in several (pool_pass), in the sum, mean
 // and weighted sum. Each 32-byte load gives two vectors (P::load_bf16_pair: the even elements and the odd ones),
-// three instructions for the two where converting each vector on its own takes two (a widening load and a
+// three instructions for both, where converting each vector on its own takes two (a widening load and a
 // shift); the pair's accumulators hold the elements out of order until P::interleave puts them back at the end.
 // The first loop keeps kLoopPairs pairs, whose accumulators leave registers for the odd mask, the weight and two
 // temporaries; the pairs left over go to a second loop over the bag's rows, then in L1, as in last_vector_apart.
@@ -354,12 +365,7 @@ __attribute__((always_inline)) static inline bool pool_bf16_pairs(const PoolArgs
   int64_t count = 0;
   for (int64_t i = start; i < end; ++i) {
     const int64_t idx = static_cast<int64_t>(indices[i]);
-    if (static_cast<uint64_t>(idx) >= static_cast<uint64_t>(num_rows)) {
-      error->kind = BagError::kIndexOutOfRange;
-      error->position = i;
-      error->value = idx;
-      return false;
-    }
+    if (!index_in_range(idx, num_rows, i, error)) return false;
     if (idx == padding_idx) continue;  // idx is in range, so -1 (none) skips nothing
     if (prefetch != Prefetch::kNone) prefetch_lookup<bf16_t, NV>(a, weight, indices, col, i + distance, prefetch);
     const bf16_t* row = weight + idx * dim + col;
@@ -426,12 +432,7 @@ __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, 
   const int64_t padding_idx = a.padding_idx;  // -1: none
   for (int64_t i = start; i < end; ++i) {
     const int64_t idx = static_cast<int64_t>(indices[i]);
-    if (static_cast<uint64_t>(idx) >= static_cast<uint64_t>(num_rows)) {
-      error->kind = BagError::kIndexOutOfRange;
-      error->position = i;
-      error->value = idx;
-      return false;
-    }
+    if (!index_in_range(idx, num_rows, i, error)) return false;
     if (idx == padding_idx) continue;  // idx is in range, so -1 (none) skips nothing
     if (prefetch != Prefetch::kNone) prefetch_lookup<WT, NV>(a, weight, indices, col, i + distance, prefetch);
     const WT* row = weight + idx * dim + col;
@@ -518,7 +519,7 @@ __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, 
   return true;
 }
 
-// Pass `col` of a row pooled in several passes over a bag's rows (pool_passes, pool_block_outlined): a whole block
+// Pass `col` of a row pooled in several passes over a bag's rows (pool_passes, pool_pass_outlined): a whole block
 // of bf16 rows in pairs where bf16_pairs says, any other block as pool_block does.
 template <typename WT, typename IT, bool kMax, int NV, bool kWhole = false, bool kUnweighted = false>
 __attribute__((always_inline)) static inline bool pool_pass(const PoolArgs& a, const WT* weight, const IT* indices,
