@@ -182,8 +182,8 @@ __attribute__((always_inline)) static inline int64_t prefetch_distance(const Poo
 // accumulator around it, and gcc did not inline it unasked.
 template <typename WT, int NV, typename IT>
 __attribute__((always_inline)) static inline void prefetch_lookup(const PoolArgs& a, const WT* weight,
-                                                                  const IT* indices, int64_t col, int64_t ahead,
-                                                                  Prefetch prefetch) {
+                                                                  const IT* indices, int64_t dim, int64_t col,
+                                                                  int64_t ahead, Prefetch prefetch) {
   // Cache lines of the block's slice of a row (a partial last vector may prefetch a little of the next row, which
   // is harmless: prefetches never fault).
   constexpr int kLines = static_cast<int>(lines_of<WT>(NV * V::W));
@@ -191,7 +191,7 @@ __attribute__((always_inline)) static inline void prefetch_lookup(const PoolArgs
   const int64_t last_lookup = a.num_indices - 1;
   const uintptr_t next = static_cast<uintptr_t>(indices[ahead < last_lookup ? ahead : last_lookup]);
   const char* p = reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(weight + col) +
-                                                next * static_cast<uintptr_t>(a.dim) * sizeof(WT));
+                                                next * static_cast<uintptr_t>(dim) * sizeof(WT));
   if (prefetch == Prefetch::kSlice) {
     MPREC_UNROLL for (int line = 0; line < kPrefetched; ++line) V::prefetch(p + 64 * line);
   } else if (prefetch == Prefetch::kWholeSlice) {
@@ -199,7 +199,7 @@ __attribute__((always_inline)) static inline void prefetch_lookup(const PoolArgs
   } else if (prefetch == Prefetch::kWideRow) {
     MPREC_UNROLL for (int line = 0; line < kPrefetchLines; ++line) V::prefetch_l1(p + 64 * line);
   } else {
-    const int row_lines = static_cast<int>(lines_of<WT>(a.dim));
+    const int row_lines = static_cast<int>(lines_of<WT>(dim));
     for (int line = 0; line < row_lines; ++line) V::prefetch(p + 64 * line);
   }
   // Row-wise int8 keeps scale and bias in their own array: one more line per lookup to fetch early.
@@ -243,7 +243,7 @@ static void max_args(const PoolArgs& a, const WT* weight, const IT* indices, int
   const int64_t next = end + prefetch_distance<WT, NV>(a, prefetch);
   for (int64_t i = end - 1; i >= start; --i) {
     if (go_on)
-      prefetch_lookup<WT, NV>(a, weight, indices, col, next + (end - 1 - i), prefetch);
+      prefetch_lookup<WT, NV>(a, weight, indices, a.dim, col, next + (end - 1 - i), prefetch);
     const int64_t idx = static_cast<int64_t>(indices[i]);
     if (idx == a.padding_idx) continue;
     const WT* row = weight + idx * a.dim + col;
@@ -285,13 +285,13 @@ constexpr bool arg_in_pass() { return 2 * NV + 4 <= V::kRegisters; }
 // in one, and 1% and 3% more in the other two.
 template <typename WT, typename IT, int NV>
 __attribute__((always_inline)) static inline void last_vector_apart(const PoolArgs& a, const WT* weight,
-                                                                    const IT* indices, int64_t col, int64_t start,
-                                                                    int64_t end, float* out) {
+                                                                    const IT* indices, int64_t dim, int64_t col,
+                                                                    int64_t start, int64_t end, float* out) {
   typename V::F last = V::zero();
   for (int64_t i = start; i < end; ++i) {
     const int64_t idx = static_cast<int64_t>(indices[i]);
     if (idx == a.padding_idx) continue;
-    last = V::fmadd(V::loadu(weight + idx * a.dim + col + (NV - 1) * V::W), V::set1(a.per_sample_weights[i]), last);
+    last = V::fmadd(V::loadu(weight + idx * dim + col + (NV - 1) * V::W), V::set1(a.per_sample_weights[i]), last);
   }
   V::storeu(out + (NV - 1) * V::W, last);
 }
@@ -367,7 +367,8 @@ __attribute__((always_inline)) static inline bool pool_bf16_pairs(const PoolArgs
     const int64_t idx = static_cast<int64_t>(indices[i]);
     if (!index_in_range(idx, num_rows, i, error)) return false;
     if (idx == padding_idx) continue;  // idx is in range, so -1 (none) skips nothing
-    if (prefetch != Prefetch::kNone) prefetch_lookup<bf16_t, NV>(a, weight, indices, col, i + distance, prefetch);
+    if (prefetch != Prefetch::kNone)
+      prefetch_lookup<bf16_t, NV>(a, weight, indices, dim, col, i + distance, prefetch);
     const bf16_t* row = weight + idx * dim + col;
     MPREC_UNROLL for (int k = 0; k < kLoopPairs; ++k) pool_pair(row, k, i);
     ++count;
@@ -394,17 +395,23 @@ __attribute__((always_inline)) static inline bool pool_bf16_pairs(const PoolArgs
   return true;
 }
 
-// A block of NV vectors of one bag. kUnweighted: the call has no per-sample weights, known at compile time, so that
-// the loop keeps no register for a weight (the same register pressure as kWhole's). Inlined into the loops that
-// call it (pool_bags, pool_pass): a call per bag cost as much as pooling a bag of one lookup.
-template <typename WT, typename IT, bool kMax, int NV, bool kWhole = false, bool kUnweighted = false>
+// A block of NV vectors of one bag. The kWhole variants know at compile time whether the call has per-sample
+// weights: kUnweighted says it has none, so that the loop keeps no register for a weight (the same register pressure
+// as kWhole's), and the other kWhole variant is only called with weights. The general variant checks per row.
+// kOneBlock: the row is this one whole block (a kWhole block of pool_bags), so its length is a constant: the loop
+// computes row addresses with a shift rather than a multiply by a length kept in a register, which on AVX2, whose
+// accumulators leave the loop's scalar values short of registers too, had been reloaded from the stack every row.
+// Inlined into the loops that call it (pool_bags, pool_pass): a call per bag cost as much as pooling a bag of one
+// lookup.
+template <typename WT, typename IT, bool kMax, int NV, bool kWhole = false, bool kUnweighted = false,
+          bool kOneBlock = false>
 __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices,
                                                              int64_t col, int64_t start, int64_t end,
                                                              Prefetch prefetch, typename OutputOf<WT>::type* out,
                                                              int64_t* arg_out, BagErrorReport* error) {
   using F = typename V::F;
   constexpr int W = V::W;
-  const int64_t dim = a.dim;
+  const int64_t dim = kOneBlock ? NV * W : a.dim;
   const int64_t num_rows = a.num_rows;
   const int64_t cols = (dim - col < NV * W) ? dim - col : NV * W;
   const typename V::M tail = V::mask(static_cast<int>(cols - (NV - 1) * W));
@@ -428,15 +435,23 @@ __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, 
   typename V::I arg[kArgInPass ? NV : 1];
   if constexpr (kArgInPass) MPREC_UNROLL for (int v = 0; v < NV; ++v) arg[v] = V::arg_init();
   float bias_sum = 0.f;  // uint8 rows in sum/mean mode: sum of w * bias, added once at the end
-  int64_t count = 0;
+  // The lookups of padding_idx, counted where they are skipped rather than the others where they are pooled: an
+  // increment per row, which register pressure kept on the stack, is a load and a store per row.
+  int64_t skipped = 0;
   const int64_t padding_idx = a.padding_idx;  // -1: none
   for (int64_t i = start; i < end; ++i) {
     const int64_t idx = static_cast<int64_t>(indices[i]);
     if (!index_in_range(idx, num_rows, i, error)) return false;
-    if (idx == padding_idx) continue;  // idx is in range, so -1 (none) skips nothing
-    if (prefetch != Prefetch::kNone) prefetch_lookup<WT, NV>(a, weight, indices, col, i + distance, prefetch);
+    if (idx == padding_idx) {  // idx is in range, so -1 (none) skips nothing
+      ++skipped;
+      continue;
+    }
+    if (prefetch != Prefetch::kNone) prefetch_lookup<WT, NV>(a, weight, indices, dim, col, i + distance, prefetch);
     const WT* row = weight + idx * dim + col;
-    const bool weighted = !kUnweighted && a.per_sample_weights;
+    // Known in the kWhole variants: a runtime check would keep the unweighted loop, whose accumulators take every
+    // register, beside the weighted one, and gcc then allocated registers for both: a weighted float32 D=128 block on
+    // AVX2 spilled two accumulators to the stack on every row, though its loop leaves the last vector to a second one.
+    const bool weighted = !kUnweighted && (kWhole || a.per_sample_weights);
     const float w = weighted ? a.per_sample_weights[i] : 1.f;
     if constexpr (sizeof(WT) == 1) {
       // Row-wise int8: x = q * scale + bias.
@@ -473,15 +488,27 @@ __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, 
         MPREC_UNROLL for (int v = 0; v < NV; ++v) acc[v] = V::add(acc[v], load_vector<NV, kWhole>(row, v, tail));
       }
     }
-    ++count;
   }
+  const int64_t count = (end - start) - skipped;  // rows pooled
   if constexpr (kWeightedVectors < NV) {
-    // A weighted sum: the output is complete once the last vector is (no mean, no int8 bias).
-    if (a.per_sample_weights) {
-      MPREC_UNROLL for (int v = 0; v < NV - 1; ++v) V::storeu(out + v * W, acc[v]);
-      last_vector_apart<WT, IT, NV>(a, weight, indices, col, start, end, out);
-      return true;
+    // A weighted sum (a kWhole variant with weights): the output is complete once the last vector is (no mean, no
+    // int8 bias).
+    MPREC_UNROLL for (int v = 0; v < NV - 1; ++v) V::storeu(out + v * W, acc[v]);
+    last_vector_apart<WT, IT, NV>(a, weight, indices, dim, col, start, end, out);
+    return true;
+  }
+  if constexpr (!kMax && kWhole && sizeof(WT) == 4 && NV == V::kRegisters) {
+    // Accumulators in every register (AVX2's float32 D=128 sum): a mean scales the stored output, in memory. Scaled
+    // in registers, the scale would be live beside all of them, and gcc then kept two of them on the stack through
+    // the whole loop, a store and a reload every row. The empty asm makes gcc reload the output rather than reuse
+    // the registers it stored.
+    MPREC_UNROLL for (int v = 0; v < NV; ++v) V::storeu(out + v * W, acc[v]);
+    if (a.mode == PoolMode::kMean && count > 0) {
+      __asm__ __volatile__("" : : "r"(out) : "memory");
+      const F s = V::set1(1.f / static_cast<float>(count));
+      MPREC_UNROLL for (int v = 0; v < NV; ++v) V::storeu(out + v * W, V::mul(V::loadu(out + v * W), s));
     }
+    return true;
   }
   if (kMax) {
     if (count == 0) {
@@ -603,8 +630,8 @@ static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices,
       const int64_t i = first + (bag - bag_begin);
       OT* out = bag_output<WT>(a, bag, output_bag_base);
       int64_t* arg_out = bag_max_indices<kMax>(a, bag, output_bag_base);
-      if (!pool_block<WT, IT, kMax, NV, kWhole, kUnweighted>(a, weight, indices, 0, i, i + 1, prefetch, out, arg_out,
-                                                            error))
+      if (!pool_block<WT, IT, kMax, NV, kWhole, kUnweighted, kWhole>(a, weight, indices, 0, i, i + 1, prefetch, out,
+                                                                    arg_out, error))
         return false;
     }
     return true;
@@ -616,8 +643,8 @@ static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices,
       if (!bag_range(a, offsets, bag, start, end, error)) return false;
       OT* out = bag_output<WT>(a, bag, output_bag_base);
       int64_t* arg_out = bag_max_indices<kMax>(a, bag, output_bag_base);
-      if (!pool_block<WT, IT, kMax, NV, kWhole, kUnweighted>(a, weight, indices, 0, start, end, p, out, arg_out,
-                                                            error))
+      if (!pool_block<WT, IT, kMax, NV, kWhole, kUnweighted, kWhole>(a, weight, indices, 0, start, end, p, out,
+                                                                    arg_out, error))
         return false;
     }
     return true;
