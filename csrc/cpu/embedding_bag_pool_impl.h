@@ -175,10 +175,19 @@ __attribute__((always_inline)) static inline int64_t prefetch_distance(const Poo
                                                                   : kPrefetchDistance;
 }
 
-// Prefetches, as `prefetch` says (not kNone), the block at `col` of the row of lookup `ahead` (the last lookup's
-// where `ahead` is past the end, without a branch: the pooling loop is short enough for its scalar work to count).
-// Its address is taken unchecked: an id out of range only prefetches some other address, which never faults (the
-// lookup itself is checked when its turn comes). Always inlined: a call from the pooling loop would spill every
+// How many lookups ahead the loop over the lookups of a bag that ends at `end` prefetches: `distance`, or less in the
+// call's last bags, so that the lookup prefetched is always one of the call's. A bound per bag rather than a clamp
+// per row: the pooling loop is short enough for its scalar work to count, and on AVX2, whose accumulators take every
+// vector register, its scalar values are short of registers too.
+__attribute__((always_inline)) static inline int64_t bag_prefetch_distance(const PoolArgs& a, int64_t end,
+                                                                           int64_t distance) {
+  const int64_t room = a.num_indices - end;  // >= 0: bag_range checked `end`
+  return distance < room ? distance : room;
+}
+
+// Prefetches, as `prefetch` says (not kNone), the block at `col` of the row of lookup `ahead`, one of the call's
+// lookups. Its address is taken unchecked: an id out of range only prefetches some other address, which never faults
+// (the lookup itself is checked when its turn comes). Always inlined: a call from the pooling loop would spill every
 // accumulator around it, and gcc did not inline it unasked.
 template <typename WT, int NV, typename IT>
 __attribute__((always_inline)) static inline void prefetch_lookup(const PoolArgs& a, const WT* weight,
@@ -188,8 +197,7 @@ __attribute__((always_inline)) static inline void prefetch_lookup(const PoolArgs
   // is harmless: prefetches never fault).
   constexpr int kLines = static_cast<int>(lines_of<WT>(NV * V::W));
   constexpr int kPrefetched = kLines <= kWholeSliceLines ? kLines : kPrefetchLines;
-  const int64_t last_lookup = a.num_indices - 1;
-  const uintptr_t next = static_cast<uintptr_t>(indices[ahead < last_lookup ? ahead : last_lookup]);
+  const uintptr_t next = static_cast<uintptr_t>(indices[ahead]);
   const char* p = reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(weight + col) +
                                                 next * static_cast<uintptr_t>(dim) * sizeof(WT));
   if (prefetch == Prefetch::kSlice) {
@@ -241,9 +249,12 @@ static void max_args(const PoolArgs& a, const WT* weight, const IT* indices, int
   const bool go_on = kFirst == 0 && NV > V::kArgVectors && prefetch == Prefetch::kWholeSlice &&
                      a.prefetch == RowPrefetch::kWholeSlices;
   const int64_t next = end + prefetch_distance<WT, NV>(a, prefetch);
+  const int64_t last_lookup = a.num_indices - 1;
   for (int64_t i = end - 1; i >= start; --i) {
-    if (go_on)
-      prefetch_lookup<WT, NV>(a, weight, indices, a.dim, col, next + (end - 1 - i), prefetch);
+    if (go_on) {
+      const int64_t ahead = next + (end - 1 - i);
+      prefetch_lookup<WT, NV>(a, weight, indices, a.dim, col, ahead < last_lookup ? ahead : last_lookup, prefetch);
+    }
     const int64_t idx = static_cast<int64_t>(indices[i]);
     if (idx == a.padding_idx) continue;
     const WT* row = weight + idx * a.dim + col;
@@ -348,7 +359,7 @@ __attribute__((always_inline)) static inline bool pool_bf16_pairs(const PoolArgs
   const int64_t dim = a.dim;
   const int64_t num_rows = a.num_rows;
   const int64_t padding_idx = a.padding_idx;  // -1: none
-  const int64_t distance = prefetch_distance<bf16_t, NV>(a, prefetch);
+  const int64_t distance = bag_prefetch_distance(a, end, prefetch_distance<bf16_t, NV>(a, prefetch));
   // Pair k of row `row` into its accumulators, weighted by lookup i's weight where kWeighted.
   const auto pool_pair = [&](const bf16_t* row, int k, int64_t i) __attribute__((always_inline)) {
     F e, o;
@@ -416,7 +427,7 @@ __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, 
   const int64_t cols = (dim - col < NV * W) ? dim - col : NV * W;
   const typename V::M tail = V::mask(static_cast<int>(cols - (NV - 1) * W));
   const typename V::M full = V::mask(W);
-  const int64_t distance = prefetch_distance<WT, NV>(a, prefetch);
+  const int64_t distance = bag_prefetch_distance(a, end, prefetch_distance<WT, NV>(a, prefetch));
 
   // The weighted loop keeps a register for the row's weight. Where the accumulators take every register (AVX2's 16
   // of a whole float32 block), the loop pools all but the last vector, and a second loop over the bag's rows, now in
