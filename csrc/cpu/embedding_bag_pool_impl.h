@@ -136,12 +136,15 @@ template <> struct IsBf16<bf16_t> { static constexpr bool value = true; };
 // (see load_vector), and converted rows where V::kWholeConvertedBlocks. On AVX-512 those variants made bf16 and
 // fp16 rows slower. On an AVX2-only EPYC (caches flushed, E=1e6, B=4096, L=40, each timed in turn in one process,
 // several such runs), AVX2's converted rows pooled faster with them in most runs: fp16 and bf16 D=64 by up to 23%,
-// int8 D=128 and D=256 by up to 15%, fp16 D=128 by 2-6%; but bf16 blocks of 16 vectors ran slower at D=128 (one
-// pass) in 10 runs of 13, by up to 15%, and either way at D=256, and keep the general variant.
+// int8 D=128 and D=256 by up to 15%, fp16 D=128 by 2-6%. bf16 blocks of 16 vectors had run slower with them at
+// D=128 in 10 runs of 13, but that was before pool_block stopped keeping the row count and the row length on the
+// stack; since then the general variant, whose masked last vector keeps a call to memcpy in the loop's code, is the
+// slower one (three alternating runs against torch: 0.86-0.96x torch with the kWhole variants against 0.85-0.89x,
+// the mean 1.08-1.18x against 0.95-1.06x).
 template <typename WT, int NV>
 constexpr bool whole_variants() {
   if constexpr (sizeof(WT) == 4) return true;
-  else return V::kWholeConvertedBlocks && !(IsBf16<WT>::value && NV == V::kRegisters);
+  else return V::kWholeConvertedBlocks;
 }
 
 // Vector v of row `row` as the pooling reads it: row-wise int8 rows dequantized with their scale and bias.
