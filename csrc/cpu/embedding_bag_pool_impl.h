@@ -78,7 +78,8 @@ constexpr int64_t kWholeSlicePrefetchDistance = 24;
 constexpr int64_t kNearPrefetchDistance = 16;
 // kBurstPrefetch: where a block's accumulators take every register (the AVX2 kernels' D=128 rows of every type), its
 // bag loop prefetches each bag's rows in a burst when the bag starts, up to the block's prefetch distance past the
-// bag's end, and the pooling loop prefetches nothing. Such a loop runs 40 to 75 instructions a row, and a row's
+// bag's end (prefetch_burst), and the pooling loop prefetches nothing. Rows of several such blocks (pool_passes) are
+// prefetched whole in the burst, and no pass prefetches. Such a loop runs 40 to 75 instructions a row, and a row's
 // first prefetch that misses the TLB holds up retirement, so few rows' prefetches fit in the out-of-order window
 // at once; in a burst a bag's prefetches sit together in the window and their page walks and fetches overlap.
 // Measured with the AVX2 kernels on an AVX-512 EPYC (caches flushed, E=1e6, B=4096, L=40, with and without the
@@ -87,7 +88,13 @@ constexpr int64_t kNearPrefetchDistance = 16;
 // 1.00-1.16, max from 0.86-0.87 to 1.09, the weighted sum from 0.90-0.91 to 0.90-1.06, int8 the same. Shorter
 // loops ran slower so (AVX2's D=16 from 0.91 to 0.81, D=64 from 0.97 to 0.93, the AVX-512 kernels' D=128 from
 // 0.93 to 0.87): the prefetches within them are already close together. So did max with its argmax (0.82 to
-// 0.78), whose walk after the pass goes on with the pass's own prefetches: it keeps them.
+// 0.78), whose walk after the pass goes on with the pass's own prefetches: it keeps them. The weighted float32 sum,
+// whose last vector has a loop of its own (last_vector_apart), moved from 0.92-0.95 to 0.89-1.09 over five runs,
+// and keeps them too. Rows of several passes under the near policy (RowPrefetch::kWholeSlicesNear, which the AMD
+// EPYCs with AVX2 alone take): float32 D=256 from 0.81-0.82 to 1.04-1.07, bf16 D=256 (pool_bf16_pairs) from
+// 0.78-0.84 to 0.89-1.07; under whole slices (RowPrefetch::kWholeSlices) bf16 from 0.79-0.83 to 0.83-0.90, but
+// float32 D=256, whose passes each prefetch their own eight lines, fell from 1.03-1.17 to 0.96-1.06 and keeps them.
+// The leading-lines policy (Intel) was not measured with bursts and keeps the prefetches in its loops.
 template <int NV>
 constexpr bool kBurstPrefetch = NV == V::kRegisters;
 // A row wider than one pass of accumulators is pooled in several passes over the bag's rows, each of which
@@ -242,6 +249,20 @@ __attribute__((always_inline)) static inline void prefetch_lookup(const PoolArgs
   }
 }
 
+// The burst of kBurstPrefetch: prefetches, as `prefetch` says, the rows of the lookups from the later of `prefetched`
+// (where the previous burst stopped) and `start` (the bag's first) to `distance` past the bag's `end`, at most the
+// call's last, and returns where it stopped.
+template <typename WT, int NV, typename IT, bool kOneBlock>
+__attribute__((always_inline)) static inline int64_t prefetch_burst(const PoolArgs& a, const WT* weight,
+                                                                  const IT* indices, int64_t prefetched,
+                                                                  int64_t start, int64_t end, int64_t distance,
+                                                                  Prefetch prefetch) {
+  const int64_t stop = end + bag_prefetch_distance(a, end, distance);
+  for (int64_t j = prefetched > start ? prefetched : start; j < stop; ++j)
+    prefetch_lookup<WT, NV, IT, kOneBlock>(a, weight, indices, a.dim, 0, j, prefetch);
+  return stop;
+}
+
 // Max mode's argmax, where the pass has no registers to track it (see arg_in_pass), found after the pass over the
 // bag's rows, which left them in the caches: for each lane, the first row whose value equals the lane's maximum, or
 // -1 where the maximum is -inf. That is the row a running "x > max so far" comparison keeps: the rows before it are
@@ -313,8 +334,17 @@ static void max_args(const PoolArgs& a, const WT* weight, const IT* indices, int
 template <int NV>
 constexpr bool arg_in_pass() { return 2 * NV + 4 <= V::kRegisters; }
 
+// Whether pool_block's loop over a block of NV vectors leaves the last to last_vector_apart: a weighted whole float32
+// block whose accumulators take every register (AVX2's 16). The loop keeps a register for the row's weight; keeping
+// all 16 accumulators beside it spilled two of them to the stack, every row then waiting on a store and a reload.
+// FBGEMM's generated AVX2 kernels split the row the same way.
+template <typename WT, bool kMax, int NV, bool kWhole, bool kUnweighted>
+constexpr bool splits_last_vector() {
+  return sizeof(WT) == 4 && kWhole && !kUnweighted && !kMax && NV >= 16 && NV == V::kSumVectors;
+}
+
 // The weighted sum of vector NV - 1 of the rows of lookups [start, end) into out's vector NV - 1: the second loop of
-// a weighted block whose accumulators took every register (kWeightedVectors in pool_block), over rows the first
+// a weighted block whose accumulators took every register (splits_last_vector), over rows the first
 // loop checked and left in L1. With the other accumulators stored first, nothing else is live, and the loop is a
 // broadcast and an FMA a row. The alternative, accumulating that vector in the output row within the first loop
 // (its product added to the output from memory), took longer: on an AVX2-only EPYC (caches flushed, E=1e6, D=128,
@@ -455,13 +485,9 @@ __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, 
   const typename V::M full = V::mask(W);
   const int64_t distance = bag_prefetch_distance(a, end, prefetch_distance<WT, NV>(a, prefetch));
 
-  // The weighted loop keeps a register for the row's weight. Where the accumulators take every register (AVX2's 16
-  // of a whole float32 block), the loop pools all but the last vector, and a second loop over the bag's rows, now in
-  // L1, pools the last one after the others are stored (see last_vector_apart), as FBGEMM's generated AVX2 kernels
-  // do. Keeping all 16 in registers spilled two of them to the stack, every row then waiting on a store and a
-  // reload.
-  constexpr int kWeightedVectors =
-      sizeof(WT) == 4 && kWhole && !kUnweighted && !kMax && NV >= 16 && NV == V::kSumVectors ? NV - 1 : NV;
+  // A weighted block whose accumulators take every register pools all but the last vector here, and a second loop
+  // over the bag's rows, then in L1, pools the last one after the others are stored (see splits_last_vector).
+  constexpr int kWeightedVectors = splits_last_vector<WT, kMax, NV, kWhole, kUnweighted>() ? NV - 1 : NV;
   F acc[NV];
   MPREC_UNROLL for (int v = 0; v < NV; ++v) acc[v] = kMax ? V::neg_inf() : V::zero();
   constexpr bool kArgInPass = kMax && arg_in_pass<NV>();
@@ -686,23 +712,20 @@ static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices,
     }
     return true;
   }
-  // The bags of several lookups, prefetching as `p` says.
-  // Blocks whose accumulators take every register (AVX2's D=128 rows) prefetch a bag's rows in a burst when the bag
-  // starts, rather than each lookup's row from within the pooling loop: see kBurstPrefetch.
-  const bool burst = kBurstPrefetch<NV> && !(kMax && a.max_indices);
+  // The bags of several lookups, prefetching as `p` says: in a burst per bag where kBurstPrefetch says (under the
+  // whole-slice policies, not for max with its argmax, nor a weighted block that splits its last vector: see there).
+  const bool burst = kBurstPrefetch<NV> && !splits_last_vector<WT, kMax, NV, kWhole, kUnweighted>() &&
+                     whole_slice_policy(a.prefetch) && !(kMax && a.max_indices);
   const auto bags = [&](Prefetch p) {
-    int64_t prefetched = 0;  // lookups before this were prefetched by an earlier bag's burst
     const int64_t burst_distance = prefetch_distance<WT, NV>(a, p);
+    int64_t prefetched = 0;
     for (int64_t bag = bag_begin; bag < bag_end; ++bag) {
       int64_t start, end;
       if (!bag_range(a, offsets, bag, start, end, error)) return false;
       OT* out = bag_output<WT>(a, bag, output_bag_base);
       int64_t* arg_out = bag_max_indices<kMax>(a, bag, output_bag_base);
       if (burst && p != Prefetch::kNone) {
-        const int64_t stop = bag_prefetch_distance(a, end, burst_distance) + end;
-        for (int64_t j = prefetched > start ? prefetched : start; j < stop; ++j)
-          prefetch_lookup<WT, NV, IT, kWhole>(a, weight, indices, a.dim, 0, j, p);
-        prefetched = stop;
+        prefetched = prefetch_burst<WT, NV, IT, kWhole>(a, weight, indices, prefetched, start, end, burst_distance, p);
         if (!pool_block<WT, IT, kMax, NV, kWhole, kUnweighted, kWhole>(a, weight, indices, 0, start, end,
                                                                       Prefetch::kNone, out, arg_out, error))
           return false;
@@ -747,14 +770,24 @@ static bool pool_passes(const PoolArgs& args, const WT* weight, const IT* indice
                         BagErrorReport* error) {
   using OT = typename OutputOf<WT>::type;
   const PoolArgs a = args;  // a copy no store can alias, as in pool_bags
+  // Whole rows in a burst per bag where kBurstPrefetch says, as in pool_bags, from the first pass's distance; not
+  // float32 rows under RowPrefetch::kWholeSlices (see there).
+  const bool burst = kBurstPrefetch<NV> && !splits_last_vector<WT, kMax, NV, kWhole, kUnweighted>() &&
+                     whole_slice_policy(a.prefetch) && !(sizeof(WT) == 4 && a.prefetch == RowPrefetch::kWholeSlices) &&
+                     !(kMax && a.max_indices) && first != Prefetch::kNone;
+  const int64_t burst_distance = prefetch_distance<WT, NV>(a, first);
+  int64_t prefetched = 0;
   for (int64_t bag = bag_begin; bag < bag_end; ++bag) {
     int64_t start, end;
     if (!bag_range(a, offsets, bag, start, end, error)) return false;
     OT* out = bag_output<WT>(a, bag, output_bag_base);
     int64_t* arg_out = bag_max_indices<kMax>(a, bag, output_bag_base);
+    if (burst)
+      prefetched = prefetch_burst<WT, NV, IT, false>(a, weight, indices, prefetched, start, end, burst_distance,
+                                                     Prefetch::kRow);
     for (int64_t col = 0; col < a.dim; col += NV * V::W) {
-      if (!pool_pass<WT, IT, kMax, NV, kWhole, kUnweighted>(a, weight, indices, col, start, end,
-                                                            col == 0 ? first : later, out + col,
+      const Prefetch p = burst ? Prefetch::kNone : col == 0 ? first : later;
+      if (!pool_pass<WT, IT, kMax, NV, kWhole, kUnweighted>(a, weight, indices, col, start, end, p, out + col,
                                                             arg_out ? arg_out + col : nullptr, error))
         return false;
     }
