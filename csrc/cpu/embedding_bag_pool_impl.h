@@ -82,19 +82,21 @@ constexpr int64_t kNearPrefetchDistance = 16;
 // prefetched whole in the burst, and no pass prefetches. Such a loop runs 40 to 75 instructions a row, and a row's
 // first prefetch that misses the TLB holds up retirement, so few rows' prefetches fit in the out-of-order window
 // at once; in a burst a bag's prefetches sit together in the window and their page walks and fetches overlap.
-// Measured with the AVX2 kernels on an AVX-512 EPYC (caches flushed, E=1e6, B=4096, L=40, with and without the
-// burst alternated in one process, as fractions of the gather limit): bf16 D=128 from 0.62 to 0.81-0.83, fp16
-// from 0.66-0.69 to 0.86-0.88, the float32 sum from 0.93-0.98 to 1.02-1.16, its mean from 0.94-0.95 to
-// 1.00-1.16, max from 0.86-0.87 to 1.09, the weighted sum from 0.90-0.91 to 0.90-1.06, int8 the same. Shorter
+// Measured with the AVX2 kernels on an AVX-512 EPYC (caches flushed, E=1e6, B=4096, L=40, as fractions of the gather
+// limit), under its whole-slice policy (RowPrefetch::kWholeSlices), with and without the burst alternated in one
+// process: bf16 D=128 from 0.62 to 0.81-0.83, fp16 from 0.66-0.69 to 0.86-0.88, the float32 sum from 0.93-0.98 to
+// 1.02-1.16, its mean from 0.94-0.95 to 1.00-1.16, max from 0.86-0.87 to 1.09, int8 the same; under the near policy
+// (RowPrefetch::kWholeSlicesNear, which the EPYCs with AVX2 alone take), each build in alternating processes: bf16
+// from 0.62 to 0.83-0.84, fp16 from 0.66-0.70 to 0.84-0.85, the float32 sum from 0.97-1.02 to 1.07-1.20. Shorter
 // loops ran slower so (AVX2's D=16 from 0.91 to 0.81, D=64 from 0.97 to 0.93, the AVX-512 kernels' D=128 from
 // 0.93 to 0.87): the prefetches within them are already close together. So did max with its argmax (0.82 to
 // 0.78), whose walk after the pass goes on with the pass's own prefetches: it keeps them. The weighted float32 sum,
-// whose last vector has a loop of its own (last_vector_apart), moved from 0.92-0.95 to 0.89-1.09 over five runs,
-// and keeps them too. Rows of several passes under the near policy (RowPrefetch::kWholeSlicesNear, which the AMD
-// EPYCs with AVX2 alone take): float32 D=256 from 0.81-0.82 to 1.04-1.07, bf16 D=256 (pool_bf16_pairs) from
-// 0.78-0.84 to 0.89-1.07; under whole slices (RowPrefetch::kWholeSlices) bf16 from 0.79-0.83 to 0.83-0.90, but
-// float32 D=256, whose passes each prefetch their own eight lines, fell from 1.03-1.17 to 0.96-1.06 and keeps them.
-// The leading-lines policy (Intel) was not measured with bursts and keeps the prefetches in its loops.
+// whose last vector has a loop of its own (last_vector_apart), moved from 0.90-0.95 to 0.89-1.09 over seven runs
+// under either policy, and keeps them too. Rows of several passes, under the near policy: float32 D=256 from
+// 0.79-0.82 to 0.95-1.07, bf16 D=256 (pool_bf16_pairs) from 0.77-0.84 to 0.89-1.07; under whole slices bf16 from
+// 0.79-0.84 to 0.83-1.04, but float32 D=256, whose passes each prefetch their own eight lines, fell from 1.03-1.17
+// to 0.96-1.06 and keeps them. The leading-lines policy (Intel) was not measured with bursts and keeps the
+// prefetches in its loops.
 template <int NV>
 constexpr bool kBurstPrefetch = NV == V::kRegisters;
 // A row wider than one pass of accumulators is pooled in several passes over the bag's rows, each of which
