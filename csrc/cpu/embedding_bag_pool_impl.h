@@ -345,6 +345,14 @@ constexpr bool splits_last_vector() {
   return sizeof(WT) == 4 && kWhole && !kUnweighted && !kMax && NV >= 16 && NV == V::kSumVectors;
 }
 
+// Whether the bag loops over blocks of NV vectors prefetch a bag's rows in a burst (see kBurstPrefetch): under the
+// whole-slice policies, not for max with its argmax, nor for a weighted block that splits its last vector.
+template <typename WT, bool kMax, int NV, bool kWhole, bool kUnweighted>
+__attribute__((always_inline)) static inline bool bursts(const PoolArgs& a) {
+  return kBurstPrefetch<NV> && !splits_last_vector<WT, kMax, NV, kWhole, kUnweighted>() &&
+         whole_slice_policy(a.prefetch) && !(kMax && a.max_indices);
+}
+
 // The weighted sum of vector NV - 1 of the rows of lookups [start, end) into out's vector NV - 1: the second loop of
 // a weighted block whose accumulators took every register (splits_last_vector), over rows the first
 // loop checked and left in L1. With the other accumulators stored first, nothing else is live, and the loop is a
@@ -714,10 +722,8 @@ static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices,
     }
     return true;
   }
-  // The bags of several lookups, prefetching as `p` says: in a burst per bag where kBurstPrefetch says (under the
-  // whole-slice policies, not for max with its argmax, nor a weighted block that splits its last vector: see there).
-  const bool burst = kBurstPrefetch<NV> && !splits_last_vector<WT, kMax, NV, kWhole, kUnweighted>() &&
-                     whole_slice_policy(a.prefetch) && !(kMax && a.max_indices);
+  // The bags of several lookups, prefetching as `p` says: in a burst per bag where `bursts` says.
+  const bool burst = bursts<WT, kMax, NV, kWhole, kUnweighted>(a);
   const auto bags = [&](Prefetch p) {
     const int64_t burst_distance = prefetch_distance<WT, NV>(a, p);
     int64_t prefetched = 0;
@@ -772,11 +778,10 @@ static bool pool_passes(const PoolArgs& args, const WT* weight, const IT* indice
                         BagErrorReport* error) {
   using OT = typename OutputOf<WT>::type;
   const PoolArgs a = args;  // a copy no store can alias, as in pool_bags
-  // Whole rows in a burst per bag where kBurstPrefetch says, as in pool_bags, from the first pass's distance; not
-  // float32 rows under RowPrefetch::kWholeSlices (see there).
-  const bool burst = kBurstPrefetch<NV> && !splits_last_vector<WT, kMax, NV, kWhole, kUnweighted>() &&
-                     whole_slice_policy(a.prefetch) && !(sizeof(WT) == 4 && a.prefetch == RowPrefetch::kWholeSlices) &&
-                     !(kMax && a.max_indices) && first != Prefetch::kNone;
+  // Whole rows in a burst per bag where `bursts` says, as in pool_bags, from the first pass's distance; not float32
+  // rows under RowPrefetch::kWholeSlices (see kBurstPrefetch).
+  const bool burst = bursts<WT, kMax, NV, kWhole, kUnweighted>(a) &&
+                     !(sizeof(WT) == 4 && a.prefetch == RowPrefetch::kWholeSlices) && first != Prefetch::kNone;
   const int64_t burst_distance = prefetch_distance<WT, NV>(a, first);
   int64_t prefetched = 0;
   for (int64_t bag = bag_begin; bag < bag_end; ++bag) {
