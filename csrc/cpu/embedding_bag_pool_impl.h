@@ -91,11 +91,12 @@ constexpr int64_t kNearPrefetchDistance = 16;
 // loops ran slower so (AVX2's D=16 from 0.91 to 0.81, D=64 from 0.97 to 0.93, the AVX-512 kernels' D=128 from
 // 0.93 to 0.87): the prefetches within them are already close together. So did max with its argmax (0.82 to
 // 0.78), whose walk after the pass goes on with the pass's own prefetches: it keeps them. The weighted float32 sum,
-// whose last vector has a loop of its own (last_vector_apart), moved from 0.90-0.95 to 0.89-1.09 over seven runs
-// under either policy, and keeps them too. Rows of several passes, under the near policy: float32 D=256 from
-// 0.79-0.82 to 0.95-1.07, bf16 D=256 (pool_bf16_pairs) from 0.77-0.84 to 0.89-1.07; under whole slices bf16 from
-// 0.79-0.84 to 0.83-1.04, but float32 D=256, whose passes each prefetch their own eight lines, fell from 1.03-1.17
-// to 0.96-1.06 and keeps them. The leading-lines policy (Intel) was not measured with bursts and keeps the
+// whose last vector has a loop of its own (last_vector_apart), from 0.87-0.93 to 0.97-1.17 in five pairs of
+// processes under either policy (0.89-0.92 to 0.92-1.14 alternated in one process, eight runs). Rows of several
+// passes, under the near policy: float32 D=256 from 0.79-0.82 to 0.95-1.07, its weighted sum from 0.75-0.78 to
+// 0.90-0.94 (0.93x torch's embedding_bag to 1.12-1.14x), bf16 D=256 (pool_bf16_pairs) from 0.77-0.84 to 0.89-1.07;
+// under whole slices bf16 from 0.79-0.84 to 0.83-1.04, but float32 D=256, whose passes each prefetch their own eight
+// lines, fell from 1.03-1.17 to 0.96-1.06 and keeps them. The leading-lines policy (Intel) was not measured with bursts and keeps the
 // prefetches in its loops.
 template <int NV>
 constexpr bool kBurstPrefetch = NV == V::kRegisters;
@@ -346,11 +347,10 @@ constexpr bool splits_last_vector() {
 }
 
 // Whether the bag loops over blocks of NV vectors prefetch a bag's rows in a burst (see kBurstPrefetch): under the
-// whole-slice policies, not for max with its argmax, nor for a weighted block that splits its last vector.
-template <typename WT, bool kMax, int NV, bool kWhole, bool kUnweighted>
+// whole-slice policies, not for max with its argmax.
+template <bool kMax, int NV>
 __attribute__((always_inline)) static inline bool bursts(const PoolArgs& a) {
-  return kBurstPrefetch<NV> && !splits_last_vector<WT, kMax, NV, kWhole, kUnweighted>() &&
-         whole_slice_policy(a.prefetch) && !(kMax && a.max_indices);
+  return kBurstPrefetch<NV> && whole_slice_policy(a.prefetch) && !(kMax && a.max_indices);
 }
 
 // The weighted sum of vector NV - 1 of the rows of lookups [start, end) into out's vector NV - 1: the second loop of
@@ -723,7 +723,7 @@ static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices,
     return true;
   }
   // The bags of several lookups, prefetching as `p` says: in a burst per bag where `bursts` says.
-  const bool burst = bursts<WT, kMax, NV, kWhole, kUnweighted>(a);
+  const bool burst = bursts<kMax, NV>(a);
   const auto bags = [&](Prefetch p) {
     const int64_t burst_distance = prefetch_distance<WT, NV>(a, p);
     int64_t prefetched = 0;
@@ -780,7 +780,7 @@ static bool pool_passes(const PoolArgs& args, const WT* weight, const IT* indice
   const PoolArgs a = args;  // a copy no store can alias, as in pool_bags
   // Whole rows in a burst per bag where `bursts` says, as in pool_bags, from the first pass's distance; not float32
   // rows under RowPrefetch::kWholeSlices (see kBurstPrefetch).
-  const bool burst = bursts<WT, kMax, NV, kWhole, kUnweighted>(a) &&
+  const bool burst = bursts<kMax, NV>(a) &&
                      !(sizeof(WT) == 4 && a.prefetch == RowPrefetch::kWholeSlices) && first != Prefetch::kNone;
   const int64_t burst_distance = prefetch_distance<WT, NV>(a, first);
   int64_t prefetched = 0;
