@@ -64,6 +64,13 @@ PYBIND11_MODULE(_C, m) {
     if (bytes < 0) throw py::value_error("set_cached_table_bytes: bytes must be >= 0, got " + std::to_string(bytes));
     return mprec::cpu::set_cached_table_bytes(bytes);
   }, py::arg("bytes"), "Sets cached_table_bytes for this process; returns the previous value.");
+  m.def("burst_table_bytes", &mprec::cpu::burst_table_bytes,
+        "Tables of at most this many bytes have their rows prefetched row by row; larger ones may have each bag's "
+        "rows prefetched in one burst as the bag starts.");
+  m.def("set_burst_table_bytes", [](int64_t bytes) {
+    if (bytes < 0) throw py::value_error("set_burst_table_bytes: bytes must be >= 0, got " + std::to_string(bytes));
+    return mprec::cpu::set_burst_table_bytes(bytes);
+  }, py::arg("bytes"), "Sets burst_table_bytes for this process; returns the previous value.");
   m.def("cpu_vendor", &mprec::cpu::cpu_vendor, "The CPU's vendor: 'intel', 'amd' or 'other'.");
   m.def("row_prefetch", [] { return row_prefetch_name(mprec::cpu::row_prefetch()); },
         "How the pooling loop prefetches the rows of tables larger than cached_table_bytes: 'leading_lines' (the "

@@ -49,17 +49,33 @@ def isa(request):
     mprec.set_cpu_isa(previous)
 
 
-@pytest.fixture(params=["leading_lines", "whole_slices", "whole_slices_near", "cached"])
+# table_prefetch's settings: (row prefetch policy or None, cached_table_bytes, burst_table_bytes).
+_TABLE_PREFETCH = {
+    "leading_lines": ("leading_lines", 0, 0),
+    "whole_slices": ("whole_slices", 0, 0),
+    "whole_slices_near": ("whole_slices_near", 0, 0),
+    # The whole-slice policies on tables up to burst_table_bytes: their rows prefetched one by one, never in bursts.
+    "whole_slices_row_by_row": ("whole_slices", 0, 1 << 62),
+    "whole_slices_near_row_by_row": ("whole_slices_near", 0, 1 << 62),
+    "cached": (None, 1 << 62, 0),
+}
+
+
+@pytest.fixture(params=list(_TABLE_PREFETCH))
 def table_prefetch(request):
     """Runs the test with every pooling loop on any table: rows prefetched ahead under each policy
-    (mprec._C.set_row_prefetch), as for tables larger than mprec._C.cached_table_bytes(), and not, as for tables
-    that stay in the cache."""
-    previous_bytes = mprec._C.set_cached_table_bytes(1 << 62 if request.param == "cached" else 0)
+    (mprec._C.set_row_prefetch), as for tables larger than mprec._C.cached_table_bytes(), in bursts where the policy
+    takes them (as for tables larger than mprec._C.burst_table_bytes()) and one by one; and not prefetched, as for
+    tables that stay in the cache."""
+    policy, cached_bytes, burst_bytes = _TABLE_PREFETCH[request.param]
+    previous_bytes = mprec._C.set_cached_table_bytes(cached_bytes)
+    previous_burst_bytes = mprec._C.set_burst_table_bytes(burst_bytes)
     previous_policy = mprec._C.row_prefetch()
-    if request.param != "cached":
-        mprec._C.set_row_prefetch(request.param)
+    if policy is not None:
+        mprec._C.set_row_prefetch(policy)
     yield request.param
     mprec._C.set_cached_table_bytes(previous_bytes)
+    mprec._C.set_burst_table_bytes(previous_burst_bytes)
     mprec._C.set_row_prefetch(previous_policy)
 
 

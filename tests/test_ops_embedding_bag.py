@@ -433,10 +433,44 @@ def test_cached_table_bytes_defaults_to_half_the_l2_and_can_be_set():
     answer = subprocess.run(["getconf", "LEVEL2_CACHE_SIZE"], capture_output=True, text=True).stdout.strip()
     l2 = int(answer) if answer.lstrip("-").isdigit() else 0
     assert mprec._C.cached_table_bytes() == max(128 << 10, max(l2, 0) // 2)
-    with pytest.raises(ValueError, match=r"set_cached_table_bytes: bytes must be >= 0, got -1"):
-        mprec._C.set_cached_table_bytes(-1)
-    previous = mprec._C.set_cached_table_bytes(12345)
+    _check_bytes_setting("cached_table_bytes")
+
+
+def _check_bytes_setting(name: str) -> None:
+    """mprec._C.set_<name>: a negative setting is a clear error; a set value is what mprec._C.<name>() returns, and
+    the next set returns it."""
+    get, set_bytes = getattr(mprec._C, name), getattr(mprec._C, f"set_{name}")
+    with pytest.raises(ValueError, match=rf"set_{name}: bytes must be >= 0, got -1"):
+        set_bytes(-1)
+    previous = set_bytes(12345)
     try:
-        assert mprec._C.cached_table_bytes() == 12345
+        assert get() == 12345
     finally:
-        assert mprec._C.set_cached_table_bytes(previous) == 12345
+        assert set_bytes(previous) == 12345
+
+
+def _sysfs_l3_bytes() -> int:
+    """cpu0's L3 as Linux's sysfs gives it (index<k>/level 3, index<k>/size such as "32768K"), or 0."""
+    import glob
+
+    for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index[0-9]*")):
+        try:
+            with open(os.path.join(index, "level")) as f:
+                if f.read().strip() != "3":
+                    continue
+            with open(os.path.join(index, "size")) as f:
+                size = f.read().strip()
+        except OSError:
+            continue
+        units = {"K": 1 << 10, "M": 1 << 20}
+        if size[-1:] in units:
+            return int(size[:-1]) * units[size[-1]]
+        return int(size) if size.isdigit() else 0
+    return 0
+
+
+def test_burst_table_bytes_defaults_to_half_the_l3_and_can_be_set():
+    """The burst threshold: half of the L3 that sysfs reports for cpu0 (0 where it reports none); a negative setting
+    is a clear error; a set value is returned by the next set."""
+    assert mprec._C.burst_table_bytes() == _sysfs_l3_bytes() // 2
+    _check_bytes_setting("burst_table_bytes")

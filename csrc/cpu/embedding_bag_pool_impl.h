@@ -347,10 +347,10 @@ constexpr bool splits_last_vector() {
 }
 
 // Whether the bag loops over blocks of NV vectors prefetch a bag's rows in a burst (see kBurstPrefetch): under the
-// whole-slice policies, not for max with its argmax.
+// whole-slice policies, on tables larger than burst_table_bytes, not for max with its argmax.
 template <bool kMax, int NV>
 __attribute__((always_inline)) static inline bool bursts(const PoolArgs& a) {
-  return kBurstPrefetch<NV> && whole_slice_policy(a.prefetch) && !(kMax && a.max_indices);
+  return kBurstPrefetch<NV> && a.burst && whole_slice_policy(a.prefetch) && !(kMax && a.max_indices);
 }
 
 // The weighted sum of vector NV - 1 of the rows of lookups [start, end) into out's vector NV - 1: the second loop of

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <fstream>
 #include <stdexcept>
 
 namespace mprec {
@@ -90,6 +91,24 @@ std::string cpu_vendor() {
   if (__builtin_cpu_is("amd")) return "amd";
 #endif
   return "other";
+}
+
+int64_t l3_cache_bytes() {
+  // cpu0's caches: index<k>/level and index<k>/size, such as "32768K".
+  for (int k = 0; k < 8; ++k) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(k) + "/";
+    std::ifstream level_file(dir + "level");
+    int level = 0;
+    if (!(level_file >> level)) break;
+    if (level != 3) continue;
+    std::ifstream size_file(dir + "size");
+    int64_t size = 0;
+    std::string unit;
+    if (!(size_file >> size) || size <= 0) return 0;
+    size_file >> unit;
+    return unit == "K" ? size << 10 : unit == "M" ? size << 20 : unit.empty() ? size : 0;
+  }
+  return 0;
 }
 
 std::vector<std::string> supported_isa_names() {

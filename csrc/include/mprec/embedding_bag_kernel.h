@@ -52,6 +52,7 @@ struct PoolArgs {
   int64_t* max_indices;            // kMax: [bags, max_indices_stride], or null for no argmax (the maxima alone)
   int64_t max_indices_stride;
   RowPrefetch prefetch;            // how rows are prefetched; kNone for a table that stays in the cache
+  bool burst;                      // whether bag loops may prefetch a bag's rows in one burst (burst_table_bytes)
 };
 
 // Tables of at most this many bytes are pooled without prefetching their rows (RowPrefetch::kNone; the default
@@ -59,6 +60,12 @@ struct PoolArgs {
 // previous value: the tests run both loops on tables of any size with it.
 int64_t cached_table_bytes();
 int64_t set_cached_table_bytes(int64_t bytes);
+// Tables of at most this many bytes, if prefetched at all, are prefetched row by row, ahead of the row pooled; larger
+// ones may have each bag's rows prefetched in one burst as the bag starts, where the bag loop would otherwise hold
+// too few rows in flight (kBurstPrefetch; the default and why: csrc/cpu/embedding_bag.cpp).
+// set_burst_table_bytes overrides it for this process and returns the previous value.
+int64_t burst_table_bytes();
+int64_t set_burst_table_bytes(int64_t bytes);
 // How larger tables' rows are prefetched: by default the CPU vendor's (RowPrefetch above). set_row_prefetch
 // overrides it for this process and returns the previous value (kNone is not a choice here).
 RowPrefetch row_prefetch();

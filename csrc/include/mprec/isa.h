@@ -1,5 +1,6 @@
 // Run-time choice of the CPU kernel variant (AVX-512, AVX2 or portable scalar).
 #pragma once
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,10 @@ void set_active_isa(const std::string& name);
 std::string isa_name(Isa isa);
 // "intel", "amd" or "other" (a CPU that is not x86, or a build without the x86 kernels).
 std::string cpu_vendor();
+// The bytes of cpu0's L3, one instance of it as Linux's sysfs (and lscpu) reports it, or 0 where the system does
+// not say. sysconf's figure is not used: on an AMD EPYC, glibc gave the L3 of every core complex in the package
+// together (320 MiB, where a core reaches 32 MiB).
+int64_t l3_cache_bytes();
 std::vector<std::string> supported_isa_names();
 
 PoolFn pool_kernel(Isa isa);
