@@ -96,8 +96,9 @@ constexpr int64_t kNearPrefetchDistance = 16;
 // passes, under the near policy: float32 D=256 from 0.79-0.82 to 0.95-1.07, its weighted sum from 0.75-0.78 to
 // 0.90-0.94 (0.93x torch's embedding_bag to 1.12-1.14x), bf16 D=256 (pool_bf16_pairs) from 0.77-0.84 to 0.89-1.07;
 // under whole slices bf16 from 0.79-0.84 to 0.83-1.04, but float32 D=256, whose passes each prefetch their own eight
-// lines, fell from 1.03-1.17 to 0.96-1.06 and keeps them. The leading-lines policy (Intel) was not measured with bursts and keeps the
-// prefetches in its loops.
+// lines, fell from 1.03-1.17 to 0.96-1.06 and keeps them. The leading-lines policy (Intel) was not measured with
+// bursts and keeps the prefetches in its loops. All of these were tables of 1e6 rows; tables within the L3's reach
+// (at most burst_table_bytes) ran faster without bursts and keep the prefetches too (csrc/cpu/embedding_bag.cpp).
 template <int NV>
 constexpr bool kBurstPrefetch = NV == V::kRegisters;
 // A row wider than one pass of accumulators is pooled in several passes over the bag's rows, each of which
