@@ -385,9 +385,9 @@ __attribute__((always_inline)) static inline bool index_in_range(int64_t idx, in
   return false;
 }
 
-// Whether whole blocks of NV vectors of bf16 rows pooled in several passes (pool_pass), in sum, mean and weighted sum,
-// take pool_bf16_pairs: on ISAs with V::kBf16Pairs, where the pass's accumulators would take every register (AVX2's
-// 16 vectors).
+// Whether whole blocks of NV vectors of bf16 rows, in sum, mean and weighted sum, take pool_bf16_pairs: on ISAs with
+// V::kBf16Pairs, where the pass's accumulators would take every register (AVX2's 16 vectors). Rows of several passes
+// always do (pool_pass); rows of one pass where their bags are not prefetched in bursts (pool_bags).
 template <typename WT, bool kMax, int NV>
 constexpr bool bf16_pairs() {
   if constexpr (IsBf16<WT>::value && !kMax) return V::kBf16Pairs && NV == V::kRegisters;
@@ -407,9 +407,17 @@ constexpr bool bf16_pairs() {
 // D=512 18% less. Across those runs the vector-by-vector loop pooled D=256 at 0.70-0.97x torch's embedding_bag, pairs
 // at 0.87-1.12x. Rows with a partial last pass gain too: D=192 took 20-23% less time in pairs in three runs, D=320
 // 9-14% less in two, D=200 12-13% less in two and 8% more in one. Five pairs in the first loop ran about as fast as
-// six, seven (spilling one) as the old loop, four or all eight in one loop slower. A row of one pass (D=128) moved from
-// 14% faster to 10% slower in pairs with the state of the machine and keeps pool_block; narrower blocks (D=32, D=64),
-// which spill nothing either way, ran no faster in pairs.
+// six, seven (spilling one) as the old loop, four or all eight in one loop slower. Narrower blocks (D=32, D=64), which
+// spill nothing either way, ran no faster in pairs.
+// A row of one pass (D=128) moved from 14% faster to 10% slower in pairs with the state of the machine there, with its
+// rows from memory. With its rows from the caches the loop waits on its own instructions, and pairs are faster: with
+// the AVX2 kernels on an AVX-512 EPYC (B=4096, L=40, the two alternated in one process), warm tables of 500 to 4,000
+// rows (128 KiB to 1 MiB) took 9-24% less time in pairs (0.84-0.98x torch's embedding_bag to 1.04-1.23x), their mean
+// and weighted sum 16-20% less; a 10 MiB table with the caches flushed 11-19% less, its mean and weighted sum 15-16%
+// less. Tables whose bags are prefetched in bursts (past burst_table_bytes: 1e6 rows, flushed) moved between 7% faster
+// and 5% slower, the weighted sum 4-5% slower, and keep pool_block there. Pairs in one pass of a bag are called out of
+// line (pool_pass_outlined): inlined into the bag loop, gcc kept the odd mask and two accumulators on the stack, and
+// the loop ran slower than pool_block's.
 // Templated on the vector type (P) so that ISAs without the pair primitives need not define them.
 template <typename P, typename IT, int NV, bool kWeighted>
 __attribute__((always_inline)) static inline bool pool_bf16_pairs(const PoolArgs& a, const bf16_t* weight,
@@ -701,6 +709,18 @@ static int64_t first_of_one_lookup_bags(const PoolArgs& a, const IT* offsets, in
   return end == first + (bag_end - bag_begin) && end <= a.num_indices ? first : -1;
 }
 
+// One pass of one bag, out of line: rows of several blocks, the last partial, dispatch per bag and block, and
+// inlining every variant into that loop would only grow it; and bf16 rows of one block in pairs (see
+// pool_bf16_pairs), whose registers the bag loop around them would take.
+template <typename WT, typename IT, bool kMax, int NV, bool kWhole = false, bool kUnweighted = false>
+__attribute__((noinline)) static bool pool_pass_outlined(const PoolArgs& a, const WT* weight, const IT* indices,
+                                                         int64_t col, int64_t start, int64_t end, Prefetch prefetch,
+                                                         typename OutputOf<WT>::type* out, int64_t* arg_out,
+                                                         BagErrorReport* error) {
+  return pool_pass<WT, IT, kMax, NV, kWhole, kUnweighted>(a, weight, indices, col, start, end, prefetch, out,
+                                                         arg_out, error);
+}
+
 // Bags [bag_begin, bag_end) of a table whose rows are one block, the bag loop inside the block's variant: a bag of
 // one lookup (one-hot features, as most of Criteo's) costs no dispatch and no call. With a dispatch, a call and the
 // block's setup per bag, such bags (D=16, rows in the cache) pooled at 0.67-0.81x torch's embedding_bag, and at
@@ -740,6 +760,12 @@ static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices,
           return false;
         continue;
       }
+      if constexpr (kWhole && bf16_pairs<WT, kMax, NV>()) {  // see pool_bf16_pairs
+        if (!pool_pass_outlined<WT, IT, kMax, NV, kWhole, kUnweighted>(a, weight, indices, 0, start, end, p, out,
+                                                                      arg_out, error))
+          return false;
+        continue;
+      }
       if (!pool_block<WT, IT, kMax, NV, kWhole, kUnweighted, kWhole>(a, weight, indices, 0, start, end, p, out,
                                                                     arg_out, error))
         return false;
@@ -756,17 +782,6 @@ static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices,
     if (prefetch == Prefetch::kWholeSlice) return bags(Prefetch::kWholeSlice);
   }
   return bags(prefetch);
-}
-
-// One pass of one bag, out of line: rows of several blocks, the last partial, dispatch per bag and block, and
-// inlining every variant into that loop would only grow it.
-template <typename WT, typename IT, bool kMax, int NV, bool kWhole = false, bool kUnweighted = false>
-__attribute__((noinline)) static bool pool_pass_outlined(const PoolArgs& a, const WT* weight, const IT* indices,
-                                                         int64_t col, int64_t start, int64_t end, Prefetch prefetch,
-                                                         typename OutputOf<WT>::type* out, int64_t* arg_out,
-                                                         BagErrorReport* error) {
-  return pool_pass<WT, IT, kMax, NV, kWhole, kUnweighted>(a, weight, indices, col, start, end, prefetch, out,
-                                                         arg_out, error);
 }
 
 // Bags [bag_begin, bag_end) of a table whose rows are several whole blocks of NV vectors, every pass over a bag's rows
