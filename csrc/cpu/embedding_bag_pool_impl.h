@@ -76,6 +76,18 @@ constexpr int64_t kWholeSlicePrefetchDistance = 24;
 // embedding_bag, against 0.84-0.92x with every line of each slice prefetched in each pass (sum, mean; the weighted
 // sum and max the same either way). 16-bit and int8 rows ran 1.25-1.7x slower so and keep whole slices.
 constexpr int64_t kNearPrefetchDistance = 16;
+// Prefetch::kCached: a table that stays in the cache (RowPrefetch::kNone), whose rows of one pass hold more than
+// kCachedPrefetchElements elements, has each row's every line prefetched into L1 from this many lookups ahead. There the
+// lookups' loads find their lines in L2, not memory, and wait for them all the same: a wide row's loop is long enough
+// that few rows' loads are in the out-of-order window at once. With the caches warm (tables of 1,000 and 2,000 rows,
+// 512 KiB, B=4096, L=40, two threads, on an AVX-512 EPYC with a 1 MiB L2, each setting timed in turn in one process),
+// against no prefetch: the AVX-512 kernels' float32 D=128 took 4-6% less time, bf16 and fp16 D=128 11-14% less; the AVX2
+// kernels' float32 D=128 2-4% less (its weighted sum 5-9%), bf16 (in pairs) 6%, fp16 13-16%. Float32 D=64 rows, of
+// fewer instructions a line, took 2-4% more time (both kernels), and rows of two passes (AVX2's float32 D=256) up to
+// 25% more: those keep no prefetch. 8 ahead ran as fast as 16 or faster. Into L2 (V::prefetch), a loop of the same
+// shape outside the library ran slower than with no prefetch.
+constexpr int64_t kCachedPrefetchDistance = 8;
+constexpr int64_t kCachedPrefetchElements = 64;
 // kBurstPrefetch: where a block's accumulators take every register (the AVX2 kernels' D=128 rows of every type), its
 // bag loop prefetches each bag's rows in a burst when the bag starts, up to the block's prefetch distance past the
 // bag's end (prefetch_burst), and the pooling loop prefetches nothing. Rows of several such blocks (pool_passes) are
@@ -183,9 +195,14 @@ static inline typename V::F row_vector(const WT* row, int v, typename V::M tail,
 // What a pass prefetches of the rows `distance` lookups ahead: its own slice, the first lines of a wide one
 // (kSlice) or every line (kWholeSlice, see kPrefetchLines), the whole row (kRow: the first pass over rows of at
 // most kWholeRowLines lines, see there), the first lines of a wide row into L1 (kWideRow: under kLeadingLines,
-// the only pass over rows of more than kWholeSliceLines lines, see kWideRowPrefetchDistance), or nothing (kNone:
-// a table that stays in the cache, or a later pass over rows the first one fetched whole).
-enum class Prefetch { kSlice, kWholeSlice, kRow, kWideRow, kNone };
+// the only pass over rows of more than kWholeSliceLines lines, see kWideRowPrefetchDistance), every line of the row
+// into L1 (kCached: wide rows of a table that stays in the cache, see kCachedPrefetchDistance), or nothing (kNone:
+// other rows of a table that stays in the cache, or a later pass over rows the first one fetched whole).
+enum class Prefetch { kSlice, kWholeSlice, kRow, kWideRow, kCached, kNone };
+// A kind known at compile time, for a loop specialised on it (see pool_bags); kind_value reads either.
+template <Prefetch P> struct PrefetchConst {};
+static inline constexpr Prefetch kind_value(Prefetch p) { return p; }
+template <Prefetch P> static inline constexpr Prefetch kind_value(PrefetchConst<P>) { return P; }
 
 // Whether `policy` prefetches every line of a slice, from the per-width distances or the near one.
 static inline bool whole_slice_policy(RowPrefetch policy) {
@@ -196,6 +213,7 @@ static inline bool whole_slice_policy(RowPrefetch policy) {
 template <typename WT, int NV>
 __attribute__((always_inline)) static inline int64_t prefetch_distance(const PoolArgs& a, Prefetch prefetch) {
   constexpr int64_t kLines = lines_of<WT>(NV * V::W);
+  if (prefetch == Prefetch::kCached) return kCachedPrefetchDistance;
   if (a.prefetch == RowPrefetch::kWholeSlicesNear) return kLines <= 1 ? kNarrowPrefetchDistance : kNearPrefetchDistance;
   return prefetch == Prefetch::kRow || kLines <= kWholeSliceLines ? kNarrowPrefetchDistance
          : prefetch == Prefetch::kWideRow                         ? kWideRowPrefetchDistance
@@ -235,7 +253,9 @@ __attribute__((always_inline)) static inline void prefetch_lookup(const PoolArgs
   const uintptr_t next = static_cast<uintptr_t>(indices[ahead]);
   const char* p = reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(weight + col) +
                                                 next * static_cast<uintptr_t>(dim) * sizeof(WT));
-  if constexpr (kOneBlock && kLines <= kWholeSliceLines) {
+  if (prefetch == Prefetch::kCached) {
+    MPREC_UNROLL for (int line = 0; line < kLines; ++line) V::prefetch_l1(p + 64 * line);
+  } else if constexpr (kOneBlock && kLines <= kWholeSliceLines) {
     MPREC_UNROLL for (int line = 0; line < kLines; ++line) V::prefetch(p + 64 * line);
   } else if (prefetch == Prefetch::kSlice) {
     MPREC_UNROLL for (int line = 0; line < kPrefetched; ++line) V::prefetch(p + 64 * line);
@@ -745,7 +765,8 @@ static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices,
   }
   // The bags of several lookups, prefetching as `p` says: in a burst per bag where `bursts` says.
   const bool burst = bursts<kMax, NV>(a);
-  const auto bags = [&](Prefetch p) {
+  const auto bags = [&](auto kind) {
+    const Prefetch p = kind_value(kind);
     const int64_t burst_distance = prefetch_distance<WT, NV>(a, p);
     int64_t prefetched = 0;
     for (int64_t bag = bag_begin; bag < bag_end; ++bag) {
@@ -772,14 +793,18 @@ static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices,
     }
     return true;
   };
-  // Blocks wider than kWholeSliceLines lines under whole-slice prefetch get that loop with the kind a constant.
+  // Blocks wider than kWholeSliceLines lines under whole-slice prefetch get that loop with the kind a constant, and so
+  // do the blocks of kCached.
   // gcc does not unswitch so large a loop on the runtime kind, and the compares that pick every lookup's prefetch
   // left fewer rows in flight: on the AMD EPYC (caches flushed, E=1e6, B=4096, L=40), the AVX2 kernel's float32
   // D=128 sum, whose 16 accumulators make the widest loop, took 5-7% less time this way, its mean a little less,
   // its weighted sum and the AVX-512 kernel's rows the same. A constant kind per loop for every kind and width
   // measured no faster and grew the library by a sixth.
   if constexpr (lines_of<WT>(NV * V::W) > kWholeSliceLines) {
-    if (prefetch == Prefetch::kWholeSlice) return bags(Prefetch::kWholeSlice);
+    if (prefetch == Prefetch::kWholeSlice) return bags(PrefetchConst<Prefetch::kWholeSlice>{});
+  }
+  if constexpr (NV * V::W > kCachedPrefetchElements) {
+    if (prefetch == Prefetch::kCached) return bags(PrefetchConst<Prefetch::kCached>{});
   }
   return bags(prefetch);
 }
@@ -859,7 +884,8 @@ static bool pool_typed(const PoolArgs& a, int64_t bag_begin, int64_t bag_end, in
   const bool leading = sizeof(WT) == 4 && lines_of<WT>(kBlock) > kWholeSliceLines && a.dim > kBlock &&
                        a.dim % kBlock == 0 && a.prefetch == RowPrefetch::kWholeSlicesNear;
   const Prefetch slice = whole_slices ? Prefetch::kWholeSlice : Prefetch::kSlice;
-  const Prefetch first = none                       ? Prefetch::kNone
+  const Prefetch cached = a.dim <= kBlock && a.dim > kCachedPrefetchElements ? Prefetch::kCached : Prefetch::kNone;
+  const Prefetch first = none                       ? cached
                          : whole                    ? Prefetch::kRow
                          : wide_row && !whole_slices ? Prefetch::kWideRow
                          : leading                  ? Prefetch::kSlice

@@ -27,7 +27,8 @@ using ::mprec::WeightType;
 //                      not measured);
 //   kWholeSlicesNear:  every line of the slice, from the same distance at every width (kNearPrefetchDistance;
 //                      AMD without AVX-512); float32 rows of several wide slices, the first one's first lines only.
-// kNone: no prefetch, for a table that stays in the cache.
+// kNone: a table that stays in the cache: no prefetch from memory (wide rows are prefetched from L2 into L1:
+// kCachedPrefetchDistance in embedding_bag_pool_impl.h).
 enum class RowPrefetch : int { kNone = 0, kLeadingLines = 1, kWholeSlices = 2, kWholeSlicesNear = 3 };
 
 // One table, a range of bags. Bag b (global bag number, so that the batched op can point every table at
