@@ -189,10 +189,10 @@ struct FirstError {
 
 // The largest table whose rows the pooling loop does not prefetch from memory (RowPrefetch::kNone; its wide rows are
 // prefetched from L2 into L1, see kCachedPrefetchDistance in embedding_bag_pool_impl.h): by default half of this CPU's
-// L2 (at least 128 KiB where the system does not say). Such a table stays in the cache after its rows' first reads,
-// and each prefetch from memory is then an instruction and a load for nothing. Warm, one thread, B=4096, L=40, on a 2 MiB L2:
-// without prefetching, a 64 KiB table (D=16) pooled 20-50% faster and a 1 MiB one 7-20% faster, on the
-// AVX-512 and AVX2 kernels. Larger tables keep prefetching, which hides most of their memory latency.
+// L2 (at least 128 KiB where the system does not say). Such a table stays in the cache after its rows' first reads, and
+// each prefetch from memory is then an instruction and a load for nothing. Warm, one thread, B=4096, L=40, on a 2 MiB
+// L2: without prefetching, a 64 KiB table (D=16) pooled 20-50% faster and a 1 MiB one 7-20% faster, on the AVX-512 and
+// AVX2 kernels. Larger tables keep prefetching, which hides most of their memory latency.
 std::atomic<int64_t>& cached_table_bytes_setting() {
   static std::atomic<int64_t> bytes{[] {
 #ifdef _SC_LEVEL2_CACHE_SIZE  // glibc's; elsewhere the floor applies

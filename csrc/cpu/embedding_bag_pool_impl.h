@@ -77,15 +77,15 @@ constexpr int64_t kWholeSlicePrefetchDistance = 24;
 // sum and max the same either way). 16-bit and int8 rows ran 1.25-1.7x slower so and keep whole slices.
 constexpr int64_t kNearPrefetchDistance = 16;
 // Prefetch::kCached: a table that stays in the cache (RowPrefetch::kNone), whose rows of one pass hold more than
-// kCachedPrefetchElements elements, has each row's every line prefetched into L1 from this many lookups ahead. There the
-// lookups' loads find their lines in L2, not memory, and wait for them all the same: a wide row's loop is long enough
-// that few rows' loads are in the out-of-order window at once. With the caches warm (tables of 1,000 and 2,000 rows,
-// 512 KiB, B=4096, L=40, two threads, on an AVX-512 EPYC with a 1 MiB L2, each setting timed in turn in one process),
-// against no prefetch: the AVX-512 kernels' float32 D=128 took 4-6% less time, bf16 and fp16 D=128 11-14% less; the AVX2
-// kernels' float32 D=128 2-4% less (its weighted sum 5-9%), bf16 (in pairs) 6%, fp16 13-16%. Float32 D=64 rows, of
-// fewer instructions a line, took 2-4% more time (both kernels), and rows of two passes (AVX2's float32 D=256) up to
-// 25% more: those keep no prefetch. 8 ahead ran as fast as 16 or faster. Into L2 (V::prefetch), a loop of the same
-// shape outside the library ran slower than with no prefetch.
+// kCachedPrefetchElements elements, has each row's every line prefetched into L1 from this many lookups ahead. There
+// the lookups' loads find their lines in L2, not memory, and wait for them all the same: a wide row's loop is long
+// enough that few rows' loads are in the out-of-order window at once. With the caches warm (tables of 1,000 and 2,000
+// rows, 512 KiB, B=4096, L=40, two threads, on an AVX-512 EPYC with a 1 MiB L2, each setting timed in turn in one
+// process), against no prefetch: the AVX-512 kernels' float32 D=128 took 4-6% less time, bf16 and fp16 D=128 11-14%
+// less; the AVX2 kernels' float32 D=128 2-4% less (its weighted sum 5-9%), bf16 (in pairs) 6%, fp16 13-16%. Float32
+// D=64 rows, of fewer instructions a line, took 2-4% more time (both kernels), and rows of two passes (AVX2's float32
+// D=256) up to 25% more: those keep no prefetch. 8 ahead ran as fast as 16 or faster. Into L2 (V::prefetch), a loop of
+// the same shape outside the library ran slower than with no prefetch.
 constexpr int64_t kCachedPrefetchDistance = 8;
 constexpr int64_t kCachedPrefetchElements = 64;
 // kBurstPrefetch: where a block's accumulators take every register (the AVX2 kernels' D=128 rows of every type), its
@@ -182,6 +182,15 @@ template <typename WT, int NV>
 constexpr bool whole_variants() {
   if constexpr (sizeof(WT) == 4) return true;
   else return V::kWholeConvertedBlocks;
+}
+// The kernels without V::kWholeConvertedBlocks take the kWhole variants for 16-bit blocks of V::kConvertedVectors
+// (D=128) on tables that stay in the cache (RowPrefetch::kNone), where the loop waits on its own instructions, not on
+// memory: with the AVX-512 kernels on an AVX-512 EPYC (tables of 2,000 rows, 512 KiB, warm, B=4096, L=40, each timed
+// in turn in one process, twice), bf16 took 2-4% less time so, fp16 5-8% less (2-9% on 500 rows), fp16's mean,
+// weighted sum and bf16's max 1-13% less.
+template <typename WT, int NV>
+constexpr bool whole_variants_when_cached() {
+  return sizeof(WT) == 2 && !V::kWholeConvertedBlocks && NV == V::kConvertedVectors;
 }
 
 // Vector v of row `row` as the pooling reads it: row-wise int8 rows dequantized with their scale and bias.
@@ -844,11 +853,13 @@ static bool pool_passes(const PoolArgs& args, const WT* weight, const IT* indice
 }
 
 // ok = FN<WT, IT, kMax, nv, ...>(...): the variant of a block of `nv` vectors and `cols` columns (whole blocks
-// take the kWhole variants where whole_variants says).
+// take the kWhole variants where whole_variants says, and on a table that stays in the cache where
+// whole_variants_when_cached says).
 #define MPREC_POOL_CASE(N, FN, ...)                                                                        \
   case N:                                                                                                  \
-    if constexpr (N <= kVectors && whole_variants<WT, N>()) {                                              \
-      if (cols != N * V::W) ok = FN<WT, IT, kMax, N>(__VA_ARGS__);                                         \
+    if constexpr (N <= kVectors && (whole_variants<WT, N>() || whole_variants_when_cached<WT, N>())) {      \
+      if (cols != N * V::W || (!whole_variants<WT, N>() && a.prefetch != RowPrefetch::kNone))              \
+        ok = FN<WT, IT, kMax, N>(__VA_ARGS__);                                                             \
       else if (a.per_sample_weights) ok = FN<WT, IT, kMax, N, true>(__VA_ARGS__);                          \
       else ok = FN<WT, IT, kMax, N, true, true>(__VA_ARGS__);                                              \
     } else if constexpr (N <= kVectors) ok = FN<WT, IT, kMax, N>(__VA_ARGS__);                             \
