@@ -38,7 +38,7 @@ def implementations(case):
         _built.clear()
         gc.collect()
         _built[case.name] = case.build()
-        _interleaved[case.name] = interleaved_medians(_built[case.name], case.rounds)
+        _interleaved[case.name] = interleaved_medians(_built[case.name], case.rounds, case.before_each_call)
     return _built[case.name]
 
 
@@ -49,10 +49,10 @@ def implementations(case):
 FLUSH_BYTES = cache_flush_bytes()
 
 
-def interleaved_medians(impls, rounds):
+def interleaved_medians(impls, rounds, before=flush_caches):
     """Median ms per implementation over rounds that call every implementation in turn, each after the caches
-    are flushed, so all see the same moments of a shared machine and start from the same cache state; the
-    summary's ratios come from these. Each round takes them in a random order (round_orders): in a fixed order each
+    are flushed (``before``: the case's, which warm cases skip), so all see the same moments of a shared machine
+    and start from the same cache state; the summary's ratios come from these. Each round takes them in a random order (round_orders): in a fixed order each
     one always follows the same other, and the ratios depended on the order (mprec's max against its sum of the
     same rows measured 0.70-0.73 in the case's order, 0.81-0.84 in another). pytest-benchmark's own rounds time
     each implementation alone, warm."""
@@ -61,7 +61,7 @@ def interleaved_medians(impls, rounds):
     times = {name: [] for name in impls}
     for order in round_orders(list(impls.items()), rounds):
         for name, fn in order:
-            flush_caches()
+            before()
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
@@ -87,6 +87,7 @@ def test_embedding_bag(benchmark, case, impl):
     benchmark.extra_info.update(case=case.name, impl=impl, bytes=case.row_bytes, dtype=case.dtype, cpu_isa=mprec.cpu_isa(),
                                 mode=case.mode, tables=case.tables, dim=case.dim,
                                 huge_pages_asked=case.huge_pages, huge_pages=case.huge_pages and huge_pages_available(),
+                                warm=case.warm,
                                 interleaved_median_ms=_interleaved[case.name][impl])
     if impl == GATHER_LIMIT:
         benchmark.extra_info["gather_setting"] = impls[impl].setting

@@ -87,12 +87,15 @@ def summarize(path):
     for case in (case for case in medians if info[case].get("huge_pages_asked")):
         lines.append(f"{case}: the table on 2 MiB pages, as mprec's modules allocate theirs"
                      if info[case]["huge_pages"] else f"{case}: transparent huge pages are off here, so 4 KiB pages")
+    warm = [case for case in medians if info[case].get("warm")]
+    if warm:
+        lines.append(f"{', '.join(warm)}: the caches warm, not flushed before each call")
     settings = defaultdict(list)  # the gather limit's prefetch setting -> the cases it was fastest for
     for case in medians:
         if info[case].get("gather_setting"):
             settings[info[case]["gather_setting"]].append(case)
     if settings:
-        lines.append("gather limit's prefetch, the fastest of its settings per case with the caches flushed:")
+        lines.append("gather limit's prefetch, the fastest of its settings per case, in the case's cache state:")
         lines += [f"  {setting}: {', '.join(cases)}" for setting, cases in settings.items()]
     lines += ["", f"targets ({isa} machine; ratio = baseline median / mprec median):"]
     lines.append(target_line(not below_torch, "every case >= 1.0x torch"

@@ -103,3 +103,20 @@ def test_the_huge_pages_case_puts_its_table_on_huge_pages(monkeypatch):
     want = torch.nn.functional.embedding_bag(idx, table, torch.arange(0, idx.numel(), small.bag_size), mode="sum")
     torch.testing.assert_close(impls["mprec"](), want)
     torch.testing.assert_close(impls["torch"](), want)
+
+
+def test_warm_cases_time_their_calls_without_the_flush(monkeypatch):
+    """The warm cases run nothing before each timed call (their rows stay in the caches); every other case flushes."""
+    from mprec import benchmark
+
+    flushes = []
+    monkeypatch.setattr(benchmark, "flush_caches", lambda: flushes.append(1))
+    warm = [case for case in benchmark.EMBEDDING_BAG_CASES if case.warm]
+    assert warm
+    for case in warm:
+        case.before_each_call()
+    assert flushes == []
+    for case in benchmark.EMBEDDING_BAG_CASES:
+        if not case.warm:
+            case.before_each_call()
+    assert len(flushes) == len(benchmark.EMBEDDING_BAG_CASES) - len(warm)
