@@ -50,12 +50,12 @@ FLUSH_BYTES = cache_flush_bytes()
 
 
 def interleaved_medians(impls, rounds, before=flush_caches):
-    """Median ms per implementation over rounds that call every implementation in turn, each after the caches
-    are flushed (``before``: the case's, which warm cases skip), so all see the same moments of a shared machine
-    and start from the same cache state; the summary's ratios come from these. Each round takes them in a random order (round_orders): in a fixed order each
-    one always follows the same other, and the ratios depended on the order (mprec's max against its sum of the
-    same rows measured 0.70-0.73 in the case's order, 0.81-0.84 in another). pytest-benchmark's own rounds time
-    each implementation alone, warm."""
+    """Median ms per implementation over rounds that call every implementation in turn, each after the caches are
+    flushed (``before``: the case's, which warm cases skip), so all see the same moments of a shared machine and
+    start from the same cache state; the summary's ratios come from these. Each round takes them in a random order
+    (round_orders): in a fixed order each one always follows the same other, and the ratios depended on the order
+    (mprec's max against its sum of the same rows measured 0.70-0.73 in the case's order, 0.81-0.84 in another).
+    pytest-benchmark's own rounds time each implementation alone, warm."""
     for fn in impls.values():
         fn()
     times = {name: [] for name in impls}

@@ -258,8 +258,9 @@ EMBEDDING_BAG_CASES = [
     # A table within the L3's reach (20,000 rows of D=128, 10 MiB): after the flush its rows come from memory once
     # and from the L3 when they repeat, where the prefetch that pays for tables far past the cache need not.
     EmbeddingBagCase("10 MiB table", num_rows=20_000),
-    # Tables of about 512 KiB, warm: within half of a 1 MiB L2, as far as mprec's kernels take a table as cached
-    # there (cached_table_bytes); a CPU with a smaller L2 has them prefetched as larger tables are.
+    # Tables of about 512 KiB, warm: where a core's L2 is 1 MiB or more, within what mprec's kernels take as a table
+    # that stays in the cache (cached_table_bytes, half the L2); a CPU with a smaller L2 has them prefetched as larger
+    # tables are.
     EmbeddingBagCase("warm f32", num_rows=1_000, warm=True),
     EmbeddingBagCase("warm bf16", num_rows=2_000, dtype="bfloat16", warm=True),
     EmbeddingBagCase("warm fp16", num_rows=2_000, dtype="float16", warm=True),

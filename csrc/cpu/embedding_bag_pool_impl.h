@@ -82,7 +82,9 @@ constexpr int64_t kNearPrefetchDistance = 16;
 // enough that few rows' loads are in the out-of-order window at once. With the caches warm (tables of 1,000 and 2,000
 // rows, 512 KiB, B=4096, L=40, two threads, on an AVX-512 EPYC with a 1 MiB L2, each setting timed in turn in one
 // process), against no prefetch: the AVX-512 kernels' float32 D=128 took 4-6% less time, bf16 and fp16 D=128 11-14%
-// less; the AVX2 kernels' float32 D=128 2-4% less (its weighted sum 5-9%), bf16 (in pairs) 6%, fp16 13-16%. Float32
+// less; the AVX2 kernels' float32 D=128 2-4% less (its weighted sum 5-9%), bf16 (in pairs) 6%, fp16 13-16%. Row-wise
+// int8 D=128 (its scale and bias still prefetched into L2), builds alternated in three processes each: 0.82-0.99x
+// torch's embedding_bag to 1.10-1.24x with the AVX2 kernels, 0.84-1.02x to 1.15-1.23x with the AVX-512 ones. Float32
 // D=64 rows, of fewer instructions a line, took 2-4% more time (both kernels), and rows of two passes (AVX2's float32
 // D=256) up to 25% more: those keep no prefetch. 8 ahead ran as fast as 16 or faster. Into L2 (V::prefetch), a loop of
 // the same shape outside the library ran slower than with no prefetch.
