@@ -65,8 +65,8 @@ _TABLE_PREFETCH = {
 def table_prefetch(request):
     """Runs the test with every pooling loop on any table: rows prefetched ahead under each policy
     (mprec._C.set_row_prefetch), as for tables larger than mprec._C.cached_table_bytes(), in bursts where the policy
-    takes them (as for tables larger than mprec._C.burst_table_bytes()) and one by one; and not prefetched, as for
-    tables that stay in the cache."""
+    takes them (as for tables larger than mprec._C.burst_table_bytes()) and one by one; and as for tables that stay
+    in the cache, not prefetched from memory (wide rows only from L2 into L1)."""
     policy, cached_bytes, burst_bytes = _TABLE_PREFETCH[request.param]
     previous_bytes = mprec._C.set_cached_table_bytes(cached_bytes)
     previous_burst_bytes = mprec._C.set_burst_table_bytes(burst_bytes)
