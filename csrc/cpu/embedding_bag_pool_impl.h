@@ -77,17 +77,22 @@ constexpr int64_t kWholeSlicePrefetchDistance = 24;
 // sum and max the same either way). 16-bit and int8 rows ran 1.25-1.7x slower so and keep whole slices.
 constexpr int64_t kNearPrefetchDistance = 16;
 // Prefetch::kCached: a table that stays in the cache (RowPrefetch::kNone), whose rows of one pass hold more than
-// kCachedPrefetchElements elements, has each row's every line prefetched into L1 from this many lookups ahead. There
-// the lookups' loads find their lines in L2, not memory, and wait for them all the same: a wide row's loop is long
-// enough that few rows' loads are in the out-of-order window at once. With the caches warm (tables of 1,000 and 2,000
-// rows, 512 KiB, B=4096, L=40, two threads, on an AVX-512 EPYC with a 1 MiB L2, each setting timed in turn in one
-// process), against no prefetch: the AVX-512 kernels' float32 D=128 took 4-6% less time, bf16 and fp16 D=128 11-14%
-// less; the AVX2 kernels' float32 D=128 2-4% less (its weighted sum 5-9%), bf16 (in pairs) 6%, fp16 13-16%. Row-wise
-// int8 D=128 (its scale and bias still prefetched into L2), builds alternated in three processes each: 0.82-0.99x
-// torch's embedding_bag to 1.10-1.24x with the AVX2 kernels, 0.84-1.02x to 1.15-1.23x with the AVX-512 ones. Float32
-// D=64 rows, of fewer instructions a line, took 2-4% more time (both kernels), and rows of two passes (AVX2's float32
-// D=256) up to 25% more: those keep no prefetch. 8 ahead ran as fast as 16 or faster. Into L2 (V::prefetch), a loop of
-// the same shape outside the library ran slower than with no prefetch.
+// kCachedPrefetchElements elements, has each row's first kPrefetchLines lines prefetched into L1 from this many
+// lookups ahead. There the lookups' loads find their lines in L2, not memory, and wait for them all the same: a wide
+// row's loop is long enough that few rows' loads are in the out-of-order window at once. With the caches warm (tables
+// of 1,000 and 2,000 rows, 512 KiB, B=4096, L=40, two threads, on an AVX-512 EPYC with a 1 MiB L2, each setting timed
+// in turn in one process), every line against no prefetch: the AVX-512 kernels' float32 D=128 took 4-6% less time,
+// bf16 and fp16 D=128 11-14% less; the AVX2 kernels' float32 D=128 2-4% less (its weighted sum 5-9%), bf16 (in pairs)
+// 6%, fp16 13-16%. Row-wise int8 D=128 (its scale and bias still prefetched into L2), builds alternated in three
+// processes each: 0.82-0.99x torch's embedding_bag to 1.10-1.24x with the AVX2 kernels, 0.84-1.02x to 1.15-1.23x with
+// the AVX-512 ones. The first lines alone did better still where a row has more (the same machine and tables, one
+// thread, each timed in turn in one process): float32 D=128 took 6-7% less time than with every line on the AVX-512
+// kernels and 4-5% less on the AVX2 ones (its weighted sum 6%, its mean 4%), 16-bit rows of four lines the same
+// either way. One line or three ran as fast as two, and 4 to 16 lookups ahead as fast as 8; a loop of the same shape
+// outside the library ran the same with 2, 4 or all 8 lines. Float32 D=64 rows, of fewer instructions a line, took
+// 2-4% more time with every line prefetched (both kernels), and rows of two passes (AVX2's float32 D=256) up to 25%
+// more: those keep no prefetch. Into L2 (V::prefetch), a loop of the same shape outside the library ran slower than
+// with no prefetch.
 constexpr int64_t kCachedPrefetchDistance = 8;
 constexpr int64_t kCachedPrefetchElements = 64;
 // kBurstPrefetch: where a block's accumulators take every register (the AVX2 kernels' D=128 rows of every type), its
@@ -206,8 +211,8 @@ static inline typename V::F row_vector(const WT* row, int v, typename V::M tail,
 // What a pass prefetches of the rows `distance` lookups ahead: its own slice, the first lines of a wide one
 // (kSlice) or every line (kWholeSlice, see kPrefetchLines), the whole row (kRow: the first pass over rows of at
 // most kWholeRowLines lines, see there), the first lines of a wide row into L1 (kWideRow: under kLeadingLines,
-// the only pass over rows of more than kWholeSliceLines lines, see kWideRowPrefetchDistance), every line of the row
-// into L1 (kCached: wide rows of a table that stays in the cache, see kCachedPrefetchDistance), or nothing (kNone:
+// the only pass over rows of more than kWholeSliceLines lines, see kWideRowPrefetchDistance), the first lines of the
+// row into L1 (kCached: wide rows of a table that stays in the cache, see kCachedPrefetchDistance), or nothing (kNone:
 // other rows of a table that stays in the cache, or a later pass over rows the first one fetched whole).
 enum class Prefetch { kSlice, kWholeSlice, kRow, kWideRow, kCached, kNone };
 // A kind known at compile time, for a loop specialised on it (see pool_bags); kind_value reads either.
@@ -265,7 +270,8 @@ __attribute__((always_inline)) static inline void prefetch_lookup(const PoolArgs
   const char* p = reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(weight + col) +
                                                 next * static_cast<uintptr_t>(dim) * sizeof(WT));
   if (prefetch == Prefetch::kCached) {
-    MPREC_UNROLL for (int line = 0; line < kLines; ++line) V::prefetch_l1(p + 64 * line);
+    constexpr int kLeading = kLines < kPrefetchLines ? kLines : kPrefetchLines;
+    MPREC_UNROLL for (int line = 0; line < kLeading; ++line) V::prefetch_l1(p + 64 * line);
   } else if constexpr (kOneBlock && kLines <= kWholeSliceLines) {
     MPREC_UNROLL for (int line = 0; line < kLines; ++line) V::prefetch(p + 64 * line);
   } else if (prefetch == Prefetch::kSlice) {
