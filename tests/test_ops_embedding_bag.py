@@ -70,7 +70,7 @@ def test_forward_of_bf16_rows_in_pairs(isa, table_prefetch, index_dtype, mode, w
     """bf16 rows of one pass (D=128) or several, whole or with a partial last pass, over bags of up to 40 lookups,
     whose whole passes AVX2 pools two vectors a load (the even and odd elements apart, put back in order at the end,
     the last pairs in a second loop over the rows): in every pass of several, in a pass of one where the bags' rows are
-    not prefetched in bursts."""
+    not prefetched in bursts; and AVX-512 in a pass of one from a table that stays in the cache."""
     run_case(torch.bfloat16, index_dtype, mode, weighted, False, True, dim, max_len=40)
 
 

@@ -47,8 +47,23 @@ struct V {
   static constexpr int kConvertedVectors = 8;
   static constexpr bool kNarrow16BitSlices = true;
   static constexpr bool kWholeConvertedBlocks = false;  // slower for 16-bit rows (whole_variants)
-  // Its 32 registers hold a pass of bf16 accumulators with room to spare: see pool_bf16_pairs.
-  static constexpr bool kBf16Pairs = false;
+  // bf16 rows of one pass from a table that stays in the cache pool two vectors from each 64-byte load
+  // (pool_bf16_pairs in embedding_bag_pool_impl.h): a shift and an and, where converting each vector takes a
+  // widening load and a shift.
+  static constexpr bool kBf16Pairs = true;
+  static I bf16_odd_mask() { return _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u)); }
+  static void load_bf16_pair(const bf16_t* p, I odd_mask, F& even, F& odd) {
+    const __m512i x = _mm512_loadu_si512(p);
+    even = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
+    odd = _mm512_castsi512_ps(_mm512_and_si512(x, odd_mask));
+  }
+  // The 2W elements in order (first: 0-15, second: 16-31) from load_bf16_pair's even and odd ones.
+  static void interleave(F even, F odd, F& first, F& second) {
+    const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    first = _mm512_permutex2var_ps(even, lo, odd);
+    second = _mm512_permutex2var_ps(even, hi, odd);
+  }
   static F add(F a, F b) { return _mm512_add_ps(a, b); }
   static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
   static F mul(F a, F b) { return _mm512_mul_ps(a, b); }

@@ -422,12 +422,15 @@ __attribute__((always_inline)) static inline bool index_in_range(int64_t idx, in
   return false;
 }
 
-// Whether whole blocks of NV vectors of bf16 rows, in sum, mean and weighted sum, take pool_bf16_pairs: on ISAs with
-// V::kBf16Pairs, where the pass's accumulators would take every register (AVX2's 16 vectors). Rows of several passes
-// always do (pool_pass); rows of one pass where their bags are not prefetched in bursts (pool_bags).
-template <typename WT, bool kMax, int NV>
+// Whether whole blocks of NV vectors of bf16 rows, in sum, mean and weighted sum, take pool_bf16_pairs, on ISAs with
+// V::kBf16Pairs. A pass of a row pooled in several (pool_pass, kOnePass false) where its accumulators would take every
+// register (AVX2's 16 vectors); a row of one pass of V::kConvertedVectors (D=128) in its kWhole variant where its bags
+// are not prefetched in bursts (pool_bags, kOnePass true): AVX2's, and AVX-512's, which only tables that stay in the
+// cache take (whole_variants_when_cached).
+template <typename WT, bool kMax, int NV, bool kOnePass>
 constexpr bool bf16_pairs() {
-  if constexpr (IsBf16<WT>::value && !kMax) return V::kBf16Pairs && NV == V::kRegisters;
+  if constexpr (IsBf16<WT>::value && !kMax && V::kBf16Pairs)
+    return kOnePass ? NV == V::kConvertedVectors : NV == V::kRegisters;
   else return false;
 }
 
@@ -453,8 +456,14 @@ constexpr bool bf16_pairs() {
 // and weighted sum 16-20% less; a 10 MiB table with the caches flushed 11-19% less, its mean and weighted sum 15-16%
 // less. Tables whose bags are prefetched in bursts (past burst_table_bytes: 1e6 rows, flushed) moved between 7% faster
 // and 5% slower, the weighted sum 4-5% slower, and keep pool_block there. Pairs in one pass of a bag are called out of
-// line (pool_pass_outlined): inlined into the bag loop, gcc kept the odd mask and two accumulators on the stack, and
-// the loop ran slower than pool_block's.
+// line (pool_bf16_pairs_outlined): inlined into the bag loop, gcc kept the odd mask and two accumulators on the stack,
+// and the loop ran slower than pool_block's.
+// The AVX-512 kernels, whose 32 registers hold any pass, pool in pairs only where the conversion is what the loop
+// waits on: rows of one pass from a table that stays in the cache. There (tables of 2,000 rows, 512 KiB, one thread,
+// the two loops timed in turn in one process), bf16 D=128 took 20% less time in pairs (0.93x torch's embedding_bag to
+// 1.16x), its weighted sum 29% less and its mean 19% less; called in line or out of line, the same. With the caches
+// flushed (E=1e6), the two-line passes of D=128 and D=256, the weighted sum and D=64 ran as fast in pairs as without;
+// warm D=256 (two passes of 128 elements) 10% slower.
 // Templated on the vector type (P) so that ISAs without the pair primitives need not define them.
 template <typename P, typename IT, int NV, bool kWeighted>
 __attribute__((always_inline)) static inline bool pool_bf16_pairs(const PoolArgs& a, const bf16_t* weight,
@@ -685,7 +694,7 @@ __attribute__((always_inline)) static inline bool pool_pass(const PoolArgs& a, c
                                                             int64_t col, int64_t start, int64_t end,
                                                             Prefetch prefetch, typename OutputOf<WT>::type* out,
                                                             int64_t* arg_out, BagErrorReport* error) {
-  if constexpr (bf16_pairs<WT, kMax, NV>()) {
+  if constexpr (bf16_pairs<WT, kMax, NV, false>()) {
     if (a.dim - col >= NV * V::W) {
       if (a.per_sample_weights)
         return pool_bf16_pairs<V, IT, NV, true>(a, weight, indices, col, start, end, prefetch, out, error);
@@ -747,8 +756,7 @@ static int64_t first_of_one_lookup_bags(const PoolArgs& a, const IT* offsets, in
 }
 
 // One pass of one bag, out of line: rows of several blocks, the last partial, dispatch per bag and block, and
-// inlining every variant into that loop would only grow it; and bf16 rows of one block in pairs (see
-// pool_bf16_pairs), whose registers the bag loop around them would take.
+// inlining every variant into that loop would only grow it.
 template <typename WT, typename IT, bool kMax, int NV, bool kWhole = false, bool kUnweighted = false>
 __attribute__((noinline)) static bool pool_pass_outlined(const PoolArgs& a, const WT* weight, const IT* indices,
                                                          int64_t col, int64_t start, int64_t end, Prefetch prefetch,
@@ -756,6 +764,15 @@ __attribute__((noinline)) static bool pool_pass_outlined(const PoolArgs& a, cons
                                                          BagErrorReport* error) {
   return pool_pass<WT, IT, kMax, NV, kWhole, kUnweighted>(a, weight, indices, col, start, end, prefetch, out,
                                                          arg_out, error);
+}
+
+// One bag of bf16 rows of one block in pairs (see pool_bf16_pairs), out of line: the bag loop around it would take its
+// registers.
+template <typename IT, int NV, bool kWeighted>
+__attribute__((noinline)) static bool pool_bf16_pairs_outlined(const PoolArgs& a, const bf16_t* weight,
+                                                               const IT* indices, int64_t start, int64_t end,
+                                                               Prefetch prefetch, bf16_t* out, BagErrorReport* error) {
+  return pool_bf16_pairs<V, IT, NV, kWeighted>(a, weight, indices, 0, start, end, prefetch, out, error);
 }
 
 // Bags [bag_begin, bag_end) of a table whose rows are one block, the bag loop inside the block's variant: a bag of
@@ -798,9 +815,8 @@ static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices,
           return false;
         continue;
       }
-      if constexpr (kWhole && bf16_pairs<WT, kMax, NV>()) {  // see pool_bf16_pairs
-        if (!pool_pass_outlined<WT, IT, kMax, NV, kWhole, kUnweighted>(a, weight, indices, 0, start, end, p, out,
-                                                                      arg_out, error))
+      if constexpr (kWhole && bf16_pairs<WT, kMax, NV, true>()) {  // see pool_bf16_pairs
+        if (!pool_bf16_pairs_outlined<IT, NV, !kUnweighted>(a, weight, indices, start, end, p, out, error))
           return false;
         continue;
       }
