@@ -12,7 +12,8 @@
 //   x is greater),
 //   kRegisters (vector registers), kSumVectors and kMaxVectors (accumulators of a float32 sum/mean and max pass),
 //   kArgVectors (vectors of a chunk of the argmax pass), kConvertedVectors, kNarrow16BitSlices and
-//   kWholeConvertedBlocks (see block_vectors and whole_variants), kBf16Pairs (where true, also bf16_odd_mask(),
+//   kWholeConvertedBlocks (see block_vectors and whole_variants), kCachedLoops (see whole_variants_when_cached),
+//   kBf16Pairs (where true, also bf16_odd_mask(),
 //   load_bf16_pair(p, odd_mask, even, odd) and interleave(even, odd, first, second): see pool_bf16_pairs),
 //   store(float*/f16_t*/bf16_t*, F, M), storeu(float*, F) (all W lanes),
 //   store_arg(int64_t*, I, M),
@@ -89,12 +90,13 @@ constexpr int64_t kNearPrefetchDistance = 16;
 // thread, each timed in turn in one process): float32 D=128 took 6-7% less time than with every line on the AVX-512
 // kernels and 4-5% less on the AVX2 ones (its weighted sum 6%, its mean 4%), 16-bit rows of four lines the same
 // either way. One line or three ran as fast as two, and 4 to 16 lookups ahead as fast as 8; a loop of the same shape
-// outside the library ran the same with 2, 4 or all 8 lines. Float32 D=64 rows, of fewer instructions a line, took
-// 2-4% more time with every line prefetched (both kernels), and rows of two passes (AVX2's float32 D=256) up to 25%
-// more: those keep no prefetch. Into L2 (V::prefetch), a loop of the same shape outside the library ran slower than
-// with no prefetch.
+// outside the library ran the same with 2, 4 or all 8 lines. Float32 D=64 rows, of fewer instructions a line, had
+// taken 2-4% more time with every line prefetched (both kernels); with their first two lines (one thread), 5-8% less,
+// and 16-bit D=64 rows 5-17% less. D=32 rows gained with 16-bit lines and lost with float32 ones (up to 20%), and keep
+// no prefetch (kCachedPrefetchElements), nor do rows of two passes (AVX2's float32 D=256, up to 25% slower with every
+// line). Into L2 (V::prefetch), a loop of the same shape outside the library ran slower than with no prefetch.
 constexpr int64_t kCachedPrefetchDistance = 8;
-constexpr int64_t kCachedPrefetchElements = 64;
+constexpr int64_t kCachedPrefetchElements = 32;
 // kBurstPrefetch: where a block's accumulators take every register (the AVX2 kernels' D=128 rows of every type), its
 // bag loop prefetches each bag's rows in a burst when the bag starts, up to the block's prefetch distance past the
 // bag's end (prefetch_burst), and the pooling loop prefetches nothing. Rows of several such blocks (pool_passes) are
@@ -190,14 +192,16 @@ constexpr bool whole_variants() {
   if constexpr (sizeof(WT) == 4) return true;
   else return V::kWholeConvertedBlocks;
 }
-// The kernels without V::kWholeConvertedBlocks take the kWhole variants for 16-bit blocks of V::kConvertedVectors
-// (D=128) on tables that stay in the cache (RowPrefetch::kNone), where the loop waits on its own instructions, not on
-// memory: with the AVX-512 kernels on an AVX-512 EPYC (tables of 2,000 rows, 512 KiB, warm, B=4096, L=40, each timed
-// in turn in one process, twice), bf16 took 2-4% less time so, fp16 5-8% less (2-9% on 500 rows), fp16's mean,
-// weighted sum and bf16's max 1-13% less.
+// The kernels without V::kWholeConvertedBlocks take the kWhole variants for whole 16-bit blocks on tables that stay in
+// the cache (RowPrefetch::kNone), where the loop waits on its own instructions, not on memory: with the AVX-512
+// kernels on an AVX-512 EPYC (tables of 512 KiB, warm, B=4096, L=40, each timed in turn in one process), bf16 D=128
+// took 2-4% less time so, fp16 5-8% less (2-9% on 500 rows), fp16's mean, weighted sum and bf16's max 1-13% less;
+// with one thread, fp16 D=16 and D=64 took 10-23% less time, bf16 D=16 17%, D=64 28% (with pairs, pool_bf16_pairs).
+// These variants, and the bag loop of whole blocks of such tables (pool_bags), are code for tables in the cache alone:
+// the kernels without V::kCachedLoops (the scalar fallback) keep the general loops: theirs took 6% of the library.
 template <typename WT, int NV>
 constexpr bool whole_variants_when_cached() {
-  return sizeof(WT) == 2 && !V::kWholeConvertedBlocks && NV == V::kConvertedVectors;
+  return V::kCachedLoops && sizeof(WT) == 2 && !V::kWholeConvertedBlocks && NV <= V::kConvertedVectors;
 }
 
 // Vector v of row `row` as the pooling reads it: row-wise int8 rows dequantized with their scale and bias.
@@ -412,10 +416,14 @@ __attribute__((always_inline)) static inline void last_vector_apart(const PoolAr
 }
 
 // Whether lookup i's id `idx` is a row of the table; where not, the error report says so, and the pooling loops
-// return false.
+// return false. Expected in range: without the hint gcc laid out some loops with the error report where the loop
+// goes on and the row's work behind a jump, two taken branches a row. With the caches warm (512 KiB tables, one
+// thread, B=4096, L=40, each build timed in one process), that had held the AVX2 kernels' float32 D=16 sum at
+// 0.18-0.20 ms where it takes 0.15 ms (1.2x torch's embedding_bag to 1.6x); with the caches flushed the sums, means
+// and max ran as fast as before or faster (int8 D=128 7-14%).
 __attribute__((always_inline)) static inline bool index_in_range(int64_t idx, int64_t num_rows, int64_t i,
                                                                  BagErrorReport* error) {
-  if (static_cast<uint64_t>(idx) < static_cast<uint64_t>(num_rows)) return true;
+  if (__builtin_expect(static_cast<uint64_t>(idx) < static_cast<uint64_t>(num_rows), 1)) return true;
   error->kind = BagError::kIndexOutOfRange;
   error->position = i;
   error->value = idx;
@@ -424,13 +432,14 @@ __attribute__((always_inline)) static inline bool index_in_range(int64_t idx, in
 
 // Whether whole blocks of NV vectors of bf16 rows, in sum, mean and weighted sum, take pool_bf16_pairs, on ISAs with
 // V::kBf16Pairs. A pass of a row pooled in several (pool_pass, kOnePass false) where its accumulators would take every
-// register (AVX2's 16 vectors); a row of one pass of V::kConvertedVectors (D=128) in its kWhole variant where its bags
-// are not prefetched in bursts (pool_bags, kOnePass true): AVX2's, and AVX-512's, which only tables that stay in the
-// cache take (whole_variants_when_cached).
+// register (AVX2's 16 vectors); a row of one pass in its kWhole variant where its bags are not prefetched in bursts
+// (pool_bags, kOnePass true): of V::kConvertedVectors (D=128) on any table, where AVX-512's kWhole variants are only
+// taken by tables that stay in the cache (whole_variants_when_cached), and of fewer pairs of at least 32 elements on
+// tables that stay in the cache (see pool_bf16_pairs).
 template <typename WT, bool kMax, int NV, bool kOnePass>
 constexpr bool bf16_pairs() {
   if constexpr (IsBf16<WT>::value && !kMax && V::kBf16Pairs)
-    return kOnePass ? NV == V::kConvertedVectors : NV == V::kRegisters;
+    return kOnePass ? NV % 2 == 0 && NV * V::W >= 32 : NV == V::kRegisters;
   else return false;
 }
 
@@ -463,7 +472,9 @@ constexpr bool bf16_pairs() {
 // the two loops timed in turn in one process), bf16 D=128 took 20% less time in pairs (0.93x torch's embedding_bag to
 // 1.16x), its weighted sum 29% less and its mean 19% less; called in line or out of line, the same. With the caches
 // flushed (E=1e6), the two-line passes of D=128 and D=256, the weighted sum and D=64 ran as fast in pairs as without;
-// warm D=256 (two passes of 128 elements) 10% slower.
+// warm D=256 (two passes of 128 elements) 10% slower. Narrower rows of one pass from the cache gain too, on either
+// kernel set: warm D=64 took 23-26% less time in pairs on both (AVX-512: 0.80x torch to 1.20x), AVX2's D=32 14% less;
+// AVX-512's D=32 (one pair) ran the same, AVX2's D=16 (one pair of 8) 6% slower and stays out (NV * W >= 32).
 // Templated on the vector type (P) so that ISAs without the pair primitives need not define them.
 template <typename P, typename IT, int NV, bool kWeighted>
 __attribute__((always_inline)) static inline bool pool_bf16_pairs(const PoolArgs& a, const bf16_t* weight,
@@ -816,9 +827,11 @@ static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices,
         continue;
       }
       if constexpr (kWhole && bf16_pairs<WT, kMax, NV, true>()) {  // see pool_bf16_pairs
-        if (!pool_bf16_pairs_outlined<IT, NV, !kUnweighted>(a, weight, indices, start, end, p, out, error))
-          return false;
-        continue;
+        if (NV == V::kConvertedVectors || p == Prefetch::kNone || p == Prefetch::kCached) {
+          if (!pool_bf16_pairs_outlined<IT, NV, !kUnweighted>(a, weight, indices, start, end, p, out, error))
+            return false;
+          continue;
+        }
       }
       if (!pool_block<WT, IT, kMax, NV, kWhole, kUnweighted, kWhole>(a, weight, indices, 0, start, end, p, out,
                                                                     arg_out, error))
@@ -833,11 +846,23 @@ static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices,
   // D=128 sum, whose 16 accumulators make the widest loop, took 5-7% less time this way, its mean a little less,
   // its weighted sum and the AVX-512 kernel's rows the same. A constant kind per loop for every kind and width
   // measured no faster and grew the library by a sixth.
+  if constexpr (kWhole && !whole_variants<WT, NV>()) {  // taken by tables that stay in the cache alone
+    if constexpr (NV * V::W > kCachedPrefetchElements) {
+      if (prefetch == Prefetch::kCached) return bags(PrefetchConst<Prefetch::kCached>{});
+    }
+    return bags(PrefetchConst<Prefetch::kNone>{});
+  }
   if constexpr (lines_of<WT>(NV * V::W) > kWholeSliceLines) {
     if (prefetch == Prefetch::kWholeSlice) return bags(PrefetchConst<Prefetch::kWholeSlice>{});
   }
   if constexpr (NV * V::W > kCachedPrefetchElements) {
     if (prefetch == Prefetch::kCached) return bags(PrefetchConst<Prefetch::kCached>{});
+  }
+  // And so do whole blocks on tables that stay in the cache (kNone), whose loop waits on its own instructions: one
+  // thread, warm 512 KiB tables, the AVX-512 kernels' float32 D=64 and fp16 D=32 took 5-16% less time so, the AVX2
+  // kernels' float32 D=32 and fp16 D=64 6%; other widths and types the same.
+  if constexpr (kWhole && V::kCachedLoops) {
+    if (prefetch == Prefetch::kNone) return bags(PrefetchConst<Prefetch::kNone>{});
   }
   return bags(prefetch);
 }
