@@ -265,6 +265,9 @@ EMBEDDING_BAG_CASES = [
     EmbeddingBagCase("warm bf16", num_rows=2_000, dtype="bfloat16", warm=True),
     EmbeddingBagCase("warm fp16", num_rows=2_000, dtype="float16", warm=True),
     EmbeddingBagCase("warm D=16", num_rows=8_192, dim=16, warm=True),
+    # Narrower 16-bit rows, where each row is a few instructions and the loop's own overhead counts most.
+    EmbeddingBagCase("warm bf16 D=64", num_rows=4_096, dim=64, dtype="bfloat16", warm=True),
+    EmbeddingBagCase("warm fp16 D=32", num_rows=8_192, dim=32, dtype="float16", warm=True),
     EmbeddingBagCase("8 tables batched", tables=8, rounds=9),
 ]
 
