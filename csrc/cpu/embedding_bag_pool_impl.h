@@ -196,7 +196,7 @@ constexpr bool whole_variants() {
 // the cache (RowPrefetch::kNone), where the loop waits on its own instructions, not on memory: with the AVX-512
 // kernels on an AVX-512 EPYC (tables of 512 KiB, warm, B=4096, L=40, each timed in turn in one process), bf16 D=128
 // took 2-4% less time so, fp16 5-8% less (2-9% on 500 rows), fp16's mean, weighted sum and bf16's max 1-13% less;
-// with one thread, fp16 D=16 and D=64 took 10-23% less time, bf16 D=16 17%, D=64 28% (with pairs, pool_bf16_pairs).
+// with one thread, fp16 D=16 and D=64 took 10-22% less time, bf16 D=16 17%, D=64 28% (with pairs, pool_bf16_pairs).
 // These variants, and the bag loop of whole blocks of such tables (pool_bags), are code for tables in the cache alone:
 // the kernels without V::kCachedLoops (the scalar fallback) keep the general loops: theirs took 6% of the library.
 template <typename WT, int NV>
@@ -419,8 +419,8 @@ __attribute__((always_inline)) static inline void last_vector_apart(const PoolAr
 // return false. Expected in range: without the hint gcc laid out some loops with the error report where the loop
 // goes on and the row's work behind a jump, two taken branches a row. With the caches warm (512 KiB tables, one
 // thread, B=4096, L=40, each build timed in one process), that had held the AVX2 kernels' float32 D=16 sum at
-// 0.18-0.20 ms where it takes 0.15 ms (1.2x torch's embedding_bag to 1.6x); with the caches flushed the sums, means
-// and max ran as fast as before or faster (int8 D=128 7-14%).
+// 0.18-0.20 ms where it takes 0.15 ms (1.2x torch's embedding_bag to 1.6x); with the caches flushed (E=1e6, builds
+// alternated in processes) the sums, means and max moved within the machine's noise, the AVX2 int8 D=128 11-14% faster.
 __attribute__((always_inline)) static inline bool index_in_range(int64_t idx, int64_t num_rows, int64_t i,
                                                                  BagErrorReport* error) {
   if (__builtin_expect(static_cast<uint64_t>(idx) < static_cast<uint64_t>(num_rows), 1)) return true;
@@ -846,7 +846,8 @@ static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices,
   // D=128 sum, whose 16 accumulators make the widest loop, took 5-7% less time this way, its mean a little less,
   // its weighted sum and the AVX-512 kernel's rows the same. A constant kind per loop for every kind and width
   // measured no faster and grew the library by a sixth.
-  if constexpr (kWhole && !whole_variants<WT, NV>()) {  // taken by tables that stay in the cache alone
+  // The kWhole variants that only tables in the cache take (whole_variants_when_cached) get only their loops.
+  if constexpr (kWhole && !whole_variants<WT, NV>()) {
     if constexpr (NV * V::W > kCachedPrefetchElements) {
       if (prefetch == Prefetch::kCached) return bags(PrefetchConst<Prefetch::kCached>{});
     }
@@ -859,7 +860,7 @@ static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices,
     if (prefetch == Prefetch::kCached) return bags(PrefetchConst<Prefetch::kCached>{});
   }
   // And so do whole blocks on tables that stay in the cache (kNone), whose loop waits on its own instructions: one
-  // thread, warm 512 KiB tables, the AVX-512 kernels' float32 D=64 and fp16 D=32 took 5-16% less time so, the AVX2
+  // thread, warm 512 KiB tables, the AVX-512 kernels' float32 D=64 and fp16 D=32 took 4-16% less time so, the AVX2
   // kernels' float32 D=32 and fp16 D=64 6%; other widths and types the same.
   if constexpr (kWhole && V::kCachedLoops) {
     if (prefetch == Prefetch::kNone) return bags(PrefetchConst<Prefetch::kNone>{});
