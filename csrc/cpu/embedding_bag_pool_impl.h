@@ -846,26 +846,25 @@ static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices,
   // D=128 sum, whose 16 accumulators make the widest loop, took 5-7% less time this way, its mean a little less,
   // its weighted sum and the AVX-512 kernel's rows the same. A constant kind per loop for every kind and width
   // measured no faster and grew the library by a sixth.
-  // The kWhole variants that only tables in the cache take (whole_variants_when_cached) get only their loops.
-  if constexpr (kWhole && !whole_variants<WT, NV>()) {
-    if constexpr (NV * V::W > kCachedPrefetchElements) {
-      if (prefetch == Prefetch::kCached) return bags(PrefetchConst<Prefetch::kCached>{});
-    }
-    return bags(PrefetchConst<Prefetch::kNone>{});
-  }
-  if constexpr (lines_of<WT>(NV * V::W) > kWholeSliceLines) {
-    if (prefetch == Prefetch::kWholeSlice) return bags(PrefetchConst<Prefetch::kWholeSlice>{});
-  }
   if constexpr (NV * V::W > kCachedPrefetchElements) {
     if (prefetch == Prefetch::kCached) return bags(PrefetchConst<Prefetch::kCached>{});
   }
-  // And so do whole blocks on tables that stay in the cache (kNone), whose loop waits on its own instructions: one
-  // thread, warm 512 KiB tables, the AVX-512 kernels' float32 D=64 and fp16 D=32 took 4-16% less time so, the AVX2
-  // kernels' float32 D=32 and fp16 D=64 6%; other widths and types the same.
-  if constexpr (kWhole && V::kCachedLoops) {
-    if (prefetch == Prefetch::kNone) return bags(PrefetchConst<Prefetch::kNone>{});
+  // The kWhole variants that only tables in the cache take (whole_variants_when_cached): the kind is kNone here, and
+  // no other loop is instantiated.
+  if constexpr (kWhole && !whole_variants<WT, NV>()) {
+    return bags(PrefetchConst<Prefetch::kNone>{});
+  } else {
+    if constexpr (lines_of<WT>(NV * V::W) > kWholeSliceLines) {
+      if (prefetch == Prefetch::kWholeSlice) return bags(PrefetchConst<Prefetch::kWholeSlice>{});
+    }
+    // And so do whole blocks on tables that stay in the cache (kNone), whose loop waits on its own instructions: one
+    // thread, warm 512 KiB tables, the AVX-512 kernels' float32 D=64 and fp16 D=32 took 4-16% less time so, the
+    // AVX2 kernels' float32 D=32 and fp16 D=64 6%; other widths and types the same.
+    if constexpr (kWhole && V::kCachedLoops) {
+      if (prefetch == Prefetch::kNone) return bags(PrefetchConst<Prefetch::kNone>{});
+    }
+    return bags(prefetch);
   }
-  return bags(prefetch);
 }
 
 // Bags [bag_begin, bag_end) of a table whose rows are several whole blocks of NV vectors, every pass over a bag's rows
