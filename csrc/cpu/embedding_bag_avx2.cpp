@@ -57,6 +57,7 @@ struct V {
   // general one decides per row whether to mask the last vector.
   static constexpr bool kWholeConvertedBlocks = true;
   static constexpr bool kCachedLoops = true;  // loops of their own for tables in the cache (whole_variants_when_cached)
+  static constexpr bool kCachedPrefetchFp16Line = true;  // fp16 rows of a line prefetched when cached (cached_prefetch)
   static F add(F a, F b) { return _mm256_add_ps(a, b); }
   static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
   static F mul(F a, F b) { return _mm256_mul_ps(a, b); }

@@ -48,6 +48,7 @@ struct V {
   static constexpr bool kNarrow16BitSlices = true;
   static constexpr bool kWholeConvertedBlocks = false;  // slower for 16-bit rows (whole_variants)
   static constexpr bool kCachedLoops = true;  // loops of their own for tables in the cache (whole_variants_when_cached)
+  static constexpr bool kCachedPrefetchFp16Line = false;
   // bf16 rows of one pass from a table that stays in the cache pool two vectors from each 64-byte load
   // (pool_bf16_pairs in embedding_bag_pool_impl.h): a shift and an and, where converting each vector takes a
   // widening load and a shift.

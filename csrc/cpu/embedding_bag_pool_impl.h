@@ -93,8 +93,9 @@ constexpr int64_t kNearPrefetchDistance = 16;
 // outside the library ran the same with 2, 4 or all 8 lines. Float32 D=64 rows, of fewer instructions a line, had
 // taken 2-4% more time with every line prefetched (both kernels); with their first two lines (one thread), 5-8% less,
 // and 16-bit D=64 rows 5-17% less. D=32 rows gained with 16-bit lines and lost with float32 ones (up to 20%), and keep
-// no prefetch (kCachedPrefetchElements), nor do rows of two passes (AVX2's float32 D=256, up to 25% slower with every
-// line). Into L2 (V::prefetch), a loop of the same shape outside the library ran slower than with no prefetch.
+// no prefetch (kCachedPrefetchElements) but where cached_prefetch says, nor do rows of two passes (AVX2's float32
+// D=256, up to 25% slower with every line). Into L2 (V::prefetch), a loop of the same shape outside the library ran
+// slower than with no prefetch.
 constexpr int64_t kCachedPrefetchDistance = 8;
 constexpr int64_t kCachedPrefetchElements = 32;
 // kBurstPrefetch: where a block's accumulators take every register (the AVX2 kernels' D=128 rows of every type), its
@@ -177,6 +178,21 @@ template <> struct OutputOf<uint8_t> { using type = float; };
 
 template <typename WT> struct IsBf16 { static constexpr bool value = false; };
 template <> struct IsBf16<bf16_t> { static constexpr bool value = true; };
+template <typename WT> struct IsFp16 { static constexpr bool value = false; };
+template <> struct IsFp16<f16_t> { static constexpr bool value = true; };
+
+// Whether rows of `dim` elements of one pass, of a table that stays in the cache, take Prefetch::kCached: those of more
+// than kCachedPrefetchElements, and on the kernels with V::kCachedPrefetchFp16Line (AVX2) fp16 rows of a whole line or
+// more (D=32), whose row converts four vectors, where AVX-512's converts two and AVX2's bf16 rows load two pairs
+// (pool_bf16_pairs). With the caches warm (tables of 8,192 rows, 512 KiB, one thread, each setting timed in turn in
+// one process), AVX2's fp16 D=32 sum took 6-8% less time so (0.89-0.93x torch's embedding_bag to 0.97-1.00x), its
+// weighted sum 3-4% less; AVX2's bf16 D=32 sum moved between 10% less and 9% more, AVX-512's 16-bit D=32 took 1-2%
+// more, AVX2's fp16 D=24 (three vectors in 48 bytes) 16-19% more: they keep no prefetch.
+template <typename WT>
+constexpr bool cached_prefetch(int64_t dim) {
+  return dim > kCachedPrefetchElements ||
+         (IsFp16<WT>::value && V::kCachedPrefetchFp16Line && dim * static_cast<int64_t>(sizeof(WT)) >= 64);
+}
 
 // Whether whole blocks of NV vectors of WT rows take the kWhole (and kUnweighted) variants: every float32 block
 // (see load_vector), and converted rows where V::kWholeConvertedBlocks. On AVX-512 those variants made bf16 and
@@ -846,7 +862,7 @@ static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices,
   // D=128 sum, whose 16 accumulators make the widest loop, took 5-7% less time this way, its mean a little less,
   // its weighted sum and the AVX-512 kernel's rows the same. A constant kind per loop for every kind and width
   // measured no faster and grew the library by a sixth.
-  if constexpr (NV * V::W > kCachedPrefetchElements) {
+  if constexpr (cached_prefetch<WT>(NV * V::W)) {
     if (prefetch == Prefetch::kCached) return bags(PrefetchConst<Prefetch::kCached>{});
   }
   // The kWhole variants that only tables in the cache take (whole_variants_when_cached): the kind is kNone here, and
@@ -944,7 +960,7 @@ static bool pool_typed(const PoolArgs& a, int64_t bag_begin, int64_t bag_end, in
   const bool leading = sizeof(WT) == 4 && lines_of<WT>(kBlock) > kWholeSliceLines && a.dim > kBlock &&
                        a.dim % kBlock == 0 && a.prefetch == RowPrefetch::kWholeSlicesNear;
   const Prefetch slice = whole_slices ? Prefetch::kWholeSlice : Prefetch::kSlice;
-  const Prefetch cached = a.dim <= kBlock && a.dim > kCachedPrefetchElements ? Prefetch::kCached : Prefetch::kNone;
+  const Prefetch cached = a.dim <= kBlock && cached_prefetch<WT>(a.dim) ? Prefetch::kCached : Prefetch::kNone;
   const Prefetch first = none                       ? cached
                          : whole                    ? Prefetch::kRow
                          : wide_row && !whole_slices ? Prefetch::kWideRow
