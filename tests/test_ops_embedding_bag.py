@@ -436,8 +436,8 @@ def test_row_prefetch_follows_the_cpu_and_can_be_set():
         assert mprec._C.set_row_prefetch(previous) == "whole_slices_near"
 
 
-def test_cached_table_bytes_defaults_to_half_the_l2_and_can_be_set():
-    """The prefetch threshold: half of the L2 that sysconf reports (at least 128 KiB); a negative setting is a
+def test_cached_table_bytes_defaults_to_twice_the_l2_and_can_be_set():
+    """The prefetch threshold: twice the L2 that sysconf reports (at least 128 KiB); a negative setting is a
     clear error; a set value is returned by the next set."""
     import shutil
     import subprocess
@@ -446,7 +446,7 @@ def test_cached_table_bytes_defaults_to_half_the_l2_and_can_be_set():
         pytest.skip("no getconf to ask for the L2 size")
     answer = subprocess.run(["getconf", "LEVEL2_CACHE_SIZE"], capture_output=True, text=True).stdout.strip()
     l2 = int(answer) if answer.lstrip("-").isdigit() else 0
-    assert mprec._C.cached_table_bytes() == max(128 << 10, max(l2, 0) // 2)
+    assert mprec._C.cached_table_bytes() == max(128 << 10, 2 * max(l2, 0))
     _check_bytes_setting("cached_table_bytes")
 
 
