@@ -994,17 +994,17 @@ static bool pool_passes(const PoolArgs& args, const WT* weight, const IT* indice
 }
 
 // Whether a partial block (its last vector partial: loaded whole where the block has several, see kOverlapLast in
-// pool_block; masked where it has one) of a table that
-// stays in the cache, in a call without weights, takes a bag loop of its own: unweighted and unprefetched as constants
-// (pool_bags' kUnweighted variant without kWhole), as whole blocks of such tables do. The general loop decides per row
-// whether to weigh and how to prefetch, and gcc laid it out with two taken branches a row. With the caches warm (tables
-// of 400-800 KiB, B=4096, L=40, one thread, the two builds alternated in processes), AVX-512's fp16 D=24 took 28-41%
-// less time so (0.60x torch's embedding_bag to 0.98-1.01x), its bf16 D=20 22% less (0.79x to 0.98x), float32 D=20
-// and D=24 9-32% less (0.83-0.92x to 1.09-1.15x); AVX2's float32 D=12 32% less (0.77x to 1.11-1.13x), D=20 22% less,
-// bf16 D=20 46% less (0.53-0.64x to 0.99x). Blocks of one masked vector: AVX-512's bf16 D=4 to D=12 17-38% less
-// (0.73-0.79x to 0.88-0.98x), fp16 D=8 17-20% less (0.90-0.94x to 1.10-1.13x), its float32 D=8 3-4% more; AVX2's
-// float32 D=4 18-20% less (0.80-0.82x to 0.95-0.96x). Rows of up to 64 elements, which spend the least a row on
-// pooling and the most on that overhead; fp16 D=40 (prefetched into L1, kCached) ran the same either way.
+// pool_block; masked where it has one) of a table that stays in the cache, in a call without weights, takes a bag loop
+// of its own: unweighted and unprefetched as constants (pool_bags' kUnweighted variant without kWhole), as whole blocks
+// of such tables do. The general loop decides per row whether to weigh and how to prefetch, and gcc laid it out with
+// two taken branches a row. With the caches warm (tables of 400-800 KiB, B=4096, L=40, one thread, the two builds
+// alternated in processes), AVX-512's fp16 D=24 took 28-41% less time so (0.60x torch's embedding_bag to 0.98-1.01x),
+// its bf16 D=20 22% less (0.79x to 0.98x), float32 D=20 and D=24 9-32% less (0.83-0.92x to 1.09-1.15x); AVX2's float32
+// D=12 32% less (0.77x to 1.11-1.13x), D=20 22% less, bf16 D=20 46% less (0.53-0.64x to 0.99x). Blocks of one masked
+// vector: AVX-512's bf16 D=4 to D=12 17-38% less (0.73-0.79x to 0.88-0.98x), fp16 D=8 17-20% less (0.90-0.94x to
+// 1.10-1.13x), its float32 D=8 3-4% more; AVX2's float32 D=4 18-20% less (0.80-0.82x to 0.95-0.96x). Rows of up to 64
+// elements, which spend the least a row on pooling and the most on that overhead; fp16 D=40 (prefetched into L1,
+// kCached) ran the same either way.
 template <typename WT, bool kMax, int NV>
 constexpr bool partial_variants_when_cached() {
   return V::kCachedLoops && !kMax && NV * V::W <= 64;
@@ -1032,14 +1032,14 @@ constexpr bool partial_variants_when_cached() {
     break;
 #define MPREC_POOL_SWITCH(PARTIAL, FN, ...)                                                                \
   switch (nv) {                                                                                            \
-    MPREC_POOL_CASE(1, PARTIAL, FN, __VA_ARGS__) MPREC_POOL_CASE(2, PARTIAL, FN, __VA_ARGS__)\
-    MPREC_POOL_CASE(3, PARTIAL, FN, __VA_ARGS__) MPREC_POOL_CASE(4, PARTIAL, FN, __VA_ARGS__)\
-    MPREC_POOL_CASE(5, PARTIAL, FN, __VA_ARGS__) MPREC_POOL_CASE(6, PARTIAL, FN, __VA_ARGS__)\
-    MPREC_POOL_CASE(7, PARTIAL, FN, __VA_ARGS__) MPREC_POOL_CASE(8, PARTIAL, FN, __VA_ARGS__)\
-    MPREC_POOL_CASE(9, PARTIAL, FN, __VA_ARGS__) MPREC_POOL_CASE(10, PARTIAL, FN, __VA_ARGS__)\
-    MPREC_POOL_CASE(11, PARTIAL, FN, __VA_ARGS__) MPREC_POOL_CASE(12, PARTIAL, FN, __VA_ARGS__)\
-    MPREC_POOL_CASE(13, PARTIAL, FN, __VA_ARGS__) MPREC_POOL_CASE(14, PARTIAL, FN, __VA_ARGS__)\
-    MPREC_POOL_CASE(15, PARTIAL, FN, __VA_ARGS__) MPREC_POOL_CASE(16, PARTIAL, FN, __VA_ARGS__)\
+    MPREC_POOL_CASE(1, PARTIAL, FN, __VA_ARGS__) MPREC_POOL_CASE(2, PARTIAL, FN, __VA_ARGS__)              \
+    MPREC_POOL_CASE(3, PARTIAL, FN, __VA_ARGS__) MPREC_POOL_CASE(4, PARTIAL, FN, __VA_ARGS__)              \
+    MPREC_POOL_CASE(5, PARTIAL, FN, __VA_ARGS__) MPREC_POOL_CASE(6, PARTIAL, FN, __VA_ARGS__)              \
+    MPREC_POOL_CASE(7, PARTIAL, FN, __VA_ARGS__) MPREC_POOL_CASE(8, PARTIAL, FN, __VA_ARGS__)              \
+    MPREC_POOL_CASE(9, PARTIAL, FN, __VA_ARGS__) MPREC_POOL_CASE(10, PARTIAL, FN, __VA_ARGS__)             \
+    MPREC_POOL_CASE(11, PARTIAL, FN, __VA_ARGS__) MPREC_POOL_CASE(12, PARTIAL, FN, __VA_ARGS__)            \
+    MPREC_POOL_CASE(13, PARTIAL, FN, __VA_ARGS__) MPREC_POOL_CASE(14, PARTIAL, FN, __VA_ARGS__)            \
+    MPREC_POOL_CASE(15, PARTIAL, FN, __VA_ARGS__) MPREC_POOL_CASE(16, PARTIAL, FN, __VA_ARGS__)            \
     default: ok = false; break;                                                                            \
   }
 
