@@ -123,7 +123,7 @@ def test_batched_tables_of_one_lookup(isa, mode, weighted):
     torch.testing.assert_close(out.double(), expected, **tolerance(torch.float32, mode))
 
 
-@pytest.mark.parametrize("dim", [7, 8, 12, 16, 20, 24])
+@pytest.mark.parametrize("dim", [2, 5, 6, 7, 8, 12, 16, 20, 24])
 @pytest.mark.parametrize("padding", [False, True], ids=["nopad", "pad"])
 @pytest.mark.parametrize("mode,weighted", MODE_CASES, ids=["sum", "weighted", "mean", "max"])
 @pytest.mark.parametrize("index_dtype", INDEX_DTYPES, ids=["i32", "i64"])
@@ -132,7 +132,7 @@ def test_narrow_rows_of_tables_in_the_cache(isa, table_prefetch, weight_dtype, i
                                             dim):
     """Narrow rows: whole ones of a table that stays in the cache pool a bag's even and odd lookups into two sets of
     accumulators, partial ones load their last vector whole or (fewer elements than a vector) masked, an odd count
-    of 16-bit elements too; bags of every length up to 9, padding_idx at even and odd positions."""
+    of 16-bit elements and every count of bytes too; bags of every length up to 9, padding_idx at even and odd positions."""
     run_case(weight_dtype, index_dtype, mode, weighted, False, padding, dim, num_bags=60)
 
 
