@@ -35,8 +35,8 @@ struct V {
                                       : _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
     if constexpr (sizeof(T) == 2) {
       // Fewer than 8 16-bit elements: their pairs as masked 32-bit lanes, and an odd last one blended in from a
-      // broadcast, nothing read past the row. A copy through a buffer had cost a call to
-      // memcpy a row: bf16 D=4 with the caches warm pooled at 0.12x torch's embedding_bag so.
+      // broadcast, nothing read past the row. A copy through a buffer had cost a call to memcpy a row: bf16 D=4 with
+      // the caches warm pooled at 0.12x torch's embedding_bag so.
       const __m128i pairs = _mm_cmpgt_epi32(_mm_set1_epi32(n / 2), _mm_setr_epi32(0, 1, 2, 3));
       __m128i v = _mm_maskload_epi32(reinterpret_cast<const int*>(p), pairs);
       if (n & 1) {
