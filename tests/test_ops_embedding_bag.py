@@ -130,10 +130,10 @@ def test_batched_tables_of_one_lookup(isa, mode, weighted):
 @pytest.mark.parametrize("weight_dtype", WEIGHT_DTYPES, ids=["f32", "f16", "bf16", "u8"])
 def test_narrow_rows_of_tables_in_the_cache(isa, table_prefetch, weight_dtype, index_dtype, mode, weighted, padding,
                                             dim):
-    """Narrow rows: whole ones of a table that stays in the cache pool a bag's even and odd lookups into two sets of
-    accumulators, partial ones load their last vector whole or (fewer elements than a vector) masked, an odd count
-    of 16-bit elements and every count of bytes too; bags of every length up to 9, padding_idx at even and odd
-    positions."""
+    """Narrow rows: those of a table that stays in the cache pool a bag's even and odd lookups into two sets of
+    accumulators, whole blocks and partial ones; partial ones load their last vector whole or (fewer elements than a
+    vector) masked, an odd count of 16-bit elements and every count of bytes too; bags of every length up to 9,
+    padding_idx at even and odd positions."""
     run_case(weight_dtype, index_dtype, mode, weighted, False, padding, dim, num_bags=60)
 
 

@@ -20,9 +20,10 @@ def call(weight=None, indices=None, offsets=None, **kwargs):
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
 @pytest.mark.parametrize("weight_dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("mode", [0, 1, 2])
-# One pass, several; narrow rows pool a bag's even and odd lookups into two sets of accumulators (the second bag's
-# lookups 2 and 3 a pair, 4 the one left over).
-@pytest.mark.parametrize("dim,position", [(4, 3), (8, 2), (8, 3), (16, 3), (16, 4), (256, 3)])
+# One pass, several; narrow rows, whole blocks or partial ones, pool a bag's even and odd lookups into two sets of
+# accumulators (the second bag's lookups 2 and 3 a pair, 4 the one left over).
+@pytest.mark.parametrize("dim,position", [(4, 2), (4, 3), (4, 4), (8, 2), (8, 3), (12, 3), (12, 4), (16, 3), (16, 4),
+                                          (256, 3)])
 def test_index_out_of_range_names_position_and_value(isa, weight_dtype, index_dtype, mode, dim, position):
     weight = torch.randn(10, dim).to(weight_dtype)
     indices = torch.tensor([1, 2, 3, 0, 4], dtype=index_dtype)

@@ -554,30 +554,34 @@ __attribute__((always_inline)) static inline bool pool_bf16_pairs(const PoolArgs
   return true;
 }
 
-// Whether a row of one whole block of NV vectors (pool_block's kOneBlock) of a table that stays in the cache pools
-// into two sets of accumulators, a bag's even lookups into one and its odd ones into the other, added at the end:
-// rows of at most 16 elements, in sum, mean and weighted sum. Such a row's loop is a few instructions, and from the
-// cache its loads wait little; what it waits on is the chain of adds through each accumulator, one a row, which two
-// sets halve. With the caches warm (tables of 8,192 and 16,384 rows, 512 KiB, B=4096, L=40, one thread, each loop
-// timed in turn in one process), D=16 took 10-17% less time on both kernel sets in float32, bf16 and fp16 (AVX-512's
-// bf16 D=16 from 0.90x torch's embedding_bag to 1.09x), its mean and weighted sum 9-15% less, AVX2's D=8 9-11% less.
-// Partial blocks (masked loads: AVX2's D=4, AVX-512's D=8) ran 9-23% slower so, wider rows (D=24, D=32) the same or
-// slower; with the caches flushed (E=1e6) D=16 gained nothing and its one-lookup bags lost 7%.
-template <typename WT, bool kMax, int NV, bool kOneBlock>
+// Whether a row of one block of NV vectors of a table that stays in the cache pools into two sets of accumulators, a
+// bag's even lookups into one and its odd ones into the other, added at the end: rows of at most 16 elements, in sum,
+// mean and weighted sum, in the loops of such tables' rows: a whole block's kWhole variant (pool_block's kOneBlock) or
+// a partial block's unweighted one (partial_variants_when_cached). Such a row's loop is a few instructions, and from
+// the cache its loads wait little; what it waits on is the chain of adds through each accumulator, one a row, which
+// two sets halve. With the caches warm (tables of 512 KiB, B=4096, L=40, one thread, each loop timed in turn in one
+// process), D=16 took 10-17% less time on both kernel sets in float32, bf16 and fp16 (AVX-512's bf16 D=16 from 0.90x
+// torch's embedding_bag to 1.09x), its mean and weighted sum 9-15% less, AVX2's D=8 9-11% less. Partial blocks:
+// AVX-512's bf16 and fp16 D=8 and D=12 5-13% less (bf16 D=8 0.88-0.92x torch to 1.01-1.05x), float32 1-5% less;
+// AVX2's bf16 and fp16 D=4 9-14% less, its D=12 3-10% less, float32 D=4 the same. Wider rows (whole D=24 and D=32,
+// AVX-512's partial D=20 and D=24) ran the same or slower; with the caches flushed (E=1e6) D=16 gained nothing and
+// its one-lookup bags lost 7%.
+template <typename WT, bool kMax, int NV, bool kWhole, bool kUnweighted, bool kOneBlock>
 constexpr bool two_accumulator_sets() {
-  return V::kCachedLoops && kOneBlock && !kMax && sizeof(WT) != 1 && NV * V::W <= 16;
+  constexpr bool kCachedRowLoop = (kWhole && kOneBlock) || (!kWhole && kUnweighted);
+  return V::kCachedLoops && kCachedRowLoop && !kMax && sizeof(WT) != 1 && NV * V::W <= 16;
 }
 
-// The loop of pool_block where two_accumulator_sets says: acc[] holds the sum (or weighted sum) of the bag's rows
-// and `skipped` its lookups of padding_idx on return. No prefetch: the rows of a table that stays in the cache are
+// The loop of pool_block where two_accumulator_sets says, reading vector v of a row as load(row, v) does: acc[] holds
+// the sum (or weighted sum) of the bag's rows and `skipped` its lookups of padding_idx on return. No prefetch: the rows of a table that stays in the cache are
 // too narrow for one (cached_prefetch).
-template <typename WT, typename IT, int NV, bool kUnweighted>
+template <typename WT, typename IT, int NV, bool kUnweighted, typename Load>
 __attribute__((always_inline)) static inline bool pool_two_sets(const PoolArgs& a, const WT* weight,
                                                                 const IT* indices, int64_t start, int64_t end,
+                                                                int64_t dim, const Load& load,
                                                                 typename V::F* acc, int64_t& skipped,
                                                                 BagErrorReport* error) {
   using F = typename V::F;
-  constexpr int64_t kDim = NV * V::W;
   const int64_t num_rows = a.num_rows;
   const int64_t padding_idx = a.padding_idx;  // -1: none
   F odd[NV];
@@ -589,12 +593,12 @@ __attribute__((always_inline)) static inline bool pool_two_sets(const PoolArgs& 
       ++skipped;
       return true;
     }
-    const WT* row = weight + idx * kDim;
+    const WT* row = weight + idx * dim;
     if constexpr (kUnweighted) {
-      MPREC_UNROLL for (int v = 0; v < NV; ++v) sums[v] = V::add(sums[v], V::loadu(row + v * V::W));
+      MPREC_UNROLL for (int v = 0; v < NV; ++v) sums[v] = V::add(sums[v], load(row, v));
     } else {
       const F w = V::set1(a.per_sample_weights[i]);
-      MPREC_UNROLL for (int v = 0; v < NV; ++v) sums[v] = V::fmadd(V::loadu(row + v * V::W), w, sums[v]);
+      MPREC_UNROLL for (int v = 0; v < NV; ++v) sums[v] = V::fmadd(load(row, v), w, sums[v]);
     }
     return true;
   };
@@ -663,10 +667,12 @@ __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, 
   int64_t skipped = 0;
   const int64_t padding_idx = a.padding_idx;  // -1: none
   bool two_sets = false;
-  if constexpr (two_accumulator_sets<WT, kMax, NV, kWhole && kOneBlock>())
+  if constexpr (two_accumulator_sets<WT, kMax, NV, kWhole, kUnweighted, kOneBlock>())
     two_sets = a.prefetch == RowPrefetch::kNone;
   if (two_sets) {
-    if (!pool_two_sets<WT, IT, NV, kUnweighted>(a, weight, indices, start, end, acc, skipped, error)) return false;
+    if (!pool_two_sets<WT, IT, NV, kUnweighted>(a, weight, indices, start, end, dim, block_vector, acc, skipped,
+                                                error))
+      return false;
   } else for (int64_t i = start; i < end; ++i) {
     const int64_t idx = static_cast<int64_t>(indices[i]);
     if (!index_in_range(idx, num_rows, i, error)) return false;
