@@ -19,18 +19,21 @@ def call(weight=None, indices=None, offsets=None, **kwargs):
 
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
 @pytest.mark.parametrize("weight_dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("mode", [0, 1, 2])
+# Sum, weighted sum (the loops that know the call's weights at compile time are apart), mean, max.
+@pytest.mark.parametrize("mode,weighted", [(0, False), (0, True), (1, False), (2, False)],
+                         ids=["sum", "weighted", "mean", "max"])
 # One pass, several; narrow rows, whole blocks or partial ones, pool a bag's even and odd lookups into two sets of
 # accumulators (the second bag's lookups 2 and 3 a pair, 4 the one left over).
 @pytest.mark.parametrize("dim,position", [(4, 2), (4, 3), (4, 4), (8, 2), (8, 3), (12, 3), (12, 4), (16, 3), (16, 4),
                                           (256, 3)])
-def test_index_out_of_range_names_position_and_value(isa, weight_dtype, index_dtype, mode, dim, position):
+def test_index_out_of_range_names_position_and_value(isa, weight_dtype, index_dtype, mode, weighted, dim, position):
     weight = torch.randn(10, dim).to(weight_dtype)
     indices = torch.tensor([1, 2, 3, 0, 4], dtype=index_dtype)
     indices[position] = 10
+    psw = torch.rand(5, dtype=weight_dtype) if weighted else None
     with pytest.raises(RuntimeError,
                        match=rf"{OP}: index 10 at position {position} is out of range for the table with 10 rows"):
-        call(weight, indices, torch.tensor([0, 2], dtype=index_dtype), mode=mode)
+        call(weight, indices, torch.tensor([0, 2], dtype=index_dtype), mode=mode, per_sample_weights=psw)
 
 
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])

@@ -557,24 +557,24 @@ __attribute__((always_inline)) static inline bool pool_bf16_pairs(const PoolArgs
 // Whether a row of one block of NV vectors of a table that stays in the cache pools into two sets of accumulators, a
 // bag's even lookups into one and its odd ones into the other, added at the end: rows of at most 16 elements, in sum,
 // mean and weighted sum, in the loops of such tables' rows: a whole block's kWhole variant (pool_block's kOneBlock) or
-// a partial block's unweighted one (partial_variants_when_cached). Such a row's loop is a few instructions, and from
-// the cache its loads wait little; what it waits on is the chain of adds through each accumulator, one a row, which
-// two sets halve. With the caches warm (tables of 512 KiB, B=4096, L=40, one thread, each loop timed in turn in one
-// process), D=16 took 10-17% less time on both kernel sets in float32, bf16 and fp16 (AVX-512's bf16 D=16 from 0.90x
-// torch's embedding_bag to 1.09x), its mean and weighted sum 9-15% less, AVX2's D=8 9-11% less. Partial blocks:
-// AVX-512's bf16 and fp16 D=8 and D=12 5-13% less (bf16 D=8 0.88-0.92x torch to 1.01-1.05x), float32 1-5% less;
-// AVX2's bf16 and fp16 D=4 9-14% less, its D=12 3-10% less, float32 D=4 the same. Wider rows (whole D=24 and D=32,
-// AVX-512's partial D=20 and D=24) ran the same or slower; with the caches flushed (E=1e6) D=16 gained nothing and
-// its one-lookup bags lost 7%.
-template <typename WT, bool kMax, int NV, bool kWhole, bool kUnweighted, bool kOneBlock>
+// a partial block's unweighted or weighted one (partial_variants_when_cached). Such a row's loop is a few instructions,
+// and from the cache its loads wait little; what it waits on is the chain of adds through each accumulator, one a row,
+// which two sets halve. With the caches warm (tables of 512 KiB, B=4096, L=40, one thread, each loop timed in turn in
+// one process), D=16 took 10-17% less time on both kernel sets in float32, bf16 and fp16 (AVX-512's bf16 D=16 from
+// 0.90x torch's embedding_bag to 1.09x), its mean and weighted sum 9-15% less, AVX2's D=8 9-11% less. Partial blocks:
+// AVX-512's bf16 and fp16 D=8 and D=12 5-13% less (bf16 D=8 0.88-0.92x torch to 1.01-1.05x), float32 1-5% less; AVX2's
+// bf16 and fp16 D=4 9-14% less, its D=12 3-10% less, float32 D=4 the same. Wider rows (whole D=24 and D=32, AVX-512's
+// partial D=20 and D=24) ran the same or slower; with the caches flushed (E=1e6) D=16 gained nothing and its one-lookup
+// bags lost 7%.
+template <typename WT, bool kMax, int NV, bool kWhole, bool kUnweighted, bool kWeighted, bool kOneBlock>
 constexpr bool two_accumulator_sets() {
-  constexpr bool kCachedRowLoop = (kWhole && kOneBlock) || (!kWhole && kUnweighted);
+  constexpr bool kCachedRowLoop = (kWhole && kOneBlock) || (!kWhole && (kUnweighted || kWeighted));
   return V::kCachedLoops && kCachedRowLoop && !kMax && sizeof(WT) != 1 && NV * V::W <= 16;
 }
 
 // The loop of pool_block where two_accumulator_sets says, reading vector v of a row as load(row, v) does: acc[] holds
-// the sum (or weighted sum) of the bag's rows and `skipped` its lookups of padding_idx on return. No prefetch: the rows of a table that stays in the cache are
-// too narrow for one (cached_prefetch).
+// the sum (or weighted sum) of the bag's rows and `skipped` its lookups of padding_idx on return. No prefetch: the
+// rows of a table that stays in the cache are too narrow for one (cached_prefetch).
 template <typename WT, typename IT, int NV, bool kUnweighted, typename Load>
 __attribute__((always_inline)) static inline bool pool_two_sets(const PoolArgs& a, const WT* weight,
                                                                 const IT* indices, int64_t start, int64_t end,
@@ -614,14 +614,15 @@ __attribute__((always_inline)) static inline bool pool_two_sets(const PoolArgs& 
 
 // A block of NV vectors of one bag. The kWhole variants know at compile time whether the call has per-sample
 // weights: kUnweighted says it has none, so that the loop keeps no register for a weight (the same register pressure
-// as kWhole's), and the other kWhole variant is only called with weights. The general variant checks per row.
+// as kWhole's), and the other kWhole variant is only called with weights; so is a partial block's kWeighted variant
+// (partial_variants_when_cached). The general variant checks per row.
 // kOneBlock: the row is this one whole block (a kWhole block of pool_bags), so its length is a constant: the loop
 // computes row addresses with a shift rather than a multiply by a length kept in a register, which on AVX2, whose
 // accumulators leave the loop's scalar values short of registers too, had been reloaded from the stack every row.
 // Inlined into the loops that call it (pool_bags, pool_pass): a call per bag cost as much as pooling a bag of one
 // lookup.
 template <typename WT, typename IT, bool kMax, int NV, bool kWhole = false, bool kUnweighted = false,
-          bool kOneBlock = false>
+          bool kOneBlock = false, bool kWeighted = false>
 __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, const WT* weight, const IT* indices,
                                                              int64_t col, int64_t start, int64_t end,
                                                              Prefetch prefetch, typename OutputOf<WT>::type* out,
@@ -667,7 +668,7 @@ __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, 
   int64_t skipped = 0;
   const int64_t padding_idx = a.padding_idx;  // -1: none
   bool two_sets = false;
-  if constexpr (two_accumulator_sets<WT, kMax, NV, kWhole, kUnweighted, kOneBlock>())
+  if constexpr (two_accumulator_sets<WT, kMax, NV, kWhole, kUnweighted, kWeighted, kOneBlock>())
     two_sets = a.prefetch == RowPrefetch::kNone;
   if (two_sets) {
     if (!pool_two_sets<WT, IT, NV, kUnweighted>(a, weight, indices, start, end, dim, block_vector, acc, skipped,
@@ -686,7 +687,7 @@ __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, 
     // Known in the kWhole variants: a runtime check would keep the unweighted loop, whose accumulators take every
     // register, beside the weighted one, and gcc then allocated registers for both: a weighted float32 D=128 block on
     // AVX2 spilled two accumulators to the stack on every row, though its loop leaves the last vector to a second one.
-    const bool weighted = !kUnweighted && (kWhole || a.per_sample_weights);
+    const bool weighted = !kUnweighted && (kWhole || kWeighted || a.per_sample_weights);
     const float w = weighted ? a.per_sample_weights[i] : 1.f;
     if constexpr (sizeof(WT) == 1) {
       // Row-wise int8: x = q * scale + bias.
@@ -888,7 +889,8 @@ __attribute__((noinline)) static bool pool_bf16_pairs_outlined(const PoolArgs& a
 // one lookup (one-hot features, as most of Criteo's) costs no dispatch and no call. With a dispatch, a call and the
 // block's setup per bag, such bags (D=16, rows in the cache) pooled at 0.67-0.81x torch's embedding_bag, and at
 // 1.0-1.15x this way.
-template <typename WT, typename IT, bool kMax, int NV, bool kWhole = false, bool kUnweighted = false>
+template <typename WT, typename IT, bool kMax, int NV, bool kWhole = false, bool kUnweighted = false,
+          bool kWeighted = false>
 static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices, const IT* offsets, int64_t bag_begin,
                       int64_t bag_end, int64_t output_bag_base, Prefetch prefetch, BagErrorReport* error) {
   using OT = typename OutputOf<WT>::type;
@@ -900,8 +902,8 @@ static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices,
       const int64_t i = first + (bag - bag_begin);
       OT* out = bag_output<WT>(a, bag, output_bag_base);
       int64_t* arg_out = bag_max_indices<kMax>(a, bag, output_bag_base);
-      if (!pool_block<WT, IT, kMax, NV, kWhole, kUnweighted, kWhole>(a, weight, indices, 0, i, i + 1, prefetch, out,
-                                                                    arg_out, error))
+      if (!pool_block<WT, IT, kMax, NV, kWhole, kUnweighted, kWhole, kWeighted>(a, weight, indices, 0, i, i + 1,
+                                                                                prefetch, out, arg_out, error))
         return false;
     }
     return true;
@@ -919,8 +921,9 @@ static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices,
       int64_t* arg_out = bag_max_indices<kMax>(a, bag, output_bag_base);
       if (burst && p != Prefetch::kNone) {
         prefetched = prefetch_burst<WT, NV, IT, kWhole>(a, weight, indices, prefetched, start, end, burst_distance, p);
-        if (!pool_block<WT, IT, kMax, NV, kWhole, kUnweighted, kWhole>(a, weight, indices, 0, start, end,
-                                                                      Prefetch::kNone, out, arg_out, error))
+        if (!pool_block<WT, IT, kMax, NV, kWhole, kUnweighted, kWhole, kWeighted>(a, weight, indices, 0, start, end,
+                                                                                  Prefetch::kNone, out, arg_out,
+                                                                                  error))
           return false;
         continue;
       }
@@ -931,8 +934,8 @@ static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices,
           continue;
         }
       }
-      if (!pool_block<WT, IT, kMax, NV, kWhole, kUnweighted, kWhole>(a, weight, indices, 0, start, end, p, out,
-                                                                    arg_out, error))
+      if (!pool_block<WT, IT, kMax, NV, kWhole, kUnweighted, kWhole, kWeighted>(a, weight, indices, 0, start, end, p,
+                                                                                out, arg_out, error))
         return false;
     }
     return true;
@@ -948,8 +951,9 @@ static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices,
     if (prefetch == Prefetch::kCached) return bags(PrefetchConst<Prefetch::kCached>{});
   }
   // The kWhole variants that only tables in the cache take (whole_variants_when_cached), and the partial blocks'
-  // unweighted ones (partial_variants_when_cached): the kind is kNone here, and no other loop is instantiated.
-  if constexpr ((kWhole && !whole_variants<WT, NV>()) || (!kWhole && kUnweighted)) {
+  // unweighted and weighted ones (partial_variants_when_cached): the kind is kNone here, and no other loop is
+  // instantiated.
+  if constexpr ((kWhole && !whole_variants<WT, NV>()) || (!kWhole && (kUnweighted || kWeighted))) {
     return bags(PrefetchConst<Prefetch::kNone>{});
   } else {
     if constexpr (lines_of<WT>(NV * V::W) > kWholeSliceLines) {
@@ -1000,17 +1004,18 @@ static bool pool_passes(const PoolArgs& args, const WT* weight, const IT* indice
 }
 
 // Whether a partial block (its last vector partial: loaded whole where the block has several, see kOverlapLast in
-// pool_block; masked where it has one) of a table that stays in the cache, in a call without weights, takes a bag loop
-// of its own: unweighted and unprefetched as constants (pool_bags' kUnweighted variant without kWhole), as whole blocks
-// of such tables do. The general loop decides per row whether to weigh and how to prefetch, and gcc laid it out with
-// two taken branches a row. With the caches warm (tables of 400-800 KiB, B=4096, L=40, one thread, the two builds
+// pool_block; masked where it has one) of a table that stays in the cache takes bag loops of its own: unprefetched,
+// and unweighted or weighted, as constants (pool_bags' kUnweighted and kWeighted variants without kWhole), as whole
+// blocks of such tables do. The general loop decides per row whether to weigh and how to prefetch, and gcc laid it out
+// with two taken branches a row. With the caches warm (tables of 400-800 KiB, B=4096, L=40, one thread, the two builds
 // alternated in processes), AVX-512's fp16 D=24 took 28-41% less time so (0.60x torch's embedding_bag to 0.98-1.01x),
 // its bf16 D=20 22% less (0.79x to 0.98x), float32 D=20 and D=24 9-32% less (0.83-0.92x to 1.09-1.15x); AVX2's float32
 // D=12 32% less (0.77x to 1.11-1.13x), D=20 22% less, bf16 D=20 46% less (0.53-0.64x to 0.99x). Blocks of one masked
 // vector: AVX-512's bf16 D=4 to D=12 17-38% less (0.73-0.79x to 0.88-0.98x), fp16 D=8 17-20% less (0.90-0.94x to
 // 1.10-1.13x), its float32 D=8 3-4% more; AVX2's float32 D=4 18-20% less (0.80-0.82x to 0.95-0.96x). Rows of up to 64
 // elements, which spend the least a row on pooling and the most on that overhead; fp16 D=40 (prefetched into L1,
-// kCached) ran the same either way.
+// kCached) ran the same either way. Weighted float32 (each loop in turn in one process): AVX-512's D=8 to D=24 3-13%
+// less time (D=24 1.01x torch to 1.16x), AVX2's D=12 21% less (0.90x to 1.14x) and D=20 8% less (0.93x to 1.01x).
 template <typename WT, bool kMax, int NV>
 constexpr bool partial_variants_when_cached() {
   return V::kCachedLoops && !kMax && NV * V::W <= 64;
@@ -1018,13 +1023,14 @@ constexpr bool partial_variants_when_cached() {
 
 // ok = FN<WT, IT, kMax, nv, ...>(...): the variant of a block of `nv` vectors and `cols` columns (whole blocks
 // take the kWhole variants where whole_variants says, and on a table that stays in the cache where
-// whole_variants_when_cached says; partial ones of such tables their unweighted variant where PARTIAL and
+// whole_variants_when_cached says; partial ones of such tables their unweighted or weighted variant where PARTIAL and
 // partial_variants_when_cached say).
 #define MPREC_POOL_CASE(N, PARTIAL, FN, ...)                                                               \
   case N:                                                                                                  \
     if constexpr (PARTIAL && N <= kVectors && partial_variants_when_cached<WT, kMax, N>()) {               \
-      if (cols != N * V::W && a.prefetch == RowPrefetch::kNone && !a.per_sample_weights) {                 \
-        ok = FN<WT, IT, kMax, N, false, true>(__VA_ARGS__);                                                \
+      if (cols != N * V::W && a.prefetch == RowPrefetch::kNone) {                                          \
+        if (a.per_sample_weights) ok = FN<WT, IT, kMax, N, false, false, true>(__VA_ARGS__);               \
+        else ok = FN<WT, IT, kMax, N, false, true>(__VA_ARGS__);                                           \
         break;                                                                                             \
       }                                                                                                    \
     }                                                                                                      \
