@@ -565,30 +565,35 @@ __attribute__((always_inline)) static inline bool pool_bf16_pairs(const PoolArgs
 // one process), D=16 took 10-17% less time on both kernel sets in float32, bf16 and fp16 (AVX-512's bf16 D=16 from
 // 0.90x torch's embedding_bag to 1.09x), its mean and weighted sum 9-15% less, AVX2's D=8 9-11% less. Partial blocks:
 // AVX-512's bf16 and fp16 D=8 and D=12 5-13% less (bf16 D=8 0.88-0.92x torch to 1.01-1.05x), float32 1-5% less; AVX2's
-// bf16 and fp16 D=4 9-14% less, its D=12 3-10% less, float32 D=4 the same. Wider rows (whole D=24 and D=32, AVX-512's
-// partial D=20 and D=24) ran the same or slower; with the caches flushed (E=1e6) D=16 gained nothing and its one-lookup
-// bags lost 7%.
+// bf16 and fp16 D=4 9-14% less, its D=12 3-10% less, float32 D=4 the same. Row-wise int8, whose rows' scales and biases
+// are split the same way (tables of 64-192 KiB and their scales and biases, the builds alternated in processes):
+// AVX-512's partial D=4, D=8 and D=12 20-36% less time (0.93-0.97x torch to 1.23-1.33x), AVX2's D=4 the same within a
+// noisy machine's spread; whole int8 blocks ran slower so (AVX-512's D=16 4-8%, AVX2's 10%) and keep one set. Wider
+// rows (whole D=24 and D=32, AVX-512's partial D=20 and D=24) ran the same or slower; with the caches flushed (E=1e6)
+// D=16 gained nothing and its one-lookup bags lost 7%.
 template <typename WT, bool kMax, int NV, bool kWhole, bool kUnweighted, bool kWeighted, bool kOneBlock>
 constexpr bool two_accumulator_sets() {
   constexpr bool kCachedRowLoop = (kWhole && kOneBlock) || (!kWhole && (kUnweighted || kWeighted));
-  return V::kCachedLoops && kCachedRowLoop && !kMax && sizeof(WT) != 1 && NV * V::W <= 16;
+  return V::kCachedLoops && kCachedRowLoop && !kMax && NV * V::W <= 16 && (sizeof(WT) != 1 || !kWhole);
 }
 
 // The loop of pool_block where two_accumulator_sets says, reading vector v of a row as load(row, v) does: acc[] holds
-// the sum (or weighted sum) of the bag's rows and `skipped` its lookups of padding_idx on return. No prefetch: the
-// rows of a table that stays in the cache are too narrow for one (cached_prefetch).
+// the sum (or weighted sum) of the bag's rows, bias_sum that of row-wise int8 rows' biases (as in pool_block) and
+// `skipped` its lookups of padding_idx on return. No prefetch: the rows of a table that stays in the cache are too
+// narrow for one (cached_prefetch).
 template <typename WT, typename IT, int NV, bool kUnweighted, typename Load>
 __attribute__((always_inline)) static inline bool pool_two_sets(const PoolArgs& a, const WT* weight,
                                                                 const IT* indices, int64_t start, int64_t end,
                                                                 int64_t dim, const Load& load,
-                                                                typename V::F* acc, int64_t& skipped,
-                                                                BagErrorReport* error) {
+                                                                typename V::F* acc, float& bias_sum,
+                                                                int64_t& skipped, BagErrorReport* error) {
   using F = typename V::F;
   const int64_t num_rows = a.num_rows;
   const int64_t padding_idx = a.padding_idx;  // -1: none
   F odd[NV];
   MPREC_UNROLL for (int v = 0; v < NV; ++v) odd[v] = V::zero();
-  const auto pool_row = [&](int64_t i, F* sums) __attribute__((always_inline)) {
+  float odd_bias = 0.f;
+  const auto pool_row = [&](int64_t i, F* sums, float& bias) __attribute__((always_inline)) {
     const int64_t idx = static_cast<int64_t>(indices[i]);
     if (!index_in_range(idx, num_rows, i, error)) return false;
     if (idx == padding_idx) {  // idx is in range, so -1 (none) skips nothing
@@ -596,7 +601,12 @@ __attribute__((always_inline)) static inline bool pool_two_sets(const PoolArgs& 
       return true;
     }
     const WT* row = weight + idx * dim;
-    if constexpr (kUnweighted) {
+    if constexpr (sizeof(WT) == 1) {  // row-wise int8: x = q * scale + bias
+      const float w = kUnweighted ? 1.f : a.per_sample_weights[i];
+      const F s = V::set1(w * a.scale_bias[2 * idx]);
+      MPREC_UNROLL for (int v = 0; v < NV; ++v) sums[v] = V::fmadd(load(row, v), s, sums[v]);
+      bias += w * a.scale_bias[2 * idx + 1];
+    } else if constexpr (kUnweighted) {
       MPREC_UNROLL for (int v = 0; v < NV; ++v) sums[v] = V::add(sums[v], load(row, v));
     } else {
       const F w = V::set1(a.per_sample_weights[i]);
@@ -606,11 +616,12 @@ __attribute__((always_inline)) static inline bool pool_two_sets(const PoolArgs& 
   };
   int64_t i = start;
   for (; i + 1 < end; i += 2) {
-    if (!pool_row(i, acc)) return false;
-    if (!pool_row(i + 1, odd)) return false;
+    if (!pool_row(i, acc, bias_sum)) return false;
+    if (!pool_row(i + 1, odd, odd_bias)) return false;
   }
-  if (i < end && !pool_row(i, acc)) return false;
+  if (i < end && !pool_row(i, acc, bias_sum)) return false;
   MPREC_UNROLL for (int v = 0; v < NV; ++v) acc[v] = V::add(acc[v], odd[v]);
+  bias_sum += odd_bias;
   return true;
 }
 
@@ -673,8 +684,8 @@ __attribute__((always_inline)) static inline bool pool_block(const PoolArgs& a, 
   if constexpr (two_accumulator_sets<WT, kMax, NV, kWhole, kUnweighted, kWeighted, kOneBlock>())
     two_sets = a.prefetch == RowPrefetch::kNone;
   if (two_sets) {
-    if (!pool_two_sets<WT, IT, NV, kUnweighted>(a, weight, indices, start, end, dim, block_vector, acc, skipped,
-                                                error))
+    if (!pool_two_sets<WT, IT, NV, kUnweighted>(a, weight, indices, start, end, dim, block_vector, acc, bias_sum,
+                                                skipped, error))
       return false;
   } else for (int64_t i = start; i < end; ++i) {
     const int64_t idx = static_cast<int64_t>(indices[i]);
@@ -890,10 +901,12 @@ __attribute__((noinline)) static bool pool_bf16_pairs_outlined(const PoolArgs& a
 // Bags [bag_begin, bag_end) of a table whose rows are one block, the bag loop inside the block's variant: a bag of
 // one lookup (one-hot features, as most of Criteo's) costs no dispatch and no call. With a dispatch, a call and the
 // block's setup per bag, such bags (D=16, rows in the cache) pooled at 0.67-0.81x torch's embedding_bag, and at
-// 1.0-1.15x this way.
+// 1.0-1.15x this way. Never inlined into pool_typed, whose dispatch keeps its own values live: gcc inlined some int8
+// variants there, and their loop then kept the table's address and the row's offset in vector registers, moved back
+// and forth every row (AVX-512's row-wise int8 D=4 and D=8 took 20% more time so, warm).
 template <typename WT, typename IT, bool kMax, int NV, bool kWhole = false, bool kUnweighted = false,
           bool kWeighted = false>
-static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices, const IT* offsets, int64_t bag_begin,
+__attribute__((noinline)) static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices, const IT* offsets, int64_t bag_begin,
                       int64_t bag_end, int64_t output_bag_base, Prefetch prefetch, BagErrorReport* error) {
   using OT = typename OutputOf<WT>::type;
   // A copy, which no store through the output (or the error report) can alias: gcc then keeps the fields and
