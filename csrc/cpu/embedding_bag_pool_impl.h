@@ -565,12 +565,12 @@ __attribute__((always_inline)) static inline bool pool_bf16_pairs(const PoolArgs
 // one process), D=16 took 10-17% less time on both kernel sets in float32, bf16 and fp16 (AVX-512's bf16 D=16 from
 // 0.90x torch's embedding_bag to 1.09x), its mean and weighted sum 9-15% less, AVX2's D=8 9-11% less. Partial blocks:
 // AVX-512's bf16 and fp16 D=8 and D=12 5-13% less (bf16 D=8 0.88-0.92x torch to 1.01-1.05x), float32 1-5% less; AVX2's
-// bf16 and fp16 D=4 9-14% less, its D=12 3-10% less, float32 D=4 the same. Row-wise int8, whose rows' scales and biases
-// are split the same way (tables of 64-192 KiB and their scales and biases, the builds alternated in processes):
-// AVX-512's partial D=4, D=8 and D=12 20-36% less time (0.93-0.97x torch to 1.23-1.33x), AVX2's D=4 the same within a
-// noisy machine's spread; whole int8 blocks ran slower so (AVX-512's D=16 4-8%, AVX2's 10%) and keep one set. Wider
-// rows (whole D=24 and D=32, AVX-512's partial D=20 and D=24) ran the same or slower; with the caches flushed (E=1e6)
-// D=16 gained nothing and its one-lookup bags lost 7%.
+// bf16 and fp16 D=4 9-14% less, its D=12 3-10% less, float32 D=4 the same. Row-wise int8, whose rows' biases are summed
+// in two sets too (tables of 64-192 KiB and their scales and biases, the builds alternated in processes, with pool_bags
+// still inlined): AVX-512's partial D=4 to D=12 from 0.93-0.98x torch to 0.98-1.06x, their weighted sum 0.87-0.92x to
+// 1.24x, mean 0.91x to 0.99-1.01x; AVX2's D=4 the same within a noisy machine's spread; whole int8 blocks ran slower so
+// (AVX-512's D=16 4-8%, AVX2's 10%) and keep one set. Wider rows (whole D=24 and D=32, AVX-512's partial D=20 and D=24)
+// ran the same or slower; with the caches flushed (E=1e6) D=16 gained nothing and its one-lookup bags lost 7%.
 template <typename WT, bool kMax, int NV, bool kWhole, bool kUnweighted, bool kWeighted, bool kOneBlock>
 constexpr bool two_accumulator_sets() {
   constexpr bool kCachedRowLoop = (kWhole && kOneBlock) || (!kWhole && (kUnweighted || kWeighted));
@@ -903,11 +903,13 @@ __attribute__((noinline)) static bool pool_bf16_pairs_outlined(const PoolArgs& a
 // block's setup per bag, such bags (D=16, rows in the cache) pooled at 0.67-0.81x torch's embedding_bag, and at
 // 1.0-1.15x this way. Never inlined into pool_typed, whose dispatch keeps its own values live: gcc inlined some int8
 // variants there, and their loop then kept the table's address and the row's offset in vector registers, moved back
-// and forth every row (AVX-512's row-wise int8 D=4 and D=8 took 20% more time so, warm).
+// and forth every row. Warm, one thread, the builds alternated in processes: AVX-512's row-wise int8 D=4 to D=12
+// pooled at 0.98-1.06x torch's embedding_bag so, and at 1.26-1.36x out of line, their mean 1.0x and 1.3x.
 template <typename WT, typename IT, bool kMax, int NV, bool kWhole = false, bool kUnweighted = false,
           bool kWeighted = false>
-__attribute__((noinline)) static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices, const IT* offsets, int64_t bag_begin,
-                      int64_t bag_end, int64_t output_bag_base, Prefetch prefetch, BagErrorReport* error) {
+__attribute__((noinline)) static bool pool_bags(const PoolArgs& args, const WT* weight, const IT* indices,
+                                                const IT* offsets, int64_t bag_begin, int64_t bag_end,
+                                                int64_t output_bag_base, Prefetch prefetch, BagErrorReport* error) {
   using OT = typename OutputOf<WT>::type;
   // A copy, which no store through the output (or the error report) can alias: gcc then keeps the fields and
   // what the block derives from them (its lane mask, its prefetch distance) out of the bag loop.
