@@ -124,6 +124,7 @@ struct V {
   // embedding_bag_pool_impl.h): a bf16 is the upper half of a float32, so the 32-bit lanes shifted up by 16 bits
   // are the even elements and the lanes with their lower halves cleared are the odd ones.
   static constexpr bool kBf16Pairs = true;
+  static constexpr bool kBf16PairTails = false;  // masked 16-bit loads copy through a buffer (see bf16_tail_pairs)
   static I bf16_odd_mask() { return _mm256_set1_epi32(static_cast<int32_t>(0xFFFF0000u)); }
   static void load_bf16_pair(const bf16_t* p, I odd_mask, F& even, F& odd) {
     const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));

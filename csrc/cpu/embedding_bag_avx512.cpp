@@ -59,6 +59,16 @@ struct V {
     even = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
     odd = _mm512_castsi512_ps(_mm512_and_si512(x, odd_mask));
   }
+  // A pair of at most 2W elements, the first n of the row's 2W (pair_mask(n)): a masked load of 16-bit lanes, which
+  // reads nothing past them.
+  static constexpr bool kBf16PairTails = true;
+  using PM = __mmask32;
+  static PM pair_mask(int n) { return n >= 32 ? static_cast<PM>(0xFFFFFFFFu) : static_cast<PM>((1u << n) - 1u); }
+  static void load_bf16_pair(const bf16_t* p, PM m, I odd_mask, F& even, F& odd) {
+    const __m512i x = _mm512_maskz_loadu_epi16(m, p);
+    even = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
+    odd = _mm512_castsi512_ps(_mm512_and_si512(x, odd_mask));
+  }
   // The 2W elements in order (first: 0-15, second: 16-31) from load_bf16_pair's even and odd ones.
   static void interleave(F even, F odd, F& first, F& second) {
     const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);

@@ -15,6 +15,8 @@
 //   kWholeConvertedBlocks (see block_vectors and whole_variants), kCachedLoops (see whole_variants_when_cached),
 //   kBf16Pairs (where true, also bf16_odd_mask(),
 //   load_bf16_pair(p, odd_mask, even, odd) and interleave(even, odd, first, second): see pool_bf16_pairs),
+//   kBf16PairTails (where true, also PM, pair_mask(n) and load_bf16_pair(p, PM, odd_mask, even, odd): see
+//   bf16_tail_pairs),
 //   store(float*/f16_t*/bf16_t*, F, M), storeu(float*, F) (all W lanes),
 //   store_arg(int64_t*, I, M),
 //   prefetch(const void*) (into L2) and prefetch_l1(const void*).
@@ -461,6 +463,30 @@ constexpr bool bf16_pairs() {
   else return false;
 }
 
+// Whether the rows of a table that stays in the cache whose one block of NV vectors is not whole pairs (pool_bags'
+// kWhole variants of an odd NV; a partial block's unweighted and weighted ones, partial_variants_when_cached) take
+// pool_bf16_pairs too, their last elements in a vector of their own or a masked pair (kTail), on ISAs with
+// V::kBf16PairTails. The pairs are what AVX-512's bf16 rows of one pass from the cache wait on, whether their last
+// vector is whole or not. With the caches warm (tables of 512-640 KiB, B=4096, L=40, one thread, each loop timed in
+// turn in one process), AVX-512's D=48 took 10% less time so (0.94x torch's embedding_bag to 1.05x), D=80 18-21%
+// (0.94x to 1.14x), D=112 19% (0.95x to 1.17x), their mean and weighted sum 11-12%; partial blocks: D=20 4-5%
+// (0.91x to 0.95-0.96x), D=24 2% and its mean 15%, D=40 3-7% (0.90x to 0.94-0.97x). The last pair of D=40 loaded
+// masked, where a masked vector of 8 now serves, had made it 8% slower.
+template <typename WT, bool kMax, int NV, bool kWhole, bool kUnweighted, bool kWeighted>
+constexpr bool bf16_tail_pairs() {
+  constexpr bool kCachedRowLoop = kWhole ? NV % 2 == 1 : kUnweighted || kWeighted;
+  if constexpr (IsBf16<WT>::value && !kMax && V::kBf16PairTails && kCachedRowLoop) return NV >= 2;
+  else return false;
+}
+
+// The lane mask of a last pair of `tail` elements (P::pair_mask) where kTail; nothing otherwise, so that ISAs without
+// V::kBf16PairTails need not define one.
+template <typename P, bool kTail>
+static inline auto tail_pair_mask(int tail) {
+  if constexpr (kTail) return P::pair_mask(tail);
+  else return tail;
+}
+
 // A whole block of NV vectors of bf16 rows, one pass of a row pooled in several (pool_pass), in the sum, mean
 // and weighted sum. Each 32-byte load gives two vectors (P::load_bf16_pair: the even elements and the odd ones),
 // three instructions for both, where converting each vector on its own takes two (a widening load and a
@@ -494,34 +520,49 @@ constexpr bool bf16_pairs() {
 // kernel set: warm D=64 took 23-26% less time in pairs on both (AVX-512: 0.80x torch to 1.20x), AVX2's D=32 14% less;
 // AVX-512's D=32 (one pair) ran the same, AVX2's D=16 (one pair of 8) 6% slower and stays out (NV * W >= 32).
 // Templated on the vector type (P) so that ISAs without the pair primitives need not define them.
-template <typename P, typename IT, int NV, bool kWeighted>
+template <typename P, typename IT, int NV, bool kWeighted, bool kTail = false>
 __attribute__((always_inline)) static inline bool pool_bf16_pairs(const PoolArgs& a, const bf16_t* weight,
                                                                   const IT* indices, int64_t col, int64_t start,
                                                                   int64_t end, Prefetch prefetch, bf16_t* out,
                                                                   BagErrorReport* error) {
   using F = typename P::F;
-  static_assert(NV % 2 == 0, "a pass of bf16 pairs takes an even number of vectors");
+  constexpr int W = P::W;
+  static_assert(kTail || NV % 2 == 0, "a pass of bf16 pairs takes an even number of vectors");
+  // kTail: the block's elements past its whole pairs, `tail` of them: at most W in one vector converted on its own
+  // (kSingle, NV odd), more in a last pair of masked loads and stores (kMaskedPair).
+  constexpr bool kSingle = kTail && NV % 2 == 1;
+  constexpr bool kMaskedPair = kTail && NV % 2 == 0;
   constexpr int kPairs = NV / 2;
   constexpr int kLoopPairs = kPairs < 6 ? kPairs : 6;
-  F even[kPairs], odd[kPairs];
+  F even[kPairs], odd[kPairs], single = P::zero();
   MPREC_UNROLL for (int k = 0; k < kPairs; ++k) even[k] = odd[k] = P::zero();
   const typename P::I odd_mask = P::bf16_odd_mask();
   const int64_t dim = a.dim;
   const int64_t num_rows = a.num_rows;
   const int64_t padding_idx = a.padding_idx;  // -1: none
   const int64_t distance = bag_prefetch_distance(a, end, prefetch_distance<bf16_t, NV>(a, prefetch));
-  // Pair k of row `row` into its accumulators, weighted by lookup i's weight where kWeighted.
-  const auto pool_pair = [&](const bf16_t* row, int k, int64_t i) __attribute__((always_inline)) {
+  const int tail = static_cast<int>(dim - col - (kSingle ? NV - 1 : 2 * kPairs - 2) * W);
+  const auto pair_mask = tail_pair_mask<P, kMaskedPair>(tail);
+  const typename P::M single_mask = P::mask(tail);
+  // Pair k of row `row` into its accumulators, weighted by w where kWeighted.
+  const auto pool_pair = [&](const bf16_t* row, int k, F w) __attribute__((always_inline)) {
     F e, o;
-    P::load_bf16_pair(row + 2 * k * P::W, odd_mask, e, o);
+    if constexpr (kMaskedPair) {
+      if (k == kPairs - 1) P::load_bf16_pair(row + 2 * k * W, pair_mask, odd_mask, e, o);
+      else P::load_bf16_pair(row + 2 * k * W, odd_mask, e, o);
+    } else {
+      P::load_bf16_pair(row + 2 * k * W, odd_mask, e, o);
+    }
     if constexpr (kWeighted) {
-      const F w = P::set1(a.per_sample_weights[i]);
       even[k] = P::fmadd(e, w, even[k]);
       odd[k] = P::fmadd(o, w, odd[k]);
     } else {
       even[k] = P::add(even[k], e);
       odd[k] = P::add(odd[k], o);
     }
+  };
+  const auto weight_of = [&](int64_t i) __attribute__((always_inline)) {
+    return kWeighted ? P::set1(a.per_sample_weights[i]) : P::zero();
   };
   int64_t count = 0;
   for (int64_t i = start; i < end; ++i) {
@@ -531,14 +572,20 @@ __attribute__((always_inline)) static inline bool pool_bf16_pairs(const PoolArgs
     if (prefetch != Prefetch::kNone)
       prefetch_lookup<bf16_t, NV>(a, weight, indices, dim, col, i + distance, prefetch);
     const bf16_t* row = weight + idx * dim + col;
-    MPREC_UNROLL for (int k = 0; k < kLoopPairs; ++k) pool_pair(row, k, i);
+    const F w = weight_of(i);
+    MPREC_UNROLL for (int k = 0; k < kLoopPairs; ++k) pool_pair(row, k, w);
+    if constexpr (kSingle) {
+      const F x = P::load(row + (NV - 1) * W, single_mask);
+      single = kWeighted ? P::fmadd(x, w, single) : P::add(single, x);
+    }
     ++count;
   }
   if constexpr (kLoopPairs < kPairs) {
     for (int64_t i = start; i < end; ++i) {  // the first loop checked every index
       const int64_t idx = static_cast<int64_t>(indices[i]);
       if (idx == padding_idx) continue;
-      MPREC_UNROLL for (int k = kLoopPairs; k < kPairs; ++k) pool_pair(weight + idx * dim + col, k, i);
+      const F w = weight_of(i);
+      MPREC_UNROLL for (int k = kLoopPairs; k < kPairs; ++k) pool_pair(weight + idx * dim + col, k, w);
     }
   }
   const bool mean = a.mode == PoolMode::kMean && count > 0;
@@ -550,9 +597,11 @@ __attribute__((always_inline)) static inline bool pool_bf16_pairs(const PoolArgs
       first = P::mul(first, scale);
       second = P::mul(second, scale);
     }
-    P::store(out + 2 * k * P::W, first, P::mask(P::W));
-    P::store(out + (2 * k + 1) * P::W, second, P::mask(P::W));
+    const bool masked = kMaskedPair && k == kPairs - 1;  // its tail is past W
+    P::store(out + 2 * k * W, first, P::mask(W));
+    P::store(out + (2 * k + 1) * W, second, P::mask(masked ? tail - W : W));
   }
+  if constexpr (kSingle) P::store(out + (NV - 1) * W, mean ? P::mul(single, scale) : single, single_mask);
   return true;
 }
 
@@ -891,11 +940,11 @@ __attribute__((noinline)) static bool pool_pass_outlined(const PoolArgs& a, cons
 
 // One bag of bf16 rows of one block in pairs (see pool_bf16_pairs), out of line: the bag loop around it would take its
 // registers.
-template <typename IT, int NV, bool kWeighted>
+template <typename IT, int NV, bool kWeighted, bool kTail = false>
 __attribute__((noinline)) static bool pool_bf16_pairs_outlined(const PoolArgs& a, const bf16_t* weight,
                                                                const IT* indices, int64_t start, int64_t end,
                                                                Prefetch prefetch, bf16_t* out, BagErrorReport* error) {
-  return pool_bf16_pairs<V, IT, NV, kWeighted>(a, weight, indices, 0, start, end, prefetch, out, error);
+  return pool_bf16_pairs<V, IT, NV, kWeighted, kTail>(a, weight, indices, 0, start, end, prefetch, out, error);
 }
 
 // Bags [bag_begin, bag_end) of a table whose rows are one block, the bag loop inside the block's variant: a bag of
@@ -947,6 +996,13 @@ __attribute__((noinline)) static bool pool_bags(const PoolArgs& args, const WT* 
       if constexpr (kWhole && bf16_pairs<WT, kMax, NV, true>()) {  // see pool_bf16_pairs
         if (NV == V::kConvertedVectors || p == Prefetch::kNone || p == Prefetch::kCached) {
           if (!pool_bf16_pairs_outlined<IT, NV, !kUnweighted>(a, weight, indices, start, end, p, out, error))
+            return false;
+          continue;
+        }
+      } else if constexpr (bf16_tail_pairs<WT, kMax, NV, kWhole, kUnweighted, kWeighted>()) {
+        if (p == Prefetch::kNone || p == Prefetch::kCached) {
+          constexpr bool kWeighs = kWhole ? !kUnweighted : kWeighted;
+          if (!pool_bf16_pairs_outlined<IT, NV, kWeighs, true>(a, weight, indices, start, end, p, out, error))
             return false;
           continue;
         }

@@ -86,6 +86,7 @@ struct V {
   static constexpr bool kCachedLoops = false;  // a fallback: the general loops serve tables in the cache too
   static constexpr bool kCachedPrefetchFp16Line = false;
   static constexpr bool kBf16Pairs = false;  // one lane: nothing to pair
+  static constexpr bool kBf16PairTails = false;
   static F add(F a, F b) { return a + b; }
   static F fmadd(F a, F b, F c) { return a * b + c; }
   static F mul(F a, F b) { return a * b; }
