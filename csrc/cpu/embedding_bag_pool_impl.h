@@ -465,26 +465,33 @@ constexpr bool bf16_pairs() {
 
 // Whether the rows of a table that stays in the cache whose one block of NV vectors is not whole pairs (pool_bags'
 // kWhole variants of an odd NV; a partial block's unweighted and weighted ones, partial_variants_when_cached) take
-// pool_bf16_pairs too, their last elements in a vector of their own or a masked pair (kTail), on ISAs with
-// V::kBf16PairTails. The pairs are what AVX-512's bf16 rows of one pass from the cache wait on, whether their last
-// vector is whole or not. With the caches warm (tables of 512-640 KiB, B=4096, L=40, one thread, each loop timed in
-// turn in one process), AVX-512's D=48 took 10% less time so (0.94x torch's embedding_bag to 1.05x), D=80 18-21%
-// (0.94x to 1.14x), D=112 19% (0.95x to 1.17x), their mean and weighted sum 11-12%; partial blocks: D=20 4-5%
-// (0.91x to 0.95-0.96x), D=24 2% and its mean 15%, D=40 3-7% (0.90x to 0.94-0.97x). The last pair of D=40 loaded
-// masked, where a masked vector of 8 now serves, had made it 8% slower.
+// pool_bf16_pairs too (kTail: the last elements in a vector or a pair of their own, overlapping the one before, or in
+// a masked pair on ISAs with V::kBf16PairTails): AVX-512's from two vectors on, AVX2's from four. With the caches warm
+// (tables of 512-640 KiB, B=4096, L=40, one thread), each loop timed in turn in one process: AVX-512's D=48 took 13%
+// less time so (0.95x torch's embedding_bag to 1.09x), D=80 16%, D=112 17% (0.95x to 1.15x), the partial D=20 3%,
+// D=24 7%, D=40 9% (0.93x to 1.02x), D=63 13%, the means and weighted sums 9-15%. The AVX2 kernels, builds alternated
+// in processes: D=28 0.93-0.95x torch to 1.00-1.07x, D=44 0.98x to 1.10-1.18x, D=56 0.97x to 1.09-1.10x, D=60 1.01x
+// to 1.09-1.26x, D=72 0.95-0.97x to 1.12-1.14x, D=40 0.95x to 0.95-1.03x; their rows of three vectors (D=17-24), one
+// pair and one vector, ran 5-10% slower so and keep pool_block.
 template <typename WT, bool kMax, int NV, bool kWhole, bool kUnweighted, bool kWeighted>
 constexpr bool bf16_tail_pairs() {
   constexpr bool kCachedRowLoop = kWhole ? NV % 2 == 1 : kUnweighted || kWeighted;
-  if constexpr (IsBf16<WT>::value && !kMax && V::kBf16PairTails && kCachedRowLoop) return NV >= 2;
+  if constexpr (IsBf16<WT>::value && !kMax && V::kBf16Pairs && kCachedRowLoop)
+    return V::kBf16PairTails ? NV >= 2 : NV >= 4;
   else return false;
 }
 
-// The lane mask of a last pair of `tail` elements (P::pair_mask) where kTail; nothing otherwise, so that ISAs without
-// V::kBf16PairTails need not define one.
-template <typename P, bool kTail>
-static inline auto tail_pair_mask(int tail) {
-  if constexpr (kTail) return P::pair_mask(tail);
-  else return tail;
+// The lane mask of a pair of `n` elements (P::pair_mask) and the pair's load, where kMasked; nothing otherwise, so that
+// ISAs without V::kBf16PairTails need not define them.
+template <typename P, bool kMasked>
+static inline auto tail_pair_mask(int n) {
+  if constexpr (kMasked) return P::pair_mask(n);
+  else return n;
+}
+template <typename P, bool kMasked, typename PM>
+__attribute__((always_inline)) static inline void load_masked_bf16_pair(const bf16_t* p, PM m, typename P::I odd_mask,
+                                                                        typename P::F& even, typename P::F& odd) {
+  if constexpr (kMasked) P::load_bf16_pair(p, m, odd_mask, even, odd);
 }
 
 // A whole block of NV vectors of bf16 rows, one pass of a row pooled in several (pool_pass), in the sum, mean
@@ -528,10 +535,13 @@ __attribute__((always_inline)) static inline bool pool_bf16_pairs(const PoolArgs
   using F = typename P::F;
   constexpr int W = P::W;
   static_assert(kTail || NV % 2 == 0, "a pass of bf16 pairs takes an even number of vectors");
-  // kTail: the block's elements past its whole pairs, `tail` of them: at most W in one vector converted on its own
-  // (kSingle, NV odd), more in a last pair of masked loads and stores (kMaskedPair).
+  // kTail: the block's last elements are not a whole pair. Where NV is odd, the last W of them are a vector of their
+  // own (kSingle); where it is even, the last 2W a pair (kOverlapPair), or a pair of masked loads and stores where the
+  // block is shorter (kMaskedPair, NV = 2). Either overlaps the pair before it, as kOverlapLast in pool_block: the
+  // lanes of both hold the same elements pooled in the same order, so the same sums, and it is stored last.
   constexpr bool kSingle = kTail && NV % 2 == 1;
-  constexpr bool kMaskedPair = kTail && NV % 2 == 0;
+  constexpr bool kMaskedPair = kTail && NV == 2;
+  constexpr bool kOverlapPair = kTail && NV % 2 == 0 && NV > 2;
   constexpr int kPairs = NV / 2;
   constexpr int kLoopPairs = kPairs < 6 ? kPairs : 6;
   F even[kPairs], odd[kPairs], single = P::zero();
@@ -541,18 +551,17 @@ __attribute__((always_inline)) static inline bool pool_bf16_pairs(const PoolArgs
   const int64_t num_rows = a.num_rows;
   const int64_t padding_idx = a.padding_idx;  // -1: none
   const int64_t distance = bag_prefetch_distance(a, end, prefetch_distance<bf16_t, NV>(a, prefetch));
-  const int tail = static_cast<int>(dim - col - (kSingle ? NV - 1 : 2 * kPairs - 2) * W);
-  const auto pair_mask = tail_pair_mask<P, kMaskedPair>(tail);
-  const typename P::M single_mask = P::mask(tail);
+  const int64_t cols = dim - col;
+  const auto pair_mask = tail_pair_mask<P, kMaskedPair>(static_cast<int>(cols));
+  // Where pair k starts: the last one of kOverlapPair ends where the block ends.
+  const auto pair_col = [&](int k) __attribute__((always_inline)) {
+    return kOverlapPair && k == kPairs - 1 ? cols - 2 * W : static_cast<int64_t>(2 * k * W);
+  };
   // Pair k of row `row` into its accumulators, weighted by w where kWeighted.
   const auto pool_pair = [&](const bf16_t* row, int k, F w) __attribute__((always_inline)) {
     F e, o;
-    if constexpr (kMaskedPair) {
-      if (k == kPairs - 1) P::load_bf16_pair(row + 2 * k * W, pair_mask, odd_mask, e, o);
-      else P::load_bf16_pair(row + 2 * k * W, odd_mask, e, o);
-    } else {
-      P::load_bf16_pair(row + 2 * k * W, odd_mask, e, o);
-    }
+    if (kMaskedPair && k == kPairs - 1) load_masked_bf16_pair<P, kMaskedPair>(row, pair_mask, odd_mask, e, o);
+    else P::load_bf16_pair(row + pair_col(k), odd_mask, e, o);
     if constexpr (kWeighted) {
       even[k] = P::fmadd(e, w, even[k]);
       odd[k] = P::fmadd(o, w, odd[k]);
@@ -575,7 +584,7 @@ __attribute__((always_inline)) static inline bool pool_bf16_pairs(const PoolArgs
     const F w = weight_of(i);
     MPREC_UNROLL for (int k = 0; k < kLoopPairs; ++k) pool_pair(row, k, w);
     if constexpr (kSingle) {
-      const F x = P::load(row + (NV - 1) * W, single_mask);
+      const F x = P::loadu(row + cols - W);
       single = kWeighted ? P::fmadd(x, w, single) : P::add(single, x);
     }
     ++count;
@@ -597,11 +606,11 @@ __attribute__((always_inline)) static inline bool pool_bf16_pairs(const PoolArgs
       first = P::mul(first, scale);
       second = P::mul(second, scale);
     }
-    const bool masked = kMaskedPair && k == kPairs - 1;  // its tail is past W
-    P::store(out + 2 * k * W, first, P::mask(W));
-    P::store(out + (2 * k + 1) * W, second, P::mask(masked ? tail - W : W));
+    const bool masked = kMaskedPair && k == kPairs - 1;  // cols - W of its elements past its first vector
+    P::store(out + pair_col(k), first, P::mask(W));
+    P::store(out + pair_col(k) + W, second, P::mask(masked ? static_cast<int>(cols) - W : W));
   }
-  if constexpr (kSingle) P::store(out + (NV - 1) * W, mean ? P::mul(single, scale) : single, single_mask);
+  if constexpr (kSingle) P::store(out + cols - W, mean ? P::mul(single, scale) : single, P::mask(W));
   return true;
 }
 
