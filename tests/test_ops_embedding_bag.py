@@ -63,7 +63,8 @@ def test_forward_of_rows_too_wide_to_prefetch_whole(isa, weight_dtype, mode, wei
     run_case(weight_dtype, torch.int64, mode, weighted, False, True, 2100)
 
 
-@pytest.mark.parametrize("dim", [17, 20, 24, 31, 32, 40, 48, 56, 63, 64, 72, 80, 112, 120, 128, 200, 256, 512])
+@pytest.mark.parametrize("dim", [17, 20, 24, 31, 32, 40, 48, 56, 63, 64, 72, 80, 100, 112, 120, 127, 128, 200, 256,
+                                 512])
 @pytest.mark.parametrize("mode,weighted", MODE_CASES, ids=["sum", "weighted", "mean", "max"])
 @pytest.mark.parametrize("index_dtype", INDEX_DTYPES, ids=["i32", "i64"])
 def test_forward_of_bf16_rows_in_pairs(isa, table_prefetch, index_dtype, mode, weighted, dim):
@@ -72,9 +73,9 @@ def test_forward_of_bf16_rows_in_pairs(isa, table_prefetch, index_dtype, mode, w
     the end, the last pairs in a second loop over the rows): in every pass of several, in a pass of D=128 where the
     bags' rows are not prefetched in bursts; and both kernel sets in a pass of one from a table that stays in the
     cache, D=32 to D=128; and rows of one pass from such a table that are not whole pairs, their last elements a
-    vector of their own (AVX-512's D=40, 48, 80, 112; AVX2's D=40, 56, 72, 120, the last in two loops over the rows)
-    or a pair of their own, overlapping the pair before (AVX2's D=31, 63; AVX-512's D=63) or masked (AVX-512's D=17
-    to D=31)."""
+    vector of their own (AVX-512's D=40, 48, 80, 100, 112; AVX2's D=40, 56, 72, 100, 120) or a pair of their own,
+    overlapping the pair before (AVX2's D=31, 63, 127; AVX-512's D=63, 120, 127) or masked (AVX-512's D=17 to D=31);
+    AVX2's D=120 and D=127 have pairs past the first loop's."""
     run_case(torch.bfloat16, index_dtype, mode, weighted, False, True, dim, max_len=40)
 
 

@@ -1098,9 +1098,15 @@ static bool pool_passes(const PoolArgs& args, const WT* weight, const IT* indice
 // elements, which spend the least a row on pooling and the most on that overhead; fp16 D=40 (prefetched into L1,
 // kCached) ran the same either way. Weighted float32 (each loop in turn in one process): AVX-512's D=8 to D=24 3-13%
 // less time (D=24 1.01x torch to 1.16x), AVX2's D=12 21% less (0.90x to 1.14x) and D=20 8% less (0.93x to 1.01x).
+// bf16 blocks of up to 128 elements too, whose loops of their own pool in pairs (bf16_tail_pairs): builds alternated in
+// processes, tables of 2,000 rows, AVX-512's D=72 took 18% less time (0.93x torch to 1.13x), D=84 15%, D=100 12%
+// (0.94x to 1.07x), D=120 21% (0.94x to 1.19x), D=100's mean 12%; AVX2's D=84 9% (0.99x to 1.09x), D=100 16-17%
+// (1.08-1.12x to 1.28x), its mean 15%. Other types' blocks of 65-128 elements moved between 4% slower (AVX-512's
+// weighted float32 D=100, float32 D=120) and 3% faster (float32 D=100, fp16 D=100), and grew the library by 4%.
 template <typename WT, bool kMax, int NV>
 constexpr bool partial_variants_when_cached() {
-  return V::kCachedLoops && !kMax && NV * V::W <= 64;
+  constexpr int64_t kElements = static_cast<int64_t>(NV) * V::W;
+  return V::kCachedLoops && !kMax && (kElements <= 64 || (IsBf16<WT>::value && V::kBf16Pairs && kElements <= 128));
 }
 
 // ok = FN<WT, IT, kMax, nv, ...>(...): the variant of a block of `nv` vectors and `cols` columns (whole blocks
