@@ -1102,7 +1102,7 @@ static bool pool_passes(const PoolArgs& args, const WT* weight, const IT* indice
 // processes, tables of 2,000 rows, AVX-512's D=72 took 18% less time (0.93x torch to 1.13x), D=84 15%, D=100 12%
 // (0.94x to 1.07x), D=120 21% (0.94x to 1.19x), D=100's mean 12%; AVX2's D=84 9% (0.99x to 1.09x), D=100 16-17%
 // (1.08-1.12x to 1.28x), its mean 15%. Other types' blocks of 65-128 elements moved between 4% slower (AVX-512's
-// weighted float32 D=100, float32 D=120) and 3% faster (float32 D=100, fp16 D=100), and grew the library by 4%.
+// weighted float32 D=100, float32 D=120) and 3% faster (float32 D=100, fp16 D=100), and grew the library by 4.5%.
 template <typename WT, bool kMax, int NV>
 constexpr bool partial_variants_when_cached() {
   constexpr int64_t kElements = static_cast<int64_t>(NV) * V::W;
