@@ -55,9 +55,7 @@ struct V {
   static constexpr bool kBf16Pairs = true;
   static I bf16_odd_mask() { return _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u)); }
   static void load_bf16_pair(const bf16_t* p, I odd_mask, F& even, F& odd) {
-    const __m512i x = _mm512_loadu_si512(p);
-    even = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
-    odd = _mm512_castsi512_ps(_mm512_and_si512(x, odd_mask));
+    split_bf16_pair(_mm512_loadu_si512(p), odd_mask, even, odd);
   }
   // A pair of at most 2W elements, the first n of the row's 2W (pair_mask(n)): a masked load of 16-bit lanes, which
   // reads nothing past them.
@@ -65,7 +63,11 @@ struct V {
   using PM = __mmask32;
   static PM pair_mask(int n) { return n >= 32 ? static_cast<PM>(0xFFFFFFFFu) : static_cast<PM>((1u << n) - 1u); }
   static void load_bf16_pair(const bf16_t* p, PM m, I odd_mask, F& even, F& odd) {
-    const __m512i x = _mm512_maskz_loadu_epi16(m, p);
+    split_bf16_pair(_mm512_maskz_loadu_epi16(m, p), odd_mask, even, odd);
+  }
+  // 32 bf16 as float32: the even elements shifted into the upper halves of the lanes, the odd ones with their lower
+  // halves cleared.
+  static void split_bf16_pair(__m512i x, I odd_mask, F& even, F& odd) {
     even = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
     odd = _mm512_castsi512_ps(_mm512_and_si512(x, odd_mask));
   }
